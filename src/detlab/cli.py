@@ -1,0 +1,44 @@
+"""``detlab <command>``: thin argument parsing over the library.
+
+Each area of the library owns its sub-commands in a ``command.py`` next to its code and exposes
+``add_commands(subparsers)``; this file only lists them. Errors meant for users (bad input, missing
+files) are printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detlab.data import command as data_command
+
+# Each entry adds its sub-commands to the parser; one explicit list, no registry.
+COMMAND_GROUPS = [
+    data_command.add_commands,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detlab", description="Object localization and detection toolkit.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_commands in COMMAND_GROUPS:
+        add_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        print(f"detlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"detlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Typed configuration: dataclasses with defaults, YAML presets and ``key=value`` overrides.
+
+Every command builds one config object: defaults from the dataclass, then a preset file (YAML,
+optional), then ``--set section.field=value`` overrides, in that order. The resolved config is
+saved next to results and inside checkpoints, and :func:`load` reads it back into the same type.
+
+The shared sections (:class:`DataConfig`, :class:`TrainConfig`) live here; each method defines its
+own model section in its own module and composes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the data comes from and how images are sized.
+
+    ``spec``: ``synthetic`` (the built-in set, generated on first use under ``root``),
+    ``synthetic-single`` (one object an image), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``.
+    """
+
+    spec: str = "synthetic"
+    root: str = "data/synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    min_size: int = 320
+    max_size: int = 427
+    horizontal_flip: bool = True
+    scale_jitter: tuple[int, ...] = ()
+    photometric: bool = False
+    on_bad: str = "error"
+    num_workers: int = 0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and run bookkeeping, shared by every trainable method."""
+
+    out_dir: str = "runs/run"
+    epochs: int = 10
+    max_steps: int = 0  # > 0 stops after this many optimiser steps (overrides epochs)
+    time_budget_s: float = 0.0  # > 0 stops after this many seconds of training
+    batch_size: int = 2
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    step_milestones: tuple[float, ...] = (0.67, 0.89)  # fractions of the run, for schedule=step
+    warmup_steps: int = 100
+    clip_grad_norm: float = 10.0
+    eval_every: int = 1  # epochs; 0 = only at the end
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision where the device supports it (CUDA)
+    log_every: int = 10
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    """Coerce a YAML/CLI value to ``annotation`` (enough for the types configs use)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(value, arguments[0])
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        item_type = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+        items = [_convert(v, item_type) for v in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"expected a boolean, got {value!r}")
+            return lowered in ("true", "1", "yes")
+        return bool(value)
+    if annotation in (int, float, str):
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        return annotation(value)
+    return value
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: dict) -> T:
+    """Build ``cls`` from a (possibly partial, nested) dict; unknown keys are an error."""
+    data = data or {}
+    types_by_name = _field_types(cls)
+    unknown = set(data) - set(types_by_name)
+    if unknown:
+        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}; known: {sorted(types_by_name)}")
+    defaults = cls()
+    values = {}
+    for name, annotation in types_by_name.items():
+        if name in data:
+            current = getattr(defaults, name)
+            if dataclasses.is_dataclass(current) and isinstance(data[name], dict):
+                values[name] = merge(current, data[name])
+            else:
+                values[name] = _convert(data[name], annotation)
+    return dataclasses.replace(defaults, **values)
+
+
+def merge(config: T, data: dict) -> T:
+    """A copy of ``config`` with the (nested) values of ``data`` applied."""
+    types_by_name = _field_types(type(config))
+    unknown = set(data) - set(types_by_name)
+    if unknown:
+        raise ValueError(
+            f"unknown config keys for {type(config).__name__}: {sorted(unknown)}; known: {sorted(types_by_name)}"
+        )
+    values = {}
+    for name, value in data.items():
+        current = getattr(config, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            values[name] = merge(current, value)
+        else:
+            values[name] = _convert(value, types_by_name[name])
+    return dataclasses.replace(config, **values)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=0.02", "data.spec=voc:x"]`` -> nested dict (values parsed as YAML scalars)."""
+    nested: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. train.lr=0.02)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def resolve(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None, **values) -> T:
+    """Defaults of ``cls``, then ``preset`` (a YAML path or the name of a bundled preset), then
+    keyword ``values`` (nested dicts allowed), then ``overrides`` (``key=value`` strings)."""
+    config = cls()
+    if preset:
+        config = merge(config, read_yaml(preset_path(preset)))
+    if values:
+        config = merge(config, values)
+    if overrides:
+        config = merge(config, parse_overrides(overrides))
+    return config
+
+
+def preset_path(preset: str | Path) -> Path:
+    path = Path(preset)
+    if path.is_file():
+        return path
+    bundled = PRESET_DIR / f"{preset}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"preset {preset!r} is neither a file nor a bundled preset (bundled: {names})")
+
+
+def read_yaml(path: str | Path) -> dict:
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict (tuples as lists), safe for YAML and JSON."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def save(config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, read_yaml(path))
