@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
+from detlab import demo
 from detlab.data import command as data_command
 
 # Each entry adds its sub-commands to the parser; one explicit list, no registry.
 COMMAND_GROUPS = [
     data_command.add_commands,
+    demo.add_commands,
 ]
 
 
@@ -26,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

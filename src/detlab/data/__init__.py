@@ -1,0 +1,35 @@
+"""The data layer: one sample schema, readers/writers for VOC, COCO and YOLO, the synthetic set.
+
+``load_dataset(spec, split)`` is the one entry point commands use; ``spec`` is ``synthetic``,
+``synthetic-single``, ``voc:DIR``, ``coco:FILE.json``, ``yolo:DIR`` or a bare path whose format
+is detected (a folder with ``Annotations/`` is VOC, one with ``images/`` + ``labels/`` is YOLO, a
+``.json`` file is COCO).
+"""
+
+from detlab.data.coco import read_coco, write_coco
+from detlab.data.errors import BadInputError, ProblemLog
+from detlab.data.images import load_image
+from detlab.data.loading import detect_format, load_dataset, parse_spec
+from detlab.data.schema import DetectionDataset, Record
+from detlab.data.transforms import build_transforms, collate
+from detlab.data.voc import read_voc, write_voc
+from detlab.data.yolo import read_yolo, write_yolo
+
+__all__ = [
+    "BadInputError",
+    "DetectionDataset",
+    "ProblemLog",
+    "Record",
+    "build_transforms",
+    "collate",
+    "detect_format",
+    "load_dataset",
+    "load_image",
+    "parse_spec",
+    "read_coco",
+    "read_voc",
+    "read_yolo",
+    "write_coco",
+    "write_voc",
+    "write_yolo",
+]

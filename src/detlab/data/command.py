@@ -1,0 +1,127 @@
+"""Sub-commands of the data layer: ``detlab data synth|stats|check``, ``detlab convert``, ``detlab show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from detlab.data.coco import write_coco
+from detlab.data.errors import ON_BAD_CHOICES, BadInputError, ProblemLog
+from detlab.data.images import open_rgb
+from detlab.data.loading import load_dataset, parse_spec
+from detlab.data.stats import dataset_stats, format_stats
+from detlab.data.synthetic import make_synthetic
+from detlab.data.voc import write_voc
+from detlab.data.yolo import write_yolo
+
+
+def _add_on_bad(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-bad", choices=ON_BAD_CHOICES, default="error",
+                        help="bad input: stop with an error naming the file (default) or skip it with a warning")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    out = make_synthetic(args.out, num_images=args.images, seed=args.seed, single=args.single,
+                         image_size=args.size, progress=True)
+    dataset = load_dataset(f"voc:{out}")
+    print(format_stats(dataset_stats(dataset)))
+    print(f"\nwrote {len(dataset)} images to {out} (splits: train/val/test/trainval in ImageSets/Main)")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    problems = ProblemLog(args.on_bad)
+    dataset = load_dataset(args.data, args.split, on_bad=args.on_bad, problems=problems)
+    stats = dataset_stats(dataset)
+    print(format_stats(stats))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(stats, indent=2))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Decode every image and parse every annotation; report all problems, then exit non-zero if any."""
+    problems = ProblemLog("skip")
+    dataset = load_dataset(args.data, args.split, problems=problems)
+    for record in dataset.records:
+        try:
+            open_rgb(record.image_path)
+        except BadInputError as error:
+            problems.bad(error, "unreadable image")
+    print(f"{dataset.name}: {len(dataset)} images checked; {problems.summary()}")
+    for item in problems.skipped + problems.fixed:
+        print(f"  {item}")
+    return 1 if problems.skipped else 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    problems = ProblemLog(args.on_bad)
+    dataset = load_dataset(args.source, args.split, on_bad=args.on_bad, problems=problems)
+    kind, location = parse_spec(args.target) if ":" in args.target else (args.to, args.target)
+    if kind not in ("voc", "coco", "yolo"):
+        raise ValueError(f"target {args.target!r}: say voc:DIR, coco:FILE.json or yolo:DIR (or use --to)")
+    copy = not args.link
+    if kind == "voc":
+        write_voc(dataset, location, split=args.split or "all", copy_images=copy)
+    elif kind == "yolo":
+        write_yolo(dataset, location, split=args.split, copy_images=copy)
+    else:
+        json_path = Path(location)
+        write_coco(dataset, json_path, image_dir=json_path.parent / "images", copy_images=copy)
+    print(f"converted {dataset.name} ({len(dataset)} images, {sum(len(r.boxes) for r in dataset.records)} "
+          f"objects) to {kind}:{location}; {problems.summary()}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from detlab.visualize import show_dataset
+
+    dataset = load_dataset(args.data, args.split, on_bad=args.on_bad)
+    path = show_dataset(dataset, args.out, num=args.num, seed=args.seed)
+    print(f"wrote {path} ({min(args.num, len(dataset))} samples of {dataset.name})")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    data = subparsers.add_parser("data", help="make, inspect and check data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    synth = data_commands.add_parser("synth", help="write the built-in synthetic data set (VOC layout)")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--images", type=int, default=600, help="number of images (default 600)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    synth.add_argument("--single", action="store_true", help="one object an image (for classification + localization)")
+    synth.set_defaults(handler=run_synth)
+
+    stats = data_commands.add_parser("stats", help="classes, images, objects, sizes of a data set")
+    stats.add_argument("data", help="VOC/YOLO folder, COCO .json, voc:DIR, coco:FILE, yolo:DIR or synthetic")
+    stats.add_argument("--split", default=None, help="a split (e.g. train, test); default: all images")
+    stats.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    _add_on_bad(stats)
+    stats.set_defaults(handler=run_stats)
+
+    check = data_commands.add_parser("check", help="decode every image and annotation, list every problem")
+    check.add_argument("data")
+    check.add_argument("--split", default=None)
+    check.set_defaults(handler=run_check)
+
+    convert = subparsers.add_parser("convert", help="convert between VOC, COCO and YOLO")
+    convert.add_argument("source", help="voc:DIR, coco:FILE.json, yolo:DIR (or a path whose format is detected)")
+    convert.add_argument("target", help="voc:DIR, coco:FILE.json or yolo:DIR")
+    convert.add_argument("--to", choices=("voc", "coco", "yolo"), default=None, help="target format for a bare path")
+    convert.add_argument("--split", default=None, help="convert only this split (and name it so in the output)")
+    convert.add_argument("--link", action="store_true", help="symlink images instead of copying them")
+    _add_on_bad(convert)
+    convert.set_defaults(handler=run_convert)
+
+    show = subparsers.add_parser("show", help="draw annotated samples of a data set into one picture")
+    show.add_argument("data")
+    show.add_argument("--split", default=None)
+    show.add_argument("--num", type=int, default=8)
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--out", default="grid.png")
+    _add_on_bad(show)
+    show.set_defaults(handler=run_show)
