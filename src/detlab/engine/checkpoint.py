@@ -1,0 +1,148 @@
+"""Checkpoints: written atomically, loaded without ever running code from the file.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python data (dicts, lists,
+str, int, float, bool, None)::
+
+    {"format": "detlab-checkpoint", "version": 1,
+     "model_name": str, "classes": [str, ...], "config": {resolved run config as a plain dict},
+     "model": state_dict, "optimizer": state_dict | None, "schedule": dict | None,
+     "scaler": dict | None, "progress": {"epoch", "step", "batch_in_epoch", "elapsed_s",
+     "best_metric", "best_epoch"}, "rng": {"python", "numpy", "torch", "cuda"}, "metrics": dict}
+
+It is read with ``torch.load(weights_only=True)`` only, so a file that smuggles a pickled object
+(whose ``__reduce__`` could run anything) is refused before any of it is built. Writing goes to a
+temporary file in the same folder, then ``os.replace``: a crash mid-write leaves the previous
+checkpoint intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "detlab-checkpoint"
+VERSION = 1
+LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"
+
+
+def capture_rng_state() -> dict:
+    """Every random generator training draws from, as plain data (tensors, ints, lists)."""
+    numpy_state = np.random.get_state(legacy=False)
+    python_version, python_internal, python_gauss = random.getstate()
+    return {
+        "python": [python_version, list(python_internal), python_gauss],
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def serialize(checkpoint: dict) -> bytes:
+    """The bytes of ``checkpoint`` as ``torch.save`` writes them."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
+
+
+def write_atomically(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    """Stamp ``checkpoint`` with the format tag and write it atomically to ``path``."""
+    checkpoint = {"format": FORMAT, "version": VERSION, **checkpoint}
+    return write_atomically(serialize(checkpoint), path)
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept a file, a file without its ``.pt`` suffix (``RUN/best``) or a run folder.
+
+    A run folder resolves to its ``best.pt`` when one exists (evaluation ran), else ``last.pt``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    with_suffix = path.with_name(path.name + ".pt")
+    if with_suffix.is_file():
+        return with_suffix
+    if path.is_dir():
+        for name in (BEST_NAME, LAST_NAME):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: run folder holds no checkpoint ({BEST_NAME} or {LAST_NAME})")
+    raise FileNotFoundError(
+        f"{path}: no such checkpoint (give a .pt file, RUN/best, RUN/last or a run folder)"
+    )
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a detlab checkpoint safely (``weights_only=True``: tensors and plain data only).
+
+    Raises ``ValueError`` naming the file when it holds anything else (a pickled object, which
+    could run code while loading) or is not a detlab checkpoint, ``FileNotFoundError`` when missing.
+    """
+    path = resolve_checkpoint_path(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain data, "
+            f"and loading them could run code ({first_line}). detlab checkpoints never need that; "
+            "only load files you made with detlab or trust completely."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a detlab checkpoint (no '{FORMAT}' format tag)")
+    if checkpoint.get("version", 0) > VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {checkpoint['version']} is newer than this detlab reads ({VERSION}); "
+            "upgrade detlab"
+        )
+    return checkpoint

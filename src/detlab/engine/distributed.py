@@ -1,0 +1,113 @@
+"""Devices and distributed data-parallel training.
+
+``torchrun --nproc_per_node N -m detlab train ...`` starts N processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment; :func:`init_distributed` joins them into
+one process group (NCCL on GPUs, gloo on CPUs). Each process trains on its own share of the
+data (:class:`detlab.engine.sampling.ResumableSampler`), gradients are averaged by
+``DistributedDataParallel``, and only rank 0 logs, evaluates and writes checkpoints.
+Without those variables everything runs in one process and the helpers here are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs: its rank among ``world_size`` processes and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> this process's GPU when CUDA is present, else the CPU; or an explicit name."""
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} asked for, but CUDA is not available here; use --set train.device=cpu"
+        )
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device_name: str = "auto") -> Context:
+    """Join the process group torchrun described in the environment, or run alone.
+
+    Safe to call twice (a group that already exists is reused, as in a test that set it up).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+    device = select_device(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, init_method="env://")
+    return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def wrap_model(model: torch.nn.Module, context: Context) -> torch.nn.Module:
+    """``DistributedDataParallel`` around ``model`` when running distributed, else ``model``."""
+    if not context.distributed:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The detector inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def average_across_processes(values: torch.Tensor, context: Context) -> torch.Tensor:
+    """Mean of a 1-D tensor over all processes (identity when alone); every rank gets the result."""
+    if not context.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / context.world_size
+
+
+def any_process(flag: bool, context: Context) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a stop signal)."""
+    if not context.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def barrier(context: Context) -> None:
+    if context.distributed:
+        dist.barrier()
+
+
+def broadcast_object(value, context: Context):
+    """Rank 0's ``value`` on every rank (plain picklable data only, e.g. a path or a metric)."""
+    if not context.distributed:
+        return value
+    holder = [value if context.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

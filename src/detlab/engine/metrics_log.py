@@ -1,0 +1,97 @@
+"""The run directory's record of training: a JSON-lines metrics log and PNG training curves.
+
+``metrics.jsonl`` holds one JSON object a line, ``{"kind": "train", "epoch", "step", "lr",
+"loss", "loss_<name>"..., "images_per_s", "time"}`` every ``log_every`` steps and
+``{"kind": "eval", "epoch", "step", <metric>: float ...}`` after each evaluation.
+``curves.png`` plots them: every loss term and the learning rate against the step, and the
+evaluation metrics against the epoch. Only rank 0 of a distributed run writes either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+
+class MetricsLog:
+    """Appends records to ``run_dir/metrics.jsonl``; a resumed run first drops the records an
+    interrupted run wrote after its last checkpoint, so each step appears once."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+        self.path = Path(run_dir) / METRICS_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [record for record in read_metrics(self.path) if record.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        return read_metrics(self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics log (a run folder or the ``metrics.jsonl`` file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict], path: str | Path) -> Path | None:
+    """Training curves from metrics records to a PNG; ``None`` when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    evaluations = [r for r in records if r.get("kind") == "eval"]
+    if not train and not evaluations:
+        return None
+    loss_names = sorted({k for r in train for k in r if k.startswith("loss")})
+    metric_names = sorted(
+        {
+            k
+            for r in evaluations
+            for k, v in r.items()
+            if k not in ("kind", "epoch", "step", "time") and _is_number(v)
+        }
+    )
+    panels = [("loss", loss_names), ("learning rate", ["lr"])] if train else []
+    if metric_names:
+        panels.append(("evaluation", metric_names))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for axis, (title, names) in zip(axes[0], panels):
+        source, x_key = (evaluations, "epoch") if title == "evaluation" else (train, "step")
+        for name in names:
+            points = [(r[x_key], r[name]) for r in source if _is_number(r.get(name))]
+            if points:
+                xs, ys = zip(*points)
+                axis.plot(xs, ys, marker="o" if title == "evaluation" else None, label=name, linewidth=1.2)
+        axis.set_title(title)
+        axis.set_xlabel(x_key)
+        if title == "loss" and any(r.get("loss", 0) > 0 for r in train):
+            axis.set_yscale("log")
+        if len(names) > 1 or title == "evaluation":
+            axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
