@@ -1,3 +1,12 @@
 """detlab: object localization and detection, every classic method on one shared toolkit."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # detlab.train / detlab.load / detlab.Predictor, imported on first use so `import detlab` stays light.
+    if name in ("train", "load", "Predictor"):
+        from detlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'detlab' has no attribute {name!r}")

@@ -13,11 +13,13 @@ import warnings
 
 from detlab import demo
 from detlab.data import command as data_command
+from detlab.engine import command as engine_command
 
 # Each entry adds its sub-commands to the parser; one explicit list, no registry.
 COMMAND_GROUPS = [
     data_command.add_commands,
     demo.add_commands,
+    engine_command.add_commands,
 ]
 
 
