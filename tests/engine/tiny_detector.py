@@ -7,6 +7,8 @@ every source of randomness a real run has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,3 +112,14 @@ class CountingEvaluator:
 
     def compute(self):
         return {"mAP50": self.hits / max(self.total, 1), "images": self.total}
+
+
+@dataclass
+class TinyConfig:
+    width: int = 8
+    dropout: float = 0.2
+
+
+def build_tiny(config: TinyConfig, num_classes: int) -> TinyDetector:
+    """A ``MODELS``-style build function, so tests can go through checkpoints and the Predictor."""
+    return TinyDetector(num_classes, width=config.width, dropout=config.dropout)

@@ -1,0 +1,27 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# The tiny detector module is imported by name, also by the processes the DDP test spawns.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_detector import build_tiny  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_in_models(monkeypatch):
+    """Register the tiny detector as MODELS['tiny'] for the duration of a test."""
+    from detlab import models
+
+    monkeypatch.setitem(models.MODELS, "tiny", build_tiny)
+    return "tiny"

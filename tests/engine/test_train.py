@@ -1,0 +1,107 @@
+"""fit / train_one_epoch / evaluate on a tiny detector: learning, logs, resume equality, NaN stop."""
+
+import json
+
+import pytest
+import torch
+from tiny_detector import CountingEvaluator, SquaresDataset, TinyDetector
+
+from detlab.config import TrainConfig
+from detlab.engine import NonFiniteLossError, fit, load_checkpoint
+from detlab.engine.metrics_log import read_metrics
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(epochs=3, batch_size=2, lr=0.05, warmup_steps=3, log_every=1, eval_every=1, device="cpu")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def train_tiny(run_dir, config, resume=None, stop_at_step=None, model=None, evaluate=True):
+    torch.manual_seed(0)
+    model = model or TinyDetector()
+    result = fit(
+        model,
+        SquaresDataset(10),
+        config,
+        run_dir,
+        val_dataset=SquaresDataset(10, flip=False) if evaluate else None,
+        make_evaluator=CountingEvaluator if evaluate else None,
+        classes=["red", "green"],
+        model_name="tiny",
+        run_config={"model_name": "tiny", "train": {"epochs": config.epochs}},
+        resume=resume,
+        stop_at_step=stop_at_step,
+    )
+    return model, result
+
+
+def test_losses_fall_and_the_run_folder_is_complete(tmp_path):
+    model, result = train_tiny(tmp_path / "run", small_config(epochs=12, eval_every=4))
+    assert result.status == "finished" and result.state.step == 12 * 5 and result.state.epoch == 12
+    records = read_metrics(tmp_path / "run")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 61))
+    for record in train:  # every loss term logged on its own, and their sum
+        assert record["loss"] == pytest.approx(record["loss_classifier"] + record["loss_box_reg"], rel=1e-5)
+    first, last = train[:5], train[-5:]
+    assert sum(r["loss"] for r in last) < 0.5 * sum(r["loss"] for r in first)
+    assert [r["epoch"] for r in records if r["kind"] == "eval"] == [4, 8, 12]
+    for name in ("last.pt", "best.pt", "curves.png", "metrics.jsonl", "config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
+    best = load_checkpoint(tmp_path / "run" / "best")
+    assert best["classes"] == ["red", "green"] and best["model_name"] == "tiny"
+    assert best["progress"]["best_metric"] == max(r["mAP50"] for r in records if r["kind"] == "eval")
+    # the learning rate warmed up, then followed the cosine down to (almost) zero
+    learning_rates = [r["lr"] for r in train]
+    assert learning_rates[0] < learning_rates[3] and learning_rates[-1] < 0.01 * max(learning_rates)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_mid_epoch_gives_the_same_weights(tmp_path, optimizer):
+    # 5 steps an epoch; pause at step 7 (inside epoch 2), resume, finish at 14: the same as straight.
+    config = small_config(optimizer=optimizer, max_steps=14, lr=0.05 if optimizer == "sgd" else 0.01)
+    straight, _ = train_tiny(tmp_path / "straight", config)
+    _, paused = train_tiny(tmp_path / "split", config, stop_at_step=7)
+    assert paused.status == "paused" and paused.state.step == 7 and paused.state.batch_in_epoch == 2
+    resumed, result = train_tiny(tmp_path / "split", config, resume=tmp_path / "split")
+    assert result.state.step == 14
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=0)
+    # the resumed log holds every step once, as the straight one does
+    steps = [r["step"] for r in read_metrics(tmp_path / "split") if r["kind"] == "train"]
+    assert steps == list(range(1, 15))
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run(tmp_path):
+    train_tiny(tmp_path / "run", small_config(epochs=1), evaluate=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train_tiny(tmp_path / "run", small_config(epochs=1), evaluate=False)
+
+
+def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path):
+    model = TinyDetector(nan_after_step=7)
+    with pytest.raises(NonFiniteLossError, match=r"step 8 .*last\.pt") as error:
+        train_tiny(tmp_path / "run", small_config(epochs=3), model=model, evaluate=False)
+    assert "loss_box_reg=nan" in str(error.value)
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["progress"]["step"] == 5  # end of epoch 1, the last checkpoint before the bad step
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def test_background_only_images_are_training_data(tmp_path):
+    class Empty(SquaresDataset):
+        def __getitem__(self, index):
+            image = torch.rand(3, 32, 32)
+            return image, {
+                "boxes": torch.zeros((0, 4)),
+                "labels": torch.zeros((0,), dtype=torch.int64),
+                "image_id": index,
+            }
+
+    torch.manual_seed(0)
+    result = fit(TinyDetector(), Empty(4), small_config(epochs=2), tmp_path / "run")
+    assert result.status == "finished" and result.state.step == 4
+    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert all(r["loss_box_reg"] == 0.0 for r in records)
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
