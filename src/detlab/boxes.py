@@ -134,8 +134,9 @@ class BoxCoder:
     def encode(self, reference: Tensor, target: Tensor) -> Tensor:
         """``Tensor[N, 4]`` xyxy references and matched targets -> ``Tensor[N, 4]`` deltas."""
         wx, wy, ww, wh = self.weights
-        ref = convert(reference.float(), "xyxy", "cxcywh")
-        tgt = convert(target.float(), "xyxy", "cxcywh")
+        dtype = torch.promote_types(torch.promote_types(reference.dtype, target.dtype), torch.float32)
+        ref = convert(reference.to(dtype), "xyxy", "cxcywh")
+        tgt = convert(target.to(dtype), "xyxy", "cxcywh")
         dx = wx * (tgt[:, 0] - ref[:, 0]) / ref[:, 2]
         dy = wy * (tgt[:, 1] - ref[:, 1]) / ref[:, 3]
         dw = ww * torch.log(tgt[:, 2] / ref[:, 2])

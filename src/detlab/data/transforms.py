@@ -64,6 +64,9 @@ def build_transforms(
     steps: list[v2.Transform] = []
     if train and scale_jitter:
         steps.append(v2.RandomShortestSize(min_size=list(scale_jitter), max_size=max_size))
+    elif min_size and max_size is not None and max_size <= min_size:
+        # Then the longer side always binds; torchvision wants that said as size=None.
+        steps.append(v2.Resize(size=None, max_size=max_size, antialias=True))
     elif min_size:
         steps.append(v2.Resize(size=min_size, max_size=max_size, antialias=True))
     if train and horizontal_flip:

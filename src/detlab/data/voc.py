@@ -79,7 +79,9 @@ def parse_annotation(path: Path) -> tuple[str | None, tuple[int, int] | None, li
             size = None  # re-read from the image
     objects = []
     for index, node in enumerate(root.iter("object")):
-        name = _text(node, "name", path)
+        name = node.findtext("name")  # kept raw: build_record strips it and reports the repair
+        if name is None or not name.strip():
+            raise BadInputError(path, f"object {index} has no <name>")
         box_node = node.find("bndbox")
         if box_node is None:
             raise BadInputError(path, f"object {index} ({name!r}) has no <bndbox>")
@@ -173,8 +175,7 @@ def write_voc(dataset: DetectionDataset, out_dir: str | Path, split: str = "all"
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
     ids = []
-    for record in dataset.records:
-        image_id = str(record.image_id)
+    for record, image_id in zip(dataset.records, export_stems(dataset)):
         image_name = f"{image_id}{record.image_path.suffix.lower() or '.jpg'}"
         destination = out_dir / "JPEGImages" / image_name
         transfer_image(record.image_path, destination, copy_images)
@@ -196,6 +197,16 @@ def write_voc(dataset: DetectionDataset, out_dir: str | Path, split: str = "all"
     with open(out_dir / "ImageSets" / "Main" / f"{split}.txt", "a") as handle:
         handle.writelines(f"{image_id}\n" for image_id in ids)
     return out_dir
+
+
+def export_stems(dataset: DetectionDataset) -> list[str]:
+    """File stems for writing ``dataset``'s images and labels: the image files' own stems (so ids
+    survive a trip through COCO, whose ids are numbers). Two images with one stem are an error."""
+    stems = [record.image_path.stem for record in dataset.records]
+    if len(set(stems)) != len(stems):
+        duplicates = sorted({s for s in stems if stems.count(s) > 1})[:5]
+        raise ValueError(f"{dataset.name}: several images share a file name ({duplicates}); rename them first")
+    return stems
 
 
 def transfer_image(source: Path, destination: Path, copy: bool = True) -> None:

@@ -17,7 +17,7 @@ from detlab.data.errors import BadInputError, ProblemLog
 from detlab.data.images import image_size
 from detlab.data.records import RawObject, build_record
 from detlab.data.schema import DetectionDataset
-from detlab.data.voc import IMAGE_SUFFIXES, transfer_image
+from detlab.data.voc import IMAGE_SUFFIXES, export_stems, transfer_image
 
 NAME_FILES = ("classes.txt", "obj.names", "names.txt")
 
@@ -69,7 +69,8 @@ def parse_label_file(path: Path, num_classes: int, width: int, height: int, clas
         values = (cx, cy, w, h)
         if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
             raise BadInputError(path, f"coordinates {values} outside [0, 1] (YOLO labels are normalised)", line=line_number)
-        box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        # Rounded to 1/1000 px so that 6-decimal normalised text does not fake boxes leaving the image.
+        box = [round(v, 3) for v in ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)]
         objects.append(RawObject(name=classes[class_index], box=box, where=f"line {line_number}"))
     return objects
 
@@ -109,13 +110,12 @@ def write_yolo(dataset: DetectionDataset, out_dir: str | Path, split: str | None
     label_dir = out_dir / "labels" / split if split else out_dir / "labels"
     label_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
-    for record in dataset.records:
-        name = f"{record.image_id}{record.image_path.suffix.lower()}"
-        transfer_image(record.image_path, image_dir / name, copy_images)
+    for record, stem in zip(dataset.records, export_stems(dataset)):
+        transfer_image(record.image_path, image_dir / f"{stem}{record.image_path.suffix.lower()}", copy_images)
         lines = []
         for (x1, y1, x2, y2), label in zip(record.boxes.tolist(), record.labels.tolist()):
             cx, cy = (x1 + x2) / 2 / record.width, (y1 + y2) / 2 / record.height
             w, h = (x2 - x1) / record.width, (y2 - y1) / record.height
             lines.append(f"{label - 1} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-        (label_dir / f"{record.image_id}.txt").write_text("".join(lines))
+        (label_dir / f"{stem}.txt").write_text("".join(lines))
     return out_dir

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real data sets (skipped where absent) and a small synthetic set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / "Annotations").is_dir():
+        pytest.skip(f"real data set {path} not present (it lives in ../shared/data beside the project)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bccd_root() -> Path:
+    return shared_dataset("bccd")
+
+
+@pytest.fixture(scope="session")
+def raccoon_root() -> Path:
+    return shared_dataset("raccoon")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from detlab.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"), num_images=24, seed=3)

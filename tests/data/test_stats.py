@@ -1,0 +1,31 @@
+from detlab.cli import main as cli_main
+from detlab.data import read_voc
+from detlab.data.stats import dataset_stats
+
+
+def test_stats_counts_and_sizes(synthetic_root):
+    dataset = read_voc(synthetic_root)
+    stats = dataset_stats(dataset)
+    boxes = [b for r in dataset.records for b in r.boxes.tolist()]
+    assert stats["images"] == 24 and stats["objects"] == len(boxes)
+    assert sum(stats["objects_per_class"].values()) == len(boxes)
+    small = sum(1 for x1, y1, x2, y2 in boxes if (x2 - x1) * (y2 - y1) < 32**2)
+    assert stats["box_sizes"]["small"] == small
+    assert sum(stats["box_sizes"].values()) == len(boxes)
+
+
+def test_stats_command_on_bccd_names_the_zero_size_boxes(bccd_root, capsys, tmp_path):
+    assert cli_main(["data", "stats", str(bccd_root), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| images " in out and "| 364" in out
+    assert "| classes " in out and "| 3 " in out
+    assert "BloodImage_00338.xml" in out and "BloodImage_00343.xml" in out and "zero-size box" in out
+
+
+def test_show_writes_a_grid(synthetic_root, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    assert cli_main(["show", str(synthetic_root), "--num", "6", "--out", str(out)]) == 0
+    with Image.open(out) as grid:
+        assert grid.size[0] > 3 * 320 and grid.size[1] > 2 * 320

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from detlab.data import build_transforms, collate
+
+
+def block_image(height=60, width=80, box=(10, 20, 30, 50)):
+    image = torch.zeros(3, height, width)
+    x1, y1, x2, y2 = box
+    image[:, y1:y2, x1:x2] = 1.0
+    return image, {"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([2]), "image_id": "a"}
+
+
+def bright_box(image):
+    ys, xs = torch.nonzero(image[0] > 0.5, as_tuple=True)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_flip_moves_boxes_exactly():
+    image, target = block_image()
+    transform = build_transforms(train=True, horizontal_flip=True)
+    torch.manual_seed(0)
+    seen_flipped = seen_plain = False
+    for _ in range(20):
+        out_image, out_target = transform(image, target)
+        assert out_target["boxes"][0].tolist() == bright_box(out_image)
+        assert out_target["labels"].tolist() == [2] and out_target["image_id"] == "a"
+        flipped = out_target["boxes"][0, 0].item() == 80 - 30
+        seen_flipped |= flipped
+        seen_plain |= not flipped
+    assert seen_flipped and seen_plain
+
+
+@pytest.mark.parametrize("min_size, max_size, expected", [(120, 1000, (120, 160)), (120, 100, (75, 100))])
+def test_resize_keeps_aspect_and_scales_boxes(min_size, max_size, expected):
+    image, target = block_image()
+    out_image, out_target = build_transforms(train=False, min_size=min_size, max_size=max_size)(image, target)
+    assert tuple(out_image.shape[-2:]) == expected
+    scale = expected[0] / 60
+    torch.testing.assert_close(out_target["boxes"], target["boxes"] * scale)
+
+
+def test_scale_jitter_photometric_and_extra_box_keys():
+    image, target = block_image()
+    target["proposals"] = torch.tensor([[0.0, 0, 40, 30], [10, 20, 30, 50]])
+    target["keypoints"] = torch.tensor([[[10.0, 20.0], [30.0, 50.0]]])
+    transform = build_transforms(train=True, scale_jitter=(30, 90, 120), max_size=1000, photometric=True)
+    torch.manual_seed(1)
+    sizes = set()
+    for _ in range(12):
+        out_image, out = transform(image, dict(target))
+        scale = out_image.shape[-2] / 60
+        sizes.add(out_image.shape[-2])
+        # proposals and keypoints move exactly like the boxes do
+        torch.testing.assert_close(out["proposals"][1], out["boxes"][0])
+        box = out["boxes"][0]
+        xs = sorted(out["keypoints"][0, :, 0].tolist())
+        assert xs == pytest.approx(sorted([box[0].item(), box[2].item()]), abs=1e-4)
+        assert (box[3] - box[1]).item() == pytest.approx(30 * scale, rel=1e-4)
+    assert sizes == {30, 90, 120}
+
+
+def test_collate_keeps_lists_of_different_sizes():
+    batch = [block_image(60, 80), block_image(40, 50, (1, 2, 3, 4))]
+    images, targets = collate(batch)
+    assert [tuple(i.shape) for i in images] == [(3, 60, 80), (3, 40, 50)]
+    assert len(targets) == 2 and targets[1]["boxes"].tolist() == [[1, 2, 3, 4]]
