@@ -1,0 +1,217 @@
+"""Fast R-CNN (Girshick 2015): one forward pass of the backbone per image, then every proposal is
+pooled from the shared feature map and classified by :class:`~detlab.models.roi_heads.RoIHead`.
+
+Proposals come from outside the network: a ``"proposals"`` key in the training targets (moved with
+the image by the data transforms), else a proposal method ``image -> Tensor[K, 4]`` (Selective
+Search by default, cached on disk by :mod:`detlab.proposals`). At test time the proposal method
+runs on every image, so the measured time per image includes it - the cost Faster R-CNN removes.
+
+Shape letters: B images; K proposals of an image; C classes (labels 1..C, 0 background).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detlab import boxes as box_ops
+from detlab.models.roi_heads import RoIHead, build_roi_pooler
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageBatcher(nn.Module):
+    """Resize, normalise and pad a list of images into one batch, and map detections back.
+
+    Each image is scaled so its short side is ``min_size`` unless its long side would exceed
+    ``max_size`` (Fast R-CNN section 5.2, single scale), then padded at the bottom/right to a
+    multiple of ``size_divisible`` (the backbone's largest stride). Target boxes (and
+    ``"proposals"``) are scaled with the image; detections are scaled back to the input frame.
+    """
+
+    def __init__(
+        self,
+        min_size: int,
+        max_size: int,
+        size_divisible: int = 32,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.min_size, self.max_size, self.size_divisible = min_size, max_size, size_divisible
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def scale_for(self, height: int, width: int) -> float:
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None
+    ) -> tuple[Tensor, list[tuple[int, int]], list[float], list[dict] | None]:
+        """-> (batch ``Tensor[B, 3, H, W]``, resized sizes ``(h, w)``, scales, scaled targets)."""
+        resized, sizes, scales = [], [], []
+        for image in images:
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"expected images as Tensor[3, H, W], got shape {tuple(image.shape)}")
+            height, width = image.shape[-2:]
+            scale = self.scale_for(height, width)
+            new_size = (round(height * scale), round(width * scale))
+            if new_size != (height, width):
+                image = F.interpolate(image[None], size=new_size, mode="bilinear", align_corners=False)[0]
+            resized.append((image - self.mean) / self.std)
+            sizes.append(new_size)
+            scales.append(scale)
+        divisor = self.size_divisible
+        batch_height = -(-max(s[0] for s in sizes) // divisor) * divisor
+        batch_width = -(-max(s[1] for s in sizes) // divisor) * divisor
+        batch = resized[0].new_zeros((len(resized), 3, batch_height, batch_width))
+        for index, image in enumerate(resized):
+            batch[index, :, : image.shape[1], : image.shape[2]] = image
+        if targets is not None:
+            targets = [self._scale_target(target, scale) for target, scale in zip(targets, scales)]
+        return batch, sizes, scales, targets
+
+    @staticmethod
+    def _scale_target(target: dict, scale: float) -> dict:
+        scaled = dict(target)
+        for key in ("boxes", "proposals"):
+            if key in scaled:
+                scaled[key] = scaled[key].float().reshape(-1, 4) * scale
+        return scaled
+
+    @staticmethod
+    def restore(
+        detections: list[dict[str, Tensor]], scales: list[float], original_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Map detection boxes from the resized frame back to the frame of the images as given."""
+        restored = []
+        for detection, scale, size in zip(detections, scales, original_sizes):
+            restored.append({**detection, "boxes": box_ops.clip(detection["boxes"] / scale, size)})
+        return restored
+
+
+@dataclasses.dataclass
+class FastRCNNConfig:
+    """Fast R-CNN on external proposals. CPU defaults; GPU users raise ``min_size`` to 600 (the
+    paper's scale), ``max_proposals`` to 2000 and use a larger backbone (see ``FasterRCNNConfig``).
+
+    ``backbone`` and the head fields mean the same as in :class:`~detlab.models.faster_rcnn.FasterRCNNConfig`
+    (Fast R-CNN uses one feature map, no FPN). ``proposal_method`` names a method of
+    :mod:`detlab.proposals` used when an image comes without ``"proposals"``.
+    """
+
+    backbone: str = "compact"
+    backbone_width: int = 32
+    pretrained_backbone: bool = False
+    min_size: int = 320
+    max_size: int = 427
+    proposal_method: str = "selective_search"
+    max_proposals: int = 2000
+    roi_pooling: str = "pool"  # pool (the paper's RoI max pooling) | align
+    roi_output_size: int = 7
+    representation_size: int = 256
+    rois_per_image: int = 64
+    foreground_fraction: float = 0.25
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+
+
+def default_proposal_method(name: str, max_proposals: int) -> Callable[[Tensor], Tensor]:
+    """``image Tensor[3, H, W] -> boxes Tensor[K, 4]``: ``selective_search`` (fast strategy of
+    :mod:`detlab.proposals.selective_search`, imported lazily since training data may carry
+    ``"proposals"`` and never need it)."""
+    if name != "selective_search":
+        raise ValueError(f"unknown proposal method {name!r} for Fast R-CNN; use selective_search")
+    from detlab.proposals.selective_search import SelectiveSearch
+
+    return SelectiveSearch("fast", max_proposals=max_proposals).propose
+
+
+class FastRCNN(nn.Module):
+    """Backbone + RoI head on external proposals; obeys the detector contract.
+
+    Args:
+        backbone: ``Tensor[B, 3, H, W] -> OrderedDict`` of one feature map, with ``strides``.
+        roi_head: the :class:`RoIHead`.
+        batcher: the :class:`ImageBatcher`.
+        proposal_method: ``image -> Tensor[K, 4]`` used when no proposals are given.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        roi_head: RoIHead,
+        batcher: ImageBatcher,
+        proposal_method: Callable[[Tensor], Tensor] | None = None,
+    ):
+        super().__init__()
+        self.backbone, self.roi_head, self.batcher = backbone, roi_head, batcher
+        self.proposal_method = proposal_method
+
+    def _proposals_of(self, image: Tensor, target: dict | None) -> Tensor:
+        if target is not None and "proposals" in target:
+            return target["proposals"].float().reshape(-1, 4)
+        if self.proposal_method is None:
+            raise ValueError(
+                "Fast R-CNN needs proposals: give each target a 'proposals' Tensor[K, 4] or build the "
+                "model with a proposal_method"
+            )
+        return self.proposal_method(image).to(image.device)
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None, proposals: list[Tensor] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: ``{"loss_classifier", "loss_box"}``; eval: per image ``{"boxes", "scores", "labels"}``
+        in the coordinates of ``images``. ``proposals`` (per image ``Tensor[K, 4]`` in image
+        coordinates) override both the targets' proposals and the proposal method."""
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets; call model.eval() for inference")
+        if proposals is None:
+            per_image_targets = targets if targets is not None else [None] * len(images)
+            proposals = [
+                self._proposals_of(image, target) for image, target in zip(images, per_image_targets)
+            ]
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        with_proposals = [
+            {**(target or {}), "proposals": image_proposals}
+            for target, image_proposals in zip(targets or [None] * len(images), proposals)
+        ]
+        batch, image_sizes, scales, scaled = self.batcher(images, with_proposals)
+        features = self.backbone(batch)
+        rois = [box_ops.clip(t["proposals"], size) for t, size in zip(scaled, image_sizes)]
+        if self.training:
+            _, losses = self.roi_head(features, rois, image_sizes, scaled)
+            return losses
+        detections, _ = self.roi_head(features, rois, image_sizes)
+        return self.batcher.restore(detections, scales, original_sizes)
+
+
+def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
+    """``MODELS["fast_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
+    from detlab.models.faster_rcnn import build_feature_extractor
+
+    backbone = build_feature_extractor(
+        config.backbone, config.backbone_width, fpn=False, pretrained=config.pretrained_backbone
+    )
+    pooler = build_roi_pooler(config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling)
+    head = RoIHead(
+        pooler,
+        backbone.out_channels * config.roi_output_size**2,
+        num_classes,
+        representation_size=config.representation_size,
+        rois_per_image=config.rois_per_image,
+        foreground_fraction=config.foreground_fraction,
+        score_threshold=config.score_threshold,
+        nms_threshold=config.nms_threshold,
+        detections_per_image=config.detections_per_image,
+    )
+    batcher = ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(backbone.strides)))
+    return FastRCNN(
+        backbone, head, batcher, default_proposal_method(config.proposal_method, config.max_proposals)
+    )

@@ -1,0 +1,269 @@
+"""Faster R-CNN (Ren et al. 2015): a backbone, a Region Proposal Network on its features, and the
+Fast R-CNN head on the RPN's proposals, trained jointly with four losses (section 3.2,
+"approximate joint training"), or with the paper's 4-step alternating training as an option.
+
+The optional FPN variant (Lin et al. 2017) runs the same RPN head on every pyramid level with one
+anchor scale group per level and pools each RoI from the level matching its size.
+
+Shape letters: B images; C object classes (labels 1..C, 0 background); P proposals of an image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+
+from detlab.models.fast_rcnn import ImageBatcher
+from detlab.models.roi_heads import RoIHead, build_roi_pooler
+from detlab.models.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
+
+
+@dataclasses.dataclass
+class FasterRCNNConfig:
+    """Faster R-CNN settings. The defaults suit a 2-core CPU trained from scratch in minutes.
+
+    GPU defaults (the ``faster_rcnn_gpu`` preset): ``backbone: resnet50``, ``fpn: true``,
+    ``min_size: 800``, ``max_size: 1333``, RPN top-n 2000/1000 train and 1000/1000 test,
+    ``rois_per_image: 512``, ``representation_size: 1024``.
+
+    ``backbone``: ``compact`` (a small residual net with BatchNorm, defined here, sized by
+    ``backbone_width``) or ``resnet18/34/50/101`` (torchvision). ``anchor_sizes`` is flat and split
+    evenly over the feature levels, smallest first (3 levels with ``fpn``, 1 without);
+    ``aspect_ratios`` are height / width.
+    """
+
+    backbone: str = "compact"
+    backbone_width: int = 32
+    pretrained_backbone: bool = False
+    fpn: bool = True
+    fpn_channels: int = 96
+    min_size: int = 320
+    max_size: int = 427
+    anchor_sizes: tuple[float, ...] = (16.0, 24.0, 40.0, 64.0, 96.0, 144.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 500
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_threshold: float = 0.7
+    rpn_batch_size_per_image: int = 256
+    roi_pooling: str = "align"  # align | pool (single level only; FPN always aligns)
+    roi_output_size: int = 7
+    representation_size: int = 256
+    rois_per_image: int = 64
+    foreground_fraction: float = 0.25
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    training_stage: str = "joint"  # joint | rpn | detector (steps of the 4-step alternating scheme)
+
+
+def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a shortcut (He et al. 2016); BatchNorm is what lets a detector
+    train from scratch at a high learning rate in minutes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv_bn(in_channels, out_channels, stride)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.conv2(self.conv1(x)) + self.shortcut(x)).relu()
+
+
+class CompactBackbone(nn.Module):
+    """A small residual CNN for CPUs: stride-4 stem, then stages at strides 8, 16 and 32 with
+    ``width * (2, 4, 8)`` channels. Returns the three stage outputs (C3, C4, C5)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(
+            _conv_bn(3, width // 2, 2), _conv_bn(width // 2, width, 2), ResidualBlock(width, width)
+        )
+        channels = [width * 2, width * 4, width * 8]
+        stages, previous = [], width
+        for out_channels in channels:
+            stages.append(
+                nn.Sequential(
+                    ResidualBlock(previous, out_channels, 2), ResidualBlock(out_channels, out_channels)
+                )
+            )
+            previous = out_channels
+        self.stages = nn.ModuleList(stages)
+        self.channels = channels
+        self.strides = [8.0, 16.0, 32.0]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+
+class FeatureExtractor(nn.Module):
+    """Backbone (+ FPN) with the interface the RPN and RoI head use: ``forward(batch)`` returns an
+    ``OrderedDict[name, Tensor[B, out_channels, H_l, W_l]]``; ``strides`` and ``names`` per level."""
+
+    def __init__(self, body: nn.Module, channels: list[int], strides: list[float], fpn_channels: int | None):
+        super().__init__()
+        self.body = body
+        self.fpn = None
+        if fpn_channels:
+            # P3-P5 from C3-C5 (Lin et al. 2017, section 3); objects here are small enough that the
+            # paper's extra P6 level would hold no anchors worth having.
+            self.fpn = FeaturePyramidNetwork(channels, fpn_channels)
+            self.strides = list(strides)
+            self.out_channels = fpn_channels
+        else:
+            self.strides = [strides[-2]]  # one map at stride 16, as with VGG16 conv5 in the papers
+            self.out_channels = channels[-2]
+        self.names = [str(index) for index in range(len(self.strides))]
+
+    def forward(self, batch: Tensor) -> OrderedDict[str, Tensor]:
+        levels = self.body(batch)
+        if self.fpn is None:
+            return OrderedDict([("0", levels[-2])])
+        pyramid = self.fpn(OrderedDict((str(i), level) for i, level in enumerate(levels)))
+        return OrderedDict((name, level) for name, level in zip(self.names, pyramid.values()))
+
+
+class _TorchvisionResNetBody(nn.Module):
+    def __init__(self, name: str, pretrained: bool):
+        super().__init__()
+        from torchvision.models import get_model
+
+        weights = "DEFAULT" if pretrained else None
+        self.net = get_model(name, weights=weights)
+        widths = {"resnet18": 64, "resnet34": 64}.get(name, 256)
+        self.channels = [widths * 2, widths * 4, widths * 8]
+        self.strides = [8.0, 16.0, 32.0]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        c2 = net.layer1(x)
+        c3 = net.layer2(c2)
+        c4 = net.layer3(c3)
+        c5 = net.layer4(c4)
+        return [c3, c4, c5]
+
+
+def build_feature_extractor(
+    name: str, width: int = 32, fpn: bool = False, fpn_channels: int = 96, pretrained: bool = False
+) -> FeatureExtractor:
+    """``compact`` or a torchvision ResNet (``resnet18/34/50/101``, optionally ImageNet weights)."""
+    if name == "compact":
+        if pretrained:
+            raise ValueError("the compact backbone has no pretrained weights; set pretrained_backbone: false")
+        body = CompactBackbone(width)
+    elif name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+        body = _TorchvisionResNetBody(name, pretrained)
+    else:
+        raise ValueError(
+            f"unknown detection backbone {name!r}; use compact, resnet18, resnet34, resnet50 or resnet101"
+        )
+    return FeatureExtractor(body, body.channels, body.strides, fpn_channels if fpn else None)
+
+
+class FasterRCNN(nn.Module):
+    """Backbone -> RPN -> RoI head, handed in as parts; obeys the detector contract.
+
+    ``training_stage`` selects what a training forward computes: ``joint`` all four losses;
+    ``rpn`` only the RPN's two; ``detector`` only the head's two, on the RPN's (fixed) proposals.
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        rpn: RegionProposalNetwork,
+        roi_head: RoIHead,
+        batcher: ImageBatcher,
+        training_stage: str = "joint",
+    ):
+        super().__init__()
+        self.backbone, self.rpn, self.roi_head, self.batcher = backbone, rpn, roi_head, batcher
+        self.training_stage = training_stage
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: ``{"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"}``
+        (a subset for the alternating stages); eval: per image ``{"boxes" Tensor[K, 4],
+        "scores" Tensor[K], "labels" int64 Tensor[K]}`` in the coordinates of ``images``."""
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets; call model.eval() for inference")
+        if self.training_stage not in ("joint", "rpn", "detector"):
+            raise ValueError(f"training_stage must be joint, rpn or detector, got {self.training_stage!r}")
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        batch, image_sizes, scales, targets = self.batcher(images, targets if self.training else None)
+        features = self.backbone(batch)
+        if not self.training:
+            proposals, _ = self.rpn(features, image_sizes, self.backbone.strides)
+            detections, _ = self.roi_head(features, proposals, image_sizes)
+            return self.batcher.restore(detections, scales, original_sizes)
+        rpn_targets = None if self.training_stage == "detector" else targets
+        proposals, losses = self.rpn(features, image_sizes, self.backbone.strides, rpn_targets)
+        if self.training_stage != "rpn":
+            _, head_losses = self.roi_head(features, proposals, image_sizes, targets)
+            losses.update(head_losses)
+        return losses
+
+
+def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
+    """``MODELS["faster_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    backbone = build_feature_extractor(
+        config.backbone, config.backbone_width, config.fpn, config.fpn_channels, config.pretrained_backbone
+    )
+    num_levels = len(backbone.strides)
+    if len(config.anchor_sizes) % num_levels:
+        raise ValueError(
+            f"anchor_sizes has {len(config.anchor_sizes)} sizes, not a multiple of the {num_levels} feature levels"
+        )
+    per_level = len(config.anchor_sizes) // num_levels
+    sizes = tuple(tuple(config.anchor_sizes[i * per_level : (i + 1) * per_level]) for i in range(num_levels))
+    anchors = AnchorGenerator(sizes, config.aspect_ratios)
+    rpn = RegionProposalNetwork(
+        anchors,
+        RPNHead(backbone.out_channels, anchors.num_anchors_per_location),
+        pre_nms_top_n=(config.rpn_pre_nms_top_n_train, config.rpn_pre_nms_top_n_test),
+        post_nms_top_n=(config.rpn_post_nms_top_n_train, config.rpn_post_nms_top_n_test),
+        nms_threshold=config.rpn_nms_threshold,
+        batch_size_per_image=config.rpn_batch_size_per_image,
+    )
+    pooler = build_roi_pooler(config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling)
+    head = RoIHead(
+        pooler,
+        backbone.out_channels * config.roi_output_size**2,
+        num_classes,
+        representation_size=config.representation_size,
+        rois_per_image=config.rois_per_image,
+        foreground_fraction=config.foreground_fraction,
+        score_threshold=config.score_threshold,
+        nms_threshold=config.nms_threshold,
+        detections_per_image=config.detections_per_image,
+    )
+    batcher = ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(backbone.strides)))
+    return FasterRCNN(backbone, rpn, head, batcher, config.training_stage)

@@ -1,0 +1,231 @@
+"""The Fast R-CNN detection head (Girshick 2015), shared by Fast R-CNN and Faster R-CNN.
+
+Each region of interest (a proposal) is pooled from the shared feature map to a fixed grid (RoI max
+pooling, section 2.1, or RoIAlign), passed through two fully-connected layers, and scored by a
+(C+1)-way classifier and C class-specific box regressors (section 2.2). Training samples RoIs
+hierarchically (section 2.3: R/N RoIs from each of N images, 25% foreground) and minimises the
+multi-task loss of section 2.3: cross-entropy + smooth L1 on the foreground RoIs' boxes.
+
+Shape letters used below:
+  B images; R RoIs of an image (or of the batch, when concatenated); C object classes (background
+  is class 0, so the classifier has C + 1 outputs); G ground-truth boxes of an image; S x S the
+  pooled grid; D feature channels.
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the (resized) network input.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision import ops
+
+from detlab import boxes as box_ops
+from detlab.models.rpn import sample_labels
+
+
+class SingleLevelRoIPool(nn.Module):
+    """Pool RoIs from one feature map of stride ``stride`` to ``Tensor[R, D, S, S]``.
+
+    ``method="pool"`` is the paper's RoI max pooling; ``"align"`` is RoIAlign (He et al. 2017),
+    which samples bilinearly instead of quantising the RoI to the feature grid.
+    """
+
+    def __init__(self, output_size: int, stride: float, method: str = "align", sampling_ratio: int = 2):
+        super().__init__()
+        if method not in ("pool", "align"):
+            raise ValueError(f"RoI pooling method must be 'pool' or 'align', got {method!r}")
+        self.output_size, self.scale = output_size, 1.0 / stride
+        self.method, self.sampling_ratio = method, sampling_ratio
+
+    def forward(
+        self, features: OrderedDict[str, Tensor], rois: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        feature = next(iter(features.values()))
+        if self.method == "pool":
+            return ops.roi_pool(feature, rois, self.output_size, self.scale)
+        return ops.roi_align(feature, rois, self.output_size, self.scale, self.sampling_ratio, aligned=True)
+
+
+def build_roi_pooler(
+    output_size: int, strides: list[float], feature_names: list[str], method: str = "align"
+) -> nn.Module:
+    """One level: :class:`SingleLevelRoIPool`; several (FPN): torchvision's ``MultiScaleRoIAlign``,
+    which picks each RoI's level from its size (Lin et al. 2017, equation 1)."""
+    if len(strides) == 1:
+        return SingleLevelRoIPool(output_size, strides[0], method)
+    return ops.MultiScaleRoIAlign(feature_names, output_size, sampling_ratio=2)
+
+
+def sample_rois(
+    proposals: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    rois_per_image: int = 64,
+    foreground_fraction: float = 0.25,
+    foreground_iou: float = 0.5,
+    background_iou: tuple[float, float] = (0.1, 0.5),
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample training RoIs of one image (Fast R-CNN section 2.3).
+
+    The ground-truth boxes join the proposals (so early in training, when proposals are poor,
+    there is always foreground). Foreground: IoU >= ``foreground_iou`` with a ground-truth box,
+    labelled with its class, at most ``foreground_fraction`` of the sample. Background: max IoU in
+    ``[background_iou[0], background_iou[1])``, label 0; the lower bound acts as hard-example
+    mining. When that band holds too few RoIs (always on an image with no objects, where every
+    IoU is 0) the sample is topped up with background from below the band, so background-only
+    images still train the classifier.
+
+    Returns: rois ``Tensor[R, 4]``, labels ``int64 Tensor[R]``, matched gt boxes ``Tensor[R, 4]``
+    (zeros for background), with ``R <= rois_per_image``.
+    """
+    if gt_boxes.numel():
+        candidates = torch.cat([proposals, gt_boxes.to(proposals)])
+        overlaps = box_ops.iou(gt_boxes.to(proposals), candidates)  # [G, R]
+        best_iou, matched = overlaps.max(dim=0)
+    else:
+        candidates = proposals
+        best_iou = proposals.new_zeros(proposals.shape[0])
+        matched = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+    labels = torch.full_like(matched, -1)
+    labels[(best_iou >= background_iou[0]) & (best_iou < background_iou[1])] = 0
+    if gt_labels.numel():
+        foreground = best_iou >= foreground_iou
+        labels[foreground] = gt_labels.to(matched.device)[matched[foreground]]
+    positive, negative = sample_labels(labels, rois_per_image, foreground_fraction)
+    missing = rois_per_image - positive.numel() - negative.numel()
+    if missing > 0:
+        low = torch.where(best_iou < background_iou[0])[0]
+        negative = torch.cat([negative, low[torch.randperm(low.numel(), device=low.device)[:missing]]])
+    keep = torch.cat([positive, negative])
+    roi_labels = labels[keep].clamp(min=0)
+    roi_labels[positive.numel() :] = 0
+    if gt_boxes.numel():
+        matched_boxes = gt_boxes.to(proposals)[matched[keep]]
+    else:
+        matched_boxes = proposals.new_zeros((keep.numel(), 4))
+    return candidates[keep], roi_labels, matched_boxes
+
+
+class RoIHead(nn.Module):
+    """Pool -> two FC layers -> (C+1)-way classifier and ``4 C`` class-specific box deltas.
+
+    Args:
+        pooler: maps (features, rois per image, image sizes) to ``Tensor[R, D, S, S]``.
+        in_features: ``D * S * S``.
+        num_classes: C, object classes without background.
+    """
+
+    def __init__(
+        self,
+        pooler: nn.Module,
+        in_features: int,
+        num_classes: int,
+        representation_size: int = 512,
+        rois_per_image: int = 64,
+        foreground_fraction: float = 0.25,
+        foreground_iou: float = 0.5,
+        background_iou: tuple[float, float] = (0.1, 0.5),
+        box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        score_threshold: float = 0.05,
+        nms_threshold: float = 0.5,
+        detections_per_image: int = 100,
+    ):
+        super().__init__()
+        self.pooler = pooler
+        self.num_classes = num_classes
+        self.fc1 = nn.Linear(in_features, representation_size)
+        self.fc2 = nn.Linear(representation_size, representation_size)
+        self.classifier = nn.Linear(representation_size, num_classes + 1)
+        self.box_regressor = nn.Linear(representation_size, 4 * num_classes)
+        # Initialisation of section 2.3 (std 0.01 for the classifier, 0.001 for box regression).
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.normal_(self.box_regressor.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+        nn.init.zeros_(self.box_regressor.bias)
+        self.box_coder = box_ops.BoxCoder(box_weights)
+        self.rois_per_image = rois_per_image
+        self.foreground_fraction = foreground_fraction
+        self.foreground_iou = foreground_iou
+        self.background_iou = background_iou
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+
+    def predict(
+        self, features: OrderedDict[str, Tensor], rois: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """-> class logits ``Tensor[R, C + 1]`` and deltas ``Tensor[R, 4 C]`` for all images' RoIs."""
+        pooled = self.pooler(features, rois, image_sizes).flatten(1)
+        hidden = F.relu(self.fc2(F.relu(self.fc1(pooled))))
+        return self.classifier(hidden), self.box_regressor(hidden)
+
+    def forward(
+        self,
+        features: OrderedDict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Training (``targets`` given): ``([], {"loss_classifier", "loss_box"})``.
+        Inference: per image ``{"boxes" Tensor[K, 4], "scores" Tensor[K], "labels" int64 Tensor[K]}``."""
+        if targets is None:
+            logits, deltas = self.predict(features, proposals, image_sizes)
+            return self.postprocess(logits, deltas, proposals, image_sizes), {}
+        rois, labels, matched_boxes = [], [], []
+        for image_proposals, target in zip(proposals, targets):
+            image_rois, image_labels, image_matched = sample_rois(
+                image_proposals.detach(),
+                target["boxes"],
+                target["labels"],
+                self.rois_per_image,
+                self.foreground_fraction,
+                self.foreground_iou,
+                self.background_iou,
+            )
+            rois.append(image_rois)
+            labels.append(image_labels)
+            matched_boxes.append(image_matched)
+        logits, deltas = self.predict(features, rois, image_sizes)
+        return [], self.losses(logits, deltas, torch.cat(rois), torch.cat(labels), torch.cat(matched_boxes))
+
+    def losses(
+        self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched_boxes: Tensor
+    ) -> dict[str, Tensor]:
+        """Multi-task loss (section 2.3, equation 1 with lambda = 1): cross-entropy over all sampled
+        RoIs plus smooth L1 (beta = 1, equation 3) on the true class's deltas of foreground RoIs,
+        normalised by the number of sampled RoIs."""
+        loss_classifier = F.cross_entropy(logits, labels)
+        foreground = torch.where(labels > 0)[0]
+        class_deltas = deltas.view(deltas.shape[0], self.num_classes, 4)[foreground, labels[foreground] - 1]
+        regression_targets = self.box_coder.encode(rois[foreground], matched_boxes[foreground])
+        loss_box = F.smooth_l1_loss(class_deltas, regression_targets, beta=1.0, reduction="sum") / max(
+            labels.numel(), 1
+        )
+        return {"loss_classifier": loss_classifier, "loss_box": loss_box}
+
+    def postprocess(
+        self, logits: Tensor, deltas: Tensor, rois: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Softmax, decode each class's box, clip, drop scores below ``score_threshold``, per-class NMS,
+        keep the ``detections_per_image`` best (section 4 of the paper, "test-time")."""
+        probabilities = F.softmax(logits, dim=-1)
+        counts = [r.shape[0] for r in rois]
+        decoded = self.box_coder.decode(deltas, torch.cat(rois)) if deltas.numel() else deltas
+        results = []
+        for image_probabilities, image_boxes, image_size in zip(
+            probabilities.split(counts), decoded.split(counts), image_sizes
+        ):
+            num_rois = image_boxes.shape[0]
+            boxes = box_ops.clip(image_boxes.reshape(-1, 4), image_size)  # [R * C, 4]
+            scores = image_probabilities[:, 1:].reshape(-1)
+            labels = torch.arange(1, self.num_classes + 1, device=scores.device).repeat(num_rois)
+            keep = torch.where(scores > self.score_threshold)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.remove_small(boxes, 1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_threshold)[: self.detections_per_image]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results

@@ -1,0 +1,277 @@
+"""Region Proposal Network (Ren et al. 2015, "Faster R-CNN", section 3.1).
+
+A small network slides over the shared feature map(s): a 3x3 conv, then per location an objectness
+score and four box deltas for each of ``A`` anchors (sizes x aspect ratios, the same at every
+location). Training labels anchors by IoU with the ground truth and samples 256 of them an image;
+inference decodes all anchors and keeps the best after NMS as proposals for the detection head.
+
+Shape letters used below:
+  B images in the batch; L feature levels (1 without FPN); H, W a level's feature height and width;
+  A anchors per location; N = sum over levels of H * W * A anchors of an image;
+  G ground-truth boxes of an image; P proposals of an image.
+Every box is ``(x1, y1, x2, y2)`` in absolute pixels of the (resized) network input.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detlab import boxes as box_ops
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for each feature level: ``sizes[level]`` x ``aspect_ratios`` at every location.
+
+    An anchor of size ``s`` and aspect ratio ``r = h / w`` has area ``s * s``: ``w = s / sqrt(r)``,
+    ``h = s * sqrt(r)``. Anchors are centred on the centre of their feature cell,
+    ``((x + 0.5) * stride, (y + 0.5) * stride)``.
+    """
+
+    def __init__(
+        self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    ):
+        super().__init__()
+        self.sizes = tuple(tuple(float(s) for s in level) for level in sizes)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        if len({len(level) for level in self.sizes}) != 1:
+            raise ValueError(f"every feature level needs the same number of anchor sizes, got {sizes}")
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.sizes[0]) * len(self.aspect_ratios)
+
+    def cell_anchors(self, level: int) -> Tensor:
+        """``Tensor[A, 4]`` anchors centred on ``(0, 0)``, ordered size-major then ratio."""
+        sizes = torch.tensor(self.sizes[level])
+        ratios = torch.tensor(self.aspect_ratios)
+        widths = (sizes[:, None] / ratios.sqrt()[None, :]).reshape(-1)
+        heights = (sizes[:, None] * ratios.sqrt()[None, :]).reshape(-1)
+        return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
+
+    def grid_anchors(self, level: int, feature_size: tuple[int, int], stride: float) -> Tensor:
+        """``Tensor[H * W * A, 4]`` anchors of one level, ordered (y, x, anchor)."""
+        height, width = feature_size
+        ys = (torch.arange(height, dtype=torch.float32) + 0.5) * stride
+        xs = (torch.arange(width, dtype=torch.float32) + 0.5) * stride
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack([grid_x, grid_y, grid_x, grid_y], dim=-1).reshape(-1, 1, 4)
+        return (shifts + self.cell_anchors(level)[None]).reshape(-1, 4)
+
+    def forward(self, feature_sizes: list[tuple[int, int]], strides: list[float]) -> list[Tensor]:
+        """One ``Tensor[H * W * A, 4]`` per level (the same for every image of a padded batch)."""
+        if len(feature_sizes) != len(self.sizes):
+            raise ValueError(f"{len(feature_sizes)} feature levels but anchor sizes for {len(self.sizes)}")
+        return [
+            self.grid_anchors(level, size, stride)
+            for level, (size, stride) in enumerate(zip(feature_sizes, strides))
+        ]
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then 1x1 convs for ``A`` objectness logits and ``4 A`` deltas (section 3.1).
+
+    The paper scores each anchor with a 2-way softmax; one sigmoid logit is the same model with
+    half the outputs. The head is shared across FPN levels (Lin et al. 2017, section 4.1).
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(in_channels, 4 * num_anchors, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Levels ``Tensor[B, C, H, W]`` -> objectness ``Tensor[B, H*W*A]`` and deltas
+        ``Tensor[B, H*W*A, 4]`` per level, ordered (y, x, anchor) like the anchors."""
+        objectness, deltas = [], []
+        for feature in features:
+            hidden = F.relu(self.conv(feature))
+            logits, offsets = self.objectness(hidden), self.deltas(hidden)
+            batch, num_anchors, height, width = logits.shape
+            objectness.append(logits.permute(0, 2, 3, 1).reshape(batch, -1))
+            offsets = offsets.view(batch, num_anchors, 4, height, width).permute(0, 3, 4, 1, 2)
+            deltas.append(offsets.reshape(batch, -1, 4))
+        return objectness, deltas
+
+
+def label_anchors(
+    anchors: Tensor, gt_boxes: Tensor, positive_iou: float = 0.7, negative_iou: float = 0.3
+) -> tuple[Tensor, Tensor]:
+    """Label anchors for RPN training (section 3.1.2).
+
+    Positive (1): IoU >= ``positive_iou`` with some ground-truth box, or the anchor with the highest
+    IoU for a ground-truth box (all anchors tied at that highest IoU), so every object gets at
+    least one positive anchor even when none reaches ``positive_iou``. Negative (0): IoU below
+    ``negative_iou`` with every ground-truth box. Ignored (-1): the rest.
+
+    Args: anchors ``Tensor[N, 4]``, gt_boxes ``Tensor[G, 4]`` (G may be 0: all anchors negative).
+    Returns: labels ``int64 Tensor[N]`` in {1, 0, -1} and matched ground-truth index ``int64 Tensor[N]``
+    (meaningful only where the label is 1).
+    """
+    num_anchors = anchors.shape[0]
+    if gt_boxes.numel() == 0:
+        zeros = torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device)
+        return zeros, zeros.clone()
+    overlaps = box_ops.iou(gt_boxes, anchors)  # [G, N]
+    best_iou, matched = overlaps.max(dim=0)
+    labels = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
+    labels[best_iou < negative_iou] = 0
+    labels[best_iou >= positive_iou] = 1
+    best_for_gt = overlaps.max(dim=1).values  # [G]
+    gt_index, anchor_index = torch.where((overlaps == best_for_gt[:, None]) & (best_for_gt[:, None] > 0))
+    labels[anchor_index] = 1
+    matched[anchor_index] = gt_index
+    return labels, matched
+
+
+def sample_labels(labels: Tensor, num_samples: int, positive_fraction: float) -> tuple[Tensor, Tensor]:
+    """Random balanced sample of indices: at most ``positive_fraction * num_samples`` positives
+    (label >= 1), negatives (label 0) fill the rest; label -1 is never sampled.
+
+    Used for the RPN's 256 anchors (half positive, section 3.1.3) and for Fast R-CNN's RoIs (25%
+    foreground, Girshick 2015 section 2.3). Returns ``(positive_index, negative_index)`` int64.
+    """
+    positive = torch.where(labels >= 1)[0]
+    negative = torch.where(labels == 0)[0]
+    num_positive = min(positive.numel(), int(num_samples * positive_fraction))
+    num_negative = min(negative.numel(), num_samples - num_positive)
+    positive = positive[torch.randperm(positive.numel(), device=labels.device)[:num_positive]]
+    negative = negative[torch.randperm(negative.numel(), device=labels.device)[:num_negative]]
+    return positive, negative
+
+
+def select_proposals(
+    anchors: list[Tensor],
+    objectness: list[Tensor],
+    deltas: list[Tensor],
+    image_size: tuple[int, int],
+    box_coder: box_ops.BoxCoder,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_threshold: float = 0.7,
+    min_size: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Proposals of one image (section 3.1 and 3.3): per level keep the ``pre_nms_top_n`` best
+    anchors, decode their deltas, clip to the image, drop boxes smaller than ``min_size``, NMS at
+    ``nms_threshold`` (levels never suppress each other), keep the ``post_nms_top_n`` best overall.
+
+    Args: per level anchors ``Tensor[N_l, 4]``, objectness ``Tensor[N_l]``, deltas ``Tensor[N_l, 4]``;
+    image_size ``(height, width)`` of the image inside the padded batch.
+    Returns: boxes ``Tensor[P, 4]`` and objectness logits ``Tensor[P]``, best first.
+    """
+    all_boxes, all_scores, all_levels = [], [], []
+    for level, (level_anchors, level_scores, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
+        top = level_scores.topk(min(pre_nms_top_n, level_scores.numel())).indices
+        decoded = box_coder.decode(level_deltas[top], level_anchors[top])
+        all_boxes.append(box_ops.clip(decoded, image_size))
+        all_scores.append(level_scores[top])
+        all_levels.append(torch.full_like(top, level))
+    proposals, scores, levels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_levels)
+    keep = box_ops.remove_small(proposals, min_size)
+    proposals, scores, levels = proposals[keep], scores[keep], levels[keep]
+    keep = box_ops.batched_nms(proposals, scores, levels, nms_threshold)[:post_nms_top_n]
+    return proposals[keep], scores[keep]
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors + head + labelling + proposal selection + the two RPN losses.
+
+    ``pre_nms_top_n``/``post_nms_top_n`` are ``(training, testing)`` pairs: the paper keeps 2000
+    proposals for training and 300 at test time (section 3.3); CPU presets use fewer.
+    """
+
+    def __init__(
+        self,
+        anchor_generator: AnchorGenerator,
+        head: RPNHead,
+        pre_nms_top_n: tuple[int, int] = (2000, 1000),
+        post_nms_top_n: tuple[int, int] = (2000, 300),
+        nms_threshold: float = 0.7,
+        positive_iou: float = 0.7,
+        negative_iou: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        min_size: float = 1.0,
+    ):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self.box_coder = box_ops.BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.pre_nms_top_n = pre_nms_top_n
+        self.post_nms_top_n = post_nms_top_n
+        self.nms_threshold = nms_threshold
+        self.positive_iou = positive_iou
+        self.negative_iou = negative_iou
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.min_size = min_size
+
+    def forward(
+        self,
+        features: OrderedDict[str, Tensor],
+        image_sizes: list[tuple[int, int]],
+        strides: list[float],
+        targets: list[dict] | None = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Features per level ``Tensor[B, C, H, W]`` -> (proposals ``Tensor[P, 4]`` per image, losses).
+
+        Losses are returned only when ``targets`` are given (training): ``loss_rpn_objectness``
+        (binary cross-entropy over the sampled anchors) and ``loss_rpn_box`` (smooth L1 on the
+        positive anchors' deltas, normalised by the number of sampled anchors).
+        """
+        levels = list(features.values())
+        objectness, deltas = self.head(levels)
+        anchors = self.anchor_generator([tuple(level.shape[-2:]) for level in levels], strides)
+        anchors = [a.to(levels[0].device) for a in anchors]
+        mode = 0 if self.training else 1
+        proposals = []
+        for image_index, image_size in enumerate(image_sizes):
+            boxes, _ = select_proposals(
+                anchors,
+                [o[image_index].detach() for o in objectness],
+                [d[image_index].detach() for d in deltas],
+                image_size,
+                self.box_coder,
+                self.pre_nms_top_n[mode],
+                self.post_nms_top_n[mode],
+                self.nms_threshold,
+                self.min_size,
+            )
+            proposals.append(boxes)
+        losses: dict[str, Tensor] = {}
+        if targets is not None:
+            losses = self.losses(torch.cat(anchors), torch.cat(objectness, 1), torch.cat(deltas, 1), targets)
+        return proposals, losses
+
+    def losses(
+        self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[dict]
+    ) -> dict[str, Tensor]:
+        """anchors ``Tensor[N, 4]``, objectness ``Tensor[B, N]``, deltas ``Tensor[B, N, 4]``."""
+        sampled_logits, sampled_labels, positive_deltas, positive_targets = [], [], [], []
+        for image_index, target in enumerate(targets):
+            gt_boxes = target["boxes"].to(anchors)
+            labels, matched = label_anchors(anchors, gt_boxes, self.positive_iou, self.negative_iou)
+            positive, negative = sample_labels(labels, self.batch_size_per_image, self.positive_fraction)
+            sampled = torch.cat([positive, negative])
+            sampled_logits.append(objectness[image_index, sampled])
+            sampled_labels.append((labels[sampled] == 1).to(objectness.dtype))
+            positive_deltas.append(deltas[image_index, positive])
+            positive_targets.append(self.box_coder.encode(anchors[positive], gt_boxes[matched[positive]]))
+        logits, labels = torch.cat(sampled_logits), torch.cat(sampled_labels)
+        num_sampled = max(logits.numel(), 1)
+        loss_objectness = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / num_sampled
+        # beta = 1/9 as in the reference implementation: near-L1 for the small deltas of good anchors
+        loss_box = (
+            F.smooth_l1_loss(
+                torch.cat(positive_deltas), torch.cat(positive_targets), beta=1 / 9, reduction="sum"
+            )
+            / num_sampled
+        )
+        return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": loss_box}
