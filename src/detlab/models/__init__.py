@@ -7,4 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-MODELS: dict[str, Callable] = {}
+from detlab.models.fast_rcnn import build_fast_rcnn
+from detlab.models.faster_rcnn import build_faster_rcnn
+
+MODELS: dict[str, Callable] = {
+    "fast_rcnn": build_fast_rcnn,
+    "faster_rcnn": build_faster_rcnn,
+}
