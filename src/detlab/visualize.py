@@ -46,13 +46,13 @@ def draw_detections(
     return draw_bounding_boxes(image, boxes.float(), labels=names, colors=box_colours, width=width, font_size=font_size)
 
 
-def _fit(image: Tensor, tile: int) -> Tensor:
-    """Resize a uint8 ``Tensor[3, H, W]`` to fit a ``tile x tile`` square (aspect kept, padded)."""
+def _fit(image: Tensor, tile_height: int, tile_width: int) -> Tensor:
+    """Resize a uint8 ``Tensor[3, H, W]`` to fit a ``tile_height x tile_width`` cell (aspect kept, padded)."""
     height, width = image.shape[-2:]
-    scale = tile / max(height, width)
+    scale = min(tile_height / height, tile_width / width)
     new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
     resized = F.interpolate(image[None].float(), size=new_size, mode="bilinear", align_corners=False)[0]
-    canvas = torch.full((3, tile, tile), 255.0)
+    canvas = torch.full((3, tile_height, tile_width), 255.0)
     canvas[:, : new_size[0], : new_size[1]] = resized
     return canvas.clamp(0, 255).to(torch.uint8)
 
@@ -61,7 +61,11 @@ def save_grid(images: list[Tensor], path: str | Path, tile: int = 320, columns: 
     """Tile uint8 images into one PNG/JPEG at ``path``."""
     if not images:
         raise ValueError("no images to draw")
-    tiles = [_fit(image, tile) for image in images]
+    # Cells take the median aspect ratio of the images, so a set of landscape photos fills its cells.
+    aspect = sorted(image.shape[-2] / image.shape[-1] for image in images)[len(images) // 2]
+    tile_height = max(1, round(tile * min(aspect, 1.0)))
+    tile_width = max(1, round(tile / max(aspect, 1.0)))
+    tiles = [_fit(image, tile_height, tile_width) for image in images]
     grid = make_grid(torch.stack(tiles), nrow=min(columns, len(tiles)), padding=4, pad_value=255)
     save_image(grid, path)
     return Path(path)
