@@ -1,0 +1,99 @@
+"""Run proposal methods over a data set, time them, and score them with
+:func:`detlab.eval.proposals.proposal_recall` (recall@n, AR, MABO). Used by ``detlab proposals
+eval`` and ``benchmarks/bench_proposals.py``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from detlab.data.images import load_image
+from detlab.data.schema import DetectionDataset
+from detlab.eval.plots import plot_recall_vs_iou, plot_recall_vs_proposals
+from detlab.eval.proposals import proposal_recall
+from detlab.proposals.cache import ProposalCache
+from detlab.proposals.method import ProposalMethod
+
+NUM_PROPOSALS = (100, 500, 1000, 2000)
+IOU_THRESHOLDS = (0.5, 0.7)
+
+
+def evaluate_method(
+    method: ProposalMethod,
+    dataset: DetectionDataset,
+    num_proposals: Sequence[int] = NUM_PROPOSALS,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cache: ProposalCache | None = None,
+) -> dict:
+    """Proposals of ``method`` for the first ``limit`` records of ``dataset`` (all if ``None``).
+
+    Only ``method.propose`` is timed, not decoding the image. Returns the
+    :func:`proposal_recall` dict plus ``seconds_per_image_mean`` / ``_median`` and ``method``
+    (its settings). ``progress(done, total)`` is called after each image. With a ``cache``, cached
+    images are read instead of computed (and their time is the read's).
+    """
+    records = dataset.records[:limit] if limit else dataset.records
+    proposals, gt_boxes, gt_labels, seconds = [], [], [], []
+    for done, record in enumerate(records, start=1):
+        cached = cache is not None and record.image_id in cache
+        image = None if cached else load_image(record.image_path)
+        start = time.perf_counter()
+        if cache is None:
+            proposals.append(method.propose(image))
+        else:
+            proposals.append(cache.get_or_compute(record.image_id, image))
+        seconds.append(time.perf_counter() - start)
+        gt_boxes.append(record.boxes)
+        gt_labels.append(record.labels)
+        if progress is not None:
+            progress(done, len(records))
+    if not records:
+        raise ValueError(f"data set {dataset.name or ''} has no images to evaluate proposals on")
+    result = proposal_recall(
+        proposals,
+        gt_boxes,
+        gt_labels,
+        num_proposals=num_proposals,
+        iou_thresholds=IOU_THRESHOLDS,
+        classes=dataset.classes,
+    )
+    result["seconds_per_image_mean"] = statistics.mean(seconds)
+    result["seconds_per_image_median"] = statistics.median(seconds)
+    result["method"] = method.settings()
+    return result
+
+
+def summary_row(name: str, result: dict, num_proposals: Sequence[int] = NUM_PROPOSALS) -> list[str]:
+    """One table row: name, recall@n at IoU 0.5 and 0.7, AR, MABO, seconds an image."""
+    cells = [name]
+    for threshold in IOU_THRESHOLDS:
+        cells += [f"{result['recall'][f'{threshold}@{n}']:.3f}" for n in num_proposals]
+    cells += [f"{result['ar']:.3f}", f"{result['mabo']:.3f}", f"{result['seconds_per_image_mean']:.2f}"]
+    return cells
+
+
+def summary_header(num_proposals: Sequence[int] = NUM_PROPOSALS) -> list[str]:
+    """Column names matching :func:`summary_row`."""
+    header = ["method"]
+    for threshold in IOU_THRESHOLDS:
+        header += [f"R@{n} IoU{threshold}" for n in num_proposals]
+    return header + ["AR", "MABO", "s/img"]
+
+
+def save_plots(results: dict[str, dict], out_dir: str | Path, prefix: str = "proposals") -> list[Path]:
+    """Recall-vs-#proposals (IoU 0.5 and 0.7) and recall-vs-IoU plots of ``{name: result}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_recall_vs_proposals(
+            results, out_dir / f"{prefix}_recall_vs_proposals_iou0.5.png", iou_threshold=0.5
+        ),
+        plot_recall_vs_proposals(
+            results, out_dir / f"{prefix}_recall_vs_proposals_iou0.7.png", iou_threshold=0.7
+        ),
+        plot_recall_vs_iou(results, out_dir / f"{prefix}_recall_vs_iou.png"),
+    ]
