@@ -52,7 +52,11 @@ class TinyDetector(nn.Module):
                 loss_box = loss_box * float("nan")
             return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box}
         scores, labels = class_logits[:, 1:].softmax(-1).max(-1)
-        boxes = boxes_normalised * sizes
+        corners = boxes_normalised * sizes
+        # the box head's corners are unordered until trained: order them to keep x1 <= x2, y1 <= y2
+        boxes = torch.cat(
+            [torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])], 1
+        )
         return [
             {"boxes": boxes[k : k + 1], "scores": scores[k : k + 1], "labels": labels[k : k + 1] + 1}
             for k in range(len(images))

@@ -75,7 +75,8 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
     for axis, (title, names) in zip(axes[0], panels):
         source, x_key = (evaluations, "epoch") if title == "evaluation" else (train, "step")
         for name in names:
-            points = [(r[x_key], r[name]) for r in source if _is_number(r.get(name))]
+            # Evaluators report -1 for undefined metrics (no object of that size): not a point.
+            points = [(r[x_key], r[name]) for r in source if _is_number(r.get(name)) and r[name] >= 0]
             if points:
                 xs, ys = zip(*points)
                 axis.plot(xs, ys, marker="o" if title == "evaluation" else None, label=name, linewidth=1.2)

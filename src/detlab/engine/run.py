@@ -129,10 +129,10 @@ def build_datasets(run_config: RunConfig, context: Context | None = None):
 
 
 def make_evaluator_factory(classes: list[str]):
-    """A function returning a fresh mAP evaluator, or ``None`` (with a warning) when
-    ``detlab.eval`` has none yet."""
+    """A function returning a fresh COCO evaluator (its ``AP50`` picks ``best.pt``), or ``None``
+    (with a warning) when ``detlab.eval`` has none."""
     try:
-        from detlab.eval import COCOEvaluator
+        from detlab.eval.coco import COCOEvaluator
     except ImportError:
         warnings.warn(
             "detlab.eval.COCOEvaluator is not available: training runs without evaluation", stacklevel=2

@@ -47,7 +47,7 @@ from detlab.engine.optimization import LearningRateSchedule, build_optimizer
 from detlab.engine.sampling import ResumableSampler, SeededSamples, make_loader
 
 # Metrics tried in order to pick the best checkpoint when the caller names none.
-BEST_METRIC_CANDIDATES = ("mAP50", "map50", "AP50", "mAP", "map")
+BEST_METRIC_CANDIDATES = ("AP50", "mAP50", "map50", "AP", "mAP", "map")
 
 
 class Evaluator(Protocol):
@@ -55,7 +55,7 @@ class Evaluator(Protocol):
 
     def update(self, predictions: list[dict], targets: list[dict]) -> None: ...
 
-    def compute(self) -> dict: ...
+    def compute(self): ...  # a dict of floats, or an object whose summary() is one
 
 
 class NonFiniteLossError(ValueError):
@@ -271,8 +271,11 @@ def _pick_best_metric(metrics: dict, name: str | None) -> tuple[str | None, floa
     return None, None
 
 
-def _plain_metrics(metrics: dict) -> dict:
-    """The scalar part of an evaluator's result (tables stay out of the log and checkpoint)."""
+def _plain_metrics(metrics) -> dict:
+    """The scalar part of an evaluator's result (tables stay out of the log and checkpoint); a
+    result object with ``summary()`` (``detlab.eval.coco.CocoResult``) gives its summary numbers."""
+    if hasattr(metrics, "summary"):
+        metrics = metrics.summary()
     return {
         key: float(value)
         for key, value in metrics.items()

@@ -1,0 +1,173 @@
+"""Predictor, detlab predict / detlab train and the Python API, end to end on tiny runs."""
+
+import json
+
+import pytest
+import torch
+from tiny_detector import SquaresDataset, TinyDetector
+
+import detlab
+from detlab.cli import main
+from detlab.config import TrainConfig
+from detlab.data.images import load_image, save_image
+from detlab.engine import fit
+from detlab.engine.predict import predict_files
+
+
+@pytest.fixture(scope="module")
+def synthetic_voc(tmp_path_factory):
+    from detlab.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("data") / "shapes", num_images=12, seed=0)
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_in_models):
+    torch.manual_seed(0)
+    run_config = {"model_name": "tiny", "data": {}, "train": {}, "model": {"width": 8, "dropout": 0.2}}
+    fit(
+        TinyDetector(),
+        SquaresDataset(10),
+        TrainConfig(epochs=2, device="cpu"),
+        tmp_path / "run",
+        classes=["red", "green"],
+        model_name="tiny",
+        run_config=run_config,
+    )
+    return tmp_path / "run"
+
+
+def test_predictor_from_a_checkpoint_predicts_tensors_and_files(tmp_path, tiny_run):
+    predictor = detlab.load(tiny_run / "last", device="cpu")
+    image, _ = SquaresDataset(10, flip=False)[0]
+    result = predictor.predict(image)
+    assert result["boxes"].shape == (1, 4) and result["labels"].dtype == torch.int64
+    assert result["names"] == [predictor.classes[result["labels"][0] - 1]]
+    save_image(image, tmp_path / "square.png")
+    from_file = predictor.predict(tmp_path / "square.png")
+    torch.testing.assert_close(
+        from_file["boxes"], predictor.predict(load_image(tmp_path / "square.png"))["boxes"]
+    )
+    assert len(predictor.predict(image, score_threshold=1.01)["boxes"]) == 0
+
+
+def test_predict_files_writes_annotated_images_and_coco_results(tmp_path, tiny_run):
+    folder = tmp_path / "images"
+    for index in range(3):
+        save_image(SquaresDataset(10, flip=False)[index][0], folder / f"image{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    predictor = detlab.load(tiny_run, device="cpu")
+    summary = predict_files(predictor, folder, tmp_path / "out", draw_threshold=0.0)
+    assert summary == {"images": 3, "detections": 3, "out_dir": str(tmp_path / "out")}
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "image0.png",
+        "image1.png",
+        "image2.png",
+    ]
+    detections = json.loads((tmp_path / "out" / "detections.json").read_text())
+    images = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert [d["image_id"] for d in detections] == [1, 2, 3]
+    assert [i["file_name"] for i in images] == ["image0.png", "image1.png", "image2.png"]
+    for detection in detections:
+        x, y, width, height = detection["bbox"]
+        assert width > 0 and height > 0 and 0 <= x and x + width <= 32.01
+        assert detection["category_id"] in (1, 2) and 0 <= detection["score"] <= 1
+
+
+def test_predict_command_and_its_errors(tmp_path, tiny_run, capsys):
+    save_image(torch.rand(3, 20, 30), tmp_path / "one.jpg")
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_run / "best"),
+                "--input",
+                str(tmp_path / "one.jpg"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "no such checkpoint" in capsys.readouterr().err  # no evaluation ran, so there is no best.pt
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(tiny_run),
+            "--input",
+            str(tmp_path / "one.jpg"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 0 and (tmp_path / "o" / "one.jpg").is_file()
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_run),
+                "--input",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_api_train_then_resume_with_more_epochs(tmp_path, synthetic_voc, tiny_in_models):
+    run = tmp_path / "run"
+    first = detlab.train(
+        "tiny", data=f"voc:{synthetic_voc}", epochs=1, out=str(run), device="cpu", set=["train.batch_size=4"]
+    )
+    assert first.status == "finished" and first.state.step == 2  # 8 training images, 4 a step
+    assert "AP50" in first.metrics  # evaluated with detlab.eval's COCO evaluator on the val split
+    assert (run / "config.yaml").read_text().startswith("model_name: tiny")
+    second = detlab.train(resume=str(run), epochs=2)
+    assert second.state.step == 4 and second.state.epoch == 2
+    with pytest.raises(ValueError, match="holds a tiny run"):
+        detlab.train("faster_rcnn", resume=str(run))
+    with pytest.raises(ValueError, match="unknown config keys"):
+        detlab.train(
+            "tiny", data=f"voc:{synthetic_voc}", out=str(tmp_path / "x"), set=["train.learning_rate=1"]
+        )
+
+
+def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
+    run = tmp_path / "frcnn"
+    small = ["--set", "model.min_size=128", "--set", "model.max_size=160", "--set", "train.log_every=1"]
+    code = main(
+        [
+            "train",
+            "faster_rcnn",
+            "--data",
+            f"voc:{synthetic_voc}",
+            "--max-steps",
+            "2",
+            "--out",
+            str(run),
+            *small,
+        ]
+    )
+    assert code == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"} <= set(train[0])
+    assert [r["kind"] for r in records][-1] == "eval"
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(run / "best"),
+            "--input",
+            str(synthetic_voc / "JPEGImages" / "synth_000000.jpg"),
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
+    assert code == 0 and (tmp_path / "p" / "detections.json").is_file()
+    assert main(["train", "--model", "nothing", "--data", "synthetic", "--out", str(tmp_path / "n")]) == 2
