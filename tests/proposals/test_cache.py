@@ -1,0 +1,117 @@
+"""The proposal cache: round trip, settings check, and resuming after an interrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detlab.proposals import ProposalCache, UniformBoxes
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+class CountingMethod(UniformBoxes):
+    """Uniform boxes that count calls and can fail on a chosen call, like a run being stopped."""
+
+    def __init__(self, fail_on: int | None = None, **options):
+        super().__init__(max_proposals=20, **options)
+        self.calls, self.fail_on = 0, fail_on
+
+    def propose(self, image):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt
+        return super().propose(image)
+
+
+def images(count: int) -> list[tuple[str, torch.Tensor]]:
+    return [(f"img/{index}", torch.rand(3, 30 + index, 40)) for index in range(count)]
+
+
+def test_get_or_compute_stores_and_reuses(tmp_path):
+    method = CountingMethod()
+    cache = ProposalCache(tmp_path / "c", method)
+    image = torch.rand(3, 30, 40)
+    first = cache.get_or_compute("a", image)
+    again = cache.get_or_compute("a", lambda: pytest.fail("a cached image must not be loaded"))
+    assert method.calls == 1 and torch.equal(first, again) and first.shape == (20, 4)
+    reopened = ProposalCache(tmp_path / "c", CountingMethod())
+    assert "a" in reopened and len(reopened) == 1 and torch.equal(reopened.get("a"), first)
+    read_only = ProposalCache(tmp_path / "c")
+    with pytest.raises(KeyError):
+        read_only.get_or_compute("b", image)
+
+
+def test_different_settings_are_refused(tmp_path):
+    ProposalCache(tmp_path / "c", UniformBoxes(seed=0))
+    with pytest.raises(ValueError, match="another directory"):
+        ProposalCache(tmp_path / "c", UniformBoxes(seed=1))
+
+
+def test_interrupted_fill_resumes_without_redoing_finished_images(tmp_path):
+    items = images(8)
+    with pytest.raises(KeyboardInterrupt):
+        ProposalCache(tmp_path / "c", CountingMethod(fail_on=4)).fill(items)
+    resumed = CountingMethod()
+    cache = ProposalCache(tmp_path / "c", resumed)
+    assert len(cache) == 3
+    assert cache.fill(items) == 5 and resumed.calls == 5
+    reference = CountingMethod()
+    for image_id, image in items:
+        assert torch.equal(cache.get(image_id), reference.propose(image))
+
+
+def test_torn_index_line_and_orphan_temporary_file_are_ignored(tmp_path):
+    cache = ProposalCache(tmp_path / "c", CountingMethod())
+    cache.fill(images(2))
+    with open(tmp_path / "c" / "index.jsonl", "a") as handle:
+        handle.write('{"image_id": "img/2", "fi')  # killed mid-write
+    (tmp_path / "c" / "boxes" / "half-written.npy.tmp").write_bytes(b"\x93NUMPY")
+    method = CountingMethod()
+    cache = ProposalCache(tmp_path / "c", method)
+    assert len(cache) == 2
+    cache.fill(images(3))
+    assert method.calls == 1
+    assert len(ProposalCache(tmp_path / "c", CountingMethod())) == 3
+
+
+WORKER = """
+import sys, time
+import torch
+from detlab.proposals import ProposalCache, UniformBoxes
+
+class Slow(UniformBoxes):
+    def propose(self, image):
+        time.sleep(0.15)
+        return super().propose(image)
+
+cache = ProposalCache(sys.argv[1], Slow(max_proposals=20))
+cache.fill((f"img{index}", torch.rand(3, 20, 20)) for index in range(40))
+"""
+
+
+def test_a_killed_process_resumes_where_it_stopped(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "c")], env=environment)
+    index = tmp_path / "c" / "index.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not index.exists() or len(index.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    finished = len(ProposalCache(tmp_path / "c"))
+    assert 5 <= finished < 40
+    method = UniformBoxes(max_proposals=20)
+    calls = []
+    method.propose = lambda image, original=method.propose: calls.append(1) or original(image)
+    ProposalCache(tmp_path / "c", method).fill((f"img{index}", torch.rand(3, 20, 20)) for index in range(40))
+    assert len(calls) == 40 - finished
+    assert all(np.load(path).shape == (20, 4) for path in (tmp_path / "c" / "boxes").glob("*.npy"))
