@@ -40,9 +40,9 @@ class FeatureExtractor(nn.Sequential):
         self.stride = stride
 
 
-def _conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     ]
@@ -51,13 +51,20 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-def small_features() -> FeatureExtractor:
+def small_features(padding: int = 1) -> FeatureExtractor:
     """Five 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); the first four end in a
-    2x2 max-pool, so the stride is 16 and a 128x128 image gives an 8x8x256 feature map."""
+    2x2 max-pool, so the stride is 16 and a 128x128 image gives an 8x8x256 feature map.
+
+    ``padding=0`` ("valid" convolutions) makes the output at every position depend only on the
+    pixels of its receptive field, never on zero padding at the image border. That is what makes a
+    sliding-window pass over a large image exactly equal to running the net on each crop (OverFeat,
+    section 3.5), so the localizer's small net uses it: a 128x128 window then gives a 4x4 grid.
+    """
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
     for index, width in enumerate(SMALL_WIDTHS):
-        stages[f"block{index + 1}"] = _conv_block(in_channels, width, pool=index < len(SMALL_WIDTHS) - 1)
+        last = index == len(SMALL_WIDTHS) - 1
+        stages[f"block{index + 1}"] = _conv_block(in_channels, width, pool=not last, padding=padding)
         in_channels = width
     return FeatureExtractor(stages, out_channels=SMALL_WIDTHS[-1], stride=16)
 
@@ -195,8 +202,12 @@ def _grid_size(features: nn.Module, window_size: int) -> tuple[int, int]:
     with torch.no_grad():
         training = features.training
         features.eval()
-        shape = features(torch.zeros(1, 3, window_size, window_size)).shape
-        features.train(training)
+        try:
+            shape = features(torch.zeros(1, 3, window_size, window_size)).shape
+        except RuntimeError as error:
+            raise ValueError(f"window size {window_size} is too small for this network ({error})") from error
+        finally:
+            features.train(training)
     return int(shape[2]), int(shape[3])
 
 
@@ -212,15 +223,15 @@ def build_classifier_net(
 
     ``alexnet`` and ``vgg16`` reuse torchvision's FC layers (4096 wide, all but the final 1000-way
     layer) and need ``window_size=224`` for their 6x6 / 7x7 grids (torchvision's adaptive pooling is
-    dropped, it is the identity at that size). ``small`` gets two new FC layers of ``hidden_dim``
-    over the flattened ``(window_size/16)^2 x 256`` grid. ``weights_path`` is a state dict of the
+    dropped, it is the identity at that size). ``small`` (valid convolutions, see :func:`small_features`)
+    gets two new FC layers of ``hidden_dim`` over its flattened ``h x w x 256`` grid. ``weights_path`` is a state dict of the
     full torchvision model (features and classifier).
     """
     _check_name(name)
     if name == "small":
         if pretrained:
             raise ValueError("the 'small' network has no pretrained weights")
-        features = small_features()
+        features = small_features(padding=0)
         grid = _grid_size(features, window_size)
         hidden = nn.Sequential(
             nn.Flatten(),

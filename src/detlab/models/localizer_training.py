@@ -1,0 +1,571 @@
+"""Training recipes for the localizer (and the DeepPose keypoint regressor), CLI and Python API.
+
+Two recipes (``--recipe``):
+
+- ``4step``, the classification-then-regression recipe of OverFeat (Sermanet et al. 2014,
+  section 4.2): 1. train the classifier (features, FC layers, class head) on class labels only;
+  2. attach a new regression head; 3. train only that head with SGD and the L2 loss, everything
+  else frozen (BatchNorm statistics too); 4. test with both heads.
+- ``joint``: both heads and the features trained together, end to end, on the sum of the losses.
+
+Python API: ``train_localizer(LocalizerConfig(...)) -> dict`` of metrics. Command line:
+``detlab train localizer --recipe 4step --regression specific --attach conv --data synthetic-single``;
+the ``detlab train`` command calls :func:`add_arguments` and :func:`run`.
+
+Data: every image contributes one object (the largest box when it has several: raccoon has a few
+images with two raccoons), resized with its image to the ``window_size`` square; the box target is
+normalised by the image size. Images are decoded once and kept in memory as uint8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from detlab import config as config_module
+from detlab.config import DataConfig, TrainConfig
+from detlab.models.localizer import (
+    ATTACH_CHOICES,
+    BOX_LOSS_CHOICES,
+    REGRESSION_CHOICES,
+    Localizer,
+    build_localizer,
+    guesses_from_outputs,
+    localization_metrics,
+    localizer_loss,
+    resize_to_window,
+)
+
+RECIPE_CHOICES = ("4step", "joint")
+
+
+@dataclasses.dataclass
+class LocalizerModelConfig:
+    """The localizer and its recipe. ``classifier_fraction``: share of the training budget spent
+    on step 1 of the 4-step recipe (the rest trains the regression head, with ``head_lr``)."""
+
+    backbone: str = "small"
+    window_size: int = 128
+    regression: str = "agnostic"  # agnostic | specific
+    attach: str = "fc"  # conv | fc
+    recipe: str = "joint"  # 4step | joint
+    box_loss: str = "l2"  # l2 | smooth_l1
+    box_weight: float = 1.0
+    hidden_dim: int = 512
+    dropout: float = 0.5
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    classifier_fraction: float = 0.6
+    head_lr: float = 0.01
+    synthetic_images: int = 1500  # size of the generated synthetic-single set
+
+
+@dataclasses.dataclass
+class LocalizerConfig:
+    model: LocalizerModelConfig = dataclasses.field(default_factory=LocalizerModelConfig)
+    data: DataConfig = dataclasses.field(
+        default_factory=lambda: DataConfig(
+            spec="synthetic-single", root="data/synthetic-single", horizontal_flip=True
+        )
+    )
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            out_dir="runs/localizer",
+            epochs=20,
+            batch_size=32,
+            optimizer="adamw",
+            lr=1e-3,
+            warmup_steps=20,
+            weight_decay=1e-4,
+            log_every=20,
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: one object per image, images resized to the window and kept in memory.
+
+
+@dataclasses.dataclass
+class WindowData:
+    """``images``: uint8 ``Tensor[N, 3, S, S]``; ``labels``: int64 ``Tensor[N]`` (1..C);
+    ``boxes``: ``Tensor[N, 4]`` normalised xyxy; ``classes``: C names."""
+
+    images: Tensor
+    labels: Tensor
+    boxes: Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_detection_dataset(data: DataConfig, split: str, synthetic_images: int = 1500, seed: int = 0):
+    """The :class:`~detlab.data.schema.DetectionDataset` of ``data.spec`` for ``split``.
+
+    ``synthetic-single`` is generated under ``data.root`` (``synthetic_images`` images) on first use.
+    """
+    spec = data.spec
+    if spec in ("synthetic-single", "synthetic"):
+        from detlab.data.synthetic import ensure_synthetic
+        from detlab.data.voc import read_voc
+
+        root = ensure_synthetic(
+            data.root, num_images=synthetic_images, seed=seed, single=spec == "synthetic-single"
+        )
+        return read_voc(root, split=split, on_bad=data.on_bad)
+    import detlab.data as data_package
+
+    if not hasattr(data_package, "load_dataset"):
+        if spec.startswith("voc:"):
+            from detlab.data.voc import read_voc
+
+            return read_voc(spec[4:], split=split, on_bad=data.on_bad)
+        raise ValueError(
+            f"data spec {spec!r} needs detlab.data.load_dataset; use synthetic-single or voc:DIR"
+        )
+    return data_package.load_dataset(spec, split, root=data.root)
+
+
+def largest_object(boxes: Tensor) -> int:
+    """Index of the largest box of ``Tensor[N, 4]`` (the one object a localizer is taught)."""
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return int(areas.argmax())
+
+
+def to_window_data(dataset, window_size: int) -> WindowData:
+    """Decode each record, resize it to ``window_size`` and keep its largest object.
+
+    Images without an object are skipped (with one warning that counts them).
+    """
+    from detlab.data.images import load_image
+
+    images, labels, boxes = [], [], []
+    skipped = 0
+    for record in dataset.records:
+        if len(record.boxes) == 0:
+            skipped += 1
+            continue
+        index = largest_object(record.boxes)
+        scale = torch.tensor([record.width, record.height, record.width, record.height], dtype=torch.float32)
+        image = resize_to_window(load_image(record.image_path), window_size)
+        images.append((image * 255).round().clamp(0, 255).to(torch.uint8))
+        labels.append(int(record.labels[index]))
+        boxes.append(record.boxes[index].float() / scale)
+    if skipped:
+        warnings.warn(f"{dataset.name}: {skipped} images without objects skipped", stacklevel=2)
+    if not images:
+        raise ValueError(f"{dataset.name}: no image with an object; a localizer needs one object per image")
+    return WindowData(torch.stack(images), torch.tensor(labels), torch.stack(boxes), list(dataset.classes))
+
+
+def sample_batch(
+    data: WindowData, indices: Tensor, flip: bool, generator: torch.Generator
+) -> tuple[Tensor, ...]:
+    """Float images in [0, 1] with random horizontal flips (the box is mirrored with the image)."""
+    images = data.images[indices].float() / 255
+    boxes = data.boxes[indices].clone()
+    if flip:
+        mirrored = torch.rand(len(indices), generator=generator) < 0.5
+        images[mirrored] = images[mirrored].flip(-1)
+        boxes[mirrored] = torch.stack(
+            [1 - boxes[mirrored, 2], boxes[mirrored, 1], 1 - boxes[mirrored, 0], boxes[mirrored, 3]], dim=1
+        )
+    return images, data.labels[indices], boxes
+
+
+# ----------------------------------------------------------------------------------------------
+# One plain optimisation loop, used by every step of every recipe.
+
+
+def learning_rate_factor(progress: float, step: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``progress`` in [0, 1] of the run."""
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "cosine":
+        return warmup * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "step":
+        return warmup * (0.1 ** sum(progress >= m for m in (0.67, 0.89)))
+    return warmup
+
+
+def optimise(
+    parameters: Iterable[nn.Parameter],
+    loss_fn: Callable[[torch.Generator], dict[str, Tensor]],
+    num_steps: int,
+    time_budget_s: float,
+    optimizer: str,
+    lr: float,
+    train: TrainConfig,
+    log: Callable[[str], None] = print,
+    name: str = "train",
+) -> dict[str, float]:
+    """Run ``num_steps`` optimiser steps (or stop at ``time_budget_s`` seconds when > 0) on the
+    summed losses of ``loss_fn(generator)``; the learning rate follows ``train.schedule`` over
+    whichever of the two budgets runs out first. Returns first/last loss and steps/seconds done."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=train.weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    generator = torch.Generator().manual_seed(train.seed)
+    start = time.perf_counter()
+    first_loss = last_loss = float("nan")
+    running: list[float] = []
+    step = 0
+    while step < num_steps:
+        elapsed = time.perf_counter() - start
+        progress = step / num_steps
+        if time_budget_s > 0:
+            if elapsed >= time_budget_s:
+                break
+            progress = max(progress, elapsed / time_budget_s)
+        for group in opt.param_groups:
+            group["lr"] = lr * learning_rate_factor(progress, step, train.warmup_steps, train.schedule)
+        losses = loss_fn(generator)
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if train.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, train.clip_grad_norm)
+        opt.step()
+        value = float(total.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{name}: loss became {value} at step {step}; lower the learning rate")
+        first_loss = value if step == 0 else first_loss
+        running.append(value)
+        step += 1
+        if train.log_every > 0 and (step % train.log_every == 0 or step == num_steps):
+            parts = " ".join(f"{key}={float(loss):.4f}" for key, loss in losses.items())
+            log(
+                f"[{name}] step {step}/{num_steps} {parts} lr={opt.param_groups[0]['lr']:.2e} "
+                f"({time.perf_counter() - start:.0f}s)"
+            )
+        last_loss = sum(running[-20:]) / len(running[-20:])
+    return {
+        "steps": step,
+        "seconds": time.perf_counter() - start,
+        "first_loss": first_loss,
+        "last_loss": last_loss,
+    }
+
+
+def steps_for(train: TrainConfig, num_samples: int) -> int:
+    """``train.max_steps`` when set, else ``train.epochs`` passes over ``num_samples``."""
+    if train.max_steps > 0:
+        return train.max_steps
+    return max(1, train.epochs * math.ceil(num_samples / train.batch_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes.
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)
+
+
+def _window_loss(model: Localizer, data: WindowData, config: LocalizerConfig, use_box: bool, use_class: bool):
+    model_config, train = config.model, config.train
+
+    def loss_fn(generator: torch.Generator) -> dict[str, Tensor]:
+        indices = torch.randint(len(data), (train.batch_size,), generator=generator)
+        images, labels, boxes = sample_batch(data, indices, config.data.horizontal_flip, generator)
+        losses = localizer_loss(model(images), labels, boxes, model_config.box_loss, model_config.box_weight)
+        if not use_box:
+            del losses["loss_box"]
+        if not use_class:
+            del losses["loss_classifier"]
+        return losses
+
+    return loss_fn
+
+
+def fit_localizer(
+    model: Localizer, data: WindowData, config: LocalizerConfig, log: Callable[[str], None] = print
+) -> dict[str, dict]:
+    """Train ``model`` in place with ``config.model.recipe``; returns the log of each step."""
+    model_config, train = config.model, config.train
+    total_steps = steps_for(train, len(data))
+    history: dict[str, dict] = {}
+    if model_config.recipe == "joint":
+        model.train()
+        history["joint"] = optimise(
+            model.parameters(),
+            _window_loss(model, data, config, True, True),
+            total_steps,
+            train.time_budget_s,
+            train.optimizer,
+            train.lr,
+            train,
+            log,
+            "joint",
+        )
+        return history
+    if model_config.recipe != "4step":
+        raise ValueError(f"recipe must be one of {RECIPE_CHOICES}, got {model_config.recipe!r}")
+    fraction = model_config.classifier_fraction
+    # Step 1: the classifier alone (the regression head exists but gets no gradient).
+    model.train()
+    set_trainable(model.box_head, False)
+    history["step1_classifier"] = optimise(
+        model.parameters(),
+        _window_loss(model, data, config, use_box=False, use_class=True),
+        max(1, round(total_steps * fraction)),
+        train.time_budget_s * fraction,
+        train.optimizer,
+        train.lr,
+        train,
+        log,
+        "4step/1 classifier",
+    )
+    # Step 2: a new regression head.
+    model.box_head = model.new_box_head()
+    # Step 3: only the regression head learns, with SGD on the L2 loss; the features are frozen,
+    # BatchNorm included (eval mode keeps its running statistics fixed).
+    set_trainable(model, False)
+    set_trainable(model.box_head, True)
+    model.eval()
+    model.box_head.train()
+    history["step3_regressor"] = optimise(
+        model.box_head.parameters(),
+        _window_loss(model, data, config, use_box=True, use_class=False),
+        max(1, total_steps - round(total_steps * fraction)),
+        train.time_budget_s * (1 - fraction),
+        "sgd",
+        model_config.head_lr,
+        train,
+        log,
+        "4step/3 regressor",
+    )
+    set_trainable(model, True)
+    # Step 4 is evaluation with both heads: evaluate_localizer.
+    return history
+
+
+@torch.no_grad()
+def evaluate_localizer(model: Localizer, data: WindowData, batch_size: int = 64) -> dict[str, float]:
+    """Classification accuracy, mean IoU, top-1 and top-5 localization accuracy on ``data``."""
+    model.eval()
+    found: dict[str, list[Tensor]] = {"labels": [], "scores": [], "boxes": []}
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size].float() / 255
+        guesses = guesses_from_outputs(model(images), top_k=5)
+        for key in found:
+            found[key].append(guesses[key])
+    merged = {key: torch.cat(values) for key, values in found.items()}
+    metrics = localization_metrics(merged, data.labels, data.boxes)
+    metrics["num_images"] = len(data)
+    return metrics
+
+
+def train_localizer(config: LocalizerConfig, log: Callable[[str], None] = print) -> dict:
+    """Build data and model from ``config``, train with its recipe, evaluate on the test split, and
+    write ``config.yaml``, ``model.pt`` (checkpoint) and ``results.json`` under ``train.out_dir``.
+
+    Returns ``{"test": metrics, "train": metrics on the training windows, "history": ...}``.
+    """
+    torch.manual_seed(config.train.seed)
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_module.save(config, out_dir / "config.yaml")
+    model_config, data_config = config.model, config.data
+    train_set = load_detection_dataset(
+        data_config, data_config.train_split, model_config.synthetic_images, config.train.seed
+    )
+    test_set = load_detection_dataset(
+        data_config, data_config.test_split, model_config.synthetic_images, config.train.seed
+    )
+    train_data = to_window_data(train_set, model_config.window_size)
+    test_data = to_window_data(test_set, model_config.window_size)
+    test_data.classes = train_data.classes
+    log(
+        f"localizer: {len(train_data)} training and {len(test_data)} test windows, classes {train_data.classes}"
+    )
+    model = build_localizer(
+        len(train_data.classes),
+        model_config.backbone,
+        model_config.window_size,
+        model_config.regression,
+        model_config.attach,
+        model_config.hidden_dim,
+        model_config.dropout,
+        model_config.pretrained,
+        model_config.backbone_weights,
+    )
+    history = fit_localizer(model, train_data, config, log)
+    results = {
+        "test": evaluate_localizer(model, test_data),
+        "train": evaluate_localizer(model, train_data),
+        "history": history,
+        "training_seconds": sum(step["seconds"] for step in history.values()),
+        "classes": train_data.classes,
+    }
+    save_model(model, config, train_data.classes, out_dir / "model.pt", "localizer", results["test"])
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    log(f"localizer test: {json.dumps(results['test'])}")
+    return results
+
+
+def save_model(
+    model: nn.Module, config, classes: list[str], path: Path, model_name: str, metrics: dict
+) -> None:
+    """A detlab checkpoint (plain state dict + resolved config + class names)."""
+    from detlab.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        {
+            "format": "detlab-checkpoint",
+            "version": 1,
+            "model_name": model_name,
+            "classes": list(classes),
+            "config": config_module.to_dict(config),
+            "model": model.state_dict(),
+            "metrics": metrics,
+        },
+        path,
+    )
+
+
+def load_localizer(path: str | Path) -> tuple[Localizer, LocalizerConfig, list[str]]:
+    """Rebuild a trained :class:`Localizer` from the checkpoint ``train_localizer`` wrote."""
+    from detlab.engine.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    config = config_module.from_dict(LocalizerConfig, checkpoint["config"])
+    classes = checkpoint["classes"]
+    model_config = config.model
+    model = build_localizer(
+        len(classes),
+        model_config.backbone,
+        model_config.window_size,
+        model_config.regression,
+        model_config.attach,
+        model_config.hidden_dim,
+        model_config.dropout,
+    )
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), config, classes
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: ``detlab train localizer|keypoints ...``.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The localizer/keypoint options of ``detlab train`` (each maps onto a config field)."""
+    group = parser.add_argument_group("localizer and keypoints (detlab train localizer|keypoints)")
+    group.add_argument(
+        "--recipe",
+        choices=RECIPE_CHOICES,
+        help="4step (classifier, then frozen-feature regression head) or joint end-to-end training",
+    )
+    group.add_argument(
+        "--regression", choices=REGRESSION_CHOICES, help="class-agnostic (4) or class-specific (C x 4) boxes"
+    )
+    group.add_argument(
+        "--attach", choices=ATTACH_CHOICES, help="regression head after the conv features or the FC layer"
+    )
+    group.add_argument("--loss", dest="box_loss", choices=BOX_LOSS_CHOICES, help="box regression loss")
+    group.add_argument("--backbone", help="small (default), alexnet or vgg16")
+    group.add_argument("--window-size", type=int, help="input window side in pixels (default 128)")
+    group.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="torchvision ImageNet weights (needs internet)",
+    )
+    group.add_argument("--backbone-weights", metavar="FILE", help="local state dict for the backbone")
+    group.add_argument("--synthetic-images", type=int, help="images to generate for the synthetic sets")
+    group.add_argument("--stages", type=int, help="keypoints: refinement stages after the first (default 1)")
+
+
+_MODEL_ARGUMENTS = (
+    "recipe",
+    "regression",
+    "attach",
+    "box_loss",
+    "backbone",
+    "window_size",
+    "pretrained",
+    "backbone_weights",
+    "synthetic_images",
+)
+_SHARED_ARGUMENTS = {
+    "data": ("data", "spec"),
+    "data_root": ("data", "root"),
+    "out_dir": ("train", "out_dir"),
+    "epochs": ("train", "epochs"),
+    "max_steps": ("train", "max_steps"),
+    "time_budget": ("train", "time_budget_s"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "seed": ("train", "seed"),
+}
+
+
+def config_from_args(config_class: type, args: argparse.Namespace, model_fields: Iterable[str]):
+    """Defaults, then ``--config`` preset, then named flags, then ``--set key=value`` overrides."""
+    values: dict = {}
+    for name in model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            values.setdefault("model", {})[name] = value
+    for name, (section, field) in _SHARED_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            values.setdefault(section, {})[field] = value
+    return config_module.resolve(
+        config_class, getattr(args, "config", None), getattr(args, "set", None), **values
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``detlab train localizer|keypoints``: train, evaluate, print the test metrics."""
+    model_name = getattr(args, "model", None) or "localizer"
+    if model_name == "keypoints":
+        from detlab.models.keypoints import KeypointConfig, train_keypoints
+
+        config = config_from_args(KeypointConfig, args, ("stages", "window_size", "synthetic_images"))
+        train_keypoints(config)
+        return 0
+    if model_name != "localizer":
+        raise ValueError(f"localizer_training.run handles 'localizer' and 'keypoints', not {model_name!r}")
+    train_localizer(config_from_args(LocalizerConfig, args, _MODEL_ARGUMENTS))
+    return 0
+
+
+def build_standalone_parser() -> argparse.ArgumentParser:
+    """A parser with the flags ``detlab train`` shares (for ``python -m`` use and tests)."""
+    parser = argparse.ArgumentParser(prog="detlab train")
+    parser.add_argument("model", choices=("localizer", "keypoints"))
+    parser.add_argument("--data", help="synthetic-single | voc:DIR | coco:FILE | yolo:DIR")
+    parser.add_argument("--data-root", help="where generated synthetic data goes")
+    parser.add_argument("--out-dir")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--time-budget", type=float, help="seconds of training")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--config", help="YAML preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(run(build_standalone_parser().parse_args()))
