@@ -72,11 +72,12 @@ def test_unknown_backbone():
 
 
 def test_classifier_net_small_shapes():
-    net = build_classifier_net("small", window_size=64, hidden_dim=32)
+    # Valid convolutions: 128 -> 126 -> 63 -> 61 -> 30 -> 28 -> 14 -> 12 -> 6 -> 4.
+    net = build_classifier_net("small", window_size=128, hidden_dim=32)
     assert net.grid == (4, 4)
     net.features.eval(), net.hidden.eval()
     with torch.no_grad():
-        assert net.hidden(net.features(torch.rand(3, 3, 64, 64))).shape == (3, 32)
+        assert net.hidden(net.features(torch.rand(3, 3, 128, 128))).shape == (3, 32)
 
 
 def test_classifier_net_alexnet_needs_224_window():
