@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detlab.eval.matching import group_pairs, match_coco, pair_iou, rank_within_groups
-from detlab.eval.problem import DetectionProblem, problem_from_coco_files, problem_from_targets
+from detlab.eval.problem import DetectionAccumulator, DetectionProblem, problem_from_coco_files
 
 # np.linspace with these arguments is how the COCO API builds its grids; the same floats matter
 # because the summary looks thresholds up by equality.
@@ -272,12 +272,13 @@ def evaluate_coco_files(gt_path, results_path, max_detections: int = 100) -> Coc
     return evaluate_coco(problem_from_coco_files(gt_path, results_path), max_detections=max_detections)
 
 
-class COCOEvaluator:
+class COCOEvaluator(DetectionAccumulator):
     """Accumulates detector outputs image by image, then computes the COCO metrics.
 
     ``update(predictions, targets)`` takes the detector contract's per-image dicts
     (``{"boxes" xyxy, "scores", "labels"}``) and the data set's target dicts (``image_id`` must be
-    distinct across updates); ``compute()`` returns :class:`CocoResult`.
+    distinct across updates); ``compute()`` returns :class:`CocoResult`. The ground-truth area used
+    for the size ranges is the box area; ``difficult`` objects are treated as ignored regions.
     """
 
     def __init__(
@@ -287,26 +288,10 @@ class COCOEvaluator:
         iou_thresholds: np.ndarray | None = None,
         area_ranges: dict[str, tuple[float, float]] | None = None,
     ):
-        self.class_names = list(class_names)
+        super().__init__(class_names)
         self.max_detections = max_detections
         self.iou_thresholds = iou_thresholds
         self.area_ranges = area_ranges
-        self.reset()
-
-    def reset(self) -> None:
-        self.predictions: list[dict] = []
-        self.targets: list[dict] = []
-
-    def update(self, predictions: list[dict], targets: list[dict]) -> None:
-        if len(predictions) != len(targets):
-            raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets; give one per image")
-        self.predictions.extend(
-            {key: prediction[key] for key in ("boxes", "scores", "labels")} for prediction in predictions
-        )
-        self.targets.extend(targets)
-
-    def problem(self) -> DetectionProblem:
-        return problem_from_targets(self.predictions, self.targets, self.class_names)
 
     def compute(self) -> CocoResult:
         return evaluate_coco(self.problem(), self.max_detections, self.iou_thresholds, self.area_ranges)

@@ -278,3 +278,27 @@ def problem_from_targets(
         det_boxes=joined["db"].reshape(-1, 4),
         det_scores=joined["ds"],
     )
+
+
+class DetectionAccumulator:
+    """Collects per-image detector outputs and targets across ``update`` calls (the evaluator contract)."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = list(class_names)
+        self.reset()
+
+    def reset(self) -> None:
+        self.predictions: list[dict] = []
+        self.targets: list[dict] = []
+
+    def update(self, predictions: list[dict], targets: list[dict]) -> None:
+        """``predictions[i]``: ``{"boxes" Tensor[D, 4] xyxy, "scores", "labels"}``; ``targets[i]``: target dict."""
+        if len(predictions) != len(targets):
+            raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets; give one per image")
+        self.predictions.extend(
+            {key: prediction[key] for key in ("boxes", "scores", "labels")} for prediction in predictions
+        )
+        self.targets.extend(targets)
+
+    def problem(self) -> DetectionProblem:
+        return problem_from_targets(self.predictions, self.targets, self.class_names)
