@@ -165,8 +165,9 @@ def train_one_epoch(
     window: dict[str, float] = {}
     window_steps, window_images, window_start = 0, 0, time.perf_counter()
     reason = "epoch_end"
+    # Training time counts loading and augmenting the data too, everything but evaluation.
+    last_tick = time.perf_counter()
     for images, targets in data_loader:
-        step_start = time.perf_counter()
         images, targets = move_to_device(images, targets, device)
         learning_rate = schedule.apply(optimizer, state.step, state.elapsed_s)
         with torch.autocast(device.type, enabled=use_amp):
@@ -177,7 +178,9 @@ def train_one_epoch(
         # One all-reduce carries the losses, the stop flag and the clock, so every rank sees the
         # same numbers and takes the same decisions (stopping alone would deadlock the others).
         local = torch.stack([loss.detach().float()] + [losses[n].detach().float() for n in names])
-        shared = torch.cat([local, torch.tensor([stop_flag, state.elapsed_s], device=local.device)])
+        now = time.perf_counter()
+        local_elapsed, last_tick = state.elapsed_s + (now - last_tick), now
+        shared = torch.cat([local, torch.tensor([stop_flag, local_elapsed], device=local.device)])
         shared = average_across_processes(shared, context).cpu()
         loss_values = shared[: len(names) + 1]
         if not torch.isfinite(loss_values).all():
@@ -209,7 +212,7 @@ def train_one_epoch(
 
         state.step += 1
         state.batch_in_epoch += 1
-        state.elapsed_s = float(shared[-1]) + (time.perf_counter() - step_start)
+        state.elapsed_s = float(shared[-1])  # the same on every rank: the schedule and the budget use it
         for name, value in zip(["loss"] + names, loss_values.tolist()):
             window[name] = window.get(name, 0.0) + value
         window_steps += 1
