@@ -522,10 +522,17 @@ def config_from_args(config_class: type, args: argparse.Namespace, model_fields:
         value = getattr(args, name, None)
         if value is not None:
             values.setdefault("model", {})[name] = value
+    sections = {field.name for field in dataclasses.fields(config_class)}
     for name, (section, field) in _SHARED_ARGUMENTS.items():
         value = getattr(args, name, None)
-        if value is not None:
-            values.setdefault(section, {})[field] = value
+        if value is None:
+            continue
+        if section not in sections:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} does not apply here: {config_class.__name__} has no {section!r} section"
+            )
+        values.setdefault(section, {})[field] = value
     return config_module.resolve(
         config_class, getattr(args, "config", None), getattr(args, "set", None), **values
     )
