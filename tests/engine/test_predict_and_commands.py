@@ -171,3 +171,12 @@ def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
     )
     assert code == 0 and (tmp_path / "p" / "detections.json").is_file()
     assert main(["train", "--model", "nothing", "--data", "synthetic", "--out", str(tmp_path / "n")]) == 2
+
+
+def test_train_rejects_localizer_flags_for_other_models(tmp_path, capsys):
+    code = main(
+        ["train", "faster_rcnn", "--recipe", "4step", "--data", "synthetic", "--out", str(tmp_path / "r")]
+    )
+    assert code == 2 and "--recipe" in capsys.readouterr().err
+    code = main(["train", "faster_rcnn", "--model", "fast_rcnn", "--out", str(tmp_path / "r")])
+    assert code == 2 and "two models" in capsys.readouterr().err
