@@ -56,12 +56,14 @@ class DetectionProblem:
         return len(self.category_ids)
 
 
-def _sort_key(image_id) -> tuple:
+def image_sort_key(image_id) -> tuple:
+    """Evaluation order of image ids."""
     # ints before strings, each in natural order: the COCO API sorts integer image ids
     return (0, image_id, "") if isinstance(image_id, int) else (1, 0, str(image_id))
 
 
-def _load_json(path: Path):
+def load_json(path: Path):
+    """Parsed JSON of ``path``; a missing file or bad JSON is a clear error naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
@@ -152,7 +154,7 @@ def problem_from_coco(ground_truth: dict, results, gt_path: str | Path = "<gt>",
             gt_path, "not a COCO ground-truth file (expected an object with an 'images' list)"
         )
     try:
-        image_ids = sorted({image["id"] for image in ground_truth["images"]}, key=_sort_key)
+        image_ids = sorted({image["id"] for image in ground_truth["images"]}, key=image_sort_key)
         categories = sorted(ground_truth.get("categories", []), key=lambda c: c["id"])
         category_ids = [c["id"] for c in categories]
         class_names = [str(c.get("name", c["id"])) for c in categories]
@@ -202,7 +204,7 @@ def problem_from_coco(ground_truth: dict, results, gt_path: str | Path = "<gt>",
 def problem_from_coco_files(gt_path: str | Path, results_path: str | Path) -> DetectionProblem:
     """Read a COCO ground-truth JSON and a COCO results JSON (a list of detections)."""
     gt_path, results_path = Path(gt_path), Path(results_path)
-    return problem_from_coco(_load_json(gt_path), _load_json(results_path), gt_path, results_path)
+    return problem_from_coco(load_json(gt_path), load_json(results_path), gt_path, results_path)
 
 
 def _numpy(value, dtype) -> np.ndarray:
@@ -234,7 +236,7 @@ def problem_from_targets(
         image_ids = [target.get("image_id", index) for index, target in enumerate(targets)]
     if len(set(image_ids)) != len(image_ids):
         raise ValueError("image_id values repeat; each target must have a distinct image_id")
-    order = sorted(range(len(image_ids)), key=lambda index: _sort_key(image_ids[index]))
+    order = sorted(range(len(image_ids)), key=lambda index: image_sort_key(image_ids[index]))
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     parts: dict[str, list] = {key: [] for key in ("gi", "gc", "gb", "gx", "gd", "di", "dc", "db", "ds")}

@@ -1,0 +1,67 @@
+"""``detlab eval``: score a COCO-style results file against VOC or COCO ground truth.
+
+The work is done by :func:`detlab.eval.evaluate.evaluate_detections`; this file only parses
+arguments, prints the table and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+from detlab.eval.evaluate import PROTOCOLS, evaluate_detections
+from detlab.eval.report import format_console_table, write_report
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report, _ = evaluate_detections(
+            args.gt,
+            args.pred,
+            protocol=args.protocol,
+            iou_threshold=args.iou,
+            max_detections=args.max_dets,
+            split=args.split,
+        )
+    for warning in caught:
+        print(f"warning: {warning.message}")
+    print(format_console_table(report))
+    if args.out:
+        written = write_report(report, args.out, plots=not args.no_plots)
+        print(
+            f"wrote {written['json']}, {written['markdown']}"
+            + ("" if args.no_plots else f" and {len(written) - 2} PR curves")
+        )
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate detections (COCO results JSON) against VOC or COCO ground truth",
+        description=(
+            "Score detections in the COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) "
+            "against a VOC folder, a data set spec (voc:DIR, yolo:DIR) or a COCO ground-truth JSON. For data set "
+            "ground truth, a string image_id is the record's id (the VOC file stem); an integer is the id that "
+            "`detlab data convert` / write_coco assigns (1..N in split order)."
+        ),
+    )
+    parser.add_argument("--gt", required=True, help="VOC folder, data set spec, or COCO ground-truth .json")
+    parser.add_argument("--pred", required=True, help="COCO results .json (a list of detections)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="coco",
+        help="coco (default), voc07 (11-point) or voc (all-point)",
+    )
+    parser.add_argument(
+        "--iou", type=float, default=0.5, help="IoU threshold for the VOC protocols (default 0.5)"
+    )
+    parser.add_argument(
+        "--max-dets", type=int, default=100, help="COCO per-image detection limit (default 100)"
+    )
+    parser.add_argument("--split", default="test", help="split of a VOC/YOLO data set (default test)")
+    parser.add_argument("--out", help="folder for report.json, report.md and pr_curves/*.png")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PR-curve PNGs")
+    parser.set_defaults(handler=run_eval)

@@ -1,0 +1,152 @@
+"""``evaluate_detections``: the one entry point the CLI and the training engine share.
+
+Ground truth may be a :class:`DetectionDataset`, a COCO ground-truth JSON file, or a data set path
+(``voc:DIR``, a VOC folder, ``yolo:DIR``, ...). Predictions may be a COCO results JSON file, a
+COCO results list, or per-image detector outputs aligned with the data set's records.
+
+Image ids in a results file, for data set ground truth: a string is a record's own id (for VOC,
+the file stem, e.g. ``"BloodImage_00007"``); an integer is the id :func:`detlab.data.write_coco`
+gives that record (1..N in record order, i.e. the order of the split file; or the record's own
+id when all ids are integers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from detlab.data.coco import coco_category_ids, coco_image_ids
+from detlab.data.schema import DetectionDataset
+from detlab.eval.coco import CocoResult, evaluate_coco
+from detlab.eval.problem import (
+    DetectionProblem,
+    image_sort_key,
+    load_json,
+    parse_results,
+    problem_from_coco,
+    problem_from_targets,
+    xyxy_to_xywh,
+)
+from detlab.eval.report import build_report
+from detlab.eval.voc import PROTOCOLS as VOC_PROTOCOLS
+from detlab.eval.voc import VocResult, evaluate_voc
+
+PROTOCOLS = ("coco", *VOC_PROTOCOLS)
+
+
+def problem_from_dataset(
+    dataset: DetectionDataset, results, results_path: str | Path = "<results>"
+) -> DetectionProblem:
+    """A problem from a data set's records and a COCO results list (ids as in the module doc)."""
+    records = dataset.records
+    order = sorted(range(len(records)), key=lambda index: image_sort_key(records[index].image_id))
+    rank = np.empty(len(records), np.int64)
+    rank[order] = np.arange(len(records))
+    image_index = {record.image_id: int(rank[index]) for index, record in enumerate(records)}
+    for index, coco_id in enumerate(coco_image_ids(dataset)):
+        image_index.setdefault(coco_id, int(rank[index]))
+    category_ids = coco_category_ids(dataset)
+    category_index = {category_id: index for index, category_id in enumerate(category_ids)}
+    det_image, det_category, det_boxes, det_scores = parse_results(
+        results, results_path, image_index, category_index, where=dataset.name or "data set"
+    )
+    gt_boxes = [xyxy_to_xywh(record.boxes) for record in records]
+    counts = [len(boxes) for boxes in gt_boxes]
+    boxes = np.concatenate(gt_boxes) if gt_boxes else np.zeros((0, 4))
+
+    def flags(name: str) -> np.ndarray:
+        parts = [getattr(record, name).numpy().astype(bool).reshape(-1) for record in records]
+        return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+    labels = [record.labels.numpy().astype(np.int64) - 1 for record in records]
+    return DetectionProblem(
+        image_ids=[records[index].image_id for index in order],
+        category_ids=category_ids,
+        class_names=list(dataset.classes),
+        gt_image=np.repeat(rank, counts),
+        gt_category=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        gt_boxes=boxes,
+        gt_area=boxes[:, 2] * boxes[:, 3],
+        gt_crowd=flags("iscrowd"),
+        gt_difficult=flags("difficult"),
+        det_image=det_image,
+        det_category=det_category,
+        det_boxes=det_boxes,
+        det_scores=det_scores,
+        source={"ground_truth": dataset.name, "results": str(results_path)},
+    )
+
+
+def load_ground_truth(gt: str | Path | DetectionDataset, split: str | None = None):
+    """A data set, or the raw COCO dict for a ``.json`` file (kept raw so numbers match the COCO API)."""
+    if isinstance(gt, DetectionDataset):
+        return gt
+    path = str(gt)
+    if path.endswith(".json") and not path.startswith(("voc:", "yolo:")):
+        file_path = Path(path.removeprefix("coco:"))
+        return {"path": file_path, "data": load_json(file_path)}
+    from detlab.data import load_dataset
+
+    return load_dataset(path, split=split)
+
+
+def evaluate_detections(
+    ground_truth: str | Path | DetectionDataset,
+    predictions: str | Path | list,
+    protocol: str = "coco",
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    split: str | None = None,
+) -> tuple[dict, CocoResult | VocResult]:
+    """Evaluate detections and return ``(report dict, result object)``.
+
+    Args:
+        ground_truth: a :class:`DetectionDataset`, a COCO ground-truth ``.json`` path, or a data
+            set spec/path (``voc:DIR``, a VOC folder, ``yolo:DIR``) read at ``split``.
+        predictions: a COCO results ``.json`` path, a COCO results list (``[{"image_id",
+            "category_id", "bbox": [x, y, w, h], "score"}]``), or, with a data set, per-image
+            detector outputs ``[{"boxes" xyxy, "scores", "labels"}]`` in record order.
+        protocol: ``coco`` (12 numbers), ``voc07`` (11-point AP) or ``voc`` (all-point AP).
+        iou_threshold: the VOC matching threshold (ignored by ``coco``).
+        max_detections: COCO's per-image limit (ignored by ``voc``).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    truth = load_ground_truth(ground_truth, split)
+    results_path = "<predictions>"
+    if isinstance(predictions, (str, Path)):
+        results_path = Path(predictions)
+        predictions = load_json(results_path)
+    detector_outputs = (
+        isinstance(predictions, list)
+        and predictions
+        and isinstance(predictions[0], dict)
+        and ("boxes" in predictions[0] and "bbox" not in predictions[0])
+    )
+    if isinstance(truth, dict):
+        if detector_outputs:
+            raise ValueError(
+                "per-image detector outputs need a data set as ground truth, not a COCO json file"
+            )
+        problem = problem_from_coco(truth["data"], predictions, truth["path"], results_path)
+    elif detector_outputs:
+        if len(predictions) != len(truth):
+            raise ValueError(
+                f"{len(predictions)} detector outputs for {len(truth)} images; give one per record"
+            )
+        problem = problem_from_targets(
+            predictions, [record.target() for record in truth.records], truth.classes
+        )
+        problem.category_ids = coco_category_ids(truth)
+        problem.source = {"ground_truth": truth.name, "results": "detector outputs"}
+    else:
+        problem = problem_from_dataset(truth, predictions, results_path)
+    settings = {"protocol": protocol}
+    if protocol == "coco":
+        result = evaluate_coco(problem, max_detections=max_detections)
+        settings["max_detections"] = max_detections
+    else:
+        result = evaluate_voc(problem, iou_threshold, use_11_point=protocol == "voc07")
+        settings["iou_threshold"] = iou_threshold
+    return build_report(result, problem, settings), result

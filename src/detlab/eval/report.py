@@ -1,0 +1,131 @@
+"""Evaluation reports: one JSON-ready dict, a console table, a Markdown table and PR-curve PNGs.
+
+A report is a plain dict (so it can be saved, read back and compared):
+``{"protocol", "settings", "num_images", "num_gt", "num_detections", "metrics": {name: value},
+"per_class": [{"class", "num_gt", "num_detections", "AP", ...}], "curves": {class: {"recall",
+"precision"}}, "source"}``. Undefined values (a class without ground truth) are ``None`` in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from detlab.eval.coco import CocoResult
+from detlab.eval.problem import DetectionProblem
+from detlab.eval.voc import VocResult
+
+
+def _clean(value):
+    """NaN and the COCO API's -1 (undefined) become None; numpy scalars become floats."""
+    if isinstance(value, float) and (math.isnan(value) or value == -1.0):
+        return None
+    return value
+
+
+def build_report(result: CocoResult | VocResult, problem: DetectionProblem, settings: dict) -> dict:
+    """The report dict of a COCO or VOC result on ``problem`` (see the module doc)."""
+    per_class = [{key: _clean(value) for key, value in row.items()} for row in result.per_class()]
+    if isinstance(result, CocoResult):
+        protocol = "coco"
+        metrics = {name: _clean(value) for name, value in result.summary().items()}
+        curves = {name: result.pr_curve(index, 0.5) for index, name in enumerate(result.class_names)}
+        curve_note = "COCO interpolated precision at 101 recall points, IoU 0.5, all areas"
+    else:
+        protocol = result.protocol
+        metrics = {name: _clean(value) for name, value in result.summary().items()}
+        curves = {name: result.pr_curve(index) for index, name in enumerate(result.class_names)}
+        curve_note = f"raw precision/recall over detections ranked by score, IoU {result.iou_threshold:g}"
+    return {
+        "protocol": protocol,
+        "settings": dict(settings),
+        "num_images": len(problem.image_ids),
+        "num_gt": int(len(problem.gt_category)),
+        "num_detections": int(len(problem.det_category)),
+        "metrics": metrics,
+        "per_class": per_class,
+        "curves": {
+            name: {"recall": recall, "precision": precision} for name, (recall, precision) in curves.items()
+        },
+        "curve_note": curve_note,
+        "source": dict(problem.source),
+    }
+
+
+def _table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    value_keys = [
+        key for key in ("AP", "AP50", "AP75", "AR") if any(key in row for row in report["per_class"])
+    ]
+    header = ["class", "gt", "detections", *value_keys]
+    rows = []
+    for row in report["per_class"]:
+        values = ["-" if row.get(key) is None else f"{row[key]:.4f}" for key in value_keys]
+        rows.append([str(row["class"]), str(row["num_gt"]), str(row["num_detections"]), *values])
+    return header, rows
+
+
+def _headline(report: dict) -> str:
+    parts = [
+        f"{name} {'-' if value is None else f'{value:.4f}'}" for name, value in report["metrics"].items()
+    ]
+    return ", ".join(parts)
+
+
+def format_console_table(report: dict) -> str:
+    """A fixed-width per-class table followed by the summary metrics."""
+    header, rows = _table_rows(report)
+    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(line, widths))
+        )
+        for line in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    summary = f"{report['protocol']}: {report['num_images']} images, {report['num_gt']} ground-truth boxes, {report['num_detections']} detections"
+    return "\n".join([summary, *lines, _headline(report)])
+
+
+def format_markdown_table(report: dict) -> str:
+    """The per-class table and the metrics as Markdown."""
+    header, rows = _table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    metric_lines = ["| metric | value |", "|---|---:|"] + [
+        f"| {name} | {'-' if value is None else f'{value:.4f}'} |"
+        for name, value in report["metrics"].items()
+    ]
+    intro = (
+        f"Protocol `{report['protocol']}`, {report['num_images']} images, {report['num_gt']} ground-truth boxes, "
+        f"{report['num_detections']} detections."
+    )
+    return "\n".join([intro, "", *metric_lines, "", *lines, ""])
+
+
+def _file_name(class_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", class_name).strip("_") or "class"
+
+
+def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and (with ``plots``) ``pr_curves/<class>.png`` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
+    with open(written["json"], "w") as handle:
+        json.dump(report, handle, indent=1)
+    written["markdown"].write_text(format_markdown_table(report))
+    if plots:
+        from detlab.eval.plots import plot_precision_recall
+
+        for row in report["per_class"]:
+            name = row["class"]
+            curve = report["curves"][name]
+            path = out_dir / "pr_curves" / f"{_file_name(str(name))}.png"
+            title = f"{name} ({report['protocol']})"
+            written[f"pr_{name}"] = plot_precision_recall(
+                curve["recall"], curve["precision"], path, title, row.get("AP50", row.get("AP"))
+            )
+    return written

@@ -1,0 +1,177 @@
+"""``detlab eval`` end to end, and bad results files."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detlab.cli import main
+from detlab.data.errors import BadInputError
+from detlab.eval.evaluate import evaluate_detections
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def small_coco(tmp_path: Path) -> tuple[Path, list[dict]]:
+    ground_truth = {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 9, "bbox": [50, 50, 30, 20], "area": 600, "iscrowd": 0},
+        ],
+        "categories": [{"id": 7, "name": "cat"}, {"id": 9, "name": "dog house"}],
+    }
+    results = [
+        {"image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40], "score": 0.9},
+        {"image_id": 2, "category_id": 9, "bbox": [0, 0, 10, 10], "score": 0.8},
+    ]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(ground_truth))
+    return path, results
+
+
+def write(tmp_path: Path, content, name: str = "results.json") -> Path:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_cli_on_coco_json_writes_table_json_and_plots(tmp_path, capsys):
+    gt_path, results = small_coco(tmp_path)
+    results_path = write(tmp_path, results)
+    code = main(
+        [
+            "eval",
+            "--gt",
+            str(gt_path),
+            "--pred",
+            str(results_path),
+            "--protocol",
+            "voc",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "dog house" in printed and "mAP@0.5 0.5000" in printed  # cat found (AP 1), dog missed (AP 0)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [row["AP"] for row in report["per_class"]] == [1.0, 0.0]
+    assert (tmp_path / "out" / "pr_curves" / "dog_house.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| cat |" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"image_id": 1}, "must be a JSON list"),
+        ("[{", "not valid JSON"),
+        (
+            [{"image_id": 5, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5}],
+            r"results\[0\]: unknown image_id 5",
+        ),
+        (
+            [
+                {"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5},
+                {"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5},
+            ],
+            r"results\[1\]: unknown category_id 3",
+        ),
+        (
+            [{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1], "score": float("nan")}],
+            r"results\[0\]: score",
+        ),
+        (
+            [{"image_id": 1, "category_id": 7, "bbox": [0, float("inf"), 1, 1], "score": 0.5}],
+            r"results\[0\]: bbox",
+        ),
+        (
+            [{"image_id": 1, "category_id": 7, "bbox": [0, 0, -3, 1], "score": 0.5}],
+            r"results\[0\]: negative width",
+        ),
+        (
+            [{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1], "score": 0.5}],
+            r"results\[0\]: bbox must be 4",
+        ),
+        ([{"image_id": 1, "category_id": 7, "score": 0.5}], r"results\[0\] has no 'bbox'"),
+        ([[1, 7, 0, 0, 1, 1, 0.5]], r"results\[0\] is list"),
+    ],
+)
+def test_bad_results_files_name_the_file_and_entry(tmp_path, content, message):
+    gt_path, _ = small_coco(tmp_path)
+    # json.dumps writes NaN / Infinity, which Python's json reads back, as other tools' files may contain
+    results_path = write(tmp_path, content)
+    with pytest.raises(BadInputError, match=message) as error:
+        evaluate_detections(gt_path, results_path)
+    assert str(results_path) in str(error.value)
+    code = main(["eval", "--gt", str(gt_path), "--pred", str(results_path)])
+    assert code == 2  # the CLI prints one line instead of a traceback
+
+
+def test_empty_results_warn_and_score_zero(tmp_path, capsys):
+    gt_path, _ = small_coco(tmp_path)
+    results_path = write(tmp_path, [])
+    with pytest.warns(UserWarning, match="no detections"):
+        report, _ = evaluate_detections(gt_path, results_path, protocol="coco")
+    assert report["metrics"]["AP"] == 0.0 and report["metrics"]["AR100"] == 0.0
+    assert main(["eval", "--gt", str(gt_path), "--pred", str(results_path)]) == 0
+    assert "warning" in capsys.readouterr().out
+
+
+def test_missing_files_are_clear(tmp_path):
+    gt_path, _ = small_coco(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        evaluate_detections(gt_path, tmp_path / "missing.json")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "bccd").is_dir(), reason="../shared/data/bccd not present")
+def test_cli_on_bccd_voc_folder_with_string_and_integer_ids(tmp_path, capsys):
+    from detlab.data import read_voc
+    from detlab.data.coco import to_coco_dict
+
+    dataset = read_voc(SHARED_DATA / "bccd", split="test")
+    ground_truth = to_coco_dict(dataset)
+    rng = np.random.default_rng(1)
+    by_string, by_integer = [], []
+    stems = {image["id"]: image["detlab_image_id"] for image in ground_truth["images"]}
+    for annotation in ground_truth["annotations"]:
+        if rng.random() < 0.2:
+            continue  # a miss
+        x, y, w, h = annotation["bbox"]
+        jitter = rng.normal(0, 0.05, 4) * [w, h, w, h]
+        entry = {
+            "category_id": annotation["category_id"],
+            "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+            "score": float(rng.uniform(0.2, 1.0)),
+        }
+        by_string.append({"image_id": stems[annotation["image_id"]], **entry})
+        by_integer.append({"image_id": annotation["image_id"], **entry})
+    string_path, integer_path = write(tmp_path, by_string, "a.json"), write(tmp_path, by_integer, "b.json")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "--gt",
+            str(SHARED_DATA / "bccd"),
+            "--split",
+            "test",
+            "--pred",
+            str(string_path),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "RBC" in printed and "AP50" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == len(dataset) and report["num_detections"] == len(by_string)
+    # about 80 % of the cells found with small jitter: AP50 high but below 1
+    assert 0.6 < report["metrics"]["AP50"] < 0.95
+    for name in dataset.classes:
+        assert (out / "pr_curves" / f"{name}.png").is_file()
+    same, _ = evaluate_detections(SHARED_DATA / "bccd", integer_path, split="test")
+    assert same["metrics"] == report["metrics"]
+    voc07, _ = evaluate_detections(SHARED_DATA / "bccd", string_path, protocol="voc07", split="test")
+    assert 0.6 < voc07["metrics"]["mAP@0.5"] < 0.95
