@@ -11,7 +11,7 @@ from detlab.cli import main
 from detlab.config import TrainConfig
 from detlab.data.images import load_image, save_image
 from detlab.engine import fit
-from detlab.engine.predict import predict_files
+from detlab.engine.predict import evaluate_checkpoint, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,17 @@ def synthetic_voc(tmp_path_factory):
     from detlab.data.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("data") / "shapes", num_images=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reordered_voc(synthetic_voc):
+    """The same images with the class order reversed: a checkpoint's labels would mean other classes."""
+    import shutil
+
+    copy = shutil.copytree(synthetic_voc, synthetic_voc.parent / "reordered")
+    names = (copy / "classes.txt").read_text().split()
+    (copy / "classes.txt").write_text("".join(f"{name}\n" for name in reversed(names)))
+    return copy
 
 
 @pytest.fixture
@@ -119,7 +130,7 @@ def test_predict_command_and_its_errors(tmp_path, tiny_run, capsys):
     )
 
 
-def test_api_train_then_resume_with_more_epochs(tmp_path, synthetic_voc, tiny_in_models):
+def test_api_train_then_resume_with_more_epochs(tmp_path, synthetic_voc, reordered_voc, tiny_in_models):
     run = tmp_path / "run"
     first = detlab.train(
         "tiny", data=f"voc:{synthetic_voc}", epochs=1, out=str(run), device="cpu", set=["train.batch_size=4"]
@@ -129,6 +140,10 @@ def test_api_train_then_resume_with_more_epochs(tmp_path, synthetic_voc, tiny_in
     assert (run / "config.yaml").read_text().startswith("model_name: tiny")
     second = detlab.train(resume=str(run), epochs=2)
     assert second.state.step == 4 and second.state.epoch == 2
+    report, result = evaluate_checkpoint(run / "last", f"voc:{synthetic_voc}", "test", device="cpu")
+    assert 0.0 <= result.summary()["AP50"] <= 1.0 and report
+    with pytest.raises(ValueError, match="classes"):
+        evaluate_checkpoint(run / "last", f"voc:{reordered_voc}", "test")
     with pytest.raises(ValueError, match="holds a tiny run"):
         detlab.train("faster_rcnn", resume=str(run))
     with pytest.raises(ValueError, match="unknown config keys"):

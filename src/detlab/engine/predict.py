@@ -162,3 +162,28 @@ def predict_dataset(predictor: Predictor, dataset, batch_size: int = 1) -> tuple
             predictions.append({key: output[key] for key in ("boxes", "scores", "labels")})
             targets.append(target)
     return predictions, targets
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    split: str | None = "test",
+    protocol: str = "coco",
+    iou_threshold: float = 0.5,
+    device: str = "auto",
+):
+    """Predict with ``checkpoint`` over the data set ``data`` (a spec) at ``split``, then score the
+    detections with :func:`detlab.eval.evaluate.evaluate_detections`; returns its
+    ``(report, result)``. The data set's classes must be the checkpoint's, in the same order."""
+    from detlab.data import load_dataset
+    from detlab.eval.evaluate import evaluate_detections
+
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    dataset = load_dataset(data, split)
+    if list(dataset.classes) != predictor.classes:
+        raise ValueError(
+            f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "
+            "evaluate on data with the same classes"
+        )
+    predictions, _ = predict_dataset(predictor, dataset)
+    return evaluate_detections(dataset, predictions, protocol=protocol, iou_threshold=iou_threshold)
