@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.boxes import iou
 from detlab.models.backbones import ClassifierNet, build_classifier_net
 
 REGRESSION_CHOICES = ("agnostic", "specific")
@@ -183,25 +182,28 @@ def localizer_loss(
 def localization_metrics(
     guesses: dict[str, Tensor], labels: Tensor, boxes: Tensor, iou_threshold: float = 0.5
 ) -> dict[str, float]:
-    """ILSVRC-style metrics over B images with one ground-truth object each.
+    """ILSVRC-style metrics over B images with one ground-truth object each, computed by
+    :func:`detlab.eval.localization.localization_metrics`.
 
     ``guesses``: from :func:`guesses_from_outputs`; ``boxes``: ``Tensor[B, 4]`` normalised xyxy.
     (IoU of normalised boxes equals IoU in pixels: scaling x and y scales both areas alike.)
     A guess is correct when its label is the true label and its box has IoU >= ``iou_threshold``.
     Returns ``classification_accuracy`` (top-1), ``mean_iou`` (top-1 guess's box),
-    ``top1_localization`` and ``top5_localization`` (any of the first five guesses correct).
+    ``top1_localization`` and ``top5_localization`` (any of the first five guesses correct; with
+    fewer than five classes, any guess).
     """
-    pred_labels, pred_boxes = guesses["labels"], guesses["boxes"]
-    k = pred_labels.shape[1]
-    overlaps = torch.stack(
-        [iou(pred_boxes[:, j].float(), boxes.float()).diagonal() for j in range(k)], dim=1
-    )  # Tensor[B, k]
-    correct = (pred_labels == labels[:, None]) & (overlaps >= iou_threshold)
+    from detlab.eval.localization import localization_metrics as ilsvrc_metrics
+
+    num_guesses = min(5, guesses["labels"].shape[1])
+    result = ilsvrc_metrics(
+        guesses["labels"][:, :num_guesses], guesses["boxes"][:, :num_guesses], list(labels[:, None]),
+        list(boxes[:, None]), iou_threshold,
+    )  # fmt: skip
     return {
-        "classification_accuracy": float((pred_labels[:, 0] == labels).float().mean()),
-        "mean_iou": float(overlaps[:, 0].mean()),
-        "top1_localization": float(correct[:, 0].float().mean()),
-        "top5_localization": float(correct[:, :5].any(dim=1).float().mean()),
+        "classification_accuracy": result["classification_top1"],
+        "mean_iou": result["mean_iou"],
+        "top1_localization": result["localization_top1"],
+        "top5_localization": result[f"localization_top{num_guesses}"],
     }
 
 

@@ -136,6 +136,17 @@ def load_detection_dataset(data: DataConfig, split: str, synthetic_images: int =
     return data_package.load_dataset(spec, split, root=data.root)
 
 
+def load_window_data(config: LocalizerConfig) -> tuple[WindowData, WindowData]:
+    """Training and test windows of ``config.data`` (train and test splits)."""
+    model_config, data_config = config.model, config.data
+    splits = []
+    for split in (data_config.train_split, data_config.test_split):
+        dataset = load_detection_dataset(data_config, split, model_config.synthetic_images, config.train.seed)
+        splits.append(to_window_data(dataset, model_config.window_size))
+    splits[1].classes = splits[0].classes
+    return splits[0], splits[1]
+
+
 def largest_object(boxes: Tensor) -> int:
     """Index of the largest box of ``Tensor[N, 4]`` (the one object a localizer is taught)."""
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -370,26 +381,25 @@ def evaluate_localizer(model: Localizer, data: WindowData, batch_size: int = 64)
     return metrics
 
 
-def train_localizer(config: LocalizerConfig, log: Callable[[str], None] = print) -> dict:
+def train_localizer(
+    config: LocalizerConfig,
+    log: Callable[[str], None] = print,
+    data: tuple[WindowData, WindowData] | None = None,
+) -> dict:
     """Build data and model from ``config``, train with its recipe, evaluate on the test split, and
     write ``config.yaml``, ``model.pt`` (checkpoint) and ``results.json`` under ``train.out_dir``.
 
+    ``data``: ``(train, test)`` windows already loaded (a benchmark reuses them across runs).
     Returns ``{"test": metrics, "train": metrics on the training windows, "history": ...}``.
     """
     torch.manual_seed(config.train.seed)
     out_dir = Path(config.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_module.save(config, out_dir / "config.yaml")
-    model_config, data_config = config.model, config.data
-    train_set = load_detection_dataset(
-        data_config, data_config.train_split, model_config.synthetic_images, config.train.seed
-    )
-    test_set = load_detection_dataset(
-        data_config, data_config.test_split, model_config.synthetic_images, config.train.seed
-    )
-    train_data = to_window_data(train_set, model_config.window_size)
-    test_data = to_window_data(test_set, model_config.window_size)
-    test_data.classes = train_data.classes
+    model_config = config.model
+    if data is None:
+        data = load_window_data(config)
+    train_data, test_data = data
     log(
         f"localizer: {len(train_data)} training and {len(test_data)} test windows, classes {train_data.classes}"
     )
