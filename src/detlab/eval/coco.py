@@ -94,6 +94,19 @@ class CocoResult:
         return RECALL_THRESHOLDS.tolist(), np.clip(precision, 0, None).tolist()
 
 
+def _true_positives_needed(num_positive: np.ndarray) -> np.ndarray:
+    """``[K, A]`` counts -> ``[K, A, R]``: the fewest true positives whose recall, computed as the COCO
+    API does (``tp / num_positive`` in float64), reaches each recall point (``num_positive + 1``
+    when it cannot be reached)."""
+    total = num_positive[..., None].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        needed = np.ceil(RECALL_THRESHOLDS * total)
+        for _ in range(2):  # ceil() may be one off after rounding; settle on the exact float comparison
+            needed = np.where((needed > 0) & ((needed - 1) / total >= RECALL_THRESHOLDS), needed - 1, needed)
+            needed = np.where(needed / total < RECALL_THRESHOLDS, needed + 1, needed)
+    return np.minimum(needed, total + 1).astype(np.int64)
+
+
 def _threshold_index(thresholds: np.ndarray, value: float) -> int | None:
     found = np.flatnonzero(np.isclose(thresholds, value, atol=1e-12))
     return int(found[0]) if len(found) else None
@@ -119,9 +132,9 @@ def evaluate_coco(
     """
     iou_thresholds = IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, np.float64)
     area_ranges = AREA_RANGES if area_ranges is None else dict(area_ranges)
+    if max_detections < 10:
+        raise ValueError(f"max_detections must be at least 10 (the limits are 1, 10 and it), got {max_detections}")
     max_detection_settings = sorted({1, 10, int(max_detections)})
-    if max_detections < 1:
-        raise ValueError(f"max_detections must be at least 1, got {max_detections}")
     area_names = list(area_ranges)
     area_bounds = np.array([area_ranges[name] for name in area_names], np.float64)  # [A, 2]
     num_classes = problem.num_classes
@@ -189,33 +202,47 @@ def evaluate_coco(
 
     precision = -np.ones((num_thresholds, num_recall, num_classes, num_areas, num_settings))
     recall = -np.ones((num_thresholds, num_classes, num_areas, num_settings))
+    # rows of the curves below: (area, threshold) pairs, A * T of them
+    row_positive = np.repeat(num_gt_counted, num_thresholds, axis=1)  # [K, A * T]
+    needed = _true_positives_needed(num_gt_counted)  # [K, A, R]
     for k in range(num_classes):
+        counted = num_gt_counted[k] > 0  # [A]
+        if not counted.any():
+            continue
         indices = class_order[class_starts[k] : class_starts[k + 1]]
         for m, limit in enumerate(max_detection_settings):
             selected = indices[det_rank[indices] < limit]
-            for a in range(num_areas):
-                num_positive = num_gt_counted[k, a]
-                if num_positive == 0:
-                    continue
-                tp_sum = np.cumsum(true_positive[a][:, selected], axis=1, dtype=np.float64)  # [T, n]
-                fp_sum = np.cumsum(false_positive[a][:, selected], axis=1, dtype=np.float64)
-                if tp_sum.shape[1] == 0:
-                    recall[:, k, a, m] = 0
-                    precision[:, :, k, a, m] = 0
-                    continue
-                recall_curve = tp_sum / num_positive
-                precision_curve = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-                # precision envelope: the best precision at this recall or any higher one
-                precision_curve = np.maximum.accumulate(precision_curve[:, ::-1], axis=1)[:, ::-1]
-                recall[:, k, a, m] = recall_curve[:, -1]
-                for t in range(num_thresholds):
-                    positions = np.searchsorted(recall_curve[t], RECALL_THRESHOLDS, side="left")
-                    reached = positions < recall_curve.shape[1]
-                    values = np.zeros(num_recall)
-                    # the COCO API stops at the first recall point it cannot reach
-                    first_missing = np.argmin(reached) if not reached.all() else num_recall
-                    values[:first_missing] = precision_curve[t, positions[:first_missing]]
-                    precision[t, :, k, a, m] = values
+            num_selected = len(selected)
+            if num_selected == 0:
+                recall[:, k, counted, m] = 0
+                precision[:, :, k, counted, m] = 0
+                continue
+            tp_count = np.cumsum(true_positive[:, :, selected], axis=2).reshape(-1, num_selected)  # [A*T, n]
+            fp_count = np.cumsum(false_positive[:, :, selected], axis=2).reshape(-1, num_selected)
+            tp_sum = tp_count.astype(np.float64)
+            precision_curve = tp_sum / (fp_count + tp_sum + np.spacing(1))
+            # precision envelope: the best precision at this recall or any higher one
+            precision_curve = np.maximum.accumulate(precision_curve[:, ::-1], axis=1)[:, ::-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                final_recall = tp_sum[:, -1] / row_positive[k]
+            # First position whose recall reaches each recall point. Recall is tp / num_positive,
+            # so that is the first position with at least `needed` true positives: an integer
+            # search, done for all rows at once by offsetting each row's counts.
+            num_rows = tp_count.shape[0]
+            offsets = np.arange(num_rows)[:, None] * (num_selected + 2)
+            targets = np.repeat(needed[k], num_thresholds, axis=0) + offsets  # [A*T, R]
+            positions = np.searchsorted((tp_count + offsets).ravel(), targets.ravel(), side="left").reshape(
+                num_rows, -1
+            )
+            positions -= np.arange(num_rows)[:, None] * num_selected
+            reached = positions < num_selected
+            values = np.where(
+                reached, np.take_along_axis(precision_curve, np.minimum(positions, num_selected - 1), 1), 0.0
+            )
+            values = values.reshape(num_areas, num_thresholds, num_recall)
+            final_recall = final_recall.reshape(num_areas, num_thresholds)
+            precision[:, :, k, counted, m] = values[counted].transpose(1, 2, 0)
+            recall[:, k, counted, m] = final_recall[counted].T
 
     stats, names = _summarize(precision, recall, iou_thresholds, area_names, max_detection_settings)
     return CocoResult(
