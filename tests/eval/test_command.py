@@ -175,3 +175,39 @@ def test_cli_on_bccd_voc_folder_with_string_and_integer_ids(tmp_path, capsys):
     assert same["metrics"] == report["metrics"]
     voc07, _ = evaluate_detections(SHARED_DATA / "bccd", string_path, protocol="voc07", split="test")
     assert 0.6 < voc07["metrics"]["mAP@0.5"] < 0.95
+
+
+def test_to_coco_results_round_trip_scores_perfect_detections(tmp_path):
+    import torch
+
+    from detlab.data.schema import DetectionDataset, Record
+    from detlab.eval.evaluate import to_coco_results
+
+    records = [
+        Record("b", tmp_path / "b.jpg", 50, 50, torch.tensor([[1.0, 2, 20, 30]]), torch.tensor([2])),
+        Record(
+            "a",
+            tmp_path / "a.jpg",
+            50,
+            50,
+            torch.tensor([[5.0, 5, 15, 15], [20.0, 20, 40, 45]]),
+            torch.tensor([1, 2]),
+        ),
+    ]
+    dataset = DetectionDataset(records, ["x", "y"])
+    predictions = [
+        {
+            "boxes": record.boxes,
+            "scores": torch.linspace(0.9, 0.5, len(record.boxes)),
+            "labels": record.labels,
+        }
+        for record in records
+    ]
+    for use_record_ids in (True, False):
+        results = to_coco_results(predictions, dataset, use_record_ids=use_record_ids)
+        assert len(results) == 3 and results[0]["bbox"] == pytest.approx([1.0, 2.0, 19.0, 28.0])
+        report, _ = evaluate_detections(dataset, results, protocol="coco")
+        assert report["metrics"]["AP"] == pytest.approx(1.0)
+    # detector outputs can also be passed directly
+    report, _ = evaluate_detections(dataset, predictions, protocol="voc")
+    assert report["metrics"]["mAP@0.5"] == pytest.approx(1.0)

@@ -133,7 +133,9 @@ def evaluate_coco(
     iou_thresholds = IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, np.float64)
     area_ranges = AREA_RANGES if area_ranges is None else dict(area_ranges)
     if max_detections < 10:
-        raise ValueError(f"max_detections must be at least 10 (the limits are 1, 10 and it), got {max_detections}")
+        raise ValueError(
+            f"max_detections must be at least 10 (the limits are 1, 10 and it), got {max_detections}"
+        )
     max_detection_settings = sorted({1, 10, int(max_detections)})
     area_names = list(area_ranges)
     area_bounds = np.array([area_ranges[name] for name in area_names], np.float64)  # [A, 2]

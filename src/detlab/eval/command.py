@@ -44,7 +44,7 @@ def add_commands(subparsers) -> None:
             "Score detections in the COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) "
             "against a VOC folder, a data set spec (voc:DIR, yolo:DIR) or a COCO ground-truth JSON. For data set "
             "ground truth, a string image_id is the record's id (the VOC file stem); an integer is the id that "
-            "`detlab data convert` / write_coco assigns (1..N in split order)."
+            "detlab.data.write_coco assigns (1..N in split order)."
         ),
     )
     parser.add_argument("--gt", required=True, help="VOC folder, data set spec, or COCO ground-truth .json")

@@ -21,6 +21,7 @@ from detlab.data.schema import DetectionDataset
 from detlab.eval.coco import CocoResult, evaluate_coco
 from detlab.eval.problem import (
     DetectionProblem,
+    box_flags,
     image_sort_key,
     load_json,
     parse_results,
@@ -56,7 +57,7 @@ def problem_from_dataset(
     boxes = np.concatenate(gt_boxes) if gt_boxes else np.zeros((0, 4))
 
     def flags(name: str) -> np.ndarray:
-        parts = [getattr(record, name).numpy().astype(bool).reshape(-1) for record in records]
+        parts = [box_flags(getattr(record, name), len(record.boxes), name) for record in records]
         return np.concatenate(parts) if parts else np.zeros(0, bool)
 
     labels = [record.labels.numpy().astype(np.int64) - 1 for record in records]
@@ -150,3 +151,30 @@ def evaluate_detections(
         result = evaluate_voc(problem, iou_threshold, use_11_point=protocol == "voc07")
         settings["iou_threshold"] = iou_threshold
     return build_report(result, problem, settings), result
+
+
+def to_coco_results(
+    predictions: list[dict], dataset: DetectionDataset, use_record_ids: bool = True
+) -> list[dict]:
+    """Detector outputs (one ``{"boxes" xyxy, "scores", "labels"}`` per record, in record order) as
+    a COCO results list ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
+
+    ``use_record_ids``: write the records' own ids (VOC stems); otherwise the integer ids of
+    :func:`detlab.data.write_coco`, so the file also works with a COCO ground-truth file it wrote.
+    """
+    if len(predictions) != len(dataset.records):
+        raise ValueError(
+            f"{len(predictions)} predictions for {len(dataset.records)} records; give one per record"
+        )
+    image_ids = [record.image_id for record in dataset.records] if use_record_ids else coco_image_ids(dataset)
+    category_ids = coco_category_ids(dataset)
+    results = []
+    for image_id, prediction in zip(image_ids, predictions):
+        boxes = xyxy_to_xywh(prediction["boxes"]).tolist()
+        scores = np.asarray(prediction["scores"], np.float64).reshape(-1).tolist()
+        labels = np.asarray(prediction["labels"], np.int64).reshape(-1).tolist()
+        for box, score, label in zip(boxes, scores, labels):
+            results.append(
+                {"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box, "score": score}
+            )
+    return results

@@ -213,6 +213,18 @@ def _numpy(value, dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
+def box_flags(value, count: int, name: str) -> np.ndarray:
+    """A bool ``[count]`` flag array (``difficult``/``iscrowd``); missing or empty means all False."""
+    if value is None:
+        return np.zeros(count, bool)
+    flags = _numpy(value, bool).reshape(-1)
+    if len(flags) == 0:
+        return np.zeros(count, bool)
+    if len(flags) != count:
+        raise ValueError(f"'{name}' has {len(flags)} entries for {count} boxes")
+    return flags
+
+
 def xyxy_to_xywh(boxes) -> np.ndarray:
     """``[N, 4]`` ``(x1, y1, x2, y2)`` -> float64 ``[N, 4]`` ``(x, y, width, height)``."""
     boxes = _numpy(boxes, np.float64).reshape(-1, 4)
@@ -252,8 +264,8 @@ def problem_from_targets(
         parts["gi"].append(np.full(count, rank[index]))
         parts["gc"].append(gt_labels - 1)
         parts["gb"].append(xyxy_to_xywh(target["boxes"]))
-        parts["gx"].append(_numpy(target.get("iscrowd", np.zeros(count)), bool).reshape(-1))
-        parts["gd"].append(_numpy(target.get("difficult", np.zeros(count)), bool).reshape(-1))
+        parts["gx"].append(box_flags(target.get("iscrowd"), count, "iscrowd"))
+        parts["gd"].append(box_flags(target.get("difficult"), count, "difficult"))
         parts["di"].append(np.full(len(det_labels), rank[index]))
         parts["dc"].append(det_labels - 1)
         parts["db"].append(xyxy_to_xywh(prediction["boxes"]))
