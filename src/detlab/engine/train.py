@@ -373,7 +373,9 @@ def fit(
             with open(run_dir / "config.yaml", "w") as handle:
                 yaml.safe_dump(run_config, handle, sort_keys=False)
     last_path = run_dir / checkpoints.LAST_NAME if resumed and context.is_main else None
-    best_path = run_dir / checkpoints.BEST_NAME if (run_dir / checkpoints.BEST_NAME).exists() else None
+    best_path = (
+        run_dir / checkpoints.BEST_NAME if resumed and (run_dir / checkpoints.BEST_NAME).exists() else None
+    )
     metrics: dict = dict(resumed.get("metrics") or {}) if resumed else {}
     if resumed is not None:
         # Restored last, after everything above that may draw random numbers.
