@@ -231,3 +231,52 @@ def test_bccd_test_split_with_perturbed_detections_equals_pycocotools():
     ours = assert_same_as_oracle(ground_truth, results)
     assert 0.2 < ours.stats[1] <= 1.0
     assert_same_as_oracle(ground_truth, results, max_detections=300)
+
+
+def test_evaluator_on_tensors_equals_pycocotools_on_the_same_json():
+    import torch
+
+    from detlab.eval.coco import COCOEvaluator
+
+    rng = np.random.default_rng(5)
+    images, annotations, results, predictions, targets = [], [], [], [], []
+    for image_id in range(1, 13):
+        images.append({"id": image_id, "width": 200, "height": 200})
+        corners = rng.integers(0, 150, (int(rng.integers(0, 6)), 2))
+        gt_boxes = np.concatenate([corners, corners + rng.integers(2, 50, corners.shape)], 1).astype(float)
+        gt_labels = rng.integers(1, 3, len(gt_boxes))
+        crowd = rng.random(len(gt_boxes)) < 0.1
+        for box, label, is_crowd in zip(gt_boxes, gt_labels, crowd):
+            width, height = box[2] - box[0], box[3] - box[1]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label), "iscrowd": int(is_crowd),
+                 "bbox": [box[0], box[1], width, height], "area": width * height}
+            )  # fmt: skip
+        shifted = np.concatenate(
+            [gt_boxes, gt_boxes[: len(gt_boxes) // 2] + rng.integers(-3, 4, (len(gt_boxes) // 2, 4))]
+        )
+        det_labels = np.concatenate([gt_labels, gt_labels[: len(gt_boxes) // 2]])
+        scores = rng.integers(1, 5, len(shifted)) / 4
+        for box, label, score in zip(shifted, det_labels, scores):
+            results.append(
+                {"image_id": image_id, "category_id": int(label), "score": float(score),
+                 "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+            )  # fmt: skip
+        targets.append(
+            {"image_id": image_id, "boxes": torch.tensor(gt_boxes).float().reshape(-1, 4),
+             "labels": torch.tensor(gt_labels), "iscrowd": torch.tensor(crowd)}
+        )  # fmt: skip
+        predictions.append(
+            {"boxes": torch.tensor(shifted).float().reshape(-1, 4), "scores": torch.tensor(scores).float(),
+             "labels": torch.tensor(det_labels)}
+        )  # fmt: skip
+    ground_truth = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+    stats, _, _ = oracle(ground_truth, results)
+    evaluator = COCOEvaluator(["a", "b"])
+    evaluator.update(predictions[:5], targets[:5])  # two batches, as in an evaluation loop
+    evaluator.update(predictions[5:], targets[5:])
+    np.testing.assert_allclose(evaluator.compute().stats, stats, atol=1e-6)
