@@ -103,11 +103,11 @@ def match_coco(
         iou_thresholds: ``[T]``.
         num_detections: D, the length of the output's last axis.
 
-    Returns ``matched_gt``: int64 ``[A, T, D]``, the matched ground-truth index or -1.
+    Returns ``matched_gt``: int32 ``[A, T, D]``, the matched ground-truth index or -1.
     """
     num_areas = gt_ignore.shape[0]
     num_thresholds = len(iou_thresholds)
-    matched_gt = np.full((num_areas, num_thresholds, num_detections), -1, dtype=np.int64)
+    matched_gt = np.full((num_areas, num_thresholds, num_detections), -1, dtype=np.int32)
     gt_taken = np.zeros((num_areas, num_thresholds, gt_ignore.shape[1]), dtype=bool)
     # COCO caps the threshold just below 1 so that a perfect box still matches at t = 1.0.
     thresholds = np.minimum(iou_thresholds, 1 - 1e-10)[None, :, None]
