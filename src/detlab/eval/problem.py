@@ -129,7 +129,6 @@ def parse_results(
             and np.isfinite(det_scores).all()
             and det_scores.ndim == 1
             and (det_boxes[:, 2:] >= 0).all()
-            and not any(isinstance(d["score"], bool) for d in results[:1])
         )
     except (KeyError, TypeError, ValueError):
         valid = False
