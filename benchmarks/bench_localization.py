@@ -128,44 +128,27 @@ def part_keypoints(args) -> dict:
 
 
 def part_overfeat(args) -> dict:
-    from detlab.data.images import load_image
-    from detlab.data.synthetic import ensure_synthetic
-    from detlab.data.voc import read_voc
-    from detlab.eval.voc import VOCEvaluator
-    from detlab.models.localizer_training import evaluate_localizer
-    from detlab.models.overfeat import OverFeatDetector, detection_windows
+    from detlab.models.overfeat import DetectorConfig, OverFeatConfig, train_overfeat
 
-    root = ensure_synthetic(args.multi_root, num_images=args.multi_images, seed=0)
-    train_set, test_set = read_voc(root, split="train"), read_voc(root, split="test")
-    window = args.window_size
-    train_windows = detection_windows(train_set, window, windows_per_image=args.windows_per_image, seed=0)
-    test_windows = detection_windows(test_set, window, windows_per_image=4, seed=1)
-    config = localizer_config("synthetic", args.multi_root, args.overfeat_budget, "runs/bench-overfeat",
-                              window_size=window, recipe="joint", regression="specific", attach="fc")  # fmt: skip
-    results = train_localizer(config, log=quiet, data=(train_windows, test_windows))
-    from detlab.models.localizer_training import load_localizer
-
-    localizer, _, classes = load_localizer(Path(config.train.out_dir) / "model.pt")
-    window_metrics = evaluate_localizer(localizer, test_windows)
-    evaluations = []
-    images = test_set.records[: args.overfeat_test_images]
-    for scales in [tuple(args.scales)]:
-        detector = OverFeatDetector(localizer, scales=scales, score_threshold=args.score_threshold)
-        evaluator = VOCEvaluator(test_set.classes, iou_threshold=0.5)
-        start = time.perf_counter()
-        for record in images:
-            evaluator.update(detector([load_image(record.image_path)]), [record.target()])
-        seconds = time.perf_counter() - start
-        result = evaluator.compute()
-        evaluations.append({"scales": list(scales), "score_threshold": args.score_threshold,
-                            "mAP@0.5": round(result.mean_ap, 4), "images": len(images),
-                            "seconds_per_image": round(seconds / len(images), 3),
-                            "per_class_AP": {row["class"]: round(row["AP"], 4) for row in result.per_class()}})  # fmt: skip
-        print(json.dumps(evaluations[-1]), flush=True)
-    return {"training_s": round(results["training_seconds"], 1), "train_windows": len(train_windows),
-            "window_classes": classes,
-            "window_test": {key: round(value, 4) for key, value in window_metrics.items()},
-            "detection": evaluations}  # fmt: skip
+    config = OverFeatConfig(
+        model=LocalizerModelConfig(window_size=args.window_size, recipe="joint", regression="specific", attach="fc",
+                                   synthetic_images=args.multi_images),
+        detector=DetectorConfig(scales=tuple(args.scales), score_threshold=args.score_threshold,
+                                windows_per_image=args.windows_per_image, eval_images=args.overfeat_test_images),
+        data=DataConfig(spec="synthetic", root=args.multi_root),
+        train=TrainConfig(out_dir="runs/bench-overfeat", epochs=1000, time_budget_s=args.overfeat_budget,
+                          batch_size=32, optimizer="adamw", lr=1e-3, warmup_steps=20, log_every=100),
+    )  # fmt: skip
+    results = train_overfeat(config, log=quiet)
+    detection = results["detection"]
+    row = {"scales": results["scales"], "score_threshold": args.score_threshold,
+           "mAP@0.5": round(detection["mAP@0.5"], 4), "images": detection["images"],
+           "seconds_per_image": round(detection["seconds_per_image"], 3),
+           "per_class_AP": {name: round(value, 4) for name, value in detection["per_class_AP"].items()}}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return {"training_s": round(results["training_seconds"], 1), "train_windows": results["train_windows"],
+            "window_test": {key: round(value, 4) for key, value in results["window_test"].items()},
+            "detection": [row]}  # fmt: skip
 
 
 def write_localization_markdown(report: dict) -> None:
@@ -228,7 +211,7 @@ def main() -> int:
     parser.add_argument("--part", required=True, choices=("headline", "grid", "keypoints", "overfeat"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--window-size", type=int, default=128)
-    parser.add_argument("--synthetic-root", default="data/synthetic-single")
+    parser.add_argument("--synthetic-root", default="data/localizer-single")
     parser.add_argument("--synthetic-images", type=int, default=1500)
     parser.add_argument("--headline-budget", type=float, default=480)
     parser.add_argument("--headline-attach", default="fc", choices=("conv", "fc"))
@@ -241,7 +224,7 @@ def main() -> int:
     parser.add_argument("--windows-per-image", type=int, default=8)
     parser.add_argument("--overfeat-budget", type=float, default=240)
     parser.add_argument("--overfeat-test-images", type=int, default=60)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.5, 2.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--score-threshold", type=float, default=0.5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ class LocalizerModelConfig:
     box_loss: str = "l2"  # l2 | smooth_l1
     box_weight: float = 1.0
     hidden_dim: int = 512
-    dropout: float = 0.5
+    dropout: float = 0.3
     pretrained: bool = False
     backbone_weights: str | None = None
     classifier_fraction: float = 0.6
@@ -73,8 +73,10 @@ class LocalizerModelConfig:
 class LocalizerConfig:
     model: LocalizerModelConfig = dataclasses.field(default_factory=LocalizerModelConfig)
     data: DataConfig = dataclasses.field(
+        # Its own folder: the 1500-image single-object set must not replace the 600-image one
+        # other commands generate under data/synthetic-single.
         default_factory=lambda: DataConfig(
-            spec="synthetic-single", root="data/synthetic-single", horizontal_flip=True
+            spec="synthetic-single", root="data/localizer-single", horizontal_flip=True
         )
     )
     train: TrainConfig = dataclasses.field(
@@ -110,30 +112,13 @@ class WindowData:
 
 
 def load_detection_dataset(data: DataConfig, split: str, synthetic_images: int = 1500, seed: int = 0):
-    """The :class:`~detlab.data.schema.DetectionDataset` of ``data.spec`` for ``split``.
+    """The :class:`~detlab.data.schema.DetectionDataset` of ``data.spec`` at ``split``; synthetic
+    sets (``synthetic_images`` images) are generated under ``data.root`` on first use."""
+    from detlab.data import load_dataset
 
-    ``synthetic-single`` is generated under ``data.root`` (``synthetic_images`` images) on first use.
-    """
-    spec = data.spec
-    if spec in ("synthetic-single", "synthetic"):
-        from detlab.data.synthetic import ensure_synthetic
-        from detlab.data.voc import read_voc
-
-        root = ensure_synthetic(
-            data.root, num_images=synthetic_images, seed=seed, single=spec == "synthetic-single"
-        )
-        return read_voc(root, split=split, on_bad=data.on_bad)
-    import detlab.data as data_package
-
-    if not hasattr(data_package, "load_dataset"):
-        if spec.startswith("voc:"):
-            from detlab.data.voc import read_voc
-
-            return read_voc(spec[4:], split=split, on_bad=data.on_bad)
-        raise ValueError(
-            f"data spec {spec!r} needs detlab.data.load_dataset; use synthetic-single or voc:DIR"
-        )
-    return data_package.load_dataset(spec, split, root=data.root)
+    return load_dataset(
+        data.spec, split, root=data.root, on_bad=data.on_bad, num_synthetic=synthetic_images, seed=seed
+    )
 
 
 def load_window_data(config: LocalizerConfig) -> tuple[WindowData, WindowData]:
@@ -525,9 +510,12 @@ _SHARED_ARGUMENTS = {
 }
 
 
-def config_from_args(config_class: type, args: argparse.Namespace, model_fields: Iterable[str]):
-    """Defaults, then ``--config`` preset, then named flags, then ``--set key=value`` overrides."""
-    values: dict = {}
+def config_from_args(
+    config_class: type, args: argparse.Namespace, model_fields: Iterable[str], extra: dict | None = None
+):
+    """Defaults, then ``--config`` preset, then named flags (``extra``: further sections), then
+    ``--set key=value`` overrides."""
+    values: dict = dict(extra or {})
     for name in model_fields:
         value = getattr(args, name, None)
         if value is not None:
@@ -560,6 +548,49 @@ def run(args: argparse.Namespace) -> int:
     if model_name != "localizer":
         raise ValueError(f"localizer_training.run handles 'localizer' and 'keypoints', not {model_name!r}")
     train_localizer(config_from_args(LocalizerConfig, args, _MODEL_ARGUMENTS))
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """``detlab overfeat``: train the detection localizer on windows, convert it, evaluate mAP."""
+    parser = subparsers.add_parser(
+        "overfeat",
+        help="train and evaluate the OverFeat sliding-window detector",
+        description="Train a localizer with a background class on windows cut from a multi-object data "
+        "set, convert its FC layers to convolutions, and evaluate the multi-scale detector (VOC mAP@0.5).",
+    )
+    parser.add_argument("--data", help="synthetic (default) | voc:DIR | coco:FILE | yolo:DIR")
+    parser.add_argument("--data-root", help="where the synthetic set is generated (default data/synthetic)")
+    parser.add_argument("--out", dest="out_dir", metavar="RUN_DIR", help="run folder (default runs/overfeat)")
+    parser.add_argument(
+        "--checkpoint", help="evaluate this trained detection localizer instead of training one"
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--window-size", type=int, help="window side in pixels (default 128)")
+    parser.add_argument("--scales", type=float, nargs="+", help="image scales (default 0.75 1 1.5 2 3)")
+    parser.add_argument("--score-threshold", type=float, help="class probability a window needs to vote")
+    parser.add_argument("--eval-images", type=int, help="test images to evaluate (default all)")
+    parser.add_argument("--preset", dest="config", metavar="NAME", help="YAML preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.set_defaults(handler=run_overfeat)
+
+
+def run_overfeat(args: argparse.Namespace) -> int:
+    from detlab.models.overfeat import OverFeatConfig, train_overfeat
+
+    detector_values = {
+        name: getattr(args, name)
+        for name in ("scales", "score_threshold", "eval_images")
+        if getattr(args, name, None) is not None
+    }
+    extra = {"detector": detector_values} if detector_values else None
+    config = config_from_args(OverFeatConfig, args, ("window_size",), extra)
+    train_overfeat(config, checkpoint=args.checkpoint)
     return 0
 
 

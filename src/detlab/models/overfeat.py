@@ -21,13 +21,21 @@ Shape letters: B images, C classes, R box sets (1 or C), h' x w' the map of wind
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab import config as config_module
 from detlab.boxes import merge_boxes
+from detlab.config import DataConfig, TrainConfig
 from detlab.models.localizer import Localizer
+from detlab.models.localizer_training import LocalizerModelConfig
 
 BACKGROUND = "background"
 
@@ -310,3 +318,122 @@ def detection_windows(
     return WindowData(
         torch.stack(images), torch.tensor(labels), torch.stack(boxes), [BACKGROUND, *dataset.classes]
     )
+
+
+@dataclasses.dataclass
+class DetectorConfig:
+    """How the converted network is applied: image ``scales``, the class probability a cell needs
+    to vote (``score_threshold``), the overlap at which votes merge (``merge_iou``); and the
+    training windows cut from each image (``windows_per_image``). ``eval_images``: test images
+    evaluated (0 = all)."""
+
+    scales: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0, 3.0)
+    score_threshold: float = 0.5
+    merge_iou: float = 0.5
+    windows_per_image: int = 8
+    eval_images: int = 0
+
+
+def _default_model() -> LocalizerModelConfig:
+    # 600 images: the same synthetic set the other detectors use under data/synthetic.
+    return LocalizerModelConfig(recipe="joint", regression="specific", attach="fc", synthetic_images=600)
+
+
+@dataclasses.dataclass
+class OverFeatConfig:
+    model: LocalizerModelConfig = dataclasses.field(default_factory=_default_model)
+    detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
+    data: DataConfig = dataclasses.field(
+        default_factory=lambda: DataConfig(spec="synthetic", root="data/synthetic")
+    )
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            out_dir="runs/overfeat",
+            epochs=10,
+            batch_size=32,
+            optimizer="adamw",
+            lr=1e-3,
+            warmup_steps=20,
+            log_every=50,
+        )
+    )
+
+
+def evaluate_detector(detector: nn.Module, dataset, num_images: int = 0) -> dict:
+    """VOC mAP@0.5 of ``detector`` on the first ``num_images`` (0 = all) records of ``dataset``."""
+    from detlab.data.images import load_image
+    from detlab.eval.voc import VOCEvaluator
+
+    records = dataset.records[:num_images] if num_images > 0 else dataset.records
+    evaluator = VOCEvaluator(dataset.classes, iou_threshold=0.5)
+    start = time.perf_counter()
+    for record in records:
+        evaluator.update(detector([load_image(record.image_path)]), [record.target()])
+    seconds = time.perf_counter() - start
+    result = evaluator.compute()
+    return {
+        "mAP@0.5": result.mean_ap,
+        "per_class_AP": {row["class"]: row["AP"] for row in result.per_class()},
+        "images": len(records),
+        "seconds_per_image": seconds / max(1, len(records)),
+    }
+
+
+def train_overfeat(
+    config: OverFeatConfig, log: Callable[[str], None] = print, checkpoint: str | None = None
+) -> dict:
+    """Train the detection localizer on windows of ``config.data`` (train split), convert it, and
+    evaluate the multi-scale detector with VOC mAP@0.5 on the test split. With ``checkpoint`` (a
+    localizer trained with a background class) training is skipped.
+
+    Writes ``overfeat.yaml`` and ``detection.json`` (plus the localizer's run files) under
+    ``train.out_dir``; returns the results.
+    """
+    from detlab.models.localizer_training import (
+        LocalizerConfig,
+        evaluate_localizer,
+        load_detection_dataset,
+        load_localizer,
+        train_localizer,
+    )
+
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_module.save(config, out_dir / "overfeat.yaml")
+    data, detector_config = config.data, config.detector
+    test_set = load_detection_dataset(data, data.test_split, config.model.synthetic_images, config.train.seed)
+    results: dict = {}
+    test_windows = None
+    if checkpoint is None:
+        train_set = load_detection_dataset(
+            data, data.train_split, config.model.synthetic_images, config.train.seed
+        )
+        window = config.model.window_size
+        train_windows = detection_windows(
+            train_set, window, detector_config.windows_per_image, config.train.seed
+        )
+        test_windows = detection_windows(test_set, window, 4, config.train.seed + 1)
+        log(
+            f"overfeat: {len(train_windows)} training windows ({int((train_windows.labels == 1).sum())} background)"
+        )
+        localizer_config = LocalizerConfig(model=config.model, data=data, train=config.train)
+        trained = train_localizer(localizer_config, log, data=(train_windows, test_windows))
+        results["training_seconds"] = trained["training_seconds"]
+        results["train_windows"] = len(train_windows)
+        checkpoint = str(out_dir / "model.pt")
+    localizer, _, classes = load_localizer(checkpoint)
+    if classes[0] != BACKGROUND or classes[1:] != list(test_set.classes):
+        raise ValueError(
+            f"{checkpoint}: the localizer's classes {classes} are not ['background', *{test_set.classes}]; "
+            "train it with detlab overfeat on this data set"
+        )
+    if test_windows is not None:
+        results["window_test"] = evaluate_localizer(localizer, test_windows)
+    detector = OverFeatDetector(
+        localizer, detector_config.scales, detector_config.score_threshold, detector_config.merge_iou
+    )
+    results["detection"] = evaluate_detector(detector, test_set, detector_config.eval_images)
+    results["scales"] = list(detector_config.scales)
+    (out_dir / "detection.json").write_text(json.dumps(results, indent=2))
+    log(f"overfeat: mAP@0.5 {results['detection']['mAP@0.5']:.4f} on {results['detection']['images']} images")
+    return results
