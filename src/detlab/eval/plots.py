@@ -88,11 +88,13 @@ def plot_precision_recall(
     path: str | Path,
     title: str,
     average_precision: float | None = None,
+    metric_name: str = "AP",
 ) -> Path:
-    """One class's precision-recall curve; ``average_precision`` (if given) goes in the legend."""
+    """One class's precision-recall curve; ``average_precision`` (if given) goes in the legend as
+    ``"<metric_name> 0.xxx"``."""
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(5, 4))
-    label = f"AP {average_precision:.3f}" if average_precision is not None else None
+    label = f"{metric_name} {average_precision:.3f}" if average_precision is not None else None
     axes.plot(recall, precision, drawstyle="steps-post", label=label)
     axes.set_xlabel("recall")
     axes.set_ylabel("precision")

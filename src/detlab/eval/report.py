@@ -124,8 +124,12 @@ def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> dict[
             name = row["class"]
             curve = report["curves"][name]
             path = out_dir / "pr_curves" / f"{_file_name(str(name))}.png"
-            title = f"{name} ({report['protocol']})"
+            if report["protocol"] == "coco":
+                title, value, metric = f"{name} (COCO, IoU 0.5)", row.get("AP50"), "AP50"
+            else:
+                iou = report["settings"]["iou_threshold"]
+                title, value, metric = f"{name} ({report['protocol']}, IoU {iou:g})", row.get("AP"), "AP"
             written[f"pr_{name}"] = plot_precision_recall(
-                curve["recall"], curve["precision"], path, title, row.get("AP50", row.get("AP"))
+                curve["recall"], curve["precision"], path, title, value, metric
             )
     return written
