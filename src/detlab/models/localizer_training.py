@@ -366,6 +366,18 @@ def evaluate_localizer(model: Localizer, data: WindowData, batch_size: int = 64)
     return metrics
 
 
+def localizer_from_config(
+    model_config: LocalizerModelConfig, num_classes: int, backbone_weights: bool
+) -> Localizer:
+    """The :class:`Localizer` ``model_config`` describes; ``backbone_weights``: load the pretrained or
+    local backbone weights it names (not when a checkpoint will overwrite them anyway)."""
+    return build_localizer(
+        num_classes, model_config.backbone, model_config.window_size, model_config.regression, model_config.attach,
+        model_config.hidden_dim, model_config.dropout, backbone_weights and model_config.pretrained,
+        model_config.backbone_weights if backbone_weights else None,
+    )  # fmt: skip
+
+
 def train_localizer(
     config: LocalizerConfig,
     log: Callable[[str], None] = print,
@@ -388,17 +400,7 @@ def train_localizer(
     log(
         f"localizer: {len(train_data)} training and {len(test_data)} test windows, classes {train_data.classes}"
     )
-    model = build_localizer(
-        len(train_data.classes),
-        model_config.backbone,
-        model_config.window_size,
-        model_config.regression,
-        model_config.attach,
-        model_config.hidden_dim,
-        model_config.dropout,
-        model_config.pretrained,
-        model_config.backbone_weights,
-    )
+    model = localizer_from_config(model_config, len(train_data.classes), backbone_weights=True)
     history = fit_localizer(model, train_data, config, log)
     results = {
         "test": evaluate_localizer(model, test_data),
@@ -440,16 +442,7 @@ def load_localizer(path: str | Path) -> tuple[Localizer, LocalizerConfig, list[s
     checkpoint = load_checkpoint(path)
     config = config_module.from_dict(LocalizerConfig, checkpoint["config"])
     classes = checkpoint["classes"]
-    model_config = config.model
-    model = build_localizer(
-        len(classes),
-        model_config.backbone,
-        model_config.window_size,
-        model_config.regression,
-        model_config.attach,
-        model_config.hidden_dim,
-        model_config.dropout,
-    )
+    model = localizer_from_config(config.model, len(classes), backbone_weights=False)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), config, classes
 
