@@ -20,7 +20,9 @@ def target(image_id, boxes, labels, difficult=None):
         "image_id": image_id,
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": torch.tensor(labels, dtype=torch.int64),
-        "difficult": torch.tensor(difficult if difficult is not None else [False] * len(labels)),
+        "difficult": torch.tensor(
+            difficult if difficult is not None else [False] * len(labels), dtype=torch.bool
+        ),
     }
 
 
@@ -104,3 +106,76 @@ def test_evaluator_rejects_bad_labels_and_counts():
     evaluator.update([prediction([[0, 0, 1, 1]], [0.5], [2])], [target(1, [[0, 0, 1, 1]], [1])])
     with pytest.raises(ValueError, match="labels must be in 1..1"):
         evaluator.compute()
+
+
+def reference_voc_ap(predictions, targets, num_classes, threshold, use_11_point):
+    """A plain loop over detections, written straight from the devkit's description."""
+    from detlab.eval.proposals import pairwise_iou
+
+    average_precisions = []
+    for label in range(1, num_classes + 1):
+        detections = []  # (score, order, image, box)
+        for image, prediction in enumerate(predictions):
+            for box, score, det_label in zip(
+                prediction["boxes"].tolist(), prediction["scores"].tolist(), prediction["labels"].tolist()
+            ):
+                if det_label == label:
+                    detections.append((score, len(detections), image, box))
+        detections.sort(key=lambda d: (-d[0], d[1]))
+        claimed = [set() for _ in targets]
+        num_positive = sum(int(((t["labels"] == label) & ~t["difficult"]).sum()) for t in targets)
+        hits = []
+        for _, _, image, box in detections:
+            mask = targets[image]["labels"] == label
+            gt_boxes = targets[image]["boxes"][mask].numpy()
+            difficult = targets[image]["difficult"][mask].tolist()
+            if len(gt_boxes) == 0:
+                hits.append(False)
+                continue
+            overlaps = pairwise_iou(np.array([box]), gt_boxes)[0]
+            best = int(np.argmax(overlaps))
+            if overlaps[best] >= threshold:
+                if difficult[best]:
+                    continue
+                hits.append(best not in claimed[image])
+                claimed[image].add(best)
+            else:
+                hits.append(False)
+        if num_positive == 0:
+            continue
+        hits = np.array(hits, dtype=bool)
+        tp, fp = np.cumsum(hits), np.cumsum(~hits)
+        recall, precision = tp / num_positive, tp / np.maximum(tp + fp, 1e-12)
+        average_precisions.append(voc_average_precision(recall, precision, use_11_point))
+    return float(np.mean(average_precisions))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_matching_equals_a_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    predictions, targets = [], []
+    for image_id in range(15):
+        corners = rng.integers(0, 60, (int(rng.integers(0, 6)), 2))
+        gt_boxes = np.concatenate([corners, corners + rng.integers(3, 30, corners.shape)], 1)
+        labels = rng.integers(1, 4, len(gt_boxes))
+        targets.append(
+            target(image_id, gt_boxes.tolist(), labels.tolist(), (rng.random(len(gt_boxes)) < 0.2).tolist())
+        )
+        copies = (
+            rng.integers(0, len(gt_boxes) + 1, int(rng.integers(0, 10)))
+            if len(gt_boxes)
+            else np.zeros(0, int)
+        )
+        det_boxes = [
+            (gt_boxes[i] + rng.integers(-4, 5, 4)).tolist() if i < len(gt_boxes) else [0, 0, 10, 10]
+            for i in copies
+        ]
+        det_labels = [int(labels[i]) if i < len(gt_boxes) else 1 for i in copies]
+        predictions.append(
+            prediction(det_boxes, (rng.integers(1, 6, len(det_boxes)) / 5).tolist(), det_labels)
+        )
+    for threshold, use_11_point in ((0.5, False), (0.7, True), (0.3, False)):
+        evaluator = VOCEvaluator(["a", "b", "c"], iou_threshold=threshold, use_11_point=use_11_point)
+        evaluator.update(predictions, targets)
+        expected = reference_voc_ap(predictions, targets, 3, threshold, use_11_point)
+        assert evaluator.compute().mean_ap == pytest.approx(expected, abs=1e-12)
