@@ -112,3 +112,15 @@ def test_detector_contract():
     with torch.no_grad():
         model.class_head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
     assert len(OverFeatDetector(model)([torch.rand(3, 100, 100)])[0]["boxes"]) == 0
+
+
+def test_alexnet_localizer_converts_at_its_224_window():
+    torch.manual_seed(0)
+    model = build_localizer(3, backbone="alexnet", window_size=224, regression="specific", attach="fc").eval()
+    converted = to_fully_convolutional(model)
+    images = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        original, dense = model(images), converted(images)
+    assert dense["class_logits"].shape == (1, 3, 1, 1)
+    assert (dense["class_logits"][..., 0, 0] - original["class_logits"]).abs().max() < 1e-4
+    assert (dense["boxes"][..., 0, 0] - original["boxes"]).abs().max() < 1e-4
