@@ -124,3 +124,31 @@ def test_alexnet_localizer_converts_at_its_224_window():
     assert dense["class_logits"].shape == (1, 3, 1, 1)
     assert (dense["class_logits"][..., 0, 0] - original["class_logits"]).abs().max() < 1e-4
     assert (dense["boxes"][..., 0, 0] - original["boxes"]).abs().max() < 1e-4
+
+
+def test_detection_windows_positives_hold_their_object_and_negatives_are_empty(tmp_path):
+    from detlab.data.images import save_image
+    from detlab.data.schema import DetectionDataset, Record
+    from detlab.models.overfeat import BACKGROUND, detection_windows
+
+    image = torch.zeros(3, 120, 160)
+    image[0, 30:70, 40:90] = 1.0  # one red object
+    save_image(image, tmp_path / "a.png")
+    record = Record("a", tmp_path / "a.png", 160, 120, boxes=torch.tensor([[40.0, 30.0, 90.0, 70.0]]),
+                    labels=torch.tensor([2]))  # fmt: skip
+    windows = detection_windows(DetectionDataset([record], ["one", "two"]), 96, windows_per_image=10, seed=0)
+    assert windows.classes == [BACKGROUND, "one", "two"]
+    positives, negatives = windows.labels == 3, windows.labels == 1
+    assert positives.sum() == 5 and negatives.sum() >= 1
+    assert set(windows.labels.tolist()) <= {1, 3}
+    for index in torch.where(positives)[0]:
+        box = windows.boxes[index]
+        assert torch.all((box >= 0) & (box <= 1))
+        longest = max(box[2] - box[0], box[3] - box[1])
+        assert 0.3 <= longest <= 0.95  # the object fills 0.35..0.9 of the window (up to pixel rounding)
+        # The window's red pixels are where its box says the object is.
+        x1, y1, x2, y2 = (box * 96).round().int().tolist()
+        red = windows.images[index, 0].float() / 255
+        assert red[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].min() > 0.9
+    for index in torch.where(negatives)[0]:
+        assert (windows.images[index, 0].float() / 255 > 0.5).float().mean() <= 0.12
