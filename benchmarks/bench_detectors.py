@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +41,8 @@ def machine() -> dict:
     }
 
 
-def run_peer(budget_s: float, min_size: int) -> dict:
-    command = [
+def peer_command(budget_s: float, min_size: int) -> list[str]:
+    return [
         sys.executable,
         str(PEER_SCRIPT),
         "--data",
@@ -57,90 +56,61 @@ def run_peer(budget_s: float, min_size: int) -> dict:
         "--min-size",
         str(min_size),
     ]
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def start_peer(budget_s: float, min_size: int, threads: int, log_path: Path) -> subprocess.Popen:
+    """Start the peer in a subprocess limited to ``threads`` threads (it reads OMP_NUM_THREADS)."""
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return subprocess.Popen(
+        peer_command(budget_s, min_size),
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "w"),  # noqa: SIM115 - closed with the process
+        text=True,
+        env=environment,
+    )
+
+
+def finish_peer(process: subprocess.Popen, budget_s: float, min_size: int, threads: int) -> dict:
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"the peer failed with exit code {process.returncode}")
     result = json.loads(output.strip().splitlines()[-1])
-    result.update(command=" ".join(command), started_utc=started, machine=machine())
+    result.update(command=" ".join(peer_command(budget_s, min_size)), threads=threads)
     return result
 
 
 def load_split(split: str, classes: list[str] | None = None):
-    """BCCD ``split`` through detlab's VOC reader, decoded once into memory (uint8 ``[3, H, W]``)."""
+    """BCCD ``split`` through detlab's VOC reader (the 2 zero-size boxes are dropped with a warning)."""
     from detlab.data import read_voc
-    from detlab.data.images import load_image
 
-    dataset = read_voc(DATA, split=split, classes=classes, on_bad="skip")
+    return read_voc(DATA, split=split, classes=classes, on_bad="skip")
+
+
+def decoded(dataset) -> list:
+    """Test images decoded once (uint8, full size) so timing measures the model, not JPEG decoding."""
     items = []
-    for record in dataset.records:
-        image = (load_image(record.image_path) * 255).round().to(torch.uint8)
-        items.append((image, {"boxes": record.boxes.clone(), "labels": record.labels.clone()}))
-    return dataset.classes, items
+    for image, target in dataset:
+        items.append(((image * 255).round().to(torch.uint8), target))
+    return items
 
 
-def resize_for_training(items, min_size: int, max_size: int):
-    """Resize once to the model's input size so the per-step resize inside the model is a no-op."""
-    out = []
-    for image, target in items:
-        height, width = image.shape[-2:]
-        scale = min(min_size / min(height, width), max_size / max(height, width))
-        size = (round(height * scale), round(width * scale))
-        resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-        out.append(
-            (resized.round().clamp(0, 255).to(torch.uint8), {**target, "boxes": target["boxes"] * scale})
+def training_transforms(min_size: int, max_size: int):
+    """Resize once to the model's input size (so its internal resize is a no-op), then flips:
+    horizontal and vertical, both label-preserving for microscope images."""
+    from torchvision.transforms import v2
+
+    from detlab.data.transforms import DetectionTransform
+
+    return DetectionTransform(
+        v2.Compose(
+            [
+                v2.Resize(size=min_size, max_size=max_size, antialias=True),
+                v2.RandomHorizontalFlip(0.5),
+                v2.RandomVerticalFlip(0.5),
+                v2.ToDtype(torch.float32, scale=False),
+            ]
         )
-    return out
-
-
-def augment(image: Tensor, target: dict, vertical_flip: bool) -> tuple[Tensor, dict]:
-    """Random horizontal (and, for microscopy, vertical) flips; image uint8 -> float [0, 1]."""
-    boxes = target["boxes"].clone()
-    height, width = image.shape[-2:]
-    if random.random() < 0.5:
-        image = image.flip(-1)
-        boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
-    if vertical_flip and random.random() < 0.5:
-        image = image.flip(-2)
-        boxes[:, [1, 3]] = height - boxes[:, [3, 1]]
-    return image.float() / 255, {"boxes": boxes, "labels": target["labels"]}
-
-
-def train_minimal(model, items, budget_s: float, lr: float, warmup_steps: int, vertical_flip: bool) -> dict:
-    """The minimal loop used until ``detlab.engine.fit`` lands: SGD (momentum 0.9, weight decay
-    1e-4), linear warm-up then cosine decay over the wall-clock budget, gradient clipping at 10,
-    batches of 2 images, horizontal/vertical flips."""
-    from detlab.engine.optimization import LearningRateSchedule
-
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=1e-4)
-    schedule = LearningRateSchedule(lr, "cosine", time_budget_s=budget_s, warmup_steps=warmup_steps)
-    model.train()
-    start, step, recent = time.time(), 0, []
-    while time.time() - start < budget_s:
-        order = list(range(len(items)))
-        random.shuffle(order)
-        for first in range(0, len(order) - 1, 2):
-            elapsed = time.time() - start
-            if elapsed >= budget_s:
-                break
-            batch = [augment(*items[i], vertical_flip) for i in order[first : first + 2]]
-            schedule.apply(optimizer, step, elapsed)
-            losses = model([b[0] for b in batch], [b[1] for b in batch])
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"non-finite loss at step {step}: { {k: v.item() for k, v in losses.items()} }"
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 10.0)
-            optimizer.step()
-            recent.append({k: v.item() for k, v in losses.items()})
-            step += 1
-            if step % 50 == 0:
-                mean = {k: round(sum(r[k] for r in recent) / len(recent), 4) for k in recent[0]}
-                print(f"step {step} {elapsed:.0f}s {mean}", file=sys.stderr, flush=True)
-                recent = []
-    return {"iterations": step, "train_s": round(time.time() - start, 1)}
+    )
 
 
 def coco_score(predictions: list[dict], items, classes: list[str]) -> dict:
@@ -218,7 +188,11 @@ def predict_timed(model, items, proposals: list[Tensor] | None = None) -> tuple[
 
 
 def run_detlab(args) -> dict:
-    from detlab.config import merge, parse_overrides, preset_path, read_yaml
+    """Train detlab's Faster R-CNN through ``detlab.engine.fit`` for the budget, then time and score
+    it and, on the same trained backbone and head, Fast R-CNN with Selective Search proposals."""
+    from detlab.config import TrainConfig, merge, parse_overrides, preset_path, read_yaml
+    from detlab.engine.train import fit
+    from detlab.models.fast_rcnn import FastRCNN, default_proposal_method
     from detlab.models.faster_rcnn import FasterRCNNConfig, build_faster_rcnn
 
     torch.manual_seed(args.seed)
@@ -227,27 +201,109 @@ def run_detlab(args) -> dict:
     if args.preset:
         config = merge(config, read_yaml(preset_path(args.preset)).get("model", {}))
     config = merge(config, parse_overrides(args.set).get("model", {}))
-    classes, train_items = load_split(args.train_split)
-    _, test_items = load_split(args.test_split, classes)
+    train_dataset = load_split(args.train_split)
+    classes = train_dataset.classes
+    test_items = decoded(load_split(args.test_split, classes))
     model = build_faster_rcnn(config, len(classes))
-    training = train_minimal(
-        model,
-        resize_for_training(train_items, config.min_size, config.max_size),
-        args.budget_s,
-        args.lr,
-        args.warmup_steps,
-        vertical_flip=True,
+    train_config = TrainConfig(
+        out_dir=args.run_dir,
+        epochs=10_000,
+        time_budget_s=args.budget_s,
+        batch_size=2,
+        optimizer="sgd",
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        schedule="cosine",
+        eval_every=0,
+        seed=args.seed,
+        device="cpu",
+        log_every=50,
     )
+    started = time.time()
+    fitted = fit(
+        model,
+        train_dataset.with_transforms(training_transforms(config.min_size, config.max_size)),
+        train_config,
+        args.run_dir,
+        classes=classes,
+        model_name="faster_rcnn",
+    )
+    training = {"iterations": fitted.state.step, "train_s": round(time.time() - started, 1)}
     predictions, seconds = predict_timed(model, test_items)
-    result = {
-        "model": "detlab faster_rcnn",
+    faster = {
+        "model": "detlab faster_rcnn (scratch)",
         "config": dataclasses.asdict(config),
         "lr": args.lr,
         **training,
         "infer_s_per_image": round(seconds, 4),
         **coco_score(predictions, test_items, classes),
     }
+    result = {"faster_rcnn": faster}
+    if args.fast_rcnn_images:
+        # Fast R-CNN = the same trained backbone and head, fed Selective Search proposals computed
+        # per image at test time instead of the RPN's (the head was trained on RPN proposals).
+        fast = FastRCNN(
+            model.backbone, model.roi_head, model.batcher, default_proposal_method("selective_search", 2000)
+        )
+        subset = test_items[: args.fast_rcnn_images]
+        fast_predictions, fast_seconds = predict_timed(fast, subset)
+        faster_subset, faster_seconds = predict_timed(model, subset)
+        result["fast_rcnn"] = {
+            "model": "detlab fast_rcnn (Selective Search fast, 2000 proposals; Faster R-CNN's trained weights)",
+            "images": len(subset),
+            "infer_s_per_image": round(fast_seconds, 4),
+            "faster_rcnn_infer_s_per_image_same_images": round(faster_seconds, 4),
+            **coco_score(fast_predictions, subset, classes),
+            "faster_rcnn_same_images": coco_score(faster_subset, subset, classes),
+        }
     return result
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    faster, peer = report["detlab"]["faster_rcnn"], report.get("peer")
+    lines = [
+        "# Detectors on BCCD (train on trainval, test on test, from scratch)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Date: {report['date_utc']}  ",
+        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, "
+        f"torch {report['machine']['torch']}  ",
+        f"Setup: {report['setup']}",
+        "",
+        "| model | training budget | iterations (batch 2) | mAP@0.5 | mAP@[.5:.95] | AP@0.5 WBC | AP@0.5 RBC | "
+        "AP@0.5 Platelets | inference s/image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, result: dict) -> str:
+        per_class = result.get("AP50_per_class", {})
+        return (
+            f"| {name} | {report['budget_s']:.0f} s | {result['iterations']} | {result['mAP50']:.3f} | "
+            f"{result['mAP']:.3f} | {per_class.get('WBC', 0):.3f} | {per_class.get('RBC', 0):.3f} | "
+            f"{per_class.get('Platelets', 0):.3f} | {result['infer_s_per_image']:.3f} |"
+        )
+
+    lines.append(row("detlab Faster R-CNN (compact CNN + FPN)", faster))
+    if peer:
+        lines.append(row("peer: torchvision Faster R-CNN MobileNetV3-FPN", peer))
+    fast = report["detlab"].get("fast_rcnn")
+    if fast:
+        lines += [
+            "",
+            f"Test time per image including proposals, on the first {fast['images']} test images:",
+            "",
+            "| model | proposals | s/image | mAP@0.5 on these images |",
+            "|---|---|---|---|",
+            f"| detlab Fast R-CNN | Selective Search (fast), up to 2000 | {fast['infer_s_per_image']:.3f} | "
+            f"{fast['mAP50']:.3f} |",
+            f"| detlab Faster R-CNN | RPN, {faster['config']['rpn_post_nms_top_n_test']} | "
+            f"{fast['faster_rcnn_infer_s_per_image_same_images']:.3f} | "
+            f"{fast['faster_rcnn_same_images']['mAP50']:.3f} |",
+            "",
+            "Fast R-CNN here reuses the Faster R-CNN's trained backbone and head (trained on RPN "
+            "proposals), fed Selective Search boxes computed at test time.",
+        ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -262,20 +318,49 @@ def main() -> int:
     parser.add_argument("--train-split", default="trainval")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads for detlab and for the peer")
     parser.add_argument("--out", default="", help="write the detlab result JSON here (tuning runs)")
+    parser.add_argument("--run-dir", default="runs/bench_faster_rcnn")
+    parser.add_argument(
+        "--fast-rcnn-images", type=int, default=0, help="time Fast R-CNN on this many test images"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    peer_process = None
     if args.part in ("peer", "all"):
-        peer = run_peer(args.budget_s, args.peer_min_size)
-        (RESULTS / "detectors_peer.json").write_text(json.dumps(peer, indent=2) + "\n")
-        print(json.dumps(peer))
+        # Run side by side, each limited to the same number of threads, so both see the same
+        # machine load (this CPU is shared with other work); the peer is a separate process.
+        peer_process = start_peer(
+            args.budget_s, args.peer_min_size, args.threads, RESULTS / "detectors_peer.log"
+        )
+    detlab = None
     if args.part in ("detlab", "all"):
-        torch.set_num_threads(args.threads)
-        result = run_detlab(args)
+        detlab = run_detlab(args)
         if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result))
+            Path(args.out).write_text(json.dumps(detlab, indent=2) + "\n")
+        print(json.dumps(detlab))
+    peer = (
+        finish_peer(peer_process, args.budget_s, args.peer_min_size, args.threads) if peer_process else None
+    )
+    if peer:
+        print(json.dumps(peer))
+    if args.part == "all":
+        report = {
+            "command": "flock /tmp/detlab-cpu.lock .venv/bin/python " + " ".join(sys.argv),
+            "date_utc": started,
+            "machine": machine(),
+            "budget_s": args.budget_s,
+            "setup": (
+                f"detlab and the peer trained at the same time, {args.threads} thread(s) each, "
+                f"for the same wall-clock budget; both scored with pycocotools on full-size test images"
+            ),
+            "detlab": detlab,
+            "peer": peer,
+        }
+        (RESULTS / "detectors.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown(report, RESULTS / "detectors.md")
     return 0
 
 

@@ -131,3 +131,31 @@ def test_builder_rejects_anchor_sizes_that_do_not_split_over_levels():
         build_faster_rcnn(_config(anchor_sizes=(16.0, 32.0)), 1)
     with pytest.raises(ValueError, match="backbone"):
         build_faster_rcnn(_config(backbone="alexnet_v9"), 1)
+
+
+def test_alternating_training_changes_only_the_parts_of_each_step():
+    from detlab.models.faster_rcnn import train_alternating
+
+    torch.manual_seed(0)
+    model = build_faster_rcnn(_config(), 1).train()
+    scenes = [_scene(seed) for seed in range(2)]
+    changed = []
+
+    def snapshot():
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def train_step(m, index):
+        before = snapshot()
+        optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01)
+        for _ in range(2):
+            losses = m([s[0] for s in scenes], [s[1] for s in scenes])
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+        after = snapshot()
+        parts = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+        changed.append(parts)
+
+    train_alternating(model, train_step)
+    assert changed == [{"backbone", "rpn"}, {"backbone", "roi_head"}, {"rpn"}, {"roi_head"}]
+    assert model.training_stage == "joint" and all(p.requires_grad for p in model.parameters())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
@@ -186,6 +187,12 @@ def build_feature_extractor(
     return FeatureExtractor(body, body.channels, body.strides, fpn_channels if fpn else None)
 
 
+TRAINING_STAGES = ("joint", "rpn", "detector")
+
+# The 4-step alternating training of section 3.2: (stage, shared conv layers frozen).
+ALTERNATING_STEPS = (("rpn", False), ("detector", False), ("rpn", True), ("detector", True))
+
+
 class FasterRCNN(nn.Module):
     """Backbone -> RPN -> RoI head, handed in as parts; obeys the detector contract.
 
@@ -204,6 +211,7 @@ class FasterRCNN(nn.Module):
         super().__init__()
         self.backbone, self.rpn, self.roi_head, self.batcher = backbone, rpn, roi_head, batcher
         self.training_stage = training_stage
+        self.freeze_backbone = False
 
     def forward(
         self, images: list[Tensor], targets: list[dict] | None = None
@@ -213,8 +221,10 @@ class FasterRCNN(nn.Module):
         "scores" Tensor[K], "labels" int64 Tensor[K]}`` in the coordinates of ``images``."""
         if self.training and targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
-        if self.training_stage not in ("joint", "rpn", "detector"):
-            raise ValueError(f"training_stage must be joint, rpn or detector, got {self.training_stage!r}")
+        if self.training_stage not in TRAINING_STAGES:
+            raise ValueError(f"training_stage must be one of {TRAINING_STAGES}, got {self.training_stage!r}")
+        if self.training and self.freeze_backbone:
+            self.backbone.eval()  # frozen shared layers keep their BatchNorm statistics too
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         batch, image_sizes, scales, targets = self.batcher(images, targets if self.training else None)
         features = self.backbone(batch)
@@ -267,3 +277,35 @@ def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
     )
     batcher = ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(backbone.strides)))
     return FasterRCNN(backbone, rpn, head, batcher, config.training_stage)
+
+
+def set_training_stage(model: FasterRCNN, stage: str, freeze_backbone: bool) -> None:
+    """Make only the parts ``stage`` trains require gradients (``joint``: all; ``rpn``: the RPN;
+    ``detector``: the RoI head), plus the backbone unless ``freeze_backbone``. Build the optimiser
+    after calling this, over the parameters that require gradients."""
+    if stage not in TRAINING_STAGES:
+        raise ValueError(f"training stage must be one of {TRAINING_STAGES}, got {stage!r}")
+    model.training_stage, model.freeze_backbone = stage, freeze_backbone
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(not freeze_backbone)
+    for parameter in model.rpn.parameters():
+        parameter.requires_grad_(stage in ("joint", "rpn"))
+    for parameter in model.roi_head.parameters():
+        parameter.requires_grad_(stage in ("joint", "detector"))
+
+
+def train_alternating(model: FasterRCNN, train_step: Callable[[FasterRCNN, int], object]) -> None:
+    """The paper's 4-step alternating training (section 3.2), with ``train_step(model, step_index)``
+    training whatever requires gradients (e.g. ``detlab.engine.fit`` with a fresh optimiser):
+
+    1. RPN and backbone; 2. detection head and backbone on the step-1 RPN's proposals;
+    3. RPN only, shared layers frozen; 4. detection head only, shared layers frozen.
+
+    One difference from the paper: step 2 keeps training the same backbone rather than a second
+    copy initialised from ImageNet, since detlab's backbones also train from scratch; steps 3 and 4
+    (the ones that make the layers shared) are as published. The model is left in ``joint`` mode.
+    """
+    for index, (stage, freeze_backbone) in enumerate(ALTERNATING_STEPS):
+        set_training_stage(model, stage, freeze_backbone)
+        train_step(model, index)
+    set_training_stage(model, "joint", False)
