@@ -75,6 +75,114 @@ def markdown_table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def load_test_set(data_name: str):
+    """The test split in the order of its split file, the order the peer script walks."""
+    data_dir = DATA_SETS[data_name]
+    dataset = read_voc(data_dir, split="test")
+    dataset.name = f"{data_name}-test"
+    order = (data_dir / "ImageSets" / "Main" / "test.txt").read_text().split()
+    position = {image_id: index for index, image_id in enumerate(order)}
+    dataset.records.sort(key=lambda record: position[str(record.image_id)])
+    return dataset
+
+
+def fast_phase(data_name: str, limit: int) -> dict:
+    """OpenCV fast vs detlab ss-fast on every image, then the cheap baselines."""
+    data_dir = DATA_SETS[data_name]
+    dataset = load_test_set(data_name)
+    entry = {"images": limit or len(dataset), "peer": {}, "detlab": {}}
+    entry["peer"]["opencv-fast"] = run_peer(data_dir, "test", "fast", limit)
+    entry["detlab"]["ss-fast"] = run_detlab(
+        "ss-fast", build_method("ss-fast", max_proposals=TOP), dataset, limit
+    )
+    trainval = read_voc(data_dir, split="trainval")
+    baselines = {
+        "sliding": build_method("sliding", max_proposals=TOP),
+        "uniform": build_method("uniform", max_proposals=TOP),
+        "gaussian (fit on trainval)": GaussianBoxes.fit(
+            [record.boxes for record in trainval.records],
+            [(record.height, record.width) for record in trainval.records],
+            max_proposals=TOP,
+        ),
+    }
+    for name, method in baselines.items():
+        entry["detlab"][name] = run_detlab(name, method, dataset, limit)
+    fast, peer_fast = entry["detlab"]["ss-fast"], entry["peer"]["opencv-fast"]
+    entry["ratios"] = {
+        "fast_time_mean_detlab_over_opencv": fast["seconds_per_image_mean"]
+        / peer_fast["seconds_per_image_mean"],
+        "fast_time_median_detlab_over_opencv": fast["seconds_per_image_median"]
+        / peer_fast["seconds_per_image_median"],
+    }
+    entry["targets"] = {
+        "fast_recall_0.5_at_2000": fast["recall"][f"0.5@{TOP}"] >= peer_fast["recall"][f"0.5@{TOP}"],
+        "fast_recall_0.7_at_2000": fast["recall"][f"0.7@{TOP}"] >= peer_fast["recall"][f"0.7@{TOP}"],
+        "fast_mabo": fast["mabo"] >= peer_fast["MABO"],
+        "fast_time_at_most_2x": entry["ratios"]["fast_time_mean_detlab_over_opencv"] <= 2.0,
+    }
+    return entry
+
+
+def quality_phase(data_name: str, entry: dict, quality_images: int) -> None:
+    """OpenCV quality vs detlab ss-quality (and ss-fast, superpixels) on the first images."""
+    dataset = load_test_set(data_name)
+    entry["quality_images"] = quality_images
+    entry["peer"]["opencv-quality"] = run_peer(DATA_SETS[data_name], "test", "quality", quality_images)
+    subset = entry.setdefault("quality_subset", {})
+    for name in ("ss-quality", "ss-fast", "superpixels"):
+        subset[name] = run_detlab(name, build_method(name, max_proposals=TOP), dataset, quality_images)
+    entry["ratios"]["quality_time_mean_detlab_over_opencv"] = (
+        subset["ss-quality"]["seconds_per_image_mean"]
+        / entry["peer"]["opencv-quality"]["seconds_per_image_mean"]
+    )
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """JSON, Markdown and plots of everything measured so far (called after every phase)."""
+    machine = report["machine"]
+    lines = [
+        "# Region proposals: detlab vs OpenCV-contrib Selective Search",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Date: {report['date']}  ",
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, one thread each.",
+        "",
+        f"Top {TOP} proposals an image. Recall at IoU 0.5 / 0.7 for the top n boxes, AR (average recall over "
+        "IoU 0.5-1), MABO (mean over classes of the average best overlap), mean seconds an image "
+        "(proposal computation only, image decoding excluded, for both). OpenCV's recall and MABO are the "
+        "peer script's own numbers on the same ground truth.",
+    ]
+    for data_name, entry in report["data_sets"].items():
+        detlab, peer, ratios = entry["detlab"], entry["peer"], entry["ratios"]
+        rows = [peer_row("OpenCV fast", peer["opencv-fast"])]
+        rows += [summary_row(f"detlab {name}", result) for name, result in detlab.items()]
+        lines += ["", f"## {data_name} test ({entry['images']} images)", "", *markdown_table(rows), ""]
+        lines += [
+            f"Time ratio detlab/OpenCV, fast: {ratios['fast_time_mean_detlab_over_opencv']:.2f} (mean), "
+            f"{ratios['fast_time_median_detlab_over_opencv']:.2f} (median).  ",
+            "Targets (detlab fast vs OpenCV fast): "
+            + ", ".join(f"{key} {'met' if value else 'NOT met'}" for key, value in entry["targets"].items()),
+        ]
+        curves = {f"detlab {name}": result for name, result in detlab.items()}
+        if "quality_subset" in entry:
+            subset = entry["quality_subset"]
+            rows = [peer_row("OpenCV quality", peer["opencv-quality"])]
+            rows += [summary_row(f"detlab {name}", result) for name, result in subset.items()]
+            lines += [
+                "",
+                f"Quality modes on the first {entry['quality_images']} images of the split (quality is slow):",
+                "",
+                *markdown_table(rows),
+                "",
+                f"Time ratio detlab/OpenCV, quality: {ratios['quality_time_mean_detlab_over_opencv']:.2f} (mean).",
+            ]
+            curves[f"detlab ss-quality (first {entry['quality_images']})"] = subset["ss-quality"]
+        plots = save_plots(curves, out_dir, prefix=f"proposals_{data_name}")
+        lines += ["", *[f"![{path.stem}]({path.name})" for path in plots]]
+    (out_dir / "proposals.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "proposals.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-sets", default="bccd,raccoon")
@@ -85,132 +193,33 @@ def main() -> int:
     torch.set_num_threads(1)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": 1,
-    }
     report = {
         "command": "flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_proposals.py "
         + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": 1,
+        },
         "top": TOP,
         "data_sets": {},
     }
-    lines = [
-        "# Region proposals: detlab vs OpenCV-contrib Selective Search",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Date: {report['date']}  ",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, one thread each.",
-        "",
-        f"Top {TOP} proposals an image. Recall at IoU 0.5 / 0.7 for the top n boxes, AR (average recall over "
-        "IoU 0.5-1), MABO (mean over classes of the average best overlap), mean seconds an image "
-        "(proposal computation only, image decoding excluded, for both).",
-    ]
-    for data_name in args.data_sets.split(","):
-        data_dir = DATA_SETS[data_name]
-        if not data_dir.is_dir():
-            print(f"skipping {data_name}: {data_dir} not found", flush=True)
-            continue
-        dataset = read_voc(data_dir, split="test")
-        dataset.name = f"{data_name}-test"
-        # The peer walks the split file in order; keep detlab on the same images in the same order.
-        order = (data_dir / "ImageSets" / "Main" / "test.txt").read_text().split()
-        position = {image_id: index for index, image_id in enumerate(order)}
-        dataset.records.sort(key=lambda record: position[str(record.image_id)])
-        num_images = args.limit or len(dataset)
-        quality_images = min(args.quality_limit, num_images)
-
-        entry = {"images": num_images, "quality_images": quality_images, "peer": {}, "detlab": {}}
-        entry["peer"]["opencv-fast"] = run_peer(data_dir, "test", "fast", args.limit)
-        entry["detlab"]["ss-fast"] = run_detlab(
-            "ss-fast", build_method("ss-fast", max_proposals=TOP), dataset, args.limit
-        )
-        entry["peer"]["opencv-quality"] = run_peer(data_dir, "test", "quality", quality_images)
-        entry["detlab"]["ss-quality"] = run_detlab(
-            "ss-quality", build_method("ss-quality", max_proposals=TOP), dataset, quality_images
-        )
-        # On the quality subset, ss-fast again so the quality rows compare like with like.
-        entry["detlab"]["ss-fast (quality subset)"] = run_detlab(
-            "ss-fast", build_method("ss-fast", max_proposals=TOP), dataset, quality_images
-        )
-        trainval = read_voc(data_dir, split="trainval")
-        baselines = {
-            "sliding": build_method("sliding", max_proposals=TOP),
-            "uniform": build_method("uniform", max_proposals=TOP),
-            "gaussian (fit on trainval)": GaussianBoxes.fit(
-                [record.boxes for record in trainval.records],
-                [(record.height, record.width) for record in trainval.records],
-                max_proposals=TOP,
-            ),
-        }
-        for name, method in baselines.items():
-            entry["detlab"][name] = run_detlab(name, method, dataset, args.limit)
-        entry["detlab"]["superpixels (quality subset)"] = run_detlab(
-            "superpixels", build_method("superpixels", max_proposals=TOP), dataset, quality_images
-        )
-
-        fast, peer_fast = entry["detlab"]["ss-fast"], entry["peer"]["opencv-fast"]
-        quality, peer_quality = entry["detlab"]["ss-quality"], entry["peer"]["opencv-quality"]
-        entry["ratios"] = {
-            "fast_time_mean_detlab_over_opencv": fast["seconds_per_image_mean"]
-            / peer_fast["seconds_per_image_mean"],
-            "fast_time_median_detlab_over_opencv": fast["seconds_per_image_median"]
-            / peer_fast["seconds_per_image_median"],
-            "quality_time_mean_detlab_over_opencv": quality["seconds_per_image_mean"]
-            / peer_quality["seconds_per_image_mean"],
-        }
-        entry["targets"] = {
-            "fast_recall_0.5_at_2000": fast["recall"][f"0.5@{TOP}"] >= peer_fast["recall"][f"0.5@{TOP}"],
-            "fast_recall_0.7_at_2000": fast["recall"][f"0.7@{TOP}"] >= peer_fast["recall"][f"0.7@{TOP}"],
-            "fast_mabo": fast["mabo"] >= peer_fast["MABO"],
-            "fast_time_at_most_2x": entry["ratios"]["fast_time_mean_detlab_over_opencv"] <= 2.0,
-        }
-        report["data_sets"][data_name] = entry
-        plots = save_plots(
-            {
-                "detlab ss-fast": fast,
-                "detlab ss-quality (subset)": quality,
-                **{f"detlab {name}": entry["detlab"][name] for name in baselines},
-            },
-            out_dir,
-            prefix=f"proposals_{data_name}",
-        )
-
-        rows = [peer_row("OpenCV fast", peer_fast), summary_row("detlab ss-fast", fast)]
-        rows += [summary_row(f"detlab {name}", entry["detlab"][name]) for name in baselines]
-        subset_rows = [
-            peer_row("OpenCV quality", peer_quality),
-            summary_row("detlab ss-quality", quality),
-            summary_row("detlab ss-fast", entry["detlab"]["ss-fast (quality subset)"]),
-            summary_row("detlab superpixels", entry["detlab"]["superpixels (quality subset)"]),
-        ]
-        ratios = entry["ratios"]
-        lines += [
-            "",
-            f"## {data_name} test ({num_images} images)",
-            "",
-            *markdown_table(rows),
-            "",
-            f"Quality modes on the first {quality_images} images of the split:",
-            "",
-            *markdown_table(subset_rows),
-            "",
-            f"Time ratio detlab/OpenCV, fast: {ratios['fast_time_mean_detlab_over_opencv']:.2f} (mean), "
-            f"{ratios['fast_time_median_detlab_over_opencv']:.2f} (median); quality: "
-            f"{ratios['quality_time_mean_detlab_over_opencv']:.2f} (mean).  ",
-            "Targets (detlab fast vs OpenCV fast): "
-            + ", ".join(f"{key} {'met' if value else 'NOT met'}" for key, value in entry["targets"].items()),
-            "",
-            *[f"![{path.stem}]({path.name})" for path in plots],
-        ]
-    (out_dir / "proposals.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "proposals.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    names = [name for name in args.data_sets.split(",") if DATA_SETS[name].is_dir()]
+    if not names:
+        print(f"no data sets found under {SHARED / 'data'}", flush=True)
+        return 1
+    # Fast modes on every data set first: they carry the targets, so they are measured before the slow rest.
+    for data_name in names:
+        report["data_sets"][data_name] = fast_phase(data_name, args.limit)
+        write_report(report, out_dir)
+    for data_name in names:
+        entry = report["data_sets"][data_name]
+        quality_phase(data_name, entry, min(args.quality_limit, entry["images"]))
+        write_report(report, out_dir)
+    print((out_dir / "proposals.md").read_text())
     return 0
 
 
