@@ -192,13 +192,9 @@ class FastRCNN(nn.Module):
         return self.batcher.restore(detections, scales, original_sizes)
 
 
-def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
-    """``MODELS["fast_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
-    from detlab.models.faster_rcnn import build_feature_extractor
-
-    backbone = build_feature_extractor(
-        config.backbone, config.backbone_width, fpn=False, pretrained=config.pretrained_backbone
-    )
+def build_head_and_batcher(config, backbone: nn.Module, num_classes: int) -> tuple[RoIHead, ImageBatcher]:
+    """The RoI head and image batcher from the fields Fast and Faster R-CNN configs share
+    (``roi_*``, ``representation_size``, ``rois_per_image``, ..., ``min_size``, ``max_size``)."""
     pooler = build_roi_pooler(config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling)
     head = RoIHead(
         pooler,
@@ -212,6 +208,17 @@ def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
         detections_per_image=config.detections_per_image,
     )
     batcher = ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(backbone.strides)))
+    return head, batcher
+
+
+def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
+    """``MODELS["fast_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
+    from detlab.models.faster_rcnn import build_feature_extractor
+
+    backbone = build_feature_extractor(
+        config.backbone, config.backbone_width, fpn=False, pretrained=config.pretrained_backbone
+    )
+    head, batcher = build_head_and_batcher(config, backbone, num_classes)
     return FastRCNN(
         backbone, head, batcher, default_proposal_method(config.proposal_method, config.max_proposals)
     )

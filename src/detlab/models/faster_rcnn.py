@@ -17,8 +17,8 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from detlab.models.fast_rcnn import ImageBatcher
-from detlab.models.roi_heads import RoIHead, build_roi_pooler
+from detlab.models.fast_rcnn import ImageBatcher, build_head_and_batcher
+from detlab.models.roi_heads import RoIHead
 from detlab.models.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 
 
@@ -263,19 +263,7 @@ def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
         nms_threshold=config.rpn_nms_threshold,
         batch_size_per_image=config.rpn_batch_size_per_image,
     )
-    pooler = build_roi_pooler(config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling)
-    head = RoIHead(
-        pooler,
-        backbone.out_channels * config.roi_output_size**2,
-        num_classes,
-        representation_size=config.representation_size,
-        rois_per_image=config.rois_per_image,
-        foreground_fraction=config.foreground_fraction,
-        score_threshold=config.score_threshold,
-        nms_threshold=config.nms_threshold,
-        detections_per_image=config.detections_per_image,
-    )
-    batcher = ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(backbone.strides)))
+    head, batcher = build_head_and_batcher(config, backbone, num_classes)
     return FasterRCNN(backbone, rpn, head, batcher, config.training_stage)
 
 
