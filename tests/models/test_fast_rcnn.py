@@ -117,7 +117,12 @@ def _square_images(num_images: int, seed: int) -> tuple[list[torch.Tensor], list
 
 def _tiny_fast_rcnn() -> FastRCNN:
     config = FastRCNNConfig(
-        backbone_width=8, min_size=64, max_size=80, representation_size=64, rois_per_image=16
+        backbone_width=8,
+        min_size=64,
+        max_size=80,
+        representation_size=64,
+        rois_per_image=16,
+        proposal_cache_dir="",
     )
     return build_fast_rcnn(config, num_classes=2)
 
@@ -180,3 +185,32 @@ def test_single_level_pooler_rejects_unknown_method():
     torch.testing.assert_close(
         pooled.flatten(), torch.tensor([5.0, 7.0, 13.0, 15.0])
     )  # max of each quadrant (roi_pool counts the end cell: 0..3)
+
+
+def test_training_proposals_are_cached_per_image_content(tmp_path):
+    from detlab.proposals import ProposalCache
+    from detlab.proposals.baselines import SlidingWindows
+
+    model = _tiny_fast_rcnn().train()
+    calls = []
+    method = SlidingWindows(max_proposals=50)
+
+    class CountingMethod:
+        name = method.name
+
+        def settings(self):
+            return method.settings()
+
+        def propose(self, image):
+            calls.append(1)
+            return method.propose(image)
+
+    model.proposal_cache = ProposalCache(tmp_path / "cache", CountingMethod())
+    images, targets = _square_images(2, seed=3)
+    for target, image_id in zip(targets, ["a", "b"]):
+        target["image_id"] = image_id
+    model(images, targets)
+    model(images, targets)
+    assert len(calls) == 2  # once per image, not per step
+    model([images[0].flip(-1)], [targets[0]])
+    assert len(calls) == 3  # a flipped copy has other proposals

@@ -12,7 +12,9 @@ Shape letters: B images; K proposals of an image; C classes (labels 1..C, 0 back
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +104,8 @@ class FastRCNNConfig:
 
     ``backbone`` and the head fields mean the same as in :class:`~detlab.models.faster_rcnn.FasterRCNNConfig`
     (Fast R-CNN uses one feature map, no FPN). ``proposal_method`` names a method of
-    :mod:`detlab.proposals` used when an image comes without ``"proposals"``.
+    :mod:`detlab.proposals` used when an image comes without ``"proposals"``; training images'
+    proposals are cached under ``proposal_cache_dir``.
     """
 
     backbone: str = "compact"
@@ -110,8 +113,9 @@ class FastRCNNConfig:
     pretrained_backbone: bool = False
     min_size: int = 320
     max_size: int = 427
-    proposal_method: str = "selective_search"
+    proposal_method: str = "ss-fast"
     max_proposals: int = 2000
+    proposal_cache_dir: str = "runs/proposal_cache"  # "" keeps no cache (proposes every step)
     roi_pooling: str = "pool"  # pool (the paper's RoI max pooling) | align
     roi_output_size: int = 7
     representation_size: int = 256
@@ -123,14 +127,20 @@ class FastRCNNConfig:
 
 
 def default_proposal_method(name: str, max_proposals: int) -> Callable[[Tensor], Tensor]:
-    """``image Tensor[3, H, W] -> boxes Tensor[K, 4]``: ``selective_search`` (fast strategy of
-    :mod:`detlab.proposals.selective_search`, imported lazily since training data may carry
-    ``"proposals"`` and never need it)."""
-    if name != "selective_search":
-        raise ValueError(f"unknown proposal method {name!r} for Fast R-CNN; use selective_search")
-    from detlab.proposals.selective_search import SelectiveSearch
+    """``image Tensor[3, H, W] -> boxes Tensor[K, 4]``: a method of :mod:`detlab.proposals` by name
+    (``ss-fast``, ``ss-quality``, ``sliding``, ...; ``selective_search`` means ``ss-fast``), imported
+    lazily since training data that carries ``"proposals"`` never needs it."""
+    from detlab.proposals import build_method
 
-    return SelectiveSearch("fast", max_proposals=max_proposals).propose
+    return build_method("ss-fast" if name == "selective_search" else name, max_proposals=max_proposals)
+
+
+def image_fingerprint(image: Tensor) -> str:
+    """A short digest of an image's content (its 16x16 thumbnail), so cached proposals are reused
+    only for the very same pixels: a flipped or rescaled copy of an image gets its own entry."""
+    thumbnail = F.adaptive_avg_pool2d(image.detach().float().cpu()[None], 16)
+    digest = hashlib.sha1((thumbnail * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:12]
+    return f"{tuple(image.shape[-2:])[0]}x{tuple(image.shape[-2:])[1]}-{digest}"
 
 
 class FastRCNN(nn.Module):
@@ -141,6 +151,10 @@ class FastRCNN(nn.Module):
         roi_head: the :class:`RoIHead`.
         batcher: the :class:`ImageBatcher`.
         proposal_method: ``image -> Tensor[K, 4]`` used when no proposals are given.
+        proposal_cache: where training images' proposals are kept (a
+            :class:`detlab.proposals.ProposalCache` over ``proposal_method``), keyed by the target's
+            ``image_id`` and the image content, so each training image is proposed once, not every
+            epoch. Test images are always proposed afresh: test time includes the proposals.
     """
 
     def __init__(
@@ -149,10 +163,12 @@ class FastRCNN(nn.Module):
         roi_head: RoIHead,
         batcher: ImageBatcher,
         proposal_method: Callable[[Tensor], Tensor] | None = None,
+        proposal_cache=None,
     ):
         super().__init__()
         self.backbone, self.roi_head, self.batcher = backbone, roi_head, batcher
         self.proposal_method = proposal_method
+        self.proposal_cache = proposal_cache
 
     def _proposals_of(self, image: Tensor, target: dict | None) -> Tensor:
         if target is not None and "proposals" in target:
@@ -162,6 +178,9 @@ class FastRCNN(nn.Module):
                 "Fast R-CNN needs proposals: give each target a 'proposals' Tensor[K, 4] or build the "
                 "model with a proposal_method"
             )
+        if self.training and self.proposal_cache is not None and target is not None and "image_id" in target:
+            key = f"{target['image_id']}-{image_fingerprint(image)}"
+            return self.proposal_cache.get_or_compute(key, image).to(image.device)
         return self.proposal_method(image).to(image.device)
 
     def forward(
@@ -219,6 +238,10 @@ def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
         config.backbone, config.backbone_width, fpn=False, pretrained=config.pretrained_backbone
     )
     head, batcher = build_head_and_batcher(config, backbone, num_classes)
-    return FastRCNN(
-        backbone, head, batcher, default_proposal_method(config.proposal_method, config.max_proposals)
-    )
+    method = default_proposal_method(config.proposal_method, config.max_proposals)
+    cache = None
+    if config.proposal_cache_dir:
+        from detlab.proposals import ProposalCache
+
+        cache = ProposalCache(Path(config.proposal_cache_dir) / method.name, method)
+    return FastRCNN(backbone, head, batcher, method, cache)
