@@ -1,7 +1,7 @@
 """``detlab demo`` (what ``make demo`` runs): the main job on the built-in synthetic data set.
 
 It generates the set and shows it, then trains Faster R-CNN on it from scratch for a few minutes
-(``--train-seconds``, preset ``faster_rcnn_synthetic``), evaluates the best checkpoint on the test
+(``--train-seconds``, preset ``demo``), evaluates the best checkpoint on the test
 split with the COCO metrics, and writes the results (``results.json``/``results.md``),
 precision-recall curves and annotated test images next to the run folder.
 """
@@ -47,7 +47,7 @@ def detector_demo(out: Path, data_root: Path, train_seconds: float, num_shown: i
         shutil.rmtree(run_dir)
     run_config = resolve_run_config(
         "faster_rcnn",
-        preset="faster_rcnn_synthetic",
+        preset="demo",
         data={"spec": f"voc:{data_root}"},
         train={"out_dir": str(run_dir), "time_budget_s": train_seconds},
     )
