@@ -185,6 +185,20 @@ def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
         ]
     )
     assert code == 0 and (tmp_path / "p" / "detections.json").is_file()
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "best"),
+            "--data",
+            f"voc:{synthetic_voc}",
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert code == 0 and "AP50" in json.dumps(json.loads((tmp_path / "e" / "report.json").read_text()))
     assert main(["train", "--model", "nothing", "--data", "synthetic", "--out", str(tmp_path / "n")]) == 2
 
 

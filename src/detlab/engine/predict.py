@@ -170,6 +170,7 @@ def evaluate_checkpoint(
     split: str | None = "test",
     protocol: str = "coco",
     iou_threshold: float = 0.5,
+    max_detections: int = 100,
     device: str = "auto",
 ):
     """Predict with ``checkpoint`` over the data set ``data`` (a spec) at ``split``, then score the
@@ -186,4 +187,6 @@ def evaluate_checkpoint(
             "evaluate on data with the same classes"
         )
     predictions, _ = predict_dataset(predictor, dataset)
-    return evaluate_detections(dataset, predictions, protocol=protocol, iou_threshold=iou_threshold)
+    return evaluate_detections(
+        dataset, predictions, protocol=protocol, iou_threshold=iou_threshold, max_detections=max_detections
+    )

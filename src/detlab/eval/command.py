@@ -16,14 +16,23 @@ from detlab.eval.report import format_console_table, write_report
 def run_eval(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report, _ = evaluate_detections(
-            args.gt,
-            args.pred,
-            protocol=args.protocol,
-            iou_threshold=args.iou,
-            max_detections=args.max_dets,
-            split=args.split,
-        )
+        if args.checkpoint:  # predict over the data set first (detlab.engine), then score
+            from detlab.engine.predict import evaluate_checkpoint
+
+            report, _ = evaluate_checkpoint(
+                args.checkpoint, args.gt, args.split, args.protocol, args.iou, args.max_dets
+            )
+        elif args.pred:
+            report, _ = evaluate_detections(
+                args.gt,
+                args.pred,
+                protocol=args.protocol,
+                iou_threshold=args.iou,
+                max_detections=args.max_dets,
+                split=args.split,
+            )
+        else:
+            raise ValueError("give --pred RESULTS.json, or --checkpoint RUN/best to predict with a trained model")
     for warning in caught:
         print(f"warning: {warning.message}")
     print(format_console_table(report))
@@ -47,8 +56,9 @@ def add_commands(subparsers) -> None:
             "detlab.data.write_coco assigns (1..N in split order)."
         ),
     )
-    parser.add_argument("--gt", required=True, help="VOC folder, data set spec, or COCO ground-truth .json")
-    parser.add_argument("--pred", required=True, help="COCO results .json (a list of detections)")
+    parser.add_argument("--gt", "--data", dest="gt", required=True, help="VOC folder, data set spec, or COCO ground-truth .json")
+    parser.add_argument("--pred", help="COCO results .json (a list of detections)")
+    parser.add_argument("--checkpoint", help="instead of --pred: a trained model (RUN/best, RUN/last, .pt) to predict with")
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
