@@ -32,7 +32,9 @@ def run_eval(args: argparse.Namespace) -> int:
                 split=args.split,
             )
         else:
-            raise ValueError("give --pred RESULTS.json, or --checkpoint RUN/best to predict with a trained model")
+            raise ValueError(
+                "give --pred RESULTS.json, or --checkpoint RUN/best to predict with a trained model"
+            )
     for warning in caught:
         print(f"warning: {warning.message}")
     print(format_console_table(report))
@@ -56,9 +58,17 @@ def add_commands(subparsers) -> None:
             "detlab.data.write_coco assigns (1..N in split order)."
         ),
     )
-    parser.add_argument("--gt", "--data", dest="gt", required=True, help="VOC folder, data set spec, or COCO ground-truth .json")
+    parser.add_argument(
+        "--gt",
+        "--data",
+        dest="gt",
+        required=True,
+        help="VOC folder, data set spec, or COCO ground-truth .json",
+    )
     parser.add_argument("--pred", help="COCO results .json (a list of detections)")
-    parser.add_argument("--checkpoint", help="instead of --pred: a trained model (RUN/best, RUN/last, .pt) to predict with")
+    parser.add_argument(
+        "--checkpoint", help="instead of --pred: a trained model (RUN/best, RUN/last, .pt) to predict with"
+    )
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
