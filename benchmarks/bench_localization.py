@@ -66,7 +66,12 @@ def localizer_config(spec: str, root: str, budget_s: float, out_dir: str, **mode
 
 
 def run_localizer(config: LocalizerConfig, data, dataset_name: str) -> dict:
-    results = train_localizer(config, log=quiet, data=data)
+    try:
+        results = train_localizer(config, log=quiet, data=data)
+    except FloatingPointError as error:  # a diverged run is a result too; the grid goes on
+        print(f"diverged: {error}", flush=True)
+        return {"data": dataset_name, "recipe": config.model.recipe, "regression": config.model.regression,
+                "attach": config.model.attach, "diverged": str(error)}  # fmt: skip
     row = {"data": dataset_name, "recipe": config.model.recipe, "regression": config.model.regression,
            "attach": config.model.attach, "training_s": round(results["training_seconds"], 1),
            "steps": sum(step["steps"] for step in results["history"].values()),
@@ -162,6 +167,8 @@ def write_localization_markdown(report: dict) -> None:
               "top-1 loc | top-5 loc |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
     def row_line(row: dict) -> str:
+        if "diverged" in row:
+            return f"| {row['data']} | {row['recipe']} | {row['regression']} | {row['attach']} | diverged | | | | | |"
         return (f"| {row['data']} | {row['recipe']} | {row['regression']} | {row['attach']} | {row['training_s']} "
                 f"| {row['steps']} | {row['classification_accuracy']:.3f} | {row['mean_iou']:.3f} | "
                 f"{row['top1_localization']:.3f} | {row['top5_localization']:.3f} |")  # fmt: skip
