@@ -3,8 +3,8 @@
 ``metrics.jsonl`` holds one JSON object a line, ``{"kind": "train", "epoch", "step", "lr",
 "loss", "loss_<name>"..., "images_per_s", "time"}`` every ``log_every`` steps and
 ``{"kind": "eval", "epoch", "step", <metric>: float ...}`` after each evaluation.
-``curves.png`` plots them: every loss term and the learning rate against the step, and the
-evaluation metrics against the epoch. Only rank 0 of a distributed run writes either.
+``curves.png`` plots them against the step: every loss term, the learning rate and the headline
+evaluation metrics. Only rank 0 of a distributed run writes either.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+# Plotted when present (the COCO summary has 12 numbers; these three tell the story).
+HEADLINE_METRICS = ("AP", "AP50", "AP75", "mAP", "mAP50")
 
 
 class MetricsLog:
@@ -68,20 +70,22 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
             if k not in ("kind", "epoch", "step", "time") and _is_number(v)
         }
     )
+    headline = [name for name in HEADLINE_METRICS if name in metric_names]
+    metric_names = headline or metric_names
     panels = [("loss", loss_names), ("learning rate", ["lr"])] if train else []
     if metric_names:
         panels.append(("evaluation", metric_names))
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for axis, (title, names) in zip(axes[0], panels):
-        source, x_key = (evaluations, "epoch") if title == "evaluation" else (train, "step")
+        source = evaluations if title == "evaluation" else train
         for name in names:
             # Evaluators report -1 for undefined metrics (no object of that size): not a point.
-            points = [(r[x_key], r[name]) for r in source if _is_number(r.get(name)) and r[name] >= 0]
+            points = [(r["step"], r[name]) for r in source if _is_number(r.get(name)) and r[name] >= 0]
             if points:
                 xs, ys = zip(*points)
                 axis.plot(xs, ys, marker="o" if title == "evaluation" else None, label=name, linewidth=1.2)
         axis.set_title(title)
-        axis.set_xlabel(x_key)
+        axis.set_xlabel("step")
         if title == "loss" and any(r.get("loss", 0) > 0 for r in train):
             axis.set_yscale("log")
         if len(names) > 1 or title == "evaluation":
