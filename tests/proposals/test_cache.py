@@ -51,6 +51,7 @@ def test_get_or_compute_stores_and_reuses(tmp_path):
 
 
 def test_different_settings_are_refused(tmp_path):
+    ProposalCache(tmp_path / "c", "uniform")  # a method name builds it with defaults (seed 0)
     ProposalCache(tmp_path / "c", UniformBoxes(seed=0))
     with pytest.raises(ValueError, match="another directory"):
         ProposalCache(tmp_path / "c", UniformBoxes(seed=1))

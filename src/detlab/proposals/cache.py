@@ -48,11 +48,16 @@ class ProposalCache:
 
     Args:
         path: the directory (created if missing).
-        method: the :class:`ProposalMethod` used for images not in the cache; ``None`` opens the
-            cache read-only (``get_or_compute`` of a missing image then raises ``KeyError``).
+        method: the :class:`ProposalMethod` (or a name of ``detlab.proposals.METHODS``, built with
+            its defaults) used for images not in the cache; ``None`` opens the cache read-only
+            (``get_or_compute`` of a missing image then raises ``KeyError``).
     """
 
-    def __init__(self, path: str | Path, method: ProposalMethod | None = None):
+    def __init__(self, path: str | Path, method: ProposalMethod | str | None = None):
+        if isinstance(method, str):
+            from detlab.proposals import build_method  # the package imports this module
+
+            method = build_method(method)
         self.path = Path(path)
         self.method = method
         if self.path.exists() and not self.path.is_dir():
