@@ -39,7 +39,7 @@ ImageSource = Tensor | np.ndarray | str | Path | Callable[[], Tensor]
 def _file_name(image_id: str | int) -> str:
     # Readable where the id allows it; the hash keeps ids that differ only in unsafe characters apart.
     text = str(image_id)
-    digest = hashlib.sha1(f"{type(image_id).__name__}:{text}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]  # ids are keyed as text, so 7 and "7" are one image
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', text)[:80]}-{digest}.npy"
 
 

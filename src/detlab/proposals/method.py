@@ -157,7 +157,8 @@ class ProposalMethod:
         """``image`` -> ``float32 Tensor[K, 4]`` absolute ``(x1, y1, x2, y2)``, best first."""
         return self.propose_scored(image)[0]
 
-    __call__ = propose
+    def __call__(self, image: Tensor | np.ndarray | str | Path) -> Tensor:
+        return self.propose(image)
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.settings().items() if key != "name")
