@@ -9,7 +9,7 @@ Each evaluator runs in its own subprocess (so peak memory is its own) and report
   the anchor script times it (their ``COCO()``/``loadRes`` indexing is excluded); for detlab it is
   turning the already-parsed JSON lists into arrays plus the whole evaluation (stricter for detlab);
 - ``total_s``: from reading the two files to the 12 numbers, for everyone;
-- ``peak_rss_mb``: the subprocess's peak resident memory (``resource.getrusage``);
+- ``peak_rss_mb``: the subprocess's peak resident memory (``VmHWM``);
 - the 12 summary numbers, compared with pycocotools'.
 
 Usage (run under the shared CPU lock):
@@ -91,6 +91,15 @@ def run_detlab(gt_path: Path, dets_path: Path, repeats: int) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark (VmHWM). Unlike ``getrusage``'s ru_maxrss,
+    it is not inherited from the parent that forked the worker."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(name: str, gt_path: Path, dets_path: Path, repeats: int) -> None:
     # import first, so that the memory the imports take is reported apart from the evaluation's
     if name == "detlab":
@@ -101,7 +110,7 @@ def worker(name: str, gt_path: Path, dets_path: Path, repeats: int) -> None:
     else:
         import faster_coco_eval.core.coco as fast_coco
         from faster_coco_eval.core.faster_eval_api import COCOeval_faster
-    after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after_imports = peak_rss_mb()
     if name == "detlab":
         result = run_detlab(gt_path, dets_path, repeats)
     elif name == "pycocotools":
@@ -109,7 +118,7 @@ def worker(name: str, gt_path: Path, dets_path: Path, repeats: int) -> None:
     else:
         result = run_peer(fast_coco, COCOeval_faster, gt_path, dets_path)
     result["rss_after_imports_mb"] = after_imports
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
