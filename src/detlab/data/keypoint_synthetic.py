@@ -64,9 +64,9 @@ def _pose(rng: np.random.Generator, size: int) -> np.ndarray:
     fit = min(1.0, float(((size - 2 * margin) / span).min()))
     joints = (joints - low) * fit
     span = span * fit
-    offset = np.array(
-        [rng.uniform(margin, size - margin - span[0]), rng.uniform(margin, size - margin - span[1])]
-    )
+    # max(): the axis that set ``fit`` has no room left, and rounding may make its range negative.
+    room = np.maximum(size - margin - span, margin)
+    offset = np.array([rng.uniform(margin, room[0]), rng.uniform(margin, room[1])])
     return joints + offset
 
 
