@@ -242,7 +242,7 @@ def optimise(
         running.append(value)
         step += 1
         if train.log_every > 0 and (step % train.log_every == 0 or step == num_steps):
-            parts = " ".join(f"{key}={float(loss):.4f}" for key, loss in losses.items())
+            parts = " ".join(f"{key}={float(loss.detach()):.4f}" for key, loss in losses.items())
             log(
                 f"[{name}] step {step}/{num_steps} {parts} lr={opt.param_groups[0]['lr']:.2e} "
                 f"({time.perf_counter() - start:.0f}s)"
