@@ -348,7 +348,7 @@ def main() -> int:
         print(json.dumps(peer))
     if args.part == "all":
         report = {
-            "command": "flock /tmp/detlab-cpu.lock .venv/bin/python " + " ".join(sys.argv),
+            "command": ".venv/bin/python " + " ".join(sys.argv),
             "date_utc": started,
             "machine": machine(),
             "budget_s": args.budget_s,
