@@ -98,7 +98,27 @@ class ImageBatcher(nn.Module):
 
 
 @dataclasses.dataclass
-class FastRCNNConfig:
+class RCNNHeadConfig:
+    """The fields Fast and Faster R-CNN share: backbone, input size and the RoI head
+    (what :func:`build_head_and_batcher` reads). Each detector's config extends it."""
+
+    backbone: str = "compact"
+    backbone_width: int = 32
+    pretrained_backbone: bool = False
+    min_size: int = 320
+    max_size: int = 427
+    roi_pooling: str = "align"  # align | pool
+    roi_output_size: int = 7
+    representation_size: int = 256
+    rois_per_image: int = 64
+    foreground_fraction: float = 0.25
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclasses.dataclass
+class FastRCNNConfig(RCNNHeadConfig):
     """Fast R-CNN on external proposals. CPU defaults; GPU users raise ``min_size`` to 600 (the
     paper's scale), ``max_proposals`` to 2000 and use a larger backbone (see ``FasterRCNNConfig``).
 
@@ -108,22 +128,10 @@ class FastRCNNConfig:
     proposals are cached under ``proposal_cache_dir``.
     """
 
-    backbone: str = "compact"
-    backbone_width: int = 32
-    pretrained_backbone: bool = False
-    min_size: int = 320
-    max_size: int = 427
     proposal_method: str = "ss-fast"
     max_proposals: int = 2000
     proposal_cache_dir: str = "runs/proposal_cache"  # "" keeps no cache (proposes every step)
     roi_pooling: str = "pool"  # pool (the paper's RoI max pooling) | align
-    roi_output_size: int = 7
-    representation_size: int = 256
-    rois_per_image: int = 64
-    foreground_fraction: float = 0.25
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
 
 
 def default_proposal_method(name: str, max_proposals: int) -> Callable[[Tensor], Tensor]:
@@ -211,7 +219,7 @@ class FastRCNN(nn.Module):
         return self.batcher.restore(detections, scales, original_sizes)
 
 
-def build_head_and_batcher(config, backbone: nn.Module, num_classes: int) -> tuple[RoIHead, ImageBatcher]:
+def build_head_and_batcher(config: RCNNHeadConfig, backbone: nn.Module, num_classes: int) -> tuple[RoIHead, ImageBatcher]:
     """The RoI head and image batcher from the fields Fast and Faster R-CNN configs share
     (``roi_*``, ``representation_size``, ``rois_per_image``, ..., ``min_size``, ``max_size``)."""
     pooler = build_roi_pooler(config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling)

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from detlab.models.fast_rcnn import ImageBatcher, build_head_and_batcher
+from detlab.models.fast_rcnn import ImageBatcher, RCNNHeadConfig, build_head_and_batcher
 from detlab.models.roi_heads import RoIHead
 from detlab.models.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 
 
 @dataclasses.dataclass
-class FasterRCNNConfig:
+class FasterRCNNConfig(RCNNHeadConfig):
     """Faster R-CNN settings. The defaults suit a 2-core CPU trained from scratch in minutes.
 
     GPU defaults (the ``faster_rcnn_gpu`` preset): ``backbone: resnet50``, ``fpn: true``,
@@ -36,13 +36,8 @@ class FasterRCNNConfig:
     ``aspect_ratios`` are height / width.
     """
 
-    backbone: str = "compact"
-    backbone_width: int = 32
-    pretrained_backbone: bool = False
     fpn: bool = True
     fpn_channels: int = 96
-    min_size: int = 320
-    max_size: int = 427
     anchor_sizes: tuple[float, ...] = (16.0, 24.0, 40.0, 64.0, 96.0, 144.0)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n_train: int = 1000
@@ -52,13 +47,6 @@ class FasterRCNNConfig:
     rpn_nms_threshold: float = 0.7
     rpn_batch_size_per_image: int = 256
     roi_pooling: str = "align"  # align | pool (single level only; FPN always aligns)
-    roi_output_size: int = 7
-    representation_size: int = 256
-    rois_per_image: int = 64
-    foreground_fraction: float = 0.25
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
     training_stage: str = "joint"  # joint | rpn | detector (steps of the 4-step alternating scheme)
 
 
