@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from detlab.data.errors import BadInputError, ProblemLog
+from detlab.data.images import image_size
 from detlab.data.records import RawObject, build_record
 from detlab.data.schema import DetectionDataset
 
@@ -88,8 +89,6 @@ def read_coco(
             continue
         width, height = int(image.get("width", 0)), int(image.get("height", 0))
         if width <= 0 or height <= 0:
-            from detlab.data.images import image_size
-
             try:
                 width, height = image_size(image_path)
             except BadInputError as error:
