@@ -58,8 +58,9 @@ def quiet(message: str) -> None:
 
 
 def localizer_config(spec: str, root: str, budget_s: float, out_dir: str, **model) -> LocalizerConfig:
-    data = DataConfig(spec=spec, root=root, train_split="train" if spec == "synthetic-single" else "trainval",
-                      test_split="test")  # fmt: skip
+    synthetic = spec == "synthetic-single"  # shapes have no up and down; raccoons do
+    data = DataConfig(spec=spec, root=root, train_split="trainval", test_split="test",
+                      vertical_flip=synthetic, rotate90=synthetic)  # fmt: skip
     train = TrainConfig(out_dir=out_dir, epochs=1000, time_budget_s=budget_s, batch_size=32, optimizer="adamw",
                         lr=1e-3, warmup_steps=20, weight_decay=1e-4, log_every=100)  # fmt: skip
     return LocalizerConfig(model=LocalizerModelConfig(**model), data=data, train=train)
@@ -136,11 +137,11 @@ def part_overfeat(args) -> dict:
     from detlab.models.overfeat import DetectorConfig, OverFeatConfig, train_overfeat
 
     config = OverFeatConfig(
-        model=LocalizerModelConfig(window_size=args.window_size, recipe="joint", regression="specific", attach="fc",
-                                   synthetic_images=args.multi_images),
+        model=LocalizerModelConfig(window_size=args.window_size, recipe="joint", regression="specific", attach="conv",
+                                   synthetic_images=args.multi_images, padding=0),
         detector=DetectorConfig(scales=tuple(args.scales), score_threshold=args.score_threshold,
                                 windows_per_image=args.windows_per_image, eval_images=args.overfeat_test_images),
-        data=DataConfig(spec="synthetic", root=args.multi_root),
+        data=DataConfig(spec="synthetic", root=args.multi_root, vertical_flip=True, rotate90=True),
         train=TrainConfig(out_dir="runs/bench-overfeat", epochs=1000, time_budget_s=args.overfeat_budget,
                           batch_size=32, optimizer="adamw", lr=1e-3, warmup_steps=20, log_every=100),
     )  # fmt: skip
@@ -217,11 +218,11 @@ def main() -> int:
     )
     parser.add_argument("--part", required=True, choices=("headline", "grid", "keypoints", "overfeat"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--window-size", type=int, default=128)
+    parser.add_argument("--window-size", type=int, default=64)
     parser.add_argument("--synthetic-root", default="data/localizer-single")
-    parser.add_argument("--synthetic-images", type=int, default=1500)
-    parser.add_argument("--headline-budget", type=float, default=480)
-    parser.add_argument("--headline-attach", default="fc", choices=("conv", "fc"))
+    parser.add_argument("--synthetic-images", type=int, default=6000)
+    parser.add_argument("--headline-budget", type=float, default=585)
+    parser.add_argument("--headline-attach", default="conv", choices=("conv", "fc"))
     parser.add_argument("--grid-budget", type=float, default=75)
     parser.add_argument("--raccoon-budget", type=float, default=60)
     parser.add_argument("--keypoint-images", type=int, default=3000)
@@ -231,7 +232,7 @@ def main() -> int:
     parser.add_argument("--windows-per-image", type=int, default=8)
     parser.add_argument("--overfeat-budget", type=float, default=240)
     parser.add_argument("--overfeat-test-images", type=int, default=60)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.5, 2.0, 3.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--score-threshold", type=float, default=0.5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

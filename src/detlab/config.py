@@ -39,6 +39,8 @@ class DataConfig:
     min_size: int = 320
     max_size: int = 427
     horizontal_flip: bool = True
+    vertical_flip: bool = False  # for data with no up and down (cells, shapes, aerial images)
+    rotate90: bool = False  # random quarter turns, the same kind of data
     scale_jitter: tuple[int, ...] = ()
     photometric: bool = False
     on_bad: str = "error"

@@ -65,3 +65,17 @@ def test_collate_keeps_lists_of_different_sizes():
     images, targets = collate(batch)
     assert [tuple(i.shape) for i in images] == [(3, 60, 80), (3, 40, 50)]
     assert len(targets) == 2 and targets[1]["boxes"].tolist() == [[1, 2, 3, 4]]
+
+
+def test_vertical_flip_and_quarter_turns_move_boxes_exactly():
+    image, target = block_image()
+    transform = build_transforms(train=True, horizontal_flip=False, vertical_flip=True, rotate90=True)
+    torch.manual_seed(0)
+    shapes, tops = set(), set()
+    for _ in range(30):
+        out_image, out_target = transform(image, target)
+        assert out_target["boxes"][0].tolist() == bright_box(out_image)
+        shapes.add(tuple(out_image.shape[-2:]))
+        tops.add(bright_box(out_image)[1])
+    assert shapes == {(60, 80), (80, 60)}  # turned and not turned
+    assert len(tops) >= 3  # plain, flipped, turned give different boxes

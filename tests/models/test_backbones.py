@@ -80,6 +80,17 @@ def test_classifier_net_small_shapes():
         assert net.hidden(net.features(torch.rand(3, 3, 128, 128))).shape == (3, 32)
 
 
+def test_small_net_blocks_and_pool_options():
+    features = build_classifier_net("small", window_size=64, num_blocks=4, pool="max", hidden_dim=8).features
+    assert features.stride == 8 and features.out_channels == 256
+    with pytest.raises(ValueError, match="2 to 5 blocks"):
+        build_classifier_net("small", window_size=64, num_blocks=6)
+    with pytest.raises(ValueError, match="pool"):
+        build_classifier_net("small", window_size=64, pool="mean")
+    with pytest.raises(ValueError, match="small"):
+        build_classifier_net("alexnet", window_size=224, pool="max")
+
+
 def test_classifier_net_alexnet_needs_224_window():
     with pytest.raises(ValueError, match="224"):
         build_classifier_net("alexnet", window_size=128)

@@ -51,7 +51,7 @@ def tiny_config(**model) -> LocalizerConfig:
         schedule="constant",
         log_every=0,
     )
-    config.data.horizontal_flip = False
+    config.data.horizontal_flip = config.data.vertical_flip = config.data.rotate90 = False
     return config
 
 
@@ -185,6 +185,33 @@ def test_flip_mirrors_the_box():
     expected = torch.tensor([1 - data.boxes[0, 2], data.boxes[0, 1], 1 - data.boxes[0, 0], data.boxes[0, 3]])
     assert torch.allclose(boxes[0], expected)
     assert torch.equal(images[0], data.images[0].float().flip(-1) / 255)
+
+
+def test_vertical_flip_and_transpose_move_the_box_with_the_object():
+    # A bright block in a dark window: after any mix of flips and transposes, the box still
+    # covers exactly the bright pixels.
+    images = torch.zeros(1, 3, 40, 40, dtype=torch.uint8)
+    images[0, :, 4:12, 20:36] = 255
+    data = WindowData(images, torch.tensor([1]), torch.tensor([[20, 4, 36, 12]]) / 40, ["thing"])
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        image, _, boxes = sample_batch(data, torch.tensor([0]), True, generator, vertical_flip=True, rotate90=True)
+        ys, xs = torch.nonzero(image[0, 0] > 0.5, as_tuple=True)
+        bright = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 40
+        assert torch.allclose(boxes[0], bright), (boxes[0], bright)
+        seen.add(tuple(bright.tolist()))
+    assert len(seen) == 8  # all eight flips and turns of an off-centre, oblong block
+
+
+def test_max_pooled_small_net_trains_and_sees_any_position():
+    # pool="max": the class evidence is the maximum over the grid, so moving the object does not
+    # need new FC weights; the shape of the outputs stays the documented one.
+    model = build_localizer(3, window_size=64, pool="max", num_blocks=4, attach="conv", hidden_dim=16)
+    assert model.grid == (4, 4) and model.features.stride == 8
+    assert isinstance(model.hidden[0], torch.nn.MaxPool2d)
+    outputs = model.eval()(torch.rand(2, 3, 64, 64))
+    assert outputs["class_logits"].shape == (2, 3) and outputs["boxes"].shape == (2, 1, 4)
 
 
 def test_largest_object():

@@ -71,6 +71,26 @@ def test_every_cell_equals_the_original_net_on_its_window(regression, attach):
     assert (single["class_logits"][0] - dense["class_logits"][0, :, row, column]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("attach", ["conv", "fc"])
+def test_max_pooled_net_converts_to_a_sliding_max_pool(attach):
+    # The default localizer: 4 blocks (stride 8), class evidence max-pooled over its 4x4 grid.
+    torch.manual_seed(0)
+    model = build_localizer(3, window_size=64, attach=attach, hidden_dim=24, pool="max", num_blocks=4)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(4, 3, 64, 64) * 2)
+    model.eval()
+    converted = to_fully_convolutional(model)
+    image = torch.rand(3, 64 + 5 * 8, 64 + 2 * 8)
+    with torch.no_grad():
+        dense = converted(image[None])
+    naive = naive_sliding_window(model, image)
+    assert dense["class_logits"].shape == (1, 3, 6, 3)
+    assert (dense["class_logits"][0] - naive["class_logits"]).abs().max() < 1e-4
+    assert (dense["boxes"][0] - naive["boxes"]).abs().max() < 1e-4
+
+
 def test_conversion_leaves_the_original_untouched():
     model = trained_looking_localizer("agnostic", "fc")
     before = {k: v.clone() for k, v in model.state_dict().items()}

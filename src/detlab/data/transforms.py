@@ -52,14 +52,17 @@ def build_transforms(
     horizontal_flip: bool = True,
     scale_jitter: tuple[int, ...] = (),
     photometric: bool = False,
+    vertical_flip: bool = False,
+    rotate90: bool = False,
 ) -> DetectionTransform:
     """The standard detection pipeline.
 
     ``min_size``/``max_size``: resize so the shorter side is ``min_size`` while the longer side
     stays at most ``max_size`` (aspect kept); ``min_size=0`` keeps the original size (models that
     resize internally, like the R-CNN family here, want that at evaluation time).
-    Training adds horizontal flips, scale jitter (a random shorter side from ``scale_jitter``) and
-    photometric jitter (brightness, contrast, saturation, hue).
+    Training adds horizontal flips, vertical flips and random quarter turns (for data with no up
+    and down), scale jitter (a random shorter side from ``scale_jitter``) and photometric jitter
+    (brightness, contrast, saturation, hue).
     """
     steps: list[v2.Transform] = []
     if train and scale_jitter:
@@ -71,6 +74,10 @@ def build_transforms(
         steps.append(v2.Resize(size=min_size, max_size=max_size, antialias=True))
     if train and horizontal_flip:
         steps.append(v2.RandomHorizontalFlip(0.5))
+    if train and vertical_flip:
+        steps.append(v2.RandomVerticalFlip(0.5))
+    if train and rotate90:
+        steps.append(v2.RandomApply([v2.RandomRotation((90, 90), expand=True)], p=0.5))
     if train and photometric:
         steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
     steps.append(v2.ToDtype(torch.float32, scale=False))

@@ -111,6 +111,8 @@ def build_datasets(run_config: RunConfig, context: Context | None = None):
         min_size=0,
         max_size=data.max_size,
         horizontal_flip=data.horizontal_flip,
+        vertical_flip=data.vertical_flip,
+        rotate90=data.rotate90,
         scale_jitter=tuple(data.scale_jitter),
         photometric=data.photometric,
     )

@@ -29,6 +29,8 @@ from torchvision import models as tv_models
 
 # Widths of the small net's five conv blocks: a VGG-like net sized to train from scratch on a CPU.
 SMALL_WIDTHS = (32, 64, 128, 256, 256)
+# What the small classifier net's first FC layer sees: the flattened grid, or its channel maxima.
+POOL_CHOICES = ("none", "max")
 
 
 class FeatureExtractor(nn.Sequential):
@@ -51,22 +53,27 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int) -
     return nn.Sequential(*layers)
 
 
-def small_features(padding: int = 1) -> FeatureExtractor:
-    """Five 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); the first four end in a
-    2x2 max-pool, so the stride is 16 and a 128x128 image gives an 8x8x256 feature map.
+def small_features(padding: int = 1, num_blocks: int = 5) -> FeatureExtractor:
+    """``num_blocks`` (2-5) 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); all but
+    the last end in a 2x2 max-pool. With five blocks the stride is 16 and a 128x128 image gives an
+    8x8x256 feature map; with four (widths 32-64-128-256) the stride is 8.
 
     ``padding=0`` ("valid" convolutions) makes the output at every position depend only on the
     pixels of its receptive field, never on zero padding at the image border. That is what makes a
     sliding-window pass over a large image exactly equal to running the net on each crop (OverFeat,
-    section 3.5), so the localizer's small net uses it: a 128x128 window then gives a 4x4 grid.
+    section 3.5), so the OverFeat detector's small net uses it: a 128x128 window then gives a 4x4
+    grid with five blocks, a 64x64 window a 4x4 grid with four.
     """
+    if not 2 <= num_blocks <= len(SMALL_WIDTHS):
+        raise ValueError(f"the small net has 2 to {len(SMALL_WIDTHS)} blocks, got {num_blocks}")
+    widths = SMALL_WIDTHS[:num_blocks]
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
-    for index, width in enumerate(SMALL_WIDTHS):
-        last = index == len(SMALL_WIDTHS) - 1
+    for index, width in enumerate(widths):
+        last = index == len(widths) - 1
         stages[f"block{index + 1}"] = _conv_block(in_channels, width, pool=not last, padding=padding)
         in_channels = width
-    return FeatureExtractor(stages, out_channels=SMALL_WIDTHS[-1], stride=16)
+    return FeatureExtractor(stages, out_channels=widths[-1], stride=2 ** (num_blocks - 1))
 
 
 def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
@@ -218,24 +225,37 @@ def build_classifier_net(
     weights_path: str | Path | None = None,
     hidden_dim: int = 512,
     dropout: float = 0.5,
+    pool: str = "none",
+    num_blocks: int = 5,
+    padding: int = 0,
 ) -> ClassifierNet:
     """Conv features and the fully-connected layers of an AlexNet/VGG-style classifier.
 
     ``alexnet`` and ``vgg16`` reuse torchvision's FC layers (4096 wide, all but the final 1000-way
     layer) and need ``window_size=224`` for their 6x6 / 7x7 grids (torchvision's adaptive pooling is
-    dropped, it is the identity at that size). ``small`` (valid convolutions, see :func:`small_features`)
-    gets two new FC layers of ``hidden_dim`` over its flattened ``h x w x 256`` grid. ``weights_path`` is a state dict of the
-    full torchvision model (features and classifier).
+    dropped, it is the identity at that size). ``small`` gets two new FC layers of ``hidden_dim`` over its flattened ``h x w x C`` grid (``num_blocks``
+    conv blocks, see :func:`small_features`) or, with ``pool="max"``, over the maximum of each
+    channel across the grid (an ``h x w`` max-pool: translation-invariant class evidence, which a
+    from-scratch net learns several times faster; it stays convertible to a sliding max-pool).
+    ``padding=1`` pads the small net's convolutions: objects at the window border keep all their
+    pixels' evidence (better for a localizer), but the net is then exactly equal to a sliding
+    window only at its own window size (OverFeat's detector keeps the default 0).
+    ``weights_path`` is a state dict of the full torchvision model (features and classifier).
     """
     _check_name(name)
+    if pool not in POOL_CHOICES:
+        raise ValueError(f"pool must be one of {POOL_CHOICES}, got {pool!r}")
     if name == "small":
         if pretrained:
             raise ValueError("the 'small' network has no pretrained weights")
-        features = small_features(padding=0)
+        features = small_features(padding=padding, num_blocks=num_blocks)
         grid = _grid_size(features, window_size)
+        pooled: list[nn.Module] = [nn.MaxPool2d(grid)] if pool == "max" else []
+        cells = 1 if pool == "max" else grid[0] * grid[1]
         hidden = nn.Sequential(
+            *pooled,
             nn.Flatten(),
-            nn.Linear(features.out_channels * grid[0] * grid[1], hidden_dim),
+            nn.Linear(features.out_channels * cells, hidden_dim),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, hidden_dim),
@@ -246,6 +266,8 @@ def build_classifier_net(
         if weights_path is not None:
             load_weights_file(nn.ModuleDict({"features": features, "hidden": hidden}), weights_path)
         return net
+    if pool != "none":
+        raise ValueError(f"pool={pool!r} is for the 'small' net; {name!r} keeps its own FC layers")
     if name not in ("alexnet", "vgg16"):
         raise ValueError(
             f"backbone {name!r} has no fully-connected layers; use 'small', 'alexnet' or 'vgg16'"

@@ -217,7 +217,11 @@ def build_localizer(
     dropout: float = 0.5,
     pretrained: bool = False,
     weights_path: str | None = None,
+    pool: str = "none",
+    num_blocks: int = 5,
+    padding: int = 0,
 ) -> Localizer:
-    """A :class:`Localizer` on ``backbone`` (``small``, ``alexnet`` or ``vgg16``: nets with FC layers)."""
-    net = build_classifier_net(backbone, window_size, pretrained, weights_path, hidden_dim, dropout)
+    """A :class:`Localizer` on ``backbone`` (``small``, ``alexnet`` or ``vgg16``: nets with FC layers);
+    ``pool`` and ``num_blocks`` shape the small net (see :func:`build_classifier_net`)."""
+    net = build_classifier_net(backbone, window_size, pretrained, weights_path, hidden_dim, dropout, pool, num_blocks, padding)
     return Localizer(net, num_classes, window_size, regression, attach)

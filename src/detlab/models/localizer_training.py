@@ -51,32 +51,50 @@ RECIPE_CHOICES = ("4step", "joint")
 @dataclasses.dataclass
 class LocalizerModelConfig:
     """The localizer and its recipe. ``classifier_fraction``: share of the training budget spent
-    on step 1 of the 4-step recipe (the rest trains the regression head, with ``head_lr``)."""
+    on step 1 of the 4-step recipe (the rest trains the regression head, with ``head_lr``).
+
+    The defaults are what trains in minutes on a 2-core CPU from scratch (measured in
+    ``benchmarks/results/localization.md``): a 64-pixel window, the small net with four blocks
+    (stride 8, a 4x4 grid of 256 channels), its class evidence max-pooled over the grid
+    (``pool="max"``; ``none`` flattens the grid as OverFeat and AlexNet do, and learns the shape
+    classes several times slower here), and the regression head on the conv map (``attach="conv"``:
+    the max-pooled FC features no longer say where the object is), padded convolutions (objects
+    touching the window border keep their evidence; OverFeat's detector sets ``padding: 0`` so its
+    sliding windows are exact). ``box_weight`` 5 scales the
+    L2 loss, whose gradient vanishes on coordinates in [0, 1], to the class loss.
+    """
 
     backbone: str = "small"
-    window_size: int = 128
+    window_size: int = 64
     regression: str = "agnostic"  # agnostic | specific
-    attach: str = "fc"  # conv | fc
+    attach: str = "conv"  # conv | fc
     recipe: str = "joint"  # 4step | joint
     box_loss: str = "l2"  # l2 | smooth_l1
-    box_weight: float = 1.0
+    box_weight: float = 5.0
     hidden_dim: int = 512
-    dropout: float = 0.3
+    dropout: float = 0.0
+    pool: str = "max"  # none | max (small net only)
+    blocks: int = 4  # conv blocks of the small net
+    padding: int = 1  # small net: 1 pads its convolutions, 0 keeps them valid (exact sliding windows)
     pretrained: bool = False
     backbone_weights: str | None = None
     classifier_fraction: float = 0.6
     head_lr: float = 0.01
-    synthetic_images: int = 1500  # size of the generated synthetic-single set
+    synthetic_images: int = 6000  # size of the generated synthetic-single set
 
 
 @dataclasses.dataclass
 class LocalizerConfig:
     model: LocalizerModelConfig = dataclasses.field(default_factory=LocalizerModelConfig)
     data: DataConfig = dataclasses.field(
-        # Its own folder: the 1500-image single-object set must not replace the 600-image one
-        # other commands generate under data/synthetic-single.
+        # Its own folder: the 6000-image single-object set must not replace the 600-image one
+        # other commands generate under data/synthetic-single. The shapes look the same under any
+        # flip or quarter turn, so all eight are used as augmentation (turn them off for real data
+        # with an up and a down: --set data.vertical_flip=false --set data.rotate90=false).
+        # The localizer picks no checkpoint on a validation split, so it trains on train + val.
         default_factory=lambda: DataConfig(
-            spec="synthetic-single", root="data/localizer-single", horizontal_flip=True
+            spec="synthetic-single", root="data/localizer-single", train_split="trainval",
+            horizontal_flip=True, vertical_flip=True, rotate90=True,
         )
     )
     train: TrainConfig = dataclasses.field(
@@ -165,17 +183,33 @@ def to_window_data(dataset, window_size: int) -> WindowData:
 
 
 def sample_batch(
-    data: WindowData, indices: Tensor, flip: bool, generator: torch.Generator
+    data: WindowData,
+    indices: Tensor,
+    flip: bool,
+    generator: torch.Generator,
+    vertical_flip: bool = False,
+    rotate90: bool = False,
 ) -> tuple[Tensor, ...]:
-    """Float images in [0, 1] with random horizontal flips (the box is mirrored with the image)."""
+    """Float images in [0, 1] with random horizontal flips, vertical flips and transposes (a
+    transpose after a flip is a quarter turn); each box follows its image."""
     images = data.images[indices].float() / 255
     boxes = data.boxes[indices].clone()
+
+    def some() -> Tensor:
+        return torch.rand(len(indices), generator=generator) < 0.5
+
     if flip:
-        mirrored = torch.rand(len(indices), generator=generator) < 0.5
-        images[mirrored] = images[mirrored].flip(-1)
-        boxes[mirrored] = torch.stack(
-            [1 - boxes[mirrored, 2], boxes[mirrored, 1], 1 - boxes[mirrored, 0], boxes[mirrored, 3]], dim=1
-        )
+        chosen = some()
+        images[chosen] = images[chosen].flip(-1)
+        boxes[chosen] = boxes[chosen][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + torch.tensor([1.0, 0.0, 1.0, 0.0])
+    if vertical_flip:
+        chosen = some()
+        images[chosen] = images[chosen].flip(-2)
+        boxes[chosen] = boxes[chosen][:, [0, 3, 2, 1]] * torch.tensor([1.0, -1.0, 1.0, -1.0]) + torch.tensor([0.0, 1.0, 0.0, 1.0])
+    if rotate90:
+        chosen = some()
+        images[chosen] = images[chosen].transpose(-1, -2)
+        boxes[chosen] = boxes[chosen][:, [1, 0, 3, 2]]
     return images, data.labels[indices], boxes
 
 
@@ -277,7 +311,9 @@ def _window_loss(model: Localizer, data: WindowData, config: LocalizerConfig, us
 
     def loss_fn(generator: torch.Generator) -> dict[str, Tensor]:
         indices = torch.randint(len(data), (train.batch_size,), generator=generator)
-        images, labels, boxes = sample_batch(data, indices, config.data.horizontal_flip, generator)
+        images, labels, boxes = sample_batch(
+            data, indices, config.data.horizontal_flip, generator, config.data.vertical_flip, config.data.rotate90
+        )
         losses = localizer_loss(model(images), labels, boxes, model_config.box_loss, model_config.box_weight)
         if not use_box:
             del losses["loss_box"]
@@ -375,6 +411,8 @@ def localizer_from_config(
         num_classes, model_config.backbone, model_config.window_size, model_config.regression, model_config.attach,
         model_config.hidden_dim, model_config.dropout, backbone_weights and model_config.pretrained,
         model_config.backbone_weights if backbone_weights else None,
+        model_config.pool if model_config.backbone == "small" else "none", model_config.blocks,
+        model_config.padding,
     )  # fmt: skip
 
 
@@ -467,7 +505,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--loss", dest="box_loss", choices=BOX_LOSS_CHOICES, help="box regression loss")
     group.add_argument("--backbone", help="small (default), alexnet or vgg16")
-    group.add_argument("--window-size", type=int, help="input window side in pixels (default 128)")
+    group.add_argument("--window-size", type=int, help="input window side in pixels (default 64)")
+    group.add_argument("--pool", choices=("none", "max"), help="small net: flatten the conv grid or max-pool it")
     group.add_argument(
         "--pretrained",
         action="store_true",
@@ -486,6 +525,7 @@ _MODEL_ARGUMENTS = (
     "box_loss",
     "backbone",
     "window_size",
+    "pool",
     "pretrained",
     "backbone_weights",
     "synthetic_images",

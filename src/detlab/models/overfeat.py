@@ -60,8 +60,8 @@ def linear_as_conv(linear: nn.Linear, in_channels: int, kernel: tuple[int, int])
 
 
 def convert_layers(layers: nn.Module, in_channels: int, grid: tuple[int, int]) -> tuple[nn.Sequential, int]:
-    """Rewrite a head ``[conv..., Flatten, Linear, ReLU, Dropout, Linear, ...]`` (or one Linear,
-    taken to follow a flattened 1x1 map) as convolutions. Returns the new ``nn.Sequential`` and
+    """Rewrite a head ``[conv..., (grid max-pool), Flatten, Linear, ReLU, Dropout, Linear, ...]`` (or
+    one Linear, taken to follow a flattened 1x1 map) as convolutions. Returns the new ``nn.Sequential`` and
     its number of output channels."""
     modules = list(layers) if isinstance(layers, nn.Sequential) else [layers]
     converted: list[nn.Module] = []
@@ -75,6 +75,13 @@ def convert_layers(layers: nn.Module, in_channels: int, grid: tuple[int, int]) -
         elif isinstance(module, nn.Conv2d):
             converted.append(copy.deepcopy(module))
             channels = module.out_channels
+        elif isinstance(module, nn.MaxPool2d):
+            # A max over the whole window grid becomes the same max-pool sliding with stride 1.
+            size = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
+            if tuple(size) != tuple(kernel):
+                raise ValueError(f"a {size} max-pool over a {kernel} grid cannot be converted")
+            converted.append(nn.MaxPool2d(kernel, stride=1))
+            kernel = (1, 1)
         elif isinstance(module, nn.ReLU | nn.Dropout | nn.BatchNorm2d):
             converted.append(copy.deepcopy(module))
         else:
@@ -327,7 +334,9 @@ class DetectorConfig:
     training windows cut from each image (``windows_per_image``). ``eval_images``: test images
     evaluated (0 = all)."""
 
-    scales: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0, 3.0)
+    # A 64-pixel window finds objects of about 22-58 pixels (35-90% of it, as trained) at each
+    # scale: 0.35 reaches 160-pixel shapes, 3 reaches 8-pixel ones.
+    scales: tuple[float, ...] = (0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     score_threshold: float = 0.5
     merge_iou: float = 0.5
     windows_per_image: int = 8
@@ -335,8 +344,12 @@ class DetectorConfig:
 
 
 def _default_model() -> LocalizerModelConfig:
-    # 600 images: the same synthetic set the other detectors use under data/synthetic.
-    return LocalizerModelConfig(recipe="joint", regression="specific", attach="fc", synthetic_images=600)
+    # 600 images: the same synthetic set the other detectors use under data/synthetic. The box head
+    # sits on the conv map, as OverFeat's regressor sits on its pool-5 features.
+    # Valid convolutions: every cell of the converted net is exactly the localizer on its window.
+    return LocalizerModelConfig(
+        recipe="joint", regression="specific", attach="conv", synthetic_images=600, padding=0
+    )
 
 
 @dataclasses.dataclass
@@ -344,7 +357,9 @@ class OverFeatConfig:
     model: LocalizerModelConfig = dataclasses.field(default_factory=_default_model)
     detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
     data: DataConfig = dataclasses.field(
-        default_factory=lambda: DataConfig(spec="synthetic", root="data/synthetic")
+        default_factory=lambda: DataConfig(
+            spec="synthetic", root="data/synthetic", vertical_flip=True, rotate90=True
+        )
     )
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
