@@ -306,6 +306,13 @@ def write_markdown(report: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def recorded_command() -> str:
+    """The command line as run, with the environment variables that change the result (the thread
+    count of each process, where detlab is imported from) when they are set."""
+    variables = [f"{name}={os.environ[name]}" for name in ("PYTHONPATH", "OMP_NUM_THREADS") if name in os.environ]
+    return " ".join([*variables, ".venv/bin/python", *sys.argv])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--part", choices=("peer", "detlab", "all"), default="all")
@@ -348,7 +355,7 @@ def main() -> int:
         print(json.dumps(peer))
     if args.part == "all":
         report = {
-            "command": ".venv/bin/python " + " ".join(sys.argv),
+            "command": recorded_command(),
             "date_utc": started,
             "machine": machine(),
             "budget_s": args.budget_s,

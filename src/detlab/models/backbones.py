@@ -233,8 +233,8 @@ def build_classifier_net(
 
     ``alexnet`` and ``vgg16`` reuse torchvision's FC layers (4096 wide, all but the final 1000-way
     layer) and need ``window_size=224`` for their 6x6 / 7x7 grids (torchvision's adaptive pooling is
-    dropped, it is the identity at that size). ``small`` gets two new FC layers of ``hidden_dim`` over its flattened ``h x w x C`` grid (``num_blocks``
-    conv blocks, see :func:`small_features`) or, with ``pool="max"``, over the maximum of each
+    dropped, it is the identity at that size). ``small`` gets two new FC layers of ``hidden_dim``
+    over its flattened ``h x w x C`` grid (``num_blocks`` conv blocks, see :func:`small_features`) or, with ``pool="max"``, over the maximum of each
     channel across the grid (an ``h x w`` max-pool: translation-invariant class evidence, which a
     from-scratch net learns several times faster; it stays convertible to a sliding max-pool).
     ``padding=1`` pads the small net's convolutions: objects at the window border keep all their

@@ -222,6 +222,8 @@ def build_localizer(
     padding: int = 0,
 ) -> Localizer:
     """A :class:`Localizer` on ``backbone`` (``small``, ``alexnet`` or ``vgg16``: nets with FC layers);
-    ``pool`` and ``num_blocks`` shape the small net (see :func:`build_classifier_net`)."""
-    net = build_classifier_net(backbone, window_size, pretrained, weights_path, hidden_dim, dropout, pool, num_blocks, padding)
+    ``pool``, ``num_blocks`` and ``padding`` shape the small net (see :func:`build_classifier_net`)."""
+    net = build_classifier_net(
+        backbone, window_size, pretrained, weights_path, hidden_dim, dropout, pool, num_blocks, padding
+    )
     return Localizer(net, num_classes, window_size, regression, attach)

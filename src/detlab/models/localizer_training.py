@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from detlab import config as config_module
 from detlab.config import DataConfig, TrainConfig
+from detlab.models.backbones import POOL_CHOICES
 from detlab.models.localizer import (
     ATTACH_CHOICES,
     BOX_LOSS_CHOICES,
@@ -60,8 +61,8 @@ class LocalizerModelConfig:
     classes several times slower here), and the regression head on the conv map (``attach="conv"``:
     the max-pooled FC features no longer say where the object is), padded convolutions (objects
     touching the window border keep their evidence; OverFeat's detector sets ``padding: 0`` so its
-    sliding windows are exact). ``box_weight`` 5 scales the
-    L2 loss, whose gradient vanishes on coordinates in [0, 1], to the class loss.
+    sliding windows are exact). ``box_weight`` 5 scales the L2 loss, whose gradient vanishes on
+    coordinates in [0, 1], to the class loss.
     """
 
     backbone: str = "small"
@@ -195,19 +196,25 @@ def sample_batch(
     images = data.images[indices].float() / 255
     boxes = data.boxes[indices].clone()
 
-    def some() -> Tensor:
+    def coin() -> Tensor:
         return torch.rand(len(indices), generator=generator) < 0.5
 
+    def mirror(chosen: Tensor, order: list[int], coordinates: list[int]) -> None:
+        # Normalised boxes: a mirror maps x to 1 - x (or y to 1 - y), and swaps the two corners.
+        mirrored = boxes[chosen][:, order]
+        mirrored[:, coordinates] = 1 - mirrored[:, coordinates]
+        boxes[chosen] = mirrored
+
     if flip:
-        chosen = some()
+        chosen = coin()
         images[chosen] = images[chosen].flip(-1)
-        boxes[chosen] = boxes[chosen][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + torch.tensor([1.0, 0.0, 1.0, 0.0])
+        mirror(chosen, [2, 1, 0, 3], [0, 2])
     if vertical_flip:
-        chosen = some()
+        chosen = coin()
         images[chosen] = images[chosen].flip(-2)
-        boxes[chosen] = boxes[chosen][:, [0, 3, 2, 1]] * torch.tensor([1.0, -1.0, 1.0, -1.0]) + torch.tensor([0.0, 1.0, 0.0, 1.0])
+        mirror(chosen, [0, 3, 2, 1], [1, 3])
     if rotate90:
-        chosen = some()
+        chosen = coin()
         images[chosen] = images[chosen].transpose(-1, -2)
         boxes[chosen] = boxes[chosen][:, [1, 0, 3, 2]]
     return images, data.labels[indices], boxes
@@ -506,7 +513,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--loss", dest="box_loss", choices=BOX_LOSS_CHOICES, help="box regression loss")
     group.add_argument("--backbone", help="small (default), alexnet or vgg16")
     group.add_argument("--window-size", type=int, help="input window side in pixels (default 64)")
-    group.add_argument("--pool", choices=("none", "max"), help="small net: flatten the conv grid or max-pool it")
+    group.add_argument("--pool", choices=POOL_CHOICES, help="small net: flatten the conv grid or max-pool it")
     group.add_argument(
         "--pretrained",
         action="store_true",
