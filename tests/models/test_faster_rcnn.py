@@ -159,3 +159,39 @@ def test_alternating_training_changes_only_the_parts_of_each_step():
     train_alternating(model, train_step)
     assert changed == [{"backbone", "rpn"}, {"backbone", "roi_head"}, {"rpn"}, {"roi_head"}]
     assert model.training_stage == "joint" and all(p.requires_grad for p in model.parameters())
+
+
+def test_fpn_min_level_two_adds_a_stride_4_level_and_trains():
+    torch.manual_seed(0)
+    model = build_faster_rcnn(_config(fpn_min_level=2, anchor_sizes=(8.0, 12.0, 24.0, 48.0)), 3).train()
+    assert model.backbone.strides == [4.0, 8.0, 16.0, 32.0]
+    (image, target), (empty_image, empty_target) = _scene(1), _empty()
+    features = model.backbone(torch.zeros(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    losses = model([image, empty_image], [target, empty_target])
+    assert set(losses) == FOUR_LOSSES and all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="fpn_min_level"):
+        build_faster_rcnn(_config(fpn_min_level=4), 3)
+
+
+def test_roi_canonical_size_moves_rois_between_pyramid_levels():
+    """Equation 1 of the FPN paper with the canonical side as a setting: the same 40-pixel RoI is
+    pooled from P3 under the paper's 224 and from P4 when the canonical side is 40."""
+    from torchvision.ops import roi_align
+
+    from detlab.models.roi_heads import build_roi_pooler
+
+    names, strides = ["0", "1", "2"], [8.0, 16.0, 32.0]
+    features = {name: torch.rand(1, 4, int(128 / s), int(128 / s)) for name, s in zip(names, strides)}
+    roi = [torch.tensor([[20.0, 20.0, 60.0, 60.0]])]
+    pooled = {}
+    for canonical in (224, 40):
+        pooler = build_roi_pooler(2, strides, names, canonical_size=canonical)
+        pooled[canonical] = pooler(features, roi, [(128, 128)])
+    level_of = {}
+    for canonical, output in pooled.items():
+        for name, stride in zip(names, strides):
+            direct = roi_align(features[name], roi, 2, 1 / stride, sampling_ratio=2)
+            if torch.allclose(output, direct, atol=1e-6):
+                level_of[canonical] = stride
+    assert level_of == {224: 8.0, 40: 16.0}

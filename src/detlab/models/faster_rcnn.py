@@ -32,12 +32,19 @@ class FasterRCNNConfig(RCNNHeadConfig):
 
     ``backbone``: ``compact`` (a small residual net with BatchNorm, defined here, sized by
     ``backbone_width``) or ``resnet18/34/50/101`` (torchvision). ``anchor_sizes`` is flat and split
-    evenly over the feature levels, smallest first (3 levels with ``fpn``, 1 without);
+    evenly over the feature levels, smallest first (3 levels with ``fpn``, 4 with ``fpn_min_level: 2``, 1 without);
     ``aspect_ratios`` are height / width.
+
+    ``fpn_min_level``: 3 builds the pyramid P3-P5 (strides 8-32); 2 adds P2 (stride 4), which small
+    objects in small images need, for about 70% more compute. ``roi_canonical_size``: the FPN RoI
+    level rule (Lin et al. 2017, equation 1) sends a RoI of side ``roi_canonical_size`` to P4, half
+    that to P3, and so on; the paper's 224 suits 800-pixel images, where a smaller value spreads
+    the objects of small images over the levels instead of pooling them all from the finest.
     """
 
     fpn: bool = True
     fpn_channels: int = 96
+    fpn_min_level: int = 3
     anchor_sizes: tuple[float, ...] = (16.0, 24.0, 40.0, 64.0, 96.0, 144.0)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n_train: int = 1000
@@ -48,6 +55,7 @@ class FasterRCNNConfig(RCNNHeadConfig):
     rpn_batch_size_per_image: int = 256
     roi_pooling: str = "align"  # align | pool (single level only; FPN always aligns)
     training_stage: str = "joint"  # joint | rpn | detector (steps of the 4-step alternating scheme)
+    recipe: str = "joint"  # joint | 4step: how `detlab train` trains it (4step: train_alternating)
 
 
 def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -80,8 +88,8 @@ class ResidualBlock(nn.Module):
 
 
 class CompactBackbone(nn.Module):
-    """A small residual CNN for CPUs: stride-4 stem, then stages at strides 8, 16 and 32 with
-    ``width * (2, 4, 8)`` channels. Returns the three stage outputs (C3, C4, C5)."""
+    """A small residual CNN for CPUs: stride-4 stem with ``width`` channels, then stages at strides
+    8, 16 and 32 with ``width * (2, 4, 8)`` channels. Returns the four outputs (C2, C3, C4, C5)."""
 
     def __init__(self, width: int = 32):
         super().__init__()
@@ -98,12 +106,12 @@ class CompactBackbone(nn.Module):
             )
             previous = out_channels
         self.stages = nn.ModuleList(stages)
-        self.channels = channels
-        self.strides = [8.0, 16.0, 32.0]
+        self.channels = [width, *channels]
+        self.strides = [4.0, 8.0, 16.0, 32.0]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.stem(x)
-        outputs = []
+        outputs = [x]
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
@@ -112,17 +120,30 @@ class CompactBackbone(nn.Module):
 
 class FeatureExtractor(nn.Module):
     """Backbone (+ FPN) with the interface the RPN and RoI head use: ``forward(batch)`` returns an
-    ``OrderedDict[name, Tensor[B, out_channels, H_l, W_l]]``; ``strides`` and ``names`` per level."""
+    ``OrderedDict[name, Tensor[B, out_channels, H_l, W_l]]``; ``strides`` and ``names`` per level.
 
-    def __init__(self, body: nn.Module, channels: list[int], strides: list[float], fpn_channels: int | None):
+    ``body`` returns C2-C5 (strides 4-32). Without an FPN the detector sees C4 alone; with one, the
+    pyramid starts at ``fpn_min_level`` (2 or 3) and ends at P5."""
+
+    def __init__(
+        self,
+        body: nn.Module,
+        channels: list[int],
+        strides: list[float],
+        fpn_channels: int | None,
+        fpn_min_level: int = 3,
+    ):
         super().__init__()
+        if fpn_min_level not in (2, 3):
+            raise ValueError(f"fpn_min_level must be 2 or 3, got {fpn_min_level}")
         self.body = body
         self.fpn = None
+        self.first_level = fpn_min_level - 2  # index into the body's [C2, C3, C4, C5]
         if fpn_channels:
-            # P3-P5 from C3-C5 (Lin et al. 2017, section 3); objects here are small enough that the
-            # paper's extra P6 level would hold no anchors worth having.
-            self.fpn = FeaturePyramidNetwork(channels, fpn_channels)
-            self.strides = list(strides)
+            # P2/P3-P5 from C2/C3-C5 (Lin et al. 2017, section 3); objects here are small enough that
+            # the paper's extra P6 level would hold no anchors worth having.
+            self.fpn = FeaturePyramidNetwork(channels[self.first_level :], fpn_channels)
+            self.strides = list(strides[self.first_level :])
             self.out_channels = fpn_channels
         else:
             self.strides = [strides[-2]]  # one map at stride 16, as with VGG16 conv5 in the papers
@@ -133,6 +154,7 @@ class FeatureExtractor(nn.Module):
         levels = self.body(batch)
         if self.fpn is None:
             return OrderedDict([("0", levels[-2])])
+        levels = levels[self.first_level :]
         pyramid = self.fpn(OrderedDict((str(i), level) for i, level in enumerate(levels)))
         return OrderedDict((name, level) for name, level in zip(self.names, pyramid.values()))
 
@@ -145,8 +167,8 @@ class _TorchvisionResNetBody(nn.Module):
         weights = "DEFAULT" if pretrained else None
         self.net = get_model(name, weights=weights)
         widths = {"resnet18": 64, "resnet34": 64}.get(name, 256)
-        self.channels = [widths * 2, widths * 4, widths * 8]
-        self.strides = [8.0, 16.0, 32.0]
+        self.channels = [widths, widths * 2, widths * 4, widths * 8]
+        self.strides = [4.0, 8.0, 16.0, 32.0]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         net = self.net
@@ -155,11 +177,16 @@ class _TorchvisionResNetBody(nn.Module):
         c3 = net.layer2(c2)
         c4 = net.layer3(c3)
         c5 = net.layer4(c4)
-        return [c3, c4, c5]
+        return [c2, c3, c4, c5]
 
 
 def build_feature_extractor(
-    name: str, width: int = 32, fpn: bool = False, fpn_channels: int = 96, pretrained: bool = False
+    name: str,
+    width: int = 32,
+    fpn: bool = False,
+    fpn_channels: int = 96,
+    pretrained: bool = False,
+    fpn_min_level: int = 3,
 ) -> FeatureExtractor:
     """``compact`` or a torchvision ResNet (``resnet18/34/50/101``, optionally ImageNet weights)."""
     if name == "compact":
@@ -172,7 +199,7 @@ def build_feature_extractor(
         raise ValueError(
             f"unknown detection backbone {name!r}; use compact, resnet18, resnet34, resnet50 or resnet101"
         )
-    return FeatureExtractor(body, body.channels, body.strides, fpn_channels if fpn else None)
+    return FeatureExtractor(body, body.channels, body.strides, fpn_channels if fpn else None, fpn_min_level)
 
 
 TRAINING_STAGES = ("joint", "rpn", "detector")
@@ -233,7 +260,12 @@ def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     backbone = build_feature_extractor(
-        config.backbone, config.backbone_width, config.fpn, config.fpn_channels, config.pretrained_backbone
+        config.backbone,
+        config.backbone_width,
+        config.fpn,
+        config.fpn_channels,
+        config.pretrained_backbone,
+        config.fpn_min_level,
     )
     num_levels = len(backbone.strides)
     if len(config.anchor_sizes) % num_levels:

@@ -50,13 +50,18 @@ class SingleLevelRoIPool(nn.Module):
 
 
 def build_roi_pooler(
-    output_size: int, strides: list[float], feature_names: list[str], method: str = "align"
+    output_size: int,
+    strides: list[float],
+    feature_names: list[str],
+    method: str = "align",
+    canonical_size: int = 224,
 ) -> nn.Module:
     """One level: :class:`SingleLevelRoIPool`; several (FPN): torchvision's ``MultiScaleRoIAlign``,
-    which picks each RoI's level from its size (Lin et al. 2017, equation 1)."""
+    which picks each RoI's level from its size (Lin et al. 2017, equation 1: a RoI of side
+    ``canonical_size`` goes to level 4, each halving one level down, clamped to the levels there are)."""
     if len(strides) == 1:
         return SingleLevelRoIPool(output_size, strides[0], method)
-    return ops.MultiScaleRoIAlign(feature_names, output_size, sampling_ratio=2)
+    return ops.MultiScaleRoIAlign(feature_names, output_size, sampling_ratio=2, canonical_scale=canonical_size)
 
 
 def sample_rois(
