@@ -109,6 +109,7 @@ class RCNNHeadConfig:
     max_size: int = 427
     roi_pooling: str = "align"  # align | pool
     roi_output_size: int = 7
+    roi_canonical_size: int = 224  # FPN only: RoIs of this side pool from P4 (see FasterRCNNConfig)
     representation_size: int = 256
     rois_per_image: int = 64
     foreground_fraction: float = 0.25
@@ -134,13 +135,18 @@ class FastRCNNConfig(RCNNHeadConfig):
     roi_pooling: str = "pool"  # pool (the paper's RoI max pooling) | align
 
 
-def default_proposal_method(name: str, max_proposals: int) -> Callable[[Tensor], Tensor]:
+def default_proposal_method(
+    name: str, max_proposals: int, max_side: int | None = None
+) -> Callable[[Tensor], Tensor]:
     """``image Tensor[3, H, W] -> boxes Tensor[K, 4]``: a method of :mod:`detlab.proposals` by name
     (``ss-fast``, ``ss-quality``, ``sliding``, ...; ``selective_search`` means ``ss-fast``), imported
-    lazily since training data that carries ``"proposals"`` never needs it."""
+    lazily since training data that carries ``"proposals"`` never needs it. ``max_side``: images
+    with a longer side are shrunk to it before proposing (boxes come back in the image's frame);
+    Fast R-CNN passes its ``max_size`` so the proposals see what the network sees."""
     from detlab.proposals import build_method
 
-    return build_method("ss-fast" if name == "selective_search" else name, max_proposals=max_proposals)
+    options = {} if max_side is None else {"max_side": max_side}
+    return build_method("ss-fast" if name == "selective_search" else name, max_proposals=max_proposals, **options)
 
 
 def image_fingerprint(image: Tensor) -> str:
@@ -222,7 +228,9 @@ class FastRCNN(nn.Module):
 def build_head_and_batcher(config: RCNNHeadConfig, backbone: nn.Module, num_classes: int) -> tuple[RoIHead, ImageBatcher]:
     """The RoI head and image batcher from the fields Fast and Faster R-CNN configs share
     (``roi_*``, ``representation_size``, ``rois_per_image``, ..., ``min_size``, ``max_size``)."""
-    pooler = build_roi_pooler(config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling)
+    pooler = build_roi_pooler(
+        config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling, config.roi_canonical_size
+    )
     head = RoIHead(
         pooler,
         backbone.out_channels * config.roi_output_size**2,
@@ -246,7 +254,7 @@ def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
         config.backbone, config.backbone_width, fpn=False, pretrained=config.pretrained_backbone
     )
     head, batcher = build_head_and_batcher(config, backbone, num_classes)
-    method = default_proposal_method(config.proposal_method, config.max_proposals)
+    method = default_proposal_method(config.proposal_method, config.max_proposals, config.max_size)
     cache = None
     if config.proposal_cache_dir:
         from detlab.proposals import ProposalCache
