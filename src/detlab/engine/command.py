@@ -76,6 +76,8 @@ def run_train(args: argparse.Namespace) -> int:
     localizer_options = {
         name: getattr(args, name) for name in LOCALIZER_FLAGS if getattr(args, name, None) is not None
     }
+    if model == "faster_rcnn" and "recipe" in localizer_options:  # joint or the paper's 4-step training
+        args.set = [*(args.set or []), f"model.recipe={localizer_options.pop('recipe')}"]
     if localizer_options and model not in api.LOCALIZER_MODELS:
         flags = ", ".join("--" + name.replace("_", "-") for name in localizer_options)
         raise ValueError(f"{flags}: only for detlab train localizer|keypoints; use --set model.NAME=VALUE")

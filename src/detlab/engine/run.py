@@ -152,6 +152,11 @@ def train_run(
     classes = list(train_dataset.classes)
     torch.manual_seed(run_config.train.seed)  # the same initial weights on every rank and every run
     model = build_model(run_config, len(classes))
+    recipe = getattr(run_config.model, "recipe", "joint")
+    if recipe not in ("joint", "4step"):
+        raise ValueError(f"model.recipe must be joint or 4step, got {recipe!r}")
+    if recipe == "4step":
+        return _train_four_steps(run_config, model, train_dataset, val_dataset, classes, resume, context)
     return fit(
         model,
         train_dataset,
@@ -168,10 +173,74 @@ def train_run(
     )
 
 
+# Faster R-CNN's 4-step alternating training: steps 1-3 train in these sub-folders of the run,
+# step 4 (the final detector) in the run folder itself, so ``best``/``last`` there are the result.
+FOUR_STEP_FOLDERS = ("step1_rpn", "step2_detector", "step3_rpn_shared")
+STEP_DONE = "step_done"
+
+
+def _train_four_steps(
+    run_config: RunConfig, model, train_dataset, val_dataset, classes, resume, context
+) -> FitResult:
+    """Faster R-CNN trained with the paper's 4-step alternating scheme
+    (:func:`detlab.models.faster_rcnn.train_alternating`), each step with a fresh optimiser and a
+    quarter of the run's budget (time, steps or epochs). The detector steps (2 and 4) evaluate on
+    val. A finished step leaves a ``step_done`` mark; resuming skips finished steps (their weights
+    come from the step's ``last.pt``) and continues the interrupted one exactly."""
+    from detlab.models.faster_rcnn import train_alternating
+
+    run_dir = Path(run_config.train.out_dir)
+    train = run_config.train
+    quarter = dataclasses.replace(
+        train,
+        time_budget_s=train.time_budget_s / 4,
+        max_steps=(train.max_steps + 3) // 4 if train.max_steps else 0,
+        epochs=max(1, (train.epochs + 3) // 4),
+    )
+    results: list[FitResult] = []
+
+    def train_step(model, index: int) -> None:
+        if results and results[-1].status != "finished":
+            return  # interrupted: leave the later steps for the resumed run
+        step_dir = run_dir / FOUR_STEP_FOLDERS[index] if index < len(FOUR_STEP_FOLDERS) else run_dir
+        if (step_dir / STEP_DONE).is_file():
+            state = checkpoints.load_checkpoint(step_dir / checkpoints.LAST_NAME)["model"]
+            model.load_state_dict(state)
+            return
+        detector_step = index % 2 == 1
+        result = fit(
+            model,
+            train_dataset,
+            quarter,
+            step_dir,
+            val_dataset=val_dataset if detector_step else None,
+            make_evaluator=make_evaluator_factory(classes) if detector_step and val_dataset is not None else None,
+            classes=classes,
+            model_name=run_config.model_name,
+            run_config=config_io.to_dict(run_config),
+            resume=step_dir if resume is not None and (step_dir / checkpoints.LAST_NAME).is_file() else None,
+            context=context,
+            num_workers=run_config.data.num_workers,
+        )
+        if result.status == "finished" and context.is_main:
+            (step_dir / STEP_DONE).write_text(f"{result.state.step} steps, {result.state.elapsed_s:.1f} s\n")
+        barrier(context)
+        results.append(result)
+
+    train_alternating(model, train_step)
+    if not results:
+        raise ValueError(f"{run_dir}: all four steps of this run are finished; nothing to resume")
+    return results[-1]
+
+
 def run_config_for_resume(run_dir: str | Path, overrides: list[str] | None = None, **values) -> RunConfig:
-    """The config stored in ``run_dir/last.pt``, with ``values``/``overrides`` applied (e.g. more
-    epochs); the run stays in ``run_dir``."""
-    checkpoint = checkpoints.load_checkpoint(Path(run_dir) / checkpoints.LAST_NAME)
+    """The config stored in ``run_dir/last.pt`` (for a 4-step run still in steps 1-3, the newest
+    step's), with ``values``/``overrides`` applied (e.g. more epochs); the run stays in ``run_dir``."""
+    last = Path(run_dir) / checkpoints.LAST_NAME
+    if not last.is_file():
+        steps = [Path(run_dir) / name / checkpoints.LAST_NAME for name in FOUR_STEP_FOLDERS]
+        last = next((path for path in reversed(steps) if path.is_file()), last)
+    checkpoint = checkpoints.load_checkpoint(last)
     config = run_config_from_dict(checkpoint["config"])
     if values:
         config = config_io.merge(config, values)

@@ -502,7 +502,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--recipe",
         choices=RECIPE_CHOICES,
-        help="4step (classifier, then frozen-feature regression head) or joint end-to-end training",
+        help="4step (classifier, then frozen-feature regression head) or joint end-to-end training; "
+        "for faster_rcnn: 4step is the paper's alternating RPN/detector training, joint the default",
     )
     group.add_argument(
         "--regression", choices=REGRESSION_CHOICES, help="class-agnostic (4) or class-specific (C x 4) boxes"
