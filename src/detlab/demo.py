@@ -33,9 +33,12 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def detector_demo(out: Path, data_root: Path, train_seconds: float, num_shown: int = 8) -> dict:
+def detector_demo(
+    out: Path, data_root: Path, train_seconds: float, num_shown: int = 8, overrides: list[str] | None = None
+) -> dict:
     """Train Faster R-CNN for ``train_seconds`` on the synthetic train split, choose the best
-    checkpoint on val, evaluate it on test; returns the test summary (COCO numbers, per class)."""
+    checkpoint on val, evaluate it on test; returns the test summary (COCO numbers, per class).
+    ``overrides``: ``section.field=value`` changes to the ``demo`` preset (benchmarks compare them)."""
     from detlab.engine.predict import Predictor, predict_dataset
     from detlab.engine.run import resolve_run_config, train_run
     from detlab.eval.coco import COCOEvaluator
@@ -50,6 +53,7 @@ def detector_demo(out: Path, data_root: Path, train_seconds: float, num_shown: i
         preset="demo",
         data={"spec": f"voc:{data_root}"},
         train={"out_dir": str(run_dir), "time_budget_s": train_seconds},
+        overrides=overrides,
     )
     print(f"\ntraining Faster R-CNN for {train_seconds:.0f} s on {data_root} (run folder {run_dir})")
     fitted = train_run(run_config)
