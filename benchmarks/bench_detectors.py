@@ -6,6 +6,11 @@ Usage (from the repository root, under the shared CPU lock):
 ``--part peer`` runs only the peer (``../shared/anchors/torchvision_frcnn.py``) and stores its JSON
 line in ``benchmarks/results/detectors_peer.json``; ``--part detlab`` runs detlab and merges with a
 stored peer result; ``--part all`` does both. Results go to ``benchmarks/results/detectors.{json,md}``.
+
+``--part fast_rcnn`` trains Fast R-CNN on cached Selective Search proposals of the training images
+for the same budget, then times it (proposals included) and the Faster R-CNN checkpoint of an
+earlier ``--part all`` run (``--faster-checkpoint``) on the whole test split, one thread each.
+Results go to ``benchmarks/results/fast_rcnn.{json,md}``.
 """
 
 from __future__ import annotations
@@ -190,7 +195,7 @@ def predict_timed(model, items, proposals: list[Tensor] | None = None) -> tuple[
 def run_detlab(args) -> dict:
     """Train detlab's Faster R-CNN through ``detlab.engine.fit`` for the budget, then time and score
     it and, on the same trained backbone and head, Fast R-CNN with Selective Search proposals."""
-    from detlab.config import TrainConfig, merge, parse_overrides, preset_path, read_yaml
+    from detlab.config import merge, parse_overrides, preset_path, read_yaml
     from detlab.engine.train import fit
     from detlab.models.fast_rcnn import FastRCNN, default_proposal_method
     from detlab.models.faster_rcnn import FasterRCNNConfig, build_faster_rcnn
@@ -205,20 +210,7 @@ def run_detlab(args) -> dict:
     classes = train_dataset.classes
     test_items = decoded(load_split(args.test_split, classes))
     model = build_faster_rcnn(config, len(classes))
-    train_config = TrainConfig(
-        out_dir=args.run_dir,
-        epochs=10_000,
-        time_budget_s=args.budget_s,
-        batch_size=2,
-        optimizer="sgd",
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        schedule="cosine",
-        eval_every=0,
-        seed=args.seed,
-        device="cpu",
-        log_every=50,
-    )
+    train_config = bench_train_config(args, args.run_dir)
     started = time.time()
     fitted = fit(
         model,
@@ -227,6 +219,7 @@ def run_detlab(args) -> dict:
         args.run_dir,
         classes=classes,
         model_name="faster_rcnn",
+        run_config=bench_run_config("faster_rcnn", config, train_config),
     )
     training = {"iterations": fitted.state.step, "train_s": round(time.time() - started, 1)}
     predictions, seconds = predict_timed(model, test_items)
@@ -259,17 +252,215 @@ def run_detlab(args) -> dict:
     return result
 
 
-def write_markdown(report: dict, path: Path) -> None:
-    faster, peer = report["detlab"]["faster_rcnn"], report.get("peer")
-    lines = [
-        "# Detectors on BCCD (train on trainval, test on test, from scratch)",
+class AttachProposals:
+    """A training transform: put an image's cached proposals into its target, then apply
+    ``transforms`` (which resize and flip them with the image, as they do the boxes)."""
+
+    def __init__(self, proposals: dict, transforms):
+        self.proposals, self.transforms = proposals, transforms
+
+    def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
+        return self.transforms(image, {**target, "proposals": self.proposals[str(target["image_id"])]})
+
+
+def _propose_one(job: tuple[str, str, int, int]) -> tuple[str, Tensor]:
+    image_id, path, max_proposals, max_side = job
+    from detlab.proposals import build_method
+
+    torch.set_num_threads(1)
+    method = build_method("ss-fast", max_proposals=max_proposals, max_side=max_side)
+    return image_id, method.propose(path)
+
+
+def cached_proposals(dataset, cache_file: Path, max_proposals: int, max_side: int, workers: int) -> dict:
+    """Selective Search (fast) boxes of every image of ``dataset`` (image coordinates), computed
+    with ``workers`` processes at the model's input size and kept in ``cache_file`` for reruns;
+    its ``"_timing"`` entry says how long the run that computed them took."""
+    from multiprocessing import get_context
+
+    cache = torch.load(cache_file) if cache_file.exists() else {}
+    jobs = [
+        (str(r.image_id), str(r.image_path), max_proposals, max_side)
+        for r in dataset.records
+        if str(r.image_id) not in cache
+    ]
+    if jobs:
+        started = time.perf_counter()
+        with get_context("spawn").Pool(workers) as pool:
+            for image_id, boxes in pool.imap_unordered(_propose_one, jobs):
+                cache[image_id] = boxes
+        seconds = time.perf_counter() - started
+        print(f"Selective Search on {len(jobs)} images: {seconds:.0f} s ({workers} processes)")
+        cache["_timing"] = {"images": len(jobs), "seconds": round(seconds, 1), "processes": workers}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cache, cache_file)
+    return cache
+
+
+def bench_train_config(args, run_dir: str):
+    """The training settings both detectors of this benchmark use: SGD with warm-up and cosine
+    decay over the wall-clock budget, batch 2, no evaluation during training."""
+    from detlab.config import TrainConfig
+
+    return TrainConfig(
+        out_dir=run_dir,
+        epochs=10_000,
+        time_budget_s=args.budget_s,
+        batch_size=2,
+        optimizer="sgd",
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        schedule="cosine",
+        eval_every=0,
+        seed=args.seed,
+        device="cpu",
+        log_every=50,
+    )
+
+
+def bench_run_config(model_name: str, model_config, train_config) -> dict:
+    """What a checkpoint of these runs stores as its config, so ``detlab.load`` can rebuild it."""
+    return {
+        "model_name": model_name,
+        "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train_config),
+    }
+
+
+def load_faster_rcnn(path: Path, num_classes: int):
+    """The Faster R-CNN of an ``--part all`` checkpoint; runs older than ``bench_run_config``
+    stored no config, and then the one recorded in ``detectors.json`` is used."""
+    from detlab.config import merge
+    from detlab.engine.checkpoint import load_checkpoint
+    from detlab.models.faster_rcnn import FasterRCNNConfig, build_faster_rcnn
+
+    checkpoint = load_checkpoint(path)
+    stored = checkpoint.get("config") or {}
+    if "model" not in stored:
+        stored = {
+            "model": json.loads((RESULTS / "detectors.json").read_text())["detlab"]["faster_rcnn"]["config"]
+        }
+    model = build_faster_rcnn(merge(FasterRCNNConfig(), stored["model"]), num_classes)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def proposal_recall(dataset, proposals: dict, iou: float = 0.5) -> dict:
+    """Per class, the share of ground-truth boxes that some proposal overlaps with IoU >= ``iou``."""
+    from torchvision.ops import box_iou
+
+    found, total = {}, {}
+    for record in dataset.records:
+        boxes = proposals[str(record.image_id)]
+        best = box_iou(record.boxes, boxes).max(1).values if len(boxes) else torch.zeros(len(record.boxes))
+        for label, value in zip(record.labels.tolist(), best.tolist()):
+            name = dataset.classes[label - 1]
+            total[name] = total.get(name, 0) + 1
+            found[name] = found.get(name, 0) + int(value >= iou)
+    return {name: round(found[name] / total[name], 4) for name in total}
+
+
+def run_fast_rcnn(args) -> dict:
+    """Fast R-CNN trained on Selective Search proposals for ``--budget-s``, then Fast and Faster
+    R-CNN timed and scored on the whole test split with their own proposals."""
+    from detlab.config import merge, parse_overrides, preset_path, read_yaml
+    from detlab.engine.train import fit
+    from detlab.models.fast_rcnn import FastRCNNConfig, build_fast_rcnn
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    config = merge(FastRCNNConfig(), read_yaml(preset_path("fast_rcnn_cpu")).get("model", {}))
+    config = merge(config, parse_overrides(args.set).get("model", {}))
+    config = dataclasses.replace(config, proposal_cache_dir="")
+    train_dataset = load_split(args.train_split)
+    classes = train_dataset.classes
+    run_dir = Path(args.run_dir)
+    proposals = cached_proposals(
+        train_dataset, run_dir / "train_proposals.pt", config.max_proposals, config.max_size, workers=2
+    )
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml"):
+        (run_dir / name).unlink(missing_ok=True)  # a benchmark always trains afresh; proposals stay cached
+    model = build_fast_rcnn(config, len(classes))
+    train_config = bench_train_config(args, str(run_dir))
+    transforms = AttachProposals(proposals, training_transforms(config.min_size, config.max_size))
+    started = time.time()
+    fitted = fit(
+        model,
+        train_dataset.with_transforms(transforms),
+        train_config,
+        run_dir,
+        classes=classes,
+        model_name="fast_rcnn",
+        run_config=bench_run_config("fast_rcnn", config, train_config),
+    )
+    test_items = decoded(load_split(args.test_split, classes))
+    fast_predictions, fast_seconds = predict_timed(model, test_items)  # proposals computed per image
+    result = {
+        "fast_rcnn": {
+            "model": "detlab fast_rcnn (scratch), Selective Search (fast) proposals",
+            "config": dataclasses.asdict(config),
+            "lr": args.lr,
+            "iterations": fitted.state.step,
+            "train_s": round(time.time() - started, 1),
+            "infer_s_per_image": round(fast_seconds, 4),
+            "train_proposals": proposals.get("_timing", "computed before this cache kept timings"),
+            "train_proposal_recall50": proposal_recall(train_dataset, proposals),
+            **coco_score(fast_predictions, test_items, classes),
+        }
+    }
+    if args.faster_checkpoint and Path(args.faster_checkpoint).is_file():
+        faster = load_faster_rcnn(Path(args.faster_checkpoint), len(classes))
+        faster_predictions, faster_seconds = predict_timed(faster, test_items)
+        result["faster_rcnn"] = {
+            "model": "detlab faster_rcnn (scratch), RPN proposals",
+            "checkpoint": args.faster_checkpoint,
+            "infer_s_per_image": round(faster_seconds, 4),
+            **coco_score(faster_predictions, test_items, classes),
+        }
+    return result
+
+
+def report_header(title: str, report: dict) -> list[str]:
+    """The Markdown title and the command, date, machine and setup lines of a results file."""
+    machine = report["machine"]
+    return [
+        f"# {title}",
         "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date_utc']}  ",
-        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, "
-        f"torch {report['machine']['torch']}  ",
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}  ",
         f"Setup: {report['setup']}",
         "",
+    ]
+
+
+def write_fast_markdown(report: dict, path: Path) -> None:
+    lines = [
+        *report_header(
+            "Fast R-CNN (Selective Search) and Faster R-CNN (RPN) on BCCD, both trained from scratch", report
+        ),
+        "| model | proposals | training budget | iterations | mAP@0.5 | mAP@[.5:.95] | AP@0.5 WBC | AP@0.5 RBC | "
+        "AP@0.5 Platelets | test s/image (with proposals) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, proposals in (("fast_rcnn", "Selective Search (fast), up to 2000"), ("faster_rcnn", "RPN, 300")):
+        result = report["results"].get(key)
+        if not result:
+            continue
+        per_class = result.get("AP50_per_class", {})
+        lines.append(
+            f"| detlab {'Fast' if key == 'fast_rcnn' else 'Faster'} R-CNN | {proposals} | {report['budget_s']:.0f} s | "
+            f"{result.get('iterations', report.get('faster_iterations', ''))} | {result['mAP50']:.3f} | {result['mAP']:.3f} | "
+            f"{per_class.get('WBC', 0):.3f} | {per_class.get('RBC', 0):.3f} | {per_class.get('Platelets', 0):.3f} | "
+            f"{result['infer_s_per_image']:.3f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    faster, peer = report["detlab"]["faster_rcnn"], report.get("peer")
+    lines = [
+        *report_header("Detectors on BCCD (train on trainval, test on test, from scratch)", report),
         "| model | training budget | iterations (batch 2) | mAP@0.5 | mAP@[.5:.95] | AP@0.5 WBC | AP@0.5 RBC | "
         "AP@0.5 Platelets | inference s/image |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -309,13 +500,15 @@ def write_markdown(report: dict, path: Path) -> None:
 def recorded_command() -> str:
     """The command line as run, with the environment variables that change the result (the thread
     count of each process, where detlab is imported from) when they are set."""
-    variables = [f"{name}={os.environ[name]}" for name in ("PYTHONPATH", "OMP_NUM_THREADS") if name in os.environ]
+    variables = [
+        f"{name}={os.environ[name]}" for name in ("PYTHONPATH", "OMP_NUM_THREADS") if name in os.environ
+    ]
     return " ".join([*variables, ".venv/bin/python", *sys.argv])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=("peer", "detlab", "all"), default="all")
+    parser.add_argument("--part", choices=("peer", "detlab", "all", "fast_rcnn"), default="all")
     parser.add_argument("--budget-s", type=float, default=1500.0)
     parser.add_argument("--peer-min-size", type=int, default=480)
     parser.add_argument("--preset", default="bccd")
@@ -331,10 +524,39 @@ def main() -> int:
     parser.add_argument(
         "--fast-rcnn-images", type=int, default=0, help="time Fast R-CNN on this many test images"
     )
+    parser.add_argument(
+        "--faster-checkpoint",
+        default="",
+        help="--part fast_rcnn: the Faster R-CNN checkpoint to time beside it",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.part == "fast_rcnn":
+        results = run_fast_rcnn(args)
+        print(json.dumps(results))
+        stored = (
+            json.loads((RESULTS / "detectors.json").read_text())
+            if (RESULTS / "detectors.json").exists()
+            else {}
+        )
+        report = {
+            "command": recorded_command(),
+            "date_utc": started,
+            "machine": machine(),
+            "budget_s": args.budget_s,
+            "faster_iterations": stored.get("detlab", {}).get("faster_rcnn", {}).get("iterations", ""),
+            "setup": (
+                f"Fast R-CNN trained here for the budget on {args.train_split} with cached proposals, {args.threads} "
+                f"thread(s); Faster R-CNN is the checkpoint of the detectors.json run (same budget and threads); "
+                f"both timed one after the other on the full-size {args.test_split} images, proposals included"
+            ),
+            "results": results,
+        }
+        (RESULTS / "fast_rcnn.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_fast_markdown(report, RESULTS / "fast_rcnn.md")
+        return 0
     peer_process = None
     if args.part in ("peer", "all"):
         # Run side by side, each limited to the same number of threads, so both see the same
