@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if ":" not in text:
         raise SystemExit(f"unknown variant {text!r}: use one of {', '.join(VARIANTS)} or NAME:key=value,...")
     name, changes = text.split(":", 1)
-    return name, [change for change in changes.split(",") if change]
+    return name, [change for change in re.split(r",(?![^\[]*\])", changes) if change]  # keep [a,b] whole
 
 
 def total_steps(run_dir: Path, last_step: int) -> int:
