@@ -10,7 +10,8 @@ Usage (from the repository root, under the shared CPU lock):
 Variants: ``joint`` (the preset as is), ``4step`` (the paper's alternating training, a quarter of
 the budget per step), ``sgd`` (SGD at lr 0.02, the preset before AdamW), ``p2`` (a stride-4 P2
 pyramid level, RoI level rule with canonical side 56, two anchor sizes a level), or
-``NAME:key=value,key=value`` for any other. Results merge into
+``NAME:key=value,key=value`` for any other (the resolved config of each run is kept with its row,
+since the preset the changes apply to may change). Results merge into
 ``benchmarks/results/demo_variants.{json,md}`` (one row per variant, the newest run of each).
 """
 
@@ -90,6 +91,8 @@ def main() -> int:
             "mAP50": round(summary["metrics"]["AP50"], 4),
             "mAP": round(summary["metrics"]["AP"], 4),
             "AP50_per_class": {row["class"]: round(row["AP50"], 4) for row in summary["per_class"]},
+            # the whole resolved config, since the preset the overrides apply to changes over time
+            "config": (run_dir / "config.yaml").read_text(),
             "command": " ".join(
                 [
                     *(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ),
