@@ -31,6 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from bench_detectors import recorded_command  # noqa: E402  (this folder is on the path)
+
 from detlab.data.synthetic import ensure_synthetic  # noqa: E402
 from detlab.demo import detector_demo  # noqa: E402
 
@@ -93,13 +95,7 @@ def main() -> int:
             "AP50_per_class": {row["class"]: round(row["AP50"], 4) for row in summary["per_class"]},
             # the whole resolved config, since the preset the overrides apply to changes over time
             "config": (run_dir / "config.yaml").read_text(),
-            "command": " ".join(
-                [
-                    *(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ),
-                    ".venv/bin/python",
-                    *sys.argv,
-                ]
-            ),
+            "command": recorded_command(),
             "date_utc": started,
             "threads": torch.get_num_threads(),
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}",

@@ -263,24 +263,24 @@ class AttachProposals:
         return self.transforms(image, {**target, "proposals": self.proposals[str(target["image_id"])]})
 
 
-def _propose_one(job: tuple[str, str, int, int]) -> tuple[str, Tensor]:
-    image_id, path, max_proposals, max_side = job
-    from detlab.proposals import build_method
+def _propose_one(job: tuple[str, str, str, int, int]) -> tuple[str, Tensor]:
+    image_id, path, method_name, max_proposals, max_side = job
+    from detlab.models.fast_rcnn import default_proposal_method
 
     torch.set_num_threads(1)
-    method = build_method("ss-fast", max_proposals=max_proposals, max_side=max_side)
-    return image_id, method.propose(path)
+    return image_id, default_proposal_method(method_name, max_proposals, max_side).propose(path)
 
 
-def cached_proposals(dataset, cache_file: Path, max_proposals: int, max_side: int, workers: int) -> dict:
-    """Selective Search (fast) boxes of every image of ``dataset`` (image coordinates), computed
-    with ``workers`` processes at the model's input size and kept in ``cache_file`` for reruns;
+def cached_proposals(dataset, cache_file: Path, config, workers: int) -> dict:
+    """The Fast R-CNN ``config``'s proposals (its ``proposal_method``, ``max_proposals``, at its
+    ``max_size``) of every image of ``dataset``, in image coordinates, computed with ``workers``
+    processes the way the model proposes at test time and kept in ``cache_file`` for reruns;
     its ``"_timing"`` entry says how long the run that computed them took."""
     from multiprocessing import get_context
 
     cache = torch.load(cache_file) if cache_file.exists() else {}
     jobs = [
-        (str(r.image_id), str(r.image_path), max_proposals, max_side)
+        (str(r.image_id), str(r.image_path), config.proposal_method, config.max_proposals, config.max_size)
         for r in dataset.records
         if str(r.image_id) not in cache
     ]
@@ -345,14 +345,15 @@ def load_faster_rcnn(path: Path, num_classes: int):
     return model.eval()
 
 
-def proposal_recall(dataset, proposals: dict, iou: float = 0.5) -> dict:
-    """Per class, the share of ground-truth boxes that some proposal overlaps with IoU >= ``iou``."""
-    from torchvision.ops import box_iou
+def recall_per_class(dataset, proposals: dict, iou: float = 0.5) -> dict:
+    """Per class, the share of ground-truth boxes that some proposal overlaps with IoU >= ``iou``
+    (the best overlaps of :func:`detlab.eval.proposals.best_overlaps`, over all proposals)."""
+    from detlab.eval.proposals import best_overlaps
 
     found, total = {}, {}
     for record in dataset.records:
         boxes = proposals[str(record.image_id)]
-        best = box_iou(record.boxes, boxes).max(1).values if len(boxes) else torch.zeros(len(record.boxes))
+        best = best_overlaps(boxes, record.boxes, [max(len(boxes), 1)])[:, 0]
         for label, value in zip(record.labels.tolist(), best.tolist()):
             name = dataset.classes[label - 1]
             total[name] = total.get(name, 0) + 1
@@ -375,9 +376,7 @@ def run_fast_rcnn(args) -> dict:
     train_dataset = load_split(args.train_split)
     classes = train_dataset.classes
     run_dir = Path(args.run_dir)
-    proposals = cached_proposals(
-        train_dataset, run_dir / "train_proposals.pt", config.max_proposals, config.max_size, workers=2
-    )
+    proposals = cached_proposals(train_dataset, run_dir / "train_proposals.pt", config, workers=2)
     for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml"):
         (run_dir / name).unlink(missing_ok=True)  # a benchmark always trains afresh; proposals stay cached
     model = build_fast_rcnn(config, len(classes))
@@ -404,7 +403,7 @@ def run_fast_rcnn(args) -> dict:
             "train_s": round(time.time() - started, 1),
             "infer_s_per_image": round(fast_seconds, 4),
             "train_proposals": proposals.get("_timing", "computed before this cache kept timings"),
-            "train_proposal_recall50": proposal_recall(train_dataset, proposals),
+            "train_proposal_recall50": recall_per_class(train_dataset, proposals),
             **coco_score(fast_predictions, test_items, classes),
         }
     }

@@ -187,7 +187,7 @@ def _train_four_steps(
     quarter of the run's budget (time, steps or epochs). The detector steps (2 and 4) evaluate on
     val. A finished step leaves a ``step_done`` mark; resuming skips finished steps (their weights
     come from the step's ``last.pt``) and continues the interrupted one exactly."""
-    from detlab.models.faster_rcnn import train_alternating
+    from detlab.models.faster_rcnn import ALTERNATING_STEPS, train_alternating
 
     run_dir = Path(run_config.train.out_dir)
     train = run_config.train
@@ -207,7 +207,7 @@ def _train_four_steps(
             state = checkpoints.load_checkpoint(step_dir / checkpoints.LAST_NAME)["model"]
             model.load_state_dict(state)
             return
-        detector_step = index % 2 == 1
+        detector_step = ALTERNATING_STEPS[index][0] == "detector"
         result = fit(
             model,
             train_dataset,
