@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision where the device supports it (CUDA)
+    amp_cpu_bf16: bool = False  # bfloat16 autocast on CPUs (pays with AVX512-BF16 or AMX)
     log_every: int = 10
 
 

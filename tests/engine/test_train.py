@@ -105,3 +105,30 @@ def test_background_only_images_are_training_data(tmp_path):
     records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert all(r["loss_box_reg"] == 0.0 for r in records)
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+class _DtypeRecorder(TinyDetector):
+    """TinyDetector that remembers the dtype its class head computed in during training."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def _features(self, images):
+        features = super()._features(images)
+        if self.training:
+            self.seen.add(self.class_head(features).dtype)
+        return features
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cpu_bf16_autocast_is_used_when_asked_and_the_run_still_learns(tmp_path, bf16):
+    model, result = train_tiny(
+        tmp_path / "run", small_config(epochs=8, amp_cpu_bf16=bf16), model=_DtypeRecorder(), evaluate=False
+    )
+    from detlab.engine.train import cpu_has_fast_bf16
+
+    assert model.seen == ({torch.bfloat16} if bf16 and cpu_has_fast_bf16() else {torch.float32})
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
+    train = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert sum(r["loss"] for r in train[-5:]) < 0.7 * sum(r["loss"] for r in train[:5])

@@ -99,9 +99,12 @@ def test_training_requires_targets():
         model([torch.rand(3, 64, 96)])
 
 
-def test_a_short_joint_training_run_lowers_the_losses_and_finds_the_square():
+@pytest.mark.parametrize(
+    "changes", [{}, {"channels_last": True, "roi_sampling_ratio": 1}], ids=["default", "fast_cpu"]
+)
+def test_a_short_joint_training_run_lowers_the_losses_and_finds_the_square(changes):
     torch.manual_seed(0)
-    model = build_faster_rcnn(_config(), 1).train()
+    model = build_faster_rcnn(_config(**changes), 1).train()
     scenes = [_scene(seed) for seed in range(8)] + [_empty()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
     first, last = {}, {}
@@ -195,3 +198,38 @@ def test_roi_canonical_size_moves_rois_between_pyramid_levels():
             if torch.allclose(output, direct, atol=1e-6):
                 level_of[canonical] = stride
     assert level_of == {224: 8.0, 40: 16.0}
+
+
+def test_channels_last_backbone_computes_the_same_features_and_detections():
+    """``channels_last`` changes only the memory layout: same weights give the same pyramid and
+    the same detections, and the backbone's activations really are channels-last."""
+    torch.manual_seed(0)
+    plain = build_faster_rcnn(_config(), 3).eval()
+    fast = build_faster_rcnn(_config(channels_last=True), 3).eval()
+    fast.load_state_dict(plain.state_dict())
+    batch = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        finest = {name: next(iter(model.backbone(batch).values())) for name, model in (("plain", plain), ("fast", fast))}
+    assert finest["fast"].is_contiguous(memory_format=torch.channels_last) and not finest["fast"].is_contiguous()
+    assert finest["plain"].is_contiguous()
+    with torch.no_grad():
+        for a, b in zip(plain.backbone(batch).values(), fast.backbone(batch).values()):
+            assert torch.allclose(a, b, atol=1e-5)
+        image = _scene(3)[0]
+        assert torch.allclose(plain([image])[0]["scores"], fast([image])[0]["scores"], atol=1e-4)
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_roi_sampling_ratio_reaches_roi_align(levels):
+    from torchvision.ops import roi_align
+
+    from detlab.models.roi_heads import build_roi_pooler
+
+    names, strides = [str(i) for i in range(levels)], [8.0, 16.0, 32.0][:levels]
+    features = {name: torch.rand(1, 4, int(128 / s), int(128 / s)) for name, s in zip(names, strides)}
+    roi = [torch.tensor([[20.0, 20.0, 60.0, 60.0]])]  # pooled from the first level in both cases
+    pooled = {ratio: build_roi_pooler(3, strides, names, sampling_ratio=ratio)(features, roi, [(128, 128)]) for ratio in (1, 2)}
+    for ratio, output in pooled.items():
+        direct = roi_align(features["0"], roi, 3, 1 / 8.0, sampling_ratio=ratio, aligned=levels == 1)
+        assert torch.allclose(output, direct, atol=1e-6)
+    assert not torch.allclose(pooled[1], pooled[2])

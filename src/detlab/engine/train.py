@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,16 @@ def move_to_device(images: list, targets: list | None, device: torch.device) -> 
     return images, targets
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels for this CPU (AVX512-BF16 or AMX); elsewhere
+    bfloat16 is emulated and slower than float32, so ``amp_cpu_bf16`` is ignored, with a warning."""
+    supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not supported and not getattr(cpu_has_fast_bf16, "warned", False):
+        cpu_has_fast_bf16.warned = True
+        warnings.warn("train.amp_cpu_bf16 is set but this CPU has no native bfloat16; training in float32")
+    return supported
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -152,6 +163,8 @@ def train_one_epoch(
     model.train()
     device = context.device
     use_amp = scaler is not None and scaler.is_enabled()
+    # On a CPU, mixed precision means bfloat16 autocast (no loss scaling needed), when asked for.
+    cpu_bf16 = device.type == "cpu" and config.amp_cpu_bf16 and cpu_has_fast_bf16()
     parameters = [p for p in model.parameters() if p.requires_grad]
     total_batches = state.batch_in_epoch + len(data_loader)
     progress = tqdm(
@@ -170,7 +183,7 @@ def train_one_epoch(
     for images, targets in data_loader:
         images, targets = move_to_device(images, targets, device)
         learning_rate = schedule.apply(optimizer, state.step, state.elapsed_s)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=use_amp or cpu_bf16):
             losses = model(images, targets)
         names = sorted(losses)
         loss = sum(losses[name] for name in names)

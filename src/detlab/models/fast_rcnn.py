@@ -105,11 +105,13 @@ class RCNNHeadConfig:
     backbone: str = "compact"
     backbone_width: int = 32
     pretrained_backbone: bool = False
+    channels_last: bool = False  # run the backbone channels-last (faster oneDNN convolutions on CPUs)
     min_size: int = 320
     max_size: int = 427
     roi_pooling: str = "align"  # align | pool
     roi_output_size: int = 7
     roi_canonical_size: int = 224  # FPN only: RoIs of this side pool from P4 (see FasterRCNNConfig)
+    roi_sampling_ratio: int = 2  # RoIAlign: bilinear samples per bin side
     representation_size: int = 256
     rois_per_image: int = 64
     foreground_fraction: float = 0.25
@@ -229,7 +231,12 @@ def build_head_and_batcher(config: RCNNHeadConfig, backbone: nn.Module, num_clas
     """The RoI head and image batcher from the fields Fast and Faster R-CNN configs share
     (``roi_*``, ``representation_size``, ``rois_per_image``, ..., ``min_size``, ``max_size``)."""
     pooler = build_roi_pooler(
-        config.roi_output_size, backbone.strides, backbone.names, config.roi_pooling, config.roi_canonical_size
+        config.roi_output_size,
+        backbone.strides,
+        backbone.names,
+        config.roi_pooling,
+        config.roi_canonical_size,
+        config.roi_sampling_ratio,
     )
     head = RoIHead(
         pooler,
@@ -251,7 +258,11 @@ def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
     from detlab.models.faster_rcnn import build_feature_extractor
 
     backbone = build_feature_extractor(
-        config.backbone, config.backbone_width, fpn=False, pretrained=config.pretrained_backbone
+        config.backbone,
+        config.backbone_width,
+        fpn=False,
+        pretrained=config.pretrained_backbone,
+        channels_last=config.channels_last,
     )
     head, batcher = build_head_and_batcher(config, backbone, num_classes)
     method = default_proposal_method(config.proposal_method, config.max_proposals, config.max_size)

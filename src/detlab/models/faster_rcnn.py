@@ -14,6 +14,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
@@ -149,8 +150,13 @@ class FeatureExtractor(nn.Module):
             self.strides = [strides[-2]]  # one map at stride 16, as with VGG16 conv5 in the papers
             self.out_channels = channels[-2]
         self.names = [str(index) for index in range(len(self.strides))]
+        # Channels-last input makes every convolution run channels-last (oneDNN's faster layout on
+        # CPUs); the weights stay contiguous, which DistributedDataParallel's gradient buckets expect.
+        self.channels_last = False
 
     def forward(self, batch: Tensor) -> OrderedDict[str, Tensor]:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         levels = self.body(batch)
         if self.fpn is None:
             return OrderedDict([("0", levels[-2])])
@@ -187,6 +193,7 @@ def build_feature_extractor(
     fpn_channels: int = 96,
     pretrained: bool = False,
     fpn_min_level: int = 3,
+    channels_last: bool = False,
 ) -> FeatureExtractor:
     """``compact`` or a torchvision ResNet (``resnet18/34/50/101``, optionally ImageNet weights)."""
     if name == "compact":
@@ -199,7 +206,11 @@ def build_feature_extractor(
         raise ValueError(
             f"unknown detection backbone {name!r}; use compact, resnet18, resnet34, resnet50 or resnet101"
         )
-    return FeatureExtractor(body, body.channels, body.strides, fpn_channels if fpn else None, fpn_min_level)
+    extractor = FeatureExtractor(
+        body, body.channels, body.strides, fpn_channels if fpn else None, fpn_min_level
+    )
+    extractor.channels_last = channels_last
+    return extractor
 
 
 TRAINING_STAGES = ("joint", "rpn", "detector")
@@ -266,6 +277,7 @@ def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
         config.fpn_channels,
         config.pretrained_backbone,
         config.fpn_min_level,
+        config.channels_last,
     )
     num_levels = len(backbone.strides)
     if len(config.anchor_sizes) % num_levels:

@@ -55,13 +55,17 @@ def build_roi_pooler(
     feature_names: list[str],
     method: str = "align",
     canonical_size: int = 224,
+    sampling_ratio: int = 2,
 ) -> nn.Module:
     """One level: :class:`SingleLevelRoIPool`; several (FPN): torchvision's ``MultiScaleRoIAlign``,
     which picks each RoI's level from its size (Lin et al. 2017, equation 1: a RoI of side
-    ``canonical_size`` goes to level 4, each halving one level down, clamped to the levels there are)."""
+    ``canonical_size`` goes to level 4, each halving one level down, clamped to the levels there are).
+    ``sampling_ratio``: RoIAlign's bilinear samples per bin side (1 costs a quarter of 2)."""
     if len(strides) == 1:
-        return SingleLevelRoIPool(output_size, strides[0], method)
-    return ops.MultiScaleRoIAlign(feature_names, output_size, sampling_ratio=2, canonical_scale=canonical_size)
+        return SingleLevelRoIPool(output_size, strides[0], method, sampling_ratio)
+    return ops.MultiScaleRoIAlign(
+        feature_names, output_size, sampling_ratio=sampling_ratio, canonical_scale=canonical_size
+    )
 
 
 def sample_rois(
