@@ -1,7 +1,7 @@
 """Benchmark: Faster R-CNN on the built-in synthetic set at the ``demo`` preset and variants of it.
 
 Each variant is the ``demo`` preset with some ``section.field=value`` changes, trained from scratch
-for the same wall-clock budget on the synthetic train split (the ``make demo`` data: 600 images,
+for the same wall-clock budget on the synthetic train split (the ``make demo`` data: 2,000 images,
 seed 0), its best checkpoint on val scored on the test split with the COCO metrics, exactly as
 ``make demo`` does (``detlab.demo.detector_demo``).
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from bench_detectors import recorded_command  # noqa: E402  (this folder is on the path)
 
 from detlab.data.synthetic import ensure_synthetic  # noqa: E402
-from detlab.demo import detector_demo  # noqa: E402
+from detlab.demo import default_processes, detector_demo, processes_argument, usable_cpus  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 VARIANTS = {
@@ -70,12 +70,21 @@ def main() -> int:
     )
     parser.add_argument("--variants", nargs="+", default=["joint", "4step"])
     parser.add_argument("--budget-s", type=float, default=300.0)
-    parser.add_argument("--images", type=int, default=600, help="synthetic images (make demo: 600)")
+    parser.add_argument("--images", type=int, default=2000, help="synthetic images (make demo: 2000)")
     parser.add_argument("--work-dir", default="runs/bench_demo")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads of a one-process run (0: torch's default)"
+    )
+    parser.add_argument(
+        "--processes",
+        default="auto",
+        type=processes_argument,
+        help="data-parallel training processes, as `detlab demo --processes`",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    processes = default_processes() if args.processes == "auto" else args.processes
     work = Path(args.work_dir)
     data_root = ensure_synthetic(work / "synthetic", num_images=args.images)
     results_path = RESULTS / "demo_variants.json"
@@ -83,7 +92,9 @@ def main() -> int:
     for text in args.variants:
         name, overrides = parse_variant(text)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        summary = detector_demo(work / name, data_root, args.budget_s, num_shown=4, overrides=overrides)
+        summary = detector_demo(
+            work / name, data_root, args.budget_s, num_shown=4, overrides=overrides, processes=processes
+        )
         run_dir = work / name / "faster_rcnn"
         report["variants"][name] = {
             "overrides": overrides,
@@ -97,7 +108,8 @@ def main() -> int:
             "config": (run_dir / "config.yaml").read_text(),
             "command": recorded_command(),
             "date_utc": started,
-            "threads": torch.get_num_threads(),
+            "processes": processes,
+            "threads": torch.get_num_threads() if processes == 1 else max(1, usable_cpus() // processes),
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -116,16 +128,17 @@ def write_markdown(report: dict, path: Path) -> None:
         "train split, best checkpoint on val, scored on test (COCO metrics). Rows may come from "
         "different runs; each lists its own command, date and thread count.",
         "",
-        "| variant | changes | budget | steps | threads | mAP@0.5 | mAP@[.5:.95] | "
+        "| variant | changes | images | budget | steps | processes x threads | mAP@0.5 | mAP@[.5:.95] | "
         + " | ".join(f"AP@0.5 {c}" for c in classes)
         + " | date | command |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(classes) + "---|---|",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(classes) + "---|---|",
     ]
     for name, row in rows.items():
         per_class = " | ".join(f"{row['AP50_per_class'].get(c, 0):.3f}" for c in classes)
         lines.append(
-            f"| {name} | {', '.join(row['overrides']) or '(preset)'} | {row['budget_s']:.0f} s | {row['steps']} | "
-            f"{row['threads']} | {row['mAP50']:.3f} | {row['mAP']:.3f} | {per_class} | {row['date_utc']} | "
+            f"| {name} | {', '.join(row['overrides']) or '(preset)'} | {row.get('images', 600)} | "
+            f"{row['budget_s']:.0f} s | {row['steps']} | "
+            f"{row.get('processes', 1)} x {row['threads']} | {row['mAP50']:.3f} | {row['mAP']:.3f} | {per_class} | {row['date_utc']} | "
             f"`{row['command']}` |"
         )
     lines += ["", f"Machine: {next(iter(rows.values()))['machine']}" if rows else ""]

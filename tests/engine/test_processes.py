@@ -1,4 +1,4 @@
-"""Tests that need other processes: two-process DDP (gloo) and SIGTERM during training."""
+"""Tests that need other processes: two-process DDP (gloo), SIGTERM during training, the demo via torchrun."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -81,6 +82,7 @@ def test_two_processes_train_identical_weights_and_only_rank0_reports(tmp_path):
 SIGTERM_SCRIPT = """
 import sys, time
 sys.path.insert(0, {here!r})
+import pytest
 import torch
 from tiny_detector import SquaresDataset, TinyDetector
 from detlab.config import TrainConfig
@@ -123,3 +125,28 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["progress"]["step"] == stopped_at >= 3
     assert checkpoint["progress"]["epoch"] < 1000
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_demo_trains_in_one_or_two_processes_and_scores_the_test_split(tmp_path, monkeypatch, processes):
+    """``detector_demo`` (what ``make demo`` runs) with a tiny model for a few seconds: in one
+    process, or data-parallel through torchrun; either way the best checkpoint is scored on test."""
+    from detlab.data.synthetic import ensure_synthetic
+    from detlab.demo import detector_demo
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SOURCE), os.environ.get("PYTHONPATH", "")]))
+    data_root = ensure_synthetic(tmp_path / "synthetic", num_images=24)
+    tiny = ["model.backbone_width=8", "model.fpn_channels=16", "model.representation_size=32"]
+    summary = detector_demo(
+        tmp_path / "out", data_root, 4.0, num_shown=2, overrides=tiny, processes=processes
+    )
+    assert summary["processes"] == processes and summary["steps"] >= 1
+    assert summary["test_images"] >= 1 and 0.0 <= summary["metrics"]["AP50"] <= 1.0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["steps"] == summary["steps"] and saved["checkpoint"].endswith("best.pt")
+    for name in ("circle", "square", "triangle", "star"):
+        assert (tmp_path / "out" / f"pr_{name}.png").is_file()
+    assert (tmp_path / "out" / "test_detections.png").is_file()
+    checkpoint = load_checkpoint(tmp_path / "out" / "faster_rcnn" / "last.pt")
+    assert checkpoint["progress"]["step"] == summary["steps"]
+    assert checkpoint["config"]["model"]["backbone_width"] == 8

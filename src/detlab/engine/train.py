@@ -14,6 +14,7 @@ after every epoch and on interruption, ``best.pt`` whenever the evaluation metri
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import signal
@@ -131,13 +132,16 @@ def move_to_device(images: list, targets: list | None, device: torch.device) -> 
     return images, targets
 
 
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has native bfloat16 kernels for this CPU (AVX512-BF16 or AMX); elsewhere
-    bfloat16 is emulated and slower than float32, so ``amp_cpu_bf16`` is ignored, with a warning."""
+    bfloat16 is emulated and slower than float32, so ``amp_cpu_bf16`` is ignored, with a warning
+    (once a process)."""
     supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if not supported and not getattr(cpu_has_fast_bf16, "warned", False):
-        cpu_has_fast_bf16.warned = True
-        warnings.warn("train.amp_cpu_bf16 is set but this CPU has no native bfloat16; training in float32")
+    if not supported:
+        warnings.warn(
+            "train.amp_cpu_bf16 is set but this CPU has no native bfloat16; training in float32", stacklevel=2
+        )
     return supported
 
 
@@ -183,7 +187,9 @@ def train_one_epoch(
     for images, targets in data_loader:
         images, targets = move_to_device(images, targets, device)
         learning_rate = schedule.apply(optimizer, state.step, state.elapsed_s)
-        with torch.autocast(device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=use_amp or cpu_bf16):
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=use_amp or cpu_bf16
+        ):
             losses = model(images, targets)
         names = sorted(losses)
         loss = sum(losses[name] for name in names)

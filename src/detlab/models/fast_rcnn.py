@@ -148,7 +148,9 @@ def default_proposal_method(
     from detlab.proposals import build_method
 
     options = {} if max_side is None else {"max_side": max_side}
-    return build_method("ss-fast" if name == "selective_search" else name, max_proposals=max_proposals, **options)
+    return build_method(
+        "ss-fast" if name == "selective_search" else name, max_proposals=max_proposals, **options
+    )
 
 
 def image_fingerprint(image: Tensor) -> str:
@@ -227,7 +229,9 @@ class FastRCNN(nn.Module):
         return self.batcher.restore(detections, scales, original_sizes)
 
 
-def build_head_and_batcher(config: RCNNHeadConfig, backbone: nn.Module, num_classes: int) -> tuple[RoIHead, ImageBatcher]:
+def build_head_and_batcher(
+    config: RCNNHeadConfig, backbone: nn.Module, num_classes: int
+) -> tuple[RoIHead, ImageBatcher]:
     """The RoI head and image batcher from the fields Fast and Faster R-CNN configs share
     (``roi_*``, ``representation_size``, ``rois_per_image``, ..., ``min_size``, ``max_size``)."""
     pooler = build_roi_pooler(
