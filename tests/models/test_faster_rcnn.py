@@ -209,8 +209,13 @@ def test_channels_last_backbone_computes_the_same_features_and_detections():
     fast.load_state_dict(plain.state_dict())
     batch = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
-        finest = {name: next(iter(model.backbone(batch).values())) for name, model in (("plain", plain), ("fast", fast))}
-    assert finest["fast"].is_contiguous(memory_format=torch.channels_last) and not finest["fast"].is_contiguous()
+        finest = {
+            name: next(iter(model.backbone(batch).values()))
+            for name, model in (("plain", plain), ("fast", fast))
+        }
+    assert (
+        finest["fast"].is_contiguous(memory_format=torch.channels_last) and not finest["fast"].is_contiguous()
+    )
     assert finest["plain"].is_contiguous()
     with torch.no_grad():
         for a, b in zip(plain.backbone(batch).values(), fast.backbone(batch).values()):
@@ -228,7 +233,10 @@ def test_roi_sampling_ratio_reaches_roi_align(levels):
     names, strides = [str(i) for i in range(levels)], [8.0, 16.0, 32.0][:levels]
     features = {name: torch.rand(1, 4, int(128 / s), int(128 / s)) for name, s in zip(names, strides)}
     roi = [torch.tensor([[20.0, 20.0, 60.0, 60.0]])]  # pooled from the first level in both cases
-    pooled = {ratio: build_roi_pooler(3, strides, names, sampling_ratio=ratio)(features, roi, [(128, 128)]) for ratio in (1, 2)}
+    pooled = {
+        ratio: build_roi_pooler(3, strides, names, sampling_ratio=ratio)(features, roi, [(128, 128)])
+        for ratio in (1, 2)
+    }
     for ratio, output in pooled.items():
         direct = roi_align(features["0"], roi, 3, 1 / 8.0, sampling_ratio=ratio, aligned=levels == 1)
         assert torch.allclose(output, direct, atol=1e-6)
