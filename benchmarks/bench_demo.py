@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from bench_detectors import recorded_command  # noqa: E402  (this folder is on the path)
 
 from detlab.data.synthetic import ensure_synthetic  # noqa: E402
-from detlab.demo import default_processes, detector_demo, processes_argument, usable_cpus  # noqa: E402
+from detlab.demo import detector_demo, processes_argument, threads_per_process  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 VARIANTS = {
@@ -84,7 +84,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    processes = default_processes() if args.processes == "auto" else args.processes
+    processes = args.processes
     work = Path(args.work_dir)
     data_root = ensure_synthetic(work / "synthetic", num_images=args.images)
     results_path = RESULTS / "demo_variants.json"
@@ -109,7 +109,7 @@ def main() -> int:
             "command": recorded_command(),
             "date_utc": started,
             "processes": processes,
-            "threads": torch.get_num_threads() if processes == 1 else max(1, usable_cpus() // processes),
+            "threads": torch.get_num_threads() if processes == 1 else threads_per_process(processes),
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def write_markdown(report: dict, path: Path) -> None:
     for name, row in rows.items():
         per_class = " | ".join(f"{row['AP50_per_class'].get(c, 0):.3f}" for c in classes)
         lines.append(
-            f"| {name} | {', '.join(row['overrides']) or '(preset)'} | {row.get('images', 600)} | "
+            f"| {name} | {', '.join(row['overrides']) or '(preset)'} | {row['images']} | "
             f"{row['budget_s']:.0f} s | {row['steps']} | "
             f"{row.get('processes', 1)} x {row['threads']} | {row['mAP50']:.3f} | {row['mAP']:.3f} | {per_class} | {row['date_utc']} | "
             f"`{row['command']}` |"

@@ -33,8 +33,7 @@ def run_demo(args: argparse.Namespace) -> int:
     grid = show_dataset(load_dataset(f"voc:{data_root}", "train"), out / "samples.png", num=8)
     print(f"\nsynthetic data set in {data_root}; annotated samples in {grid}")
     if args.train_seconds > 0:
-        processes = default_processes() if args.processes == "auto" else args.processes
-        detector_demo(out, data_root, args.train_seconds, processes=processes)
+        detector_demo(out, data_root, args.train_seconds, processes=args.processes)
     return 0
 
 
@@ -45,10 +44,10 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def processes_argument(text: str) -> str | int:
-    """``--processes``: ``auto`` or a whole number >= 1."""
+def processes_argument(text: str) -> int:
+    """``--processes``: ``auto`` (:func:`default_processes`) or a whole number >= 1."""
     if text == "auto":
-        return text
+        return default_processes()
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 1, got {text!r}")
     return int(text)
@@ -62,23 +61,28 @@ def default_processes() -> int:
     return 1 if torch.cuda.is_available() or usable_cpus() < 2 else 2
 
 
-def train_data_parallel(
-    run_dir: Path, data_root: Path, train_seconds: float, processes: int, overrides: list[str]
-) -> dict:
-    """Train the ``demo`` preset in ``processes`` data-parallel processes through
-    ``torchrun --standalone --nproc_per_node N -m detlab train`` (gloo on CPUs, each process with
-    its share of the cores); returns the run's progress (``step``, ``epoch``, ``elapsed_s``) from
-    its last checkpoint."""
+def threads_per_process(processes: int) -> int:
+    """Each data-parallel process's share of the cores (its ``OMP_NUM_THREADS``)."""
+    return max(1, usable_cpus() // processes)
+
+
+def train_data_parallel(run_config, processes: int) -> dict:
+    """Train ``run_config`` (a resolved :class:`~detlab.engine.run.RunConfig`) in ``processes``
+    data-parallel processes through ``torchrun --standalone --nproc_per_node N -m detlab train``
+    (gloo on CPUs, each process with its share of the cores), the config handed over as a preset
+    file beside the run folder; returns the run's progress (``step``, ``epoch``, ``elapsed_s``)
+    from its last checkpoint."""
+    from detlab import config as config_io
     from detlab.engine import checkpoint as checkpoints
 
+    run_dir = Path(run_config.train.out_dir)
+    preset = run_dir.with_name(f"{run_dir.name}_config.yaml")
+    config_io.save(run_config, preset)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-        "-m", "detlab", "train", "faster_rcnn", "--preset", "demo", "--data", f"voc:{data_root}",
-        "--out", str(run_dir), "--time-budget", str(train_seconds),
+        "-m", "detlab", "train", run_config.model_name, "--preset", str(preset),
     ]  # fmt: skip
-    for override in overrides:
-        command += ["--set", override]
-    environment = dict(os.environ, OMP_NUM_THREADS=str(max(1, usable_cpus() // processes)))
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process(processes)))
     print(" ".join(command), flush=True)
     completed = subprocess.run(command, env=environment)
     if completed.returncode != 0:
@@ -121,7 +125,7 @@ def detector_demo(
         f"process{'es' if processes > 1 else ''} (run folder {run_dir})"
     )
     if processes > 1:
-        progress = train_data_parallel(run_dir, data_root, train_seconds, processes, overrides or [])
+        progress = train_data_parallel(run_config, processes)
     else:
         state = train_run(run_config).state
         progress = {"step": state.step, "epoch": state.epoch, "elapsed_s": state.elapsed_s}

@@ -133,6 +133,7 @@ class FeatureExtractor(nn.Module):
         strides: list[float],
         fpn_channels: int | None,
         fpn_min_level: int = 3,
+        channels_last: bool = False,
     ):
         super().__init__()
         if fpn_min_level not in (2, 3):
@@ -152,7 +153,7 @@ class FeatureExtractor(nn.Module):
         self.names = [str(index) for index in range(len(self.strides))]
         # Channels-last input makes every convolution run channels-last (oneDNN's faster layout on
         # CPUs); the weights stay contiguous, which DistributedDataParallel's gradient buckets expect.
-        self.channels_last = False
+        self.channels_last = channels_last
 
     def forward(self, batch: Tensor) -> OrderedDict[str, Tensor]:
         if self.channels_last:
@@ -206,11 +207,9 @@ def build_feature_extractor(
         raise ValueError(
             f"unknown detection backbone {name!r}; use compact, resnet18, resnet34, resnet50 or resnet101"
         )
-    extractor = FeatureExtractor(
-        body, body.channels, body.strides, fpn_channels if fpn else None, fpn_min_level
+    return FeatureExtractor(
+        body, body.channels, body.strides, fpn_channels if fpn else None, fpn_min_level, channels_last
     )
-    extractor.channels_last = channels_last
-    return extractor
 
 
 TRAINING_STAGES = ("joint", "rpn", "detector")
