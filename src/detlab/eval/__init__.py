@@ -1,4 +1,5 @@
-"""Evaluation: VOC AP, COCO mAP, ImageNet-style localization error, proposal recall, reports and plots.
+"""Evaluation: VOC AP, COCO mAP, ImageNet-style localization error, keypoint PCK, proposal recall,
+reports and plots.
 
 The evaluators follow one contract: ``update(predictions, targets)`` per batch, then ``compute()``.
 Plotting (matplotlib) is imported only when a plot is drawn.
@@ -6,7 +7,8 @@ Plotting (matplotlib) is imported only when a plot is drawn.
 
 from detlab.eval.coco import COCOEvaluator, CocoResult, evaluate_coco, evaluate_coco_files
 from detlab.eval.evaluate import evaluate_detections, to_coco_results
-from detlab.eval.localization import localization_metrics
+from detlab.eval.keypoints import KeypointEvaluator, keypoint_metrics
+from detlab.eval.localization import LocalizationEvaluator, localization_metrics
 from detlab.eval.problem import (
     DetectionProblem,
     problem_from_coco,
@@ -15,20 +17,25 @@ from detlab.eval.problem import (
 )
 from detlab.eval.proposals import proposal_recall
 from detlab.eval.report import format_console_table, format_markdown_table, write_report
+from detlab.eval.results import coco_result_entries
 from detlab.eval.voc import VOCEvaluator, VocResult, evaluate_voc, voc_average_precision
 
 __all__ = [
     "COCOEvaluator",
     "CocoResult",
     "DetectionProblem",
+    "KeypointEvaluator",
+    "LocalizationEvaluator",
     "VOCEvaluator",
     "VocResult",
+    "coco_result_entries",
     "evaluate_coco",
     "evaluate_coco_files",
     "evaluate_detections",
     "format_console_table",
     "format_markdown_table",
     "evaluate_voc",
+    "keypoint_metrics",
     "localization_metrics",
     "problem_from_coco",
     "problem_from_coco_files",

@@ -1,4 +1,4 @@
-"""``detlab eval``: score a COCO-style results file against VOC or COCO ground truth.
+"""``detlab eval``: score a COCO-style results file, or a trained model, against VOC or COCO ground truth.
 
 The work is done by :func:`detlab.eval.evaluate.evaluate_detections`; this file only parses
 arguments, prints the table and writes the report.
@@ -20,8 +20,9 @@ def run_eval(args: argparse.Namespace) -> int:
             from detlab.engine.predict import evaluate_checkpoint
 
             report, _ = evaluate_checkpoint(
-                args.checkpoint, args.gt, args.split, args.protocol, args.iou, args.max_dets
-            )
+                args.checkpoint, args.gt, args.split, args.protocol, args.iou, args.max_dets,
+                overrides=args.set, max_images=args.max_images, data_root=args.data_root,
+            )  # fmt: skip
         elif args.pred:
             report, _ = evaluate_detections(
                 args.gt,
@@ -67,8 +68,14 @@ def add_commands(subparsers) -> None:
     )
     parser.add_argument("--pred", help="COCO results .json (a list of detections)")
     parser.add_argument(
-        "--checkpoint", help="instead of --pred: a trained model (RUN/best, RUN/last, .pt) to predict with"
+        "--checkpoint",
+        help="instead of --pred: a trained model of any method (RUN/best, RUN/last, .pt) to predict with; "
+        "the localizer is scored by ILSVRC localization error, DeepPose by PCK",
     )
+    parser.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
+                        help="with --checkpoint: a test-time setting, e.g. model.scales=[1,2]")  # fmt: skip
+    parser.add_argument("--max-images", type=int, default=0, help="with --checkpoint: the first N images (0: all)")
+    parser.add_argument("--data-root", help="where a synthetic set is (default: the run's own)")
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,

@@ -30,6 +30,7 @@ from detlab.eval.problem import (
     xyxy_to_xywh,
 )
 from detlab.eval.report import build_report
+from detlab.eval.results import coco_result_entries
 from detlab.eval.voc import PROTOCOLS as VOC_PROTOCOLS
 from detlab.eval.voc import VocResult, evaluate_voc
 
@@ -170,11 +171,9 @@ def to_coco_results(
     category_ids = coco_category_ids(dataset)
     results = []
     for image_id, prediction in zip(image_ids, predictions):
-        boxes = xyxy_to_xywh(prediction["boxes"]).tolist()
-        scores = np.asarray(prediction["scores"], np.float64).reshape(-1).tolist()
-        labels = np.asarray(prediction["labels"], np.int64).reshape(-1).tolist()
-        for box, score, label in zip(boxes, scores, labels):
-            results.append(
-                {"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box, "score": score}
+        results.extend(
+            coco_result_entries(
+                prediction["boxes"], prediction["scores"], prediction["labels"], image_id, category_ids
             )
+        )
     return results
