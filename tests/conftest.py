@@ -32,3 +32,17 @@ def synthetic_root(tmp_path_factory) -> Path:
     from detlab.data.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), num_images=24, seed=3)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_check_cache(tmp_path_factory):
+    """Image checks of the test session are cached in a temporary folder, never in ~/.cache."""
+    import os
+
+    previous = os.environ.get("DETLAB_CACHE_DIR")
+    os.environ["DETLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("detlab-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DETLAB_CACHE_DIR", None)
+    else:
+        os.environ["DETLAB_CACHE_DIR"] = previous

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 from detlab.data.coco import write_coco
-from detlab.data.errors import ON_BAD_CHOICES, BadInputError, ProblemLog
-from detlab.data.images import open_rgb
+from detlab.data.errors import ON_BAD_CHOICES, BadInputWarning, ProblemLog
 from detlab.data.loading import load_dataset, parse_spec
 from detlab.data.stats import dataset_stats, format_stats
 from detlab.data.synthetic import make_synthetic
+from detlab.data.validation import BadImagesError, check_images
 from detlab.data.voc import write_voc
 from detlab.data.yolo import write_yolo
 
@@ -42,18 +43,30 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Decode every image and parse every annotation; report all problems, then exit non-zero if any."""
+    """Parse every annotation and decode every image (through the image check cache training
+    uses); print every problem; exit 1 if anything had to be skipped, 0 if there were only
+    documented repairs."""
     problems = ProblemLog("skip")
-    dataset = load_dataset(args.data, args.split, problems=problems)
-    for record in dataset.records:
+    with warnings.catch_warnings():
+        # Every problem is printed below, once; the warnings would repeat them.
+        warnings.simplefilter("ignore", BadInputWarning)
+        dataset = load_dataset(args.data, args.split, problems=problems)
         try:
-            open_rgb(record.image_path)
-        except BadInputError as error:
-            problems.bad(error, "unreadable image")
-    print(f"{dataset.name}: {len(dataset)} images checked; {problems.summary()}")
-    for item in problems.skipped + problems.fixed:
-        print(f"  {item}")
-    return 1 if problems.skipped else 0
+            _, report = check_images(dataset, on_bad="skip")
+        except BadImagesError as error:  # not one image is readable
+            report = error.report
+    skipped = problems.skipped + [f"{path}: {problem}" for path, problem in report.bad]
+    print(f"{dataset.name}: {report.summary()}; annotations: {problems.summary()}")
+    for heading, items in (
+        ("skipped", skipped),
+        ("repaired", problems.fixed),
+        ("size differs from the annotation", report.size_mismatches),
+    ):
+        if items:
+            print(f"{heading} ({len(items)}):")
+            for item in items:
+                print(f"  {item}")
+    return 1 if skipped else 0
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -40,7 +40,8 @@ def build_method(name: str, **options) -> ProposalMethod:
 
 
 def propose(image: Tensor | np.ndarray | str | Path, method: str = "ss-fast", **options) -> Tensor:
-    """``image`` (path or ``Tensor[3, H, W]``) -> boxes ``float32 Tensor[K, 4]`` xyxy, best first."""
+    """``image`` (a path, PIL image, ``H x W x 3`` RGB array or ``Tensor[3, H, W]``; see
+    :func:`detlab.data.images.to_image_tensor`) -> boxes ``float32 Tensor[K, 4]`` xyxy, best first."""
     return build_method(method, **options).propose(image)
 
 

@@ -4,9 +4,10 @@ A method only implements ``_generate(image, rng)`` on a prepared ``float32 [H, W
 image; this base class does what is common to all of them, so every method treats input and
 output alike:
 
-- input: a path (decoded with :func:`detlab.data.images.load_image`), or a tensor ``[3, H, W]``
-  RGB, ``[1, H, W]`` / ``[H, W]`` greyscale (repeated to three channels) or ``[4, H, W]`` RGBA
-  (composited on white, as the image loader does), float in [0, 1] or uint8;
+- input: every form :func:`detlab.data.images.to_image_tensor` takes: a path, a PIL image, a numpy
+  array ``H x W x 3`` (RGB, channels last; also RGBA and greyscale) or a tensor ``[3, H, W]``
+  (channels first; also ``[1, H, W]`` / ``[H, W]`` greyscale and ``[4, H, W]`` RGBA composited on
+  white, as the image loader does), float in [0, 1] or uint8;
 - very large images are shrunk so their longer side is ``max_side`` before the method runs, and
   the boxes are mapped back to the original pixels;
 - output: boxes clipped to the image, without those narrower or lower than ``min_size``, without
@@ -21,43 +22,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
-from detlab.data.images import load_image
+from detlab.data.images import to_image_tensor
 
 DEFAULT_MAX_SIDE = 2048
 
 
-def image_to_array(image: Tensor | np.ndarray | str | Path) -> np.ndarray:
-    """Any accepted image -> ``float32 [H, W, 3]`` RGB in [0, 1] (a new array).
+def image_to_array(image: Tensor | np.ndarray | Image.Image | str | Path) -> np.ndarray:
+    """Any accepted image (see :func:`detlab.data.images.to_image_tensor`) -> ``float32 [H, W, 3]``
+    RGB in [0, 1] (a new array).
 
-    Raises ``ValueError`` for shapes that are not an image and for empty images.
+    Raises ``ValueError`` for what is not an image and for empty images.
     """
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
-    if not isinstance(image, Tensor):
-        raise ValueError(f"expected an image path or a Tensor[3, H, W], got {type(image).__name__}")
-    if image.dtype == torch.uint8:
-        image = image.float() / 255.0
-    image = image.detach().cpu().float()
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-        raise ValueError(
-            f"expected an image Tensor[3, H, W] (or [1, H, W], [4, H, W], [H, W]), got shape {list(image.shape)}"
-        )
-    if image.shape[1] == 0 or image.shape[2] == 0:
-        raise ValueError(f"empty image of shape {list(image.shape)}")
-    if image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    elif image.shape[0] == 4:
-        # Transparent pixels become white, matching detlab.data.images for RGBA files.
-        alpha = image[3:].clamp(0, 1)
-        image = image[:3] * alpha + (1.0 - alpha)
-    image = torch.nan_to_num(image, nan=0.0).clamp(0.0, 1.0)
-    return np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.float32)
+    tensor = to_image_tensor(image).cpu()
+    return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy(), dtype=np.float32)
 
 
 def resize_array(image: np.ndarray, scale: float) -> np.ndarray:
@@ -137,7 +117,9 @@ class ProposalMethod:
         """``image`` ``float32 [H, W, 3]`` -> boxes ``[K, 4]`` xyxy best first, scores ``[K]`` or None."""
         raise NotImplementedError
 
-    def propose_scored(self, image: Tensor | np.ndarray | str | Path) -> tuple[Tensor, Tensor | None]:
+    def propose_scored(
+        self, image: Tensor | np.ndarray | Image.Image | str | Path
+    ) -> tuple[Tensor, Tensor | None]:
         """``image`` -> (boxes ``float32 Tensor[K, 4]`` xyxy best first, scores ``Tensor[K]`` or None)."""
         array = image_to_array(image)
         height, width = array.shape[:2]
@@ -153,11 +135,11 @@ class ProposalMethod:
         boxes, scores = finish_boxes(boxes, scores, height, width, self.min_size, self.max_proposals)
         return torch.from_numpy(boxes), None if scores is None else torch.from_numpy(scores)
 
-    def propose(self, image: Tensor | np.ndarray | str | Path) -> Tensor:
+    def propose(self, image: Tensor | np.ndarray | Image.Image | str | Path) -> Tensor:
         """``image`` -> ``float32 Tensor[K, 4]`` absolute ``(x1, y1, x2, y2)``, best first."""
         return self.propose_scored(image)[0]
 
-    def __call__(self, image: Tensor | np.ndarray | str | Path) -> Tensor:
+    def __call__(self, image: Tensor | np.ndarray | Image.Image | str | Path) -> Tensor:
         return self.propose(image)
 
     def __repr__(self) -> str:
