@@ -27,17 +27,22 @@ def test_defaults_preset_values_overrides_in_order(tmp_path):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    original = config.resolve(Example, overrides=["train.optimizer=adamw", "data.scale_jitter=[256, 320]"])
+    original = config.resolve(Example, overrides=["train.optimizer=adamw", "ratios=[2, 3]", "data.cache_images=true"])
     config.save(original, tmp_path / "c.yaml")
     assert config.load(Example, tmp_path / "c.yaml") == original
 
 
 def test_bad_keys_and_values_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown config keys for TrainConfig: \\['lrr'\\]"):
+    with pytest.raises(ValueError, match="unknown config key train.lrr; TrainConfig has: out_dir"):
         config.resolve(Example, overrides=["train.lrr=1"])
     with pytest.raises(ValueError, match="key=value"):
         config.resolve(Example, overrides=["train.lr"])
-    with pytest.raises(ValueError, match="expected a boolean"):
+    with pytest.raises(ValueError, match="data.horizontal_flip='maybe': expected bool .*expected a boolean"):
         config.resolve(Example, overrides=["data.horizontal_flip=maybe"])
+    # a value of the wrong type names its key (it was a bare "could not convert string to float")
+    with pytest.raises(ValueError, match="train.lr='abc': expected float"):
+        config.resolve(Example, overrides=["train.lr=abc"])
+    with pytest.raises(ValueError, match="train.optimizer='adam': choose one of sgd, adamw"):
+        config.resolve(Example, overrides=["train.optimizer=adam"])
     with pytest.raises(FileNotFoundError, match="neither a file nor a bundled preset"):
         config.resolve(Example, "no-such-preset")

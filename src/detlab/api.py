@@ -1,24 +1,80 @@
-"""The Python API: the same options as the command line.
+"""The Python API: the same options as the command line, for every method.
 
     import detlab
     result = detlab.train("faster_rcnn", data="synthetic", epochs=12, out="runs/shapes")
     predictor = detlab.load("runs/shapes/best")
     detections = predictor.predict("photo.jpg")  # {"boxes", "scores", "labels", "names"}
 
-``detlab.train(model, data=..., preset=..., set=[...], epochs=..., out=..., resume=...)`` is
-``detlab train MODEL --data ... --preset ... --set ... --epochs ... --out ... --resume ...``.
+``detlab.train(model, data=..., preset=..., set=[...], epochs=..., out=..., resume=..., **options)``
+is ``detlab train MODEL --data ... --preset ... --set ... --epochs ... --out ... --resume ...``:
+the shared options are :data:`SHARED_OPTIONS`, and every field of the method's config
+(``detlab.models``) is an option too (``window_size=32`` is ``--window-size 32`` is
+``--set model.window_size=32``). Both return a :class:`~detlab.engine.train.FitResult`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import typing
 from pathlib import Path
 
 from detlab.engine.predict import Predictor
 from detlab.engine.train import FitResult
 
 DEFAULT_MODEL = "faster_rcnn"
-LOCALIZER_MODELS = ("localizer", "keypoints")
+
+# The options every method takes, on the command line (``--data-root``) and here (``data_root``):
+# name -> (the config key it sets, type, help).
+SHARED_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "data": ("data.spec", str, "synthetic | synthetic-single | synthetic-pose | voc:DIR | coco:FILE | yolo:DIR"),
+    "data_root": ("data.root", str, "where a synthetic set is generated"),
+    "recipe": ("train.recipe", str, "the method's training stages: joint, 4step (localizer, overfeat, "
+               "faster_rcnn), cascade (keypoints); default: the method's first"),
+    "epochs": ("train.epochs", int, "passes over the training set"),
+    "max_steps": ("train.max_steps", int, "stop after this many optimiser steps (replaces --epochs)"),
+    "time_budget": ("train.time_budget_s", float, "seconds of training (replaces --epochs)"),
+    "batch_size": ("train.batch_size", int, "images per step and process"),
+    "lr": ("train.lr", float, "learning rate"),
+    "seed": ("train.seed", int, "random seed"),
+    "device": ("train.device", str, "auto (default) | cpu | cuda | cuda:N"),
+    "out": ("train.out_dir", str, "run folder (default runs/MODEL, or runs/MODEL-N when taken)"),
+}  # fmt: skip
+
+
+def model_options(model_name: str) -> dict[str, tuple[typing.Any, typing.Any, tuple | None]]:
+    """The method's own options: its config fields, ``name -> (type, default, choices or None)``
+    (the default as the method runs it, ``RUN_DEFAULTS`` applied)."""
+    from detlab.engine.run import default_run_config, model_config_class
+
+    config_class = model_config_class(model_name)
+    hints = typing.get_type_hints(config_class)
+    defaults = default_run_config(model_name).model
+    return {
+        field.name: (hints[field.name], getattr(defaults, field.name), field.metadata.get("choices"))
+        for field in dataclasses.fields(config_class)
+    }
+
+
+def option_values(model_name: str, options: dict) -> dict:
+    """``{"epochs": 3, "window_size": 32}`` -> ``{"train": {"epochs": 3}, "model": {"window_size": 32}}``
+    (``None`` values are left out); an option that is neither shared nor the method's is an error
+    naming it."""
+    own = model_options(model_name)
+    values: dict = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in SHARED_OPTIONS:
+            section, field = SHARED_OPTIONS[name][0].split(".")
+        elif name in own:
+            section, field = "model", name
+        else:
+            raise ValueError(
+                f"unknown option {name!r} for {model_name}; shared options: {', '.join(SHARED_OPTIONS)}; "
+                f"{model_name} options: {', '.join(own)}"
+            )
+        values.setdefault(section, {})[field] = value
+    return values
 
 
 def _default_out_dir(model: str) -> str:
@@ -33,98 +89,45 @@ def _default_out_dir(model: str) -> str:
 def train(
     model: str | None = None,
     *,
-    data: str | None = None,
-    data_root: str | None = None,
     preset: str | None = None,
     set: list[str] | None = None,  # noqa: A002 - the name of the command-line flag
-    epochs: int | None = None,
-    max_steps: int | None = None,
-    time_budget: float | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    out: str | None = None,
     resume: str | None = None,
-    **model_options,
-) -> FitResult | int:
-    """Train ``model`` (a name in ``detlab.models.MODELS``, or ``localizer``/``keypoints``;
-    default ``faster_rcnn``, or the model of the run being resumed).
+    **options,
+) -> FitResult:
+    """Train ``model`` (a name in ``detlab.models.MODELS``; default ``faster_rcnn``, or the model of
+    the run being resumed) and return its :class:`FitResult` (run folder, status, checkpoints,
+    last metrics).
 
-    ``set``: ``key=value`` overrides (``train.lr=0.02``, ``model.fpn=false``); ``preset``: a bundled
-    preset name or YAML file; ``resume``: a run folder to continue exactly (its stored config,
-    plus any options given here, e.g. more ``epochs``). Returns the :class:`FitResult` (run folder,
-    status, checkpoints, last metrics); the localizer recipes return their exit code and write
-    their metrics in their run folder. ``model_options`` are the localizer flags (``recipe=...``).
+    ``options``: :data:`SHARED_OPTIONS` (``data``, ``epochs``, ``time_budget``, ``out``, ...) and the
+    method's config fields; ``set``: ``key=value`` overrides (``train.lr=0.02``,
+    ``model.fpn=false``); ``preset``: a bundled preset name or YAML file; ``resume``: a run folder
+    to continue exactly (its stored config, plus any options given here, e.g. more ``epochs``; a
+    finished run is not trained further unless the budget grows: status ``already_finished``).
     """
-    if model in LOCALIZER_MODELS:
-        return _train_localizer(model, locals())
-    if model_options:
-        raise ValueError(
-            f"unknown options for {model}: {sorted(model_options)}; use set=['model.NAME=VALUE']"
-        )
     from detlab.engine.distributed import broadcast_object, init_distributed
     from detlab.engine.run import resolve_run_config, run_config_for_resume, train_run
 
-    values: dict = {}
-    for section, field, value in (
-        ("data", "spec", data),
-        ("data", "root", data_root),
-        ("train", "epochs", epochs),
-        ("train", "max_steps", max_steps),
-        ("train", "time_budget_s", time_budget),
-        ("train", "batch_size", batch_size),
-        ("train", "lr", lr),
-        ("train", "seed", seed),
-        ("train", "device", device),
-        ("train", "out_dir", out),
-    ):
-        if value is not None:
-            values.setdefault(section, {})[field] = value
     if resume is not None:
         if preset:
             raise ValueError("--preset cannot be combined with --resume (the run keeps its stored config)")
+        out = options.get("out")
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise ValueError("--out and --resume name different folders; a resumed run stays in its folder")
-        run_config = run_config_for_resume(resume, set, **values)
-        if model is not None and run_config.model_name != model:
-            raise ValueError(f"{resume} holds a {run_config.model_name} run, not {model}")
+        stored = run_config_for_resume(resume)
+        if model is not None and stored.model_name != model:
+            raise ValueError(f"{resume} holds a {stored.model_name} run, not {model}")
+        run_config = run_config_for_resume(resume, set, **option_values(stored.model_name, options))
     else:
         model = model or DEFAULT_MODEL
-        run_config = resolve_run_config(model, preset, set, **values)
-        if run_config.train.out_dir == "runs/run" and out is None:
+        run_config = resolve_run_config(model, preset, set, **option_values(model, options))
+        if run_config.train.out_dir == "runs/run" and options.get("out") is None:
             context = init_distributed(run_config.train.device)
             run_config.train.out_dir = broadcast_object(_default_out_dir(model), context)
     return train_run(run_config, resume=resume)
 
 
-def _train_localizer(model: str, options: dict) -> int:
-    """Hand the same options to the localizer/keypoint recipes (issue 5)."""
-    try:
-        from detlab.models import localizer_training
-    except ImportError as error:
-        raise ValueError(f"the {model} trainer is not available in this build ({error})") from None
-    if options["resume"] is not None or options["device"] is not None:
-        raise ValueError(f"--resume and --device are not supported by the {model} recipes")
-    namespace = argparse.Namespace(
-        model=model,
-        data=options["data"],
-        data_root=options["data_root"],
-        out_dir=options["out"],
-        epochs=options["epochs"],
-        max_steps=options["max_steps"],
-        time_budget=options["time_budget"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        seed=options["seed"],
-        config=options["preset"],
-        set=list(options["set"] or []),
-        **options["model_options"],
-    )
-    return localizer_training.run(namespace)
-
-
-def load(path: str | Path, device: str = "auto") -> Predictor:
-    """A :class:`Predictor` from a checkpoint (``RUN/best``, ``RUN/last``, a ``.pt`` file or a run
-    folder). Loading never runs code from the file."""
-    return Predictor.from_checkpoint(path, device=device)
+def load(path: str | Path, device: str = "auto", set: list[str] | None = None) -> Predictor:  # noqa: A002
+    """A :class:`Predictor` from a checkpoint of any method (``RUN/best``, ``RUN/last``, a ``.pt``
+    file or a run folder); ``set``: ``model.FIELD=VALUE`` test-time changes (e.g.
+    ``model.score_threshold=0.3``). Loading never runs code from the file."""
+    return Predictor.from_checkpoint(path, device=device, overrides=set)

@@ -23,28 +23,37 @@ T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+def choice(default: str, choices: tuple[str, ...]):
+    """A string field that takes one of ``choices`` (checked when set; the command line offers them)."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
 @dataclasses.dataclass
 class DataConfig:
-    """Where the data comes from and how images are sized.
+    """Where the data comes from and how training images are augmented.
 
-    ``spec``: ``synthetic`` (the built-in set, generated on first use under ``root``),
-    ``synthetic-single`` (one object an image), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``.
+    ``spec``: ``synthetic`` (the built-in set, ``synthetic_images`` images generated on first use
+    under ``root``), ``synthetic-single`` (one object an image), ``synthetic-pose`` (stick figures
+    with 7 keypoints), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``. Models resize images
+    themselves (their ``model.min_size``/``max_size`` or window), so the data keeps its size.
+    ``on_bad``: ``error`` stops before training on an unreadable image or annotation (naming every
+    one), ``skip`` drops them with a warning. ``cache_images``: keep decoded images in memory (for
+    small images and many epochs: the localizer's windows).
     """
 
     spec: str = "synthetic"
     root: str = "data/synthetic"
+    synthetic_images: int = 600
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    min_size: int = 320
-    max_size: int = 427
     horizontal_flip: bool = True
     vertical_flip: bool = False  # for data with no up and down (cells, shapes, aerial images)
     rotate90: bool = False  # random quarter turns, the same kind of data
-    scale_jitter: tuple[int, ...] = ()
     photometric: bool = False
-    on_bad: str = "error"
+    on_bad: str = choice("error", ("error", "skip"))
     num_workers: int = 0
+    cache_images: bool = False
 
 
 @dataclasses.dataclass
@@ -52,15 +61,16 @@ class TrainConfig:
     """Optimisation and run bookkeeping, shared by every trainable method."""
 
     out_dir: str = "runs/run"
+    recipe: str = ""  # the method's stages (joint, 4step, ...); "" is the method's default
     epochs: int = 10
     max_steps: int = 0  # > 0 stops after this many optimiser steps (overrides epochs)
     time_budget_s: float = 0.0  # > 0 stops after this many seconds of training
     batch_size: int = 2
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = choice("sgd", ("sgd", "adamw"))
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = choice("cosine", ("cosine", "step", "constant"))
     step_milestones: tuple[float, ...] = (0.67, 0.89)  # fractions of the run, for schedule=step
     warmup_steps: int = 100
     clip_grad_norm: float = 10.0
@@ -107,41 +117,45 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def from_dict(cls: type[T], data: dict) -> T:
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build ``cls`` from a (possibly partial, nested) dict; unknown keys are an error."""
-    data = data or {}
-    types_by_name = _field_types(cls)
-    unknown = set(data) - set(types_by_name)
-    if unknown:
-        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}; known: {sorted(types_by_name)}")
-    defaults = cls()
-    values = {}
-    for name, annotation in types_by_name.items():
-        if name in data:
-            current = getattr(defaults, name)
-            if dataclasses.is_dataclass(current) and isinstance(data[name], dict):
-                values[name] = merge(current, data[name])
-            else:
-                values[name] = _convert(data[name], annotation)
-    return dataclasses.replace(defaults, **values)
+    return merge(cls(), data or {}, where)
 
 
-def merge(config: T, data: dict) -> T:
-    """A copy of ``config`` with the (nested) values of ``data`` applied."""
+def merge(config: T, data: dict, where: str = "") -> T:
+    """A copy of ``config`` with the (nested) values of ``data`` applied. ``where``: the key path
+    of ``config`` (``"train"``), named in errors: an unknown key or a value of the wrong type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping of settings, got {data!r}")
     types_by_name = _field_types(type(config))
-    unknown = set(data) - set(types_by_name)
+    unknown = sorted(set(data) - set(types_by_name))
     if unknown:
-        raise ValueError(
-            f"unknown config keys for {type(config).__name__}: {sorted(unknown)}; known: {sorted(types_by_name)}"
-        )
+        keys = ", ".join(f"{where}.{key}" if where else key for key in unknown)
+        raise ValueError(f"unknown config key {keys}; {type(config).__name__} has: {', '.join(types_by_name)}")
     values = {}
     for name, value in data.items():
+        key = f"{where}.{name}" if where else name
         current = getattr(config, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            values[name] = merge(current, value)
-        else:
+            values[name] = merge(current, value, key)
+            continue
+        try:
             values[name] = _convert(value, types_by_name[name])
+        except (ValueError, TypeError) as error:
+            expected = getattr(types_by_name[name], "__name__", str(types_by_name[name]))
+            raise ValueError(f"{key}={value!r}: expected {expected} ({error})") from None
+        choices = field_choices(type(config), name)
+        if choices and values[name] not in choices:
+            raise ValueError(f"{key}={value!r}: choose one of {', '.join(choices)}")
     return dataclasses.replace(config, **values)
+
+
+def field_choices(cls, name: str) -> tuple[str, ...] | None:
+    """The values a config field allows, when it is a :func:`choice`."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            return field.metadata.get("choices")
+    return None
 
 
 def parse_overrides(overrides: list[str]) -> dict:

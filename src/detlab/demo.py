@@ -104,11 +104,34 @@ def detector_demo(
     checkpoint on val, evaluate it on test; returns the test summary (COCO numbers, per class).
     ``overrides``: ``section.field=value`` changes to the ``demo`` preset (benchmarks compare them).
     ``processes`` > 1 trains data-parallel (:func:`train_data_parallel`); the batch size is per process."""
-    from detlab.engine.predict import Predictor, predict_dataset
+    progress, run_dir = train_demo_detector(out, data_root, train_seconds, overrides, processes)
+    best = run_dir / "best.pt"
+    checkpoint = best if best.exists() else run_dir / "last.pt"
+    result, test, predictions = score_on_test(checkpoint, data_root)
+    draw_demo_figures(out, result, test, predictions, num_shown)
+    summary = {
+        "model": "faster_rcnn",
+        "train_seconds": round(progress["elapsed_s"], 1),
+        "steps": progress["step"],
+        "epochs_completed": progress["epoch"],
+        "processes": processes,
+        "test_images": len(test),
+        "metrics": result.summary(),
+        "per_class": result.per_class(),
+        "checkpoint": str(checkpoint),
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    lines = results_table(summary)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nPR curves {out}/pr_*.png, detections on test images {out / 'test_detections.png'}, run {run_dir}")
+    return summary
+
+
+def train_demo_detector(out: Path, data_root: Path, train_seconds: float, overrides, processes: int):
+    """The demo preset's Faster R-CNN trained afresh in ``out/faster_rcnn``; returns its progress
+    (``step``, ``epoch``, ``elapsed_s``) and run folder."""
     from detlab.engine.run import resolve_run_config, train_run
-    from detlab.eval.coco import COCOEvaluator
-    from detlab.eval.plots import plot_precision_recall
-    from detlab.visualize import draw_detections, save_grid
 
     run_dir = out / "faster_rcnn"
     if run_dir.exists():  # the demo always starts afresh; its folder is its own
@@ -125,66 +148,57 @@ def detector_demo(
         f"process{'es' if processes > 1 else ''} (run folder {run_dir})"
     )
     if processes > 1:
-        progress = train_data_parallel(run_config, processes)
-    else:
-        state = train_run(run_config).state
-        progress = {"step": state.step, "epoch": state.epoch, "elapsed_s": state.elapsed_s}
-    best = run_dir / "best.pt"
-    checkpoint = best if best.exists() else run_dir / "last.pt"
+        return train_data_parallel(run_config, processes), run_dir
+    state = train_run(run_config).state
+    return {"step": state.step, "epoch": state.epoch, "elapsed_s": state.elapsed_s}, run_dir
+
+
+def score_on_test(checkpoint: Path, data_root: Path):
+    """COCO metrics of ``checkpoint`` on the synthetic test split (``detlab.engine.evaluate``);
+    returns ``(result, test set, per-image predictions)``."""
+    import torch
+
+    from detlab.engine.predict import Predictor
+    from detlab.engine.sampling import make_loader
+    from detlab.engine.train import evaluate
+    from detlab.eval.coco import COCOEvaluator
+
     predictor = Predictor.from_checkpoint(checkpoint)
     test = load_dataset(f"voc:{data_root}", "test")
-    predictions, targets = predict_dataset(predictor, test)
     evaluator = COCOEvaluator(test.classes)
-    evaluator.update(predictions, targets)
-    result = evaluator.compute()
-    per_class = result.per_class()
-    for index, row in enumerate(per_class):
+    loader = make_loader(test, 4, torch.utils.data.SequentialSampler(test))
+    result = evaluate(predictor.model, loader, evaluator, predictor.device)
+    return result, test, evaluator.predictions
+
+
+def draw_demo_figures(out: Path, result, test, predictions: list[dict], num_shown: int) -> None:
+    """Precision-recall curves per class and the first test images with their detections."""
+    from detlab.eval.plots import plot_precision_recall
+    from detlab.visualize import draw_detections, save_grid
+
+    for index, row in enumerate(result.per_class()):
         recall, precision = result.pr_curve(index, 0.5)
-        plot_precision_recall(
-            recall, precision, out / f"pr_{row['class']}.png", f"{row['class']} (IoU 0.5)", row["AP50"]
-        )
+        plot_precision_recall(recall, precision, out / f"pr_{row['class']}.png", f"{row['class']} (IoU 0.5)", row["AP50"])
     shown = []
     for index, prediction in enumerate(predictions[:num_shown]):
-        image = test[index][0]
         keep = prediction["scores"] >= 0.5
-        shown.append(
-            draw_detections(
-                image,
-                prediction["boxes"][keep],
-                prediction["labels"][keep],
-                test.classes,
-                prediction["scores"][keep],
-            )
-        )
+        shown.append(draw_detections(test[index][0], prediction["boxes"][keep], prediction["labels"][keep],
+                                     test.classes, prediction["scores"][keep]))  # fmt: skip
     save_grid(shown, out / "test_detections.png")
-    summary = {
-        "model": "faster_rcnn",
-        "train_seconds": round(progress["elapsed_s"], 1),
-        "steps": progress["step"],
-        "epochs_completed": progress["epoch"],
-        "processes": processes,
-        "test_images": len(test),
-        "metrics": result.summary(),
-        "per_class": per_class,
-        "checkpoint": str(checkpoint),
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    lines = [
+
+
+def results_table(summary: dict) -> list[str]:
+    processes, metrics = summary["processes"], summary["metrics"]
+    return [
         f"Faster R-CNN trained from scratch for {summary['train_seconds']} s ({summary['steps']} steps, {processes} "
-        f"process{'es' if processes > 1 else ''}) on the synthetic "
-        f"train split; test split ({len(test)} images):",
+        f"process{'es' if processes > 1 else ''}) on the synthetic train split; test split "
+        f"({summary['test_images']} images):",
         "",
         "| class | AP@0.5 | AP@[.5:.95] | objects |",
         "|---|---|---|---|",
-        *(f"| {row['class']} | {row['AP50']:.3f} | {row['AP']:.3f} | {row['num_gt']} |" for row in per_class),
-        f"| **all (mAP)** | **{result.summary()['AP50']:.3f}** | **{result.summary()['AP']:.3f}** | |",
+        *(f"| {row['class']} | {row['AP50']:.3f} | {row['AP']:.3f} | {row['num_gt']} |" for row in summary["per_class"]),
+        f"| **all (mAP)** | **{metrics['AP50']:.3f}** | **{metrics['AP']:.3f}** | |",
     ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(
-        f"\nPR curves {out}/pr_*.png, detections on test images {out / 'test_detections.png'}, run {run_dir}"
-    )
-    return summary
 
 
 def add_commands(subparsers) -> None:

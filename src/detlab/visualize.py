@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import draw_bounding_boxes, draw_keypoints, make_grid
 
 from detlab.data.images import save_image
 
@@ -30,13 +30,19 @@ def draw_detections(
     scores: Tensor | None = None,
     width: int = 2,
     font_size: int | None = None,
+    keypoints: Tensor | None = None,
 ) -> Tensor:
     """Draw ``Tensor[N, 4]`` xyxy ``boxes`` with class names (and scores) on a ``Tensor[3, H, W]``
-    image in [0, 1] (or uint8). Returns a uint8 ``Tensor[3, H, W]``."""
+    image in [0, 1] (or uint8), and each box's ``keypoints`` ``Tensor[N, K, 2]`` when given (NaN
+    points are not drawn). Returns a uint8 ``Tensor[3, H, W]``."""
     if image.dtype != torch.uint8:
         image = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     if len(boxes) == 0:
         return image
+    if keypoints is not None and len(keypoints):
+        visible = torch.isfinite(keypoints).all(dim=-1)
+        image = draw_keypoints(image, torch.nan_to_num(keypoints.float()), colors="yellow", radius=max(2, width),
+                               visibility=visible)  # fmt: skip
     colours = class_colours(len(classes))
     names = []
     for index, label in enumerate(labels.tolist()):

@@ -146,7 +146,7 @@ def test_api_train_then_resume_with_more_epochs(tmp_path, synthetic_voc, reorder
         evaluate_checkpoint(run / "last", f"voc:{reordered_voc}", "test")
     with pytest.raises(ValueError, match="holds a tiny run"):
         detlab.train("faster_rcnn", resume=str(run))
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown config key train.learning_rate"):
         detlab.train(
             "tiny", data=f"voc:{synthetic_voc}", out=str(tmp_path / "x"), set=["train.learning_rate=1"]
         )
@@ -199,16 +199,20 @@ def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
         ]
     )
     assert code == 0 and "AP50" in json.dumps(json.loads((tmp_path / "e" / "report.json").read_text()))
-    assert main(["train", "--model", "nothing", "--data", "synthetic", "--out", str(tmp_path / "n")]) == 2
+    assert main(["train", "nothing", "--data", "synthetic", "--out", str(tmp_path / "n")]) == 2
 
 
-def test_train_rejects_localizer_flags_for_other_models(tmp_path, capsys):
-    code = main(
-        ["train", "faster_rcnn", "--attach", "conv", "--data", "synthetic", "--out", str(tmp_path / "r")]
-    )
-    assert code == 2 and "--attach" in capsys.readouterr().err
-    code = main(["train", "faster_rcnn", "--model", "fast_rcnn", "--out", str(tmp_path / "r")])
-    assert code == 2 and "two models" in capsys.readouterr().err
+def test_train_takes_each_methods_own_options_and_refuses_others(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:  # --attach is the localizer's, not Faster R-CNN's
+        main(["train", "faster_rcnn", "--attach", "conv", "--data", "synthetic", "--out", str(tmp_path / "r")])
+    assert stopped.value.code == 2 and "--attach" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "localizer", "--pool", "mean"])  # not one of the config's choices... parsed as str
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "localizer", "--help"])
+    shown = capsys.readouterr().out
+    assert stopped.value.code == 0 and "--pool" in shown and "--window-size" in shown and "default 64" in shown
+    assert "--anchor-sizes" not in shown
 
 
 def _weights(path) -> dict:
@@ -231,11 +235,11 @@ def test_four_step_training_trains_the_parts_of_each_step_and_resumes_exactly(tm
     assert main([*args, "--out", str(run), *small]) == 0
     step_weights = [_weights(run / name / "last.pt") for name in ("step1_rpn", "step2_detector", "step3_rpn_shared")]
     final = _weights(run / "last.pt")
-    assert all((run / name / "step_done").is_file() for name in ("step1_rpn", "step2_detector", "step3_rpn_shared"))
+    assert all((run / name / "stage_done").is_file() for name in ("step1_rpn", "step2_detector", "step3_rpn_shared"))
     assert _parts_changed(step_weights[1], step_weights[2]) == {"rpn"}
     assert _parts_changed(step_weights[2], final) == {"roi_head"}
     assert "backbone" in _parts_changed(step_weights[0], step_weights[1])
-    for name in ("last.pt", "best.pt", "step_done", "metrics.jsonl", "config.yaml", "curves.png"):
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "curves.png"):
         (run / name).unlink(missing_ok=True)
     assert main(["train", "--resume", str(run)]) == 0
     resumed = _weights(run / "last.pt")

@@ -85,8 +85,52 @@ def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path):
         train_tiny(tmp_path / "run", small_config(epochs=3), model=model, evaluate=False)
     assert "loss_box_reg=nan" in str(error.value)
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert saved["progress"]["step"] == 5  # end of epoch 1, the last checkpoint before the bad step
+    # No finished step is lost: the error saved step 7, the last good one (epoch 2, batch 2)...
+    assert saved["progress"]["step"] == 7 and saved["progress"]["batch_in_epoch"] == 2
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    # ...with the weights as they were before the bad step
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved["model"][name], value, atol=0, rtol=0)
+
+
+def test_an_error_after_the_first_step_saves_last_pt_and_resuming_continues_exactly(tmp_path):
+    class FailingRead(SquaresDataset):
+        """Stands in for an image that cannot be decoded: the 13th read fails (epoch 2, step 7)."""
+
+        reads, fail_at = 0, 0
+
+        def __getitem__(self, index):
+            FailingRead.reads += 1
+            if FailingRead.reads == self.fail_at:
+                raise ValueError(f"image {index}: corrupt or truncated image")
+            return super().__getitem__(index)
+
+    config = small_config(epochs=3)
+    straight, _ = train_tiny(tmp_path / "straight", config, evaluate=False)
+    data = FailingRead(10)
+    data.fail_at = 13
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        fit(TinyDetector(), data, config, tmp_path / "run", classes=["red", "green"])
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["progress"]["step"] == 6 and saved["progress"]["batch_in_epoch"] == 1  # no step lost
+    resumed, result = train_tiny(tmp_path / "run", config, resume=tmp_path / "run", evaluate=False)
+    assert result.status == "finished" and result.state.step == 15
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=0)
+
+
+def test_resuming_a_finished_run_trains_nothing_unless_the_budget_grows(tmp_path):
+    model, first = train_tiny(tmp_path / "run", small_config(epochs=2), evaluate=False)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    again, second = train_tiny(tmp_path / "run", small_config(epochs=2), resume=tmp_path / "run", evaluate=False)
+    assert second.status == "already_finished" and second.state.step == first.state.step == 10
+    for name, value in before.items():
+        torch.testing.assert_close(again.state_dict()[name], value, atol=0, rtol=0)
+    steps = [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert steps == list(range(1, 11))  # the log was not touched
+    _, longer = train_tiny(tmp_path / "run", small_config(epochs=3), resume=tmp_path / "run", evaluate=False)
+    assert longer.status == "finished" and longer.state.step == 15
 
 
 def test_background_only_images_are_training_data(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from detlab import boxes as box_ops
-from detlab.models.fast_rcnn import FastRCNN, FastRCNNConfig, ImageBatcher, build_fast_rcnn
+from detlab.models.fast_rcnn import FastRCNN, FastRCNNConfig, build_fast_rcnn
+from detlab.models.transform import ImageBatcher
 from detlab.models.roi_heads import RoIHead, SingleLevelRoIPool, sample_rois
 
 

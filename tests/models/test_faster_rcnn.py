@@ -73,9 +73,10 @@ def test_training_stages_return_their_own_losses():
     assert set(model([image], [target])) == {"loss_rpn_objectness", "loss_rpn_box"}
     model.training_stage = "detector"
     assert set(model([image], [target])) == {"loss_classifier", "loss_box"}
-    model.training_stage = "both"
-    with pytest.raises(ValueError, match="training_stage"):
-        model([image], [target])
+    from detlab.models.faster_rcnn import set_training_stage
+
+    with pytest.raises(ValueError, match="training stage"):
+        set_training_stage(model, "both", False)
 
 
 def test_eval_outputs_are_in_the_frame_of_the_images_as_given():
@@ -137,8 +138,6 @@ def test_builder_rejects_anchor_sizes_that_do_not_split_over_levels():
 
 
 def test_alternating_training_changes_only_the_parts_of_each_step():
-    from detlab.models.faster_rcnn import train_alternating
-
     torch.manual_seed(0)
     model = build_faster_rcnn(_config(), 1).train()
     scenes = [_scene(seed) for seed in range(2)]
@@ -159,9 +158,12 @@ def test_alternating_training_changes_only_the_parts_of_each_step():
         parts = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
         changed.append(parts)
 
-    train_alternating(model, train_step)
+    stages = model.recipe("4step")
+    assert [stage.budget for stage in stages] == [0.25] * 4 and [s.evaluate for s in stages] == [False, True] * 2
+    for index, stage in enumerate(stages):
+        stage.prepare(model)
+        train_step(model, index)
     assert changed == [{"backbone", "rpn"}, {"backbone", "roi_head"}, {"rpn"}, {"roi_head"}]
-    assert model.training_stage == "joint" and all(p.requires_grad for p in model.parameters())
 
 
 def test_fpn_min_level_two_adds_a_stride_4_level_and_trains():

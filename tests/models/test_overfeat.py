@@ -1,31 +1,39 @@
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from detlab.models.localizer import build_localizer
+from detlab.models.localizer import LocalizerConfig, build_localizer_module
 from detlab.models.overfeat import (
-    OverFeatDetector,
+    OverFeatConfig,
+    build_overfeat,
     crop_windows,
     linear_as_conv,
     naive_sliding_window,
+    sample_windows,
     to_fully_convolutional,
 )
 
 WINDOW = 96
+# The OverFeat detector's net: valid convolutions, so a sliding window equals the net on each crop.
+VALID = LocalizerConfig(window_size=WINDOW, hidden_dim=24, padding=0, blocks=5, pool="none")
 
 
-def trained_looking_localizer(regression: str, attach: str, num_classes: int = 3):
-    """Random weights, and BatchNorm running statistics moved away from (0, 1) so that eval-mode
-    BatchNorm is a real affine map in the comparison."""
-    torch.manual_seed(0)
-    model = build_localizer(
-        num_classes, window_size=WINDOW, regression=regression, attach=attach, hidden_dim=24
-    )
+def settle_batchnorm(model, size: int):
+    """BatchNorm running statistics moved away from (0, 1), so eval-mode BatchNorm is a real affine
+    map in the comparison."""
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.rand(4, 3, WINDOW, WINDOW) * 2)
+            model.predict(torch.rand(4, 3, size, size) * 2)
     return model.eval()
+
+
+def trained_looking_localizer(regression: str, attach: str, num_classes: int = 3):
+    torch.manual_seed(0)
+    config = dataclasses.replace(VALID, regression=regression, attach=attach)
+    return settle_batchnorm(build_localizer_module(config, num_classes), WINDOW)
 
 
 def test_linear_as_conv_is_the_same_function():
@@ -42,7 +50,7 @@ def test_converted_net_equals_original_at_window_size(regression, attach):
     converted = to_fully_convolutional(model)
     images = torch.rand(3, 3, WINDOW, WINDOW)
     with torch.no_grad():
-        original, dense = model(images), converted(images)
+        original, dense = model.predict(images), converted(images)
     assert dense["class_logits"].shape == (3, 3, 1, 1)
     assert dense["boxes"].shape == (3, model.num_box_sets, 4, 1, 1)
     assert (dense["class_logits"][..., 0, 0] - original["class_logits"]).abs().max() < 1e-4
@@ -67,7 +75,7 @@ def test_every_cell_equals_the_original_net_on_its_window(regression, attach):
     x, y = origins[row, column].int().tolist()
     assert (x, y) == (column * 16, row * 16)
     with torch.no_grad():
-        single = model(image[None, :, y : y + WINDOW, x : x + WINDOW])
+        single = model.predict(image[None, :, y : y + WINDOW, x : x + WINDOW])
     assert (single["class_logits"][0] - dense["class_logits"][0, :, row, column]).abs().max() < 1e-4
 
 
@@ -75,12 +83,8 @@ def test_every_cell_equals_the_original_net_on_its_window(regression, attach):
 def test_max_pooled_net_converts_to_a_sliding_max_pool(attach):
     # The default localizer: 4 blocks (stride 8), class evidence max-pooled over its 4x4 grid.
     torch.manual_seed(0)
-    model = build_localizer(3, window_size=64, attach=attach, hidden_dim=24, pool="max", num_blocks=4)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(4, 3, 64, 64) * 2)
-    model.eval()
+    config = LocalizerConfig(window_size=64, attach=attach, hidden_dim=24, pool="max", blocks=4, padding=0)
+    model = settle_batchnorm(build_localizer_module(config, 3), 64)
     converted = to_fully_convolutional(model)
     image = torch.rand(3, 64 + 5 * 8, 64 + 2 * 8)
     with torch.no_grad():
@@ -110,65 +114,73 @@ def test_crop_windows_positions():
     assert torch.equal(windows[5], image[:, 10:30, 10:30])
 
 
+def overfeat(**changes):
+    torch.manual_seed(0)
+    config = OverFeatConfig(window_size=WINDOW, hidden_dim=24, blocks=5, pool="none", attach="fc", **changes)
+    model = build_overfeat(config, 2)
+    settle_batchnorm(model.localizer, WINDOW)
+    return model.eval()
+
+
 def test_detector_contract():
     # Classes: background + 2 object classes. Force "object class 2" everywhere via the bias.
-    model = trained_looking_localizer("specific", "fc", num_classes=3)
+    model = overfeat(scales=(1.0, 1.25), score_threshold=0.5)
     with torch.no_grad():
-        model.class_head.weight.zero_()
-        model.class_head.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
-    detector = OverFeatDetector(model, scales=(1.0, 1.25), score_threshold=0.5).eval()
+        model.localizer.class_head.weight.zero_()
+        model.localizer.class_head.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
     images = [torch.rand(3, 120, 150), torch.rand(3, 96, 96)]
-    results = detector(images)
+    with torch.no_grad():
+        results = model(images)
     assert len(results) == 2
     for result, image in zip(results, images):
         assert result["boxes"].ndim == 2 and result["boxes"].shape[1] == 4
         assert len(result["boxes"]) >= 1
         assert torch.all(result["labels"] == 2) and result["labels"].dtype == torch.int64
-        assert torch.all(result["boxes"][:, 2] <= image.shape[2]) and torch.all(
-            result["boxes"][:, 3] <= image.shape[1]
-        )
+        assert torch.all(result["boxes"][:, 2] <= image.shape[2]) and torch.all(result["boxes"][:, 3] <= image.shape[1])
         assert torch.all((result["scores"] > 0) & (result["scores"] <= 1))
-    # Background everywhere: nothing is detected.
+    # Background everywhere: nothing is detected (the converted net follows the changed weights).
     with torch.no_grad():
-        model.class_head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
-    assert len(OverFeatDetector(model)([torch.rand(3, 100, 100)])[0]["boxes"]) == 0
+        model.localizer.class_head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
+        assert len(model([torch.rand(3, 100, 100)])[0]["boxes"]) == 0
 
 
 def test_alexnet_localizer_converts_at_its_224_window():
     torch.manual_seed(0)
-    model = build_localizer(3, backbone="alexnet", window_size=224, regression="specific", attach="fc").eval()
+    config = LocalizerConfig(backbone="alexnet", window_size=224, regression="specific", attach="fc")
+    model = build_localizer_module(config, 3).eval()
     converted = to_fully_convolutional(model)
     images = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
-        original, dense = model(images), converted(images)
+        original, dense = model.predict(images), converted(images)
     assert dense["class_logits"].shape == (1, 3, 1, 1)
     assert (dense["class_logits"][..., 0, 0] - original["class_logits"]).abs().max() < 1e-4
     assert (dense["boxes"][..., 0, 0] - original["boxes"]).abs().max() < 1e-4
 
 
-def test_detection_windows_positives_hold_their_object_and_negatives_are_empty(tmp_path):
-    from detlab.data.images import save_image
-    from detlab.data.schema import DetectionDataset, Record
-    from detlab.models.overfeat import BACKGROUND, detection_windows
+def test_training_windows_hold_their_object_and_background_windows_are_empty():
+    torch.manual_seed(0)
+    boxes, labels = torch.tensor([[40.0, 30.0, 90.0, 70.0]]), torch.tensor([2])
+    windows, window_labels, targets = sample_windows((120, 160), boxes, labels, count=10)
+    positives, negatives = window_labels == 2, window_labels == 0
+    assert positives.sum() == 5 and negatives.sum() >= 1 and set(window_labels.tolist()) <= {0, 2}
+    for window, target in zip(windows[positives], targets[positives]):
+        side = window[2] - window[0]
+        assert torch.isclose(side, window[3] - window[1]) and window.min() >= 0 and window[2] <= 160
+        longest = max(target[2] - target[0], target[3] - target[1])
+        assert 0.34 <= longest <= 0.91  # the object fills 0.35..0.9 of the window
+        torch.testing.assert_close(window[:2] + target[:2] * side, boxes[0, :2])  # the box is the object's
+        torch.testing.assert_close(window[:2] + target[2:] * side, boxes[0, 2:])
+    for window in windows[negatives]:
+        inside = (torch.minimum(window[2:], boxes[0, 2:]) - torch.maximum(window[:2], boxes[0, :2])).clamp(min=0)
+        assert inside.prod() <= 0.1 * (window[2] - window[0]) ** 2
 
+
+def test_a_training_step_crops_the_windows_from_the_images():
+    model = overfeat(windows_per_image=4).train()
     image = torch.zeros(3, 120, 160)
-    image[0, 30:70, 40:90] = 1.0  # one red object
-    save_image(image, tmp_path / "a.png")
-    record = Record("a", tmp_path / "a.png", 160, 120, boxes=torch.tensor([[40.0, 30.0, 90.0, 70.0]]),
-                    labels=torch.tensor([2]))  # fmt: skip
-    windows = detection_windows(DetectionDataset([record], ["one", "two"]), 96, windows_per_image=10, seed=0)
-    assert windows.classes == [BACKGROUND, "one", "two"]
-    positives, negatives = windows.labels == 3, windows.labels == 1
-    assert positives.sum() == 5 and negatives.sum() >= 1
-    assert set(windows.labels.tolist()) <= {1, 3}
-    for index in torch.where(positives)[0]:
-        box = windows.boxes[index]
-        assert torch.all((box >= 0) & (box <= 1))
-        longest = max(box[2] - box[0], box[3] - box[1])
-        assert 0.3 <= longest <= 0.95  # the object fills 0.35..0.9 of the window (up to pixel rounding)
-        # The window's red pixels are where its box says the object is.
-        x1, y1, x2, y2 = (box * 96).round().int().tolist()
-        red = windows.images[index, 0].float() / 255
-        assert red[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].min() > 0.9
-    for index in torch.where(negatives)[0]:
-        assert (windows.images[index, 0].float() / 255 > 0.5).float().mean() <= 0.12
+    image[1, 30:70, 40:90] = 1.0
+    target = {"boxes": torch.tensor([[40.0, 30.0, 90.0, 70.0]]), "labels": torch.tensor([1])}
+    losses = model([image, image], [target, target])
+    assert set(losses) == {"loss_classifier", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.localizer.class_head.weight.grad.abs().sum() > 0

@@ -3,6 +3,10 @@
 COCO category ids need not be contiguous; detlab labels are ``1..C`` in the order of the sorted
 category ids, and the dataset keeps ``category_ids`` (label ``k`` -> ``category_ids[k - 1]``) so
 results can be written back with the original ids.
+
+Keypoints (COCO's person-keypoint format): an annotation's ``"keypoints": [x1, y1, v1, ...]``
+becomes the record's ``keypoints`` ``Tensor[N, K, 2]`` (a point with visibility ``v = 0``, not
+labelled, is NaN); the category's ``"keypoints"`` names become the data set's ``keypoint_names``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def read_coco(
             if not isinstance(bbox, list) or len(bbox) != 4:
                 raise BadInputError(json_path, f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
             x, y, w, h = (float(v) for v in bbox)
+            keypoints = _keypoints(annotation, json_path, where)
         except BadInputError as error:
             problems.bad(error, "bad annotation")
             continue
@@ -79,6 +84,7 @@ def read_coco(
                 box=[x, y, x + w, y + h],
                 iscrowd=bool(annotation.get("iscrowd", 0)),
                 where=where,
+                keypoints=keypoints,
             )
         )
     records = []
@@ -100,7 +106,21 @@ def read_coco(
     dataset = DetectionDataset(records, classes, name=f"coco:{json_path}")
     dataset.category_ids = category_ids
     dataset.problems = problems
+    names = next((c["keypoints"] for c in categories if c.get("keypoints")), None)
+    if names:
+        dataset.keypoint_names = [str(name) for name in names]
     return dataset
+
+
+def _keypoints(annotation: dict, json_path: Path, where: str) -> list[list[float]] | None:
+    """COCO ``[x1, y1, v1, x2, y2, v2, ...]`` -> ``[[x, y], ...]`` (NaN where ``v == 0``)."""
+    values = annotation.get("keypoints")
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) % 3:
+        raise BadInputError(json_path, f"{where}: 'keypoints' must be a list of x, y, v triples")
+    triples = [values[index : index + 3] for index in range(0, len(values), 3)]
+    return [[float(x), float(y)] if v else [float("nan")] * 2 for x, y, v in triples]
 
 
 def coco_image_ids(dataset: DetectionDataset) -> list[int]:
@@ -124,11 +144,23 @@ def to_coco_dict(dataset: DetectionDataset, image_root: Path | None = None) -> d
         file_name = str(record.image_path.relative_to(image_root)) if image_root else record.image_path.name
         images.append({"id": coco_id, "file_name": file_name, "width": record.width, "height": record.height,
                        "detlab_image_id": str(record.image_id)})
-        for box, label, crowd in zip(record.boxes.tolist(), record.labels.tolist(), record.iscrowd.tolist()):
+        for index, (box, label, crowd) in enumerate(
+            zip(record.boxes.tolist(), record.labels.tolist(), record.iscrowd.tolist())
+        ):
             width, height = box[2] - box[0], box[3] - box[1]
-            annotations.append({"id": len(annotations) + 1, "image_id": coco_id, "category_id": category_ids[label - 1],
-                                "bbox": [box[0], box[1], width, height], "area": width * height, "iscrowd": int(crowd)})
+            annotation = {"id": len(annotations) + 1, "image_id": coco_id, "category_id": category_ids[label - 1],
+                          "bbox": [box[0], box[1], width, height], "area": width * height, "iscrowd": int(crowd)}
+            if record.keypoints is not None:
+                points = record.keypoints[index].tolist()
+                annotation["keypoints"] = [value for x, y in points for value in
+                                           ((0.0, 0.0, 0) if x != x else (x, y, 2))]  # NaN != NaN: not labelled
+                annotation["num_keypoints"] = sum(1 for x, _ in points if x == x)
+            annotations.append(annotation)
     categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, dataset.classes)]
+    keypoint_names = getattr(dataset, "keypoint_names", None)
+    if keypoint_names:
+        for category in categories:
+            category["keypoints"] = list(keypoint_names)
     return {"images": images, "annotations": annotations, "categories": categories}
 
 

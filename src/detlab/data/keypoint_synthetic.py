@@ -6,17 +6,23 @@ right arm blue, left leg yellow, right leg magenta), so left and right are disti
 real pose data where the body's appearance names the side. The pose (limb angles, size, position,
 lean) is random; the background is a noisy gradient with clutter lines.
 
-Deterministic: sample ``i`` depends only on ``(seed, i)``. Everything stays in memory.
+Deterministic: sample ``i`` depends only on ``(seed, i)``. :func:`ensure_synthetic_pose` writes
+the set in COCO's keypoint format (PNG images, one ``<split>.json`` a split), so it is read like
+any COCO keypoint data; ``load_dataset("synthetic-pose", split)`` generates it on first use.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
+
+from detlab.data.synthetic import SPLIT_FRACTIONS
 
 JOINTS = ("head", "neck", "pelvis", "left_hand", "right_hand", "left_foot", "right_foot")
 # (joint a, joint b, colour): the segments drawn between joints.
@@ -28,6 +34,8 @@ LIMBS = (
     (2, 6, (220, 50, 220)),
 )
 HEAD_COLOUR = (40, 200, 80)
+CLASS_NAME = "figure"
+POSE_GENERATOR_VERSION = 1
 
 
 def _pose(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -100,3 +108,45 @@ def make_keypoint_set(num_images: int, size: int = 96, seed: int = 0) -> tuple[T
         images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
         keypoints.append(torch.from_numpy(joints.astype(np.float32)))
     return torch.stack(images), torch.stack(keypoints)
+
+
+def _coco_split(ids: list[int], joints: dict[int, np.ndarray], size: int) -> dict:
+    images, annotations = [], []
+    for index in ids:
+        points = joints[index]
+        low, high = points.min(axis=0), points.max(axis=0)
+        margin = 0.05 * size  # the box around the figure: its joints and a little room for the head
+        x1, y1 = np.maximum(low - margin, 0.0)
+        x2, y2 = np.minimum(high + margin, float(size))
+        images.append({"id": index + 1, "file_name": f"pose_{index:06d}.png", "width": size, "height": size})
+        annotations.append({
+            "id": index + 1, "image_id": index + 1, "category_id": 1, "iscrowd": 0,
+            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "area": float((x2 - x1) * (y2 - y1)),
+            "keypoints": [value for x, y in points.tolist() for value in (x, y, 2)], "num_keypoints": len(points),
+        })  # fmt: skip
+    categories = [{"id": 1, "name": CLASS_NAME, "keypoints": list(JOINTS)}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def ensure_synthetic_pose(out_dir: str | Path, num_images: int = 3000, seed: int = 0, size: int = 96) -> Path:
+    """Write the stick-figure set under ``out_dir`` (``images/pose_NNNNNN.png`` and COCO files
+    ``train.json``, ``val.json``, ``test.json``, ``trainval.json``: 70/15/15% by index) unless the
+    same set is already there; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    marker = out_dir / "synthetic.json"
+    wanted = {"num_images": num_images, "seed": seed, "size": size, "generator_version": POSE_GENERATOR_VERSION}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return out_dir
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    joints = {}
+    for index in range(num_images):
+        image, joints[index] = render_figure(seed, index, size)
+        image.save(out_dir / "images" / f"pose_{index:06d}.png")
+    num_train = int(round(num_images * SPLIT_FRACTIONS["train"]))
+    num_val = int(round(num_images * SPLIT_FRACTIONS["val"]))
+    splits = {"train": range(num_train), "val": range(num_train, num_train + num_val),
+              "test": range(num_train + num_val, num_images), "trainval": range(num_train + num_val)}  # fmt: skip
+    for split, ids in splits.items():
+        (out_dir / f"{split}.json").write_text(json.dumps(_coco_split(list(ids), joints, size)))
+    marker.write_text(json.dumps(wanted, indent=2))
+    return out_dir

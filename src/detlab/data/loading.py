@@ -13,6 +13,7 @@ from detlab.data.yolo import read_yolo
 
 FORMATS = ("voc", "coco", "yolo")
 SYNTHETIC = {"synthetic": False, "synthetic-single": True}
+SYNTHETIC_POSE = "synthetic-pose"
 DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
 
 
@@ -35,7 +36,7 @@ def detect_format(path: str | Path) -> str:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"voc:DIR"`` -> ``("voc", "DIR")``; a bare path gets its detected format."""
-    if spec in SYNTHETIC:
+    if spec in SYNTHETIC or spec == SYNTHETIC_POSE:
         return spec, ""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in FORMATS:
@@ -54,11 +55,19 @@ def load_dataset(
 ) -> DetectionDataset:
     """Load ``spec`` (see module doc) at ``split``.
 
-    For ``synthetic``/``synthetic-single`` the set is generated under ``root`` on first use
-    (default ``data/synthetic`` or ``data/synthetic-single``) and reused afterwards.
+    For ``synthetic``/``synthetic-single``/``synthetic-pose`` the set (``num_synthetic`` images) is
+    generated under ``root`` on first use (default ``data/<spec>``) and reused afterwards.
     For COCO, ``split`` is ignored (one file is one split).
     """
     kind, location = parse_spec(spec)
+    if kind == SYNTHETIC_POSE:
+        from detlab.data.keypoint_synthetic import ensure_synthetic_pose
+
+        root = ensure_synthetic_pose(Path(root or f"data/{kind}"), num_images=num_synthetic, seed=seed)
+        dataset = read_coco(root / f"{split or 'trainval'}.json", image_dir=root / "images", on_bad=on_bad,
+                            problems=problems)  # fmt: skip
+        dataset.name = f"{kind} [{split}]" if split else kind
+        return dataset
     if kind in SYNTHETIC:
         root = Path(root or f"data/{kind}")
         ensure_synthetic(root, num_images=num_synthetic, seed=seed, single=SYNTHETIC[kind])

@@ -30,6 +30,7 @@ class RawObject:
     difficult: bool = False
     iscrowd: bool = False
     where: str = ""
+    keypoints: list[list[float]] | None = None  # [[x, y], ...] pixels, NaN where not labelled
 
 
 def build_record(
@@ -44,7 +45,7 @@ def build_record(
 ) -> Record | None:
     """Validate ``objects`` against the image size and class list; ``None`` if the image is skipped."""
     label_of = {name: index + 1 for index, name in enumerate(classes)}
-    boxes, labels, difficult, iscrowd = [], [], [], []
+    boxes, labels, difficult, iscrowd, keypoints = [], [], [], [], []
     try:
         for obj in objects:
             name = obj.name.strip()
@@ -70,8 +71,14 @@ def build_record(
             labels.append(label_of[name])
             difficult.append(obj.difficult)
             iscrowd.append(obj.iscrowd)
+            keypoints.append(obj.keypoints)
     except BadInputError as error:
         problems.bad(error, "bad annotation")
+        return None
+    with_points = [points for points in keypoints if points is not None]
+    if with_points and (len(with_points) != len(keypoints) or len({len(p) for p in with_points}) != 1):
+        problems.bad(BadInputError(source, "objects of one image must all have the same number of keypoints"),
+                     "bad annotation")  # fmt: skip
         return None
     return Record(
         image_id=image_id,
@@ -82,4 +89,5 @@ def build_record(
         labels=torch.tensor(labels, dtype=torch.int64),
         difficult=torch.tensor(difficult, dtype=torch.bool),
         iscrowd=torch.tensor(iscrowd, dtype=torch.bool),
+        keypoints=torch.tensor(keypoints, dtype=torch.float32).reshape(len(keypoints), -1, 2) if with_points else None,
     )

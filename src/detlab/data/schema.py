@@ -2,7 +2,10 @@
 
 A data set is a list of :class:`Record` (one per image, annotations already parsed and validated)
 plus the list of class names. Labels are ``1..C`` indices into ``classes`` (label ``k`` is
-``classes[k - 1]``); 0 is reserved for background. Images are decoded lazily in ``__getitem__``.
+``classes[k - 1]``); 0 is reserved for background. Images are decoded lazily in ``__getitem__``,
+optionally kept in memory once decoded (``cache_images``: lossless, as the decoded 8-bit pixels)
+and optionally warped to a fixed size before the transforms (``resize_to``: for models with a
+fixed input, so the augmentations work on small images; boxes and keypoints follow).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from detlab.data.images import load_image
@@ -66,7 +70,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     """A list of records and class names; ``dataset[i] -> (image Tensor[3, H, W], target)``.
 
     ``transforms`` (optional) is called as ``transforms(image, target) -> (image, target)``; the
-    ones in :mod:`detlab.data.transforms` move boxes with the image.
+    ones in :mod:`detlab.data.transforms` move boxes with the image. ``resize_to``: ``(H, W)`` every
+    image is warped to before the transforms (aspect ratio not kept). ``cache_images``: keep each
+    decoded image (uint8, exactly as decoded) in memory after its first use.
     """
 
     def __init__(
@@ -75,11 +81,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         classes: list[str],
         transforms: Callable | None = None,
         name: str = "",
+        resize_to: tuple[int, int] | None = None,
+        cache_images: bool = False,
     ):
         self.records = list(records)
         self.classes = list(classes)
         self.transforms = transforms
         self.name = name
+        self.resize_to = tuple(resize_to) if resize_to else None
+        self.cache_images = cache_images
+        self._decoded: dict[int, Tensor] = {}
 
     @property
     def num_classes(self) -> int:
@@ -89,19 +100,41 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        record = self.records[index]
-        image = load_image(record.image_path)
-        target = record.target()
+        image, target = self.image(index), self.records[index].target()
+        if self.resize_to is not None:
+            image, target = _warp(image, target, self.resize_to)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
 
+    def image(self, index: int) -> Tensor:
+        """Record ``index``'s image, ``float32 Tensor[3, H, W]`` in [0, 1], as stored (no transform)."""
+        if not self.cache_images:
+            return load_image(self.records[index].image_path)
+        if index not in self._decoded:
+            # The loader divides 8-bit pixels by 255, so storing them as uint8 loses nothing.
+            self._decoded[index] = (load_image(self.records[index].image_path) * 255).round().to(torch.uint8)
+        return self._decoded[index].float().div_(255.0)
+
     def with_transforms(self, transforms: Callable | None) -> DetectionDataset:
         """The same records and classes with other transforms (records are shared, not copied)."""
-        return DetectionDataset(self.records, self.classes, transforms, self.name)
+        return self._copy(self.records, transforms=transforms)
+
+    def with_options(self, resize_to: tuple[int, int] | None = None, cache_images: bool = False) -> DetectionDataset:
+        """The same records, classes and transforms, warped to ``resize_to`` and/or cached."""
+        return self._copy(self.records, resize_to=resize_to, cache_images=cache_images)
 
     def subset(self, indices) -> DetectionDataset:
-        return DetectionDataset([self.records[i] for i in indices], self.classes, self.transforms, self.name)
+        return self._copy([self.records[i] for i in indices])
+
+    def _copy(self, records: list[Record], **changes) -> DetectionDataset:
+        options = {"transforms": self.transforms, "name": self.name, "resize_to": self.resize_to,
+                   "cache_images": self.cache_images, **changes}  # fmt: skip
+        copy = DetectionDataset(records, self.classes, **options)
+        for attribute in ("category_ids", "problems", "keypoint_names"):
+            if hasattr(self, attribute):
+                setattr(copy, attribute, getattr(self, attribute))
+        return copy
 
     def __repr__(self) -> str:
         num_objects = sum(len(r.boxes) for r in self.records)
@@ -109,3 +142,20 @@ class DetectionDataset(torch.utils.data.Dataset):
             f"DetectionDataset({self.name or 'unnamed'}: {len(self)} images, {num_objects} objects, "
             f"classes={self.classes})"
         )
+
+
+def _warp(image: Tensor, target: dict, size: tuple[int, int]) -> tuple[Tensor, dict]:
+    """Resize ``image`` to ``size`` ``(H, W)`` (bilinear, antialiased) and scale its target's boxes,
+    proposals and keypoints with it."""
+    height, width = image.shape[-2:]
+    if (height, width) == tuple(size):
+        return image, target
+    image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    scale_x, scale_y = size[1] / width, size[0] / height
+    target = dict(target)
+    for key in ("boxes", "proposals"):
+        if key in target:
+            target[key] = target[key] * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    if target.get("keypoints") is not None:
+        target["keypoints"] = target["keypoints"] * torch.tensor([scale_x, scale_y])
+    return image.clamp_(0, 1), target

@@ -1,10 +1,18 @@
-"""``detlab train`` and ``detlab predict``: argument parsing over :mod:`detlab.api`."""
+"""``detlab train`` and ``detlab predict``: argument parsing over :mod:`detlab.api`.
+
+``detlab train MODEL [options]`` takes the options :data:`detlab.api.SHARED_OPTIONS` lists and
+the method's own, made from its config fields (``detlab train MODEL --help`` lists them with the
+defaults the method runs with), so the command line and ``detlab.train(...)`` cannot disagree.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import types
+import typing
+from pathlib import Path
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -12,107 +20,115 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 def add_commands(subparsers) -> None:
     train = subparsers.add_parser(
         "train",
-        help="train a detector (fast_rcnn, faster_rcnn, localizer, keypoints)",
-        description="Train a detector; torchrun --nproc_per_node N -m detlab train ... runs it data-parallel.",
+        help="train any method (detlab train MODEL --help lists its options)",
+        description="Train a method; torchrun --nproc_per_node N -m detlab train ... runs it data-parallel.",
+        add_help=False,
+        prefix_chars="+",  # every argument goes to the method's own parser (run_train)
     )
-    train.add_argument(
-        "model_positional", nargs="?", metavar="MODEL", help="fast_rcnn | faster_rcnn | localizer | keypoints"
-    )
-    train.add_argument("--model", help="the same as MODEL (default faster_rcnn, or the resumed run's model)")
-    train.add_argument("--data", help="synthetic | synthetic-single | voc:DIR | coco:FILE | yolo:DIR")
-    train.add_argument("--data-root", help="where the synthetic set is generated (default data/synthetic)")
-    train.add_argument("--preset", dest="config", metavar="NAME", help="bundled preset name or YAML file")
-    train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.02"
-    )
-    train.add_argument("--epochs", type=int)
-    train.add_argument(
-        "--max-steps", type=int, help="stop after this many optimiser steps (replaces --epochs)"
-    )
-    train.add_argument(
-        "--time-budget", type=float, metavar="SECONDS", help="train for this long (replaces --epochs)"
-    )
-    train.add_argument("--batch-size", type=int, help="images per step and process")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
-    train.add_argument("--out", dest="out_dir", metavar="RUN_DIR", help="run folder (default runs/MODEL[-N])")
-    train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped"
-    )
-    try:
-        from detlab.models import localizer_training
-    except ImportError:
-        localizer_training = None
-    if localizer_training is not None:
-        localizer_training.add_arguments(train)
+    train.add_argument("argv", nargs=argparse.REMAINDER)
     train.set_defaults(handler=run_train)
 
-    predict = subparsers.add_parser(
-        "predict", help="detect objects in an image or a folder with a checkpoint"
-    )
+    predict = subparsers.add_parser("predict", help="run a trained model on an image or a folder of images")
     predict.add_argument("--checkpoint", required=True, help="RUN/best, RUN/last, a .pt file or a run folder")
     predict.add_argument("--input", required=True, help="an image file or a folder of images")
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
-    predict.add_argument(
-        "--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)"
-    )
+    predict.add_argument("--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)")
     predict.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    predict.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
+                         help="test-time setting of the model, e.g. model.score_threshold=0.3")  # fmt: skip
     predict.set_defaults(handler=run_predict)
 
 
-LOCALIZER_FLAGS = (
-    "recipe", "regression", "attach", "box_loss", "backbone", "window_size", "pretrained", "backbone_weights",
-    "synthetic_images", "stages",
-)  # fmt: skip
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _argument_type(annotation) -> dict:
+    """argparse keywords for a config field's type (booleans get ``--x/--no-x``, tuples ``nargs``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin in (tuple, list):
+        item = (typing.get_args(annotation) or (str,))[0]
+        return {"nargs": "+", "type": item, "metavar": item.__name__.upper()}
+    return {"type": annotation, "metavar": annotation.__name__.upper()}
+
+
+def build_train_parser(model: str | None) -> argparse.ArgumentParser:
+    """The parser of ``detlab train [MODEL]``: shared options, plus ``MODEL``'s own."""
+    from detlab import config as config_io
+    from detlab.api import SHARED_OPTIONS, model_options
+    from detlab.engine.run import default_run_config
+    from detlab.models import MODELS
+
+    parser = argparse.ArgumentParser(
+        prog="detlab train",
+        description="Train a method on a data set; every option is also a config key (--set section.field=value).",
+        epilog=None if model else f"methods: {', '.join(MODELS)}; `detlab train MODEL --help` lists a method's options",
+    )
+    parser.add_argument("model", nargs="?", choices=list(MODELS), metavar="MODEL",
+                        help=f"{' | '.join(MODELS)} (default faster_rcnn, or the resumed run's)")  # fmt: skip
+    parser.add_argument("--preset", help="a bundled preset name or a YAML file (sections data, train, model)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config value, e.g. train.lr=0.02 or model.fpn=false")  # fmt: skip
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    defaults = config_io.to_dict(default_run_config(model)) if model else None
+    for name, (key, kind, text) in SHARED_OPTIONS.items():
+        section, field = key.split(".")
+        shown = f", default {defaults[section][field]}" if defaults and defaults[section][field] not in ("", 0, 0.0) else ""
+        parser.add_argument(_flag(name), dest=name, type=kind, help=f"{text} ({key}{shown})")
+    if model is not None:
+        group = parser.add_argument_group(f"{model} options (model section)")
+        for name, (annotation, default, choices) in model_options(model).items():
+            shown = list(default) if isinstance(default, tuple) else default
+            keywords = _argument_type(annotation) | ({"choices": choices, "metavar": None} if choices else {})
+            group.add_argument(_flag(name), dest=name, help=f"model.{name} (default {shown})", **keywords)
+    return parser
+
+
+def _model_of(argv: list[str]) -> str | None:
+    """The method a ``detlab train`` command line trains: its first word, or the resumed run's."""
+    if argv and not argv[0].startswith("-"):
+        return argv[0]
+    if "--resume" in argv[:-1]:
+        from detlab.engine.run import run_config_for_resume
+
+        folder = argv[argv.index("--resume") + 1]
+        if Path(folder).is_dir():
+            return run_config_for_resume(folder).model_name
+    return None
 
 
 def run_train(args: argparse.Namespace) -> int:
     from detlab import api
+    from detlab.models import MODELS
 
-    model = args.model or args.model_positional
-    if args.model and args.model_positional and args.model != args.model_positional:
-        raise ValueError(f"two models named: {args.model_positional} and --model {args.model}")
-    localizer_options = {
-        name: getattr(args, name) for name in LOCALIZER_FLAGS if getattr(args, name, None) is not None
-    }
-    if model == "faster_rcnn" and "recipe" in localizer_options:  # joint or the paper's 4-step training
-        args.set = [*(args.set or []), f"model.recipe={localizer_options.pop('recipe')}"]
-    if localizer_options and model not in api.LOCALIZER_MODELS:
-        flags = ", ".join("--" + name.replace("_", "-") for name in localizer_options)
-        raise ValueError(f"{flags}: only for detlab train localizer|keypoints; use --set model.NAME=VALUE")
-    result = api.train(
-        model,
-        data=args.data,
-        data_root=args.data_root,
-        preset=args.config,
-        set=args.set,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        time_budget=args.time_budget,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        out=args.out_dir,
-        resume=args.resume,
-        **localizer_options,
-    )
-    if isinstance(result, int):
-        return result
+    model = _model_of(args.argv)
+    if model is not None and model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; trainable models: {', '.join(MODELS)}")
+    options = vars(build_train_parser(model).parse_args(args.argv))
+    result = api.train(options.pop("model"), preset=options.pop("preset"), set=options.pop("set"),
+                       resume=options.pop("resume"), **options)  # fmt: skip
+    return report_training(result)
+
+
+def report_training(result) -> int:
+    """Print what a training run did and where it is; the exit code."""
     if result.last_checkpoint is None:  # not rank 0 of a distributed run: rank 0 reports
         return EXIT_CODES.get(result.signal_name or "", 0)
     state = result.state
-    print(
-        f"{result.status}: {state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s of training in {result.run_dir}"
-    )
+    if result.status == "already_finished":
+        print(f"{result.run_dir} is finished ({state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s); "
+              "nothing trained. To train it further, resume with a larger --epochs, --max-steps or --time-budget.")  # fmt: skip
+        return 0
+    print(f"{result.status}: {state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s of training in {result.run_dir}")
     if result.metrics:
         print("last evaluation: " + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
-    print(
-        f"checkpoints: last {result.last_checkpoint}"
-        + (f", best {result.best_checkpoint}" if result.best_checkpoint else "")
-    )
-    if result.status == "interrupted":
+    print(f"checkpoints: last {result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
+    if result.status in ("interrupted", "paused"):
         print(f"resume with: detlab train --resume {result.run_dir}", file=sys.stderr)
         return EXIT_CODES.get(result.signal_name or "", 130)
     return 0
@@ -122,10 +138,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from detlab import api
     from detlab.engine.predict import predict_files
 
-    predictor = api.load(args.checkpoint, device=args.device)
+    predictor = api.load(args.checkpoint, device=args.device, set=args.set)
     summary = predict_files(predictor, args.input, args.out, draw_threshold=args.score_threshold)
     print(
         f"{summary['detections']} detections in {summary['images']} images; annotated images, "
         f"detections.json (COCO results) and images.json in {summary['out_dir']}"
     )
     return 0
+

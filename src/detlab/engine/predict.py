@@ -1,10 +1,12 @@
-"""Inference from a checkpoint: :class:`Predictor`, folder prediction to files, data set prediction.
+"""Inference from a checkpoint of any method: :class:`Predictor`, folder prediction to files, and
+scoring a checkpoint on a data set (``detlab eval --checkpoint``).
 
-Output formats: a prediction is the detector contract's ``{"boxes": Tensor[K, 4] (x1, y1, x2,
-y2) absolute pixels of the image as given, "scores": Tensor[K], "labels": int64 Tensor[K] in
-1..C}``. :func:`predict_files` writes, per image, an annotated copy, and for all of them
-``detections.json`` (COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h],
-"score"}]``, image ids ``1..N`` in sorted file order, category ids = labels) and
+A prediction is the detector contract's ``{"boxes": Tensor[K, 4] (x1, y1, x2, y2) absolute pixels
+of the image as given, "scores": Tensor[K], "labels": int64 Tensor[K] in 1..C}`` (the localizer:
+its top-k guesses), plus ``"keypoints": Tensor[K, J, 2]`` for DeepPose. :func:`predict_files`
+writes, per image, an annotated copy, and for all of them ``detections.json`` (COCO results:
+``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``, with ``"keypoints": [x1, y1, v1,
+...]`` for a keypoint model; image ids ``1..N`` in sorted file order, category ids = labels) and
 ``images.json`` (``[{"id", "file_name", "width", "height"}]``: which file each id is).
 """
 
@@ -15,18 +17,38 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
+from detlab import config as config_io
 from detlab.engine import checkpoint as checkpoints
 from detlab.engine.distributed import select_device
-from detlab.engine.run import RunConfig, build_model, run_config_from_dict
+from detlab.engine.run import RunConfig, build_model, make_evaluator, run_config_from_dict
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
+
+
+def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
+    """``(model in eval mode, classes, run config)`` from a checkpoint of any method;
+    ``overrides``: ``model.FIELD=VALUE`` changes to the stored config (test-time settings)."""
+    checkpoint = checkpoints.load_checkpoint(path)
+    run_config = run_config_from_dict(checkpoint["config"])
+    if overrides:
+        run_config = config_io.merge(run_config, config_io.parse_overrides(overrides))
+    classes = list(checkpoint["classes"])
+    model = build_model(run_config, len(classes))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"{checkpoints.resolve_checkpoint_path(path)}: the weights do not fit the {run_config.model_name} the "
+            f"config describes ({str(error).splitlines()[0]}); --set may change test-time settings only"
+        ) from None
+    return model.eval(), classes, run_config
 
 
 class Predictor:
-    """A trained detector with its class names, ready for inference (eval mode, no gradients)."""
+    """A trained model with its class names, ready for inference (eval mode, no gradients)."""
 
     def __init__(
         self, model: torch.nn.Module, classes: list[str], run_config: RunConfig | None = None, device="cpu"
@@ -37,38 +59,33 @@ class Predictor:
         self.run_config = run_config
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Predictor:
         """Load a checkpoint safely (see :func:`detlab.engine.checkpoint.load_checkpoint`);
         ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder."""
-        checkpoint = checkpoints.load_checkpoint(path)
-        run_config = run_config_from_dict(checkpoint["config"])
-        classes = list(checkpoint["classes"])
-        model = build_model(run_config, len(classes))
-        model.load_state_dict(checkpoint["model"])
+        model, classes, run_config = model_from_checkpoint(path, overrides)
         return cls(model, classes, run_config, select_device(device))
 
     @torch.no_grad()
-    def predict(self, image: Tensor | str | Path, score_threshold: float = 0.0) -> dict:
-        """Detections for one image (a ``Tensor[3, H, W]`` in [0, 1] or an image file path).
+    def predict(self, image, score_threshold: float = 0.0) -> dict:
+        """What the model finds in one image: a path, a PIL image, an ``H x W x 3`` uint8 (RGB)
+        numpy array or a ``Tensor[3, H, W]`` in [0, 1].
 
-        Returns ``{"boxes", "scores", "labels", "names"}`` on the CPU, best first, with
-        ``scores >= score_threshold``; ``names`` are the class names of ``labels``.
+        Returns ``{"boxes", "scores", "labels", "names"}`` (and ``"keypoints"`` for a keypoint
+        model) on the CPU, best first, with ``scores >= score_threshold``; ``names`` are the class
+        names of ``labels``.
         """
         return self.predict_batch([image], score_threshold)[0]
 
     @torch.no_grad()
-    def predict_batch(
-        self, images: Iterable[Tensor | str | Path], score_threshold: float = 0.0
-    ) -> list[dict]:
-        from detlab.data.images import load_image
+    def predict_batch(self, images: Iterable, score_threshold: float = 0.0) -> list[dict]:
+        from detlab.data.images import to_image_tensor
 
-        tensors = [load_image(image) if isinstance(image, str | Path) else image for image in images]
-        outputs = self.model([image.to(self.device) for image in tensors])
+        tensors = [to_image_tensor(image).to(self.device) for image in images]
         results = []
-        for output in outputs:
+        for output in self.model(tensors):
             keep = output["scores"] >= score_threshold
             order = output["scores"][keep].argsort(descending=True)
-            result = {key: output[key][keep][order].cpu() for key in ("boxes", "scores", "labels")}
+            result = {key: output[key][keep][order].cpu() for key in OUTPUT_KEYS if key in output}
             result["names"] = [self.class_name(label) for label in result["labels"].tolist()]
             results.append(result)
         return results
@@ -90,21 +107,14 @@ def find_images(path: str | Path) -> list[Path]:
     return files
 
 
-def coco_results(prediction: dict, image_id: int) -> list[dict]:
-    """One image's prediction as COCO result entries (``bbox`` is ``[x, y, width, height]``)."""
-    entries = []
-    for box, score, label in zip(
-        prediction["boxes"].tolist(), prediction["scores"].tolist(), prediction["labels"].tolist()
-    ):
-        x1, y1, x2, y2 = box
-        entries.append(
-            {
-                "image_id": image_id,
-                "category_id": int(label),
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(float(score), 5),
-            }
-        )
+def result_entries(prediction: dict, image_id: int) -> list[dict]:
+    """One image's prediction as COCO result entries (2 decimals; keypoints as COCO triples)."""
+    from detlab.eval.results import coco_result_entries
+
+    entries = coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], image_id, decimals=2)
+    if "keypoints" in prediction:
+        for entry, points in zip(entries, prediction["keypoints"].tolist()):
+            entry["keypoints"] = [round(value, 2) for x, y in points for value in (x, y, 2)]
     return entries
 
 
@@ -112,9 +122,8 @@ def predict_files(
     predictor: Predictor, source: str | Path, out_dir: str | Path, draw_threshold: float = 0.5
 ) -> dict:
     """Predict every image of ``source`` (a file or folder); write annotated images (boxes with
-    score >= ``draw_threshold``), ``detections.json`` (all detections) and ``images.json``.
-
-    Returns ``{"images": N, "detections": M, "out_dir": str}``.
+    score >= ``draw_threshold``, and their keypoints), ``detections.json`` (all detections) and
+    ``images.json``. Returns ``{"images": N, "detections": M, "out_dir": str}``.
     """
     from detlab.data.images import load_image, save_image
     from detlab.visualize import draw_detections
@@ -126,42 +135,22 @@ def predict_files(
     for image_id, path in enumerate(tqdm(files, desc="predict", unit="image", dynamic_ncols=True), start=1):
         image = load_image(path)
         prediction = predictor.predict(image)
-        detections.extend(coco_results(prediction, image_id))
+        detections.extend(result_entries(prediction, image_id))
         relative = path.relative_to(source) if source.is_dir() else Path(path.name)
         images_info.append(
             {"id": image_id, "file_name": str(relative), "width": image.shape[-1], "height": image.shape[-2]}
         )
         shown = prediction["scores"] >= draw_threshold
         annotated = draw_detections(
-            image,
-            prediction["boxes"][shown],
-            prediction["labels"][shown],
-            predictor.classes,
-            prediction["scores"][shown],
-        )
-        target = out_dir / relative.with_suffix(
-            ".png" if path.suffix.lower() not in (".jpg", ".jpeg") else ".jpg"
-        )
+            image, prediction["boxes"][shown], prediction["labels"][shown], predictor.classes, prediction["scores"][shown],
+            keypoints=prediction["keypoints"][shown] if "keypoints" in prediction else None,
+        )  # fmt: skip
+        target = out_dir / relative.with_suffix(".png" if path.suffix.lower() not in (".jpg", ".jpeg") else ".jpg")
         target.parent.mkdir(parents=True, exist_ok=True)
         save_image(annotated, target)
     (out_dir / "detections.json").write_text(json.dumps(detections))
     (out_dir / "images.json").write_text(json.dumps(images_info, indent=1))
     return {"images": len(files), "detections": len(detections), "out_dir": str(out_dir)}
-
-
-@torch.no_grad()
-def predict_dataset(predictor: Predictor, dataset, batch_size: int = 1) -> tuple[list[dict], list[dict]]:
-    """``(predictions, targets)`` over a data set (images at their stored size), in data set order,
-    ready for an evaluator's ``update(predictions, targets)``."""
-    predictions, targets = [], []
-    indices = range(len(dataset))
-    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", unit="batch", dynamic_ncols=True):
-        batch = [dataset[index] for index in indices[start : start + batch_size]]
-        outputs = predictor.predict_batch([image for image, _ in batch])
-        for output, (_, target) in zip(outputs, batch):
-            predictions.append({key: output[key] for key in ("boxes", "scores", "labels")})
-            targets.append(target)
-    return predictions, targets
 
 
 def evaluate_checkpoint(
@@ -172,21 +161,66 @@ def evaluate_checkpoint(
     iou_threshold: float = 0.5,
     max_detections: int = 100,
     device: str = "auto",
+    overrides: list[str] | None = None,
+    max_images: int = 0,
+    data_root: str | None = None,
 ):
-    """Predict with ``checkpoint`` over the data set ``data`` (a spec) at ``split``, then score the
-    detections with :func:`detlab.eval.evaluate.evaluate_detections`; returns its
-    ``(report, result)``. The data set's classes must be the checkpoint's, in the same order."""
+    """Score a checkpoint of any method on the data set ``data`` (a spec) at ``split`` through
+    :func:`detlab.engine.train.evaluate`; returns ``(report dict, result)``. Detectors are scored
+    with ``protocol`` (``coco``, ``voc07``, ``voc``), the localizer with ILSVRC localization
+    error, DeepPose with PCK. The data set's classes must be the checkpoint's, in the same order.
+    ``max_images``: the first that many images of the split (0 = all)."""
     from detlab.data import load_dataset
-    from detlab.eval.evaluate import evaluate_detections
+    from detlab.engine.sampling import make_loader
+    from detlab.engine.train import evaluate
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
-    dataset = load_dataset(data, split)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides)
+    stored = predictor.run_config.data
+    root = data_root or (stored.root if data == stored.spec else None)
+    dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=predictor.run_config.train.seed)
     if list(dataset.classes) != predictor.classes:
         raise ValueError(
             f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "
             "evaluate on data with the same classes"
         )
-    predictions, _ = predict_dataset(predictor, dataset)
-    return evaluate_detections(
-        dataset, predictions, protocol=protocol, iou_threshold=iou_threshold, max_detections=max_detections
-    )
+    if max_images > 0:
+        dataset = dataset.subset(range(min(max_images, len(dataset))))
+    evaluator = detection_evaluator(predictor.classes, protocol, iou_threshold, max_detections)
+    kind = getattr(predictor.model, "evaluation", "detection")
+    if kind != "detection":
+        evaluator = make_evaluator(predictor.model, predictor.classes)
+    batch_size = predictor.run_config.train.batch_size
+    loader = make_loader(dataset, batch_size, torch.utils.data.SequentialSampler(dataset))
+    result = evaluate(predictor.model, loader, evaluator, predictor.device)
+    settings = {"protocol": protocol if kind == "detection" else kind, "checkpoint": str(checkpoint)}
+    if kind != "detection":
+        return metrics_report(kind, result, len(dataset), settings, dataset.name), result
+    from detlab.data.coco import coco_category_ids
+    from detlab.eval.report import build_report
+
+    problem = evaluator.problem()
+    problem.category_ids = coco_category_ids(dataset)
+    problem.source = {"ground_truth": dataset.name, "results": f"{checkpoint} (detector outputs)"}
+    settings.update({"iou_threshold": iou_threshold} if protocol != "coco" else {"max_detections": max_detections})
+    return build_report(result, problem, settings), result
+
+
+def detection_evaluator(classes: list[str], protocol: str, iou_threshold: float, max_detections: int):
+    from detlab.eval.coco import COCOEvaluator
+    from detlab.eval.evaluate import PROTOCOLS
+    from detlab.eval.voc import VOCEvaluator
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    if protocol == "coco":
+        return COCOEvaluator(classes, max_detections=max_detections)
+    return VOCEvaluator(classes, iou_threshold, use_11_point=protocol == "voc07")
+
+
+def metrics_report(kind: str, metrics: dict, num_images: int, settings: dict, source: str) -> dict:
+    """A report (``detlab.eval.report`` layout) for the localizer's or DeepPose's metrics."""
+    return {
+        "protocol": kind, "settings": settings, "num_images": num_images, "num_gt": num_images,
+        "num_detections": num_images, "metrics": dict(metrics), "per_class": [], "curves": {},
+        "curve_note": "", "source": {"ground_truth": source, "results": settings["checkpoint"]},
+    }  # fmt: skip

@@ -1,15 +1,19 @@
-"""A training run from its config: data, model, evaluator, then :func:`detlab.engine.fit`.
+"""A training run from its config: data, model, recipe, then :func:`detlab.engine.fit` per stage.
 
 :class:`RunConfig` composes the shared sections (:class:`~detlab.config.DataConfig`,
-:class:`~detlab.config.TrainConfig`) with the model's own section, whose type is the annotation
-of the ``config`` parameter of the model's build function in ``detlab.models.MODELS`` (e.g.
-``build_faster_rcnn(config: FasterRCNNConfig, num_classes: int)``), so a new model needs no
-registration here. ``detlab train`` and ``detlab.train(...)`` both end in :func:`train_run`.
+:class:`~detlab.config.TrainConfig`) with the method's own section, whose type is the annotation
+of the ``config`` parameter of the method's build function in ``detlab.models.MODELS`` (e.g.
+``build_faster_rcnn(config: FasterRCNNConfig, num_classes: int)``), so a new method needs no
+registration here; its ``RUN_DEFAULTS`` (a class attribute of that config) are the method's own
+data and training defaults. ``detlab train`` and ``detlab.train(...)`` both end in
+:func:`train_run`, which runs the method's recipe (:mod:`detlab.engine.stages`) through
+:func:`train_stages`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 import warnings
 from pathlib import Path
@@ -21,7 +25,10 @@ from detlab import config as config_io
 from detlab.config import DataConfig, TrainConfig
 from detlab.engine import checkpoint as checkpoints
 from detlab.engine.distributed import Context, barrier, init_distributed
-from detlab.engine.train import FitResult, fit
+from detlab.engine.stages import Stage, Step, recipe_of
+from detlab.engine.train import FitResult, TrainingState, fit
+
+STAGE_DONE = "stage_done"
 
 
 @dataclasses.dataclass
@@ -31,7 +38,7 @@ class RunConfig:
     model_name: str = "faster_rcnn"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    model: Any = None  # the model's config dataclass (FasterRCNNConfig, FastRCNNConfig, ...)
+    model: Any = None  # the method's config dataclass (FasterRCNNConfig, LocalizerConfig, ...)
 
 
 def model_builders() -> dict:
@@ -44,7 +51,7 @@ def model_config_class(model_name: str) -> type:
     """The config dataclass ``MODELS[model_name]`` takes as its ``config`` argument."""
     builders = model_builders()
     if model_name not in builders:
-        raise ValueError(f"unknown model {model_name!r}; trainable models: {sorted(builders)}")
+        raise ValueError(f"unknown model {model_name!r}; trainable models: {', '.join(builders)}")
     hints = typing.get_type_hints(builders[model_name])
     config_class = hints.get("config")
     if config_class is None or not dataclasses.is_dataclass(config_class):
@@ -54,15 +61,23 @@ def model_config_class(model_name: str) -> type:
     return config_class
 
 
+def default_run_config(model_name: str) -> RunConfig:
+    """The shared defaults with the method's ``RUN_DEFAULTS`` applied."""
+    config_class = model_config_class(model_name)
+    config = RunConfig(model_name=model_name, model=config_class())
+    return config_io.merge(config, getattr(config_class, "RUN_DEFAULTS", {}))
+
+
 def resolve_run_config(
     model_name: str,
     preset: str | Path | None = None,
     overrides: list[str] | None = None,
     **values,
 ) -> RunConfig:
-    """Defaults, then the ``preset`` YAML (sections ``data``/``train``/``model``), then keyword
-    ``values`` (nested dicts, e.g. ``train={"epochs": 3}``), then ``key=value`` ``overrides``."""
-    config = RunConfig(model_name=model_name, model=model_config_class(model_name)())
+    """Defaults (shared, then the method's), then the ``preset`` YAML (sections
+    ``data``/``train``/``model``), then keyword ``values`` (nested dicts, e.g.
+    ``train={"epochs": 3}``), then ``key=value`` ``overrides``."""
+    config = default_run_config(model_name)
     if preset:
         config = config_io.merge(config, config_io.read_yaml(config_io.preset_path(preset)))
     if values:
@@ -81,9 +96,9 @@ def run_config_from_dict(data: dict) -> RunConfig:
         raise ValueError("stored run config names no model (model_name)")
     return RunConfig(
         model_name=model_name,
-        data=config_io.from_dict(DataConfig, data.get("data", {})),
-        train=config_io.from_dict(TrainConfig, data.get("train", {})),
-        model=config_io.from_dict(model_config_class(model_name), data.get("model", {})),
+        data=config_io.from_dict(DataConfig, data.get("data", {}), "data"),
+        train=config_io.from_dict(TrainConfig, data.get("train", {}), "train"),
+        model=config_io.from_dict(model_config_class(model_name), data.get("model", {}), "model"),
     )
 
 
@@ -91,156 +106,197 @@ def build_model(run_config: RunConfig, num_classes: int) -> torch.nn.Module:
     return model_builders()[run_config.model_name](run_config.model, num_classes)
 
 
-def build_datasets(run_config: RunConfig, context: Context | None = None):
-    """``(train_dataset, val_dataset or None)`` with training / evaluation transforms.
+def load_split(run_config: RunConfig, split: str, check: bool = True):
+    """The data set of ``run_config.data`` at ``split``, every image checked once
+    (:func:`detlab.data.validation.check_images`, cached by file, honouring ``data.on_bad``);
+    returns ``(dataset, check report or None)``."""
+    from detlab.data import load_dataset
+    from detlab.data.validation import check_images
 
-    The detectors resize inside the model (their ``min_size``), so the data keeps its size unless
-    ``data.scale_jitter`` asks for multi-scale training. A COCO file is one split: no validation.
-    Under torchrun rank 0 reads first (it may generate the synthetic set), the others after it.
-    """
-    from detlab.data import build_transforms, load_dataset, parse_spec
+    data = run_config.data
+    dataset = load_dataset(data.spec, split, root=data.root, on_bad=data.on_bad,
+                           num_synthetic=data.synthetic_images, seed=run_config.train.seed)  # fmt: skip
+    if not check:
+        return dataset, None
+    return check_images(dataset, on_bad=data.on_bad)
+
+
+def build_datasets(run_config: RunConfig, context: Context | None = None):
+    """``(train_dataset, val_dataset or None, image-check reports)`` with training / evaluation
+    transforms. The models resize images themselves, so the data keeps its size. A COCO file is
+    one split: no validation. Under torchrun rank 0 reads and checks first (it may generate the
+    synthetic set), the others after it (from the check cache)."""
+    from detlab.data import build_transforms, parse_spec
 
     data = run_config.data
     context = context or Context()
-
-    def load(split: str):
-        return load_dataset(data.spec, split, root=data.root, on_bad=data.on_bad, seed=run_config.train.seed)
-
-    train_transforms = build_transforms(
-        True,
-        min_size=0,
-        max_size=data.max_size,
-        horizontal_flip=data.horizontal_flip,
-        vertical_flip=data.vertical_flip,
-        rotate90=data.rotate90,
-        scale_jitter=tuple(data.scale_jitter),
-        photometric=data.photometric,
-    )
-    datasets = None
+    result = None
     for turn in ("main", "others"):
         if (turn == "main") == context.is_main:
-            train = load(data.train_split).with_transforms(train_transforms)
-            validation = None
+            train, report = load_split(run_config, data.train_split)
+            train = train.with_options(cache_images=data.cache_images).with_transforms(
+                build_transforms(True, horizontal_flip=data.horizontal_flip, vertical_flip=data.vertical_flip,
+                                 rotate90=data.rotate90, photometric=data.photometric)
+            )  # fmt: skip
+            validation, reports = None, {"train": report.as_dict()}
             if parse_spec(data.spec)[0] == "coco":
                 warnings.warn("a COCO file is one split: no evaluation during training", stacklevel=2)
             elif data.val_split:
-                validation = load(data.val_split).with_transforms(build_transforms(False, min_size=0))
-            datasets = train, validation
+                validation, val_report = load_split(run_config, data.val_split)
+                validation = validation.with_transforms(build_transforms(False))
+                reports["val"] = val_report.as_dict()
+            result = train, validation, reports
         barrier(context)
-    return datasets
+    return result
 
 
-def make_evaluator_factory(classes: list[str]):
-    """A function returning a fresh COCO evaluator (its ``AP50`` picks ``best.pt``), or ``None``
-    (with a warning) when ``detlab.eval`` has none."""
-    try:
-        from detlab.eval.coco import COCOEvaluator
-    except ImportError:
-        warnings.warn(
-            "detlab.eval.COCOEvaluator is not available: training runs without evaluation", stacklevel=2
-        )
-        return None
-    return lambda: COCOEvaluator(classes)
+def make_evaluator(model: torch.nn.Module, classes: list[str]):
+    """A fresh evaluator for ``model``'s outputs: COCO detection metrics (``AP50`` picks
+    ``best.pt``), ILSVRC localization error for the localizer, PCK for DeepPose."""
+    kind = getattr(model, "evaluation", "detection")
+    if kind == "localization":
+        from detlab.eval.localization import LocalizationEvaluator
+
+        return LocalizationEvaluator(classes, top_k=max(5, getattr(model, "top_k", 5)))
+    if kind == "keypoints":
+        from detlab.eval.keypoints import KeypointEvaluator
+
+        return KeypointEvaluator()
+    from detlab.eval.coco import COCOEvaluator
+
+    return COCOEvaluator(classes)
 
 
 def train_run(
-    run_config: RunConfig, resume: str | Path | None = None, context: Context | None = None
+    run_config: RunConfig,
+    resume: str | Path | None = None,
+    context: Context | None = None,
+    stop_at_step: int | None = None,
 ) -> FitResult:
-    """Build everything ``run_config`` describes and train it in ``run_config.train.out_dir``."""
+    """Build everything ``run_config`` describes and train it in ``run_config.train.out_dir`` with
+    the method's recipe. ``stop_at_step``: pause the stage in progress after that many of its steps
+    (tests of resuming)."""
     context = context or init_distributed(run_config.train.device)
-    train_dataset, val_dataset = build_datasets(run_config, context)
+    train_dataset, val_dataset, data_report = build_datasets(run_config, context)
     classes = list(train_dataset.classes)
     torch.manual_seed(run_config.train.seed)  # the same initial weights on every rank and every run
     model = build_model(run_config, len(classes))
-    recipe = getattr(run_config.model, "recipe", "joint")
-    if recipe not in ("joint", "4step"):
-        raise ValueError(f"model.recipe must be joint or 4step, got {recipe!r}")
-    if recipe == "4step":
-        return _train_four_steps(run_config, model, train_dataset, val_dataset, classes, resume, context)
-    return fit(
-        model,
-        train_dataset,
-        run_config.train,
-        run_config.train.out_dir,
-        val_dataset=val_dataset,
-        make_evaluator=make_evaluator_factory(classes) if val_dataset is not None else None,
-        classes=classes,
-        model_name=run_config.model_name,
-        run_config=config_io.to_dict(run_config),
-        resume=resume,
-        context=context,
-        num_workers=run_config.data.num_workers,
-    )
+    stages = recipe_of(model, run_config.train.recipe)
+    input_size = getattr(model, "input_size", None)
+    if input_size is not None:  # a fixed-input model: warp the training images to it in advance
+        train_dataset = train_dataset.with_options(resize_to=input_size, cache_images=run_config.data.cache_images)
+    if context.is_main:
+        names = ", ".join(stage.name for stage in stages)
+        print(f"{run_config.model_name}: training in {run_config.train.out_dir} ({names})", flush=True)
+    return train_stages(model, stages, run_config, train_dataset, val_dataset, classes, resume, context,
+                        stop_at_step, data_report)  # fmt: skip
 
 
-# Faster R-CNN's 4-step alternating training: steps 1-3 train in these sub-folders of the run,
-# step 4 (the final detector) in the run folder itself, so ``best``/``last`` there are the result.
-FOUR_STEP_FOLDERS = ("step1_rpn", "step2_detector", "step3_rpn_shared")
-STEP_DONE = "step_done"
-
-
-def _train_four_steps(
-    run_config: RunConfig, model, train_dataset, val_dataset, classes, resume, context
-) -> FitResult:
-    """Faster R-CNN trained with the paper's 4-step alternating scheme
-    (:func:`detlab.models.faster_rcnn.train_alternating`), each step with a fresh optimiser and a
-    quarter of the run's budget (time, steps or epochs). The detector steps (2 and 4) evaluate on
-    val. A finished step leaves a ``step_done`` mark; resuming skips finished steps (their weights
-    come from the step's ``last.pt``) and continues the interrupted one exactly."""
-    from detlab.models.faster_rcnn import ALTERNATING_STEPS, train_alternating
-
-    run_dir = Path(run_config.train.out_dir)
-    train = run_config.train
-    quarter = dataclasses.replace(
+def stage_train_config(train: TrainConfig, stage: Stage) -> TrainConfig:
+    """``train`` with the stage's share of the budget (time, steps or epochs; at least one step or
+    epoch) and the stage's own changes."""
+    if stage.budget == 1.0 and not stage.train_changes:
+        return train
+    share = dataclasses.replace(
         train,
-        time_budget_s=train.time_budget_s / 4,
-        max_steps=(train.max_steps + 3) // 4 if train.max_steps else 0,
-        epochs=max(1, (train.epochs + 3) // 4),
+        time_budget_s=train.time_budget_s * stage.budget,
+        max_steps=math.ceil(train.max_steps * stage.budget - 1e-9) if train.max_steps else 0,
+        epochs=max(1, math.ceil(train.epochs * stage.budget - 1e-9)),
     )
-    results: list[FitResult] = []
+    return config_io.merge(share, stage.train_changes, "train")
 
-    def train_step(model, index: int) -> None:
-        if results and results[-1].status != "finished":
-            return  # interrupted: leave the later steps for the resumed run
-        step_dir = run_dir / FOUR_STEP_FOLDERS[index] if index < len(FOUR_STEP_FOLDERS) else run_dir
-        if (step_dir / STEP_DONE).is_file():
-            state = checkpoints.load_checkpoint(step_dir / checkpoints.LAST_NAME)["model"]
-            model.load_state_dict(state)
-            return
-        detector_step = ALTERNATING_STEPS[index][0] == "detector"
+
+def train_stages(
+    model: torch.nn.Module,
+    stages: list[Stage | Step],
+    run_config: RunConfig,
+    train_dataset,
+    val_dataset,
+    classes: list[str],
+    resume: str | Path | None = None,
+    context: Context | None = None,
+    stop_at_step: int | None = None,
+    data_report: dict | None = None,
+) -> FitResult:
+    """Run ``stages`` in order: every item but the last in ``RUN/<its name>/``, the last in the run
+    folder. A finished item (``stage_done`` mark) is skipped, its weights loaded from its
+    ``last.pt``; the interrupted one continues exactly. Returns the result of the last stage run
+    (a paused or interrupted stage ends the recipe there, for the resumed run to continue)."""
+    context = context or init_distributed(run_config.train.device)
+    run_dir = Path(run_config.train.out_dir)
+    if not isinstance(stages[-1], Stage):
+        raise ValueError("a recipe must end with a training stage")
+    header = {"model_name": run_config.model_name, "classes": list(classes), "config": config_io.to_dict(run_config)}
+    result = None
+    for index, item in enumerate(stages):
+        last = index == len(stages) - 1
+        folder = run_dir if last else run_dir / item.name
+        if not last and (folder / STAGE_DONE).is_file():
+            model.load_state_dict(checkpoints.load_checkpoint(folder / checkpoints.LAST_NAME)["model"])
+            continue
+        if isinstance(item, Step):
+            run_step(item, model, train_dataset, folder, header, run_config.train.seed + index, context)
+            continue
+        if item.prepare is not None:
+            item.prepare(model)
+        resume_stage = resume is not None and (folder / checkpoints.LAST_NAME).is_file()
         result = fit(
             model,
             train_dataset,
-            quarter,
-            step_dir,
-            val_dataset=val_dataset if detector_step else None,
-            make_evaluator=make_evaluator_factory(classes) if detector_step and val_dataset is not None else None,
+            stage_train_config(run_config.train, item),
+            folder,
+            val_dataset=val_dataset if item.evaluate else None,
+            make_evaluator=(lambda: make_evaluator(model, classes)) if item.evaluate and val_dataset is not None else None,
             classes=classes,
             model_name=run_config.model_name,
-            run_config=config_io.to_dict(run_config),
-            resume=step_dir if resume is not None and (step_dir / checkpoints.LAST_NAME).is_file() else None,
+            run_config=header["config"],
+            resume=folder if resume_stage else None,
             context=context,
             num_workers=run_config.data.num_workers,
+            stop_at_step=stop_at_step,
+            data_report=data_report if index == 0 else None,
         )
-        if result.status == "finished" and context.is_main:
-            (step_dir / STEP_DONE).write_text(f"{result.state.step} steps, {result.state.elapsed_s:.1f} s\n")
+        if not result.finished:
+            return result
+        if not last and context.is_main:
+            (folder / STAGE_DONE).write_text(f"{result.state.step} steps, {result.state.elapsed_s:.1f} s\n")
         barrier(context)
-        results.append(result)
+    return result
 
-    train_alternating(model, train_step)
-    if not results:
-        raise ValueError(f"{run_dir}: all four steps of this run are finished; nothing to resume")
-    return results[-1]
+
+def run_step(step: Step, model, train_dataset, folder: Path, header: dict, seed: int, context: Context) -> None:
+    """One non-gradient step of a recipe, on every process alike (seeded, so a resumed run draws
+    the same numbers), then its checkpoint and ``stage_done`` mark (rank 0)."""
+    torch.manual_seed(seed)
+    outcome = step.run(model, train_dataset) or {}
+    if context.is_main:
+        print(f"{step.name}: {outcome}" if outcome else f"{step.name}: done", flush=True)
+        checkpoints.save_checkpoint(
+            {**header, "model": model.state_dict(), "optimizer": None, "schedule": None, "scaler": None,
+             "progress": dataclasses.asdict(TrainingState()), "rng": checkpoints.capture_rng_state(),
+             "metrics": dict(outcome)},
+            folder / checkpoints.LAST_NAME,
+        )  # fmt: skip
+        (folder / STAGE_DONE).write_text("done\n")
+    barrier(context)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The run's ``last.pt``, or, for a run still in an earlier stage, the newest stage's."""
+    run_dir = Path(run_dir)
+    last = run_dir / checkpoints.LAST_NAME
+    if last.is_file():
+        return last
+    stages = sorted((path for path in run_dir.glob(f"*/{checkpoints.LAST_NAME}")), key=lambda p: p.stat().st_mtime)
+    if not stages:
+        raise FileNotFoundError(f"{run_dir}: no run to resume here (no {checkpoints.LAST_NAME})")
+    return stages[-1]
 
 
 def run_config_for_resume(run_dir: str | Path, overrides: list[str] | None = None, **values) -> RunConfig:
-    """The config stored in ``run_dir/last.pt`` (for a 4-step run still in steps 1-3, the newest
-    step's), with ``values``/``overrides`` applied (e.g. more epochs); the run stays in ``run_dir``."""
-    last = Path(run_dir) / checkpoints.LAST_NAME
-    if not last.is_file():
-        steps = [Path(run_dir) / name / checkpoints.LAST_NAME for name in FOUR_STEP_FOLDERS]
-        last = next((path for path in reversed(steps) if path.is_file()), last)
-    checkpoint = checkpoints.load_checkpoint(last)
+    """The config stored with the run in ``run_dir``, with ``values``/``overrides`` applied (e.g.
+    more epochs); the run stays in ``run_dir``."""
+    checkpoint = checkpoints.load_checkpoint(latest_checkpoint(run_dir))
     config = run_config_from_dict(checkpoint["config"])
     if values:
         config = config_io.merge(config, values)

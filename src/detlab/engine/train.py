@@ -49,7 +49,7 @@ from detlab.engine.optimization import LearningRateSchedule, build_optimizer
 from detlab.engine.sampling import ResumableSampler, SeededSamples, make_loader
 
 # Metrics tried in order to pick the best checkpoint when the caller names none.
-BEST_METRIC_CANDIDATES = ("AP50", "mAP50", "map50", "AP", "mAP", "map")
+BEST_METRIC_CANDIDATES = ("AP50", "mAP50", "map50", "AP", "mAP", "map", "localization_top1", "pck@0.2")
 
 
 class Evaluator(Protocol):
@@ -79,7 +79,8 @@ class TrainingState:
 
 @dataclass
 class FitResult:
-    """``status``: ``finished``, ``interrupted`` (SIGINT/SIGTERM; resume it) or ``paused``."""
+    """``status``: ``finished``, ``already_finished`` (a resumed run whose budget was already
+    spent: nothing trained), ``interrupted`` (SIGINT/SIGTERM; resume it) or ``paused``."""
 
     run_dir: Path
     status: str
@@ -88,6 +89,10 @@ class FitResult:
     best_checkpoint: Path | None = None
     metrics: dict = field(default_factory=dict)
     signal_name: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("finished", "already_finished")
 
 
 class StopRequest:
@@ -157,7 +162,7 @@ def train_one_epoch(
     log: MetricsLog | None = None,
     stop: StopRequest | None = None,
     stop_at_step: int | None = None,
-    last_checkpoint: Path | None = None,
+    checkpoint_path: Path | None = None,
 ) -> str:
     """Train on the rest of the current epoch; update ``state`` in place after every step.
 
@@ -165,101 +170,155 @@ def train_one_epoch(
     Raises :class:`NonFiniteLossError` (on every rank at once) when the loss is NaN or infinite.
     """
     model.train()
-    device = context.device
-    use_amp = scaler is not None and scaler.is_enabled()
-    # On a CPU, mixed precision means bfloat16 autocast (no loss scaling needed), when asked for.
-    cpu_bf16 = device.type == "cpu" and config.amp_cpu_bf16 and cpu_has_fast_bf16()
+    keep_frozen_modules_fixed(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    total_batches = state.batch_in_epoch + len(data_loader)
     progress = tqdm(
-        total=total_batches,
+        total=state.batch_in_epoch + len(data_loader),
         initial=state.batch_in_epoch,
         desc=f"epoch {state.epoch + 1}",
         disable=not context.is_main,
         dynamic_ncols=True,
         leave=False,
     )
-    window: dict[str, float] = {}
-    window_steps, window_images, window_start = 0, 0, time.perf_counter()
+    window = LossWindow()
     reason = "epoch_end"
     # Training time counts loading and augmenting the data too, everything but evaluation.
     last_tick = time.perf_counter()
     for images, targets in data_loader:
-        images, targets = move_to_device(images, targets, device)
+        images, targets = move_to_device(images, targets, context.device)
         learning_rate = schedule.apply(optimizer, state.step, state.elapsed_s)
-        with torch.autocast(
-            device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=use_amp or cpu_bf16
-        ):
+        with autocast_for(context.device, config, scaler):
             losses = model(images, targets)
         names = sorted(losses)
         loss = sum(losses[name] for name in names)
-        stop_flag = 1.0 if stop is not None and stop.signal_name is not None else 0.0
-        # One all-reduce carries the losses, the stop flag and the clock, so every rank sees the
-        # same numbers and takes the same decisions (stopping alone would deadlock the others).
-        local = torch.stack([loss.detach().float()] + [losses[n].detach().float() for n in names])
         now = time.perf_counter()
         local_elapsed, last_tick = state.elapsed_s + (now - last_tick), now
-        shared = torch.cat([local, torch.tensor([stop_flag, local_elapsed], device=local.device)])
-        shared = average_across_processes(shared, context).cpu()
-        loss_values = shared[: len(names) + 1]
-        if not torch.isfinite(loss_values).all():
-            terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(["loss"] + names, loss_values.tolist()))
-            saved = (
-                str(last_checkpoint)
-                if last_checkpoint
-                else "none yet (no checkpoint was written before this step)"
-            )
-            raise NonFiniteLossError(
-                f"non-finite loss at step {state.step + 1} (epoch {state.epoch + 1}, batch "
-                f"{state.batch_in_epoch + 1}): {terms}; training stopped before this step changed the weights. "
-                f"Last good checkpoint: {saved}. Lower train.lr, raise train.warmup_steps or check the data, "
-                "then resume with --resume RUN_DIR."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if config.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if config.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
-            optimizer.step()
-
+        loss_values, stop_flag, elapsed = share_step_numbers(losses, names, loss, stop, local_elapsed, context)
+        check_finite(loss_values, names, state, checkpoint_path)
+        optimizer_step(loss, optimizer, parameters, config, scaler)
         state.step += 1
         state.batch_in_epoch += 1
-        state.elapsed_s = float(shared[-1])  # the same on every rank: the schedule and the budget use it
-        for name, value in zip(["loss"] + names, loss_values.tolist()):
-            window[name] = window.get(name, 0.0) + value
-        window_steps += 1
-        window_images += len(images) * context.world_size
-        images_per_s = window_images / max(time.perf_counter() - window_start, 1e-9)
+        state.elapsed_s = elapsed  # the same on every rank: the schedule and the budget use it
+        window.add(["loss"] + names, loss_values.tolist(), len(images) * context.world_size)
         progress.update(1)
-        progress.set_postfix(
-            loss=f"{loss_values[0].item():.4f}", img_s=f"{images_per_s:.1f}", lr=f"{learning_rate:.2e}"
-        )
+        progress.set_postfix(loss=f"{loss_values[0].item():.4f}", img_s=f"{window.images_per_s():.1f}",
+                             lr=f"{learning_rate:.2e}")  # fmt: skip
         if log is not None and (state.step % max(config.log_every, 1) == 0 or state.step == 1):
-            record = {"kind": "train", "epoch": state.epoch + 1, "step": state.step, "lr": learning_rate}
-            record.update({name: total / window_steps for name, total in window.items()})
-            record.update({"images_per_s": round(images_per_s, 3), "time": round(state.elapsed_s, 3)})
-            log.write(record)
-            window, window_steps, window_images, window_start = {}, 0, 0, time.perf_counter()
-
-        if shared[-2] > 0:
-            reason = "signal"
-        elif stop_at_step is not None and state.step >= stop_at_step:
-            reason = "pause"
-        elif config.max_steps > 0 and state.step >= config.max_steps:
-            reason = "max_steps"
-        elif config.time_budget_s > 0 and state.elapsed_s >= config.time_budget_s:
-            reason = "time_budget"
+            log.write(window.record(state, learning_rate))
+            window = LossWindow()
+        reason = stop_reason(state, config, stop_flag, stop_at_step)
         if reason != "epoch_end":
             break
     progress.close()
     return reason
+
+
+def keep_frozen_modules_fixed(model: torch.nn.Module) -> None:
+    """Run every sub-module whose parameters are all frozen in eval mode: a stage that freezes part
+    of a network (``detlab.engine.stages.set_trainable``) keeps that part a fixed function, its
+    BatchNorm statistics included and its dropout off."""
+    for module in model.modules():
+        parameters = list(module.parameters())
+        if parameters and not any(parameter.requires_grad for parameter in parameters):
+            module.eval()
+
+
+def autocast_for(device: torch.device, config: TrainConfig, scaler: torch.amp.GradScaler | None):
+    """Mixed precision: float16 with loss scaling on CUDA (``train.amp``); on a CPU, bfloat16
+    autocast when asked for (``train.amp_cpu_bf16``) and the CPU has native bfloat16."""
+    use_amp = scaler is not None and scaler.is_enabled()
+    cpu_bf16 = device.type == "cpu" and config.amp_cpu_bf16 and cpu_has_fast_bf16()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=use_amp or cpu_bf16)
+
+
+def share_step_numbers(
+    losses: dict, names: list[str], loss: torch.Tensor, stop: StopRequest | None, elapsed_s: float, context: Context
+) -> tuple[torch.Tensor, bool, float]:
+    """``(loss values [total, *terms], stop requested, elapsed seconds)`` averaged over processes.
+
+    One all-reduce carries the losses, the stop flag and the clock, so every rank sees the same
+    numbers and takes the same decisions (stopping alone would deadlock the others)."""
+    stop_flag = 1.0 if stop is not None and stop.signal_name is not None else 0.0
+    local = torch.stack([loss.detach().float()] + [losses[name].detach().float() for name in names])
+    shared = torch.cat([local, torch.tensor([stop_flag, elapsed_s], device=local.device)])
+    shared = average_across_processes(shared, context).cpu()
+    return shared[: len(names) + 1], bool(shared[-2] > 0), float(shared[-1])
+
+
+def check_finite(loss_values: torch.Tensor, names: list[str], state: TrainingState, checkpoint: Path | None) -> None:
+    """Raise :class:`NonFiniteLossError` before a NaN or infinite loss changes any weight
+    (:func:`fit` then saves the weights of the last good step to ``checkpoint``)."""
+    if torch.isfinite(loss_values).all():
+        return
+    terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(["loss"] + names, loss_values.tolist()))
+    raise NonFiniteLossError(
+        f"non-finite loss at step {state.step + 1} (epoch {state.epoch + 1}, batch {state.batch_in_epoch + 1}): "
+        f"{terms}; training stopped before this step changed the weights, which are saved in "
+        f"{checkpoint or 'last.pt'}. Lower train.lr, raise train.warmup_steps or check the data, then resume "
+        "with --resume RUN_DIR."
+    )
+
+
+def optimizer_step(loss, optimizer, parameters, config: TrainConfig, scaler) -> None:
+    """Backward, gradient clipping (``train.clip_grad_norm``), one optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if config.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if config.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
+    optimizer.step()
+
+
+class LossWindow:
+    """Loss terms averaged over the steps since the last log record, and the images per second."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+        self.steps, self.images, self.start = 0, 0, time.perf_counter()
+
+    def add(self, names: list[str], values: list[float], images: int) -> None:
+        for name, value in zip(names, values):
+            self.totals[name] = self.totals.get(name, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+    def images_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+    def record(self, state: TrainingState, learning_rate: float) -> dict:
+        record = {"kind": "train", "epoch": state.epoch + 1, "step": state.step, "lr": learning_rate}
+        record.update({name: total / self.steps for name, total in self.totals.items()})
+        record.update({"images_per_s": round(self.images_per_s(), 3), "time": round(state.elapsed_s, 3)})
+        return record
+
+
+def stop_reason(state: TrainingState, config: TrainConfig, stop_flag: bool, stop_at_step: int | None) -> str:
+    """Why training stops after this step (``epoch_end``: it does not)."""
+    if stop_flag:
+        return "signal"
+    if stop_at_step is not None and state.step >= stop_at_step:
+        return "pause"
+    if config.max_steps > 0 and state.step >= config.max_steps:
+        return "max_steps"
+    if config.time_budget_s > 0 and state.elapsed_s >= config.time_budget_s:
+        return "time_budget"
+    return "epoch_end"
+
+
+def budget_spent(state: TrainingState, config: TrainConfig) -> bool:
+    """Whether a run at ``state`` has nothing left to train under ``config``'s budget."""
+    if config.max_steps > 0 or config.time_budget_s > 0:
+        return (config.max_steps > 0 and state.step >= config.max_steps) or (
+            config.time_budget_s > 0 and state.elapsed_s >= config.time_budget_s
+        )
+    return state.epoch >= config.epochs
 
 
 @torch.no_grad()
@@ -322,6 +381,7 @@ def fit(
     best_metric: str | None = None,
     num_workers: int = 0,
     stop_at_step: int | None = None,
+    data_report: dict | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_dataset`` per ``config``; evaluate, log and checkpoint in ``run_dir``.
 
@@ -330,167 +390,209 @@ def fit(
     fresh evaluator per evaluation) enable evaluation every ``config.eval_every`` epochs and at
     the end; ``best_metric`` names the result key that picks ``best.pt`` (default: the first of
     ``BEST_METRIC_CANDIDATES`` present). ``run_config`` (a plain dict) and ``classes`` are saved
-    in every checkpoint. ``resume``: a checkpoint (or run folder) to continue exactly.
+    in every checkpoint. ``resume``: a checkpoint (or run folder) to continue exactly; a run whose
+    budget is already spent is not trained further (status ``already_finished``).
     ``stop_at_step``: save and return with status ``paused`` after that step, as an interruption would.
+    ``data_report``: what checking the data found (``detlab.data.validation``), the first record
+    of a fresh run's log.
 
     Stops at the first of: ``config.max_steps`` steps or ``config.time_budget_s`` seconds when
-    set (either replaces ``config.epochs``), else ``config.epochs`` epochs; SIGINT/SIGTERM.
+    set (either replaces ``config.epochs``), else ``config.epochs`` epochs; SIGINT/SIGTERM. Any
+    error after training started (an unreadable image, a NaN loss, a full disk while evaluating)
+    first saves ``last.pt``, so no finished step is lost, then propagates.
     """
     context = context or init_distributed(config.device)
     run_dir = Path(run_dir)
-    device = context.device
-    model.to(device)
+    model.to(context.device)
     optimizer = build_optimizer(model, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    state = TrainingState()
-    resumed = None
-    if resume is not None:
-        resume = Path(resume)
-        resumed = checkpoints.load_checkpoint(resume / checkpoints.LAST_NAME if resume.is_dir() else resume)
-        model.load_state_dict(resumed["model"])
-        if resumed.get("optimizer"):
-            optimizer.load_state_dict(resumed["optimizer"])
-        if resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        state = TrainingState(**resumed["progress"])
-    else:
-        if (run_dir / checkpoints.LAST_NAME).exists():
-            raise ValueError(
-                f"{run_dir} already holds a run ({checkpoints.LAST_NAME}); resume it with --resume {run_dir} "
-                "or choose another output folder"
-            )
-        # Each rank its own model randomness (dropout); data order is seeded separately.
-        torch.manual_seed(config.seed + context.rank)
-        random.seed(config.seed + context.rank)
-        np.random.seed(config.seed + context.rank)
-
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and context.device.type == "cuda")
+    resumed = load_resume_point(resume, run_dir, model, optimizer, scaler)
+    state = TrainingState(**resumed["progress"]) if resumed else TrainingState()
+    if resumed is None:
+        seed_model_randomness(config.seed + context.rank)  # each rank its own dropout; data seeded apart
+    elif budget_spent(state, config):
+        return FitResult(run_dir, "already_finished", state, run_dir / checkpoints.LAST_NAME,
+                         existing(run_dir / checkpoints.BEST_NAME), dict(resumed.get("metrics") or {}))  # fmt: skip
     seeded = SeededSamples(train_dataset, seed=config.seed)
-    sampler = ResumableSampler(
-        len(train_dataset), context.rank, context.world_size, shuffle=True, seed=config.seed
-    )
+    sampler = ResumableSampler(len(train_dataset), context.rank, context.world_size, shuffle=True, seed=config.seed)
     loader = make_loader(seeded, config.batch_size, sampler, num_workers, collate)
-    steps_per_epoch = math.ceil(sampler.num_samples / config.batch_size)
-    if steps_per_epoch == 0:
-        raise ValueError("the training set is empty")
-    by_steps = config.max_steps > 0 or config.time_budget_s > 0
-    total_steps = (
-        config.max_steps if config.max_steps > 0 else (0 if by_steps else config.epochs * steps_per_epoch)
-    )
-    schedule = LearningRateSchedule.from_config(config, total_steps)
-
+    schedule = LearningRateSchedule.from_config(config, total_steps(config, sampler))
     evaluation_loader = None
     if val_dataset is not None and make_evaluator is not None and context.is_main:
-        evaluation_loader = make_loader(
-            val_dataset, config.batch_size, SequentialSampler(val_dataset), num_workers, collate
-        )
-
-    log = None
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(run_dir, resume_step=state.step if resumed else None)
-        if run_config is not None:
-            with open(run_dir / "config.yaml", "w") as handle:
-                yaml.safe_dump(run_config, handle, sort_keys=False)
-    last_path = run_dir / checkpoints.LAST_NAME if resumed and context.is_main else None
-    best_path = (
-        run_dir / checkpoints.BEST_NAME if resumed and (run_dir / checkpoints.BEST_NAME).exists() else None
-    )
-    metrics: dict = dict(resumed.get("metrics") or {}) if resumed else {}
+        evaluation_loader = make_loader(val_dataset, config.batch_size, SequentialSampler(val_dataset), num_workers, collate)
+    log = open_run_log(run_dir, run_config, state.step if resumed else None, context)
+    if log is not None and resumed is None and data_report:
+        log.write({"kind": "data", "step": 0, **data_report})
     if resumed is not None:
-        # Restored last, after everything above that may draw random numbers.
-        checkpoints.restore_rng_state(resumed["rng"])
-
+        checkpoints.restore_rng_state(resumed["rng"])  # last, after everything that may draw numbers
     train_model = wrap_model(model, context)
-    evaluated_at_step, saved_at_step = -1, -1
+    checkpointer = Checkpointer(
+        run_dir, context, state, optimizer, schedule, scaler,
+        header={"model_name": model_name, "classes": list(classes),
+                "config": run_config or {"train": config_io.to_dict(config)}},
+        metrics=dict(resumed.get("metrics") or {}) if resumed else {},
+        resumed=resumed is not None,
+    )  # fmt: skip
 
-    def save(include_best: bool) -> None:
-        nonlocal last_path, best_path, saved_at_step
-        saved_at_step = state.step
-        if not context.is_main:
+    def run_evaluation() -> bool:
+        """Evaluate on rank 0; True when the result is the best so far."""
+        improved = False
+        checkpointer.evaluated_at_step = state.step
+        if evaluation_loader is not None:
+            result = _plain_metrics(evaluate(unwrap_model(train_model), evaluation_loader, make_evaluator(), context.device))
+            checkpointer.metrics = result
+            _, value = _pick_best_metric(result, best_metric)
+            if value is not None and (state.best_metric is None or value > state.best_metric):
+                state.best_metric, state.best_epoch, improved = value, state.epoch, True
+            if log is not None:
+                log.write({"kind": "eval", "epoch": state.epoch, "step": state.step, **result})
+                plot_curves(log.records(), run_dir / CURVES_NAME)
+        barrier(context)
+        return improved
+
+    with StopRequest() as stop:
+        try:
+            status = train_epochs(
+                train_model, optimizer, loader, sampler, seeded, schedule, state, config, context, scaler,
+                log, stop, stop_at_step, checkpointer, run_evaluation,
+            )  # fmt: skip
+        except Exception:
+            if state.step > 0:
+                checkpointer.save(unwrap_model(train_model), include_best=False)
+                if context.is_main:
+                    print(f"\ntraining stopped by an error after step {state.step}; {run_dir / checkpoints.LAST_NAME} "
+                          f"holds that step: fix the cause, then resume with: detlab train --resume {run_dir}",
+                          file=sys.stderr)  # fmt: skip
+            raise
+    if log is not None:
+        plot_curves(log.records(), run_dir / CURVES_NAME)
+    barrier(context)
+    return FitResult(run_dir, status, state, checkpointer.last_path, checkpointer.best_path,
+                     checkpointer.metrics, stop.signal_name)  # fmt: skip
+
+
+def train_epochs(
+    train_model, optimizer, loader, sampler, seeded, schedule, state, config, context, scaler, log, stop,
+    stop_at_step, checkpointer, run_evaluation,
+) -> str:  # fmt: skip
+    """Epochs until the budget, a signal or ``stop_at_step``; evaluate and save after each epoch
+    (every ``config.eval_every``) and at the end. Returns the run's status."""
+    model = unwrap_model(train_model)
+    reason = "epoch_end"
+    while budget_by_steps(config) or state.epoch < config.epochs:
+        sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
+        seeded.set_epoch(state.epoch)
+        reason = "epoch_end"
+        if len(sampler) > 0:
+            reason = train_one_epoch(
+                train_model, optimizer, loader, schedule, state, config, context,
+                scaler if scaler.is_enabled() else None, log, stop, stop_at_step,
+                checkpointer.run_dir / checkpoints.LAST_NAME,
+            )  # fmt: skip
+        if reason != "epoch_end":
+            break
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        evaluate_now = config.eval_every > 0 and state.epoch % config.eval_every == 0
+        improved = run_evaluation() if evaluate_now else False
+        checkpointer.save(model, include_best=improved)
+    if reason in ("signal", "pause"):
+        checkpointer.save(model, include_best=False)
+        return "interrupted" if reason == "signal" else "paused"
+    if checkpointer.evaluated_at_step != state.step:
+        checkpointer.save(model, include_best=run_evaluation())
+    elif checkpointer.saved_at_step != state.step:
+        checkpointer.save(model, include_best=False)
+    return "finished"
+
+
+class Checkpointer:
+    """Writes ``last.pt`` (and ``best.pt``) of a run on rank 0: the weights, optimiser, schedule,
+    scaler, progress and random state, with the run's ``header`` (model name, classes, config) and
+    the latest evaluation ``metrics``."""
+
+    def __init__(self, run_dir, context, state, optimizer, schedule, scaler, header, metrics, resumed):
+        self.run_dir, self.context, self.state = Path(run_dir), context, state
+        self.optimizer, self.schedule, self.scaler = optimizer, schedule, scaler
+        self.header, self.metrics = header, metrics
+        self.last_path = self.run_dir / checkpoints.LAST_NAME if resumed and context.is_main else None
+        self.best_path = existing(self.run_dir / checkpoints.BEST_NAME) if resumed else None
+        self.saved_at_step = self.evaluated_at_step = -1
+
+    def save(self, model: torch.nn.Module, include_best: bool) -> None:
+        self.saved_at_step = self.state.step
+        if not self.context.is_main:
             return
         data = checkpoints.serialize(
             {
                 "format": checkpoints.FORMAT,
                 "version": checkpoints.VERSION,
-                "model_name": model_name,
-                "classes": list(classes),
-                "config": run_config or {"train": config_io.to_dict(config)},
-                "model": unwrap_model(train_model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "progress": dataclasses.asdict(state),
+                **self.header,
+                "model": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "progress": dataclasses.asdict(self.state),
                 "rng": checkpoints.capture_rng_state(),
-                "metrics": metrics,
+                "metrics": self.metrics,
             }
         )
-        last_path = checkpoints.write_atomically(data, run_dir / checkpoints.LAST_NAME)
+        self.last_path = checkpoints.write_atomically(data, self.run_dir / checkpoints.LAST_NAME)
         if include_best:
-            best_path = checkpoints.write_atomically(data, run_dir / checkpoints.BEST_NAME)
+            self.best_path = checkpoints.write_atomically(data, self.run_dir / checkpoints.BEST_NAME)
 
-    def run_evaluation() -> bool:
-        """Evaluate on rank 0; True when the result is the best so far."""
-        nonlocal metrics, evaluated_at_step
-        evaluated_at_step = state.step
-        improved = False
-        if evaluation_loader is not None:
-            result = evaluate(unwrap_model(train_model), evaluation_loader, make_evaluator(), device)
-            metrics = _plain_metrics(result)
-            name, value = _pick_best_metric(metrics, best_metric)
-            if value is not None and (state.best_metric is None or value > state.best_metric):
-                state.best_metric, state.best_epoch, improved = value, state.epoch, True
-            if log is not None:
-                log.write({"kind": "eval", "epoch": state.epoch, "step": state.step, **metrics})
-                plot_curves(log.records(), run_dir / CURVES_NAME)
-        barrier(context)
-        return improved
 
-    status, reason = "finished", "epoch_end"
-    with StopRequest() as stop:
-        while by_steps or state.epoch < config.epochs:
-            sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
-            seeded.set_epoch(state.epoch)
-            reason = "epoch_end"
-            if len(sampler) > 0:
-                reason = train_one_epoch(
-                    train_model,
-                    optimizer,
-                    loader,
-                    schedule,
-                    state,
-                    config,
-                    context,
-                    scaler if scaler.is_enabled() else None,
-                    log,
-                    stop,
-                    stop_at_step,
-                    last_path,
-                )
-            if reason == "epoch_end":
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                evaluate_now = config.eval_every > 0 and state.epoch % config.eval_every == 0
-                improved = run_evaluation() if evaluate_now else False
-                save(include_best=improved)
-                continue
-            break
-        if reason in ("signal", "pause"):
-            status = "interrupted" if reason == "signal" else "paused"
-            save(include_best=False)
-        elif evaluated_at_step != state.step:
-            improved = run_evaluation()
-            save(include_best=improved)
-        elif saved_at_step != state.step:
-            save(include_best=False)
-    if log is not None:
-        plot_curves(log.records(), run_dir / CURVES_NAME)
-    barrier(context)
-    return FitResult(
-        run_dir=run_dir,
-        status=status,
-        state=state,
-        last_checkpoint=last_path,
-        best_checkpoint=best_path,
-        metrics=metrics,
-        signal_name=stop.signal_name,
-    )
+def load_resume_point(resume, run_dir: Path, model, optimizer, scaler) -> dict | None:
+    """The checkpoint to continue from, its weights and optimiser state loaded; ``None`` for a fresh
+    run, which refuses a folder that already holds one."""
+    if resume is None:
+        if (run_dir / checkpoints.LAST_NAME).exists():
+            raise ValueError(
+                f"{run_dir} already holds a run ({checkpoints.LAST_NAME}); resume it with --resume {run_dir} "
+                "or choose another output folder"
+            )
+        return None
+    resume = Path(resume)
+    resumed = checkpoints.load_checkpoint(resume / checkpoints.LAST_NAME if resume.is_dir() else resume)
+    model.load_state_dict(resumed["model"])
+    if resumed.get("optimizer"):
+        optimizer.load_state_dict(resumed["optimizer"])
+    if resumed.get("scaler"):
+        scaler.load_state_dict(resumed["scaler"])
+    return resumed
+
+
+def seed_model_randomness(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def budget_by_steps(config: TrainConfig) -> bool:
+    """A step or time budget replaces the epoch count."""
+    return config.max_steps > 0 or config.time_budget_s > 0
+
+
+def total_steps(config: TrainConfig, sampler: ResumableSampler) -> int:
+    """The step horizon of the learning-rate schedule (0 when only a time budget bounds the run)."""
+    steps_per_epoch = math.ceil(sampler.num_samples / config.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError("the training set is empty")
+    if config.max_steps > 0:
+        return config.max_steps
+    return 0 if budget_by_steps(config) else config.epochs * steps_per_epoch
+
+
+def open_run_log(run_dir: Path, run_config: dict | None, resume_step: int | None, context: Context):
+    """The metrics log (rank 0), and ``config.yaml`` written beside it."""
+    if not context.is_main:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_config is not None:
+        with open(run_dir / "config.yaml", "w") as handle:
+            yaml.safe_dump(run_config, handle, sort_keys=False)
+    return MetricsLog(run_dir, resume_step=resume_step)
+
+
+def existing(path: Path) -> Path | None:
+    return path if path.exists() else None

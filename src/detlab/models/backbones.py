@@ -1,45 +1,158 @@
-"""Convolutional feature extractors shared by every detector.
+"""Convolutional backbones shared by every method: one module, one :class:`FeatureExtractor`.
 
-``build_backbone(name)`` returns a module ``forward(x: Tensor[B, 3, H, W]) -> Tensor[B, C, H', W']``
-with ``H' ~ H / stride`` and two attributes, ``out_channels`` (C) and ``stride``. The torchvision
-architectures keep torchvision's parameter names (``features.0.weight``, ``layer1.0.conv1.weight``,
-...), so a state dict saved from the full torchvision model loads into the extractor directly: the
-classifier keys are ignored.
+Two things are built here:
 
-``build_classifier_net(name, window_size)`` returns the same features plus the fully-connected
-layers that follow them in the classification network (AlexNet, VGG-16, or the small net's own FC
-layers). The localizer attaches its heads after these layers and OverFeat turns them into
-convolutions, so their input is the flattened feature grid of exactly one training window.
+- **Bodies**: a CNN that returns its feature maps at growing strides, ``[C2, C3, C4, C5]`` at strides
+  4-32 for the residual nets (``compact`` and torchvision's ResNets), one map for the plain nets
+  (``small``, ``alexnet``, ``vgg16``, the MobileNets). :class:`FeatureExtractor` wraps a body,
+  optionally adds a feature pyramid, and gives every detector the same interface: ``forward(batch)``
+  returns an ``OrderedDict[name, Tensor[B, out_channels, H_l, W_l]]`` with ``strides`` and
+  ``names`` per level. Only the layers a detector uses are built: without a pyramid a residual
+  body stops at C4 (stride 16, as VGG16's conv5 in the R-CNN papers), and torchvision's
+  classifier layers are never kept.
+- **Classifier nets** (:func:`build_classifier_net`): the conv features plus the fully-connected
+  layers that follow them in a classification network, for the localizer, DeepPose and OverFeat,
+  whose heads sit after those layers (and which OverFeat turns into convolutions).
 
 Weights: ``pretrained=True`` asks torchvision for its ImageNet weights (needs internet, or
-torchvision's cache); ``weights_path`` loads a local state dict (``torch.load(weights_only=True)``,
-so loading never runs code from the file). With neither, the network starts from random weights.
+torchvision's cache); ``weights_path`` loads a local state dict, the full torchvision model's or the
+body's own (``torch.load(weights_only=True)``: loading never runs code from the file). The bodies
+keep torchvision's parameter names (``conv1.weight``, ``layer1.0.conv1.weight``,
+``features.0.weight``), so such a file loads directly. With neither, training starts from random
+weights, which is what runs on a CPU here.
+
+Shape letters: B images, C channels, H x W a feature map, S the window side of a classifier net.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision import models as tv_models
+from torchvision.ops import FeaturePyramidNetwork
+
+from detlab.config import choice
 
 # Widths of the small net's five conv blocks: a VGG-like net sized to train from scratch on a CPU.
 SMALL_WIDTHS = (32, 64, 128, 256, 256)
 # What the small classifier net's first FC layer sees: the flattened grid, or its channel maxima.
 POOL_CHOICES = ("none", "max")
+RESIDUAL_STRIDES = (4.0, 8.0, 16.0, 32.0)
 
 
-class FeatureExtractor(nn.Sequential):
-    """An ``nn.Sequential`` of named stages that records ``out_channels`` and ``stride``."""
+# ------------------------------------------------------------------------------------------------
+# Bodies: Tensor[B, 3, H, W] -> [Tensor[B, channels[l], H / strides[l], W / strides[l]], ...]
 
-    def __init__(self, stages: OrderedDict[str, nn.Module], out_channels: int, stride: int):
-        super().__init__(stages)
-        self.out_channels = out_channels
-        self.stride = stride
+
+def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution, BatchNorm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a shortcut (He et al. 2016); BatchNorm is what lets a detector
+    train from scratch at a high learning rate in minutes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv_bn(in_channels, out_channels, stride)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.conv2(self.conv1(x)) + self.shortcut(x)).relu()
+
+
+class CompactBody(nn.Module):
+    """A small residual CNN for CPUs: a stride-4 stem with ``width`` channels (C2), then stages at
+    strides 8, 16 and 32 with ``width * (2, 4, 8)`` channels; ``num_levels`` of them are built."""
+
+    def __init__(self, width: int = 32, num_levels: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, width // 2, 2), conv_bn(width // 2, width, 2), ResidualBlock(width, width))
+        channels = [width, width * 2, width * 4, width * 8][:num_levels]
+        self.stages = nn.ModuleList(
+            nn.Sequential(ResidualBlock(previous, current, 2), ResidualBlock(current, current))
+            for previous, current in zip(channels, channels[1:])
+        )
+        self.channels = channels
+        self.strides = list(RESIDUAL_STRIDES[:num_levels])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs = [self.stem(x)]
+        for stage in self.stages:
+            outputs.append(stage(outputs[-1]))
+        return outputs
+
+
+class ResNetBody(nn.Module):
+    """torchvision's ResNet without its classifier: C2-C5 (or fewer, ``num_levels``), with
+    torchvision's parameter names so its state dicts load."""
+
+    def __init__(self, model: nn.Module, num_levels: int = 4):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
+        self.layers = [f"layer{index}" for index in range(1, num_levels + 1)]
+        for name in self.layers:
+            setattr(self, name, getattr(model, name))
+        # A layer's width is its last block's last BatchNorm (bn3 in Bottleneck, bn2 in BasicBlock).
+        last_blocks = [getattr(self, name)[-1] for name in self.layers]
+        self.channels = [getattr(block, "bn3", block.bn2).num_features for block in last_blocks]
+        self.strides = list(RESIDUAL_STRIDES[:num_levels])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outputs = []
+        for name in self.layers:
+            x = getattr(self, name)(x)
+            outputs.append(x)
+        return outputs
+
+
+class PlainBody(nn.Module):
+    """A single-map body (``features``, ``Tensor[B, 3, H, W] -> Tensor[B, C, H/stride, W/stride]``):
+    the small net, AlexNet, VGG and the MobileNets (their ``features``, torchvision's names)."""
+
+    def __init__(self, features: nn.Module, out_channels: int, stride: int):
+        super().__init__()
+        self.features = features
+        self.channels, self.strides = [out_channels], [float(stride)]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [self.features(x)]
+
+
+def torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    """A torchvision classification model, with its ImageNet weights when ``pretrained``."""
+    builder = getattr(tv_models, name)
+    if not pretrained:
+        return builder(weights=None)
+    try:
+        return builder(weights="DEFAULT")
+    except Exception as error:  # URLError, socket errors, hash mismatch: all mean "no weights here"
+        raise ValueError(
+            f"could not get torchvision's ImageNet weights for {name!r} ({type(error).__name__}: {error}). "
+            "They are downloaded from the internet on first use; on a machine without internet, download "
+            "them elsewhere, save the state dict to a file and pass it with --backbone-weights FILE "
+            "(model.backbone_weights) instead of --pretrained."
+        ) from error
 
 
 def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int) -> nn.Sequential:
@@ -53,16 +166,16 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int) -
     return nn.Sequential(*layers)
 
 
-def small_features(padding: int = 1, num_blocks: int = 5) -> FeatureExtractor:
+def small_features(padding: int = 1, num_blocks: int = 5) -> tuple[nn.Sequential, int, int]:
     """``num_blocks`` (2-5) 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); all but
-    the last end in a 2x2 max-pool. With five blocks the stride is 16 and a 128x128 image gives an
-    8x8x256 feature map; with four (widths 32-64-128-256) the stride is 8.
+    the last end in a 2x2 max-pool. Returns ``(features, out_channels, stride)``: with five blocks
+    the stride is 16 and a 128x128 image gives an 8x8x256 map; with four (32-64-128-256) it is 8.
 
     ``padding=0`` ("valid" convolutions) makes the output at every position depend only on the
     pixels of its receptive field, never on zero padding at the image border. That is what makes a
     sliding-window pass over a large image exactly equal to running the net on each crop (OverFeat,
-    section 3.5), so the OverFeat detector's small net uses it: a 128x128 window then gives a 4x4
-    grid with five blocks, a 64x64 window a 4x4 grid with four.
+    section 3.5), so OverFeat's small net uses it: a 64x64 window then gives a 4x4 grid with four
+    blocks.
     """
     if not 2 <= num_blocks <= len(SMALL_WIDTHS):
         raise ValueError(f"the small net has 2 to {len(SMALL_WIDTHS)} blocks, got {num_blocks}")
@@ -73,77 +186,87 @@ def small_features(padding: int = 1, num_blocks: int = 5) -> FeatureExtractor:
         last = index == len(widths) - 1
         stages[f"block{index + 1}"] = _conv_block(in_channels, width, pool=not last, padding=padding)
         in_channels = width
-    return FeatureExtractor(stages, out_channels=widths[-1], stride=2 ** (num_blocks - 1))
+    return nn.Sequential(stages), widths[-1], 2 ** (num_blocks - 1)
 
 
-def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
-    """A torchvision classification model, with its ImageNet weights when ``pretrained``."""
-    builder = getattr(tv_models, name)
-    if not pretrained:
-        return builder(weights=None)
-    try:
-        return builder(weights="DEFAULT")
-    except Exception as error:  # URLError, socket errors, hash mismatch: all mean "no weights here"
-        raise ValueError(
-            f"could not get torchvision's ImageNet weights for {name!r} ({type(error).__name__}: {error}). "
-            "They are downloaded from the internet on first use; on a machine without internet, download "
-            "them elsewhere, save the state dict to a file and pass it with --backbone-weights FILE "
-            "(weights_path=...) instead of --pretrained."
-        ) from error
-
-
-def _resnet_features(name: str, out_channels: int) -> Callable[[bool], tuple[FeatureExtractor, nn.Module]]:
-    def build(pretrained: bool) -> tuple[FeatureExtractor, nn.Module]:
-        model = _torchvision_model(name, pretrained)
-        stage_names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        stages = OrderedDict((stage, getattr(model, stage)) for stage in stage_names)
-        return FeatureExtractor(stages, out_channels=out_channels, stride=32), model
-
-    return build
-
-
-def _features_attribute(name: str, out_channels: int) -> Callable[[bool], tuple[FeatureExtractor, nn.Module]]:
-    """Models whose convolutional part is ``model.features`` (AlexNet, VGG, MobileNets)."""
-
-    def build(pretrained: bool) -> tuple[FeatureExtractor, nn.Module]:
-        model = _torchvision_model(name, pretrained)
-        return FeatureExtractor(OrderedDict(features=model.features), out_channels, stride=32), model
-
-    return build
-
-
-def _small(pretrained: bool) -> tuple[FeatureExtractor, nn.Module | None]:
+def _small_body(pretrained: bool, width: int, num_levels: int) -> nn.Module:
     if pretrained:
         raise ValueError(
             "the 'small' backbone has no pretrained weights; train it from scratch or pass --backbone-weights FILE"
         )
-    return small_features(), None
+    features, channels, stride = small_features()
+    return PlainBody(features, channels, stride)
 
 
-# name -> build(pretrained) -> (feature extractor, full torchvision model or None)
-BACKBONES: dict[str, Callable[[bool], tuple[FeatureExtractor, nn.Module | None]]] = {
-    "small": _small,
-    "alexnet": _features_attribute("alexnet", 256),
-    "vgg16": _features_attribute("vgg16", 512),
-    "resnet18": _resnet_features("resnet18", 512),
-    "resnet34": _resnet_features("resnet34", 512),
-    "resnet50": _resnet_features("resnet50", 2048),
-    "mobilenet_v2": _features_attribute("mobilenet_v2", 1280),
-    "mobilenet_v3_large": _features_attribute("mobilenet_v3_large", 960),
+def _compact_body(pretrained: bool, width: int, num_levels: int) -> nn.Module:
+    if pretrained:
+        raise ValueError("the compact backbone has no pretrained weights; set pretrained_backbone: false")
+    return CompactBody(width, num_levels)
+
+
+def _resnet_body(name: str) -> Callable[[bool, int, int], nn.Module]:
+    def build(pretrained: bool, width: int, num_levels: int) -> nn.Module:
+        return ResNetBody(torchvision_model(name, pretrained), num_levels)
+
+    return build
+
+
+def _features_body(name: str, out_channels: int) -> Callable[[bool, int, int], nn.Module]:
+    """Models whose convolutional part is ``model.features`` (AlexNet, VGG, MobileNets)."""
+
+    def build(pretrained: bool, width: int, num_levels: int) -> nn.Module:
+        return PlainBody(torchvision_model(name, pretrained).features, out_channels, stride=32)
+
+    return build
+
+
+# name -> build(pretrained, width, num_levels) -> body with ``channels`` and ``strides`` per level.
+# ``num_levels`` is how many of C2..C5 a multi-level body builds; single-map bodies ignore it.
+BODIES: dict[str, Callable[[bool, int, int], nn.Module]] = {
+    "compact": _compact_body,
+    "small": _small_body,
+    "alexnet": _features_body("alexnet", 256),
+    "vgg16": _features_body("vgg16", 512),
+    "resnet18": _resnet_body("resnet18"),
+    "resnet34": _resnet_body("resnet34"),
+    "resnet50": _resnet_body("resnet50"),
+    "resnet101": _resnet_body("resnet101"),
+    "mobilenet_v2": _features_body("mobilenet_v2", 1280),
+    "mobilenet_v3_large": _features_body("mobilenet_v3_large", 960),
 }
+MULTI_LEVEL = ("compact", "resnet18", "resnet34", "resnet50", "resnet101")
 
 
-def _check_name(name: str) -> None:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+@dataclasses.dataclass
+class BackboneConfig:
+    """The backbone fields every detector config shares.
+
+    ``backbone``: a key of :data:`BODIES` (``compact``, ``resnet18/34/50/101``, ``small``,
+    ``alexnet``, ``vgg16``, ``mobilenet_v2``, ``mobilenet_v3_large``); ``backbone_width``: the
+    compact net's stem width (its stages have 2, 4 and 8 times that); ``pretrained_backbone``:
+    torchvision's ImageNet weights; ``backbone_weights``: a local state-dict file instead;
+    ``channels_last``: run the convolutions channels-last (oneDNN's faster layout on CPUs).
+    """
+
+    backbone: str = choice("compact", tuple(BODIES))
+    backbone_width: int = 32
+    pretrained_backbone: bool = False
+    backbone_weights: str | None = None
+    channels_last: bool = False
+
+
+
+def check_backbone_name(name: str) -> None:
+    if name not in BODIES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BODIES)}")
 
 
 def load_weights_file(module: nn.Module, weights_path: str | Path) -> None:
     """Load the parameters of ``module`` from a state dict file.
 
-    The file may hold more keys than ``module`` needs (a full torchvision model's state dict for a
-    feature extractor: its classifier is ignored), but every key of ``module`` must be there with
-    the right shape.
+    The file may hold more keys than ``module`` needs (a full torchvision model's state dict: its
+    classifier is ignored; a detlab checkpoint: its ``model`` entry), but every key of ``module``
+    must be there with the right shape.
     """
     path = Path(weights_path)
     if not path.is_file():
@@ -173,36 +296,115 @@ def load_weights_file(module: nn.Module, weights_path: str | Path) -> None:
     module.load_state_dict({key: state[key] for key in wanted})
 
 
-def build_backbone(
-    name: str, pretrained: bool = False, weights_path: str | Path | None = None
-) -> FeatureExtractor:
-    """Feature extractor ``Tensor[B, 3, H, W] -> Tensor[B, out_channels, H/stride, W/stride]``.
+# ------------------------------------------------------------------------------------------------
+# The one feature extractor every detector uses.
 
-    ``name`` is a key of :data:`BACKBONES`. ``pretrained`` loads torchvision's ImageNet weights
-    (raises ``ValueError`` with advice when they cannot be downloaded); ``weights_path`` loads a
-    local state dict (the extractor's own, or the full torchvision model's).
+
+class FeatureExtractor(nn.Module):
+    """A body (+ FPN) with the interface the RPN and RoI heads use: ``forward(batch)`` returns an
+    ``OrderedDict[name, Tensor[B, out_channels, H_l, W_l]]``; ``strides`` and ``names`` per level.
+
+    Without an FPN the detector sees the body's last level (C4 for the residual bodies, which are
+    built only that far); with one (Lin et al. 2017, section 3) the pyramid starts at
+    ``fpn_min_level`` (2 or 3) and ends at P5 (the paper's extra P6 would hold no anchors worth
+    having for the objects here).
     """
-    _check_name(name)
-    features, _ = BACKBONES[name](pretrained)
+
+    def __init__(
+        self,
+        body: nn.Module,
+        fpn_channels: int | None = None,
+        fpn_min_level: int = 3,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if fpn_min_level not in (2, 3):
+            raise ValueError(f"fpn_min_level must be 2 or 3, got {fpn_min_level}")
+        self.body = body
+        self.fpn = None
+        self.first_level = 0
+        if fpn_channels:
+            if len(body.channels) != 4:
+                raise ValueError("an FPN needs a backbone with four levels (compact or a ResNet)")
+            self.first_level = fpn_min_level - 2  # index into the body's [C2, C3, C4, C5]
+            self.fpn = FeaturePyramidNetwork(body.channels[self.first_level :], fpn_channels)
+            self.strides = list(body.strides[self.first_level :])
+            self.out_channels = fpn_channels
+        else:
+            self.strides = [body.strides[-1]]
+            self.out_channels = body.channels[-1]
+        self.names = [str(index) for index in range(len(self.strides))]
+        # Channels-last input makes every convolution run channels-last; the weights stay contiguous,
+        # which DistributedDataParallel's gradient buckets expect.
+        self.channels_last = channels_last
+
+    def forward(self, batch: Tensor) -> OrderedDict[str, Tensor]:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        levels = self.body(batch)
+        if self.fpn is None:
+            return OrderedDict([("0", levels[-1])])
+        levels = levels[self.first_level :]
+        pyramid = self.fpn(OrderedDict((str(i), level) for i, level in enumerate(levels)))
+        return OrderedDict((name, level) for name, level in zip(self.names, pyramid.values()))
+
+
+def build_feature_extractor(
+    name: str = "compact",
+    width: int = 32,
+    fpn: bool = False,
+    fpn_channels: int = 96,
+    pretrained: bool = False,
+    fpn_min_level: int = 3,
+    channels_last: bool = False,
+    weights_path: str | Path | None = None,
+) -> FeatureExtractor:
+    """The :class:`FeatureExtractor` of body ``name`` (a key of :data:`BODIES`), with an FPN when
+    ``fpn``. ``pretrained`` loads torchvision's ImageNet weights (a ``ValueError`` with advice when
+    they cannot be downloaded); ``weights_path`` loads a local state dict into the body."""
+    check_backbone_name(name)
+    if fpn and name not in MULTI_LEVEL:
+        raise ValueError(f"backbone {name!r} has one feature map; an FPN needs one of {MULTI_LEVEL}")
+    body = BODIES[name](pretrained, width, 4 if fpn else 3)
     if weights_path is not None:
-        load_weights_file(features, weights_path)
-    return features
+        load_weights_file(body, weights_path)
+    return FeatureExtractor(body, fpn_channels if fpn else None, fpn_min_level, channels_last)
+
+
+def feature_extractor_from_config(config: BackboneConfig, **options) -> FeatureExtractor:
+    """:func:`build_feature_extractor` with the fields of a :class:`BackboneConfig` (``options``:
+    the FPN arguments)."""
+    return build_feature_extractor(
+        config.backbone,
+        config.backbone_width,
+        pretrained=config.pretrained_backbone,
+        channels_last=config.channels_last,
+        weights_path=config.backbone_weights,
+        **options,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Classifier nets: conv features + fully-connected layers, for one fixed-size window.
 
 
 @dataclass
 class ClassifierNet:
     """The parts of a classification network with fully-connected layers.
 
-    ``features``: conv part, ``Tensor[B, 3, S, S] -> Tensor[B, C, h, w]`` for the window size S;
-    ``hidden``: ``nn.Sequential`` starting with ``nn.Flatten`` then Linear/ReLU/Dropout layers,
-    ``Tensor[B, C, h, w] -> Tensor[B, hidden_dim]`` (the last FC layer before the class scores);
-    ``grid``: ``(h, w)``, the feature grid of one window, which the first Linear layer flattens.
+    ``features``: conv part, ``Tensor[B, 3, S, S] -> Tensor[B, out_channels, h, w]`` for the window
+    size S, with total ``stride``; ``hidden``: ``nn.Sequential`` (an optional grid max-pool, then
+    ``nn.Flatten``, then Linear/ReLU/Dropout layers), ``Tensor[B, C, h, w] -> Tensor[B, hidden_dim]``
+    (the last FC layer before the class scores); ``grid``: ``(h, w)``, the feature grid of one
+    window, which the first Linear layer flattens.
     """
 
-    features: FeatureExtractor
+    features: nn.Module
     hidden: nn.Sequential
     hidden_dim: int
     grid: tuple[int, int]
+    out_channels: int
+    stride: int
 
 
 def _grid_size(features: nn.Module, window_size: int) -> tuple[int, int]:
@@ -234,48 +436,45 @@ def build_classifier_net(
     ``alexnet`` and ``vgg16`` reuse torchvision's FC layers (4096 wide, all but the final 1000-way
     layer) and need ``window_size=224`` for their 6x6 / 7x7 grids (torchvision's adaptive pooling is
     dropped, it is the identity at that size). ``small`` gets two new FC layers of ``hidden_dim``
-    over its flattened ``h x w x C`` grid (``num_blocks`` conv blocks, see :func:`small_features`) or, with ``pool="max"``, over the maximum of each
-    channel across the grid (an ``h x w`` max-pool: translation-invariant class evidence, which a
-    from-scratch net learns several times faster; it stays convertible to a sliding max-pool).
-    ``padding=1`` pads the small net's convolutions: objects at the window border keep all their
-    pixels' evidence (better for a localizer), but the net is then exactly equal to a sliding
-    window only at its own window size (OverFeat's detector keeps the default 0).
-    ``weights_path`` is a state dict of the full torchvision model (features and classifier).
+    over its flattened ``h x w x C`` grid (``num_blocks`` conv blocks, see :func:`small_features`)
+    or, with ``pool="max"``, over the maximum of each channel across the grid (an ``h x w``
+    max-pool: translation-invariant class evidence, which a from-scratch net learns several times
+    faster; it stays convertible to a sliding max-pool). ``padding=1`` pads the small net's
+    convolutions: objects at the window border keep all their pixels' evidence (better for a
+    localizer), but the net is then exactly equal to a sliding window only at its own window size.
+    ``weights_path``: a state dict of the full network (features and FC layers).
     """
-    _check_name(name)
+    check_backbone_name(name)
     if pool not in POOL_CHOICES:
         raise ValueError(f"pool must be one of {POOL_CHOICES}, got {pool!r}")
     if name == "small":
         if pretrained:
             raise ValueError("the 'small' network has no pretrained weights")
-        features = small_features(padding=padding, num_blocks=num_blocks)
+        features, out_channels, stride = small_features(padding=padding, num_blocks=num_blocks)
         grid = _grid_size(features, window_size)
         pooled: list[nn.Module] = [nn.MaxPool2d(grid)] if pool == "max" else []
         cells = 1 if pool == "max" else grid[0] * grid[1]
         hidden = nn.Sequential(
             *pooled,
             nn.Flatten(),
-            nn.Linear(features.out_channels * cells, hidden_dim),
+            nn.Linear(out_channels * cells, hidden_dim),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, hidden_dim),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
         )
-        net = ClassifierNet(features, hidden, hidden_dim, grid)
         if weights_path is not None:
             load_weights_file(nn.ModuleDict({"features": features, "hidden": hidden}), weights_path)
-        return net
+        return ClassifierNet(features, hidden, hidden_dim, grid, out_channels, stride)
     if pool != "none":
         raise ValueError(f"pool={pool!r} is for the 'small' net; {name!r} keeps its own FC layers")
     if name not in ("alexnet", "vgg16"):
-        raise ValueError(
-            f"backbone {name!r} has no fully-connected layers; use 'small', 'alexnet' or 'vgg16'"
-        )
-    features, model = BACKBONES[name](pretrained)
+        raise ValueError(f"backbone {name!r} has no fully-connected layers; use 'small', 'alexnet' or 'vgg16'")
+    model = torchvision_model(name, pretrained)
     if weights_path is not None:
         load_weights_file(model, weights_path)
-    grid = _grid_size(features, window_size)
+    grid = _grid_size(model.features, window_size)
     expected = 6 if name == "alexnet" else 7
     if grid != (expected, expected):
         raise ValueError(
@@ -284,4 +483,5 @@ def build_classifier_net(
         )
     # torchvision: classifier = [Dropout?, Linear, ReLU, Dropout, Linear, ReLU, (Dropout), Linear(->1000)]
     hidden = nn.Sequential(nn.Flatten(), *list(model.classifier.children())[:-1])
-    return ClassifierNet(features, hidden, model.classifier[-1].in_features, grid)
+    out_channels = 256 if name == "alexnet" else 512
+    return ClassifierNet(model.features, hidden, model.classifier[-1].in_features, grid, out_channels, 32)

@@ -21,120 +21,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
-from detlab.models.roi_heads import RoIHead, build_roi_pooler
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageBatcher(nn.Module):
-    """Resize, normalise and pad a list of images into one batch, and map detections back.
-
-    Each image is scaled so its short side is ``min_size`` unless its long side would exceed
-    ``max_size`` (Fast R-CNN section 5.2, single scale), then padded at the bottom/right to a
-    multiple of ``size_divisible`` (the backbone's largest stride). Target boxes (and
-    ``"proposals"``) are scaled with the image; detections are scaled back to the input frame.
-    """
-
-    def __init__(
-        self,
-        min_size: int,
-        max_size: int,
-        size_divisible: int = 32,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-    ):
-        super().__init__()
-        self.min_size, self.max_size, self.size_divisible = min_size, max_size, size_divisible
-        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
-
-    def scale_for(self, height: int, width: int) -> float:
-        return min(self.min_size / min(height, width), self.max_size / max(height, width))
-
-    def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None
-    ) -> tuple[Tensor, list[tuple[int, int]], list[float], list[dict] | None]:
-        """-> (batch ``Tensor[B, 3, H, W]``, resized sizes ``(h, w)``, scales, scaled targets)."""
-        resized, sizes, scales = [], [], []
-        for image in images:
-            if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"expected images as Tensor[3, H, W], got shape {tuple(image.shape)}")
-            height, width = image.shape[-2:]
-            scale = self.scale_for(height, width)
-            new_size = (round(height * scale), round(width * scale))
-            if new_size != (height, width):
-                image = F.interpolate(image[None], size=new_size, mode="bilinear", align_corners=False)[0]
-            resized.append((image - self.mean) / self.std)
-            sizes.append(new_size)
-            scales.append(scale)
-        divisor = self.size_divisible
-        batch_height = -(-max(s[0] for s in sizes) // divisor) * divisor
-        batch_width = -(-max(s[1] for s in sizes) // divisor) * divisor
-        batch = resized[0].new_zeros((len(resized), 3, batch_height, batch_width))
-        for index, image in enumerate(resized):
-            batch[index, :, : image.shape[1], : image.shape[2]] = image
-        if targets is not None:
-            targets = [self._scale_target(target, scale) for target, scale in zip(targets, scales)]
-        return batch, sizes, scales, targets
-
-    @staticmethod
-    def _scale_target(target: dict, scale: float) -> dict:
-        scaled = dict(target)
-        for key in ("boxes", "proposals"):
-            if key in scaled:
-                scaled[key] = scaled[key].float().reshape(-1, 4) * scale
-        return scaled
-
-    @staticmethod
-    def restore(
-        detections: list[dict[str, Tensor]], scales: list[float], original_sizes: list[tuple[int, int]]
-    ) -> list[dict[str, Tensor]]:
-        """Map detection boxes from the resized frame back to the frame of the images as given."""
-        restored = []
-        for detection, scale, size in zip(detections, scales, original_sizes):
-            restored.append({**detection, "boxes": box_ops.clip(detection["boxes"] / scale, size)})
-        return restored
+from detlab.config import choice
+from detlab.models.backbones import BackboneConfig, FeatureExtractor, feature_extractor_from_config
+from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head
+from detlab.models.transform import ImageBatcher, InputSizeConfig, batcher_from_config
 
 
 @dataclasses.dataclass
-class RCNNHeadConfig:
-    """The fields Fast and Faster R-CNN share: backbone, input size and the RoI head
-    (what :func:`build_head_and_batcher` reads). Each detector's config extends it."""
-
-    backbone: str = "compact"
-    backbone_width: int = 32
-    pretrained_backbone: bool = False
-    channels_last: bool = False  # run the backbone channels-last (faster oneDNN convolutions on CPUs)
-    min_size: int = 320
-    max_size: int = 427
-    roi_pooling: str = "align"  # align | pool
-    roi_output_size: int = 7
-    roi_canonical_size: int = 224  # FPN only: RoIs of this side pool from P4 (see FasterRCNNConfig)
-    roi_sampling_ratio: int = 2  # RoIAlign: bilinear samples per bin side
-    representation_size: int = 256
-    rois_per_image: int = 64
-    foreground_fraction: float = 0.25
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-
-
-@dataclasses.dataclass
-class FastRCNNConfig(RCNNHeadConfig):
+class FastRCNNConfig(RoIHeadConfig, InputSizeConfig, BackboneConfig):
     """Fast R-CNN on external proposals. CPU defaults; GPU users raise ``min_size`` to 600 (the
     paper's scale), ``max_proposals`` to 2000 and use a larger backbone (see ``FasterRCNNConfig``).
 
-    ``backbone`` and the head fields mean the same as in :class:`~detlab.models.faster_rcnn.FasterRCNNConfig`
-    (Fast R-CNN uses one feature map, no FPN). ``proposal_method`` names a method of
-    :mod:`detlab.proposals` used when an image comes without ``"proposals"``; training images'
-    proposals are cached under ``proposal_cache_dir``.
+    The backbone, input-size and RoI-head fields mean the same as in
+    :class:`~detlab.models.faster_rcnn.FasterRCNNConfig` (Fast R-CNN uses one feature map, no FPN).
+    ``proposal_method`` names a method of :mod:`detlab.proposals` used when an image comes
+    without ``"proposals"``; training images' proposals are cached under ``proposal_cache_dir``.
     """
 
     proposal_method: str = "ss-fast"
     max_proposals: int = 2000
     proposal_cache_dir: str = "runs/proposal_cache"  # "" keeps no cache (proposes every step)
-    roi_pooling: str = "pool"  # pool (the paper's RoI max pooling) | align
+    roi_pooling: str = choice("pool", ("align", "pool"))  # pool: the paper's RoI max pooling
 
 
 def default_proposal_method(
@@ -165,7 +72,7 @@ class FastRCNN(nn.Module):
     """Backbone + RoI head on external proposals; obeys the detector contract.
 
     Args:
-        backbone: ``Tensor[B, 3, H, W] -> OrderedDict`` of one feature map, with ``strides``.
+        backbone: a :class:`~detlab.models.backbones.FeatureExtractor` (one feature map).
         roi_head: the :class:`RoIHead`.
         batcher: the :class:`ImageBatcher`.
         proposal_method: ``image -> Tensor[K, 4]`` used when no proposals are given.
@@ -177,7 +84,7 @@ class FastRCNN(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: FeatureExtractor,
         roi_head: RoIHead,
         batcher: ImageBatcher,
         proposal_method: Callable[[Tensor], Tensor] | None = None,
@@ -229,50 +136,16 @@ class FastRCNN(nn.Module):
         return self.batcher.restore(detections, scales, original_sizes)
 
 
-def build_head_and_batcher(
-    config: RCNNHeadConfig, backbone: nn.Module, num_classes: int
-) -> tuple[RoIHead, ImageBatcher]:
-    """The RoI head and image batcher from the fields Fast and Faster R-CNN configs share
-    (``roi_*``, ``representation_size``, ``rois_per_image``, ..., ``min_size``, ``max_size``)."""
-    pooler = build_roi_pooler(
-        config.roi_output_size,
-        backbone.strides,
-        backbone.names,
-        config.roi_pooling,
-        config.roi_canonical_size,
-        config.roi_sampling_ratio,
-    )
-    head = RoIHead(
-        pooler,
-        backbone.out_channels * config.roi_output_size**2,
-        num_classes,
-        representation_size=config.representation_size,
-        rois_per_image=config.rois_per_image,
-        foreground_fraction=config.foreground_fraction,
-        score_threshold=config.score_threshold,
-        nms_threshold=config.nms_threshold,
-        detections_per_image=config.detections_per_image,
-    )
-    batcher = ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(backbone.strides)))
-    return head, batcher
-
-
 def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
     """``MODELS["fast_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
-    from detlab.models.faster_rcnn import build_feature_extractor
-
-    backbone = build_feature_extractor(
-        config.backbone,
-        config.backbone_width,
-        fpn=False,
-        pretrained=config.pretrained_backbone,
-        channels_last=config.channels_last,
-    )
-    head, batcher = build_head_and_batcher(config, backbone, num_classes)
+    backbone = feature_extractor_from_config(config)
     method = default_proposal_method(config.proposal_method, config.max_proposals, config.max_size)
     cache = None
     if config.proposal_cache_dir:
         from detlab.proposals import ProposalCache
 
         cache = ProposalCache(Path(config.proposal_cache_dir) / method.name, method)
-    return FastRCNN(backbone, head, batcher, method, cache)
+    return FastRCNN(
+        backbone, build_roi_head(config, backbone, num_classes), batcher_from_config(config, backbone.strides),
+        method, cache,
+    )  # fmt: skip

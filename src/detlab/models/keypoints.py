@@ -10,75 +10,73 @@ centred on is used. Stage s is trained on crops around *simulated* estimates, th
 a displacement drawn from the normal distribution of stage s-1's training errors for that joint
 (section 3.2), which gives unlimited varied examples.
 
-Metrics: PCK@t (a joint is correct when within ``t x`` the pose size of the truth; pose size = the
-longer side of the box around the true joints) and the mean error in pixels, per stage.
+It obeys the detector contract (``detlab.models``) with keypoints: training on targets with
+``"keypoints": Tensor[N, K, 2]`` (the first object of an image; NaN marks a joint that is not
+labelled) returns the loss of the stage being trained; eval returns per image ``{"keypoints":
+Tensor[1, K, 2], "keypoints_per_stage": Tensor[S, 1, K, 2], "scores", "boxes", "labels"}`` (the box
+around the estimated joints, so detection tools can draw it). Its recipe ``cascade`` trains stage 1,
+then for each refinement measures the cascade's training errors (a non-gradient step whose result,
+the error statistics, is stored in the model) and trains that stage's network.
 
-Shape letters: B images, K joints, S window side.
+Metrics: PCK@t and the mean error (:class:`detlab.eval.keypoints.KeypointEvaluator`).
+
+Shape letters: B images, K joints, S stages, W window side, N crops.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable
-from pathlib import Path
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detlab import config as config_module
-from detlab.config import TrainConfig
+from detlab.engine.stages import Stage, Step, set_trainable
 from detlab.models.backbones import build_classifier_net
-
-
-@dataclasses.dataclass
-class KeypointModelConfig:
-    """DeepPose options. ``stages``: refinement stages after the first; ``crop_factor``: crop side
-    over pose size; ``refine_fraction``: share of the training budget given to the refinements."""
-
-    backbone: str = "small"
-    window_size: int = 96
-    stages: int = 1
-    crop_factor: float = 0.6
-    hidden_dim: int = 256
-    dropout: float = 0.2
-    synthetic_images: int = 3000
-    refine_fraction: float = 0.5
+from detlab.models.transform import warp_batch
 
 
 @dataclasses.dataclass
 class KeypointConfig:
-    model: KeypointModelConfig = dataclasses.field(default_factory=KeypointModelConfig)
-    train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            out_dir="runs/keypoints",
-            epochs=10,
-            batch_size=32,
-            optimizer="adamw",
-            lr=1e-3,
-            warmup_steps=20,
-            log_every=20,
-        )
-    )
+    """DeepPose (``model`` section of ``detlab train keypoints``). ``num_joints``: keypoints an
+    object in the data (7 for the stick figures, 17 for COCO people); ``stages``: refinement stages
+    after the first; ``crop_factor``: crop side over pose size; ``refine_fraction``: share of the
+    training budget given to the refinements."""
+
+    backbone: str = "small"
+    pretrained_backbone: bool = False
+    backbone_weights: str | None = None
+    window_size: int = 96
+    num_joints: int = 7
+    stages: int = 1
+    crop_factor: float = 0.6
+    hidden_dim: int = 256
+    dropout: float = 0.2
+    refine_fraction: float = 0.5
+
+    # The synthetic stick figures (3,000, generated in COCO keypoint format on first use); no
+    # horizontal flips, which would swap left and right joints; trained on train + val, evaluated
+    # on test at the end.
+    RUN_DEFAULTS: ClassVar[dict] = {
+        "data": {"spec": "synthetic-pose", "root": "data/synthetic-pose", "synthetic_images": 3000,
+                 "train_split": "trainval", "val_split": "test", "horizontal_flip": False, "cache_images": True},
+        "train": {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
+                  "log_every": 20, "eval_every": 0},
+    }  # fmt: skip
 
 
 class PoseRegressor(nn.Module):
-    """``Tensor[B, 3, S, S] -> Tensor[B, K, 2]``: joints normalised to the input (x / S, y / S)."""
+    """``Tensor[B, 3, W, W] -> Tensor[B, K, 2]``: joints normalised to the input (x / W, y / W)."""
 
-    def __init__(
-        self,
-        num_joints: int,
-        window_size: int,
-        backbone: str = "small",
-        hidden_dim: int = 256,
-        dropout: float = 0.2,
-    ):
+    def __init__(self, num_joints: int, config: KeypointConfig):
         super().__init__()
-        net = build_classifier_net(backbone, window_size, hidden_dim=hidden_dim, dropout=dropout)
+        net = build_classifier_net(
+            config.backbone, config.window_size, config.pretrained_backbone, config.backbone_weights,
+            hidden_dim=config.hidden_dim, dropout=config.dropout,
+        )  # fmt: skip
         self.num_joints = num_joints
-        self.window_size = window_size
+        self.window_size = config.window_size
         self.features, self.hidden = net.features, net.hidden
         self.joint_head = nn.Linear(net.hidden_dim, 2 * num_joints)
 
@@ -87,8 +85,12 @@ class PoseRegressor(nn.Module):
 
 
 def pose_size(keypoints: Tensor) -> Tensor:
-    """``Tensor[B, K, 2] -> Tensor[B]``: longer side of the box around each pose (at least 1)."""
-    return (keypoints.amax(dim=1) - keypoints.amin(dim=1)).amax(dim=1).clamp(min=1.0)
+    """``Tensor[B, K, 2] -> Tensor[B]``: longer side of the box around each pose's labelled joints
+    (NaN joints ignored), at least 1."""
+    valid = torch.isfinite(keypoints).all(dim=-1, keepdim=True)
+    high = keypoints.masked_fill(~valid, float("-inf")).amax(dim=1)
+    low = keypoints.masked_fill(~valid, float("inf")).amin(dim=1)
+    return torch.nan_to_num((high - low).amax(dim=1), nan=1.0, posinf=1.0, neginf=1.0).clamp(min=1.0)
 
 
 def crop_boxes(centres: Tensor, sides: Tensor) -> Tensor:
@@ -97,189 +99,176 @@ def crop_boxes(centres: Tensor, sides: Tensor) -> Tensor:
     return torch.cat([centres - half, centres + half], dim=1)
 
 
-def crop_around(images: Tensor, image_index: Tensor, boxes: Tensor, window_size: int) -> Tensor:
+def crop_around(images: list[Tensor], image_index: Tensor, boxes: Tensor, window_size: int) -> Tensor:
     """Resample crops ``boxes`` (xyxy pixels, may leave the image: zeros there) of
-    ``images[image_index]`` to ``Tensor[N, 3, S, S]`` (bilinear, ``roi_align``)."""
-    rois = torch.cat([image_index[:, None].float(), boxes], dim=1)
-    return roi_align(images, rois, output_size=window_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    ``images[image_index]`` to ``Tensor[N, 3, W, W]`` (bilinear, ``roi_align``)."""
+    if len({tuple(image.shape) for image in images}) == 1:
+        rois = torch.cat([image_index[:, None].to(boxes), boxes], dim=1)
+        return roi_align(torch.stack(images), rois, output_size=window_size, spatial_scale=1.0,
+                         sampling_ratio=2, aligned=True)  # fmt: skip
+    crops = boxes.new_zeros(len(boxes), 3, window_size, window_size)
+    for index, image in enumerate(images):
+        chosen = torch.where(image_index == index)[0]
+        if len(chosen):
+            rois = torch.cat([boxes.new_zeros(len(chosen), 1), boxes[chosen]], dim=1)
+            crops[chosen] = roi_align(image[None], rois, window_size, 1.0, sampling_ratio=2, aligned=True)
+    return crops
 
 
 class DeepPose(nn.Module):
-    """Stage 1 on the whole image plus ``len(refiners)`` refinement stages.
+    """Stage 1 on the whole image plus ``len(refiners)`` refinement stages; obeys the contract.
 
-    ``forward(images: Tensor[B, 3, H, W]) -> list of Tensor[B, K, 2]``: the estimate in pixels after
-    each stage (element 0: stage 1). Images are resized to the window for stage 1; crops are taken
-    from the full-resolution images.
+    ``estimates(images) -> list of Tensor[B, K, 2]``: the estimate in pixels after each stage
+    (element 0: stage 1). Images are warped to the window for stage 1; crops are taken from the
+    full-resolution images. ``training_stage``: the stage a training forward trains (0 = stage 1).
     """
 
-    def __init__(self, initial: PoseRegressor, refiners: list[PoseRegressor], crop_factor: float):
+    RECIPES = ("cascade",)
+    evaluation = "keypoints"  # scored by PCK and the mean joint error
+
+    def __init__(self, initial: PoseRegressor, refiners: list[PoseRegressor], crop_factor: float, refine_fraction: float):
         super().__init__()
         self.initial = initial
         self.refiners = nn.ModuleList(refiners)
         self.crop_factor = crop_factor
+        self.refine_fraction = refine_fraction
+        num_joints = initial.num_joints
+        # Section 3.2: each refinement is trained around estimates displaced like the cascade's
+        # errors before it; measured by the recipe's non-gradient steps, saved with the weights.
+        self.register_buffer("error_mean", torch.zeros(len(refiners), num_joints, 2))
+        self.register_buffer("error_std", torch.ones(len(refiners), num_joints, 2))
+        self.training_stage = 0
 
-    def initial_estimate(self, images: Tensor) -> Tensor:
-        height, width = images.shape[-2:]
-        window = self.initial.window_size
-        resized = F.interpolate(images, size=(window, window), mode="bilinear", align_corners=False)
-        return self.initial(resized) * torch.tensor([width, height], dtype=images.dtype)
+    def initial_estimate(self, images: list[Tensor]) -> Tensor:
+        windows, sizes = warp_batch(images, self.initial.window_size)
+        return self.initial(windows) * sizes[:, None, :2]
 
-    def refine(self, refiner: PoseRegressor, images: Tensor, estimate: Tensor) -> Tensor:
+    def refine(self, refiner: PoseRegressor, images: list[Tensor], estimate: Tensor) -> Tensor:
         """One cascade stage: a crop around every joint of ``estimate`` -> new ``Tensor[B, K, 2]``."""
         batch, num_joints, _ = estimate.shape
         sides = (self.crop_factor * pose_size(estimate)).repeat_interleave(num_joints)
         boxes = crop_boxes(estimate.reshape(-1, 2), sides)
-        image_index = torch.arange(batch).repeat_interleave(num_joints)
+        image_index = torch.arange(batch, device=estimate.device).repeat_interleave(num_joints)
         crops = crop_around(images, image_index, boxes, refiner.window_size)
-        in_crop = refiner(crops)[torch.arange(batch * num_joints), torch.arange(num_joints).repeat(batch)]
+        rows = torch.arange(batch * num_joints, device=estimate.device)
+        in_crop = refiner(crops)[rows, torch.arange(num_joints, device=estimate.device).repeat(batch)]
         return (boxes[:, :2] + in_crop * sides[:, None]).view(batch, num_joints, 2)
 
-    def forward(self, images: Tensor) -> list[Tensor]:
-        estimates = [self.initial_estimate(images)]
-        for refiner in self.refiners:
-            estimates.append(self.refine(refiner, images, estimates[-1]))
-        return estimates
+    def estimates(self, images: list[Tensor], num_stages: int | None = None) -> list[Tensor]:
+        found = [self.initial_estimate(images)]
+        for refiner in list(self.refiners)[: None if num_stages is None else num_stages - 1]:
+            found.append(self.refine(refiner, images, found[-1]))
+        return found
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        if not self.training:
+            return outputs_per_image(self.estimates(images))
+        if targets is None:
+            raise ValueError("training mode needs targets; call model.eval() for inference")
+        truth = first_pose(targets, self.initial.num_joints).to(images[0].device)
+        if self.training_stage == 0:
+            sizes = torch.tensor([[image.shape[-1], image.shape[-2]] for image in images]).to(truth)
+            predicted = self.initial_estimate(images) / sizes[:, None]
+            return {"loss_joints": masked_l2(predicted, truth / sizes[:, None])}
+        return {"loss_refine": self.refinement_loss(images, truth)}
+
+    def refinement_loss(self, images: list[Tensor], truth: Tensor) -> Tensor:
+        """Stage ``training_stage``'s L2 loss on crops around simulated estimates: one random joint
+        an image, displaced by a draw from the error distribution measured for it."""
+        stage = self.training_stage
+        count, num_joints = len(images), truth.shape[1]
+        rows = torch.arange(count, device=truth.device)
+        joint = torch.randint(num_joints, (count,)).to(truth.device)
+        noise = torch.randn(count, 2).to(truth)
+        true_joint = truth[rows, joint]
+        centres = true_joint + self.error_mean[stage - 1, joint] + noise * self.error_std[stage - 1, joint]
+        sides = self.crop_factor * pose_size(truth)
+        boxes = crop_boxes(torch.nan_to_num(centres), sides)
+        crops = crop_around(images, rows, boxes, self.refiners[stage - 1].window_size)
+        predicted = self.refiners[stage - 1](crops)[rows, joint]
+        return masked_l2(predicted[:, None], ((true_joint - boxes[:, :2]) / sides[:, None])[:, None])
+
+    def recipe(self, name: str) -> list[Stage | Step]:
+        num_refiners = len(self.refiners)
+        share = self.refine_fraction / num_refiners if num_refiners else 0.0
+        items: list[Stage | Step] = [Stage("stage1", lambda model: train_only(model, 0), budget=1 - share * num_refiners)]
+        for stage in range(1, num_refiners + 1):
+            items.append(Step(f"stage{stage + 1}_errors", lambda model, data, stage=stage: measure_errors(model, data, stage)))
+            items.append(Stage(f"stage{stage + 1}", lambda model, stage=stage: train_only(model, stage), budget=share))
+        return items
 
 
-def keypoint_metrics(
-    predicted: Tensor, truth: Tensor, thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
-) -> dict:
-    """PCK at each threshold (fraction of joints within ``t x`` pose size of the truth) and the mean
-    joint error in pixels. ``predicted``, ``truth``: ``Tensor[B, K, 2]`` pixels."""
-    distances = (predicted - truth).norm(dim=2)  # [B, K]
-    sizes = pose_size(truth)[:, None]
-    metrics = {f"pck@{t}": float((distances <= t * sizes).float().mean()) for t in thresholds}
-    metrics["mean_error_px"] = float(distances.mean())
-    metrics["mean_error_relative"] = float((distances / sizes).mean())
-    return metrics
+def train_only(model: DeepPose, stage: int) -> None:
+    """Only stage ``stage``'s network trains (0: the first, on whole images)."""
+    model.training_stage = stage
+    set_trainable(model, False)
+    set_trainable(model.initial if stage == 0 else model.refiners[stage - 1], True)
 
 
-def train_keypoints(
-    config: KeypointConfig,
-    log: Callable[[str], None] = print,
-    data: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
-) -> dict:
-    """Train stage 1 then each refinement stage; evaluate on held-out figures after every stage.
-
-    ``data``: ``(train_images uint8 [N,3,S,S], train_keypoints [N,K,2], test_images, test_keypoints)``
-    (default: the synthetic stick figures, 85% / 15%). Writes ``config.yaml``, ``model.pt`` and
-    ``results.json`` under ``train.out_dir``; returns the results.
-    """
-    from detlab.data.keypoint_synthetic import make_keypoint_set
-    from detlab.models.localizer_training import optimise, save_model, steps_for
-
-    model_config, train = config.model, config.train
-    torch.manual_seed(train.seed)
-    out_dir = Path(train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_module.save(config, out_dir / "config.yaml")
-    if data is None:
-        images, keypoints = make_keypoint_set(
-            model_config.synthetic_images, model_config.window_size, train.seed
-        )
-        split = int(0.85 * len(images))
-        data = (images[:split], keypoints[:split], images[split:], keypoints[split:])
-    train_images, train_keypoints_px, test_images, test_keypoints_px = data
-    num_joints = train_keypoints_px.shape[1]
-    size = train_images.shape[-1]
-    window = model_config.window_size
-    total_steps = steps_for(train, len(train_images))
-    num_stages = 1 + model_config.stages
-    stage_fractions = [1 - model_config.refine_fraction] + [
-        model_config.refine_fraction / max(1, model_config.stages)
-    ] * model_config.stages
-
-    def build() -> PoseRegressor:
-        return PoseRegressor(
-            num_joints, window, model_config.backbone, model_config.hidden_dim, model_config.dropout
-        )
-
-    model = DeepPose(build(), [], model_config.crop_factor)
-    history = {}
-
-    def batch(generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        indices = torch.randint(len(train_images), (train.batch_size,), generator=generator)
-        return indices, train_images[indices].float() / 255, train_keypoints_px[indices]
-
-    def initial_loss(generator: torch.Generator) -> dict[str, Tensor]:
-        _, images, truth = batch(generator)
-        predicted = model.initial_estimate(images) / size
-        return {"loss_joints": ((predicted - truth / size) ** 2).sum(dim=2).mean()}
-
-    model.train()
-    history["stage1"] = optimise(
-        model.initial.parameters(),
-        initial_loss,
-        max(1, round(total_steps * stage_fractions[0])),
-        train.time_budget_s * stage_fractions[0],
-        train.optimizer,
-        train.lr,
-        train,
-        log,
-        "deeppose/1",
-    )
-    results: dict = {"stages": []}
-    for stage in range(1, num_stages):
-        # Error statistics of the cascade so far on the training set (section 3.2).
-        model.eval()
-        with torch.no_grad():
-            estimates = torch.cat(
-                [model(train_images[i : i + 128].float() / 255)[-1] for i in range(0, len(train_images), 128)]
-            )
-        errors = estimates - train_keypoints_px  # [N, K, 2]
-        error_mean, error_std = errors.mean(dim=0), errors.std(dim=0)
-        refiner = build()
-        refiner.train()
-
-        def refine_loss(
-            generator: torch.Generator, refiner=refiner, error_mean=error_mean, error_std=error_std
-        ):
-            _, images, truth = batch(generator)
-            joint = torch.randint(num_joints, (len(images),), generator=generator)
-            noise = torch.randn(len(images), 2, generator=generator)
-            true_joint = truth[torch.arange(len(images)), joint]
-            centres = true_joint + error_mean[joint] + noise * error_std[joint]
-            sides = model.crop_factor * pose_size(truth)
-            boxes = crop_boxes(centres, sides)
-            crops = crop_around(images, torch.arange(len(images)), boxes, window)
-            predicted = refiner(crops)[torch.arange(len(images)), joint]
-            target = (true_joint - boxes[:, :2]) / sides[:, None]
-            return {"loss_refine": ((predicted - target) ** 2).sum(dim=1).mean()}
-
-        history[f"stage{stage + 1}"] = optimise(
-            refiner.parameters(),
-            refine_loss,
-            max(1, round(total_steps * stage_fractions[stage])),
-            train.time_budget_s * stage_fractions[stage],
-            train.optimizer,
-            train.lr,
-            train,
-            log,
-            f"deeppose/{stage + 1}",
-        )
-        model.refiners.append(refiner)
+@torch.no_grad()
+def measure_errors(model: DeepPose, dataset, stage: int, batch_size: int = 64) -> dict:
+    """The cascade's errors (estimate minus truth, per joint) over the training images before
+    refinement stage ``stage``: their mean and standard deviation become that stage's
+    ``error_mean``/``error_std`` (NaN joints left out)."""
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        test_estimates = [
-            torch.cat(parts)
-            for parts in zip(
-                *[model(test_images[i : i + 128].float() / 255) for i in range(0, len(test_images), 128)]
+    device = model.error_mean.device
+    errors = []
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+        images = [image.to(device) for image, _ in samples]
+        truth = first_pose([target for _, target in samples], model.initial.num_joints).to(device)
+        errors.append(model.estimates(images, num_stages=stage)[-1] - truth)
+    model.train(was_training)
+    errors = torch.cat(errors)  # [N, K, 2]
+    model.error_mean[stage - 1] = torch.nanmean(errors, dim=0)
+    spread = (errors - model.error_mean[stage - 1]).pow(2)
+    counts = torch.isfinite(errors).sum(dim=0).clamp(min=2)
+    model.error_std[stage - 1] = (torch.nansum(spread, dim=0) / (counts - 1)).sqrt()
+    return {"mean_error_px": float(errors.norm(dim=2).nanmean())}
+
+
+def first_pose(targets: list[dict], num_joints: int) -> Tensor:
+    """The first object's keypoints of each target, ``Tensor[B, K, 2]`` (NaN where unlabelled or
+    when an image has no object)."""
+    poses = []
+    for target in targets:
+        keypoints = target.get("keypoints")
+        if keypoints is None or len(keypoints) == 0:
+            poses.append(torch.full((num_joints, 2), float("nan")))
+            continue
+        if keypoints.shape[1] != num_joints:
+            raise ValueError(
+                f"image {target.get('image_id')}: {keypoints.shape[1]} keypoints an object, the model has "
+                f"{num_joints} (set model.num_joints)"
             )
-        ]
-    for stage, estimate in enumerate(test_estimates):
-        results["stages"].append({"stage": stage + 1, **keypoint_metrics(estimate, test_keypoints_px)})
-        log(f"deeppose test after stage {stage + 1}: {json.dumps(results['stages'][-1])}")
-    results["history"] = history
-    results["training_seconds"] = sum(step["seconds"] for step in history.values())
-    results["num_train"], results["num_test"] = len(train_images), len(test_images)
-    save_model(
-        model, config, list_joint_names(num_joints), out_dir / "model.pt", "keypoints", results["stages"][-1]
-    )
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        poses.append(keypoints[0].float().cpu())
+    return torch.stack(poses)
+
+
+def masked_l2(predicted: Tensor, truth: Tensor) -> Tensor:
+    """Squared distance summed over (x, y), mean over the labelled joints (NaN truth left out)."""
+    valid = torch.isfinite(truth).all(dim=-1)
+    squared = ((predicted - torch.nan_to_num(truth)) ** 2).sum(dim=-1)
+    return (squared * valid).sum() / valid.sum().clamp(min=1)
+
+
+def outputs_per_image(estimates: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Per image: the final joints, the joints after each stage, and the box around the joints."""
+    stacked = torch.stack(estimates)  # [S, B, K, 2]
+    results = []
+    for index in range(stacked.shape[1]):
+        final = stacked[-1, index]
+        box = torch.cat([final.amin(dim=0), final.amax(dim=0)])[None]
+        results.append({
+            "keypoints": final[None], "keypoints_per_stage": stacked[:, index, None],
+            "scores": final.new_ones(1), "boxes": box, "labels": torch.ones(1, dtype=torch.int64, device=final.device),
+        })  # fmt: skip
     return results
 
 
-def list_joint_names(num_joints: int) -> list[str]:
-    from detlab.data.keypoint_synthetic import JOINTS
-
-    return list(JOINTS) if num_joints == len(JOINTS) else [f"joint{index}" for index in range(num_joints)]
+def build_keypoints(config: KeypointConfig, num_classes: int) -> DeepPose:
+    """``MODELS["keypoints"]``: the DeepPose cascade ``config`` describes (``num_classes`` is the
+    data's object classes; the joints are what DeepPose regresses)."""
+    refiners = [PoseRegressor(config.num_joints, config) for _ in range(config.stages)]
+    return DeepPose(PoseRegressor(config.num_joints, config), refiners, config.crop_factor, config.refine_fraction)

@@ -1,4 +1,4 @@
-"""OverFeat (Sermanet et al. 2014): a trained localizer slid over many positions and scales.
+"""OverFeat (Sermanet et al. 2014): a localizer slid over many positions and scales.
 
 Section 3.5 of the paper: a fully-connected layer over an ``h x w`` feature grid is the same
 function as an ``h x w`` convolution, and the FC layers after it are 1x1 convolutions. Rewriting
@@ -8,36 +8,42 @@ convolutions of overlapping windows instead of recomputing them. With the small 
 (unpadded) convolutions the map is exactly the per-window network; cell ``(i, j)`` is the window
 whose top-left corner is ``(j * stride, i * stride)`` in the input.
 
-Detection (sections 4.3 and 5): run the converted net on the image at several scales, turn each
-cell's regression output into a box in image pixels, keep cells whose best object class is
-confident, and merge the boxes across locations and scales with :func:`detlab.boxes.merge_boxes`.
-The localizer used for detection is trained with an extra "background" class (index 0) on windows
-cut from multi-object images (:func:`detection_windows`), as OverFeat's detection model is trained
-with negative windows.
+The detector (:class:`OverFeat`, ``MODELS["overfeat"]``) obeys the detector contract. Training
+(sections 4.2 and 5): a localizer with an extra "background" class (logit 0) learns from windows
+cut from the training images at every step, half around an object (sized so it fills
+``min_fill``..``max_fill`` of the window, shifted at random; target its class and its box in
+window coordinates) and half background (squares holding no object over 10% of them). Test time:
+run the converted net on the image at several scales, turn each cell's regression output into a
+box in image pixels, keep cells whose best object class is confident, and merge the boxes across
+locations and scales with :func:`detlab.boxes.merge_boxes`. Its recipes are the localizer's
+(``joint``, or ``4step``: the classifier, then the class-specific regressor on frozen features).
 
-Shape letters: B images, C classes, R box sets (1 or C), h' x w' the map of window positions.
+Shape letters: B images, C classes, R box sets (1 or C), h' x w' the map of window positions,
+N windows.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import time
-from collections.abc import Callable
-from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
-from detlab import config as config_module
 from detlab.boxes import merge_boxes
-from detlab.config import DataConfig, TrainConfig
-from detlab.models.localizer import Localizer
-from detlab.models.localizer_training import LocalizerModelConfig
-
-BACKGROUND = "background"
+from detlab.config import choice
+from detlab.engine.stages import Stage, Step
+from detlab.models.localizer import (
+    REGRESSION_CHOICES,
+    Localizer,
+    LocalizerConfig,
+    build_localizer_module,
+    four_step_recipe,
+    set_localizer_stage,
+)
 
 
 def linear_as_conv(linear: nn.Linear, in_channels: int, kernel: tuple[int, int]) -> nn.Conv2d:
@@ -92,20 +98,19 @@ def convert_layers(layers: nn.Module, in_channels: int, grid: tuple[int, int]) -
 class FullyConvolutionalLocalizer(nn.Module):
     """The localizer with its FC layers as convolutions (a copy: the original is untouched).
 
-    ``forward(images: Tensor[B, 3, H, W]) -> {"class_logits": Tensor[B, C, h', w'],
+    ``forward(images: Tensor[B, 3, H, W]) -> {"class_logits": Tensor[B, K, h', w'],
     "boxes": Tensor[B, R, 4, h', w']}`` with H, W >= the window size; the boxes are normalised to
-    the window of their cell, as the localizer's are to its input.
+    the window of their cell, as the localizer's are to its input (K logits, as the localizer's).
     """
 
     def __init__(self, localizer: Localizer):
         super().__init__()
         self.window_size = localizer.window_size
-        self.stride = localizer.features.stride
-        self.num_classes = localizer.num_classes
+        self.stride = localizer.stride
         self.num_box_sets = localizer.num_box_sets
         self.attach = localizer.attach
         self.features = copy.deepcopy(localizer.features)
-        channels = localizer.features.out_channels
+        channels = localizer.feature_channels
         self.hidden, hidden_channels = convert_layers(localizer.hidden, channels, localizer.grid)
         self.class_head, _ = convert_layers(localizer.class_head, hidden_channels, (1, 1))
         if localizer.attach == "conv":
@@ -149,15 +154,15 @@ def crop_windows(image: Tensor, window_size: int, stride: int) -> tuple[Tensor, 
 
 @torch.no_grad()
 def naive_sliding_window(localizer: Localizer, image: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
-    """Run the original localizer on each crop of :func:`crop_windows` (stride of its features).
+    """Run the original localizer on each crop of :func:`crop_windows` (the stride of its features).
 
     Returns the same layout as :class:`FullyConvolutionalLocalizer` for one image:
     ``{"class_logits": Tensor[C, h', w'], "boxes": Tensor[R, 4, h', w']}``.
     """
     localizer.eval()
-    stride = localizer.features.stride
+    stride = localizer.stride
     windows, _ = crop_windows(image, localizer.window_size, stride)
-    outputs = [localizer(windows[start : start + batch_size]) for start in range(0, len(windows), batch_size)]
+    outputs = [localizer.predict(windows[start : start + batch_size]) for start in range(0, len(windows), batch_size)]
     logits = torch.cat([o["class_logits"] for o in outputs])
     boxes = torch.cat([o["boxes"] for o in outputs])
     map_height = (image.shape[1] - localizer.window_size) // stride + 1
@@ -168,54 +173,110 @@ def naive_sliding_window(localizer: Localizer, image: Tensor, batch_size: int = 
     }
 
 
-class OverFeatDetector(nn.Module):
-    """Multi-scale sliding-window detector built from a localizer with a background class.
+@dataclasses.dataclass
+class OverFeatConfig(LocalizerConfig):
+    """OverFeat: the localizer's fields (with class-specific boxes from the conv map and valid
+    convolutions, so every cell of the converted net is exactly the localizer on its window), and
+    the detector's.
 
-    ``forward(images: list[Tensor[3, H, W]]) -> list[{"boxes": Tensor[N, 4] xyxy pixels,
-    "scores": Tensor[N], "labels": int64 Tensor[N] (1..C)}]`` (eval only: train the localizer).
-
-    ``scales``: factors applied to the image before the pass (a window of S pixels then covers
-    ``S / scale`` image pixels, so large scales find small objects); ``score_threshold``: minimum
-    object-class probability for a cell to vote; ``merge_iou``: overlap at which votes merge. The
-    merged score (a sum of votes) is divided by ``max_votes`` and clipped to 1 so it stays a
-    probability-like confidence for ranking.
+    Training windows: ``windows_per_image`` an image and step, half of them around an object
+    filling ``min_fill``..``max_fill`` of the window. Test time: the image at each of ``scales``
+    (a window of S pixels then covers ``S / scale`` image pixels, so large scales find small
+    objects: 0.35 reaches 160-pixel shapes with a 64-pixel window, 3 reaches 8-pixel ones); a cell
+    votes when its best object class has probability ``score_threshold``; votes overlapping by
+    ``merge_iou`` merge; a merged score (a sum of votes) is divided by ``max_votes`` and clipped to
+    1; at most ``max_detections`` an image.
     """
 
-    def __init__(
-        self,
-        localizer: Localizer,
-        scales: tuple[float, ...] = (1.0, 1.5, 2.0),
-        score_threshold: float = 0.5,
-        merge_iou: float = 0.5,
-        max_votes: float = 4.0,
-        max_detections: int = 100,
-    ):
-        super().__init__()
-        self.network = to_fully_convolutional(localizer)
-        self.scales = tuple(scales)
-        self.score_threshold = score_threshold
-        self.merge_iou = merge_iou
-        self.max_votes = max_votes
-        self.max_detections = max_detections
+    regression: str = choice("specific", REGRESSION_CHOICES)
+    padding: int = 0
+    windows_per_image: int = 8
+    min_fill: float = 0.35
+    max_fill: float = 0.9
+    scales: tuple[float, ...] = (0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    score_threshold: float = 0.5
+    merge_iou: float = 0.5
+    max_votes: float = 4.0
+    max_detections: int = 100
 
-    def train(self, mode: bool = True):  # the converted network only ever runs in eval mode
-        return super().train(False)
+    # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
+    RUN_DEFAULTS: ClassVar[dict] = {
+        "data": {"vertical_flip": True, "rotate90": True},
+        "train": {"epochs": 10, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
+                  "log_every": 50, "eval_every": 0},
+    }  # fmt: skip
+
+
+class OverFeat(nn.Module):
+    """Multi-scale sliding-window detector around a :class:`~detlab.models.localizer.Localizer`
+    with a background class; obeys the detector contract.
+
+    Training: ``model(images, targets) -> {"loss_classifier", "loss_box"}`` on windows sampled from
+    the images (:func:`sample_windows`). Eval: ``model(images) -> [{"boxes": Tensor[N, 4] xyxy
+    pixels, "scores": Tensor[N], "labels": int64 Tensor[N] (1..C)}]``, from the converted
+    network (rebuilt whenever the weights changed).
+    """
+
+    RECIPES = ("joint", "4step")
+
+    def __init__(self, localizer: Localizer, config: OverFeatConfig):
+        super().__init__()
+        if not localizer.background:
+            raise ValueError("OverFeat's localizer needs a background class (background=True)")
+        self.localizer = localizer
+        self.windows_per_image = config.windows_per_image
+        self.fill = (config.min_fill, config.max_fill)
+        self.scales = tuple(config.scales)
+        self.score_threshold = config.score_threshold
+        self.merge_iou = config.merge_iou
+        self.max_votes = config.max_votes
+        self.max_detections = config.max_detections
+        self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
+        self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        if not self.training:
+            return [self.detect(image) for image in images]
+        if targets is None:
+            raise ValueError("training mode needs targets; call model.eval() for inference")
+        window = self.localizer.window_size
+        crops, labels, boxes = [], [], []
+        for image, target in zip(images, targets):
+            origins, image_labels, image_boxes = sample_windows(
+                tuple(image.shape[-2:]), target["boxes"].float(), target["labels"], self.windows_per_image, self.fill
+            )
+            rois = torch.cat([torch.zeros(len(origins), 1), origins], dim=1).to(image)
+            crops.append(roi_align(image[None], rois, window, 1.0, sampling_ratio=2, aligned=True))
+            labels.append(image_labels)
+            boxes.append(image_boxes)
+        device = images[0].device
+        if not sum(len(crop) for crop in crops):  # no window could be placed in any image
+            return {name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()}
+        outputs = self.localizer.predict(torch.cat(crops))
+        losses = self.localizer.losses(outputs, torch.cat(labels).to(device), torch.cat(boxes).to(device))
+        return {name: losses[name] for name in self.localizer.loss_names()}
+
+    def dense_network(self) -> FullyConvolutionalLocalizer:
+        """The localizer converted to convolutions, reconverted when any weight changed since."""
+        version = sum(tensor._version for tensor in self.localizer.state_dict().values())
+        if self._dense is None or self._dense[0] != version:
+            self._dense = (version, to_fully_convolutional(self.localizer))
+        return self._dense[1]
 
     @torch.no_grad()
     def votes(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Every confident cell at every scale: ``(boxes Tensor[V, 4] image pixels, scores Tensor[V],
         labels Tensor[V])``."""
-        window = self.network.window_size
+        network = self.dense_network()
+        window = network.window_size
         _, height, width = image.shape
         all_boxes, all_scores, all_labels = [], [], []
         for scale in self.scales:
             scaled_height = max(window, round(height * scale))
             scaled_width = max(window, round(width * scale))
-            scaled = F.interpolate(
-                image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False
-            )
-            outputs = self.network(scaled)
-            probabilities = outputs["class_logits"][0].softmax(dim=0)[1:]  # drop background: [C-1, h', w']
+            scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False)
+            outputs = network(scaled)
+            probabilities = outputs["class_logits"][0].softmax(dim=0)[1:]  # drop background: [C, h', w']
             scores, indices = probabilities.max(dim=0)
             keep = scores >= self.score_threshold
             if not keep.any():
@@ -224,231 +285,82 @@ class OverFeatDetector(nn.Module):
             if boxes.shape[0] > 1:
                 boxes = torch.gather(boxes, 0, (indices + 1)[None, None].expand(1, 4, -1, -1))
             boxes = boxes[0].permute(1, 2, 0)[keep].clamp(0, 1) * window  # [V, 4] in window pixels
-            origins = self.network.window_origins(*scores.shape)[keep]
-            boxes = (boxes + origins.repeat(1, 2)) / torch.tensor(
-                [scaled_width / width, scaled_height / height] * 2
-            )
+            origins = network.window_origins(*scores.shape).to(boxes)[keep]
+            boxes = (boxes + origins.repeat(1, 2)) / torch.tensor([scaled_width / width, scaled_height / height] * 2).to(boxes)
             all_boxes.append(boxes)
             all_scores.append(scores[keep])
-            # Row i of the object probabilities is the localizer's class index i + 1 (0 is
-            # background), which is dataset label i + 1.
-            all_labels.append(indices[keep] + 1)
+            all_labels.append(indices[keep] + 1)  # row i of the object probabilities is label i + 1
         if not all_boxes:
-            return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+            return image.new_zeros(0, 4), image.new_zeros(0), torch.zeros(0, dtype=torch.int64, device=image.device)
         return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> list[dict[str, Tensor]]:
-        if targets is not None:
-            raise ValueError("OverFeatDetector is evaluation-only; train its localizer with train_overfeat")
-        results = []
-        for image in images:
-            boxes, scores, labels = self.votes(image)
-            boxes, scores, labels = merge_boxes(boxes, scores, labels, self.merge_iou)
-            height, width = image.shape[-2:]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            scores = (scores / self.max_votes).clamp(max=1.0)
-            results.append(
-                {
-                    "boxes": boxes[: self.max_detections],
-                    "scores": scores[: self.max_detections],
-                    "labels": labels[: self.max_detections].to(torch.int64),
-                }
-            )
-        return results
+    def detect(self, image: Tensor) -> dict[str, Tensor]:
+        boxes, scores, labels = self.votes(image)
+        boxes, scores, labels = merge_boxes(boxes, scores, labels, self.merge_iou)
+        height, width = image.shape[-2:]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        scores = (scores / self.max_votes).clamp(max=1.0)
+        limit = self.max_detections
+        return {"boxes": boxes[:limit], "scores": scores[:limit], "labels": labels[:limit].to(torch.int64)}
+
+    def recipe(self, name: str) -> list[Stage | Step]:
+        if name == "joint":
+            return [Stage("joint", lambda model: set_localizer_stage(model.localizer, "joint"))]
+        return four_step_recipe(lambda model: model.localizer, self.classifier_fraction, self.head_lr)
 
 
-def detection_windows(
-    dataset,
-    window_size: int,
-    windows_per_image: int = 8,
-    seed: int = 0,
-    min_fill: float = 0.35,
-    max_fill: float = 0.9,
-):
-    """Training windows for the detection localizer, cut from multi-object images.
+def sample_windows(
+    image_size: tuple[int, int], boxes: Tensor, labels: Tensor, count: int, fill: tuple[float, float] = (0.35, 0.9)
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``count`` square training windows of one image, alternately around an object and on the
+    background: ``(windows Tensor[N, 4] xyxy pixels, logit labels int64 Tensor[N] (0 = background),
+    box targets Tensor[N, 4] normalised to the window)``. Random draws come from torch's global
+    generator (so a resumed run draws the same windows).
 
-    Half the windows are positives: a square around one object, sized so the object's longer side
-    fills ``min_fill``..``max_fill`` of it, shifted at random; its label is the object's (1..C) and
-    its box target that object in window coordinates. The other half are random squares that hold
-    no object filling more than 10% of them: label 1, the background class (dataset labels
-    shift up by one, so the localizer's class list is ``["background", *classes]``).
-    Returns a :class:`~detlab.models.localizer_training.WindowData`.
+    A positive window is a square around one object (chosen at random) whose longer side fills
+    ``fill[0]``..``fill[1]`` of it, placed at random where it holds the object whole and stays
+    in the image; a negative one is a random square of 0.3-1 times the shorter image side that no
+    object covers by more than 10% (up to 10 tries). A window that cannot be placed is left out.
     """
-    from detlab.data.images import load_image
-    from detlab.models.localizer_training import WindowData
-
-    generator = torch.Generator().manual_seed(seed)
-    images, labels, boxes = [], [], []
+    height, width = image_size
 
     def uniform(low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=generator))
+        return low + (high - low) * float(torch.rand(()))
 
-    def add(image: Tensor, x: float, y: float, side: float, label: int, box: Tensor) -> None:
-        crop = image[:, int(y) : int(y + side), int(x) : int(x + side)]
-        window = F.interpolate(
-            crop[None], size=(window_size, window_size), mode="bilinear", align_corners=False
-        )[0]
-        images.append((window * 255).round().clamp(0, 255).to(torch.uint8))
-        labels.append(label)
-        boxes.append(box)
-
-    for record in dataset.records:
-        image = load_image(record.image_path)
-        _, height, width = image.shape
-        object_boxes = record.boxes.float()
-        for index in range(windows_per_image):
-            if index % 2 == 0 and len(object_boxes):
-                which = int(torch.randint(len(object_boxes), (), generator=generator))
-                x1, y1, x2, y2 = object_boxes[which].tolist()
-                longest = max(x2 - x1, y2 - y1)
-                side = min(longest / uniform(min_fill, max_fill), height, width)
-                if side < longest:
+    windows, window_labels, targets = [], [], []
+    for index in range(count):
+        if index % 2 == 0 and len(boxes):
+            which = int(torch.randint(len(boxes), ()))
+            x1, y1, x2, y2 = boxes[which].tolist()
+            longest = max(x2 - x1, y2 - y1)
+            side = min(longest / uniform(*fill), height, width)
+            if side < longest:
+                continue
+            x = uniform(max(0.0, x2 - side), min(x1, width - side))
+            y = uniform(max(0.0, y2 - side), min(y1, height - side))
+            windows.append([x, y, x + side, y + side])
+            window_labels.append(int(labels[which]))
+            targets.append(((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1))
+            continue
+        for _attempt in range(10):
+            side = uniform(0.3, 1.0) * min(height, width)
+            x, y = uniform(0, width - side), uniform(0, height - side)
+            window = torch.tensor([x, y, x + side, y + side])
+            if len(boxes):
+                top_left = torch.maximum(boxes[:, :2], window[:2])
+                bottom_right = torch.minimum(boxes[:, 2:], window[2:])
+                if float((bottom_right - top_left).clamp(min=0).prod(dim=1).max()) > 0.1 * side * side:
                     continue
-                x = uniform(max(0.0, x2 - side), min(x1, width - side))
-                y = uniform(max(0.0, y2 - side), min(y1, height - side))
-                box = (object_boxes[which] - torch.tensor([x, y, x, y])) / side
-                add(image, x, y, side, int(record.labels[which]) + 1, box.clamp(0, 1))
-            else:
-                for _attempt in range(10):
-                    side = uniform(0.3, 1.0) * min(height, width)
-                    x, y = uniform(0, width - side), uniform(0, height - side)
-                    window = torch.tensor([x, y, x + side, y + side])
-                    if len(object_boxes):
-                        top_left = torch.maximum(object_boxes[:, :2], window[:2])
-                        bottom_right = torch.minimum(object_boxes[:, 2:], window[2:])
-                        inside = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-                        if float(inside.max()) > 0.1 * side * side:
-                            continue
-                    add(image, x, y, side, 1, torch.tensor([0.0, 0.0, 1.0, 1.0]))
-                    break
-    return WindowData(
-        torch.stack(images), torch.tensor(labels), torch.stack(boxes), [BACKGROUND, *dataset.classes]
-    )
+            windows.append(window.tolist())
+            window_labels.append(0)
+            targets.append(torch.tensor([0.0, 0.0, 1.0, 1.0]))
+            break
+    if not windows:
+        return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
+    return torch.tensor(windows), torch.tensor(window_labels), torch.stack(targets)
 
 
-@dataclasses.dataclass
-class DetectorConfig:
-    """How the converted network is applied: image ``scales``, the class probability a cell needs
-    to vote (``score_threshold``), the overlap at which votes merge (``merge_iou``); and the
-    training windows cut from each image (``windows_per_image``). ``eval_images``: test images
-    evaluated (0 = all)."""
-
-    # A 64-pixel window finds objects of about 22-58 pixels (35-90% of it, as trained) at each
-    # scale: 0.35 reaches 160-pixel shapes, 3 reaches 8-pixel ones.
-    scales: tuple[float, ...] = (0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-    score_threshold: float = 0.5
-    merge_iou: float = 0.5
-    windows_per_image: int = 8
-    eval_images: int = 0
-
-
-def _default_model() -> LocalizerModelConfig:
-    # 600 images: the same synthetic set the other detectors use under data/synthetic. The box head
-    # sits on the conv map, as OverFeat's regressor sits on its pool-5 features.
-    # Valid convolutions: every cell of the converted net is exactly the localizer on its window.
-    return LocalizerModelConfig(
-        recipe="joint", regression="specific", attach="conv", synthetic_images=600, padding=0
-    )
-
-
-@dataclasses.dataclass
-class OverFeatConfig:
-    model: LocalizerModelConfig = dataclasses.field(default_factory=_default_model)
-    detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
-    data: DataConfig = dataclasses.field(
-        default_factory=lambda: DataConfig(
-            spec="synthetic", root="data/synthetic", vertical_flip=True, rotate90=True
-        )
-    )
-    train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            out_dir="runs/overfeat",
-            epochs=10,
-            batch_size=32,
-            optimizer="adamw",
-            lr=1e-3,
-            warmup_steps=20,
-            log_every=50,
-        )
-    )
-
-
-def evaluate_detector(detector: nn.Module, dataset, num_images: int = 0) -> dict:
-    """VOC mAP@0.5 of ``detector`` on the first ``num_images`` (0 = all) records of ``dataset``."""
-    from detlab.data.images import load_image
-    from detlab.eval.voc import VOCEvaluator
-
-    records = dataset.records[:num_images] if num_images > 0 else dataset.records
-    evaluator = VOCEvaluator(dataset.classes, iou_threshold=0.5)
-    start = time.perf_counter()
-    for record in records:
-        evaluator.update(detector([load_image(record.image_path)]), [record.target()])
-    seconds = time.perf_counter() - start
-    result = evaluator.compute()
-    return {
-        "mAP@0.5": result.mean_ap,
-        "per_class_AP": {row["class"]: row["AP"] for row in result.per_class()},
-        "images": len(records),
-        "seconds_per_image": seconds / max(1, len(records)),
-    }
-
-
-def train_overfeat(
-    config: OverFeatConfig, log: Callable[[str], None] = print, checkpoint: str | None = None
-) -> dict:
-    """Train the detection localizer on windows of ``config.data`` (train split), convert it, and
-    evaluate the multi-scale detector with VOC mAP@0.5 on the test split. With ``checkpoint`` (a
-    localizer trained with a background class) training is skipped.
-
-    Writes ``overfeat.yaml`` and ``detection.json`` (plus the localizer's run files) under
-    ``train.out_dir``; returns the results.
-    """
-    from detlab.models.localizer_training import (
-        LocalizerConfig,
-        evaluate_localizer,
-        load_detection_dataset,
-        load_localizer,
-        train_localizer,
-    )
-
-    out_dir = Path(config.train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_module.save(config, out_dir / "overfeat.yaml")
-    data, detector_config = config.data, config.detector
-    test_set = load_detection_dataset(data, data.test_split, config.model.synthetic_images, config.train.seed)
-    results: dict = {}
-    test_windows = None
-    if checkpoint is None:
-        train_set = load_detection_dataset(
-            data, data.train_split, config.model.synthetic_images, config.train.seed
-        )
-        window = config.model.window_size
-        train_windows = detection_windows(
-            train_set, window, detector_config.windows_per_image, config.train.seed
-        )
-        test_windows = detection_windows(test_set, window, 4, config.train.seed + 1)
-        log(
-            f"overfeat: {len(train_windows)} training windows ({int((train_windows.labels == 1).sum())} background)"
-        )
-        localizer_config = LocalizerConfig(model=config.model, data=data, train=config.train)
-        trained = train_localizer(localizer_config, log, data=(train_windows, test_windows))
-        results["training_seconds"] = trained["training_seconds"]
-        results["train_windows"] = len(train_windows)
-        checkpoint = str(out_dir / "model.pt")
-    localizer, _, classes = load_localizer(checkpoint)
-    if classes[0] != BACKGROUND or classes[1:] != list(test_set.classes):
-        raise ValueError(
-            f"{checkpoint}: the localizer's classes {classes} are not ['background', *{test_set.classes}]; "
-            "train it with detlab overfeat on this data set"
-        )
-    if test_windows is not None:
-        results["window_test"] = evaluate_localizer(localizer, test_windows)
-    detector = OverFeatDetector(
-        localizer, detector_config.scales, detector_config.score_threshold, detector_config.merge_iou
-    )
-    results["detection"] = evaluate_detector(detector, test_set, detector_config.eval_images)
-    results["scales"] = list(detector_config.scales)
-    (out_dir / "detection.json").write_text(json.dumps(results, indent=2))
-    log(f"overfeat: mAP@0.5 {results['detection']['mAP@0.5']:.4f} on {results['detection']['images']} images")
-    return results
+def build_overfeat(config: OverFeatConfig, num_classes: int) -> OverFeat:
+    """``MODELS["overfeat"]``: the detector ``config`` describes for ``num_classes`` object classes."""
+    return OverFeat(build_localizer_module(config, num_classes, background=True), config)

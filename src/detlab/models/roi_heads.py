@@ -15,6 +15,7 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the (resized) network input
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import torch
@@ -23,7 +24,32 @@ from torch import Tensor, nn
 from torchvision import ops
 
 from detlab import boxes as box_ops
+from detlab.config import choice
 from detlab.models.rpn import sample_labels
+
+
+@dataclasses.dataclass
+class RoIHeadConfig:
+    """The RoI head's fields (Fast and Faster R-CNN configs share them).
+
+    ``roi_pooling``: ``pool`` (the paper's RoI max pooling) or ``align`` (RoIAlign; always with an
+    FPN); ``roi_output_size``: the pooled grid side; ``roi_canonical_size``: FPN only, the side of
+    a RoI that pools from P4 (see :func:`build_roi_pooler`); ``roi_sampling_ratio``: RoIAlign's
+    bilinear samples per bin side; ``rois_per_image`` RoIs sampled per training image with
+    ``foreground_fraction`` of them foreground; test time: ``score_threshold``, per-class NMS at
+    ``nms_threshold``, at most ``detections_per_image``.
+    """
+
+    roi_pooling: str = choice("align", ("align", "pool"))
+    roi_output_size: int = 7
+    roi_canonical_size: int = 224
+    roi_sampling_ratio: int = 2
+    representation_size: int = 256
+    rois_per_image: int = 64
+    foreground_fraction: float = 0.25
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
 
 
 class SingleLevelRoIPool(nn.Module):
@@ -238,3 +264,27 @@ class RoIHead(nn.Module):
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_threshold)[: self.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
+
+
+def build_roi_head(config: RoIHeadConfig, backbone: nn.Module, num_classes: int) -> RoIHead:
+    """The :class:`RoIHead` ``config`` describes, pooling from ``backbone``'s levels (its
+    ``strides``, ``names`` and ``out_channels``)."""
+    pooler = build_roi_pooler(
+        config.roi_output_size,
+        backbone.strides,
+        backbone.names,
+        config.roi_pooling,
+        config.roi_canonical_size,
+        config.roi_sampling_ratio,
+    )
+    return RoIHead(
+        pooler,
+        backbone.out_channels * config.roi_output_size**2,
+        num_classes,
+        representation_size=config.representation_size,
+        rois_per_image=config.rois_per_image,
+        foreground_fraction=config.foreground_fraction,
+        score_threshold=config.score_threshold,
+        nms_threshold=config.nms_threshold,
+        detections_per_image=config.detections_per_image,
+    )

@@ -14,6 +14,7 @@ Every box is ``(x1, y1, x2, y2)`` in absolute pixels of the (resized) network in
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import torch
@@ -21,6 +22,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
+
+
+@dataclasses.dataclass
+class RPNConfig:
+    """The RPN's fields. ``anchor_sizes`` is flat and split evenly over the feature levels, smallest
+    first (3 levels with an FPN from P3, 4 from P2, 1 without); ``aspect_ratios`` are height /
+    width. ``rpn_*_top_n_*``: proposals kept before and after NMS, in training and at test time
+    (the paper: 2000 and 300, section 3.3; CPU defaults keep fewer); ``rpn_batch_size_per_image``:
+    anchors sampled per image for the loss, half positive (section 3.1.3)."""
+
+    anchor_sizes: tuple[float, ...] = (16.0, 24.0, 40.0, 64.0, 96.0, 144.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 500
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_threshold: float = 0.7
+    rpn_batch_size_per_image: int = 256
 
 
 class AnchorGenerator(nn.Module):
@@ -275,3 +294,23 @@ class RegionProposalNetwork(nn.Module):
             / num_sampled
         )
         return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": loss_box}
+
+
+def build_rpn(config: RPNConfig, backbone: nn.Module) -> RegionProposalNetwork:
+    """The RPN ``config`` describes on ``backbone``'s levels (its ``strides`` and ``out_channels``)."""
+    num_levels = len(backbone.strides)
+    if len(config.anchor_sizes) % num_levels:
+        raise ValueError(
+            f"anchor_sizes has {len(config.anchor_sizes)} sizes, not a multiple of the {num_levels} feature levels"
+        )
+    per_level = len(config.anchor_sizes) // num_levels
+    sizes = tuple(tuple(config.anchor_sizes[i * per_level : (i + 1) * per_level]) for i in range(num_levels))
+    anchors = AnchorGenerator(sizes, config.aspect_ratios)
+    return RegionProposalNetwork(
+        anchors,
+        RPNHead(backbone.out_channels, anchors.num_anchors_per_location),
+        pre_nms_top_n=(config.rpn_pre_nms_top_n_train, config.rpn_pre_nms_top_n_test),
+        post_nms_top_n=(config.rpn_post_nms_top_n_train, config.rpn_post_nms_top_n_test),
+        nms_threshold=config.rpn_nms_threshold,
+        batch_size_per_image=config.rpn_batch_size_per_image,
+    )

@@ -1,0 +1,137 @@
+"""The image batcher: what happens to images between the data set and a network, and back.
+
+Every detector takes a list of images of any size (``float32 Tensor[3, H, W]`` in [0, 1]) and
+returns detections in the frame of the images as given. The R-CNN family resizes each image so its
+short side is ``min_size`` (long side at most ``max_size``), normalises and pads them into one batch
+(:class:`ImageBatcher`); the classification-style nets (localizer, OverFeat windows, DeepPose)
+warp an image to their fixed window (:func:`resize_to_window`). Both map outputs back.
+
+Shape letters: B images, H x W image size, S window side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detlab import boxes as box_ops
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass
+class InputSizeConfig:
+    """The size an R-CNN-family detector resizes its images to: short side ``min_size``, long side at
+    most ``max_size`` (Fast R-CNN section 5.2, single scale; the papers use 600/1000 or 800/1333, a
+    2-core CPU trains from scratch at about 320/427)."""
+
+    min_size: int = 320
+    max_size: int = 427
+
+
+class ImageBatcher(nn.Module):
+    """Resize, normalise and pad a list of images into one batch, and map detections back.
+
+    Each image is scaled so its short side is ``min_size`` unless its long side would exceed
+    ``max_size``, then padded at the bottom/right to a multiple of ``size_divisible`` (the
+    backbone's largest stride). Target boxes (and ``"proposals"``) are scaled with the image;
+    detections are scaled back to the input frame.
+    """
+
+    def __init__(
+        self,
+        min_size: int,
+        max_size: int,
+        size_divisible: int = 32,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.min_size, self.max_size, self.size_divisible = min_size, max_size, size_divisible
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def scale_for(self, height: int, width: int) -> float:
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None
+    ) -> tuple[Tensor, list[tuple[int, int]], list[float], list[dict] | None]:
+        """-> (batch ``Tensor[B, 3, H, W]``, resized sizes ``(h, w)``, scales, scaled targets)."""
+        resized, sizes, scales = [], [], []
+        for image in images:
+            check_image(image)
+            height, width = image.shape[-2:]
+            scale = self.scale_for(height, width)
+            new_size = (round(height * scale), round(width * scale))
+            if new_size != (height, width):
+                image = F.interpolate(image[None], size=new_size, mode="bilinear", align_corners=False)[0]
+            resized.append((image - self.mean) / self.std)
+            sizes.append(new_size)
+            scales.append(scale)
+        divisor = self.size_divisible
+        batch_height = -(-max(s[0] for s in sizes) // divisor) * divisor
+        batch_width = -(-max(s[1] for s in sizes) // divisor) * divisor
+        batch = resized[0].new_zeros((len(resized), 3, batch_height, batch_width))
+        for index, image in enumerate(resized):
+            batch[index, :, : image.shape[1], : image.shape[2]] = image
+        if targets is not None:
+            targets = [self._scale_target(target, scale) for target, scale in zip(targets, scales)]
+        return batch, sizes, scales, targets
+
+    @staticmethod
+    def _scale_target(target: dict, scale: float) -> dict:
+        scaled = dict(target)
+        for key in ("boxes", "proposals"):
+            if key in scaled:
+                scaled[key] = scaled[key].float().reshape(-1, 4) * scale
+        return scaled
+
+    @staticmethod
+    def restore(
+        detections: list[dict[str, Tensor]], scales: list[float], original_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Map detection boxes from the resized frame back to the frame of the images as given."""
+        restored = []
+        for detection, scale, size in zip(detections, scales, original_sizes):
+            restored.append({**detection, "boxes": box_ops.clip(detection["boxes"] / scale, size)})
+        return restored
+
+
+def batcher_from_config(config: InputSizeConfig, strides: list[float]) -> ImageBatcher:
+    """An :class:`ImageBatcher` padding to a multiple of the largest of the backbone's ``strides``."""
+    return ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(strides)))
+
+
+def check_image(image: Tensor) -> None:
+    """The model input contract: ``Tensor[3, H, W]`` (float in [0, 1])."""
+    if not torch.is_tensor(image) or image.dim() != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise ValueError(
+            f"expected images as Tensor[3, H, W], got {shape}; "
+            "detlab.load(...).predict takes paths, PIL images and numpy arrays too"
+        )
+
+
+def resize_to_window(image: Tensor, window_size: int) -> Tensor:
+    """``Tensor[3, H, W] -> Tensor[3, S, S]`` (bilinear, aspect ratio not kept: box coordinates
+    normalised by the image size are unchanged by the warp). An image already ``S x S`` is returned
+    as it is."""
+    check_image(image)
+    if tuple(image.shape[-2:]) == (window_size, window_size):
+        return image
+    return F.interpolate(image[None], size=(window_size, window_size), mode="bilinear", align_corners=False)[0]
+
+
+def warp_batch(images: list[Tensor], window_size: int) -> tuple[Tensor, Tensor]:
+    """Images of any sizes -> ``(Tensor[B, 3, S, S], sizes Tensor[B, 4])`` where ``sizes`` holds
+    ``(W, H, W, H)`` of each original image: multiply normalised xyxy boxes by it to get pixels."""
+    windows = torch.stack([resize_to_window(image, window_size) for image in images])
+    sizes = torch.tensor(
+        [[image.shape[-1], image.shape[-2]] * 2 for image in images], dtype=windows.dtype, device=windows.device
+    )
+    return windows, sizes
