@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from detlab.models.localizer import build_localizer  # noqa: E402
+from detlab.models.localizer import LocalizerConfig, build_localizer_module  # noqa: E402
 from detlab.models.overfeat import crop_windows, naive_sliding_window, to_fully_convolutional  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -53,17 +53,20 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_localizer(4, window_size=args.window_size, regression="specific", attach="fc")
+    # The net the measured rows used: five valid-convolution blocks, flattened grid, FC box head.
+    config = LocalizerConfig(window_size=args.window_size, regression="specific", attach="fc", padding=0,
+                             blocks=5, pool="none", hidden_dim=512, dropout=0.5)  # fmt: skip
+    model = build_localizer_module(config, 4)
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.rand(8, 3, args.window_size, args.window_size))
+            model.predict(torch.rand(8, 3, args.window_size, args.window_size))
     model.eval()
     converted = to_fully_convolutional(model)
     rows = []
     for size in args.sizes:
         image = torch.rand(3, size, size)
-        num_windows = len(crop_windows(image, args.window_size, model.features.stride)[1])
+        num_windows = len(crop_windows(image, args.window_size, model.stride)[1])
         with torch.no_grad():
             naive_s, naive = timed(lambda image=image: naive_sliding_window(model, image), args.repeats)
             efficient_s, dense = timed(lambda image=image: converted(image[None]), args.repeats)
@@ -84,7 +87,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
-        "window_size": args.window_size, "stride": model.features.stride, "repeats": args.repeats,
+        "window_size": args.window_size, "stride": model.stride, "repeats": args.repeats,
         "rows": rows,
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -79,3 +79,21 @@ def test_vertical_flip_and_quarter_turns_move_boxes_exactly():
         tops.add(bright_box(out_image)[1])
     assert shapes == {(60, 80), (80, 60)}  # turned and not turned
     assert len(tops) >= 3  # plain, flipped, turned give different boxes
+
+
+def test_warped_and_cached_images_are_the_same_values_and_boxes_follow(tmp_path):
+    from detlab.data import load_dataset
+
+    dataset = load_dataset("synthetic", "train", root=tmp_path / "s", num_synthetic=6)
+    plain = dataset.with_options(resize_to=(64, 48))
+    cached = dataset.with_options(resize_to=(64, 48), cache_images=True)
+    for index in range(len(dataset)):
+        image, target = plain[index]
+        again, again_target = cached[index]
+        twice, _ = cached[index]  # from the cache now
+        assert image.shape == (3, 64, 48) and torch.equal(image, again) and torch.equal(again, twice)
+        torch.testing.assert_close(again_target["boxes"], target["boxes"])
+        record = dataset.records[index]
+        scale = torch.tensor([48 / record.width, 64 / record.height] * 2)
+        torch.testing.assert_close(target["boxes"], record.boxes * scale)
+    assert len(cached._decoded) == len(dataset) and not plain._decoded

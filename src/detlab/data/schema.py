@@ -3,9 +3,10 @@
 A data set is a list of :class:`Record` (one per image, annotations already parsed and validated)
 plus the list of class names. Labels are ``1..C`` indices into ``classes`` (label ``k`` is
 ``classes[k - 1]``); 0 is reserved for background. Images are decoded lazily in ``__getitem__``,
-optionally kept in memory once decoded (``cache_images``: lossless, as the decoded 8-bit pixels)
-and optionally warped to a fixed size before the transforms (``resize_to``: for models with a
-fixed input, so the augmentations work on small images; boxes and keypoints follow).
+optionally warped to a fixed size before the transforms (``resize_to``: for models with a fixed
+input, so the augmentations work on small images; boxes and keypoints follow; the warped pixels are
+rounded to 8 bits, as a saved image would be) and optionally kept in memory once prepared
+(``cache_images``: as 8-bit pixels, so the cache changes no value).
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     ``transforms`` (optional) is called as ``transforms(image, target) -> (image, target)``; the
     ones in :mod:`detlab.data.transforms` move boxes with the image. ``resize_to``: ``(H, W)`` every
-    image is warped to before the transforms (aspect ratio not kept). ``cache_images``: keep each
-    decoded image (uint8, exactly as decoded) in memory after its first use.
+    image is warped to before the transforms (aspect ratio not kept; pixels rounded to 8 bits).
+    ``cache_images``: keep each prepared image (uint8: decoded, and warped) in memory after its
+    first use; the values are the same as without the cache.
     """
 
     def __init__(
@@ -90,7 +92,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.name = name
         self.resize_to = tuple(resize_to) if resize_to else None
         self.cache_images = cache_images
-        self._decoded: dict[int, Tensor] = {}
+        self._decoded: dict[int, tuple[Tensor, tuple[int, int]]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -100,21 +102,37 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        image, target = self.image(index), self.records[index].target()
+        image, (height, width) = self._image_and_size(index)
+        target = self.records[index].target()
         if self.resize_to is not None:
-            image, target = _warp(image, target, self.resize_to)
+            target = _scale_target(target, self.resize_to[1] / width, self.resize_to[0] / height)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
 
     def image(self, index: int) -> Tensor:
-        """Record ``index``'s image, ``float32 Tensor[3, H, W]`` in [0, 1], as stored (no transform)."""
-        if not self.cache_images:
-            return load_image(self.records[index].image_path)
-        if index not in self._decoded:
-            # The loader divides 8-bit pixels by 255, so storing them as uint8 loses nothing.
-            self._decoded[index] = (load_image(self.records[index].image_path) * 255).round().to(torch.uint8)
-        return self._decoded[index].float().div_(255.0)
+        """Record ``index``'s image, ``float32 Tensor[3, H, W]`` in [0, 1], warped to ``resize_to``
+        when set (no transform)."""
+        return self._image_and_size(index)[0]
+
+    def _image_and_size(self, index: int) -> tuple[Tensor, tuple[int, int]]:
+        """The prepared image and the ``(H, W)`` it was decoded at."""
+        prepared = self._decoded.get(index)
+        if prepared is None:
+            prepared = self._prepared(index)
+            if self.cache_images:
+                self._decoded[index] = prepared
+        pixels, size = prepared
+        return pixels.float().div_(255.0), size
+
+    def _prepared(self, index: int) -> tuple[Tensor, tuple[int, int]]:
+        """The decoded (and warped) image as uint8, and its decoded size: the loader divides 8-bit
+        pixels by 255, so this loses nothing but the warp's fractions."""
+        image = load_image(self.records[index].image_path)
+        size = tuple(image.shape[-2:])
+        if self.resize_to is not None and size != self.resize_to:
+            image = F.interpolate(image[None], size=self.resize_to, mode="bilinear", antialias=True, align_corners=False)[0]
+        return (image * 255).round_().clamp_(0, 255).to(torch.uint8), size
 
     def with_transforms(self, transforms: Callable | None) -> DetectionDataset:
         """The same records and classes with other transforms (records are shared, not copied)."""
@@ -144,18 +162,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         )
 
 
-def _warp(image: Tensor, target: dict, size: tuple[int, int]) -> tuple[Tensor, dict]:
-    """Resize ``image`` to ``size`` ``(H, W)`` (bilinear, antialiased) and scale its target's boxes,
-    proposals and keypoints with it."""
-    height, width = image.shape[-2:]
-    if (height, width) == tuple(size):
-        return image, target
-    image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    scale_x, scale_y = size[1] / width, size[0] / height
+def _scale_target(target: dict, scale_x: float, scale_y: float) -> dict:
+    """``target`` with its boxes, proposals and keypoints scaled by ``(scale_x, scale_y)``."""
+    if scale_x == 1.0 and scale_y == 1.0:
+        return target
     target = dict(target)
     for key in ("boxes", "proposals"):
         if key in target:
             target[key] = target[key] * torch.tensor([scale_x, scale_y, scale_x, scale_y])
     if target.get("keypoints") is not None:
         target["keypoints"] = target["keypoints"] * torch.tensor([scale_x, scale_y])
-    return image.clamp_(0, 1), target
+    return target
