@@ -128,6 +128,8 @@ def coco_score(predictions: list[dict], items, classes: list[str]) -> dict:
         "annotations": [],
         "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
     }
+    from detlab.eval.results import coco_result_entries
+
     detections = []
     for index, ((image, target), prediction) in enumerate(zip(items, predictions)):
         gt["images"].append({"id": index, "width": image.shape[-1], "height": image.shape[-2]})
@@ -143,17 +145,7 @@ def coco_score(predictions: list[dict], items, classes: list[str]) -> dict:
                     "area": width * height,
                 }
             )
-        for box, score, label in zip(
-            prediction["boxes"].tolist(), prediction["scores"].tolist(), prediction["labels"].tolist()
-        ):
-            detections.append(
-                {
-                    "image_id": index,
-                    "category_id": label,
-                    "score": score,
-                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                }
-            )
+        detections += coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], index)
     if not detections:
         return {"mAP50": 0.0, "mAP": 0.0}
     coco = COCO()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -32,6 +33,16 @@ def synthetic_root(tmp_path_factory) -> Path:
     from detlab.data.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), num_images=24, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Two threads in every test (tests that train compare numbers, which the thread count may
+    change); a folder's conftest overrides the count by defining a fixture of the same name."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session", autouse=True)

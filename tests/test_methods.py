@@ -27,14 +27,6 @@ TINY = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_config(name: str, data_root, out, recipe: str = "", **train):
     spec, overrides = TINY[name]
     extra = [f"model.proposal_cache_dir={data_root}/proposals"] if name == "fast_rcnn" else []

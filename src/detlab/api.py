@@ -104,6 +104,7 @@ def train(
     to continue exactly (its stored config, plus any options given here, e.g. more ``epochs``; a
     finished run is not trained further unless the budget grows: status ``already_finished``).
     """
+    from detlab import config as config_io
     from detlab.engine.distributed import broadcast_object, init_distributed
     from detlab.engine.run import resolve_run_config, run_config_for_resume, train_run
 
@@ -113,10 +114,12 @@ def train(
         out = options.get("out")
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise ValueError("--out and --resume name different folders; a resumed run stays in its folder")
-        stored = run_config_for_resume(resume)
-        if model is not None and stored.model_name != model:
-            raise ValueError(f"{resume} holds a {stored.model_name} run, not {model}")
-        run_config = run_config_for_resume(resume, set, **option_values(stored.model_name, options))
+        run_config = run_config_for_resume(resume)
+        if model is not None and run_config.model_name != model:
+            raise ValueError(f"{resume} holds a {run_config.model_name} run, not {model}")
+        run_config = config_io.merge(run_config, option_values(run_config.model_name, options))
+        if set:
+            run_config = config_io.merge(run_config, config_io.parse_overrides(set))
     else:
         model = model or DEFAULT_MODEL
         run_config = resolve_run_config(model, preset, set, **option_values(model, options))

@@ -11,7 +11,8 @@ from tiny_detector import build_tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
+def torch_threads():
+    """One thread: the engine tests compare weights to 1e-6 across runs."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

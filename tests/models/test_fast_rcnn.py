@@ -9,8 +9,8 @@ import torch
 
 from detlab import boxes as box_ops
 from detlab.models.fast_rcnn import FastRCNN, FastRCNNConfig, build_fast_rcnn
-from detlab.models.transform import ImageBatcher
 from detlab.models.roi_heads import RoIHead, SingleLevelRoIPool, sample_rois
+from detlab.models.transform import ImageBatcher
 
 
 def _jittered_proposals(gt: torch.Tensor, count: int, spread: float) -> torch.Tensor:

@@ -165,7 +165,8 @@ def to_image_tensor(image) -> Tensor:
             if not np.issubdtype(image.dtype, np.floating):
                 raise ValueError(f"expected uint8 (0..255) or float (0..1) pixel values, got {described}")
             image = image.astype(np.float32)  # also native byte order, which torch needs
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        # A copy when needed: torch wants a writable, contiguous array (np.asarray(PIL image) is read-only).
+        image = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1)
         return _channels_first_to_tensor(image, described)
     if isinstance(image, Tensor):
         image = image.detach()
@@ -198,6 +199,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
         width, height = height, width
     return width, height
+
+
+def warp_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``Tensor[3, H, W] -> Tensor[3, size[0], size[1]]``: bilinear, antialiased, aspect ratio not
+    kept. The one warp the data layer (``resize_to``) and the fixed-input models use, so a model
+    sees its training images (warped in advance) and its test images alike."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return torch.nn.functional.interpolate(
+        image[None], size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+    )[0]
 
 
 def save_image(image: Tensor, path: str | Path) -> None:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from detlab.data.images import load_image
+from detlab.data.images import load_image, warp_image
 
 
 def _empty_boxes() -> Tensor:
@@ -130,8 +129,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         pixels by 255, so this loses nothing but the warp's fractions."""
         image = load_image(self.records[index].image_path)
         size = tuple(image.shape[-2:])
-        if self.resize_to is not None and size != self.resize_to:
-            image = F.interpolate(image[None], size=self.resize_to, mode="bilinear", antialias=True, align_corners=False)[0]
+        if self.resize_to is not None:
+            image = warp_image(image, self.resize_to)
         return (image * 255).round_().clamp_(0, 255).to(torch.uint8), size
 
     def with_transforms(self, transforms: Callable | None) -> DetectionDataset:

@@ -265,29 +265,44 @@ def check_images(
     if on_bad not in ON_BAD_CHOICES:
         raise ValueError(f"on_bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
     start = time.perf_counter()
-    records = dataset.records
-    paths = list(dict.fromkeys(Path(record.image_path) for record in records))
-    answers: dict[Path, _Answer] = {}
-    # Each file is stat'ed before it is decoded: if it changes meanwhile, its new mtime misses the cache.
-    keys: dict[Path, tuple[str, tuple[int, int]]] = {}
+    paths = list(dict.fromkeys(Path(record.image_path) for record in dataset.records))
+    report = ImageCheckReport(checked=len(paths))
+    answers = _answers(paths, cache_path, progress, report)
+    report.bad = [(str(path), answers[path].problem) for path in paths if answers[path].problem is not None]
+    report.size_mismatches = _size_mismatches(dataset.records, answers)
+    report.seconds = time.perf_counter() - start
+    _warn_size_mismatches(report.size_mismatches)
+    if not report.bad:
+        return dataset, report
+    return _without_bad_images(dataset, paths, report, on_bad), report
+
+
+def _cache_keys(paths: list[Path]) -> dict[Path, tuple[str, tuple[int, int]]]:
+    """``path -> (absolute path, (size, mtime_ns))``. Each file is stat'ed before it is decoded:
+    if it changes meanwhile, its new mtime misses the cache. Missing files are left out (decoding
+    reports them)."""
+    keys = {}
     for path in paths:
         try:
             stat = path.stat()
         except OSError:
-            continue  # missing or unreadable: decoding reports it
+            continue
         keys[path] = (str(path.resolve()), (stat.st_size, stat.st_mtime_ns))
+    return keys
 
+
+def _answers(paths: list[Path], cache_path, progress: bool, report: ImageCheckReport) -> dict[Path, _Answer]:
+    """Every path's answer: from the cache, else decoded (and then stored in the cache, in batches;
+    also when interrupted: what was decoded stays decoded). Counts the decodes in ``report``."""
+    keys = _cache_keys(paths)
     cache = _open_cache(cache_path) if paths else None
+    answers: dict[Path, _Answer] = {}
     pending = []
-    report = ImageCheckReport(checked=len(paths))
     try:
         if cache is not None:
             cached = cache.lookup(dict(keys.values()))
-            for path, (absolute, _) in keys.items():
-                if absolute in cached:
-                    answers[path] = cached[absolute]
-        to_decode = [path for path in paths if path not in answers]
-        for path, answer in _decode_all(to_decode, progress):
+            answers = {path: cached[absolute] for path, (absolute, _) in keys.items() if absolute in cached}
+        for path, answer in _decode_all([path for path in paths if path not in answers], progress):
             answers[path] = answer
             report.decoded += 1
             if cache is not None and answer.cacheable and path in keys:
@@ -297,38 +312,46 @@ def check_images(
                     pending = []
     finally:
         if cache is not None:
-            cache.store(pending)  # also when interrupted: what was decoded stays decoded
+            cache.store(pending)
             report.cache = str(cache.path) if cache.usable else None
             cache.close()
+    return answers
 
-    report.bad = [(str(path), answers[path].problem) for path in paths if answers[path].problem is not None]
-    mismatched = set()
+
+def _size_mismatches(records, answers: dict[Path, _Answer]) -> list[str]:
+    """A line for each image whose decoded size differs from its record's ``width``/``height``."""
+    lines, seen = [], set()
     for record in records:
         answer = answers[Path(record.image_path)]
         if answer.problem is None and (answer.width, answer.height) != (record.width, record.height):
-            if record.image_path not in mismatched:
-                mismatched.add(record.image_path)
-                report.size_mismatches.append(
+            if record.image_path not in seen:
+                seen.add(record.image_path)
+                lines.append(
                     f"{record.image_path}: annotated as {record.width}x{record.height}, but the image is "
                     f"{answer.width}x{answer.height} (width x height, EXIF orientation applied)"
                 )
-    report.seconds = time.perf_counter() - start
-    for message in report.size_mismatches[:MAX_WARNED_MISMATCHES]:
-        warnings.warn(message, BadInputWarning, stacklevel=2)
-    if len(report.size_mismatches) > MAX_WARNED_MISMATCHES:
+    return lines
+
+
+def _warn_size_mismatches(lines: list[str]) -> None:
+    for message in lines[:MAX_WARNED_MISMATCHES]:
+        warnings.warn(message, BadInputWarning, stacklevel=3)
+    if len(lines) > MAX_WARNED_MISMATCHES:
         warnings.warn(
-            f"{len(report.size_mismatches) - MAX_WARNED_MISMATCHES} more images differ in size from "
+            f"{len(lines) - MAX_WARNED_MISMATCHES} more images differ in size from "
             "their annotation (all are listed in the check report)",
             BadInputWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if not report.bad:
-        return dataset, report
 
+
+def _without_bad_images(dataset: DetectionDataset, paths: list[Path], report: ImageCheckReport, on_bad: str):
+    """``on_bad="skip"``: the data set without the records of unusable files (one warning naming
+    them); ``"error"``, or no usable image at all: :class:`BadImagesError` listing every one."""
     name = dataset.name or "the data set"
     listing = "\n".join(f"  {path}: {problem}" for path, problem in report.bad)
-    bad_paths = {path for path in paths if answers[path].problem is not None}
-    keep = [index for index, record in enumerate(records) if Path(record.image_path) not in bad_paths]
+    bad_paths = {Path(path) for path, _ in report.bad}
+    keep = [index for index, record in enumerate(dataset.records) if Path(record.image_path) not in bad_paths]
     if not keep:
         raise BadImagesError(
             f"{name}: none of its {len(paths)} images can be decoded:\n{listing}\nfix or replace them",
@@ -348,9 +371,6 @@ def check_images(
         + "\n".join(f"  {path}: {problem}" for path, problem in named)
         + (f"\n  ... and {more} more (listed in the check report)" if more else ""),
         BadInputWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
-    checked = dataset.subset(keep)
-    if hasattr(dataset, "problems"):
-        checked.problems = dataset.problems
-    return checked, report
+    return dataset.subset(keep)

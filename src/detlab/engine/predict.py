@@ -156,7 +156,7 @@ def predict_files(
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str,
-    split: str | None = "test",
+    split: str | None = None,
     protocol: str = "coco",
     iou_threshold: float = 0.5,
     max_detections: int = 100,
@@ -165,7 +165,8 @@ def evaluate_checkpoint(
     max_images: int = 0,
     data_root: str | None = None,
 ):
-    """Score a checkpoint of any method on the data set ``data`` (a spec) at ``split`` through
+    """Score a checkpoint of any method on the data set ``data`` (a spec) at ``split`` (default: the
+    run's ``data.test_split``) through
     :func:`detlab.engine.train.evaluate`; returns ``(report dict, result)``. Detectors are scored
     with ``protocol`` (``coco``, ``voc07``, ``voc``), the localizer with ILSVRC localization
     error, DeepPose with PCK. The data set's classes must be the checkpoint's, in the same order.
@@ -177,6 +178,7 @@ def evaluate_checkpoint(
     predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides)
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
+    split = split or stored.test_split
     dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=predictor.run_config.train.seed)
     if list(dataset.classes) != predictor.classes:
         raise ValueError(

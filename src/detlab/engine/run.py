@@ -293,9 +293,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return stages[-1]
 
 
-def run_config_for_resume(run_dir: str | Path, overrides: list[str] | None = None, **values) -> RunConfig:
-    """The config stored with the run in ``run_dir``, with ``values``/``overrides`` applied (e.g.
-    more epochs); the run stays in ``run_dir``."""
+def run_config_for_resume(run_dir: str | Path, values: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The config stored with the run in ``run_dir``, with ``values`` (nested dicts) and
+    ``overrides`` (``key=value``) applied, e.g. more epochs; the run stays in ``run_dir``."""
     checkpoint = checkpoints.load_checkpoint(latest_checkpoint(run_dir))
     config = run_config_from_dict(checkpoint["config"])
     if values:

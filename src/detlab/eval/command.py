@@ -30,7 +30,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 protocol=args.protocol,
                 iou_threshold=args.iou,
                 max_detections=args.max_dets,
-                split=args.split,
+                split=args.split or "test",
             )
         else:
             raise ValueError(
@@ -88,7 +88,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument(
         "--max-dets", type=int, default=100, help="COCO per-image detection limit (default 100)"
     )
-    parser.add_argument("--split", default="test", help="split of a VOC/YOLO data set (default test)")
+    parser.add_argument(
+        "--split", help="split of a VOC/YOLO data set (default: with --checkpoint the run's data.test_split, else test)"
+    )
     parser.add_argument("--out", help="folder for report.json, report.md and pr_curves/*.png")
     parser.add_argument("--no-plots", action="store_true", help="skip the PR-curve PNGs")
     parser.set_defaults(handler=run_eval)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
+from detlab.data.images import warp_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,13 +119,12 @@ def check_image(image: Tensor) -> None:
 
 
 def resize_to_window(image: Tensor, window_size: int) -> Tensor:
-    """``Tensor[3, H, W] -> Tensor[3, S, S]`` (bilinear, aspect ratio not kept: box coordinates
-    normalised by the image size are unchanged by the warp). An image already ``S x S`` is returned
-    as it is."""
+    """``Tensor[3, H, W] -> Tensor[3, S, S]`` with :func:`detlab.data.images.warp_image` (box
+    coordinates normalised by the image size are unchanged by the warp): the same warp as the data
+    layer's ``resize_to``, so a model sees its training images (warped in advance) and its test
+    images alike."""
     check_image(image)
-    if tuple(image.shape[-2:]) == (window_size, window_size):
-        return image
-    return F.interpolate(image[None], size=(window_size, window_size), mode="bilinear", align_corners=False)[0]
+    return warp_image(image, (window_size, window_size))
 
 
 def warp_batch(images: list[Tensor], window_size: int) -> tuple[Tensor, Tensor]:
