@@ -64,10 +64,19 @@ def train_method(name: str, out_dir: str, budget_s: float, data: dict, recipe: s
     return train_run(run_config), run_config
 
 
+def stage_totals(run_dir: str) -> tuple[float, int]:
+    """Training seconds and steps of a run, summed over its stages (each keeps its own progress)."""
+    from detlab.engine.checkpoint import load_checkpoint
+
+    progress = [load_checkpoint(path)["progress"] for path in Path(run_dir).glob("**/last.pt")]
+    return sum(p["elapsed_s"] for p in progress), sum(p["step"] for p in progress)
+
+
 def localizer_row(data_name: str, result, run_config) -> dict:
     model = run_config.model
+    seconds, steps = stage_totals(run_config.train.out_dir)
     row = {"data": data_name, "recipe": run_config.train.recipe or "joint", "regression": model.regression,
-           "attach": model.attach, "training_s": round(result.state.elapsed_s, 1), "steps": result.state.step,
+           "attach": model.attach, "training_s": round(seconds, 1), "steps": steps,
            "test_images": int(result.metrics["num_images"])}  # fmt: skip
     row.update({RENAMED[key]: round(result.metrics[key], 4) for key in RENAMED})
     print(json.dumps(row), flush=True)
@@ -114,7 +123,7 @@ def part_keypoints(args) -> dict:
                                   for name in ("pck@0.05", "pck@0.1", "pck@0.2", "mean_error_px")}}
               for stage in (1, 2)]  # fmt: skip
     run = Path("runs/bench-keypoints")
-    return {"stages": stages, "training_s": round(stage_seconds(run, "stage1") + result.state.elapsed_s, 1),
+    return {"stages": stages, "training_s": round(stage_totals(str(run))[0], 1),
             "num_test": int(metrics["num_images"]), "images": args.keypoint_images,
             "stage_seconds": {"stage1": round(stage_seconds(run, "stage1"), 1),
                               "stage2": round(result.state.elapsed_s, 1)}}  # fmt: skip
