@@ -74,8 +74,11 @@ def _headline(report: dict) -> str:
 
 
 def format_console_table(report: dict) -> str:
-    """A fixed-width per-class table followed by the summary metrics."""
+    """A fixed-width per-class table (when the report has one) followed by the summary metrics."""
     header, rows = _table_rows(report)
+    summary = f"{report['protocol']}: {report['num_images']} images, {report['num_gt']} ground-truth boxes, {report['num_detections']} detections"
+    if not rows:
+        return "\n".join([summary, _headline(report)])
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
     lines = [
         "  ".join(
@@ -85,15 +88,16 @@ def format_console_table(report: dict) -> str:
         for line in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    summary = f"{report['protocol']}: {report['num_images']} images, {report['num_gt']} ground-truth boxes, {report['num_detections']} detections"
     return "\n".join([summary, *lines, _headline(report)])
 
 
 def format_markdown_table(report: dict) -> str:
     """The per-class table and the metrics as Markdown."""
     header, rows = _table_rows(report)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = []
+    if rows:  # the localizer's and DeepPose's reports have no per-class table
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     metric_lines = ["| metric | value |", "|---|---:|"] + [
         f"| {name} | {'-' if value is None else f'{value:.4f}'} |"
         for name, value in report["metrics"].items()
