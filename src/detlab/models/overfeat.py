@@ -242,10 +242,11 @@ class OverFeat(nn.Module):
         window = self.localizer.window_size
         crops, labels, boxes = [], [], []
         for image, target in zip(images, targets):
-            origins, image_labels, image_boxes = sample_windows(
-                tuple(image.shape[-2:]), target["boxes"].float(), target["labels"], self.windows_per_image, self.fill
-            )
-            rois = torch.cat([torch.zeros(len(origins), 1), origins], dim=1).to(image)
+            windows, image_labels, image_boxes = sample_windows(
+                tuple(image.shape[-2:]), target["boxes"].float().cpu(), target["labels"].cpu(), self.windows_per_image,
+                self.fill,
+            )  # fmt: skip
+            rois = torch.cat([torch.zeros(len(windows), 1), windows], dim=1).to(image)
             crops.append(roi_align(image[None], rois, window, 1.0, sampling_ratio=2, aligned=True))
             labels.append(image_labels)
             boxes.append(image_boxes)
