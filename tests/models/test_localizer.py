@@ -56,6 +56,18 @@ def test_eval_mode_returns_top_k_guesses_in_each_images_pixels():
     torch.testing.assert_close(doubled["boxes"], native["boxes"] * 2, atol=0.6, rtol=0.05)
 
 
+def test_channels_last_computes_the_same_outputs():
+    torch.manual_seed(0)
+    plain = build_localizer(small(channels_last=False), 3).eval()
+    fast = build_localizer(small(channels_last=True), 3).eval()
+    fast.load_state_dict(plain.state_dict())
+    windows = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        expected, found = plain.predict(windows), fast.predict(windows)
+    for key in expected:
+        torch.testing.assert_close(found[key], expected[key], atol=1e-4, rtol=1e-4)
+
+
 def test_specific_loss_uses_the_box_of_the_true_class():
     outputs = {
         "class_logits": torch.zeros(1, 2),

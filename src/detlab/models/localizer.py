@@ -83,6 +83,7 @@ class LocalizerConfig:
     top_k: int = 5
     classifier_fraction: float = 0.6
     head_lr: float = 0.01
+    channels_last: bool = True  # channels-last convolutions: a training step of the default net in 2/3 of the time on a CPU
 
     # The run this method needs unless told otherwise (applied before a preset and --set): the
     # single-object synthetic set (6,000 images in their own folder), all eight flips and quarter
@@ -144,6 +145,7 @@ class Localizer(nn.Module):
         background: bool = False,
         classifier_fraction: float = 0.6,
         head_lr: float = 0.01,
+        channels_last: bool = False,
     ):
         super().__init__()
         for name, value, choices in (("regression", regression, REGRESSION_CHOICES),
@@ -164,6 +166,9 @@ class Localizer(nn.Module):
         self.class_head = nn.Linear(net.hidden_dim, self.num_logits)
         self.box_head = self.new_box_head()
         self.training_stage = "joint"
+        # Channels-last input makes every convolution run channels-last (oneDNN's faster layout on
+        # CPUs); the weights stay contiguous, which DistributedDataParallel's gradient buckets expect.
+        self.channels_last = channels_last
 
     @property
     def num_box_sets(self) -> int:
@@ -177,6 +182,8 @@ class Localizer(nn.Module):
         return nn.Linear(self.class_head.in_features, num_outputs)
 
     def predict(self, windows: Tensor) -> dict[str, Tensor]:
+        if self.channels_last:
+            windows = windows.contiguous(memory_format=torch.channels_last)
         feature_map = self.features(windows)
         hidden = self.hidden(feature_map)
         box_input = feature_map if self.attach == "conv" else hidden
@@ -321,7 +328,7 @@ def build_localizer_module(config: LocalizerConfig, num_classes: int, background
     )  # fmt: skip
     return Localizer(
         net, num_classes, config.window_size, config.regression, config.attach, config.box_loss,
-        config.box_weight, config.top_k, background, config.classifier_fraction, config.head_lr,
+        config.box_weight, config.top_k, background, config.classifier_fraction, config.head_lr, config.channels_last,
     )  # fmt: skip
 
 
