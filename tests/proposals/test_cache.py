@@ -116,3 +116,34 @@ def test_a_killed_process_resumes_where_it_stopped(tmp_path):
     ProposalCache(tmp_path / "c", method).fill((f"img{index}", torch.rand(3, 20, 20)) for index in range(40))
     assert len(calls) == 40 - finished
     assert all(np.load(path).shape == (20, 4) for path in (tmp_path / "c" / "boxes").glob("*.npy"))
+
+
+def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_path):
+    import torch
+
+    from detlab.data import build_transforms, load_dataset
+    from detlab.proposals import ProposalCache, RecordProposals, build_method
+
+    dataset = load_dataset("synthetic", "train", root=tmp_path / "data", num_synthetic=8)
+    method = build_method("sliding", max_proposals=30)
+    proposals = RecordProposals(ProposalCache(tmp_path / "cache", method))
+    assert proposals.fill(dataset.records, workers=2, progress=False) == len(dataset)
+    assert proposals.fill(dataset.records, workers=2, progress=False) == 0  # all cached now
+    for record in dataset.records:
+        torch.testing.assert_close(proposals(record), method.propose(record.image_path))
+    # Attached by the data set before the transforms, the boxes follow a flip with the image.
+    flipped = dataset.with_options(proposals=proposals).with_transforms(build_transforms(True, horizontal_flip=True))
+    plain = dataset.with_options(proposals=proposals)
+    for index in range(len(dataset)):
+        torch.manual_seed(index)
+        image, target = flipped[index]
+        original, original_target = plain[index]
+        if torch.equal(image, original):
+            torch.testing.assert_close(target["proposals"], original_target["proposals"])
+        else:
+            width = image.shape[-1]
+            mirrored = original_target["proposals"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor([width, 0, width, 0])
+            torch.testing.assert_close(target["proposals"], mirrored)
+    # Two data sets with the same image ids do not share boxes: the key holds the image's path.
+    other = load_dataset("synthetic", "train", root=tmp_path / "other", num_synthetic=8)
+    assert proposals.key(other.records[0]) != proposals.key(dataset.records[0])

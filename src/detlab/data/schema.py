@@ -73,7 +73,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     ones in :mod:`detlab.data.transforms` move boxes with the image. ``resize_to``: ``(H, W)`` every
     image is warped to before the transforms (aspect ratio not kept; pixels rounded to 8 bits).
     ``cache_images``: keep each prepared image (uint8: decoded, and warped) in memory after its
-    first use; the values are the same as without the cache.
+    first use; the values are the same as without the cache. ``proposals``: a function giving a
+    record's proposal boxes, attached to its target (for Fast R-CNN and R-CNN).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         name: str = "",
         resize_to: tuple[int, int] | None = None,
         cache_images: bool = False,
+        proposals: Callable[[Record], Tensor] | None = None,
     ):
         self.records = list(records)
         self.classes = list(classes)
@@ -91,6 +93,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.name = name
         self.resize_to = tuple(resize_to) if resize_to else None
         self.cache_images = cache_images
+        self.proposals = proposals
         self._decoded: dict[int, tuple[Tensor, tuple[int, int]]] = {}
 
     @property
@@ -103,6 +106,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         image, (height, width) = self._image_and_size(index)
         target = self.records[index].target()
+        if self.proposals is not None:
+            target["proposals"] = self.proposals(self.records[index]).float().reshape(-1, 4)
         if self.resize_to is not None:
             target = _scale_target(target, self.resize_to[1] / width, self.resize_to[0] / height)
         if self.transforms is not None:
@@ -137,16 +142,21 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The same records and classes with other transforms (records are shared, not copied)."""
         return self._copy(self.records, transforms=transforms)
 
-    def with_options(self, resize_to: tuple[int, int] | None = None, cache_images: bool = False) -> DetectionDataset:
-        """The same records, classes and transforms, warped to ``resize_to`` and/or cached."""
-        return self._copy(self.records, resize_to=resize_to, cache_images=cache_images)
+    def with_options(self, **options) -> DetectionDataset:
+        """The same records, classes and transforms with other ``resize_to``, ``cache_images`` or
+        ``proposals`` (``record -> Tensor[K, 4]`` in the stored image's pixels, added to each
+        target as ``"proposals"`` before the transforms, which move them with the image)."""
+        unknown = set(options) - {"resize_to", "cache_images", "proposals"}
+        if unknown:
+            raise TypeError(f"unknown data set options {sorted(unknown)}")
+        return self._copy(self.records, **options)
 
     def subset(self, indices) -> DetectionDataset:
         return self._copy([self.records[i] for i in indices])
 
     def _copy(self, records: list[Record], **changes) -> DetectionDataset:
         options = {"transforms": self.transforms, "name": self.name, "resize_to": self.resize_to,
-                   "cache_images": self.cache_images, **changes}  # fmt: skip
+                   "cache_images": self.cache_images, "proposals": self.proposals, **changes}  # fmt: skip
         copy = DetectionDataset(records, self.classes, **options)
         for attribute in ("category_ids", "problems", "keypoint_names"):
             if hasattr(self, attribute):

@@ -13,6 +13,7 @@ writes, per image, an annotated copy, and for all of them ``detections.json`` (C
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,24 +67,24 @@ class Predictor:
         return cls(model, classes, run_config, select_device(device))
 
     @torch.no_grad()
-    def predict(self, image, score_threshold: float = 0.0) -> dict:
+    def predict(self, image, score_threshold: float | None = None) -> dict:
         """What the model finds in one image: a path, a PIL image, an ``H x W x 3`` uint8 (RGB)
         numpy array or a ``Tensor[3, H, W]`` in [0, 1].
 
         Returns ``{"boxes", "scores", "labels", "names"}`` (and ``"keypoints"`` for a keypoint
-        model) on the CPU, best first, with ``scores >= score_threshold``; ``names`` are the class
-        names of ``labels``.
+        model) on the CPU, best first, with ``scores >= score_threshold`` (``None``: all; R-CNN's
+        scores are SVM margins, which may be negative); ``names`` are the class names of ``labels``.
         """
         return self.predict_batch([image], score_threshold)[0]
 
     @torch.no_grad()
-    def predict_batch(self, images: Iterable, score_threshold: float = 0.0) -> list[dict]:
+    def predict_batch(self, images: Iterable, score_threshold: float | None = None) -> list[dict]:
         from detlab.data.images import to_image_tensor
 
         tensors = [to_image_tensor(image).to(self.device) for image in images]
         results = []
         for output in self.model(tensors):
-            keep = output["scores"] >= score_threshold
+            keep = output["scores"] >= (-math.inf if score_threshold is None else score_threshold)
             order = output["scores"][keep].argsort(descending=True)
             result = {key: output[key][keep][order].cpu() for key in OUTPUT_KEYS if key in output}
             result["names"] = [self.class_name(label) for label in result["labels"].tolist()]

@@ -185,6 +185,14 @@ def train_run(
     input_size = getattr(model, "input_size", None)
     if input_size is not None:  # a fixed-input model: warp the training images to it in advance
         train_dataset = train_dataset.with_options(resize_to=input_size, cache_images=run_config.data.cache_images)
+    proposals = getattr(model, "training_proposals", lambda: None)()
+    if proposals is not None:  # computed once before training (not part of its time), then cached
+        if context.is_main:
+            computed = proposals.fill(train_dataset.records)
+            if computed:
+                print(f"{computed} images' proposals computed into {proposals.cache.path}", flush=True)
+        barrier(context)
+        train_dataset = train_dataset.with_options(proposals=proposals)
     if context.is_main:
         names = ", ".join(stage.name for stage in stages)
         print(f"{run_config.model_name}: training in {run_config.train.out_dir} ({names})", flush=True)
@@ -224,18 +232,20 @@ def train_stages(
     (a paused or interrupted stage ends the recipe there, for the resumed run to continue)."""
     context = context or init_distributed(run_config.train.device)
     run_dir = Path(run_config.train.out_dir)
-    if not isinstance(stages[-1], Stage):
-        raise ValueError("a recipe must end with a training stage")
     header = {"model_name": run_config.model_name, "classes": list(classes), "config": config_io.to_dict(run_config)}
     result = None
     for index, item in enumerate(stages):
         last = index == len(stages) - 1
         folder = run_dir if last else run_dir / item.name
-        if not last and (folder / STAGE_DONE).is_file():
+        if (folder / STAGE_DONE).is_file():
             model.load_state_dict(checkpoints.load_checkpoint(folder / checkpoints.LAST_NAME)["model"])
+            if last:  # a recipe ending in a step, finished: nothing to do
+                return finished_run(run_dir, result)
             continue
         if isinstance(item, Step):
             run_step(item, model, train_dataset, folder, header, run_config.train.seed + index, context)
+            if last:
+                return evaluate_final_step(model, run_dir, val_dataset, classes, run_config, result, context)
             continue
         if item.prepare is not None:
             item.prepare(model)
@@ -262,6 +272,39 @@ def train_stages(
             (folder / STAGE_DONE).write_text(f"{result.state.step} steps, {result.state.elapsed_s:.1f} s\n")
         barrier(context)
     return result
+
+
+def finished_run(run_dir: Path, result: FitResult | None) -> FitResult:
+    """The result of resuming a run whose recipe ended in a step that is done: nothing trained."""
+    stored = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
+    state = result.state if result is not None else TrainingState(**stored["progress"])
+    best = run_dir / checkpoints.BEST_NAME
+    return FitResult(run_dir, "already_finished", state, run_dir / checkpoints.LAST_NAME,
+                     best if best.exists() else None, dict(stored.get("metrics") or {}))  # fmt: skip
+
+
+def evaluate_final_step(model, run_dir: Path, val_dataset, classes, run_config, result, context) -> FitResult:
+    """After a recipe's last step (R-CNN's SVMs and regressors): evaluate the model on the
+    validation split, keep the metrics in ``last.pt`` (and ``best.pt``) and the run log."""
+    from detlab.engine.metrics_log import MetricsLog
+    from detlab.engine.sampling import make_loader
+    from detlab.engine.train import _plain_metrics, evaluate
+
+    state = result.state if result is not None else TrainingState()
+    metrics: dict = {}
+    if context.is_main and val_dataset is not None:
+        loader = make_loader(val_dataset, run_config.train.batch_size, torch.utils.data.SequentialSampler(val_dataset))
+        metrics = _plain_metrics(evaluate(model, loader, make_evaluator(model, classes), context.device))
+        checkpoint = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
+        checkpoint["metrics"] = metrics
+        checkpoints.save_checkpoint(checkpoint, run_dir / checkpoints.LAST_NAME)
+        checkpoints.save_checkpoint(checkpoint, run_dir / checkpoints.BEST_NAME)
+        # resume_step: keep what the log holds (a step's folder has none yet), append this record
+        MetricsLog(run_dir, resume_step=state.step).write({"kind": "eval", "epoch": state.epoch, "step": state.step, **metrics})
+    barrier(context)
+    best = run_dir / checkpoints.BEST_NAME
+    return FitResult(run_dir, "finished", state, run_dir / checkpoints.LAST_NAME, best if best.exists() else None,
+                     metrics)  # fmt: skip
 
 
 def run_step(step: Step, model, train_dataset, folder: Path, header: dict, seed: int, context: Context) -> None:

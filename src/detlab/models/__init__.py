@@ -21,11 +21,13 @@ from detlab.models.faster_rcnn import build_faster_rcnn
 from detlab.models.keypoints import build_keypoints
 from detlab.models.localizer import build_localizer
 from detlab.models.overfeat import build_overfeat
+from detlab.models.rcnn import build_rcnn
 
 MODELS: dict[str, Callable] = {
     "localizer": build_localizer,
     "keypoints": build_keypoints,
     "overfeat": build_overfeat,
+    "rcnn": build_rcnn,
     "fast_rcnn": build_fast_rcnn,
     "faster_rcnn": build_faster_rcnn,
 }

@@ -60,6 +60,33 @@ def default_proposal_method(
     )
 
 
+def image_proposals(image: Tensor, target: dict | None, method, cache, training: bool) -> Tensor:
+    """An image's proposals, ``Tensor[K, 4]`` in its pixels: the target's ``"proposals"`` (attached
+    by the data layer), else, for a training image, from ``cache`` (keyed by its ``image_id`` and
+    content), else ``method`` run now (test time always proposes afresh: its cost is part of the
+    detector's test time)."""
+    if target is not None and "proposals" in target:
+        return target["proposals"].float().reshape(-1, 4)
+    if method is None:
+        raise ValueError(
+            "this detector needs proposals: give each target a 'proposals' Tensor[K, 4] or build the "
+            "model with a proposal method"
+        )
+    if training and cache is not None and target is not None and "image_id" in target:
+        key = f"{target['image_id']}-{image_fingerprint(image)}"
+        return cache.get_or_compute(key, image).to(image.device)
+    return method(image).to(image.device)
+
+
+def training_proposals(cache):
+    """A :class:`detlab.proposals.RecordProposals` over ``cache`` (``None`` without a cache)."""
+    if cache is None:
+        return None
+    from detlab.proposals import RecordProposals
+
+    return RecordProposals(cache)
+
+
 def image_fingerprint(image: Tensor) -> str:
     """A short digest of an image's content (its 16x16 thumbnail), so cached proposals are reused
     only for the very same pixels: a flipped or rescaled copy of an image gets its own entry."""
@@ -95,18 +122,10 @@ class FastRCNN(nn.Module):
         self.proposal_method = proposal_method
         self.proposal_cache = proposal_cache
 
-    def _proposals_of(self, image: Tensor, target: dict | None) -> Tensor:
-        if target is not None and "proposals" in target:
-            return target["proposals"].float().reshape(-1, 4)
-        if self.proposal_method is None:
-            raise ValueError(
-                "Fast R-CNN needs proposals: give each target a 'proposals' Tensor[K, 4] or build the "
-                "model with a proposal_method"
-            )
-        if self.training and self.proposal_cache is not None and target is not None and "image_id" in target:
-            key = f"{target['image_id']}-{image_fingerprint(image)}"
-            return self.proposal_cache.get_or_compute(key, image).to(image.device)
-        return self.proposal_method(image).to(image.device)
+    def training_proposals(self):
+        """What the data layer attaches to each training image as ``"proposals"`` (computed once
+        on the stored image, then moved by the augmentations with it), or ``None``."""
+        return training_proposals(self.proposal_cache)
 
     def forward(
         self, images: list[Tensor], targets: list[dict] | None = None, proposals: list[Tensor] | None = None
@@ -119,7 +138,8 @@ class FastRCNN(nn.Module):
         if proposals is None:
             per_image_targets = targets if targets is not None else [None] * len(images)
             proposals = [
-                self._proposals_of(image, target) for image, target in zip(images, per_image_targets)
+                image_proposals(image, target, self.proposal_method, self.proposal_cache, self.training)
+                for image, target in zip(images, per_image_targets)
             ]
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         with_proposals = [

@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from detlab.proposals.baselines import GaussianBoxes, SlidingWindows, SuperpixelBoxes, UniformBoxes
-from detlab.proposals.cache import ProposalCache
+from detlab.proposals.cache import ProposalCache, RecordProposals
 from detlab.proposals.method import ProposalMethod
 from detlab.proposals.selective_search import STRATEGIES, SelectiveSearch, Strategy
 
@@ -51,6 +51,7 @@ __all__ = [
     "GaussianBoxes",
     "ProposalCache",
     "ProposalMethod",
+    "RecordProposals",
     "SelectiveSearch",
     "SlidingWindows",
     "Strategy",

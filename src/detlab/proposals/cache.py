@@ -164,3 +164,61 @@ class ProposalCache:
             if progress is not None:
                 progress(done)
         return computed
+
+
+def _propose_file(job: tuple) -> Tensor:
+    method, path = job
+    torch.set_num_threads(1)
+    return method.propose(path)
+
+
+class RecordProposals:
+    """A data set record's proposals from a :class:`ProposalCache`, computed from its image file
+    on a miss: what a data set attaches to each training image (``DetectionDataset.with_options(
+    proposals=...)``) so the augmentations move them with the image.
+
+    Keys are the record's id and a digest of its image path, so two data sets with the same ids
+    do not share boxes.
+    """
+
+    def __init__(self, cache: ProposalCache):
+        self.cache = cache
+
+    @staticmethod
+    def key(record) -> str:
+        text = str(record.image_id)
+        return f"{text}-{hashlib.sha1(f'{text}|{Path(record.image_path).resolve()}'.encode()).hexdigest()[:10]}"
+
+    def __call__(self, record) -> Tensor:
+        return self.cache.get_or_compute(self.key(record), record.image_path)
+
+    def fill(self, records, workers: int | None = None, progress: bool = True) -> int:
+        """Compute the missing proposals of ``records`` in ``workers`` processes (default: one a
+        usable core); returns how many were computed. Interrupted, it keeps what it finished."""
+        from multiprocessing import get_context
+
+        from tqdm import tqdm
+
+        missing = [record for record in records if self.key(record) not in self.cache]
+        if not missing:
+            return 0
+        if self.cache.method is None:
+            raise KeyError(f"{len(missing)} images are not in the read-only proposal cache {self.cache.path}")
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = max(1, min(workers or available, len(missing)))
+        bar = tqdm(total=len(missing), desc=f"{self.cache.method.name} proposals", unit="image", disable=not progress,
+                   leave=False, dynamic_ncols=True)  # fmt: skip
+        try:
+            if workers == 1:
+                for record in missing:
+                    self(record)
+                    bar.update()
+                return len(missing)
+            jobs = [(self.cache.method, str(record.image_path)) for record in missing]
+            with get_context("spawn").Pool(workers) as pool:
+                for record, boxes in zip(missing, pool.imap(_propose_file, jobs)):
+                    self.cache.put(self.key(record), boxes)
+                    bar.update()
+        finally:
+            bar.close()
+        return len(missing)

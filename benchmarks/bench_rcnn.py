@@ -1,0 +1,221 @@
+"""Benchmark: R-CNN against Fast R-CNN, the lecture's table, on the same data, proposals and backbone.
+
+For one data set (``--data bccd`` or ``synthetic``) in one run, one after the other:
+
+1. Selective Search (fast) proposals of the training images, computed once into a shared cache;
+2. R-CNN (``detlab train rcnn``: pretrain and fine-tune the CNN for ``--budget-s``, then pool5
+   features to disk, SVMs with hard-negative mining, box regressors) with the compact backbone,
+   and again with the shallower ``small`` backbone;
+3. Fast R-CNN (``detlab train fast_rcnn``) with the same compact backbone, the same proposals
+   (attached by the data layer) and the same budget;
+4. each model on the test images, one at a time: time per image with the proposals computed
+   (Selective Search included) and given (precomputed), and mAP@0.5 (VOC07 11-point) and the COCO
+   numbers; R-CNN also without box regression and with the fine-tuned network's softmax instead
+   of the SVMs (the same trained model, test-time settings).
+
+Usage (from the repository root, under the shared CPU lock):
+  PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_rcnn.py --data bccd --budget-s 900
+Writes benchmarks/results/rcnn_<data>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from detlab.data import load_dataset  # noqa: E402
+from detlab.engine.checkpoint import load_checkpoint  # noqa: E402
+from detlab.engine.predict import model_from_checkpoint  # noqa: E402
+from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
+from detlab.eval.coco import COCOEvaluator  # noqa: E402
+from detlab.eval.voc import VOCEvaluator  # noqa: E402
+from detlab.proposals import ProposalCache, RecordProposals  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+DATA = {
+    "bccd": {"spec": f"voc:{REPO.parent / 'shared' / 'data' / 'bccd'}", "train_split": "trainval", "val_split": "",
+             "test_split": "test", "vertical_flip": True},
+    "synthetic": {"spec": "synthetic", "root": "data/synthetic", "synthetic_images": 600, "train_split": "trainval",
+                  "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
+}  # fmt: skip
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def shared_settings(args) -> dict:
+    """Model fields every run shares: backbone width, input and proposal settings."""
+    return {"proposal_method": "ss-fast", "max_proposals": 2000, "proposal_cache_dir": f"{args.work_dir}/proposals"}
+
+
+def train(name: str, args, model: dict, out: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    run_config = resolve_run_config(
+        name, data=DATA[args.data], model=model,
+        train={"out_dir": out, "time_budget_s": args.budget_s, "epochs": 100_000, "log_every": 100, "seed": 0},
+    )  # fmt: skip
+    started = time.perf_counter()
+    result = train_run(run_config)
+    wall = time.perf_counter() - started
+    stages = {path.parent.name: load_checkpoint(path) for path in Path(out).glob("*/last.pt")}
+    record = {"wall_s": round(wall, 1), "network_training_s": 0.0, "steps": 0}
+    for stage, checkpoint in stages.items():
+        record["network_training_s"] += checkpoint["progress"]["elapsed_s"]
+        record["steps"] += checkpoint["progress"]["step"]
+        if checkpoint.get("metrics") and not checkpoint.get("optimizer"):
+            record[stage] = checkpoint["metrics"]  # a non-gradient step's outcome
+    if name != "rcnn":
+        record["network_training_s"] += result.state.elapsed_s
+        record["steps"] += result.state.step
+    record["network_training_s"] = round(record["network_training_s"], 1)
+    record["training_s"] = round(record["network_training_s"] + sum(
+        record.get(step, {}).get("seconds", 0.0) for step in ("step3_features", "step4_svms", "step5_box_regression")), 1)  # fmt: skip
+    return record
+
+
+@torch.no_grad()
+def test(out: str, args, overrides: list[str], given: dict, keys: list[str], dataset) -> dict:
+    """Time and score a checkpoint on the test images: with proposals computed per image and with
+    the cached ones given; the same detections are scored (VOC07 and COCO)."""
+    model, classes, _ = model_from_checkpoint(out, overrides)
+    voc, coco = VOCEvaluator(classes, 0.5, use_11_point=True), COCOEvaluator(classes)
+    with_proposals, without = [], []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        started = time.perf_counter()
+        model([image])  # the proposal method runs inside
+        with_proposals.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        output = model([image], proposals=[given[keys[index]]])[0]
+        without.append(time.perf_counter() - started)
+        voc.update([output], [target])
+        coco.update([output], [target])
+    summary = coco.compute().summary()
+    return {"s_per_image_with_proposals": round(statistics.median(with_proposals), 4),
+            "s_per_image_without_proposals": round(statistics.median(without), 4),
+            "mAP50_voc07": round(voc.compute().mean_ap, 4), "AP50_coco": round(summary["AP50"], 4),
+            "AP_coco": round(summary["AP"], 4),
+            "per_class_AP50_voc07": {row["class"]: round(row["AP"], 4) for row in voc.compute().per_class()}}  # fmt: skip
+
+
+def test_proposals(args, dataset) -> tuple[dict, list[str], float]:
+    """The test images' proposals, computed once (timed per image) for the 'without proposals' rows."""
+    from detlab.models.fast_rcnn import default_proposal_method
+
+    method = default_proposal_method("ss-fast", 2000, args.proposal_max_side)
+    cache = RecordProposals(ProposalCache(Path(args.work_dir) / "proposals" / method.name, method))
+    keys = [cache.key(record) for record in dataset.records]
+    seconds = []
+    for record in dataset.records:
+        started = time.perf_counter()
+        cache(record)
+        seconds.append(time.perf_counter() - started)
+    return {key: cache(record) for key, record in zip(keys, dataset.records)}, keys, statistics.median(seconds)
+
+
+def markdown(report: dict) -> str:
+    rows = report["rows"]
+    lines = [
+        f"# R-CNN vs Fast R-CNN on {report['data']}, from scratch, same proposals and backbone", "",
+        f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
+        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, torch "
+        f"{report['machine']['torch']} ({report['machine']['torch_threads']} threads)", "",
+        f"Each network trained for {report['budget_s']:.0f} s (R-CNN: pre-training on object windows then fine-tuning "
+        f"on proposals; Fast R-CNN: one stage); Selective Search (fast) proposals, up to 2000 an image, computed at a "
+        f"longer side of {report['proposal_max_side']} px and shared; test times are medians over the "
+        f"{report['test_images']} test images, one image at a time.", "",
+        "| model | backbone | training s (network + features + SVMs + regressors) | test s/image without proposals | "
+        "with proposals | mAP@0.5 (VOC07) | COCO AP50 | COCO AP |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['backbone']} | {row.get('training', '')} | {row['s_per_image_without_proposals']} | "
+            f"{row['s_per_image_with_proposals']} | {row['mAP50_voc07']:.3f} | {row['AP50_coco']:.3f} | {row['AP_coco']:.3f} |"
+        )
+    lines += ["", f"Feature cache (pool5, float16) of the {report['train_images']} training images: "
+              f"{report['feature_cache_mb']:.0f} MB, written in {report['feature_seconds']:.0f} s.",
+              f"Selective Search: {report['proposal_s_per_image']:.2f} s a test image (median).", "",
+              "Speed-ups of Fast R-CNN over R-CNN (compact backbone): "
+              f"{report['speedup_without_proposals']:.0f}x without proposals, "
+              f"{report['speedup_with_proposals']:.1f}x with them.", ""]  # fmt: skip
+    lines += ["Per-class AP@0.5 (VOC07):", "", "| model | " + " | ".join(rows[0]["per_class_AP50_voc07"]) + " |",
+              "|---|" + "---|" * len(rows[0]["per_class_AP50_voc07"])]  # fmt: skip
+    for row in rows:
+        lines.append(f"| {row['model']} ({row['backbone']}) | " + " | ".join(f"{v:.3f}" for v in row["per_class_AP50_voc07"].values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=tuple(DATA), default="bccd")
+    parser.add_argument("--budget-s", type=float, default=900.0, help="training time of each network")
+    parser.add_argument("--proposal-max-side", type=int, help="Selective Search's longer image side (427 BCCD, 256 synthetic)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", default="runs/bench-rcnn")
+    parser.add_argument("--test-images", type=int, default=0, help="the first N test images (0: all)")
+    args = parser.parse_args()
+    args.proposal_max_side = args.proposal_max_side or (427 if args.data == "bccd" else 256)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work_dir) / args.data
+    shared = {**shared_settings(args), "proposal_max_side": args.proposal_max_side}
+    # Fast R-CNN proposes at its max_size: the same longer side as R-CNN, so they share the proposals
+    size = {"min_size": 320 if args.data == "bccd" else 256, "max_size": args.proposal_max_side}
+    runs = {
+        "rcnn_compact": ("rcnn", {**shared, "backbone": "compact", "feature_cache_dir": f"{args.work_dir}/features"}),
+        "rcnn_small": ("rcnn", {**shared, "backbone": "small", "feature_cache_dir": f"{args.work_dir}/features"}),
+        "fast_rcnn": ("fast_rcnn", {k: v for k, v in shared.items() if k != "proposal_max_side"} | size),
+    }
+    trained = {name: train(kind, args, model, str(work / name)) for name, (kind, model) in runs.items()}
+    data = DATA[args.data]
+    test_set = load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
+    if args.test_images:
+        test_set = test_set.subset(range(args.test_images))
+    given, keys, proposal_seconds = test_proposals(args, test_set)
+    variants = [
+        ("R-CNN: SVMs + box regression", "rcnn_compact", []),
+        ("R-CNN: SVMs, no box regression", "rcnn_compact", ["model.box_regression=false"]),
+        ("R-CNN: fine-tuned softmax + box regression", "rcnn_compact", ["model.classifier=softmax"]),
+        ("R-CNN: SVMs + box regression", "rcnn_small", []),
+        ("Fast R-CNN", "fast_rcnn", []),
+    ]
+    rows = []
+    for label, run, overrides in variants:
+        row = {"model": label, "backbone": runs[run][1]["backbone"] if "backbone" in runs[run][1] else "compact",
+               "training": trained[run]["training_s"], **test(str(work / run), args, overrides, given, keys, test_set)}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    features = trained["rcnn_compact"].get("step3_features", {})
+    report = {
+        "command": f"PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_rcnn.py {' '.join(sys.argv[1:])}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(), "data": args.data,
+        "budget_s": args.budget_s, "proposal_max_side": args.proposal_max_side, "test_images": len(test_set),
+        "train_images": features.get("images", 0), "feature_cache_mb": features.get("cache_bytes", 0) / 1e6,
+        "feature_seconds": features.get("seconds", 0.0), "proposal_s_per_image": proposal_seconds,
+        "speedup_without_proposals": rows[0]["s_per_image_without_proposals"] / rows[-1]["s_per_image_without_proposals"],
+        "speedup_with_proposals": rows[0]["s_per_image_with_proposals"] / rows[-1]["s_per_image_with_proposals"],
+        "trained": trained, "rows": rows,
+    }  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"rcnn_{args.data}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"rcnn_{args.data}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
