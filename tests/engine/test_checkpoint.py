@@ -12,13 +12,14 @@ from detlab.engine import checkpoint as checkpoints
 
 
 class WritesAMarker:
-    """A pickle payload: unpickling it calls open(marker, 'w'), creating the marker file."""
+    """A pickle payload: unpickling it calls os.mkdir(marker), creating the marker (a folder, so no
+    file handle is left open to warn about)."""
 
     def __init__(self, marker):
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))
+        return (os.mkdir, (self.marker,))
 
 
 def test_loading_refuses_a_pickled_payload_and_runs_none_of_it(tmp_path):

@@ -60,6 +60,17 @@ def default_proposal_method(
     )
 
 
+def proposal_source(name: str, max_proposals: int, max_side: int | None, cache_dir: str | None):
+    """``(method, cache)``: the proposal method of :func:`default_proposal_method` and, with a
+    ``cache_dir``, its on-disk cache in a sub-folder named after the method (``None`` without)."""
+    method = default_proposal_method(name, max_proposals, max_side)
+    if not cache_dir:
+        return method, None
+    from detlab.proposals import ProposalCache
+
+    return method, ProposalCache(Path(cache_dir) / method.name, method)
+
+
 def image_proposals(image: Tensor, target: dict | None, method, cache, training: bool) -> Tensor:
     """An image's proposals, ``Tensor[K, 4]`` in its pixels: the target's ``"proposals"`` (attached
     by the data layer), else, for a training image, from ``cache`` (keyed by its ``image_id`` and
@@ -159,12 +170,7 @@ class FastRCNN(nn.Module):
 def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
     """``MODELS["fast_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
     backbone = feature_extractor_from_config(config)
-    method = default_proposal_method(config.proposal_method, config.max_proposals, config.max_size)
-    cache = None
-    if config.proposal_cache_dir:
-        from detlab.proposals import ProposalCache
-
-        cache = ProposalCache(Path(config.proposal_cache_dir) / method.name, method)
+    method, cache = proposal_source(config.proposal_method, config.max_proposals, config.max_size, config.proposal_cache_dir)
     return FastRCNN(
         backbone, build_roi_head(config, backbone, num_classes), batcher_from_config(config, backbone.strides),
         method, cache,

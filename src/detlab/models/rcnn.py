@@ -17,7 +17,7 @@ pass a proposal, the test-time cost Fast R-CNN removes. The recipe (``train.reci
    training image, written to disk as float16, one file an image
    (:class:`FeatureCache`, keyed by the conv layers' fingerprint so a stale cache is never read);
 4. ``step4_svms``: one linear SVM per class on the fc7 features (computed from ``pool5`` on the
-   fly), trained with hard-negative mining as the original code does it (:func:`train_svm`);
+   fly), trained with hard-negative mining as the original code does it (:class:`HardNegativeMiner`);
 5. ``step5_box_regression``: per class, ridge regression from ``pool5`` to the ``BoxCoder``
    targets of the proposals that overlap a ground-truth box of the class by more than 0.6
    (appendix C).
@@ -624,13 +624,9 @@ def fit_box_regressors(model: RCNN, dataset) -> dict:
 
 def build_rcnn(config: RCNNConfig, num_classes: int) -> RCNN:
     """``MODELS["rcnn"]``: R-CNN ``config`` describes for ``num_classes`` classes."""
-    from detlab.models.fast_rcnn import default_proposal_method
+    from detlab.models.fast_rcnn import proposal_source
 
     backbone = feature_extractor_from_config(config)
-    method = default_proposal_method(config.proposal_method, config.max_proposals, config.proposal_max_side)
-    cache = None
-    if config.proposal_cache_dir:
-        from detlab.proposals import ProposalCache
-
-        cache = ProposalCache(Path(config.proposal_cache_dir) / method.name, method)
+    method, cache = proposal_source(config.proposal_method, config.max_proposals, config.proposal_max_side,
+                                    config.proposal_cache_dir)  # fmt: skip
     return RCNN(backbone, num_classes, config, method, cache)
