@@ -5,7 +5,7 @@ For one data set (``--data bccd`` or ``synthetic``) in one run, one after the ot
 1. Selective Search (fast) proposals of the training images, computed once into a shared cache;
 2. R-CNN (``detlab train rcnn``: pretrain and fine-tune the CNN for ``--budget-s``, then pool5
    features to disk, SVMs with hard-negative mining, box regressors) with the compact backbone,
-   and again with the shallower ``small`` backbone;
+   and again with the shallower ``small`` backbone (unless ``--no-second-backbone``);
 3. Fast R-CNN (``detlab train fast_rcnn``) with the same compact backbone, the same proposals
    (attached by the data layer) and the same budget;
 4. each model on the test images, one at a time: time per image with the proposals computed
@@ -15,6 +15,7 @@ For one data set (``--data bccd`` or ``synthetic``) in one run, one after the ot
 
 Usage (from the repository root, under the shared CPU lock):
   PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_rcnn.py --data bccd --budget-s 900
+  (one --work-dir a data set: the proposal cache in it refuses proposals made at another size)
 Writes benchmarks/results/rcnn_<data>.{json,md}.
 """
 
@@ -41,7 +42,7 @@ from detlab.engine.predict import model_from_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 from detlab.eval.coco import COCOEvaluator  # noqa: E402
 from detlab.eval.voc import VOCEvaluator  # noqa: E402
-from detlab.proposals import ProposalCache, RecordProposals  # noqa: E402
+from detlab.proposals import RecordProposals  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DATA = {
@@ -114,10 +115,9 @@ def test(out: str, args, overrides: list[str], given: dict, keys: list[str], dat
 
 def test_proposals(args, dataset) -> tuple[dict, list[str], float]:
     """The test images' proposals, computed once (timed per image) for the 'without proposals' rows."""
-    from detlab.models.fast_rcnn import default_proposal_method
+    from detlab.models.fast_rcnn import proposal_source
 
-    method = default_proposal_method("ss-fast", 2000, args.proposal_max_side)
-    cache = RecordProposals(ProposalCache(Path(args.work_dir) / "proposals" / method.name, method))
+    cache = RecordProposals(proposal_source("ss-fast", 2000, args.proposal_max_side, f"{args.work_dir}/proposals")[1])
     keys = [cache.key(record) for record in dataset.records]
     seconds = []
     for record in dataset.records:
@@ -125,6 +125,36 @@ def test_proposals(args, dataset) -> tuple[dict, list[str], float]:
         cache(record)
         seconds.append(time.perf_counter() - started)
     return {key: cache(record) for key, record in zip(keys, dataset.records)}, keys, statistics.median(seconds)
+
+
+@torch.no_grad()
+def window_timing(args, work: Path, dataset, given: dict, keys: list[str]) -> list[dict]:
+    """Test time an image without proposals of R-CNN (compact) at each of ``--window-timing``'s
+    window sizes, beside the trained Fast R-CNN, on the first ``--timing-images`` test images.
+    R-CNN is built untrained: its time does not depend on the weights (its SVM and box regression
+    are one matrix product each on top of the CNN passes)."""
+    from detlab.models.rcnn import RCNNConfig, build_rcnn
+
+    images = [dataset[index][0] for index in range(min(args.timing_images, len(dataset)))]
+    fast_rcnn = model_from_checkpoint(str(work / "fast_rcnn"), [])[0]
+
+    def median_seconds(model) -> float:
+        seconds = []
+        for index, image in enumerate(images):
+            started = time.perf_counter()
+            model([image], proposals=[given[keys[index]]])
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds)
+
+    fast = median_seconds(fast_rcnn)
+    rows = []
+    for window in args.window_timing:
+        rcnn = build_rcnn(RCNNConfig(window_size=window, proposal_cache_dir=""), len(dataset.classes)).eval()
+        seconds = median_seconds(rcnn)
+        rows.append({"window": window, "rcnn_s_per_image": round(seconds, 4), "fast_rcnn_s_per_image": round(fast, 4),
+                     "speedup": round(seconds / fast, 1)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def markdown(report: dict) -> str:
@@ -153,6 +183,15 @@ def markdown(report: dict) -> str:
               "Speed-ups of Fast R-CNN over R-CNN (compact backbone): "
               f"{report['speedup_without_proposals']:.0f}x without proposals, "
               f"{report['speedup_with_proposals']:.1f}x with them.", ""]  # fmt: skip
+    if report.get("window_timing"):
+        timing = report["window_timing"]
+        lines += [f"Test time without proposals against R-CNN's window size (timing only: `{timing['command']}`, "
+                  f"{timing['date']}; medians over the first {timing['images']} test images; R-CNN untrained, "
+                  "compact backbone, as its time does not depend on the weights; the original warps to 227):", "",
+                  "| R-CNN window | R-CNN s/image | Fast R-CNN s/image | Fast R-CNN speed-up |", "|---|---|---|---|"]  # fmt: skip
+        for row in timing["rows"]:
+            lines.append(f"| {row['window']} | {row['rcnn_s_per_image']} | {row['fast_rcnn_s_per_image']} | {row['speedup']}x |")
+        lines.append("")
     lines += ["Per-class AP@0.5 (VOC07):", "", "| model | " + " | ".join(rows[0]["per_class_AP50_voc07"]) + " |",
               "|---|" + "---|" * len(rows[0]["per_class_AP50_voc07"])]  # fmt: skip
     for row in rows:
@@ -168,6 +207,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", default="runs/bench-rcnn")
     parser.add_argument("--test-images", type=int, default=0, help="the first N test images (0: all)")
+    parser.add_argument("--window-timing", type=lambda text: [int(v) for v in text.split(",")],
+                        help="only time R-CNN at these window sizes (e.g. 64,128,227) beside the Fast R-CNN of an "
+                             "earlier run in --work-dir, and add the table to that run's results")  # fmt: skip
+    parser.add_argument("--timing-images", type=int, default=10, help="test images --window-timing times")
+    parser.add_argument("--no-second-backbone", action="store_true", help="skip R-CNN with the shallower 'small' net")
     args = parser.parse_args()
     args.proposal_max_side = args.proposal_max_side or (427 if args.data == "bccd" else 256)
     torch.set_num_threads(args.threads)
@@ -180,11 +224,12 @@ def main() -> int:
         "rcnn_small": ("rcnn", {**shared, "backbone": "small", "feature_cache_dir": f"{args.work_dir}/features"}),
         "fast_rcnn": ("fast_rcnn", {k: v for k, v in shared.items() if k != "proposal_max_side"} | size),
     }
+    if args.window_timing:
+        return add_window_timing(args, work)
+    if args.no_second_backbone:
+        del runs["rcnn_small"]
     trained = {name: train(kind, args, model, str(work / name)) for name, (kind, model) in runs.items()}
-    data = DATA[args.data]
-    test_set = load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
-    if args.test_images:
-        test_set = test_set.subset(range(args.test_images))
+    test_set = test_split(args)
     given, keys, proposal_seconds = test_proposals(args, test_set)
     variants = [
         ("R-CNN: SVMs + box regression", "rcnn_compact", []),
@@ -194,7 +239,7 @@ def main() -> int:
         ("Fast R-CNN", "fast_rcnn", []),
     ]
     rows = []
-    for label, run, overrides in variants:
+    for label, run, overrides in [variant for variant in variants if variant[1] in runs]:
         row = {"model": label, "backbone": runs[run][1]["backbone"] if "backbone" in runs[run][1] else "compact",
                "training": trained[run]["training_s"], **test(str(work / run), args, overrides, given, keys, test_set)}  # fmt: skip
         print(json.dumps(row), flush=True)
@@ -212,6 +257,30 @@ def main() -> int:
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"rcnn_{args.data}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"rcnn_{args.data}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def test_split(args):
+    data = DATA[args.data]
+    dataset = load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
+    return dataset.subset(range(args.test_images)) if args.test_images else dataset
+
+
+def add_window_timing(args, work: Path) -> int:
+    """``--window-timing``: the timing table added to the results of the run in ``--work-dir``."""
+    path = RESULTS / f"rcnn_{args.data}.json"
+    report = json.loads(path.read_text())
+    dataset = test_split(args)
+    given, keys, _ = test_proposals(args, dataset)
+    rows = window_timing(args, work, dataset, given, keys)
+    report["window_timing"] = {
+        "command": f"PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_rcnn.py {' '.join(sys.argv[1:])}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+        "images": min(args.timing_images, len(dataset)), "rows": rows,
+    }  # fmt: skip
+    path.write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"rcnn_{args.data}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
