@@ -166,7 +166,7 @@ def markdown(report: dict) -> str:
         f"{report['machine']['torch']} ({report['machine']['torch_threads']} threads)", "",
         f"Each network trained for {report['budget_s']:.0f} s (R-CNN: pre-training on object windows then fine-tuning "
         f"on proposals; Fast R-CNN: one stage); Selective Search (fast) proposals, up to 2000 an image, computed at a "
-        f"longer side of {report['proposal_max_side']} px and shared; test times are medians over the "
+        f"longer side of {report['proposal_max_side']} px and shared; R-CNN warps each to {report.get('rcnn_window', 64)} px; test times are medians over the "
         f"{report['test_images']} test images, one image at a time.", "",
         "| model | backbone | training s (network + features + SVMs + regressors) | test s/image without proposals | "
         "with proposals | mAP@0.5 (VOC07) | COCO AP50 | COCO AP |",
@@ -211,17 +211,19 @@ def main() -> int:
                         help="only time R-CNN at these window sizes (e.g. 64,128,227) beside the Fast R-CNN of an "
                              "earlier run in --work-dir, and add the table to that run's results")  # fmt: skip
     parser.add_argument("--timing-images", type=int, default=10, help="test images --window-timing times")
+    parser.add_argument("--rcnn-window", type=int, default=64, help="R-CNN's warp size (model.window_size; the original's 227)")
     parser.add_argument("--no-second-backbone", action="store_true", help="skip R-CNN with the shallower 'small' net")
     args = parser.parse_args()
     args.proposal_max_side = args.proposal_max_side or (427 if args.data == "bccd" else 256)
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir) / args.data
     shared = {**shared_settings(args), "proposal_max_side": args.proposal_max_side}
+    rcnn_only = {"window_size": args.rcnn_window}
     # Fast R-CNN proposes at its max_size: the same longer side as R-CNN, so they share the proposals
     size = {"min_size": 320 if args.data == "bccd" else 256, "max_size": args.proposal_max_side}
     runs = {
-        "rcnn_compact": ("rcnn", {**shared, "backbone": "compact", "feature_cache_dir": f"{args.work_dir}/features"}),
-        "rcnn_small": ("rcnn", {**shared, "backbone": "small", "feature_cache_dir": f"{args.work_dir}/features"}),
+        "rcnn_compact": ("rcnn", {**shared, **rcnn_only, "backbone": "compact", "feature_cache_dir": f"{args.work_dir}/features"}),
+        "rcnn_small": ("rcnn", {**shared, **rcnn_only, "backbone": "small", "feature_cache_dir": f"{args.work_dir}/features"}),
         "fast_rcnn": ("fast_rcnn", {k: v for k, v in shared.items() if k != "proposal_max_side"} | size),
     }
     if args.window_timing:
@@ -248,7 +250,7 @@ def main() -> int:
     report = {
         "command": f"PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_rcnn.py {' '.join(sys.argv[1:])}",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(), "data": args.data,
-        "budget_s": args.budget_s, "proposal_max_side": args.proposal_max_side, "test_images": len(test_set),
+        "budget_s": args.budget_s, "rcnn_window": args.rcnn_window, "proposal_max_side": args.proposal_max_side, "test_images": len(test_set),
         "train_images": features.get("images", 0), "feature_cache_mb": features.get("cache_bytes", 0) / 1e6,
         "feature_seconds": features.get("seconds", 0.0), "proposal_s_per_image": proposal_seconds,
         "speedup_without_proposals": rows[0]["s_per_image_without_proposals"] / rows[-1]["s_per_image_without_proposals"],
