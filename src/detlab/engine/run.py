@@ -26,7 +26,7 @@ from detlab.config import DataConfig, TrainConfig
 from detlab.engine import checkpoint as checkpoints
 from detlab.engine.distributed import Context, barrier, init_distributed
 from detlab.engine.stages import Stage, Step, recipe_of
-from detlab.engine.train import FitResult, TrainingState, fit
+from detlab.engine.train import FitResult, TrainingState, existing, fit
 
 STAGE_DONE = "stage_done"
 
@@ -278,9 +278,8 @@ def finished_run(run_dir: Path, result: FitResult | None) -> FitResult:
     """The result of resuming a run whose recipe ended in a step that is done: nothing trained."""
     stored = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
     state = result.state if result is not None else TrainingState(**stored["progress"])
-    best = run_dir / checkpoints.BEST_NAME
     return FitResult(run_dir, "already_finished", state, run_dir / checkpoints.LAST_NAME,
-                     best if best.exists() else None, dict(stored.get("metrics") or {}))  # fmt: skip
+                     existing(run_dir / checkpoints.BEST_NAME), dict(stored.get("metrics") or {}))  # fmt: skip
 
 
 def evaluate_final_step(model, run_dir: Path, val_dataset, classes, run_config, result, context) -> FitResult:
@@ -302,9 +301,8 @@ def evaluate_final_step(model, run_dir: Path, val_dataset, classes, run_config, 
         # resume_step: keep what the log holds (a step's folder has none yet), append this record
         MetricsLog(run_dir, resume_step=state.step).write({"kind": "eval", "epoch": state.epoch, "step": state.step, **metrics})
     barrier(context)
-    best = run_dir / checkpoints.BEST_NAME
-    return FitResult(run_dir, "finished", state, run_dir / checkpoints.LAST_NAME, best if best.exists() else None,
-                     metrics)  # fmt: skip
+    return FitResult(run_dir, "finished", state, run_dir / checkpoints.LAST_NAME,
+                     existing(run_dir / checkpoints.BEST_NAME), metrics)  # fmt: skip
 
 
 def run_step(step: Step, model, train_dataset, folder: Path, header: dict, seed: int, context: Context) -> None:

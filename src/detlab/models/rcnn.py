@@ -406,14 +406,14 @@ def extract_features(model: RCNN, dataset) -> dict:
     was_training = model.training
     model.eval()
     cache, dataset, started, computed = feature_cache(model), plain_images(dataset), time.perf_counter(), 0
+    device = model.fc6.weight.device
     for index in tqdm(range(len(dataset)), desc="pool5 features", unit="image", leave=False, dynamic_ncols=True):
         key = image_key(dataset.records[index])
         if key in cache:
             continue
         image, target = dataset[index]
-        device = model.fc6.weight.device
         image = image.to(device)
-        proposals = model.proposals_of(image, {**target, "image_id": target.get("image_id")})
+        proposals = model.proposals_of(image, target)
         write_image_features(model, cache, key, image, target, proposals)
         computed += 1
     model.train(was_training)
@@ -449,7 +449,7 @@ def cached_images(model: RCNN, dataset):
 
 def mean_norm_scale(vectors: list[Tensor], target_norm: float) -> float:
     """The factor that makes the mean L2 norm of ``vectors`` ``target_norm`` (rcnn's feature scaling)."""
-    norms = torch.cat([v.norm(dim=1) for v in vectors if len(v)])
+    norms = torch.cat([v.float().norm(dim=1) for v in vectors if len(v)])
     return target_norm / max(float(norms.mean()), 1e-12)
 
 
@@ -541,7 +541,9 @@ def fit_svms(model: RCNN, dataset) -> dict:
     was_training = model.training
     model.eval()
     device = model.fc6.weight.device
-    images = [(key, arrays, model.fc7_features(torch.from_numpy(arrays["features"]).float().to(device)).cpu())
+    # per image: its key, the labels and overlaps of its windows, their fc7 features (pool5 is not kept)
+    images = [(key, {name: arrays[name] for name in ("labels", "overlaps")},
+               model.fc7_features(torch.from_numpy(arrays["features"]).float().to(device)).cpu())
               for key, arrays in cached_images(model, dataset)]  # fmt: skip
     scale = mean_norm_scale(sample_for_scale([fc7 for _, _, fc7 in images]), config.svm_feature_norm)
     svm = lambda positives, negatives: train_linear_svm(  # noqa: E731
@@ -593,7 +595,7 @@ def fit_box_regressors(model: RCNN, dataset) -> dict:
     config, started = model.config, time.perf_counter()
     device = model.fc6.weight.device
     images = [arrays for _, arrays in cached_images(model, dataset)]
-    pool5 = [torch.from_numpy(arrays["features"]).float() for arrays in images]
+    pool5 = [torch.from_numpy(arrays["features"]) for arrays in images]  # float16, as cached
     scale = mean_norm_scale(sample_for_scale(pool5), config.svm_feature_norm)
     outcome = {"pool5_scale": scale}
     for index in range(model.num_classes):
@@ -608,7 +610,7 @@ def fit_box_regressors(model: RCNN, dataset) -> dict:
             overlaps = torch.from_numpy(arrays["overlaps"])
             # the best ground-truth box of any class must be of this class
             rows = torch.where((best > config.box_regression_iou) & (overlaps.argmax(dim=1) == index))[0]
-            features.append(windows[rows] * scale)
+            features.append(windows[rows].float() * scale)
             targets.append(model.box_coder.encode(boxes[rows], boxes[gt_rows][matched[rows]]))
         if not features or sum(len(f) for f in features) < 2:
             outcome[f"class{index + 1}"] = {"pairs": 0}

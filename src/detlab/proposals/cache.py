@@ -210,10 +210,8 @@ class RecordProposals:
                    leave=False, dynamic_ncols=True)  # fmt: skip
         try:
             if workers == 1:
-                for record in missing:
-                    self(record)
-                    bar.update()
-                return len(missing)
+                return self.cache.fill(((self.key(record), record.image_path) for record in missing),
+                                       progress=lambda _: bar.update())  # fmt: skip
             jobs = [(self.cache.method, str(record.image_path)) for record in missing]
             with get_context("spawn").Pool(workers) as pool:
                 for record, boxes in zip(missing, pool.imap(_propose_file, jobs)):
