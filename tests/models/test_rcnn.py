@@ -107,6 +107,33 @@ def test_feature_cache_is_keyed_by_the_model_and_writes_atomically(tmp_path, mon
     assert "b" in cache
 
 
+def test_test_image_features_are_cached_once_the_svms_are_trained_and_reused(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_rcnn(dataclasses.replace(TINY, feature_cache_dir=str(tmp_path)), 2).eval()
+    image, proposals = torch.rand(3, 64, 64), torch.tensor([[0.0, 0.0, 30.0, 30.0], [10.0, 10.0, 60.0, 50.0]])
+    folder = tmp_path / model_fingerprint(model)
+    with torch.no_grad():
+        model([image], proposals=[proposals])
+        assert not list(folder.glob("test-*.npz"))  # a network still fine-tuning: nothing cached
+        model.svm_trained.fill_(True)
+        model.svm_weight.normal_()
+        first = model([image], proposals=[proposals])[0]
+        assert len(list(folder.glob("test-*.npz"))) == 1
+        passes = []
+        original = model.window_pool5
+        monkeypatch.setattr(model, "window_pool5", lambda *a, **k: passes.append(1) or original(*a, **k))
+        again = model([image], proposals=[proposals])[0]
+        assert not passes  # read from disk, and scored alike
+        torch.testing.assert_close(again["scores"], first["scores"])
+        torch.testing.assert_close(again["boxes"], first["boxes"])
+        model([image], proposals=[proposals[:1]])  # other proposals: computed afresh
+        model([image.flip(-1)], proposals=[proposals])  # other pixels: computed afresh
+        assert len(passes) == 2 and len(list(folder.glob("test-*.npz"))) == 2
+        model.config = dataclasses.replace(model.config, cache_test_features=False)
+        model([image.flip(-2)], proposals=[proposals])
+        assert len(passes) == 3 and len(list(folder.glob("test-*.npz"))) == 2
+
+
 def test_blank_images_and_images_without_objects_are_handled():
     torch.manual_seed(0)
     model = build_rcnn(TINY, 2).eval()
@@ -145,8 +172,11 @@ def test_a_tiny_run_on_the_synthetic_set_detects_objects(tmp_path):
     assert result.metrics["AP50"] > 0.03
     report, _ = evaluate_checkpoint(tmp_path / "run", "synthetic", "test", data_root=str(tmp_path / "data"))
     assert report["metrics"]["AP50"] == pytest.approx(result.metrics["AP50"], abs=1e-6)
-    features = list((tmp_path / "features").glob("*/*.npz"))
-    assert len(features) == 42  # the 70% training split of 60 images, one file each
+    features = {path.name for path in (tmp_path / "features").glob("*/*.npz")}
+    # One file a training image (the 70% split of 60) and one a test image (the 15% split), written
+    # by the run's final evaluation and read back by evaluate_checkpoint (the same AP above).
+    assert len([name for name in features if not name.startswith("test-")]) == 42
+    assert len([name for name in features if name.startswith("test-")]) == 9
 
 
 def tiny_voc(tmp_path, num_images=8):

@@ -73,7 +73,9 @@ class RCNNConfig(BackboneConfig):
     proposals with IoU > ``box_regression_iou``, ridge ``ridge_lambda``. Test: ``classifier``
     (``svm`` or the network's ``softmax``), ``box_regression``, the best ``detections_per_class``
     of a class, NMS at ``nms_threshold``. Features of the training images are kept under
-    ``feature_cache_dir``.
+    ``feature_cache_dir``; with ``cache_test_features`` those of every image the trained model
+    detects on are kept there too (keyed by its pixels and proposals), so scoring it again (another
+    classifier, no box regression) skips the CNN.
     """
 
     window_size: int = 64
@@ -105,6 +107,7 @@ class RCNNConfig(BackboneConfig):
     box_regression: bool = True
     detections_per_class: int = 100
     nms_threshold: float = 0.3
+    cache_test_features: bool = True
 
     # From scratch on a CPU, AdamW as the other from-scratch runs here (the original fine-tuned an
     # ImageNet network with SGD at 0.001).
@@ -256,7 +259,7 @@ class RCNN(nn.Module):
         if len(proposals) == 0:
             empty = image.new_zeros(0)
             return {"boxes": image.new_zeros(0, 4), "scores": empty, "labels": empty.long()}
-        pool5 = self.window_pool5(image, proposals)
+        pool5 = self.test_pool5(image, proposals)
         scores = self.class_scores(pool5)  # [K, C]
         boxes = self.class_boxes(pool5, proposals, tuple(image.shape[-2:]))  # [K, C, 4]
         found_boxes, found_scores, found_labels = [], [], []
@@ -270,6 +273,23 @@ class RCNN(nn.Module):
         order = torch.cat(found_scores).argsort(descending=True)
         return {"boxes": torch.cat(found_boxes)[order], "scores": torch.cat(found_scores)[order],
                 "labels": torch.cat(found_labels)[order]}  # fmt: skip
+
+    def test_pool5(self, image: Tensor, proposals: Tensor) -> Tensor:
+        """pool5 features of a test image's proposals. Once the SVMs are trained (the network is
+        final then) and with ``cache_test_features``, they are read from the feature cache when it
+        holds this image's pixels with these very proposals, else computed and written there (as
+        float16, the precision the cache keeps, so a first and a second pass score alike)."""
+        if not (self.config.cache_test_features and self.config.feature_cache_dir and bool(self.svm_trained)):
+            return self.window_pool5(image, proposals)
+        cache, key = feature_cache(self), f"test-{pixel_digest(image)}"
+        boxes = proposals.cpu().numpy()
+        if key in cache:
+            stored = cache.load(key)
+            if stored["boxes"].shape == boxes.shape and np.array_equal(stored["boxes"], boxes):
+                return torch.from_numpy(stored["features"]).to(image.device, torch.float32)
+        features = self.window_pool5(image, proposals).half()
+        cache.save(key, features=features.cpu().numpy(), boxes=boxes)
+        return features.float()
 
     def class_scores(self, pool5: Tensor) -> Tensor:
         """``Tensor[K, C]``: the SVMs' margins, or the softmax (before the SVMs are trained, or
@@ -377,6 +397,13 @@ def model_fingerprint(model: RCNN) -> str:
     config = model.config
     digest.update(repr((config.window_size, config.context_padding, config.pool_size, sorted(method.items()))).encode())
     return digest.hexdigest()[:16]
+
+
+def pixel_digest(image: Tensor) -> str:
+    """A digest of an image's size and every pixel value (the key of a test image's features)."""
+    digest = hashlib.sha1(repr(tuple(image.shape)).encode())
+    digest.update(image.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def image_key(record) -> str:
