@@ -9,7 +9,7 @@ from detlab.data.errors import ProblemLog
 from detlab.data.schema import DetectionDataset
 from detlab.data.synthetic import ensure_synthetic
 from detlab.data.voc import read_voc
-from detlab.data.yolo import read_yolo
+from detlab.data.yolo import YAML_FILES, YAML_SUFFIXES, read_yolo
 
 FORMATS = ("voc", "coco", "yolo")
 SYNTHETIC = {"synthetic": False, "synthetic-single": True}
@@ -24,13 +24,16 @@ def detect_format(path: str | Path) -> str:
         return "coco"
     if (path / "Annotations").is_dir():
         return "voc"
-    if (path / "images").is_dir():
+    if path.is_file() and path.suffix.lower() in YAML_SUFFIXES:
+        return "yolo"
+    if (path / "images").is_dir() or any((path / name).is_file() for name in YAML_FILES):
         return "yolo"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     raise ValueError(
         f"{path}: cannot tell the data format (expected a VOC folder with Annotations/, a YOLO folder with "
-        "images/ and labels/, or a COCO .json file); name it explicitly as voc:PATH, coco:PATH or yolo:PATH"
+        "images/ and labels/ or a data.yaml, a YOLO data .yaml file, or a COCO .json file); name it "
+        "explicitly as voc:PATH, coco:PATH or yolo:PATH"
     )
 
 

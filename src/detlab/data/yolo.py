@@ -1,14 +1,30 @@
 """YOLO layout: one ``.txt`` per image, a line ``class cx cy w h`` per object (class from 0,
-coordinates normalised to [0, 1] by the image width/height), and a names file.
+coordinates normalised to [0, 1] by the image width/height), and the class names.
 
-Accepted folder layouts: ``images/<split>/`` + ``labels/<split>/`` (as Ultralytics writes), or
-``images/`` + ``labels/`` without splits. Names come from ``classes.txt``, ``obj.names``,
-``names.txt`` (one a line) or ``data.yaml`` (``names`` as a list or an ``{index: name}`` map).
+Accepted layouts:
+
+- a data set YAML as Ultralytics defines it and labelling services (Roboflow) export it, given as
+  ``yolo:DIR/data.yaml`` or as ``yolo:DIR`` with ``data.yaml`` (or ``dataset.yaml``) in ``DIR``:
+  ``names`` (a list or an ``{index: name}`` map; ``nc``, if given, must agree), an optional
+  ``path`` (the data set root; a relative one is taken from the YAML's folder, else from the
+  working directory) and ``train``/``val``/``test`` entries, each a folder of images, a ``.txt``
+  list of image paths (one a line), or a list of those. An entry is looked up relative to ``path``,
+  then to the YAML's folder, and one starting with ``../`` also without it (Roboflow writes
+  ``../train/images`` for the ``train/images`` folder beside ``data.yaml``). The labels of
+  ``.../images/x.jpg`` are in ``.../labels/x.txt`` (the last ``images`` folder of the path replaced).
+- folders without such a YAML: ``images/<split>/`` + ``labels/<split>/`` (as Ultralytics
+  writes), ``<split>/images/`` + ``<split>/labels/`` (as Roboflow exports), or ``images/`` +
+  ``labels/`` without splits; names from ``classes.txt``, ``obj.names``, ``names.txt`` (one a
+  line) or the ``names`` of ``data.yaml``.
+
+Split names: ``val`` also finds ``valid`` and ``validation`` (and the other way round);
+``trainval`` is ``train`` + ``val`` unless the data set defines it; no split means every split.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import yaml
@@ -20,6 +36,70 @@ from detlab.data.schema import DetectionDataset
 from detlab.data.voc import IMAGE_SUFFIXES, export_stems, transfer_image
 
 NAME_FILES = ("classes.txt", "obj.names", "names.txt")
+YAML_FILES = ("data.yaml", "dataset.yaml")
+YAML_SUFFIXES = (".yaml", ".yml")
+SPLIT_KEYS = ("train", "val", "test")  # what "every split" means
+YAML_SPLIT_KEYS = ("train", "val", "valid", "validation", "test", "minival", "trainval")
+VAL_ALIASES = ("val", "valid", "validation")
+IMAGE_SUFFIXES_LOWER = frozenset(suffix.lower() for suffix in IMAGE_SUFFIXES)
+
+
+def split_aliases(split: str) -> tuple[str, ...]:
+    """The names ``split`` may go by: ``val``, ``valid`` and ``validation`` are one split."""
+    return VAL_ALIASES if split in VAL_ALIASES else (split,)
+
+
+def find_data_yaml(root: Path) -> Path | None:
+    """``root`` itself if it is a ``.yaml`` file, else ``root/data.yaml`` or ``root/dataset.yaml``."""
+    if root.is_file():
+        if root.suffix.lower() not in YAML_SUFFIXES:
+            raise BadInputError(root, "not a YOLO data set: give a folder or its data .yaml file")
+        return root
+    return next((root / name for name in YAML_FILES if (root / name).is_file()), None)
+
+
+def read_data_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise BadInputError(path, f"not valid YAML ({error})".replace("\n", " ")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadInputError(path, f"expected a mapping (names, train, val, ...), got a {type(data).__name__}")
+    return data
+
+
+def names_from_yaml(data: dict, path: Path) -> list[str]:
+    """``names`` (a list or an ``{index: name}`` map with indices 0..n-1), checked against ``nc``."""
+    names, nc = data.get("names"), data.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise BadInputError(path, f"'nc' must be a positive whole number, got {nc!r}")
+    if names is None:
+        if nc is None:
+            raise BadInputError(path, "no 'names' list or map (and no 'nc')")
+        return [f"class_{index}" for index in range(nc)]  # as Ultralytics names them
+    if isinstance(names, dict):
+        try:
+            by_index = {int(key): value for key, value in names.items()}
+        except (TypeError, ValueError):
+            raise BadInputError(path, f"'names' map keys must be class indices 0, 1, ..., got {list(names)}") from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise BadInputError(path, f"'names' map keys must be the class indices 0..{len(by_index) - 1}, "
+                                      f"got {sorted(by_index)}")  # fmt: skip
+        classes = [str(by_index[index]).strip() for index in range(len(by_index))]
+    elif isinstance(names, list):
+        classes = [str(name).strip() for name in names]
+    else:
+        raise BadInputError(path, f"'names' must be a list or an {{index: name}} map, got {names!r}")
+    if not classes:
+        raise BadInputError(path, "'names' is empty")
+    if nc is not None and nc != len(classes):
+        raise BadInputError(path, f"'nc: {nc}' does not match the {len(classes)} class names in 'names'")
+    duplicates = sorted({name for name in classes if classes.count(name) > 1})
+    if duplicates:
+        raise BadInputError(path, f"class names repeated in 'names': {duplicates}")
+    return classes
 
 
 def read_yolo_names(root: Path) -> list[str]:
@@ -27,28 +107,165 @@ def read_yolo_names(root: Path) -> list[str]:
         path = root / file_name
         if path.is_file():
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    data_yaml = root / "data.yaml"
-    if data_yaml.is_file():
-        data = yaml.safe_load(data_yaml.read_text()) or {}
-        names = data.get("names")
-        if isinstance(names, dict):
-            return [str(names[k]).strip() for k in sorted(names)]
-        if isinstance(names, list):
-            return [str(n).strip() for n in names]
-        raise BadInputError(data_yaml, "no 'names' list or map")
-    raise FileNotFoundError(f"{root}: no class names file ({', '.join(NAME_FILES)} or data.yaml)")
+    for file_name in YAML_FILES:
+        path = root / file_name
+        if path.is_file():
+            return names_from_yaml(read_data_yaml(path), path)
+    raise FileNotFoundError(f"{root}: no class names file ({', '.join(NAME_FILES)} or {' / '.join(YAML_FILES)})")
 
 
-def _folders(root: Path, split: str | None) -> tuple[Path, Path]:
-    if split is not None and (root / "images" / split).is_dir():
-        return root / "images" / split, root / "labels" / split
-    if split is not None:
-        available = sorted(p.name for p in (root / "images").iterdir() if p.is_dir()) if (root / "images").is_dir() else []
-        if available:
-            raise FileNotFoundError(f"{root}: split {split!r} not found (available: {available})")
-    if not (root / "images").is_dir():
-        raise FileNotFoundError(f"{root}: not a YOLO directory (no images/ folder)")
-    return root / "images", root / "labels"
+def label_path_for(image_path: Path) -> Path:
+    """Ultralytics' rule: the last ``images`` folder of the path becomes ``labels``, the suffix ``.txt``
+    (beside the image when the path has no ``images`` folder)."""
+    parts = image_path.parts
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] == "images":
+            return Path(*parts[:index], "labels", *parts[index + 1 :]).with_suffix(".txt")
+    return image_path.with_suffix(".txt")
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute with ``..`` folded, symbolic links kept (a linked image keeps its labels beside the link)."""
+    return Path(os.path.abspath(path))
+
+
+class YoloDataYaml:
+    """A data set YAML: its classes, its root and where each split's images are."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = read_data_yaml(path)
+        self.classes = names_from_yaml(self.data, path)
+        self.root = self._root()
+        self.splits = {}  # split name -> the YAML's entry
+        for key in YAML_SPLIT_KEYS:
+            if self.data.get(key) not in (None, "", []):
+                self.splits.setdefault(split_aliases(key)[0], (key, self.data[key]))
+
+    @staticmethod
+    def defines_splits(path: Path) -> bool:
+        data = read_data_yaml(path)
+        return any(data.get(key) not in (None, "", []) for key in YAML_SPLIT_KEYS)
+
+    def _root(self) -> Path:
+        folder = self.path.parent
+        root = self.data.get("path")
+        if root in (None, ""):
+            return folder
+        root = Path(str(root)).expanduser()
+        if root.is_absolute():
+            return root
+        # Relative to the YAML's folder; Ultralytics takes it from the working directory.
+        return next((c for c in (folder / root, root) if c.is_dir()), folder / root)
+
+    def available(self) -> list[str]:
+        names = set(self.splits)
+        if "train" in names and "val" in names:
+            names.add("trainval")
+        return sorted(names)
+
+    def entries(self, split: str | None) -> list[tuple[str, str]]:
+        """``(yaml key, path entry)`` pairs of ``split`` (every split when ``None``)."""
+        if split is None:
+            wanted = [name for name in SPLIT_KEYS if name in self.splits] or sorted(self.splits)
+        elif split_aliases(split)[0] in self.splits:
+            wanted = [split_aliases(split)[0]]
+        elif split == "trainval" and "train" in self.splits and "val" in self.splits:
+            wanted = ["train", "val"]
+        else:
+            raise BadInputError(self.path, f"split {split!r} is not defined (available: {self.available()})")
+        pairs = []
+        for name in wanted:
+            key, value = self.splits[name]
+            values = value if isinstance(value, list) else [value]
+            for entry in values:
+                if not isinstance(entry, str) or not entry.strip():
+                    raise BadInputError(self.path, f"'{key}': expected a folder, a .txt list of images or a list "
+                                                   f"of those, got {entry!r}")  # fmt: skip
+                pairs.append((key, entry.strip()))
+        return pairs
+
+    def locate(self, key: str, entry: str) -> Path:
+        """Where ``entry`` of ``key`` is: relative to the root, then to the YAML's folder, then (for
+        ``../x``) ``x`` in either."""
+        folder = self.path.parent
+        candidates = [self.root / entry, folder / entry]
+        if entry.startswith(("../", "..\\")):
+            candidates += [self.root / entry[3:], folder / entry[3:]]
+        candidates = list(dict.fromkeys(_absolute(Path(os.path.expanduser(c))) for c in candidates))
+        for candidate in candidates:
+            if candidate.exists():
+                return candidate
+        tried = ", ".join(str(c) for c in candidates)
+        raise BadInputError(self.path, f"'{key}: {entry}' not found (tried {tried})")
+
+    def images(self, split: str | None, problems: ProblemLog) -> list[Path]:
+        """The image paths of ``split``, each once, in the YAML's order (each folder sorted)."""
+        images = []
+        for key, entry in self.entries(split):
+            location = self.locate(key, entry)
+            if location.is_dir():
+                images += sorted(p for p in location.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES_LOWER and p.is_file())
+            elif location.suffix.lower() == ".txt":
+                images += self._listed(location, problems)
+            else:
+                raise BadInputError(self.path, f"'{key}: {entry}': {location} is neither a folder of images nor "
+                                               "a .txt list of image paths")  # fmt: skip
+        return list(dict.fromkeys(images))
+
+    def _listed(self, list_file: Path, problems: ProblemLog) -> list[Path]:
+        images = []
+        for line_number, line in enumerate(list_file.read_text().splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path = Path(line).expanduser()
+            candidates = [path] if path.is_absolute() else [self.root / path, list_file.parent / path]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                problems.bad(BadInputError(list_file, f"image {line!r} not found", line=line_number), "missing image")
+                continue
+            images.append(_absolute(found))
+        return images
+
+
+def _split_folders(root: Path) -> dict[str, tuple[Path, Path]]:
+    """``{folder name: (image dir, label dir)}`` of ``images/<split>/`` and ``<split>/images/``."""
+    found = {}
+    if (root / "images").is_dir():
+        found.update((p.name, (p, root / "labels" / p.name)) for p in sorted((root / "images").iterdir()) if p.is_dir())
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.name not in ("images", "labels") and (p / "images").is_dir():
+            found.setdefault(p.name, (p / "images", p / "labels"))
+    return found
+
+
+def _folders(root: Path, split: str | None) -> list[tuple[Path, Path]]:
+    """``(image dir, label dir)`` pairs of ``split`` in a folder layout (no data set YAML)."""
+    splits = _split_folders(root)
+    if split is None:
+        flat = (root / "images").is_dir() and any(p.suffix in IMAGE_SUFFIXES for p in (root / "images").iterdir())
+        if splits and not flat:
+            return list(splits.values())  # every split
+        if (root / "images").is_dir():
+            return [(root / "images", root / "labels")]
+    else:
+        for name in split_aliases(split):
+            if name in splits:
+                return [splits[name]]
+        if split == "trainval":
+            parts = [next((splits[n] for n in split_aliases(part) if n in splits), None) for part in ("train", "val")]
+            if all(parts):
+                return parts
+        if splits:
+            raise FileNotFoundError(f"{root}: split {split!r} not found (available: {sorted(splits)})")
+        if (root / "images").is_dir():
+            return [(root / "images", root / "labels")]  # one set without splits
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or directory")
+    raise FileNotFoundError(
+        f"{root}: not a YOLO directory (no {' or '.join(YAML_FILES)}, no images/ folder, no <split>/images/ folders)"
+    )
 
 
 def parse_label_file(path: Path, num_classes: int, width: int, height: int, classes: list[str]) -> list[RawObject]:
@@ -75,30 +292,58 @@ def parse_label_file(path: Path, num_classes: int, width: int, height: int, clas
     return objects
 
 
+def _image_ids(images: list[Path], root: Path) -> list[str]:
+    """File stems, or the path below ``root`` (without suffix) for stems that several images share."""
+    stems = [p.stem for p in images]
+    repeated = {stem for stem in stems if stems.count(stem) > 1}
+    ids = []
+    for path, stem in zip(images, stems):
+        if stem in repeated:
+            try:
+                stem = path.relative_to(root).with_suffix("").as_posix()
+            except ValueError:
+                stem = path.with_suffix("").as_posix()
+        ids.append(stem)
+    return ids
+
+
 def read_yolo(
     root: str | Path,
     split: str | None = None,
     on_bad: str = "error",
     problems: ProblemLog | None = None,
 ) -> DetectionDataset:
-    """Read a YOLO folder. An image without a label file is a background-only image."""
+    """Read a YOLO data set (a folder, or its data set YAML; see the module doc) at ``split``
+    (``None``: every image). An image without a label file is a background-only image."""
     root = Path(root)
     problems = problems or ProblemLog(on_bad)
-    classes = read_yolo_names(root)
-    image_dir, label_dir = _folders(root, split)
+    data_yaml = find_data_yaml(root)
+    if data_yaml is not None and YoloDataYaml.defines_splits(data_yaml):
+        spec = YoloDataYaml(data_yaml)
+        classes, base = spec.classes, _absolute(spec.root)
+        pairs = [(image, label_path_for(image)) for image in spec.images(split, problems)]
+        name = f"yolo:{data_yaml}"
+    else:
+        if data_yaml is not None and root.is_file():
+            root = root.parent  # a YAML with only the names
+        classes, base = read_yolo_names(root), root
+        pairs = []
+        for image_dir, label_dir in _folders(root, split):
+            images = sorted(p for p in image_dir.iterdir() if p.suffix in IMAGE_SUFFIXES)
+            pairs += [(image, label_dir / f"{image.stem}.txt") for image in images]
+        name = f"yolo:{root}"
     records = []
-    for image_path in sorted(p for p in image_dir.iterdir() if p.suffix in IMAGE_SUFFIXES):
-        label_path = label_dir / f"{image_path.stem}.txt"
+    for (image_path, label_path), image_id in zip(pairs, _image_ids([p for p, _ in pairs], base)):
         try:
             width, height = image_size(image_path)
             objects = parse_label_file(label_path, len(classes), width, height, classes) if label_path.is_file() else []
         except BadInputError as error:
             problems.bad(error, "bad label file or image")
             continue
-        record = build_record(image_path.stem, image_path, width, height, objects, classes, label_path, problems)
+        record = build_record(image_id, image_path, width, height, objects, classes, label_path, problems)
         if record is not None:
             records.append(record)
-    dataset = DetectionDataset(records, classes, name=f"yolo:{root}" + (f" [{split}]" if split else ""))
+    dataset = DetectionDataset(records, classes, name=name + (f" [{split}]" if split else ""))
     dataset.problems = problems
     return dataset
 
