@@ -79,6 +79,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision where the device supports it (CUDA)
     amp_cpu_bf16: bool = False  # bfloat16 autocast on CPUs (pays with AVX512-BF16 or AMX)
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
+    ema_ramp_steps: int = 2000  # the average's decay ramps up as ema_decay * (1 - exp(-step / this))
     log_every: int = 10
 
 

@@ -176,3 +176,50 @@ def test_cpu_bf16_autocast_is_used_when_asked_and_the_run_still_learns(tmp_path,
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
     train = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert sum(r["loss"] for r in train[-5:]) < 0.7 * sum(r["loss"] for r in train[:5])
+
+
+def test_weight_average_follows_the_formula_and_copies_integer_buffers():
+    from detlab.engine.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.9, ramp_steps=1)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    average.update(model)
+    decay = 0.9 * (1 - torch.exp(torch.tensor(-1.0)))  # the ramp after one update
+    torch.testing.assert_close(average.model[0].weight, start + (1 - decay) * 1.0)
+    assert int(average.model[1].num_batches_tracked) == 7
+    assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_an_averaging_run_saves_and_evaluates_the_average_and_resumes_both_exactly(tmp_path):
+    config = small_config(max_steps=14, ema_decay=0.8, ema_ramp_steps=2)
+    straight, result = train_tiny(tmp_path / "straight", config)
+    last = load_checkpoint(tmp_path / "straight" / "last")
+    assert last["ema_updates"] == 14 and set(last["training_model"]) == set(last["model"])
+    # "model" is the average: the model fit leaves behind, not the trained weights
+    for name, value in last["model"].items():
+        torch.testing.assert_close(straight.state_dict()[name], value)
+    assert any(not torch.equal(last["model"][n], last["training_model"][n]) for n in last["model"])
+    _, paused = train_tiny(tmp_path / "split", config, stop_at_step=7)
+    resumed, _ = train_tiny(tmp_path / "split", config, resume=tmp_path / "split")
+    resumed_last = load_checkpoint(tmp_path / "split" / "last")
+    for key in ("model", "training_model"):
+        for name, value in last[key].items():
+            torch.testing.assert_close(resumed_last[key][name], value, atol=1e-6, rtol=0)
+
+
+def test_a_training_set_with_set_progress_hears_the_share_of_the_budget_spent(tmp_path):
+    class Progressing(SquaresDataset):
+        heard: list = []
+
+        def set_progress(self, fraction):
+            self.heard.append(fraction)
+
+    torch.manual_seed(0)
+    fit(TinyDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", model_name="tiny")
+    assert Progressing.heard == [0.0, 0.25, 0.5, 0.75]

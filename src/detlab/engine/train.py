@@ -44,6 +44,7 @@ from detlab.engine.distributed import (
     unwrap_model,
     wrap_model,
 )
+from detlab.engine.ema import WeightAverage
 from detlab.engine.metrics_log import CURVES_NAME, MetricsLog, plot_curves
 from detlab.engine.optimization import LearningRateSchedule, build_optimizer
 from detlab.engine.sampling import ResumableSampler, SeededSamples, make_loader
@@ -163,8 +164,10 @@ def train_one_epoch(
     stop: StopRequest | None = None,
     stop_at_step: int | None = None,
     checkpoint_path: Path | None = None,
+    average: WeightAverage | None = None,
 ) -> str:
-    """Train on the rest of the current epoch; update ``state`` in place after every step.
+    """Train on the rest of the current epoch; update ``state`` in place after every step (and
+    ``average``, the weights' moving average, when the run keeps one).
 
     Returns why it stopped: ``epoch_end``, ``max_steps``, ``time_budget``, ``signal`` or ``pause``.
     Raises :class:`NonFiniteLossError` (on every rank at once) when the loss is NaN or infinite.
@@ -196,6 +199,8 @@ def train_one_epoch(
         loss_values, stop_flag, elapsed = share_step_numbers(losses, names, loss, stop, local_elapsed, context)
         check_finite(loss_values, names, state, checkpoint_path)
         optimizer_step(loss, optimizer, parameters, config, scaler)
+        if average is not None:
+            average.update(unwrap_model(model))
         state.step += 1
         state.batch_in_epoch += 1
         state.elapsed_s = elapsed  # the same on every rank: the schedule and the budget use it
@@ -411,6 +416,7 @@ def fit(
     if resumed is None:
         seed_model_randomness(config.seed + context.rank)  # each rank its own dropout; data seeded apart
     elif budget_spent(state, config):
+        model.load_state_dict(resumed["model"])  # the averaged weights, when the run kept an average
         return FitResult(run_dir, "already_finished", state, run_dir / checkpoints.LAST_NAME,
                          existing(run_dir / checkpoints.BEST_NAME), dict(resumed.get("metrics") or {}))  # fmt: skip
     seeded = SeededSamples(train_dataset, seed=config.seed)
@@ -425,13 +431,18 @@ def fit(
         log.write({"kind": "data", "step": 0, **data_report})
     if resumed is not None:
         checkpoints.restore_rng_state(resumed["rng"])  # last, after everything that may draw numbers
+    average = None
+    if config.ema_decay > 0:
+        average = WeightAverage(model, config.ema_decay, config.ema_ramp_steps)
+        if resumed is not None and "ema_updates" in resumed:
+            average.load(resumed["model"], resumed["ema_updates"])
     train_model = wrap_model(model, context)
     checkpointer = Checkpointer(
         run_dir, context, state, optimizer, schedule, scaler,
         header={"model_name": model_name, "classes": list(classes),
                 "config": run_config or {"train": config_io.to_dict(config)}},
         metrics=dict(resumed.get("metrics") or {}) if resumed else {},
-        resumed=resumed is not None,
+        resumed=resumed is not None, average=average,
     )  # fmt: skip
 
     def run_evaluation() -> bool:
@@ -439,7 +450,8 @@ def fit(
         improved = False
         checkpointer.evaluated_at_step = state.step
         if evaluation_loader is not None:
-            result = _plain_metrics(evaluate(unwrap_model(train_model), evaluation_loader, make_evaluator(), context.device))
+            evaluated = average.model if average is not None else unwrap_model(train_model)
+            result = _plain_metrics(evaluate(evaluated, evaluation_loader, make_evaluator(), context.device))
             checkpointer.metrics = result
             _, value = _pick_best_metric(result, best_metric)
             if value is not None and (state.best_metric is None or value > state.best_metric):
@@ -454,7 +466,7 @@ def fit(
         try:
             status = train_epochs(
                 train_model, optimizer, loader, sampler, seeded, schedule, state, config, context, scaler,
-                log, stop, stop_at_step, checkpointer, run_evaluation,
+                log, stop, stop_at_step, checkpointer, run_evaluation, average,
             )  # fmt: skip
         except Exception:
             if state.step > 0:
@@ -466,6 +478,8 @@ def fit(
             raise
     if log is not None:
         plot_curves(log.records(), run_dir / CURVES_NAME)
+    if average is not None and status == "finished":
+        model.load_state_dict(average.model.state_dict())  # the model left behind is what was saved
     barrier(context)
     return FitResult(run_dir, status, state, checkpointer.last_path, checkpointer.best_path,
                      checkpointer.metrics, stop.signal_name)  # fmt: skip
@@ -473,21 +487,26 @@ def fit(
 
 def train_epochs(
     train_model, optimizer, loader, sampler, seeded, schedule, state, config, context, scaler, log, stop,
-    stop_at_step, checkpointer, run_evaluation,
+    stop_at_step, checkpointer, run_evaluation, average=None,
 ) -> str:  # fmt: skip
     """Epochs until the budget, a signal or ``stop_at_step``; evaluate and save after each epoch
-    (every ``config.eval_every``) and at the end. Returns the run's status."""
+    (every ``config.eval_every``) and at the end. Returns the run's status. A training set with
+    ``set_progress(fraction)`` (:class:`detlab.data.mosaic.MosaicDataset`) hears, before each
+    epoch, the share of the budget spent."""
     model = unwrap_model(train_model)
     reason = "epoch_end"
+    set_progress = getattr(seeded.dataset, "set_progress", None)
     while budget_by_steps(config) or state.epoch < config.epochs:
         sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
         seeded.set_epoch(state.epoch)
+        if set_progress is not None:
+            set_progress(budget_fraction(state, config))
         reason = "epoch_end"
         if len(sampler) > 0:
             reason = train_one_epoch(
                 train_model, optimizer, loader, schedule, state, config, context,
                 scaler if scaler.is_enabled() else None, log, stop, stop_at_step,
-                checkpointer.run_dir / checkpoints.LAST_NAME,
+                checkpointer.run_dir / checkpoints.LAST_NAME, average,
             )  # fmt: skip
         if reason != "epoch_end":
             break
@@ -511,8 +530,8 @@ class Checkpointer:
     scaler, progress and random state, with the run's ``header`` (model name, classes, config) and
     the latest evaluation ``metrics``."""
 
-    def __init__(self, run_dir, context, state, optimizer, schedule, scaler, header, metrics, resumed):
-        self.run_dir, self.context, self.state = Path(run_dir), context, state
+    def __init__(self, run_dir, context, state, optimizer, schedule, scaler, header, metrics, resumed, average=None):
+        self.run_dir, self.context, self.state, self.average = Path(run_dir), context, state, average
         self.optimizer, self.schedule, self.scaler = optimizer, schedule, scaler
         self.header, self.metrics = header, metrics
         self.last_path = self.run_dir / checkpoints.LAST_NAME if resumed and context.is_main else None
@@ -523,12 +542,16 @@ class Checkpointer:
         self.saved_at_step = self.state.step
         if not self.context.is_main:
             return
+        weights = {"model": model.state_dict()}
+        if self.average is not None:  # "model" is what evaluation uses; the trained weights resume
+            weights = {"model": self.average.model.state_dict(), "training_model": model.state_dict(),
+                       "ema_updates": self.average.updates}  # fmt: skip
         data = checkpoints.serialize(
             {
                 "format": checkpoints.FORMAT,
                 "version": checkpoints.VERSION,
                 **self.header,
-                "model": model.state_dict(),
+                **weights,
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -554,7 +577,7 @@ def load_resume_point(resume, run_dir: Path, model, optimizer, scaler) -> dict |
         return None
     resume = Path(resume)
     resumed = checkpoints.load_checkpoint(resume / checkpoints.LAST_NAME if resume.is_dir() else resume)
-    model.load_state_dict(resumed["model"])
+    model.load_state_dict(resumed.get("training_model") or resumed["model"])
     if resumed.get("optimizer"):
         optimizer.load_state_dict(resumed["optimizer"])
     if resumed.get("scaler"):
@@ -566,6 +589,15 @@ def seed_model_randomness(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+
+
+def budget_fraction(state: TrainingState, config: TrainConfig) -> float:
+    """The share of the run's budget (time, steps or epochs) spent at ``state``."""
+    if budget_by_steps(config):
+        shares = [state.elapsed_s / config.time_budget_s] if config.time_budget_s > 0 else []
+        shares += [state.step / config.max_steps] if config.max_steps > 0 else []
+        return min(1.0, max(shares))
+    return min(1.0, state.epoch / max(config.epochs, 1))
 
 
 def budget_by_steps(config: TrainConfig) -> bool:
