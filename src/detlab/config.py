@@ -38,7 +38,9 @@ class DataConfig:
     themselves (their ``model.min_size``/``max_size`` or window), so the data keeps its size.
     ``on_bad``: ``error`` stops before training on an unreadable image or annotation (naming every
     one), ``skip`` drops them with a warning. ``cache_images``: keep decoded images in memory (for
-    small images and many epochs: the localizer's windows).
+    small images and many epochs: the localizer's windows). ``mosaic``: that share of the training
+    samples are mosaics of four images (:class:`detlab.data.mosaic.MosaicDataset`), until
+    ``mosaic_off_after`` of the budget is spent.
     """
 
     spec: str = "synthetic"
@@ -54,6 +56,9 @@ class DataConfig:
     on_bad: str = choice("error", ("error", "skip"))
     num_workers: int = 0
     cache_images: bool = False
+    mosaic: float = 0.0  # the share of training samples that are mosaics of four images (any detector)
+    mosaic_size: int = 0  # their side; 0: the model's input_size (640 for a model without one)
+    mosaic_off_after: float = 0.85  # mosaics stop once this share of the budget is spent
 
 
 @dataclasses.dataclass

@@ -193,11 +193,24 @@ def train_run(
                 print(f"{computed} images' proposals computed into {proposals.cache.path}", flush=True)
         barrier(context)
         train_dataset = train_dataset.with_options(proposals=proposals)
+    train_dataset = with_mosaic(train_dataset, run_config)
     if context.is_main:
         names = ", ".join(stage.name for stage in stages)
         print(f"{run_config.model_name}: training in {run_config.train.out_dir} ({names})", flush=True)
     return train_stages(model, stages, run_config, train_dataset, val_dataset, classes, resume, context,
                         stop_at_step, data_report)  # fmt: skip
+
+
+def with_mosaic(train_dataset, run_config: RunConfig):
+    """The training set as mosaics when ``data.mosaic`` > 0 (of the model's ``input_size``
+    unless ``data.mosaic_size`` says otherwise)."""
+    data = run_config.data
+    if data.mosaic <= 0:
+        return train_dataset
+    from detlab.data.mosaic import MosaicDataset
+
+    size = data.mosaic_size or getattr(run_config.model, "input_size", 0) or 640
+    return MosaicDataset(train_dataset, size, probability=data.mosaic, off_after=data.mosaic_off_after)
 
 
 def stage_train_config(train: TrainConfig, stage: Stage) -> TrainConfig:

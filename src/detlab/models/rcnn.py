@@ -418,7 +418,12 @@ def feature_cache(model: RCNN) -> FeatureCache:
 
 
 def plain_images(dataset):
-    """``dataset`` without its random training transforms (features are of the images as stored)."""
+    """``dataset`` without its random training transforms or mosaics (features are of the images
+    as stored)."""
+    from detlab.data.mosaic import MosaicDataset
+
+    while isinstance(dataset, MosaicDataset):
+        dataset = dataset.dataset
     return dataset.with_transforms(None) if hasattr(dataset, "with_transforms") else dataset
 
 
