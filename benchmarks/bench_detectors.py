@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -29,21 +28,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 PEER_SCRIPT = REPO.parent / "shared" / "anchors" / "torchvision_frcnn.py"
 DATA = REPO.parent / "shared" / "data" / "bccd"
-
-
-def machine() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def peer_command(budget_s: float, min_size: int) -> list[str]:

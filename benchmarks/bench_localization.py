@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -40,17 +38,15 @@ sys.path.insert(0, str(REPO / "src"))
 from detlab.engine.predict import evaluate_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 RACCOON = REPO.parent / "shared" / "data" / "raccoon"
 METRICS = ("classification_accuracy", "mean_iou", "top1_localization", "top5_localization")
 # LocalizationEvaluator's keys, as this benchmark's tables name them
 RENAMED = {"classification_top1": "classification_accuracy", "localization_top1": "top1_localization",
            "localization_top5": "top5_localization", "mean_iou": "mean_iou"}  # fmt: skip
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}  # fmt: skip
 
 
 def train_method(name: str, out_dir: str, budget_s: float, data: dict, recipe: str = "", **model) -> tuple:

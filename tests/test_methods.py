@@ -27,6 +27,10 @@ TINY = {
     "rcnn": ("synthetic", ["model.backbone_width=8", "model.window_size=32", "model.pool_size=2",
                            "model.representation_size=16", "model.windows_per_batch=16", "model.proposal_method=sliding",
                            "model.max_proposals=50", "data.synthetic_images=12"]),
+    "yolo": ("synthetic", ["model.input_size=96", "model.backbone_width=8", "model.neck_channels=[16,32,64]",
+                           "data.synthetic_images=12"]),
+    "yolov1": ("synthetic", ["model.input_size=96", "model.backbone_width=8", "model.hidden=32",
+                             "model.grid_channels=8", "data.synthetic_images=12"]),
 }  # fmt: skip
 
 
@@ -47,7 +51,8 @@ def tiny_config(name: str, data_root, out, recipe: str = "", **train):
 
 
 def test_every_method_is_registered():
-    assert set(MODELS) == {"localizer", "keypoints", "overfeat", "rcnn", "fast_rcnn", "faster_rcnn"} == set(TINY)
+    assert set(MODELS) == {"localizer", "keypoints", "overfeat", "rcnn", "fast_rcnn", "faster_rcnn", "yolo",
+                           "yolov1"} == set(TINY)
 
 
 @pytest.mark.parametrize("name,recipe", [*((name, "") for name in TINY), ("localizer", "4step")])

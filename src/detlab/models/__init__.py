@@ -22,6 +22,7 @@ from detlab.models.keypoints import build_keypoints
 from detlab.models.localizer import build_localizer
 from detlab.models.overfeat import build_overfeat
 from detlab.models.rcnn import build_rcnn
+from detlab.models.yolo import build_yolo, build_yolov1
 
 MODELS: dict[str, Callable] = {
     "localizer": build_localizer,
@@ -30,4 +31,6 @@ MODELS: dict[str, Callable] = {
     "rcnn": build_rcnn,
     "fast_rcnn": build_fast_rcnn,
     "faster_rcnn": build_faster_rcnn,
+    "yolov1": build_yolov1,
+    "yolo": build_yolo,
 }

@@ -3,7 +3,7 @@
 Two things are built here:
 
 - **Bodies**: a CNN that returns its feature maps at growing strides, ``[C2, C3, C4, C5]`` at strides
-  4-32 for the residual nets (``compact`` and torchvision's ResNets), one map for the plain nets
+  4-32 for the residual nets (``compact``, ``csp`` and torchvision's ResNets), one map for the plain nets
   (``small``, ``alexnet``, ``vgg16``, the MobileNets). :class:`FeatureExtractor` wraps a body,
   optionally adds a feature pyramid, and gives every detector the same interface: ``forward(batch)``
   returns an ``OrderedDict[name, Tensor[B, out_channels, H_l, W_l]]`` with ``strides`` and
@@ -99,6 +99,96 @@ class CompactBody(nn.Module):
         outputs = [self.stem(x)]
         for stage in self.stages:
             outputs.append(stage(outputs[-1]))
+        return outputs
+
+
+def conv_bn_silu(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    """Convolution, BatchNorm, SiLU: the unit of the CSP body and the YOLO neck and head."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.SiLU(inplace=True),
+    )
+
+
+class Bottleneck(nn.Module):
+    """Two 3x3 conv-BN-SiLU layers, with a shortcut when ``shortcut`` (backbone) and none in a neck."""
+
+    def __init__(self, channels: int, shortcut: bool = True):
+        super().__init__()
+        self.layers = nn.Sequential(conv_bn_silu(channels, channels), conv_bn_silu(channels, channels))
+        self.shortcut = shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.layers(x) if self.shortcut else self.layers(x)
+
+
+class CrossStageBlock(nn.Module):
+    """A cross-stage-partial block with every intermediate output kept (the C2f layout): a 1x1
+    convolution splits the input in two halves, ``depth`` bottlenecks run on the second half one
+    after the other, and a 1x1 convolution fuses both halves and every bottleneck's output."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int = 1, shortcut: bool = True):
+        super().__init__()
+        self.hidden = out_channels // 2
+        self.split = conv_bn_silu(in_channels, 2 * self.hidden, 1)
+        self.blocks = nn.ModuleList(Bottleneck(self.hidden, shortcut) for _ in range(depth))
+        self.fuse = conv_bn_silu((2 + depth) * self.hidden, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = list(self.split(x).chunk(2, dim=1))
+        for block in self.blocks:
+            outputs.append(block(outputs[-1]))
+        return self.fuse(torch.cat(outputs, dim=1))
+
+
+class SpatialPyramidPooling(nn.Module):
+    """Three chained 5x5 max-pools (receptive fields 5, 9, 13) concatenated with their input (SPPF)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.reduce = conv_bn_silu(channels, channels // 2, 1)
+        self.pool = nn.MaxPool2d(5, stride=1, padding=2)
+        self.fuse = conv_bn_silu(channels * 2, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = [self.reduce(x)]
+        for _ in range(3):
+            outputs.append(self.pool(outputs[-1]))
+        return self.fuse(torch.cat(outputs, dim=1))
+
+
+CSP_DEPTHS = (1, 2, 2, 1)  # bottlenecks of the stages at strides 4, 8, 16, 32, at depth multiple 1
+
+
+class CSPBody(nn.Module):
+    """A cross-stage-partial CNN with SiLU (the one-stage detectors' kind of backbone), for CPUs:
+    a stride-2 stem with ``width`` channels, then stages at strides 4-32 with ``width * (2, 4, 8,
+    16)`` channels, each a strided 3x3 convolution and a :class:`CrossStageBlock` of
+    ``round(CSP_DEPTHS * depth)`` bottlenecks; spatial pyramid pooling ends the last one.
+    ``num_levels`` of C2..C5 are built. ``width`` 16 at depth 1 is about YOLOv8n's size."""
+
+    def __init__(self, width: int = 16, num_levels: int = 4, depth: float = 1.0):
+        super().__init__()
+        self.stem = conv_bn_silu(3, width, 3, 2)
+        channels = [width * 2, width * 4, width * 8, width * 16][:num_levels]
+        stages, previous = [], width
+        for index, current in enumerate(channels):
+            layers = [conv_bn_silu(previous, current, 3, 2),
+                      CrossStageBlock(current, current, max(1, round(CSP_DEPTHS[index] * depth)))]  # fmt: skip
+            if index == 3:
+                layers.append(SpatialPyramidPooling(current))
+            stages.append(nn.Sequential(*layers))
+            previous = current
+        self.stages = nn.ModuleList(stages)
+        self.channels = channels
+        self.strides = list(RESIDUAL_STRIDES[:num_levels])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs, x = [], self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
         return outputs
 
 
@@ -204,6 +294,12 @@ def _compact_body(pretrained: bool, width: int, num_levels: int) -> nn.Module:
     return CompactBody(width, num_levels)
 
 
+def _csp_body(pretrained: bool, width: int, num_levels: int) -> nn.Module:
+    if pretrained:
+        raise ValueError("the csp backbone has no pretrained weights; set pretrained_backbone: false")
+    return CSPBody(width, num_levels)
+
+
 def _resnet_body(name: str) -> Callable[[bool, int, int], nn.Module]:
     def build(pretrained: bool, width: int, num_levels: int) -> nn.Module:
         return ResNetBody(torchvision_model(name, pretrained), num_levels)
@@ -224,6 +320,7 @@ def _features_body(name: str, out_channels: int) -> Callable[[bool, int, int], n
 # ``num_levels`` is how many of C2..C5 a multi-level body builds; single-map bodies ignore it.
 BODIES: dict[str, Callable[[bool, int, int], nn.Module]] = {
     "compact": _compact_body,
+    "csp": _csp_body,
     "small": _small_body,
     "alexnet": _features_body("alexnet", 256),
     "vgg16": _features_body("vgg16", 512),
@@ -234,16 +331,17 @@ BODIES: dict[str, Callable[[bool, int, int], nn.Module]] = {
     "mobilenet_v2": _features_body("mobilenet_v2", 1280),
     "mobilenet_v3_large": _features_body("mobilenet_v3_large", 960),
 }
-MULTI_LEVEL = ("compact", "resnet18", "resnet34", "resnet50", "resnet101")
+MULTI_LEVEL = ("compact", "csp", "resnet18", "resnet34", "resnet50", "resnet101")
 
 
 @dataclasses.dataclass
 class BackboneConfig:
     """The backbone fields every detector config shares.
 
-    ``backbone``: a key of :data:`BODIES` (``compact``, ``resnet18/34/50/101``, ``small``,
+    ``backbone``: a key of :data:`BODIES` (``compact``, ``csp``, ``resnet18/34/50/101``, ``small``,
     ``alexnet``, ``vgg16``, ``mobilenet_v2``, ``mobilenet_v3_large``); ``backbone_width``: the
-    compact net's stem width (its stages have 2, 4 and 8 times that); ``pretrained_backbone``:
+    compact net's stem width (its stages have 2, 4 and 8 times that; the csp net's 2, 4, 8 and 16);
+    ``pretrained_backbone``:
     torchvision's ImageNet weights; ``backbone_weights``: a local state-dict file instead;
     ``channels_last``: run the convolutions channels-last (oneDNN's faster layout on CPUs).
     """

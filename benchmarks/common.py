@@ -1,0 +1,73 @@
+"""What every benchmark records: the machine, the command that ran, and the results written as
+JSON and Markdown under ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+if str(REPO / "src") not in sys.path:  # the benchmarks run from a checkout, installed or not
+    sys.path.insert(0, str(REPO / "src"))
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def command(prefix: str = "PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python") -> str:
+    """The command line of this run, as it is typed from the repository root."""
+    script = Path(sys.argv[0]).resolve().relative_to(REPO)
+    return f"{prefix} {script} {' '.join(sys.argv[1:])}".strip()
+
+
+def stamp() -> dict:
+    """``command``, ``date`` (UTC) and ``machine`` of this run."""
+    return {"command": command(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine()}
+
+
+def header_lines(report: dict) -> list[str]:
+    """The Markdown lines naming a report's command, date and machine."""
+    machine_info = report["machine"]
+    return [f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
+            f"Machine: {machine_info['platform']}, {machine_info['cpu_count']} CPUs, torch {machine_info['torch']} "
+            f"({machine_info['torch_threads']} threads)", ""]  # fmt: skip
+
+
+def write_results(name: str, report: dict, markdown: str) -> None:
+    """``benchmarks/results/<name>.json`` and ``.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+
+
+@torch.no_grad()
+def score(predict, dataset) -> dict:
+    """``predict(index, image) -> detections`` on every image of ``dataset``, one at a time: the
+    median time an image and the VOC07 11-point mAP@0.5, COCO AP50 and AP and per-class AP@0.5 of
+    what it found."""
+    from detlab.eval.coco import COCOEvaluator
+    from detlab.eval.voc import VOCEvaluator
+
+    voc, coco = VOCEvaluator(dataset.classes, 0.5, use_11_point=True), COCOEvaluator(dataset.classes)
+    seconds = []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        started = time.perf_counter()
+        output = predict(index, image)
+        seconds.append(time.perf_counter() - started)
+        voc.update([output], [target])
+        coco.update([output], [target])
+    summary, result = coco.compute().summary(), voc.compute()
+    return {"s_per_image": round(statistics.median(seconds), 4), "mAP50_voc07": round(result.mean_ap, 4),
+            "AP50_coco": round(summary["AP50"], 4), "AP_coco": round(summary["AP"], 4),
+            "per_class_AP50_voc07": {row["class"]: round(row["AP"], 4) for row in result.per_class()}}  # fmt: skip
