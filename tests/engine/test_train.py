@@ -222,4 +222,7 @@ def test_a_training_set_with_set_progress_hears_the_share_of_the_budget_spent(tm
 
     torch.manual_seed(0)
     fit(TinyDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", model_name="tiny")
-    assert Progressing.heard == [0.0, 0.25, 0.5, 0.75]
+    # 4 epochs of 5 steps: before the first step, then after every step (an epoch's end twice: after
+    # its last step and before the next epoch's first)
+    expected = [0.0] + [step / 20 for step in range(1, 21) for _ in range(2 if step % 5 == 0 and step < 20 else 1)]
+    assert Progressing.heard == pytest.approx(expected)

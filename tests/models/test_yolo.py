@@ -133,3 +133,13 @@ def test_a_tiny_yolo_run_on_the_synthetic_set_learns(tmp_path):
     stored = load_checkpoint(tmp_path / "run" / "last.pt")
     assert stored["ema_updates"] == 150 and "training_model" in stored
     assert result.metrics["AP50"] > 0.2, result.metrics
+
+
+def test_yolov1_makes_the_closest_predictor_responsible_when_none_overlaps_the_object():
+    # Both predicted boxes have zero size (no overlap); predictor 1's coordinates are the closer.
+    output = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.7, 0.5, 0.5, 0.0, 0.0, 0.3, 1.0]).view(1, 1, 1, 11)
+    encoded = torch.tensor([1.0, 0.5, 0.5, 0.5, 0.5, 1.0]).view(1, 1, 1, 6)
+    losses = yolov1_loss(output, encoded, predictors=2, lambda_coord=5.0, lambda_noobj=0.5)
+    torch.testing.assert_close(losses["loss_box"], torch.tensor(5.0 * 2 * 0.5**2))  # predictor 1: w, h off
+    torch.testing.assert_close(losses["loss_object"], torch.tensor(0.3**2))  # its IoU is 0
+    torch.testing.assert_close(losses["loss_noobject"], torch.tensor(0.5 * 0.7**2))  # predictor 0

@@ -185,6 +185,7 @@ def train_one_epoch(
     )
     window = LossWindow()
     reason = "epoch_end"
+    set_progress = getattr(getattr(data_loader.dataset, "dataset", None), "set_progress", None)
     # Training time counts loading and augmenting the data too, everything but evaluation.
     last_tick = time.perf_counter()
     for images, targets in data_loader:
@@ -204,6 +205,8 @@ def train_one_epoch(
         state.step += 1
         state.batch_in_epoch += 1
         state.elapsed_s = elapsed  # the same on every rank: the schedule and the budget use it
+        if set_progress is not None:  # for the samples of the next step
+            set_progress(budget_fraction(state, config, progress.total))
         window.add(["loss"] + names, loss_values.tolist(), len(images) * context.world_size)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_values[0].item():.4f}", img_s=f"{window.images_per_s():.1f}",
@@ -478,7 +481,7 @@ def fit(
             raise
     if log is not None:
         plot_curves(log.records(), run_dir / CURVES_NAME)
-    if average is not None and status == "finished":
+    if average is not None:
         model.load_state_dict(average.model.state_dict())  # the model left behind is what was saved
     barrier(context)
     return FitResult(run_dir, status, state, checkpointer.last_path, checkpointer.best_path,
@@ -491,16 +494,18 @@ def train_epochs(
 ) -> str:  # fmt: skip
     """Epochs until the budget, a signal or ``stop_at_step``; evaluate and save after each epoch
     (every ``config.eval_every``) and at the end. Returns the run's status. A training set with
-    ``set_progress(fraction)`` (:class:`detlab.data.mosaic.MosaicDataset`) hears, before each
-    epoch, the share of the budget spent."""
+    ``set_progress(fraction)`` (:class:`detlab.data.mosaic.MosaicDataset`) hears the share of the
+    budget spent before each epoch and after each step (loader worker processes, with
+    ``data.num_workers`` > 0, hear it at the start of each epoch only)."""
     model = unwrap_model(train_model)
     reason = "epoch_end"
     set_progress = getattr(seeded.dataset, "set_progress", None)
+    steps_per_epoch = math.ceil(sampler.num_samples / config.batch_size)
     while budget_by_steps(config) or state.epoch < config.epochs:
         sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
         seeded.set_epoch(state.epoch)
         if set_progress is not None:
-            set_progress(budget_fraction(state, config))
+            set_progress(budget_fraction(state, config, steps_per_epoch))
         reason = "epoch_end"
         if len(sampler) > 0:
             reason = train_one_epoch(
@@ -591,13 +596,14 @@ def seed_model_randomness(seed: int) -> None:
     np.random.seed(seed)
 
 
-def budget_fraction(state: TrainingState, config: TrainConfig) -> float:
+def budget_fraction(state: TrainingState, config: TrainConfig, steps_per_epoch: int) -> float:
     """The share of the run's budget (time, steps or epochs) spent at ``state``."""
     if budget_by_steps(config):
         shares = [state.elapsed_s / config.time_budget_s] if config.time_budget_s > 0 else []
         shares += [state.step / config.max_steps] if config.max_steps > 0 else []
         return min(1.0, max(shares))
-    return min(1.0, state.epoch / max(config.epochs, 1))
+    epochs = state.epoch + state.batch_in_epoch / max(steps_per_epoch, 1)
+    return min(1.0, epochs / max(config.epochs, 1))
 
 
 def budget_by_steps(config: TrainConfig) -> bool:

@@ -266,8 +266,8 @@ class YOLO(nn.Module):
         if not self.config.dfl:
             return F.softplus(box_values)
         shape = box_values.shape[:-1]
-        probabilities = box_values.view(*shape, 4, self.bins).softmax(-1)
-        return probabilities @ self.bin_values
+        probabilities = box_values.float().view(*shape, 4, self.bins).softmax(-1)
+        return (probabilities * self.bin_values).sum(-1)  # element-wise: float32 under bf16 autocast too
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
@@ -501,9 +501,13 @@ def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: 
         predicted = cell_boxes(values, grid)  # [B, S, S, P, 4]
         truth = cell_boxes(torch.cat([target_box, target_box.new_zeros(batch, grid, grid, 1)], -1)[..., None, :], grid)
         iou = diagonal_iou(predicted, truth.expand_as(predicted))  # [B, S, S, P]
-        responsible = F.one_hot(iou.argmax(-1), predictors).bool() & has_object[..., None]  # [B, S, S, P]
     coordinates = values[..., :4]
     box_error = ((coordinates - target_box[..., None, :]) ** 2).sum(-1)  # [B, S, S, P]
+    with torch.no_grad():
+        # The predictor overlapping the object most; where none overlaps it (early on), the one
+        # whose coordinates are closest, so every predictor gets to specialise.
+        choice = torch.where(iou.amax(-1) > 0, iou.argmax(-1), box_error.argmin(-1))
+        responsible = F.one_hot(choice, predictors).bool() & has_object[..., None]  # [B, S, S, P]
     confidence = values[..., 4]
     loss_box = lambda_coord * (box_error * responsible).sum()
     loss_object = (((confidence - iou) ** 2) * responsible).sum()
