@@ -62,6 +62,7 @@ def train(name: str, args, out: Path) -> dict:
         name, data=DATA[args.data], model=settings.get("model", {}),
         train={"out_dir": str(out), "time_budget_s": args.budget_s, "epochs": 100_000, "eval_every": 0,
                "log_every": 100, "seed": 0, **settings.get("train", {})},
+        overrides=args.set if name != "faster_rcnn" else None,
     )  # fmt: skip
     started = time.perf_counter()
     result = train_run(run_config)
@@ -133,7 +134,9 @@ def markdown(report: dict) -> str:
              *header_lines(report),
              "Each model trained in turn on the same threads for the same wall-clock budget; scored on the "
              f"{report['test_images']} test images with detlab's evaluators; test time is the median over those images, one "
-             "at a time, at the model's own input size.", "",
+             "at a time, at the model's own input size."
+             + (f" One-stage models' settings beyond their defaults: `{' '.join(report['settings'])}`." if report.get("settings") else ""),
+             "",
              "| model | steps (batch) | mAP@0.5 (VOC07) | COCO AP50 | COCO AP | test s/image |", "|---|---|---|---|---|---|"]  # fmt: skip
     for row in report["rows"]:
         if "error" in row:
@@ -163,6 +166,8 @@ def main() -> int:
     parser.add_argument("--ultralytics", action="store_true", help="also Ultralytics' YOLOv8n, from scratch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", default="runs/bench-yolo")
+    parser.add_argument("--set", nargs="*", default=[], help="section.key=value settings of the one-stage models")
+    parser.add_argument("--results-name", help="results file name (default yolo_<data>)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir) / args.data
@@ -177,10 +182,11 @@ def main() -> int:
     if args.ultralytics:
         rows.append(run_ultralytics(args, work, dataset))
         print(json.dumps(rows[-1]), flush=True)
-    report = {**stamp(), "data": args.data, "budget_s": args.budget_s, "test_images": len(dataset), "rows": rows}
+    report = {**stamp(), "data": args.data, "budget_s": args.budget_s, "settings": args.set, "test_images": len(dataset),
+              "rows": rows}  # fmt: skip
     if "yolov1" in args.models:
         report["grid_losses"] = objects_a_grid_loses(dataset)
-    write_results(f"yolo_{args.data}", report, markdown(report))
+    write_results(args.results_name or f"yolo_{args.data}", report, markdown(report))
     print(markdown(report))
     return 0
 
