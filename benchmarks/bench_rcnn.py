@@ -34,22 +34,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from detlab.data import load_dataset  # noqa: E402
 from detlab.engine.checkpoint import load_checkpoint  # noqa: E402
 from detlab.engine.predict import model_from_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 from detlab.proposals import RecordProposals  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, score  # noqa: E402
+from common import DATA, machine, score  # noqa: E402
+from common import test_split as load_test_split  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-DATA = {
-    "bccd": {"spec": f"voc:{REPO.parent / 'shared' / 'data' / 'bccd'}", "train_split": "trainval", "val_split": "",
-             "test_split": "test", "vertical_flip": True},
-    "synthetic": {"spec": "synthetic", "root": "data/synthetic", "synthetic_images": 600, "train_split": "trainval",
-                  "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
-}  # fmt: skip
 
 
 def shared_settings(args) -> dict:
@@ -233,7 +227,7 @@ def main() -> int:
     if args.no_second_backbone:
         del runs["rcnn_small"]
     trained = {name: train(kind, args, model, str(work / name)) for name, (kind, model) in runs.items()}
-    test_set = test_split(args)
+    test_set = load_test_split(args.data, args.test_images)
     given, keys, proposal_seconds = test_proposals(args, test_set)
     variants = [
         ("R-CNN: SVMs + box regression", "rcnn_compact", []),
@@ -276,17 +270,11 @@ def results_name(args) -> str:
     return f"rcnn_{args.data}" + (f"_w{args.rcnn_window}" if args.rcnn_window != 64 else "")
 
 
-def test_split(args):
-    data = DATA[args.data]
-    dataset = load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
-    return dataset.subset(range(args.test_images)) if args.test_images else dataset
-
-
 def add_window_timing(args, work: Path) -> int:
     """``--window-timing``: the timing table added to the results of the run in ``--work-dir``."""
     path = RESULTS / f"{results_name(args)}.json"
     report = json.loads(path.read_text())
-    dataset = test_split(args)
+    dataset = load_test_split(args.data, args.test_images)
     given, keys, _ = test_proposals(args, dataset)
     rows = window_timing(args, work, dataset, given, keys)
     report["window_timing"] = {

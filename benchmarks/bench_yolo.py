@@ -29,18 +29,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, header_lines, score, stamp, write_results  # noqa: E402
+from common import DATA, header_lines, score, stamp, write_results  # noqa: E402
+from common import test_split as load_test_split  # noqa: E402
 
 from detlab.data import load_dataset  # noqa: E402
 from detlab.engine.predict import model_from_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
-DATA = {
-    "bccd": {"spec": f"voc:{REPO.parent / 'shared' / 'data' / 'bccd'}", "train_split": "trainval", "val_split": "",
-             "test_split": "test", "vertical_flip": True},
-    "synthetic": {"spec": "synthetic", "root": "data/synthetic", "synthetic_images": 600, "train_split": "trainval",
-                  "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
-}  # fmt: skip
 # Per model and data set: settings beyond the method's own defaults.
 SETTINGS = {
     "yolo": {"bccd": {}, "synthetic": {"model": {"input_size": 256}}},
@@ -68,11 +63,6 @@ def train(name: str, args, out: Path) -> dict:
     result = train_run(run_config)
     return {"steps": result.state.step, "training_s": round(result.state.elapsed_s, 1),
             "wall_s": round(time.perf_counter() - started, 1), "batch_size": run_config.train.batch_size}  # fmt: skip
-
-
-def test_split(args):
-    data = DATA[args.data]
-    return load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
 
 
 def objects_a_grid_loses(dataset, grid: int = 7) -> dict:
@@ -171,7 +161,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir) / args.data
-    dataset = test_split(args)
+    dataset = load_test_split(args.data)
     rows = []
     for name in args.models.split(","):
         trained = train(name, args, work / name)

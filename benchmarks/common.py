@@ -18,6 +18,24 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO / "src") not in sys.path:  # the benchmarks run from a checkout, installed or not
     sys.path.insert(0, str(REPO / "src"))
 
+# The two data sets the detector benchmarks train on (``detlab train``'s ``data`` section): BCCD
+# (train on trainval, test on test) and the built-in synthetic shapes; both have no up and down.
+DATA = {
+    "bccd": {"spec": f"voc:{REPO.parent / 'shared' / 'data' / 'bccd'}", "train_split": "trainval", "val_split": "",
+             "test_split": "test", "vertical_flip": True},
+    "synthetic": {"spec": "synthetic", "root": "data/synthetic", "synthetic_images": 600, "train_split": "trainval",
+                  "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
+}  # fmt: skip
+
+
+def test_split(name: str, images: int = 0):
+    """The test split of ``DATA[name]`` (its first ``images`` only, when > 0)."""
+    from detlab.data import load_dataset
+
+    data = DATA[name]
+    dataset = load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
+    return dataset.subset(range(images)) if images else dataset
+
 
 def machine() -> dict:
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
