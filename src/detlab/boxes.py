@@ -32,23 +32,24 @@ def convert(boxes: Tensor, source: str, target: str) -> Tensor:
 
 
 def area(boxes: Tensor) -> Tensor:
-    """``Tensor[N, 4]`` xyxy -> ``Tensor[N]``; degenerate (inverted) boxes have area 0."""
-    widths = (boxes[:, 2] - boxes[:, 0]).clamp(min=0)
-    heights = (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    """``Tensor[..., N, 4]`` xyxy -> ``Tensor[..., N]``; degenerate (inverted) boxes have area 0."""
+    widths = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    heights = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
     return widths * heights
 
 
 def iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise intersection over union: ``Tensor[N, 4]``, ``Tensor[M, 4]`` -> ``Tensor[N, M]``.
+    """Pairwise intersection over union: ``Tensor[..., N, 4]``, ``Tensor[..., M, 4]`` ->
+    ``Tensor[..., N, M]`` (leading dimensions broadcast: a batch of images at once).
 
     Pairs whose union is empty (two zero-area boxes) get IoU 0 rather than NaN.
     """
     area1, area2 = area(boxes1), area(boxes2)
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     size = (bottom_right - top_left).clamp(min=0)
     intersection = size[..., 0] * size[..., 1]
-    union = area1[:, None] + area2[None, :] - intersection
+    union = area1[..., :, None] + area2[..., None, :] - intersection
     return torch.where(union > 0, intersection / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
 
 

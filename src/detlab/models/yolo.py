@@ -180,16 +180,6 @@ def distances_to_boxes(points: Tensor, distances: Tensor) -> Tensor:
     return torch.cat([points - distances[..., :2], points + distances[..., 2:]], -1)
 
 
-def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of ``Tensor[..., M, 4]`` against ``Tensor[..., A, 4]`` -> ``Tensor[..., M, A]``, batched."""
-    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(-1)
-    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area1[..., :, None] + area2[..., None, :] - inter).clamp(min=1e-9)
-
-
 @torch.no_grad()
 def task_aligned_assign(
     scores: Tensor, pred_boxes: Tensor, points: Tensor, gt_labels: Tensor, gt_boxes: Tensor, gt_mask: Tensor,
@@ -213,7 +203,7 @@ def task_aligned_assign(
                 scores.new_zeros(batch, num_points, 4), torch.zeros_like(scores))  # fmt: skip
     inside = (points[None, None] > gt_boxes[:, :, None, :2]).all(-1) & (points[None, None] < gt_boxes[:, :, None, 2:]).all(-1)
     inside &= gt_mask[:, :, None]  # [B, M, A]
-    overlaps = pairwise_iou(gt_boxes, pred_boxes) * inside  # [B, M, A]
+    overlaps = box_ops.iou(gt_boxes, pred_boxes) * inside  # [B, M, A]
     labels = (gt_labels.clamp(min=1) - 1).long()
     box_scores = scores.gather(2, labels[:, None, :].expand(-1, num_points, -1)).transpose(1, 2)  # [B, M, A]
     alignment = box_scores.pow(alpha) * overlaps.pow(beta) * inside
@@ -505,7 +495,7 @@ def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: 
     with torch.no_grad():
         predicted = cell_boxes(values, grid)  # [B, S, S, P, 4]
         truth = cell_boxes(torch.cat([target_box, target_box.new_zeros(batch, grid, grid, 1)], -1)[..., None, :], grid)
-        iou = diagonal_iou(predicted, truth.expand_as(predicted))  # [B, S, S, P]
+        iou = box_ops.iou(predicted[..., None, :], truth.expand_as(predicted)[..., None, :])[..., 0, 0]  # [B, S, S, P]
     coordinates = values[..., :4]
     box_error = ((coordinates - target_box[..., None, :]) ** 2).sum(-1)  # [B, S, S, P]
     with torch.no_grad():
@@ -521,16 +511,6 @@ def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: 
     loss_classifier = (class_error * has_object).sum()
     return {name: value / batch for name, value in (("loss_box", loss_box), ("loss_object", loss_object),
             ("loss_noobject", loss_noobject), ("loss_classifier", loss_classifier))}  # fmt: skip
-
-
-def diagonal_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of matching boxes, ``[..., 4]`` and ``[..., 4]`` -> ``[...]``."""
-    top_left = torch.maximum(boxes1[..., :2], boxes2[..., :2])
-    bottom_right = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(-1)
-    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area1 + area2 - inter).clamp(min=1e-9)
 
 
 def build_yolov1(config: YOLOv1Config, num_classes: int) -> YOLOv1:
