@@ -48,7 +48,7 @@ from detlab.models.backbones import (
     conv_bn_silu,
     load_weights_file,
 )
-from detlab.models.transform import ImageBatcher, warp_batch
+from detlab.models.transform import IMAGENET_MEAN, IMAGENET_STD, ImageBatcher, warp_batch
 
 GRAY = 0.447  # the padding colour (114 / 255) of letterboxed images, before normalisation
 
@@ -275,8 +275,6 @@ class YOLO(nn.Module):
         if self.training:
             return self.losses(box_values.float(), logits.float(), pred_boxes, points, strides, targets)
         detections = [self.postprocess(boxes, scores) for boxes, scores in zip(pred_boxes, logits.float().sigmoid())]
-        sizes = [tuple(batch.shape[-2:])] * len(detections)
-        detections = [{**d, "boxes": box_ops.clip(d["boxes"], size)} for d, size in zip(detections, sizes)]
         return self.batcher.restore(detections, scales, original_sizes)
 
     def losses(self, box_values, logits, pred_boxes, points, strides, targets) -> dict[str, Tensor]:
@@ -351,12 +349,20 @@ def yolo_body(config: YOLOConfig) -> nn.Module:
     check_backbone_name(config.backbone)
     if config.backbone not in MULTI_LEVEL:
         raise ValueError(f"yolo needs a backbone with strides 8-32; choose one of {MULTI_LEVEL}")
+    if config.backbone == "csp" and config.pretrained_backbone:
+        raise ValueError("the csp backbone has no pretrained weights; use a resnet for ImageNet weights")
     if config.backbone == "csp":
-        if config.pretrained_backbone:
-            raise ValueError("the csp backbone has no pretrained weights; use a resnet for ImageNet weights")
-        body = CSPBody(scaled(config.backbone_width, config.width_multiple), 4, config.depth_multiple)
-    else:
-        body = BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4)
+        return with_weights_file(CSPBody(scaled(config.backbone_width, config.width_multiple), 4, config.depth_multiple), config)
+    return backbone_body(config)
+
+
+def backbone_body(config: BackboneConfig) -> nn.Module:
+    """The body of ``config.backbone`` up to C5 (a single-map body: its one map), its weights file loaded."""
+    check_backbone_name(config.backbone)
+    return with_weights_file(BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4), config)
+
+
+def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:
     if config.backbone_weights:
         load_weights_file(body, config.backbone_weights)
     return body
@@ -411,8 +417,8 @@ class YOLOv1(nn.Module):
             nn.Flatten(), nn.Linear(config.grid_channels * config.grid**2, config.hidden), nn.LeakyReLU(0.1, inplace=True),
             nn.Dropout(config.dropout), nn.Linear(config.hidden, config.grid**2 * self.outputs),
         )  # fmt: skip
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
     def grid_output(self, images: list[Tensor]) -> tuple[Tensor, Tensor]:
         """-> ``(Tensor[B, S, S, 5P + C], sizes Tensor[B, 4] (W, H, W, H) of the images as given)``."""
@@ -514,8 +520,4 @@ def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: 
 
 
 def build_yolov1(config: YOLOv1Config, num_classes: int) -> YOLOv1:
-    check_backbone_name(config.backbone)
-    body = BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4 if config.backbone in MULTI_LEVEL else 3)
-    if config.backbone_weights:
-        load_weights_file(body, config.backbone_weights)
-    return YOLOv1(body, num_classes, config)
+    return YOLOv1(backbone_body(config), num_classes, config)
