@@ -209,7 +209,8 @@ class RCNN(nn.Module):
             per_image = targets if targets is not None else [None] * len(images)
             proposals = [self.proposals_of(image, target) for image, target in zip(images, per_image)]
         if not self.training:
-            return [self.detect(image, boxes) for image, boxes in zip(images, proposals)]
+            cache = self.test_feature_cache()  # one fingerprint of the network a call, not one an image
+            return [self.detect(image, boxes, cache) for image, boxes in zip(images, proposals)]
         if targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         if self.training_stage == "pretrain":
@@ -253,13 +254,14 @@ class RCNN(nn.Module):
         return F.cross_entropy(self.classifier(self.fc7_features(torch.cat(pool5))), torch.cat(labels))
 
     @torch.no_grad()
-    def detect(self, image: Tensor, proposals: Tensor) -> dict[str, Tensor]:
-        """Score every proposal, regress its box per class, the best of each class after NMS."""
+    def detect(self, image: Tensor, proposals: Tensor, cache: FeatureCache | None = None) -> dict[str, Tensor]:
+        """Score every proposal, regress its box per class, the best of each class after NMS
+        (pool5 read from or written to ``cache``, the test-feature cache, when given)."""
         proposals = box_ops.clip(proposals.float().to(image.device), tuple(image.shape[-2:]))
         if len(proposals) == 0:
             empty = image.new_zeros(0)
             return {"boxes": image.new_zeros(0, 4), "scores": empty, "labels": empty.long()}
-        pool5 = self.test_pool5(image, proposals)
+        pool5 = self.test_pool5(image, proposals, cache)
         scores = self.class_scores(pool5)  # [K, C]
         boxes = self.class_boxes(pool5, proposals, tuple(image.shape[-2:]))  # [K, C, 4]
         found_boxes, found_scores, found_labels = [], [], []
@@ -274,14 +276,20 @@ class RCNN(nn.Module):
         return {"boxes": torch.cat(found_boxes)[order], "scores": torch.cat(found_scores)[order],
                 "labels": torch.cat(found_labels)[order]}  # fmt: skip
 
-    def test_pool5(self, image: Tensor, proposals: Tensor) -> Tensor:
-        """pool5 features of a test image's proposals. Once the SVMs are trained (the network is
-        final then) and with ``cache_test_features``, they are read from the feature cache when it
-        holds this image's pixels with these very proposals, else computed and written there (as
-        float16, the precision the cache keeps, so a first and a second pass score alike)."""
-        if not (self.config.cache_test_features and self.config.feature_cache_dir and bool(self.svm_trained)):
+    def test_feature_cache(self) -> FeatureCache | None:
+        """Where test images' pool5 features are kept: the feature cache, once the SVMs are trained
+        (the network is final then) and with ``cache_test_features``; else ``None``."""
+        if self.config.cache_test_features and self.config.feature_cache_dir and bool(self.svm_trained):
+            return feature_cache(self)
+        return None
+
+    def test_pool5(self, image: Tensor, proposals: Tensor, cache: FeatureCache | None) -> Tensor:
+        """pool5 features of a test image's proposals. With a ``cache``, read from it when it holds
+        this image's pixels with these very proposals, else computed and written there (as float16,
+        the precision the cache keeps, so a first and a second pass score alike)."""
+        if cache is None:
             return self.window_pool5(image, proposals)
-        cache, key = feature_cache(self), f"test-{pixel_digest(image)}"
+        key = f"test-{pixel_digest(image)}"
         boxes = proposals.cpu().numpy()
         if key in cache:
             stored = cache.load(key)
