@@ -167,7 +167,10 @@ def train_one_epoch(
     average: WeightAverage | None = None,
 ) -> str:
     """Train on the rest of the current epoch; update ``state`` in place after every step (and
-    ``average``, the weights' moving average, when the run keeps one).
+    ``average``, the weights' moving average, when the run keeps one). A training set with
+    ``set_progress(fraction)`` (:class:`detlab.data.mosaic.MosaicDataset`) hears the share of the
+    budget spent before the epoch's first step and after each step (loader worker processes, with
+    ``data.num_workers`` > 0, hear it at the start of each epoch only).
 
     Returns why it stopped: ``epoch_end``, ``max_steps``, ``time_budget``, ``signal`` or ``pause``.
     Raises :class:`NonFiniteLossError` (on every rank at once) when the loss is NaN or infinite.
@@ -186,6 +189,8 @@ def train_one_epoch(
     window = LossWindow()
     reason = "epoch_end"
     set_progress = getattr(getattr(data_loader.dataset, "dataset", None), "set_progress", None)
+    if set_progress is not None:  # before the loader starts (worker processes copy the data set then)
+        set_progress(budget_fraction(state, config, progress.total))
     # Training time counts loading and augmenting the data too, everything but evaluation.
     last_tick = time.perf_counter()
     for images, targets in data_loader:
@@ -493,19 +498,12 @@ def train_epochs(
     stop_at_step, checkpointer, run_evaluation, average=None,
 ) -> str:  # fmt: skip
     """Epochs until the budget, a signal or ``stop_at_step``; evaluate and save after each epoch
-    (every ``config.eval_every``) and at the end. Returns the run's status. A training set with
-    ``set_progress(fraction)`` (:class:`detlab.data.mosaic.MosaicDataset`) hears the share of the
-    budget spent before each epoch and after each step (loader worker processes, with
-    ``data.num_workers`` > 0, hear it at the start of each epoch only)."""
+    (every ``config.eval_every``) and at the end. Returns the run's status."""
     model = unwrap_model(train_model)
     reason = "epoch_end"
-    set_progress = getattr(seeded.dataset, "set_progress", None)
-    steps_per_epoch = math.ceil(sampler.num_samples / config.batch_size)
     while budget_by_steps(config) or state.epoch < config.epochs:
         sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * config.batch_size)
         seeded.set_epoch(state.epoch)
-        if set_progress is not None:
-            set_progress(budget_fraction(state, config, steps_per_epoch))
         reason = "epoch_end"
         if len(sampler) > 0:
             reason = train_one_epoch(
