@@ -29,10 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, header_lines, score, stamp, write_results  # noqa: E402
+from common import DATA, header_lines, load_split, score, stamp, write_results  # noqa: E402
 from common import test_split as load_test_split  # noqa: E402
 
-from detlab.data import load_dataset  # noqa: E402
 from detlab.engine.predict import model_from_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
@@ -96,8 +95,7 @@ def run_ultralytics(args, work: Path, dataset) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     splits = {"train": data["train_split"], "val": data["test_split"]}
     for split, source in splits.items():
-        exported = load_dataset(data["spec"], source, root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
-        write_yolo(exported, folder, split=split)
+        write_yolo(load_split(args.data, source), folder, split=split)
     names = "\n".join(f"  {index}: {name}" for index, name in enumerate(dataset.classes))
     (folder / "data.yaml").write_text(f"path: {folder}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     size = SETTINGS["yolo"][args.data].get("model", {}).get("input_size", 416)

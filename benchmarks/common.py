@@ -28,12 +28,17 @@ DATA = {
 }  # fmt: skip
 
 
-def test_split(name: str, images: int = 0):
-    """The test split of ``DATA[name]`` (its first ``images`` only, when > 0)."""
+def load_split(name: str, split: str):
+    """Split ``split`` of ``DATA[name]``."""
     from detlab.data import load_dataset
 
     data = DATA[name]
-    dataset = load_dataset(data["spec"], data["test_split"], root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
+    return load_dataset(data["spec"], split, root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
+
+
+def test_split(name: str, images: int = 0):
+    """The test split of ``DATA[name]`` (its first ``images`` only, when > 0)."""
+    dataset = load_split(name, DATA[name]["test_split"])
     return dataset.subset(range(images)) if images else dataset
 
 
