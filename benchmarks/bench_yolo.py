@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -84,6 +85,7 @@ def objects_a_grid_loses(dataset, grid: int = 7) -> dict:
 
 def run_ultralytics(args, work: Path, dataset) -> dict:
     """Ultralytics' YOLOv8n from its YAML (random weights), trained for the budget, scored by detlab."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # no update or hub checks
     try:
         from ultralytics import YOLO as UltralyticsYOLO
     except Exception as error:  # not installed, or it fails to import offline
@@ -100,19 +102,25 @@ def run_ultralytics(args, work: Path, dataset) -> dict:
     (folder / "data.yaml").write_text(f"path: {folder}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     size = SETTINGS["yolo"][args.data].get("model", {}).get("input_size", 416)
     try:
+        import ultralytics.utils.torch_utils as ultralytics_torch
+
+        ultralytics_torch.NUM_THREADS = args.threads  # it would set cpu_count - 1 threads for CPU training
         model = UltralyticsYOLO("yolov8n.yaml")
         started = time.perf_counter()
         model.train(data=str(folder / "data.yaml"), time=args.budget_s / 3600, epochs=10_000, imgsz=size, batch=8,
                     device="cpu", workers=0, plots=False, val=False, amp=False, project=str(work), name="ultralytics",
                     exist_ok=True, pretrained=False, verbose=False)  # fmt: skip
         training_s = time.perf_counter() - started
+        epochs = model.trainer.epoch + 1
+        torch.set_num_threads(args.threads)
 
         def predict(index, image):
             array = (image.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype("uint8")  # BGR, as it expects
             found = model.predict(array, imgsz=size, conf=0.001, iou=0.6, max_det=300, verbose=False)[0].boxes
             return {"boxes": found.xyxy.cpu(), "scores": found.conf.cpu(), "labels": found.cls.cpu().long() + 1}
 
-        return {"model": "ultralytics YOLOv8n (scratch)", "training_s": round(training_s, 1), **score(predict, dataset)}
+        return {"model": "ultralytics YOLOv8n (scratch)", "training_s": round(training_s, 1), "epochs": epochs,
+                "batch_size": 8, **score(predict, dataset)}  # fmt: skip
     except Exception as error:
         return {"model": "ultralytics YOLOv8n (scratch)", "error": f"{type(error).__name__}: {error}"}
 
@@ -130,7 +138,7 @@ def markdown(report: dict) -> str:
         if "error" in row:
             lines.append(f"| {row['model']} | not run: {row['error']} | | | | |")
             continue
-        steps = f"{row['steps']} ({row['batch_size']})" if "steps" in row else ""
+        steps = f"{row['steps']} ({row['batch_size']})" if "steps" in row else f"{row['epochs']} epochs ({row['batch_size']})"
         lines.append(f"| {row['model']} | {steps} | {row['mAP50_voc07']:.3f} | {row['AP50_coco']:.3f} | "
                      f"{row['AP_coco']:.3f} | {row['s_per_image']} |")  # fmt: skip
     scored = [row for row in report["rows"] if "error" not in row]
@@ -161,7 +169,7 @@ def main() -> int:
     work = Path(args.work_dir) / args.data
     dataset = load_test_split(args.data)
     rows = []
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         trained = train(name, args, work / name)
         model = model_from_checkpoint(str(work / name), [])[0]
         row = {"model": LABELS[name], "name": name, **trained, **score(lambda index, image, m=model: m([image])[0], dataset)}
@@ -172,7 +180,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
     report = {**stamp(), "data": args.data, "budget_s": args.budget_s, "settings": args.set, "test_images": len(dataset),
               "rows": rows}  # fmt: skip
-    if "yolov1" in args.models:
+    if "yolov1" in args.models.split(","):
         report["grid_losses"] = objects_a_grid_loses(dataset)
     write_results(args.results_name or f"yolo_{args.data}", report, markdown(report))
     print(markdown(report))
