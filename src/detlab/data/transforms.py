@@ -58,9 +58,8 @@ class RandomHueRotation(v2.Transform):
     by about as much for saturated colours; not identical, as HSV's hue circle is a hexagon) and
     leaves gray pixels gray, but it is one 3x3 colour matrix an image instead of a round trip
     through HSV: about 10x faster on a 640 x 480 image (3 against 29 ms on one thread), where the
-    HSV hue was most of a training
-    sample's time. Images that do not have 3 channels pass unchanged; boxes are not
-    touched."""
+    HSV hue was most of a training sample's time. Images that do not have 3 channels pass
+    unchanged; boxes are not touched."""
 
     _transformed_types = (tv_tensors.Image,)
 
