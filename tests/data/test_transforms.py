@@ -133,3 +133,28 @@ def test_hue_rotation_follows_torchvision_hue_keeps_grays_and_boxes():
     from torchvision import tv_tensors
 
     assert torch.equal(RandomHueRotation(0.5)(tv_tensors.Image(single)), single)
+
+
+def test_resize_to_a_longer_side_keeps_the_aspect_and_matches_the_detectors_resize(tmp_path):
+    from PIL import Image
+
+    from detlab.data.schema import DetectionDataset, Record
+    from detlab.models.transform import ImageBatcher
+
+    image, target = block_image(height=60, width=80, box=(10, 20, 30, 50))
+    path = tmp_path / "block.png"
+    Image.fromarray((image.permute(1, 2, 0) * 255).byte().numpy()).save(path)
+    record = Record("block", path, 80, 60, boxes=target["boxes"], labels=target["labels"])
+    dataset = DetectionDataset([record], ["a", "b"])
+    resized, resized_target = dataset.with_options(resize_to=40)[0]
+    assert resized.shape == (3, 30, 40)
+    torch.testing.assert_close(resized_target["boxes"], target["boxes"] * 0.5)
+    # The same pixels the model's own batcher would make of the full-size image (up to 8 bits).
+    batcher = ImageBatcher(min_size=10**6, max_size=40, mean=(0, 0, 0), std=(1, 1, 1))
+    batch, sizes, _, scaled = batcher([dataset[0][0]], [dataset[0][1]])
+    assert sizes == [(30, 40)]
+    assert (batch[0, :, :30, :40] - resized).abs().max() <= 0.5 / 255 + 1e-6
+    torch.testing.assert_close(scaled[0]["boxes"], resized_target["boxes"])
+    # Already at its size, the batcher leaves the resized image as it is.
+    again, _, scales, _ = batcher([resized], [resized_target])
+    assert scales == [1.0] and torch.equal(again[0, :, :30, :40], resized)

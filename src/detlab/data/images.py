@@ -212,6 +212,21 @@ def warp_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     )[0]
 
 
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``Tensor[3, H, W] -> Tensor[3, size[0], size[1]]``, bilinear without antialiasing: the resize
+    of the detectors' image batcher, so training images resized in advance (``resize_to`` a longer
+    side) and test images resized by the model look alike."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return torch.nn.functional.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def longer_side_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """``(h, w)`` of a ``height x width`` image scaled so its longer side is ``longest``."""
+    scale = longest / max(height, width)
+    return round(height * scale), round(width * scale)
+
+
 def save_image(image: Tensor, path: str | Path) -> None:
     """Write a ``Tensor[3, H, W]`` in [0, 1] (or uint8) to ``path``; format from the suffix."""
     if image.dtype != torch.uint8:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from detlab.data.images import load_image, warp_image
+from detlab.data.images import load_image, longer_side_size, resize_image, warp_image
 
 
 def _empty_boxes() -> Tensor:
@@ -71,7 +71,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     ``transforms`` (optional) is called as ``transforms(image, target) -> (image, target)``; the
     ones in :mod:`detlab.data.transforms` move boxes with the image. ``resize_to``: ``(H, W)`` every
-    image is warped to before the transforms (aspect ratio not kept; pixels rounded to 8 bits).
+    image is warped to before the transforms (aspect ratio not kept; pixels rounded to 8 bits), or
+    an ``int``: the longer side every image is resized to (aspect kept, the detectors' batcher's
+    resize, :func:`detlab.data.images.resize_image`).
     ``cache_images``: keep each prepared image (uint8: decoded, and warped) in memory after its
     first use; the values are the same as without the cache. ``proposals``: a function giving a
     record's proposal boxes, attached to its target (for Fast R-CNN and R-CNN).
@@ -83,7 +85,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         classes: list[str],
         transforms: Callable | None = None,
         name: str = "",
-        resize_to: tuple[int, int] | None = None,
+        resize_to: tuple[int, int] | int | None = None,
         cache_images: bool = False,
         proposals: Callable[[Record], Tensor] | None = None,
     ):
@@ -91,7 +93,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.transforms = transforms
         self.name = name
-        self.resize_to = tuple(resize_to) if resize_to else None
+        self.resize_to = (int(resize_to) if isinstance(resize_to, int) else tuple(resize_to)) if resize_to else None
         self.cache_images = cache_images
         self.proposals = proposals
         self._decoded: dict[int, tuple[Tensor, tuple[int, int]]] = {}
@@ -109,7 +111,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.proposals is not None:
             target["proposals"] = self.proposals(self.records[index]).float().reshape(-1, 4)
         if self.resize_to is not None:
-            target = _scale_target(target, self.resize_to[1] / width, self.resize_to[0] / height)
+            target = _scale_target(target, image.shape[-1] / width, image.shape[-2] / height)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
@@ -134,7 +136,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         pixels by 255, so this loses nothing but the warp's fractions."""
         image = load_image(self.records[index].image_path)
         size = tuple(image.shape[-2:])
-        if self.resize_to is not None:
+        if isinstance(self.resize_to, int):
+            image = resize_image(image, longer_side_size(*size, self.resize_to))
+        elif self.resize_to is not None:
             image = warp_image(image, self.resize_to)
         return (image * 255).round_().clamp_(0, 255).to(torch.uint8), size
 

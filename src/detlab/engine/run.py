@@ -182,9 +182,12 @@ def train_run(
     torch.manual_seed(run_config.train.seed)  # the same initial weights on every rank and every run
     model = build_model(run_config, len(classes))
     stages = recipe_of(model, run_config.train.recipe)
-    input_size = getattr(model, "input_size", None)
-    if input_size is not None:  # a fixed-input model: warp the training images to it in advance
-        train_dataset = train_dataset.with_options(resize_to=input_size, cache_images=run_config.data.cache_images)
+    # A fixed-input model's training images are warped to its input in advance; a model that
+    # resizes the longer side (``longer_side``) has them resized as it would, once, before the
+    # augmentations (which then work on fewer pixels).
+    resize_to = getattr(model, "input_size", None) or getattr(model, "longer_side", None)
+    if resize_to is not None:
+        train_dataset = train_dataset.with_options(resize_to=resize_to, cache_images=run_config.data.cache_images)
     proposals = getattr(model, "training_proposals", lambda: None)()
     if proposals is not None:  # computed once before training (not part of its time), then cached
         if context.is_main:

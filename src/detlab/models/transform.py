@@ -14,11 +14,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
-from detlab.data.images import warp_image
+from detlab.data.images import resize_image, warp_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,8 +68,7 @@ class ImageBatcher(nn.Module):
             height, width = image.shape[-2:]
             scale = self.scale_for(height, width)
             new_size = (round(height * scale), round(width * scale))
-            if new_size != (height, width):
-                image = F.interpolate(image[None], size=new_size, mode="bilinear", align_corners=False)[0]
+            image = resize_image(image, new_size)
             resized.append((image - self.mean) / self.std)
             sizes.append(new_size)
             scales.append(scale)

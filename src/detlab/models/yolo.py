@@ -245,6 +245,7 @@ class YOLO(nn.Module):
         self.register_buffer("bin_values", torch.arange(self.bins, dtype=torch.float32), persistent=False)
         # The longer side goes to input_size; the batch is padded to a multiple of 32.
         self.batcher = ImageBatcher(min_size=10**6, max_size=config.input_size, size_divisible=32)
+        self.longer_side = config.input_size  # the training data are resized to it in advance
         if config.backbone == "csp":  # from scratch: pixels to [-1, 1] around the padding grey
             self.batcher.mean.fill_(GRAY)
             self.batcher.std.fill_(0.5)
