@@ -33,17 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, header_lines, load_split, score, stamp, write_results  # noqa: E402
 from common import test_split as load_test_split  # noqa: E402
 
+from detlab.demo import train_data_parallel  # noqa: E402
 from detlab.engine.predict import model_from_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
 # Per model and data set: settings beyond the method's own defaults.
 SETTINGS = {
-    "yolo": {"bccd": {}, "synthetic": {"model": {"input_size": 256}}},
-    "yolov1": {"bccd": {}, "synthetic": {"model": {"input_size": 256}}},
-    # As benchmarks/bench_detectors.py trains it (mAP@0.5 0.895 in 1500 s there).
+    "yolo": {"bccd": {}, "synthetic": {"model": {"input_size": 256}}, "demo": {"model": {"input_size": 256}}},
+    "yolov1": {"bccd": {}, "synthetic": {"model": {"input_size": 256}}, "demo": {"model": {"input_size": 256}}},
+    # As benchmarks/bench_detectors.py trains it (mAP@0.5 0.895 in 1500 s there); on the demo's set,
+    # the demo preset (make demo's Faster R-CNN).
     "faster_rcnn": {
         "bccd": {"model": {"min_size": 320, "max_size": 427}, "train": {"optimizer": "sgd", "lr": 0.02, "batch_size": 2}},
         "synthetic": {"model": {"min_size": 256, "max_size": 256}, "train": {"optimizer": "sgd", "lr": 0.02, "batch_size": 2}},
+        "demo": {"preset": "demo"},
     },
 }  # fmt: skip
 LABELS = {"yolo": "yolo (anchor-free, csp + FPN/PAN)", "yolov1": "yolov1 (the paper's grid)",
@@ -54,15 +57,20 @@ def train(name: str, args, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     settings = SETTINGS[name][args.data]
     run_config = resolve_run_config(
-        name, data=DATA[args.data], model=settings.get("model", {}),
+        name, settings.get("preset"), data=DATA[args.data], model=settings.get("model", {}),
         train={"out_dir": str(out), "time_budget_s": args.budget_s, "epochs": 100_000, "eval_every": 0,
                "log_every": 100, "seed": 0, **settings.get("train", {})},
         overrides=args.set if name != "faster_rcnn" else None,
     )  # fmt: skip
     started = time.perf_counter()
-    result = train_run(run_config)
-    return {"steps": result.state.step, "training_s": round(result.state.elapsed_s, 1),
-            "wall_s": round(time.perf_counter() - started, 1), "batch_size": run_config.train.batch_size}  # fmt: skip
+    if args.processes > 1:  # data-parallel, as make demo trains: torchrun, each process its share of the cores
+        progress = train_data_parallel(run_config, args.processes)
+        steps, elapsed = progress["step"], progress["elapsed_s"]
+    else:
+        result = train_run(run_config)
+        steps, elapsed = result.state.step, result.state.elapsed_s
+    return {"steps": steps, "training_s": round(elapsed, 1), "wall_s": round(time.perf_counter() - started, 1),
+            "batch_size": run_config.train.batch_size * args.processes, "processes": args.processes}  # fmt: skip
 
 
 def objects_a_grid_loses(dataset, grid: int = 7) -> dict:
@@ -128,7 +136,9 @@ def run_ultralytics(args, work: Path, dataset) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"# One-stage detectors on {report['data']}, from scratch, {report['budget_s']:.0f} s each", "",
              *header_lines(report),
-             "Each model trained in turn on the same threads for the same wall-clock budget; scored on the "
+             "Each model trained in turn on the same threads for the same wall-clock budget"
+             + (f" (detlab's in {report['processes']} data-parallel processes, each with its share of the cores)" if report.get("processes", 1) > 1 else "")
+             + "; scored on the "
              f"{report['test_images']} test images with detlab's evaluators; test time is the median over those images, one "
              "at a time, at the model's own input size."
              + (f" One-stage models' settings beyond their defaults: `{' '.join(report['settings'])}`." if report.get("settings") else ""),
@@ -138,7 +148,8 @@ def markdown(report: dict) -> str:
         if "error" in row:
             lines.append(f"| {row['model']} | not run: {row['error']} | | | | |")
             continue
-        steps = f"{row['steps']} ({row['batch_size']})" if "steps" in row else f"{row['epochs']} epochs ({row['batch_size']})"
+        batch = row["batch_size"] if row.get("processes", 1) == 1 else f"{row['processes']} x {row['batch_size'] // row['processes']}"
+        steps = f"{row['steps']} ({batch})" if "steps" in row else f"{row['epochs']} epochs ({batch})"
         lines.append(f"| {row['model']} | {steps} | {row['mAP50_voc07']:.3f} | {row['AP50_coco']:.3f} | "
                      f"{row['AP_coco']:.3f} | {row['s_per_image']} |")  # fmt: skip
     scored = [row for row in report["rows"] if "error" not in row]
@@ -160,7 +171,10 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=1500.0, help="training time of each model")
     parser.add_argument("--models", default="yolo,yolov1,faster_rcnn")
     parser.add_argument("--ultralytics", action="store_true", help="also Ultralytics' YOLOv8n, from scratch")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads of this process (scoring, and training alone)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="train detlab's models in this many data-parallel processes (torchrun), each with "
+                             "its share of the cores; --set train.batch_size is then per process")  # fmt: skip
     parser.add_argument("--work-dir", default="runs/bench-yolo")
     parser.add_argument("--set", nargs="*", default=[], help="section.key=value settings of the one-stage models")
     parser.add_argument("--results-name", help="results file name (default yolo_<data>)")
@@ -178,7 +192,8 @@ def main() -> int:
     if args.ultralytics:
         rows.append(run_ultralytics(args, work, dataset))
         print(json.dumps(rows[-1]), flush=True)
-    report = {**stamp(), "data": args.data, "budget_s": args.budget_s, "settings": args.set, "test_images": len(dataset),
+    report = {**stamp(), "data": args.data, "budget_s": args.budget_s, "settings": args.set, "processes": args.processes,
+              "test_images": len(dataset),
               "rows": rows}  # fmt: skip
     if "yolov1" in args.models.split(","):
         report["grid_losses"] = objects_a_grid_loses(dataset)

@@ -18,13 +18,17 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO / "src") not in sys.path:  # the benchmarks run from a checkout, installed or not
     sys.path.insert(0, str(REPO / "src"))
 
-# The two data sets the detector benchmarks train on (``detlab train``'s ``data`` section): BCCD
-# (train on trainval, test on test) and the built-in synthetic shapes; both have no up and down.
+# The data sets the detector benchmarks train on (``detlab train``'s ``data`` section): BCCD
+# (train on trainval, test on test), the built-in synthetic shapes (600 images), and the 2,000-image
+# synthetic set ``make demo`` trains on (its train split; test on its test split); none has an up
+# and a down.
 DATA = {
     "bccd": {"spec": f"voc:{REPO.parent / 'shared' / 'data' / 'bccd'}", "train_split": "trainval", "val_split": "",
              "test_split": "test", "vertical_flip": True},
     "synthetic": {"spec": "synthetic", "root": "data/synthetic", "synthetic_images": 600, "train_split": "trainval",
                   "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
+    "demo": {"spec": "synthetic", "root": "data/synthetic-2000", "synthetic_images": 2000, "train_split": "train",
+             "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
 }  # fmt: skip
 
 
