@@ -8,6 +8,13 @@ mAP@0.5, COCO AP50 and AP, per-class AP@0.5) and timed one image at a time. With
 budget on the same data (exported in YOLO format) and is scored by the same evaluator; if it does
 not install or run offline, the results say why.
 
+Ultralytics is a benchmark-only dependency, not in any extra (its ``opencv-python`` would clash
+with the ``opencv-contrib-python-headless`` the other benchmarks use); install it beside them with
+  .venv/bin/pip install --no-deps ultralytics ultralytics-thop polars polars-runtime-32 psutil py-cpuinfo \
+      requests certifi charset-normalizer idna urllib3
+It runs offline (``YOLO_OFFLINE``) and trains on ``--threads`` threads (left alone it takes
+``cpu_count - 1``).
+
 For ``yolov1`` the results also count the test objects its grid cannot represent: a cell holds
 one object, so of several objects whose centres fall in one cell only the largest is a target.
 
