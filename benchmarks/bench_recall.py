@@ -12,12 +12,11 @@ Results: ``benchmarks/results/<results-name>.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
-from bench_yolo import objects_a_grid_loses
-from common import DATA, header_lines, stamp, write_results
+from bench_yolo import grid_loss_lines, objects_a_grid_loses
+from common import checkpoints_parser, header_lines, stamp, write_results
 from common import test_split as load_test_split
 
 from detlab.boxes import iou
@@ -56,20 +55,12 @@ def markdown(report: dict) -> str:
         for name, values in row["classes"].items():
             shares = " | ".join(f"{values[f'recall@{t}']:.3f}" for t in THRESHOLDS)
             lines.append(f"| {row['model']} | {name} | {values['objects']} | {shares} |")
-    lines += ["", "Test objects a 7 x 7 grid cannot hold (another object's centre in the same cell):", "",
-              "| class | objects | lost | share |", "|---|---|---|---|"]  # fmt: skip
-    for name, values in report["grid_losses"].items():
-        lines.append(f"| {name} | {values['objects']} | {values['lost']} | {values['lost_share']:.1%} |")
+    lines += ["", *grid_loss_lines(report["grid_losses"])]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=tuple(DATA), default="bccd")
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="run folders or checkpoint files")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results-name", required=True)
-    args = parser.parse_args()
+    args = checkpoints_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_test_split(args.data)
     rows = []

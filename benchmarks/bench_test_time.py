@@ -12,13 +12,12 @@ Results: ``benchmarks/results/<results-name>.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
-from common import DATA, header_lines, stamp, write_results
+from common import checkpoints_parser, header_lines, stamp, write_results
 from common import test_split as load_test_split
 
 from detlab.engine.predict import model_from_checkpoint
@@ -54,12 +53,8 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=tuple(DATA), default="bccd")
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="run folders or checkpoint files")
+    parser = checkpoints_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results-name", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_test_split(args.data)

@@ -98,6 +98,15 @@ def objects_a_grid_loses(dataset, grid: int = 7) -> dict:
             for name, (total, lost) in counts.items()}  # fmt: skip
 
 
+def grid_loss_lines(grid_losses: dict) -> list[str]:
+    """The Markdown table of :func:`objects_a_grid_loses`'s counts."""
+    lines = ["Test objects YOLO v1's 7x7 grid cannot represent (another object's centre in the same cell; a "
+             "cell holds one object):", "", "| class | objects | lost | share |", "|---|---|---|---|"]  # fmt: skip
+    for name, row in grid_losses.items():
+        lines.append(f"| {name} | {row['objects']} | {row['lost']} | {row['lost_share']:.1%} |")
+    return lines
+
+
 def run_ultralytics(args, work: Path, dataset) -> dict:
     """Ultralytics' YOLOv8n from its YAML (random weights), trained for the budget, scored by detlab."""
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no update or hub checks
@@ -165,10 +174,7 @@ def markdown(report: dict) -> str:
     for row in scored:
         lines.append(f"| {row['model']} | " + " | ".join(f"{v:.3f}" for v in row["per_class_AP50_voc07"].values()) + " |")
     if "grid_losses" in report:
-        lines += ["", "Test objects YOLO v1's 7x7 grid cannot represent (another object's centre in the same cell; a "
-                  "cell holds one object):", "", "| class | objects | lost | share |", "|---|---|---|---|"]  # fmt: skip
-        for name, row in report["grid_losses"].items():
-            lines.append(f"| {name} | {row['objects']} | {row['lost']} | {row['lost_share']:.1%} |")
+        lines += ["", *grid_loss_lines(report["grid_losses"])]
     return "\n".join(lines) + "\n"
 
 

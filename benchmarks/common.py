@@ -3,6 +3,7 @@ JSON and Markdown under ``benchmarks/results/``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -44,6 +45,17 @@ def test_split(name: str, images: int = 0):
     """The test split of ``DATA[name]`` (its first ``images`` only, when > 0)."""
     dataset = load_split(name, DATA[name]["test_split"])
     return dataset.subset(range(images)) if images else dataset
+
+
+def checkpoints_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that reads trained checkpoints: ``--data``, ``--checkpoints``,
+    ``--threads``, ``--results-name``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=tuple(DATA), default="bccd")
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="run folders or checkpoint files")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results-name", required=True)
+    return parser
 
 
 def machine() -> dict:
