@@ -40,10 +40,8 @@ from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 from detlab.proposals import RecordProposals  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, score  # noqa: E402
+from common import DATA, RESULTS, machine, score, write_results  # noqa: E402
 from common import test_split as load_test_split  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def shared_settings(args) -> dict:
@@ -258,9 +256,7 @@ def main() -> int:
         "speedup_with_proposals": rows[0]["s_per_image_with_proposals"] / rows[-1]["s_per_image_with_proposals"],
         "trained": trained, "rows": rows,
     }  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{results_name(args)}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{results_name(args)}.md").write_text(markdown(report))
+    write_results(results_name(args), report, markdown(report))
     print(markdown(report))
     return 0
 
@@ -282,8 +278,7 @@ def add_window_timing(args, work: Path) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
         "images": min(args.timing_images, len(dataset)), "rows": rows,
     }  # fmt: skip
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{results_name(args)}.md").write_text(markdown(report))
+    write_results(results_name(args), report, markdown(report))
     print(markdown(report))
     return 0
 

@@ -221,9 +221,10 @@ def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.nn.functional.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
-def longer_side_size(height: int, width: int, longest: int) -> tuple[int, int]:
-    """``(h, w)`` of a ``height x width`` image scaled so its longer side is ``longest``."""
-    scale = longest / max(height, width)
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(h, w)`` of a ``height x width`` image scaled by ``scale``, rounded: the detectors' batcher
+    and the data layer's longer-side ``resize_to`` round alike, so an image resized in advance is
+    not resized again."""
     return round(height * scale), round(width * scale)
 
 

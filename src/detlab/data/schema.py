@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from detlab.data.images import load_image, longer_side_size, resize_image, warp_image
+from detlab.data.images import load_image, resize_image, scaled_size, warp_image
 
 
 def _empty_boxes() -> Tensor:
@@ -93,7 +93,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.transforms = transforms
         self.name = name
-        self.resize_to = (int(resize_to) if isinstance(resize_to, int) else tuple(resize_to)) if resize_to else None
+        self.resize_to = (resize_to if isinstance(resize_to, int) else tuple(resize_to)) if resize_to else None
         self.cache_images = cache_images
         self.proposals = proposals
         self._decoded: dict[int, tuple[Tensor, tuple[int, int]]] = {}
@@ -137,7 +137,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         image = load_image(self.records[index].image_path)
         size = tuple(image.shape[-2:])
         if isinstance(self.resize_to, int):
-            image = resize_image(image, longer_side_size(*size, self.resize_to))
+            image = resize_image(image, scaled_size(*size, self.resize_to / max(size)))
         elif self.resize_to is not None:
             image = warp_image(image, self.resize_to)
         return (image * 255).round_().clamp_(0, 255).to(torch.uint8), size

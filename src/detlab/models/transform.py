@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
-from detlab.data.images import resize_image, warp_image
+from detlab.data.images import resize_image, scaled_size, warp_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,7 +67,7 @@ class ImageBatcher(nn.Module):
             check_image(image)
             height, width = image.shape[-2:]
             scale = self.scale_for(height, width)
-            new_size = (round(height * scale), round(width * scale))
+            new_size = scaled_size(height, width, scale)
             image = resize_image(image, new_size)
             resized.append((image - self.mean) / self.std)
             sizes.append(new_size)
