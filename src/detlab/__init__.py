@@ -5,8 +5,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # detlab.train / detlab.load / detlab.Predictor, imported on first use so `import detlab` stays light.
-    if name in ("train", "load", "Predictor"):
+    if name in ("train", "load"):
         from detlab import api
 
         return getattr(api, name)
+    if name == "Predictor":
+        from detlab.engine.predict import Predictor
+
+        return Predictor
     raise AttributeError(f"module 'detlab' has no attribute {name!r}")

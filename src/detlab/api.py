@@ -18,8 +18,10 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from detlab.engine.predict import Predictor
-from detlab.engine.train import FitResult
+if typing.TYPE_CHECKING:  # torch is imported when a function needs it: load("model.onnx") never does
+    from detlab.engine.predict import Predictor
+    from detlab.engine.train import FitResult
+    from detlab.export.runtime import OnnxPredictor
 
 DEFAULT_MODEL = "faster_rcnn"
 
@@ -129,8 +131,20 @@ def train(
     return train_run(run_config, resume=resume)
 
 
-def load(path: str | Path, device: str = "auto", set: list[str] | None = None) -> Predictor:  # noqa: A002
+def load(path: str | Path, device: str = "auto", set: list[str] | None = None) -> Predictor | OnnxPredictor:  # noqa: A002
     """A :class:`Predictor` from a checkpoint of any method (``RUN/best``, ``RUN/last``, a ``.pt``
     file or a run folder); ``set``: ``model.FIELD=VALUE`` test-time changes (e.g.
-    ``model.score_threshold=0.3``). Loading never runs code from the file."""
+    ``model.score_threshold=0.3``). Loading never runs code from the file.
+
+    A ``.onnx`` file from ``detlab export`` gives an :class:`~detlab.export.runtime.OnnxPredictor`
+    instead: the same ``predict``, run by onnxruntime with numpy outputs, without importing torch
+    (its test-time settings were fixed at export: ``detlab export --set ...``)."""
+    if Path(path).suffix.lower() == ".onnx":
+        if set:
+            raise ValueError(f"{path}: an exported model's settings are fixed; pass --set to `detlab export`")
+        from detlab.export.runtime import OnnxPredictor
+
+        return OnnxPredictor(path)
+    from detlab.engine.predict import Predictor
+
     return Predictor.from_checkpoint(path, device=device, overrides=set)

@@ -15,6 +15,7 @@ from detlab import demo
 from detlab.data import command as data_command
 from detlab.engine import command as engine_command
 from detlab.eval import command as eval_command
+from detlab.export import command as export_command
 from detlab.proposals import command as proposals_command
 
 # Each entry adds its sub-commands to the parser; one explicit list, no registry.
@@ -23,6 +24,7 @@ COMMAND_GROUPS = [
     demo.add_commands,
     engine_command.add_commands,
     eval_command.add_commands,
+    export_command.add_commands,
     proposals_command.add_commands,
 ]
 

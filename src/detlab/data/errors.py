@@ -11,18 +11,10 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from detlab.errors import BadInputError  # noqa: F401 - re-exported: the data layer's error
 
 ON_BAD_CHOICES = ("error", "skip")
-
-
-class BadInputError(ValueError):
-    """A file that cannot be used as it is. The message names the file, the line and the problem."""
-
-    def __init__(self, path: str | Path, problem: str, line: int | None = None):
-        self.path, self.problem, self.line = str(path), problem, line
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {problem}")
 
 
 class BadInputWarning(UserWarning):

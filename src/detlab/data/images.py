@@ -1,7 +1,7 @@
 """Image decoding to the shared contract: ``float32 Tensor[3, H, W]``, RGB, values in [0, 1].
 
-Greyscale, RGBA, palette and 16-bit files are converted to RGB; EXIF orientation is applied, so
-the pixels are the way a person sees the photo (and annotation tools draw boxes on that view).
+Files are decoded by :mod:`detlab.image_files` (RGB, EXIF orientation applied; shared with the
+ONNX runtime, which needs no torch).
 """
 
 from __future__ import annotations
@@ -14,45 +14,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from detlab.data.errors import BadInputError
-
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _SIXTEEN_BIT_MODES:
-        array = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array, mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        # Transparent pixels become white, not black, as viewers show them.
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully into an RGB PIL image with EXIF orientation applied.
-
-    Raises :class:`BadInputError` naming the file for missing, truncated, corrupt or non-image files.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "image file not found")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except UnidentifiedImageError:
-        raise BadInputError(path, "not an image file (unrecognised format)") from None
-    except Image.DecompressionBombError as error:
-        raise BadInputError(path, f"too many pixels to decode safely ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(path, f"corrupt or truncated image ({error})") from None
+from detlab.errors import BadInputError
+from detlab.image_files import open_rgb, to_rgb
 
 
 def _rgb_to_tensor(image: Image.Image) -> Tensor:
@@ -90,7 +53,7 @@ def _pil_to_tensor(image: Image.Image) -> Tensor:
         # Same steps as a file: an image straight from Image.open still holds its stored pixels and
         # orientation tag; exif_transpose drops the tag, so an already upright image is left as is.
         image.load()
-        return _rgb_to_tensor(_to_rgb(ImageOps.exif_transpose(image)))
+        return _rgb_to_tensor(to_rgb(ImageOps.exif_transpose(image)))
     except (OSError, SyntaxError) as error:
         raise ValueError(f"cannot decode the PIL image ({error})") from None
 
@@ -103,7 +66,7 @@ def _channels_first_to_tensor(image: Tensor, described: str) -> Tensor:
         if image.shape[0] == 4:
             # Through PIL, so the result is the pixels an RGBA file with these values gives.
             rgba = Image.fromarray(image.permute(1, 2, 0).cpu().numpy(), mode="RGBA")
-            return _rgb_to_tensor(_to_rgb(rgba)).to(image.device)
+            return _rgb_to_tensor(to_rgb(rgba)).to(image.device)
         image = image.float().div_(255.0)
     elif image.is_floating_point():
         image = torch.nan_to_num(image.float(), nan=0.0, posinf=1.0, neginf=0.0)

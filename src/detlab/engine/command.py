@@ -29,7 +29,9 @@ def add_commands(subparsers) -> None:
     train.set_defaults(handler=run_train)
 
     predict = subparsers.add_parser("predict", help="run a trained model on an image or a folder of images")
-    predict.add_argument("--checkpoint", required=True, help="RUN/best, RUN/last, a .pt file or a run folder")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="RUN/best, RUN/last, a .pt file or a run folder")
+    source.add_argument("--model", help="an ONNX file from `detlab export` (run with onnxruntime, no torch)")
     predict.add_argument("--input", required=True, help="an image file or a folder of images")
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
     predict.add_argument("--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)")
@@ -138,7 +140,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from detlab import api
     from detlab.engine.predict import predict_files
 
-    predictor = api.load(args.checkpoint, device=args.device, set=args.set)
+    if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
+        raise ValueError(f"--model takes an .onnx file from `detlab export`, got {args.model}; use --checkpoint for runs")
+    predictor = api.load(args.checkpoint or args.model, device=args.device, set=args.set)
     summary = predict_files(predictor, args.input, args.out, draw_threshold=args.score_threshold)
     print(
         f"{summary['detections']} detections in {summary['images']} images; annotated images, "

@@ -82,14 +82,17 @@ class Predictor:
         from detlab.data.images import to_image_tensor
 
         tensors = [to_image_tensor(image).to(self.device) for image in images]
-        results = []
-        for output in self.model(tensors):
-            keep = output["scores"] >= (-math.inf if score_threshold is None else score_threshold)
-            order = output["scores"][keep].argsort(descending=True)
-            result = {key: output[key][keep][order].cpu() for key in OUTPUT_KEYS if key in output}
-            result["names"] = [self.class_name(label) for label in result["labels"].tolist()]
-            results.append(result)
-        return results
+        return [self.select(output, score_threshold) for output in self.model(tensors)]
+
+    def select(self, output: dict, score_threshold: float | None = None) -> dict:
+        """One image's raw model output (eval mode) -> what :meth:`predict` returns: the detections
+        scoring at least ``score_threshold``, best first, on the CPU, with their class ``names``.
+        For callers that run the model themselves (``detlab serve``'s look-inside view)."""
+        keep = output["scores"] >= (-math.inf if score_threshold is None else score_threshold)
+        order = output["scores"][keep].argsort(descending=True)
+        result = {key: output[key][keep][order].cpu() for key in OUTPUT_KEYS if key in output}
+        result["names"] = [self.class_name(label) for label in result["labels"].tolist()]
+        return result
 
     def class_name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class {label}"
@@ -124,9 +127,14 @@ def predict_files(
 ) -> dict:
     """Predict every image of ``source`` (a file or folder); write annotated images (boxes with
     score >= ``draw_threshold``, and their keypoints), ``detections.json`` (all detections) and
-    ``images.json``. Returns ``{"images": N, "detections": M, "out_dir": str}``.
+    ``images.json``. ``predictor``: a :class:`Predictor` or an ONNX one
+    (:class:`detlab.export.runtime.OnnxPredictor`); both take the decoded pixels.
+    Returns ``{"images": N, "detections": M, "out_dir": str}``.
     """
-    from detlab.data.images import load_image, save_image
+    import numpy as np
+
+    from detlab.data.images import save_image
+    from detlab.image_files import open_rgb
     from detlab.visualize import draw_detections
 
     source, out_dir = Path(source), Path(out_dir)
@@ -134,8 +142,10 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     images_info, detections = [], []
     for image_id, path in enumerate(tqdm(files, desc="predict", unit="image", dynamic_ncols=True), start=1):
-        image = load_image(path)
-        prediction = predictor.predict(image)
+        pixels = np.asarray(open_rgb(path))  # H x W x 3 uint8
+        prediction = {key: torch.as_tensor(value) if key != "names" else value
+                      for key, value in predictor.predict(pixels).items()}  # fmt: skip
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         detections.extend(result_entries(prediction, image_id))
         relative = path.relative_to(source) if source.is_dir() else Path(path.name)
         images_info.append(

@@ -265,14 +265,20 @@ class YOLO(nn.Module):
         probabilities = box_values.float().view(*shape, 4, self.bins).softmax(-1)
         return (probabilities * self.bin_values).sum(-1)  # element-wise: float32 under bf16 autocast too
 
+    def predict(self, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """A normalised, padded batch ``Tensor[B, 3, H, W]`` -> ``(box values [B, A, 4 R], class
+        logits [B, A, C], boxes [B, A, 4] xyxy in the batch's pixels, points [A, 2], strides [A])``."""
+        box_values, logits, levels = self.features(batch)
+        points, strides = anchor_points(levels, self.strides)
+        pred_boxes = distances_to_boxes(points, self.distances(box_values).float() * strides[:, None])
+        return box_values, logits, pred_boxes, points, strides
+
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         batch, _, scales, targets = self.batcher(images, targets)
-        box_values, logits, levels = self.features(batch)
-        points, strides = anchor_points(levels, self.strides)
-        pred_boxes = distances_to_boxes(points, self.distances(box_values).float() * strides[:, None])
+        box_values, logits, pred_boxes, points, strides = self.predict(batch)
         if self.training:
             return self.losses(box_values.float(), logits.float(), pred_boxes, points, strides, targets)
         detections = [self.postprocess(boxes, scores) for boxes, scores in zip(pred_boxes, logits.float().sigmoid())]
@@ -427,9 +433,13 @@ class YOLOv1(nn.Module):
         windows = (windows - self.mean) / self.std
         if self.config.channels_last:
             windows = windows.contiguous(memory_format=torch.channels_last)
+        return self.network(windows), sizes
+
+    def network(self, windows: Tensor) -> Tensor:
+        """Normalised windows ``Tensor[B, 3, S_in, S_in]`` -> the grid ``Tensor[B, S, S, 5P + C]``."""
         grid = self.config.grid
         output = self.fc(self.pool(self.reduce(self.body(windows)[-1])))
-        return output.view(len(images), grid, grid, self.outputs).float(), sizes
+        return output.view(len(windows), grid, grid, self.outputs).float()
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:

@@ -1,0 +1,285 @@
+"""Inference from an exported ``.onnx`` file with onnxruntime, numpy and Pillow only (no torch).
+
+The file holds the network (:mod:`detlab.export.onnx_export` writes it) and, in its metadata under
+the key ``detlab``, what happens around it: the class names, how an image becomes the network's
+input (resize, normalise, pad) and how the raw outputs become detections (score threshold,
+class-wise NMS, top-k). This module is that pre- and post-processing, written again in numpy so a
+deployed detector needs neither torch nor detlab's training code:
+
+    import detlab
+    predictor = detlab.load("model.onnx")        # an OnnxPredictor
+    detections = predictor.predict("photo.jpg")  # {"boxes", "scores", "labels", "names"} as numpy
+
+Shape letters: H x W image size, P proposals, A anchor points, C classes, S window or grid side.
+Boxes are ``(x1, y1, x2, y2)`` pixels of the image as given, as everywhere in detlab.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from detlab.image_files import open_rgb, to_rgb
+
+METADATA_KEY = "detlab"
+FORMAT_VERSION = 1
+
+
+class OnnxPredictor:
+    """An exported detector ready for inference: the same ``predict`` as
+    :class:`detlab.engine.predict.Predictor`, with numpy arrays instead of tensors."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX file")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for every bad file
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if stored is None:
+            raise ValueError(f"{self.path}: an ONNX file without detlab's metadata; export it with `detlab export`")
+        self.metadata = json.loads(stored)
+        if self.metadata.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{self.path}: written by a newer detlab (format {self.metadata['format_version']})")
+        self.method = self.metadata["method"]
+        self.kind = self.metadata["kind"]
+        self.classes = list(self.metadata["classes"])
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.last_timings: dict[str, float] = {}
+
+    def predict(self, image, score_threshold: float | None = None) -> dict:
+        """What the model finds in one image (a path, a PIL image or an ``H x W x 3`` uint8 RGB
+        array): ``{"boxes": float32[K, 4], "scores": float32[K], "labels": int64[K] (1..C),
+        "names": [str]}``, best first, ``scores >= score_threshold`` (``None``: all)."""
+        pixels = image_array(image)
+        started = time.perf_counter()
+        inputs, frame = preprocess(pixels, self.metadata["preprocess"])
+        prepared = time.perf_counter()
+        outputs = self.run(inputs)
+        ran = time.perf_counter()
+        result = POSTPROCESS[self.kind](outputs, frame, self.metadata["postprocess"])
+        finished = time.perf_counter()
+        self.last_timings = {"preprocess_ms": 1000 * (prepared - started), "network_ms": 1000 * (ran - prepared),
+                             "postprocess_ms": 1000 * (finished - ran)}  # fmt: skip
+        if score_threshold is not None:
+            keep = result["scores"] >= score_threshold
+            result = {key: value[keep] for key, value in result.items()}
+        order = np.argsort(-result["scores"], kind="stable")
+        result = {key: value[order] for key, value in result.items()}
+        result["names"] = [self.class_name(int(label)) for label in result["labels"]]
+        return result
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The network alone: named inputs (as :func:`preprocess` makes them) -> named raw outputs."""
+        names = [node.name for node in self.session.get_outputs()]
+        values = self.session.run(names, {name: inputs[name] for name in self.input_names})
+        return dict(zip(names, values))
+
+    def class_name(self, label: int) -> str:
+        return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class {label}"
+
+
+def image_array(image) -> np.ndarray:
+    """A path, PIL image or ``H x W x 3`` uint8 RGB array -> ``float32[3, H, W]`` in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        image = open_rgb(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(to_rgb(image), dtype=np.uint8)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape:
+        raise ValueError(
+            f"expected a path, a PIL image or an H x W x 3 uint8 RGB array, got an array of shape "
+            f"{array.shape} and dtype {array.dtype}"
+        )
+    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+# --- pre-processing: the image batcher and the window warp of detlab.models.transform, in numpy ---
+
+
+def resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+    """``float32[out_size, in_size]``: the row weights of a bilinear resize along one axis, as
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` computes it (with
+    ``antialias``: its triangle filter widened by the scale when shrinking, as Pillow's)."""
+    scale = np.float32(in_size / out_size)  # torch's arithmetic is float32: follow it to the last bit
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    centres = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
+    if antialias:
+        support = max(scale, 1.0)
+        for row, centre in enumerate(centres):
+            low = max(int(centre - support + 0.5), 0)
+            high = min(int(centre + support + 0.5), in_size)
+            taps = np.maximum(0.0, 1.0 - np.abs((np.arange(low, high) - centre + 0.5) / support))
+            weights[row, low:high] = taps / taps.sum()
+        return weights.astype(np.float32)
+    source = np.maximum(centres - np.float32(0.5), np.float32(0.0))
+    first = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    second = np.minimum(first + 1, in_size - 1)
+    fraction = source - first
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, first), 1.0 - fraction)
+    np.add.at(weights, (rows, second), fraction)
+    return weights.astype(np.float32)
+
+
+def resize(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """``float32[3, H, W] -> float32[3, size[0], size[1]]`` (bilinear, see :func:`resize_weights`)."""
+    height, width = image.shape[-2:]
+    if (height, width) == tuple(size):
+        return image
+    rows = resize_weights(height, size[0], antialias)
+    columns = resize_weights(width, size[1], antialias)
+    return np.ascontiguousarray(np.matmul(np.matmul(rows, image), columns.T), dtype=np.float32)
+
+
+def preprocess(image: np.ndarray, settings: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """``float32[3, H, W]`` in [0, 1] -> (the network's named inputs, the frame: what maps its
+    outputs back to the image's pixels)."""
+    height, width = image.shape[-2:]
+    mean = np.asarray(settings["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(settings["std"], dtype=np.float32)[:, None, None]
+    if settings["resize"] == "warp":  # the fixed-window nets: the whole image to S x S
+        side = settings["size"]
+        window = (resize(image, (side, side), antialias=True) - mean) / std
+        return {"images": window[None]}, {"size": (height, width)}
+    # the detectors' batcher: short side min_size, long side at most max_size, padded to a multiple
+    scale = min(settings["min_size"] / min(height, width), settings["max_size"] / max(height, width))
+    new_size = (round(height * scale), round(width * scale))
+    resized = (resize(image, new_size, antialias=False) - mean) / std
+    divisor = settings["size_divisible"]
+    padded = np.zeros((1, 3, -(-new_size[0] // divisor) * divisor, -(-new_size[1] // divisor) * divisor), np.float32)
+    padded[0, :, : new_size[0], : new_size[1]] = resized
+    inputs = {"images": padded, "image_size": np.asarray(new_size, dtype=np.int64)}
+    return inputs, {"size": (height, width), "scale": scale}
+
+
+# --- post-processing: raw outputs -> detections in the image's pixels ---
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the kept boxes, best first: greedy NMS, a box goes when its IoU with a kept
+    better one is above ``iou_threshold`` (``torchvision.ops.nms``'s rule)."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        kept.append(best)
+        width = np.clip(np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None)
+        height = np.clip(np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None)
+        overlap = width * height
+        with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: NaN, which suppresses nothing
+            iou = overlap / (areas[best] + areas[rest] - overlap)
+        order = rest[~(iou > iou_threshold)]
+    return np.asarray(kept, dtype=np.int64)
+
+
+def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """:func:`nms` per label (boxes of different labels never suppress each other), best first."""
+    kept = [np.flatnonzero(labels == label)[nms(boxes[labels == label], scores[labels == label], iou_threshold)]
+            for label in np.unique(labels)]  # fmt: skip
+    kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    return kept[np.argsort(-scores[kept], kind="stable")]
+
+
+def clip_boxes(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    return np.stack([boxes[:, 0].clip(0, width), boxes[:, 1].clip(0, height),
+                     boxes[:, 2].clip(0, width), boxes[:, 3].clip(0, height)], 1)  # fmt: skip
+
+
+def detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, frame: dict) -> dict[str, np.ndarray]:
+    """Boxes in the network's frame -> the image's pixels (the batcher's ``restore``)."""
+    if "scale" in frame:
+        boxes = clip_boxes(boxes / np.float32(frame["scale"]), frame["size"])
+    return {"boxes": boxes.astype(np.float32).reshape(-1, 4), "scores": scores.astype(np.float32),
+            "labels": labels.astype(np.int64)}  # fmt: skip
+
+
+def thresholded_nms(boxes, scores, labels, frame, settings, min_side: float = 0.0) -> dict[str, np.ndarray]:
+    """Keep scores above ``score_threshold`` (the ``pre_nms_top_k`` best of them when set) and sides
+    of at least ``min_side``, class-wise NMS, the ``detections_per_image`` best."""
+    keep = np.flatnonzero(scores > settings["score_threshold"])
+    if settings.get("pre_nms_top_k") and keep.size > settings["pre_nms_top_k"]:
+        keep = keep[np.argsort(-scores[keep], kind="stable")[: settings["pre_nms_top_k"]]]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if min_side:
+        large = ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
+        boxes, scores, labels = boxes[large], scores[large], labels[large]
+    kept = class_wise_nms(boxes, scores, labels, settings["nms_threshold"])[: settings["detections_per_image"]]
+    return detections(boxes[kept], scores[kept], labels[kept], frame)
+
+
+def two_stage_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
+    """Faster R-CNN: per proposal, class probabilities ``[P, C + 1]`` and one box per class
+    ``[P, C, 4]`` (decoded, clipped) -> every (proposal, class) pair as a candidate."""
+    probabilities, boxes = outputs["probabilities"], outputs["boxes"]
+    num_classes = boxes.shape[1]
+    scores = probabilities[:, 1:].reshape(-1)
+    labels = np.tile(np.arange(1, num_classes + 1), probabilities.shape[0])
+    return thresholded_nms(boxes.reshape(-1, 4), scores, labels, frame, settings, min_side=1e-2)
+
+
+def one_stage_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
+    """YOLO: per anchor point a box ``[A, 4]`` and class scores ``[A, C]``."""
+    scores = outputs["scores"]
+    labels = np.tile(np.arange(1, scores.shape[1] + 1), scores.shape[0])
+    return thresholded_nms(np.repeat(outputs["boxes"], scores.shape[1], axis=0), scores.reshape(-1), labels, frame, settings)
+
+
+def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
+    """YOLO v1: the ``[S, S, 5 B + C]`` grid -> B boxes a cell, scored class probability x box
+    confidence (both clipped to [0, 1])."""
+    grid = outputs["grid"][0]
+    side, predictors = grid.shape[0], settings["boxes_per_cell"]
+    values = grid[..., : 5 * predictors].reshape(side, side, predictors, 5)
+    rows, columns = np.arange(side)[:, None, None], np.arange(side)[None, :, None]
+    centre_x, centre_y = (columns + values[..., 0]) / side, (rows + values[..., 1]) / side
+    width, height = np.clip(values[..., 2], 0, None) ** 2, np.clip(values[..., 3], 0, None) ** 2
+    boxes = np.stack([centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2], -1)
+    image_height, image_width = frame["size"]
+    size = np.asarray([image_width, image_height] * 2, dtype=np.float32)
+    boxes = np.minimum(np.clip(boxes.reshape(-1, 4) * size, 0, None), size)
+    confidence = np.clip(grid[..., 4 : 5 * predictors : 5], 0, 1)
+    probabilities = np.clip(grid[..., 5 * predictors :], 0, 1)
+    scores = (probabilities[:, :, None, :] * confidence[..., None]).reshape(-1, probabilities.shape[-1])
+    labels = np.tile(np.arange(1, scores.shape[1] + 1), scores.shape[0])
+    return thresholded_nms(np.repeat(boxes, scores.shape[1], axis=0), scores.reshape(-1), labels, frame, settings)
+
+
+def window_guesses(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
+    """The localizer: the ``top_k`` classes of the window, each with its box (class-specific
+    regression) or the one box (class-agnostic), in the image's pixels."""
+    probabilities, boxes = outputs["probabilities"][0], outputs["boxes"][0]
+    k = min(settings["top_k"], probabilities.shape[0])
+    top = np.argsort(-probabilities, kind="stable")[:k]
+    chosen = boxes[np.zeros(k, dtype=np.int64)] if boxes.shape[0] == 1 else boxes[top + settings["box_offset"]]
+    height, width = frame["size"]
+    chosen = np.clip(chosen, 0, 1) * np.asarray([width, height, width, height], dtype=np.float32)
+    return detections(chosen, probabilities[top], top + 1, frame)
+
+
+# kind (written by the exporter) -> post-processing
+POSTPROCESS = {
+    "two_stage": two_stage_detections,
+    "one_stage": one_stage_detections,
+    "grid": grid_detections,
+    "window": window_guesses,
+}
+
+
+def load(path: str | Path, threads: int = 0) -> OnnxPredictor:
+    """An :class:`OnnxPredictor` for an exported ``.onnx`` file (``threads``: onnxruntime's
+    intra-op threads, 0 = its default)."""
+    return OnnxPredictor(path, threads)

@@ -1,0 +1,236 @@
+"""ONNX export: the exported graph and the numpy runtime around it give what PyTorch gives.
+
+Each exportable method is built untrained (random weights, BatchNorm statistics perturbed so the
+folded constants are not the identity), saved as a checkpoint, exported, and compared: raw outputs
+on the same input tensor, and final detections from the image file through each path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import detlab
+from detlab import config as config_io
+from detlab.cli import main
+from detlab.engine.checkpoint import save_checkpoint
+from detlab.engine.run import build_model, resolve_run_config
+from detlab.export import runtime
+from detlab.export.onnx_export import NOT_EXPORTABLE, export_onnx, export_plan
+
+CLASSES = ["cell", "ring", "blob"]
+# Small inputs keep export and inference quick. Score thresholds keep the untrained detectors' few
+# best boxes: among hundreds of random overlapping ones, a 1e-5 difference in a coordinate (float
+# noise between the two runtimes) can move an IoU across the NMS threshold and change what is kept.
+SETTINGS = {
+    "faster_rcnn": ["model.min_size=160", "model.max_size=224", "model.score_threshold=0.01"],
+    "yolo": ["model.input_size=192", "model.score_threshold=0.05"],
+    "yolov1": ["model.input_size=224", "model.score_threshold=0.001"],
+    "localizer": [],
+}
+
+
+def write_checkpoint(method: str, path: Path, overrides: list[str]) -> Path:
+    torch.manual_seed(0)
+    run_config = resolve_run_config(method, overrides=overrides)
+    model = build_model(run_config, len(CLASSES))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+        if method == "yolo":  # an untrained head scores every point near its prior: ties everywhere
+            for branch in model.head.cls:
+                branch[-1].weight.mul_(20)
+    save_checkpoint({"config": config_io.to_dict(run_config), "classes": CLASSES, "model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """method -> (checkpoint, ONNX file)."""
+    folder = tmp_path_factory.mktemp("export")
+    files = {}
+    for method, overrides in SETTINGS.items():
+        checkpoint = write_checkpoint(method, folder / f"{method}.pt", overrides)
+        export_onnx(checkpoint, folder / f"{method}.onnx")
+        files[method] = (checkpoint, folder / f"{method}.onnx")
+    return files
+
+
+def sample_images(synthetic_root: Path) -> list[Path]:
+    """Two synthetic images, a portrait and a small odd-sized one, with pixel noise: the synthetic
+    set's flat backgrounds give many exactly tied scores, which the two paths may order differently
+    at the NMS (photos have no such ties; the BCCD test below uses them as they are)."""
+    first, second = sorted((synthetic_root / "JPEGImages").glob("*.jpg"))[:2]
+    rng = np.random.default_rng(0)
+    made = []
+    for name, image in (("a", Image.open(first)), ("b", Image.open(second)),
+                        ("portrait", Image.open(first).transpose(Image.Transpose.ROTATE_90).resize((150, 233))),
+                        ("small", Image.open(first).resize((97, 61)))):  # fmt: skip
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16) + rng.integers(-12, 13, (image.height, image.width, 3))
+        path = synthetic_root.parent / f"{synthetic_root.name}_noisy_{name}.png"
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+        made.append(path)
+    return made
+
+
+def real_images(root: Path, count: int = 3) -> list[Path]:
+    return sorted((root / "JPEGImages").glob("*.jpg"))[:count]
+
+
+def assert_same_detections(expected: dict, found: dict) -> None:
+    """One-to-one (the assignment of highest total IoU): every PyTorch detection has its own ONNX
+    one of the same label with IoU > 0.99 and a score within 1e-3."""
+    from scipy.optimize import linear_sum_assignment
+
+    assert len(found["boxes"]) == len(expected["boxes"])
+    if not len(expected["boxes"]):
+        return
+    same_label = expected["labels"][:, None] == torch.from_numpy(found["labels"])[None]
+    boxes = torch.from_numpy(found["boxes"])
+    # a degenerate box (an untrained localizer's zero-width guess) has no IoU: equal corners count as 1
+    iou = torchvision.ops.box_iou(expected["boxes"], boxes).nan_to_num(0.0)
+    equal = (expected["boxes"][:, None] - boxes[None]).abs().amax(-1) < 1e-2
+    iou = (torch.maximum(iou, equal.float()) * same_label).numpy()
+    rows, columns = linear_sum_assignment(-iou)
+    assert iou[rows, columns].min() > 0.99
+    assert np.abs(expected["scores"].numpy()[rows] - found["scores"][columns]).max() < 1e-3
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_raw_outputs_match_pytorch_on_the_same_input(method, exported, synthetic_root):
+    checkpoint, onnx_file = exported[method]
+    predictor = detlab.load(checkpoint, device="cpu")
+    graph, _, _, _, _ = export_plan(predictor.model, method)
+    session = runtime.OnnxPredictor(onnx_file)
+    for path in sample_images(synthetic_root):
+        inputs, _ = runtime.preprocess(runtime.image_array(path), session.metadata["preprocess"])
+        with torch.no_grad():
+            expected = graph(*[torch.from_numpy(inputs[name]) for name in graph.input_names])
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        found = session.run(inputs)
+        for name, value in zip(graph.output_names, expected):
+            assert found[name].shape == tuple(value.shape), name
+            np.testing.assert_allclose(found[name], value.numpy(), rtol=1e-3, atol=1e-5, err_msg=f"{method} {name}")
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_detections_match_pytorch_from_the_file(method, exported, synthetic_root):
+    checkpoint, onnx_file = exported[method]
+    expected_predictor, found_predictor = detlab.load(checkpoint, device="cpu"), detlab.load(onnx_file)
+    assert isinstance(found_predictor, runtime.OnnxPredictor) and found_predictor.classes == CLASSES
+    total = 0
+    for path in sample_images(synthetic_root):
+        expected, found = expected_predictor.predict(path), found_predictor.predict(path)
+        assert_same_detections(expected, found)
+        assert found["names"] == [CLASSES[label - 1] for label in found["labels"]]
+        total += len(found["boxes"])
+    assert total > 0  # the comparison compared something
+
+
+@pytest.mark.parametrize("method", ["faster_rcnn", "yolo"])
+def test_detections_match_pytorch_on_real_photos(method, exported, bccd_root):
+    checkpoint, onnx_file = exported[method]
+    expected_predictor, found_predictor = detlab.load(checkpoint, device="cpu"), detlab.load(onnx_file)
+    for path in real_images(bccd_root):
+        assert_same_detections(expected_predictor.predict(path, 0.05), found_predictor.predict(path, 0.05))
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("sizes", [((37, 53), (20, 31)), ((37, 53), (64, 97)), ((480, 640), (320, 427)), ((9, 9), (9, 4))])
+def test_numpy_resize_is_torchs(antialias, sizes):
+    source, target = sizes
+    image = torch.rand(3, *source)
+    expected = torch.nn.functional.interpolate(image[None], size=target, mode="bilinear", align_corners=False,
+                                               antialias=antialias)[0]  # fmt: skip
+    found = runtime.resize(image.numpy(), target, antialias)
+    np.testing.assert_allclose(found, expected.numpy(), atol=1e-5)
+
+
+def test_numpy_class_wise_nms_keeps_what_torchvision_keeps():
+    generator = torch.Generator().manual_seed(1)
+    corners = torch.rand(300, 2, generator=generator) * 100
+    boxes = torch.cat([corners, corners + 5 + torch.rand(300, 2, generator=generator) * 30], 1)
+    scores, labels = torch.rand(300, generator=generator), torch.randint(1, 4, (300,), generator=generator)
+    expected = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
+    found = runtime.class_wise_nms(boxes.numpy(), scores.numpy(), labels.numpy(), 0.5)
+    assert found.tolist() == expected.tolist()
+    assert 0 < len(found) < 300
+
+
+def test_runtime_runs_without_torch(exported, synthetic_root):
+    _, onnx_file = exported["yolo"]
+    image = sorted((synthetic_root / "JPEGImages").glob("*.jpg"))[0]
+    script = f"""
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError("torch is not installed here")
+sys.meta_path.insert(0, NoTorch())
+import detlab
+result = detlab.load({str(onnx_file)!r}).predict({str(image)!r})
+print(len(result["boxes"]), sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert int(output[0]) > 0 and output[1:] == ["[]"]
+
+
+@pytest.mark.parametrize("method", sorted(NOT_EXPORTABLE))
+def test_methods_that_cannot_be_exported_say_why(method, tmp_path):
+    run_config = resolve_run_config(method)
+    with pytest.raises(ValueError, match=f"{method} cannot be exported to ONNX: .+"):
+        export_plan(build_model(run_config, 2), method)
+
+
+def test_a_yolov1_whose_grid_does_not_divide_its_features_says_so():
+    run_config = resolve_run_config("yolov1", overrides=["model.input_size=160"])
+    with pytest.raises(ValueError, match="input_size 160 cannot be exported.+multiples of 224"):
+        export_plan(build_model(run_config, 2), "yolov1")
+
+
+def test_export_and_predict_commands(exported, synthetic_root, tmp_path, capsys):
+    checkpoint, _ = exported["faster_rcnn"]
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(onnx_file), "--set", "model.score_threshold=0.2"]) == 0
+    assert "faster_rcnn -> " in capsys.readouterr().out
+    assert runtime.OnnxPredictor(onnx_file).metadata["postprocess"]["score_threshold"] == 0.2
+    images = synthetic_root / "JPEGImages"
+    assert main(["predict", "--model", str(onnx_file), "--input", str(images), "--out", str(tmp_path / "onnx")]) == 0
+    assert main(["predict", "--checkpoint", str(checkpoint), "--set", "model.score_threshold=0.2", "--input", str(images),
+                 "--out", str(tmp_path / "torch")]) == 0  # fmt: skip
+    found = json.loads((tmp_path / "onnx" / "detections.json").read_text())
+    expected = json.loads((tmp_path / "torch" / "detections.json").read_text())
+    assert len(found) == len(expected) > 0
+    assert len(list((tmp_path / "onnx").glob("*.jpg"))) == len(list(images.glob("*.jpg")))
+
+
+def test_bad_model_files_get_clear_errors(exported, tmp_path, capsys):
+    checkpoint, _ = exported["yolo"]
+    assert main(["predict", "--model", str(checkpoint), "--input", ".", "--out", str(tmp_path / "p")]) == 2
+    assert "--model takes an .onnx file" in capsys.readouterr().err
+    fake = tmp_path / "fake.onnx"
+    fake.write_text("not a model")
+    with pytest.raises(ValueError, match="fake.onnx: not a loadable ONNX model"):
+        detlab.load(fake)
+    import onnx
+
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(str(exported["localizer"][1]))
+    del model.metadata_props[:]
+    onnx.save(model, str(bare))
+    with pytest.raises(ValueError, match="without detlab's metadata"):
+        detlab.load(bare)
+    with pytest.raises(FileNotFoundError):
+        detlab.load(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="settings are fixed"):
+        detlab.load(exported["localizer"][1], set=["model.top_k=1"])
