@@ -17,6 +17,7 @@ from detlab.engine import command as engine_command
 from detlab.eval import command as eval_command
 from detlab.export import command as export_command
 from detlab.proposals import command as proposals_command
+from detlab.serve import command as serve_command
 
 # Each entry adds its sub-commands to the parser; one explicit list, no registry.
 COMMAND_GROUPS = [
@@ -26,6 +27,7 @@ COMMAND_GROUPS = [
     eval_command.add_commands,
     export_command.add_commands,
     proposals_command.add_commands,
+    serve_command.add_commands,
 ]
 
 
