@@ -1,7 +1,8 @@
 """Test time per image of trained detectors, measured side by side: every test image is given to
 each model in turn (the order rotating from image to image), one image at a time, for several
 rounds after a warm-up, so drifts of the machine fall on all models alike. Reports each model's
-median seconds an image and its ratio to the first checkpoint's.
+median seconds an image and its ratio to the first checkpoint's. Models are loaded as ``detlab.load``
+loads them for prediction (BatchNorm folded into the convolutions).
 
 Usage (from the repository root, under the shared CPU lock), on checkpoints ``bench_yolo.py`` left:
   PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_test_time.py --data bccd \\
@@ -20,7 +21,7 @@ import torch
 from common import checkpoints_parser, header_lines, stamp, write_results
 from common import test_split as load_test_split
 
-from detlab.engine.predict import model_from_checkpoint
+from detlab.engine.predict import Predictor
 
 
 @torch.no_grad()
@@ -58,12 +59,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_test_split(args.data)
-    loaded = [model_from_checkpoint(checkpoint, []) for checkpoint in args.checkpoints]
-    seconds = interleaved_times([model for model, _, _ in loaded], dataset, args.rounds)
+    loaded = [Predictor.from_checkpoint(checkpoint, device="cpu") for checkpoint in args.checkpoints]
+    seconds = interleaved_times([predictor.model for predictor in loaded], dataset, args.rounds)
     medians = [statistics.median(values) for values in seconds]
-    rows = [{"checkpoint": checkpoint, "model": run_config.model_name, "median_s": round(median, 5),
+    rows = [{"checkpoint": checkpoint, "model": predictor.run_config.model_name, "median_s": round(median, 5),
              "p90_s": round(statistics.quantiles(values, n=10)[-1], 5), "ratio_to_first": round(median / medians[0], 4)}
-            for checkpoint, (_, _, run_config), values, median in zip(args.checkpoints, loaded, seconds, medians)]  # fmt: skip
+            for checkpoint, predictor, values, median in zip(args.checkpoints, loaded, seconds, medians)]  # fmt: skip
     report = {**stamp(), "data": args.data, "rounds": args.rounds, "test_images": len(dataset), "rows": rows}
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))

@@ -20,7 +20,7 @@ if str(REPO / "src") not in sys.path:  # the benchmarks run from a checkout, ins
     sys.path.insert(0, str(REPO / "src"))
 
 # The data sets the detector benchmarks train on (``detlab train``'s ``data`` section): BCCD
-# (train on trainval, test on test), the built-in synthetic shapes (600 images), and the 2,000-image
+# and raccoon (train on trainval, test on test), the built-in synthetic shapes (600 images), and the 2,000-image
 # synthetic set ``make demo`` trains on (its train split; test on its test split); none has an up
 # and a down.
 DATA = {
@@ -28,6 +28,8 @@ DATA = {
              "test_split": "test", "vertical_flip": True},
     "synthetic": {"spec": "synthetic", "root": "data/synthetic", "synthetic_images": 600, "train_split": "trainval",
                   "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
+    "raccoon": {"spec": f"voc:{REPO.parent / 'shared' / 'data' / 'raccoon'}", "train_split": "trainval",
+                "val_split": "", "test_split": "test"},
     "demo": {"spec": "synthetic", "root": "data/synthetic-2000", "synthetic_images": 2000, "train_split": "train",
              "val_split": "", "test_split": "test", "vertical_flip": True, "rotate90": True},
 }  # fmt: skip

@@ -23,7 +23,7 @@ from detlab import config as config_io
 from detlab.cli import main
 from detlab.engine.checkpoint import save_checkpoint
 from detlab.engine.run import build_model, resolve_run_config
-from detlab.export import runtime
+from detlab.export import parity, runtime
 from detlab.export.onnx_export import NOT_EXPORTABLE, export_onnx, export_plan
 
 CLASSES = ["cell", "ring", "blob"]
@@ -88,22 +88,8 @@ def real_images(root: Path, count: int = 3) -> list[Path]:
 
 
 def assert_same_detections(expected: dict, found: dict) -> None:
-    """One-to-one (the assignment of highest total IoU): every PyTorch detection has its own ONNX
-    one of the same label with IoU > 0.99 and a score within 1e-3."""
-    from scipy.optimize import linear_sum_assignment
-
-    assert len(found["boxes"]) == len(expected["boxes"])
-    if not len(expected["boxes"]):
-        return
-    same_label = expected["labels"][:, None] == torch.from_numpy(found["labels"])[None]
-    boxes = torch.from_numpy(found["boxes"])
-    # a degenerate box (an untrained localizer's zero-width guess) has no IoU: equal corners count as 1
-    iou = torchvision.ops.box_iou(expected["boxes"], boxes).nan_to_num(0.0)
-    equal = (expected["boxes"][:, None] - boxes[None]).abs().amax(-1) < 1e-2
-    iou = (torch.maximum(iou, equal.float()) * same_label).numpy()
-    rows, columns = linear_sum_assignment(-iou)
-    assert iou[rows, columns].min() > 0.99
-    assert np.abs(expected["scores"].numpy()[rows] - found["scores"][columns]).max() < 1e-3
+    report = parity.matched_detections(expected, found)
+    assert parity.all_matched(report), report
 
 
 @pytest.mark.parametrize("method", list(SETTINGS))
@@ -113,14 +99,9 @@ def test_raw_outputs_match_pytorch_on_the_same_input(method, exported, synthetic
     graph, _, _, _, _ = export_plan(predictor.model, method)
     session = runtime.OnnxPredictor(onnx_file)
     for path in sample_images(synthetic_root):
-        inputs, _ = runtime.preprocess(runtime.image_array(path), session.metadata["preprocess"])
-        with torch.no_grad():
-            expected = graph(*[torch.from_numpy(inputs[name]) for name in graph.input_names])
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        found = session.run(inputs)
-        for name, value in zip(graph.output_names, expected):
-            assert found[name].shape == tuple(value.shape), name
-            np.testing.assert_allclose(found[name], value.numpy(), rtol=1e-3, atol=1e-5, err_msg=f"{method} {name}")
+        expected, found, side = parity.raw_outputs(graph, session, path)
+        report = parity.raw_output_differences(expected, found, side)
+        assert report["within_tolerance"] and report["unpaired_rows"] == 0, report
 
 
 @pytest.mark.parametrize("method", list(SETTINGS))
@@ -143,6 +124,25 @@ def test_detections_match_pytorch_on_real_photos(method, exported, bccd_root):
     expected_predictor, found_predictor = detlab.load(checkpoint, device="cpu"), detlab.load(onnx_file)
     for path in real_images(bccd_root):
         assert_same_detections(expected_predictor.predict(path, 0.05), found_predictor.predict(path, 0.05))
+
+
+def test_raw_comparison_pairs_reordered_proposals_and_scales_coordinates():
+    rng = np.random.default_rng(0)
+    expected = {"proposals": rng.uniform(0, 400, (6, 4)).astype(np.float32),
+                "probabilities": rng.uniform(0, 1, (6, 3)).astype(np.float32),
+                "boxes": rng.uniform(0, 400, (6, 2, 4)).astype(np.float32)}  # fmt: skip
+    order = np.array([1, 0, 2, 3, 5, 4])  # two pairs of tied proposals kept in the other order
+    found = {name: value[order] for name, value in expected.items()}
+    found["boxes"] = found["boxes"] + np.float32(3e-5)  # float32 spacing at 400 px
+    report = parity.raw_output_differences(expected, found, input_side=416)
+    assert report["within_tolerance"] and report["unpaired_rows"] == 0
+    assert 0 < report["outputs"]["boxes"] < 1e-6  # about 3e-5 / 416
+    found["proposals"][2] += 5.0  # a proposal that is not there
+    report = parity.raw_output_differences(expected, found, input_side=416)
+    assert not report["within_tolerance"] and report["unpaired_rows"] == 1
+    found = {name: value.copy() for name, value in expected.items()}
+    found["probabilities"][3, 1] += 2e-3
+    assert not parity.raw_output_differences(expected, found, input_side=416)["within_tolerance"]
 
 
 @pytest.mark.parametrize("antialias", [False, True])

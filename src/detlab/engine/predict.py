@@ -63,7 +63,10 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Predictor:
         """Load a checkpoint safely (see :func:`detlab.engine.checkpoint.load_checkpoint`);
         ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder."""
+        from detlab.models.inference import fold_batchnorm
+
         model, classes, run_config = model_from_checkpoint(path, overrides)
+        fold_batchnorm(model)  # this model only predicts: BatchNorm folded into the convolutions
         return cls(model, classes, run_config, select_device(device))
 
     @torch.no_grad()

@@ -40,6 +40,9 @@ class OnnxPredictor:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
         options = onnxruntime.SessionOptions()
+        # no busy-waiting between runs: the CPU goes back to the rest of the process (and a server's
+        # other requests) at once
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:
