@@ -93,6 +93,21 @@ def test_decode_class_specific_deltas_shape():
     torch.testing.assert_close(decoded[:, 8:12], reference)
 
 
+def test_decode_of_float16_deltas_is_the_float32_decode_of_the_same_deltas():
+    """Under autocast the deltas arrive in float16; the references (anchors of an 800x1333 image)
+    must not be rounded to float16 with them, nor the boxes returned in it."""
+    generator = torch.Generator().manual_seed(0)
+    corner = torch.rand(200, 2, generator=generator) * 1200
+    reference = torch.cat([corner, corner + 16 + torch.rand(200, 2, generator=generator) * 500], 1)
+    deltas = (torch.randn(200, 8, generator=generator) * 2).half()
+    coder = B.BoxCoder((10, 10, 5, 5))
+    decoded = coder.decode(deltas, reference)
+    assert decoded.dtype == torch.float32
+    torch.testing.assert_close(decoded, coder.decode(deltas.float(), reference), rtol=0, atol=0)
+    # what rounding the references to float16 costs: whole pixels at this size
+    assert (coder.decode(deltas, reference.half()).float() - decoded).abs().max() > 0.1
+
+
 def test_batched_nms_keeps_boxes_of_other_classes():
     boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10.5], [0, 0, 10, 10]])
     scores = torch.tensor([0.9, 0.8, 0.7])

@@ -107,7 +107,7 @@ def train(
     finished run is not trained further unless the budget grows: status ``already_finished``).
     """
     from detlab import config as config_io
-    from detlab.engine.distributed import broadcast_object, init_distributed
+    from detlab.engine.distributed import broadcast_object, init_distributed, read_on_main
     from detlab.engine.run import resolve_run_config, run_config_for_resume, train_run
 
     if resume is not None:
@@ -116,7 +116,9 @@ def train(
         out = options.get("out")
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise ValueError("--out and --resume name different folders; a resumed run stays in its folder")
-        run_config = run_config_for_resume(resume)
+        # the run folder as rank 0 holds it: other machines of a multi-node run may not share its disk
+        context = init_distributed(options.get("device") or "auto")
+        run_config = read_on_main(lambda: run_config_for_resume(resume), context)
         if model is not None and run_config.model_name != model:
             raise ValueError(f"{resume} holds a {run_config.model_name} run, not {model}")
         run_config = config_io.merge(run_config, option_values(run_config.model_name, options))
@@ -126,7 +128,7 @@ def train(
         model = model or DEFAULT_MODEL
         run_config = resolve_run_config(model, preset, set, **option_values(model, options))
         if run_config.train.out_dir == "runs/run" and options.get("out") is None:
-            context = init_distributed(run_config.train.device)
+            context = init_distributed(run_config.train.device, run_config.train.dist_timeout_s)
             run_config.train.out_dir = broadcast_object(_default_out_dir(model), context)
     return train_run(run_config, resume=resume)
 

@@ -146,9 +146,14 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
         """Deltas ``Tensor[N, 4 * K]`` (K >= 1 sets, e.g. one per class) on references
-        ``Tensor[N, 4]`` -> xyxy boxes ``Tensor[N, 4 * K]``."""
+        ``Tensor[N, 4]`` -> xyxy boxes ``Tensor[N, 4 * K]``, float32 (or wider) whatever the
+        deltas' dtype: under autocast the deltas are float16, which has 11 significant bits, so a
+        coordinate near 1000 px would be rounded to half a pixel, and a clamped ``exp(dw)`` times a
+        large reference width can pass its maximum, 65504."""
         wx, wy, ww, wh = self.weights
-        ref = convert(reference.to(deltas.dtype), "xyxy", "cxcywh")
+        dtype = torch.promote_types(torch.promote_types(deltas.dtype, reference.dtype), torch.float32)
+        deltas = deltas.to(dtype)
+        ref = convert(reference.to(dtype), "xyxy", "cxcywh")
         dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy
         dw = (deltas[:, 2::4] / ww).clamp(max=self.scale_clamp)
         dh = (deltas[:, 3::4] / wh).clamp(max=self.scale_clamp)

@@ -40,7 +40,9 @@ class DataConfig:
     one), ``skip`` drops them with a warning. ``cache_images``: keep decoded images in memory (for
     small images and many epochs: the localizer's windows). ``mosaic``: that share of the training
     samples are mosaics of four images (:class:`detlab.data.mosaic.MosaicDataset`), until
-    ``mosaic_off_after`` of the budget is spent.
+    ``mosaic_off_after`` of the budget is spent. ``num_workers``: processes that load and augment
+    batches ahead of the model; ``None`` (auto) chooses by device
+    (:func:`detlab.engine.sampling.loader_workers`).
     """
 
     spec: str = "synthetic"
@@ -54,7 +56,7 @@ class DataConfig:
     rotate90: bool = False  # random quarter turns, the same kind of data
     photometric: bool = False
     on_bad: str = choice("error", ("error", "skip"))
-    num_workers: int = 0
+    num_workers: int | None = None  # None: auto (up to 4 a GPU; on a CPU, see loader_workers)
     cache_images: bool = False
     mosaic: float = 0.0  # the share of training samples that are mosaics of four images (any detector)
     mosaic_size: int = 0  # their side; 0: the model's input_size (640 for a model without one)
@@ -87,6 +89,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     ema_ramp_steps: int = 2000  # the average's decay ramps up as ema_decay * (1 - exp(-step / this))
     log_every: int = 10
+    # how long a process waits for the others at a collective (NCCL's default, 10 minutes, can be
+    # shorter than a slow step or a checkpoint write on a shared disk)
+    dist_timeout_s: float = 1800.0
 
 
 def _convert(value: Any, annotation: Any) -> Any:

@@ -94,3 +94,33 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
     again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(3))
     assert expected[:3] == again[:3]
     assert torch.equal(expected[3], again[3])
+
+
+def test_each_rank_resumes_with_its_own_random_state_and_a_changed_count_warns():
+    from detlab.engine.checkpoint import capture_rng_state, rank_rng_state
+
+    states = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        states.append(capture_rng_state())
+    checkpoint = {"rng": states[0], "rng_ranks": states}
+    assert rank_rng_state(checkpoint, 1, 2) is states[1]
+    with pytest.warns(UserWarning, match="written by 2 process"):
+        assert rank_rng_state(checkpoint, 0, 3) is states[0]
+    assert rank_rng_state(checkpoint, 2, 3) is None  # a new rank: seeded afresh
+    assert rank_rng_state({"rng": states[0]}, 0, 1) is states[0]  # a checkpoint of one process
+
+
+def test_a_gpu_random_state_on_a_machine_without_one_restores_the_rest_and_warns():
+    from detlab.engine.checkpoint import capture_rng_state, restore_rng_state
+
+    torch.manual_seed(5)
+    state = capture_rng_state()
+    expected = torch.rand(3)
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # as a GPU run saves it
+    torch.manual_seed(6)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        restore_rng_state(state)
+    torch.testing.assert_close(torch.rand(3), expected)

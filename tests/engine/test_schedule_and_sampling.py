@@ -74,3 +74,25 @@ def test_seeded_samples_repeat_per_epoch_and_leave_global_rng_alone():
     assert not torch.equal(samples[1][0], first[0])
     samples.set_epoch(1)
     assert not torch.equal(samples[2][0], first[0])
+
+
+def test_the_sampler_skips_places_of_the_epoch_order_whatever_the_number_of_processes():
+    from detlab.engine.sampling import ResumableSampler
+
+    for world_size in (1, 2, 3):
+        uninterrupted = [list(ResumableSampler(11, rank, world_size, seed=5)) for rank in range(world_size)]
+        for steps in range(4):  # the same number of processes: exactly the uninterrupted rest
+            for rank in range(world_size):
+                sampler = ResumableSampler(11, rank, world_size, seed=5)
+                sampler.set_epoch(0, skip=steps * world_size)
+                assert list(sampler) == uninterrupted[rank][steps:] and len(sampler) == len(uninterrupted[rank][steps:])
+    order = list(ResumableSampler(11, 0, 1, seed=5))
+    for world_size in (2, 3):  # another number: the rest of the order, dealt out evenly
+        shares = []
+        for rank in range(world_size):
+            sampler = ResumableSampler(11, rank, world_size, seed=5)
+            sampler.set_epoch(0, skip=4)
+            shares.append(list(sampler))
+        assert len({len(share) for share in shares}) == 1
+        dealt = [index for group in zip(*shares) for index in group]
+        assert dealt[: 11 - 4] == order[4:]  # in order; the rest is padding from the start

@@ -101,7 +101,7 @@ class CountingEvaluator:
     has IoU >= 0.5 with the first ground-truth box and the right label (empty images are skipped)."""
 
     def __init__(self):
-        self.hits, self.total = 0, 0
+        self.hits, self.total, self.iou_sum = 0, 0, 0.0
 
     def update(self, predictions, targets):
         from torchvision.ops import box_iou
@@ -111,11 +111,13 @@ class CountingEvaluator:
                 continue
             self.total += 1
             iou = box_iou(prediction["boxes"][:1], target["boxes"][:1])
+            self.iou_sum += float(iou.sum())
             if iou.numel() and iou.item() >= 0.5 and prediction["labels"][0] == target["labels"][0]:
                 self.hits += 1
 
     def compute(self):
-        return {"mAP50": self.hits / max(self.total, 1), "images": self.total}
+        # mean_iou depends on every prediction: a distributed evaluation must reproduce it exactly
+        return {"mAP50": self.hits / max(self.total, 1), "images": self.total, "mean_iou": self.iou_sum / max(self.total, 1)}
 
 
 @dataclass
@@ -127,3 +129,17 @@ class TinyConfig:
 def build_tiny(config: TinyConfig, num_classes: int) -> TinyDetector:
     """A ``MODELS``-style build function, so tests can go through checkpoints and the Predictor."""
     return TinyDetector(num_classes, width=config.width, dropout=config.dropout)
+
+
+class RecordingSquares(SquaresDataset):
+    """:class:`SquaresDataset` that appends every index it is asked for to ``record`` (a file; one
+    per process)."""
+
+    def __init__(self, num_images: int, record: str):
+        super().__init__(num_images)
+        self.record = record
+
+    def __getitem__(self, index: int):
+        with open(self.record, "a") as handle:
+            handle.write(f"{index}\n")
+        return super().__getitem__(index)

@@ -200,3 +200,19 @@ def test_anchor_generator_rejects_uneven_levels():
     with pytest.raises(ValueError, match="same number"):
         AnchorGenerator(((16.0,), (32.0, 64.0)))
     assert math.isclose(AnchorGenerator(((16.0, 32.0),), (1.0,)).num_anchors_per_location, 2)
+
+
+def test_anchors_are_built_once_per_feature_size_and_equal_fresh_ones(monkeypatch):
+    generator = AnchorGenerator(((16.0, 32.0), (64.0, 128.0)), (0.5, 1.0, 2.0))
+    built = []
+    grid_anchors = generator.grid_anchors
+    monkeypatch.setattr(generator, "grid_anchors", lambda *args: built.append(args) or grid_anchors(*args))
+    first = generator([(10, 14), (5, 7)], [8.0, 16.0])
+    again = generator([(10, 14), (5, 7)], [8.0, 16.0])
+    assert len(built) == 2 and all(a is b for a, b in zip(first, again))
+    torch.testing.assert_close(first[1], grid_anchors(1, (5, 7), 16.0), rtol=0, atol=0)
+    other = generator([(12, 14), (6, 7)], [8.0, 16.0])  # another padded batch size: its own anchors
+    assert len(built) == 4 and other[0].shape == (12 * 14 * 6, 4)
+    with torch.inference_mode():  # inference tensors are not kept for a later training step
+        generator([(3, 3), (2, 2)], [8.0, 16.0])
+    assert len(built) == 6 and len(generator._cache) == 4

@@ -6,8 +6,10 @@ str, int, float, bool, None)::
     {"format": "detlab-checkpoint", "version": 1,
      "model_name": str, "classes": [str, ...], "config": {resolved run config as a plain dict},
      "model": state_dict, "optimizer": state_dict | None, "schedule": dict | None,
-     "scaler": dict | None, "progress": {"epoch", "step", "batch_in_epoch", "elapsed_s",
-     "best_metric", "best_epoch"}, "rng": {"python", "numpy", "torch", "cuda"}, "metrics": dict}
+     "scaler": dict | None, "progress": {"epoch", "step", "batch_in_epoch", "images_in_epoch",
+     "world_size", "start_world_size", "schedule_step", "elapsed_s", "best_metric", "best_epoch"},
+     "rng": {"python", "numpy", "torch", "cuda"} (rank 0's), "rng_ranks": [rng of each rank],
+     "metrics": dict}
 
 It is read with ``torch.load(weights_only=True)`` only, so a file that smuggles a pickled object
 (whose ``__reduce__`` could run anything) is refused before any of it is built. Writing goes to a
@@ -22,6 +24,7 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,8 @@ BEST_NAME = "best.pt"
 
 
 def capture_rng_state() -> dict:
-    """Every random generator training draws from, as plain data (tensors, ints, lists)."""
+    """Every random generator this process draws from, as plain data (tensors, ints, lists): the
+    CUDA state of this process's own device only (another machine may have fewer devices)."""
     numpy_state = np.random.get_state(legacy=False)
     python_version, python_internal, python_gauss = random.getstate()
     return {
@@ -47,7 +51,7 @@ def capture_rng_state() -> dict:
             "gauss": float(numpy_state["gauss"]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
 
 
@@ -66,7 +70,24 @@ def restore_rng_state(state: dict) -> None:
     )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # this process's device; a checkpoint of an older detlab held every visible device's state
+        torch.cuda.set_rng_state(state["cuda"][min(torch.cuda.current_device(), len(state["cuda"]) - 1)])
+    elif state["cuda"]:
+        warnings.warn("the checkpoint holds a CUDA random state but CUDA is not available here: the GPU's "
+                      "random numbers are not restored (the CPU's are)", stacklevel=2)  # fmt: skip
+
+
+def rank_rng_state(checkpoint: dict, rank: int, world_size: int) -> dict | None:
+    """The random state rank ``rank`` of ``world_size`` processes resumes with: its own when the
+    checkpoint was written by as many processes; otherwise its own if it had one (a warning says
+    the others start afresh), else ``None`` (start from a fresh seed). Checkpoints of one process,
+    or from before per-rank states, hold rank 0's only."""
+    states = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+    if len(states) != world_size and rank == 0:
+        warnings.warn(f"the checkpoint was written by {len(states)} process(es), this run has {world_size}: "
+                      f"ranks below {len(states)} keep their random state, the others are seeded afresh; the data "
+                      "order and augmentations still continue exactly", stacklevel=2)  # fmt: skip
+    return states[rank] if rank < len(states) else None
 
 
 def serialize(checkpoint: dict) -> bytes:

@@ -111,9 +111,14 @@ def run_train(args: argparse.Namespace) -> int:
     model = _model_of(args.argv)
     if model is not None and model not in MODELS:
         raise ValueError(f"unknown model {model!r}; trainable models: {', '.join(MODELS)}")
+    from detlab.engine.distributed import shutdown_distributed
+
     options = vars(build_train_parser(model).parse_args(args.argv))
-    result = api.train(options.pop("model"), preset=options.pop("preset"), set=options.pop("set"),
-                       resume=options.pop("resume"), **options)  # fmt: skip
+    try:
+        result = api.train(options.pop("model"), preset=options.pop("preset"), set=options.pop("set"),
+                           resume=options.pop("resume"), **options)  # fmt: skip
+    finally:
+        shutdown_distributed()
     return report_training(result)
 
 

@@ -10,6 +10,7 @@ Without those variables everything runs in one process and the helpers here are 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -34,6 +35,12 @@ class Context:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def is_node_main(self) -> bool:
+        """The first process of its machine: the one that prepares what lives on that machine's
+        disk (a generated data set, a proposal cache), with no shared file system assumed."""
+        return self.local_rank == 0
+
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this process's GPU when CUDA is present, else the CPU; or an explicit name."""
@@ -49,8 +56,12 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str = "auto") -> Context:
-    """Join the process group torchrun described in the environment, or run alone.
+_CREATED_HERE = []  # the process group init_distributed made (not one a caller set up)
+
+
+def init_distributed(device_name: str = "auto", timeout_s: float = 1800.0) -> Context:
+    """Join the process group torchrun described in the environment, or run alone. ``timeout_s``:
+    how long a collective (a barrier, an all-reduce) waits for the other processes.
 
     Safe to call twice (a group that already exists is reused, as in a test that set it up).
     """
@@ -64,8 +75,17 @@ def init_distributed(device_name: str = "auto") -> Context:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://")
+        dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
+        _CREATED_HERE.append(True)
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group :func:`init_distributed` created (after training, so the NCCL
+    communicators are freed rather than torn down at exit); a group a caller set up stays."""
+    if _CREATED_HERE and dist.is_initialized():
+        dist.destroy_process_group()
+        _CREATED_HERE.clear()
 
 
 def wrap_model(model: torch.nn.Module, context: Context) -> torch.nn.Module:
@@ -111,3 +131,34 @@ def broadcast_object(value, context: Context):
     holder = [value if context.is_main else None]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_to_main(value, context: Context) -> list:
+    """Every rank's ``value`` (picklable) on rank 0, in rank order; ``[]`` on the other ranks,
+    ``[value]`` when alone."""
+    if not context.distributed:
+        return [value]
+    gathered = [None] * context.world_size if context.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered or []
+
+
+def read_on_main(read, context: Context):
+    """``read()`` on rank 0 only, its result on every rank: whatever comes from the run folder (a
+    checkpoint, a stage's marker), which only rank 0's machine is sure to hold when the nodes share
+    no disk. An error ``read`` raises is raised on every rank (as ``FileNotFoundError`` or
+    ``ValueError`` with rank 0's message)."""
+    if not context.distributed:
+        return read()
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = read()
+        except (ValueError, OSError) as error:
+            failure = (isinstance(error, FileNotFoundError), str(error))
+            broadcast_object((None, failure), context)
+            raise
+    result, failure = broadcast_object((result, failure), context)
+    if failure is not None:
+        raise (FileNotFoundError if failure[0] else ValueError)(failure[1])
+    return result

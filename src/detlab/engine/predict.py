@@ -12,18 +12,22 @@ writes, per image, an annotated copy, and for all of them ``detections.json`` (C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from detlab import config as config_io
 from detlab.engine import checkpoint as checkpoints
-from detlab.engine.distributed import select_device
 from detlab.engine.run import RunConfig, build_model, make_evaluator, run_config_from_dict
+from detlab.engine.sampling import make_loader, resolve_device
+from detlab.engine.train import evaluate, full_precision, inference_autocast
+from detlab.models.backbones import without_backbone_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
@@ -37,7 +41,8 @@ def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
     if overrides:
         run_config = config_io.merge(run_config, config_io.parse_overrides(overrides))
     classes = list(checkpoint["classes"])
-    model = build_model(run_config, len(classes))
+    # the checkpoint holds every weight: building must not fetch ImageNet's or read a weights file
+    model = build_model(dataclasses.replace(run_config, model=without_backbone_weights(run_config.model)), len(classes))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
@@ -49,25 +54,33 @@ def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
 
 
 class Predictor:
-    """A trained model with its class names, ready for inference (eval mode, no gradients)."""
+    """A trained model with its class names, ready for inference (eval mode, no gradients) on
+    ``device`` (``auto``: the GPU when there is one), under float16 autocast on a GPU unless the
+    run config turned ``train.amp`` off."""
 
     def __init__(
-        self, model: torch.nn.Module, classes: list[str], run_config: RunConfig | None = None, device="cpu"
-    ):
-        self.device = torch.device(device)
+        self, model: torch.nn.Module, classes: list[str], run_config: RunConfig | None = None,
+        device: torch.device | str = "auto",
+    ):  # fmt: skip
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
         self.run_config = run_config
+        self.amp = run_config.train.amp if run_config is not None else True
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None,
+                        fold: bool = True) -> Predictor:  # fmt: skip
         """Load a checkpoint safely (see :func:`detlab.engine.checkpoint.load_checkpoint`);
-        ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder."""
+        ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder. ``fold``: fold
+        BatchNorm into the convolutions (faster; the outputs change in the last float digits, so
+        scoring a checkpoint keeps the unfolded model and the training run's numbers exactly)."""
         from detlab.models.inference import fold_batchnorm
 
         model, classes, run_config = model_from_checkpoint(path, overrides)
-        fold_batchnorm(model)  # this model only predicts: BatchNorm folded into the convolutions
-        return cls(model, classes, run_config, select_device(device))
+        if fold:
+            fold_batchnorm(model)
+        return cls(model, classes, run_config, device)
 
     @torch.no_grad()
     def predict(self, image, score_threshold: float | None = None) -> dict:
@@ -85,7 +98,9 @@ class Predictor:
         from detlab.data.images import to_image_tensor
 
         tensors = [to_image_tensor(image).to(self.device) for image in images]
-        return [self.select(output, score_threshold) for output in self.model(tensors)]
+        with inference_autocast(self.device, self.amp):
+            outputs = self.model(tensors)
+        return [self.select(output, score_threshold) for output in outputs]
 
     def select(self, output: dict, score_threshold: float | None = None) -> dict:
         """One image's raw model output (eval mode) -> what :meth:`predict` returns: the detections
@@ -93,7 +108,7 @@ class Predictor:
         For callers that run the model themselves (``detlab serve``'s look-inside view)."""
         keep = output["scores"] >= (-math.inf if score_threshold is None else score_threshold)
         order = output["scores"][keep].argsort(descending=True)
-        result = {key: output[key][keep][order].cpu() for key in OUTPUT_KEYS if key in output}
+        result = {key: full_precision(output[key][keep][order].cpu()) for key in OUTPUT_KEYS if key in output}
         result["names"] = [self.class_name(label) for label in result["labels"].tolist()]
         return result
 
@@ -125,29 +140,58 @@ def result_entries(prediction: dict, image_id: int) -> list[dict]:
     return entries
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """The pixels of image files, ``H x W x 3`` uint8 numpy arrays (RGB), for a loader to decode
+    ahead of the model (in worker processes, when it has them)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from detlab.image_files import open_rgb
+
+        return np.asarray(open_rgb(self.files[index]))
+
+
 def predict_files(
-    predictor: Predictor, source: str | Path, out_dir: str | Path, draw_threshold: float = 0.5
+    predictor: Predictor,
+    source: str | Path,
+    out_dir: str | Path,
+    draw_threshold: float = 0.5,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
 ) -> dict:
     """Predict every image of ``source`` (a file or folder); write annotated images (boxes with
     score >= ``draw_threshold``, and their keypoints), ``detections.json`` (all detections) and
     ``images.json``. ``predictor``: a :class:`Predictor` or an ONNX one
     (:class:`detlab.export.runtime.OnnxPredictor`); both take the decoded pixels.
+    The images are decoded by a loader (``num_workers`` processes; ``None``: chosen by device,
+    :func:`~detlab.engine.sampling.loader_workers`) and predicted ``batch_size`` at a time
+    (``None``: the run's training batch size on a GPU; one on a CPU, where a batch gains nothing
+    and padding images of different sizes to one would change detections near their borders).
     Returns ``{"images": N, "detections": M, "out_dir": str}``.
     """
-    import numpy as np
-
     from detlab.data.images import save_image
-    from detlab.image_files import open_rgb
     from detlab.visualize import draw_detections
 
     source, out_dir = Path(source), Path(out_dir)
     files = find_images(source)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = getattr(predictor, "device", torch.device("cpu"))
+    if batch_size is None:
+        run_config = getattr(predictor, "run_config", None)
+        batch_size = run_config.train.batch_size if device.type == "cuda" and run_config is not None else 1
+    predict_batch = getattr(predictor, "predict_batch", None) or (lambda batch: [predictor.predict(p) for p in batch])
+    loader = make_loader(ImageFiles(files), batch_size, torch.utils.data.SequentialSampler(files), num_workers,
+                         collate=list, device=device)  # fmt: skip
+    decoded = (item for batch in loader for item in zip(batch, predict_batch(batch)))
     images_info, detections = [], []
-    for image_id, path in enumerate(tqdm(files, desc="predict", unit="image", dynamic_ncols=True), start=1):
-        pixels = np.asarray(open_rgb(path))  # H x W x 3 uint8
-        prediction = {key: torch.as_tensor(value) if key != "names" else value
-                      for key, value in predictor.predict(pixels).items()}  # fmt: skip
+    progress = tqdm(decoded, total=len(files), desc="predict", unit="image", dynamic_ncols=True)
+    for image_id, (path, (pixels, found)) in enumerate(zip(files, progress), start=1):
+        prediction = {key: torch.as_tensor(value) if key != "names" else value for key, value in found.items()}
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         detections.extend(result_entries(prediction, image_id))
         relative = path.relative_to(source) if source.is_dir() else Path(path.name)
@@ -186,10 +230,8 @@ def evaluate_checkpoint(
     error, DeepPose with PCK. The data set's classes must be the checkpoint's, in the same order.
     ``max_images``: the first that many images of the split (0 = all)."""
     from detlab.data import load_dataset
-    from detlab.engine.sampling import make_loader
-    from detlab.engine.train import evaluate
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides, fold=False)
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
@@ -206,8 +248,8 @@ def evaluate_checkpoint(
     if kind != "detection":
         evaluator = make_evaluator(predictor.model, predictor.classes)
     batch_size = predictor.run_config.train.batch_size
-    loader = make_loader(dataset, batch_size, torch.utils.data.SequentialSampler(dataset))
-    result = evaluate(predictor.model, loader, evaluator, predictor.device)
+    loader = make_loader(dataset, batch_size, torch.utils.data.SequentialSampler(dataset), device=predictor.device)
+    result = evaluate(predictor.model, loader, evaluator, predictor.device, predictor.amp)
     settings = {"protocol": protocol if kind == "detection" else kind, "checkpoint": str(checkpoint)}
     if kind != "detection":
         return metrics_report(kind, result, len(dataset), settings, dataset.name), result

@@ -24,7 +24,7 @@ import torch
 from detlab import config as config_io
 from detlab.config import DataConfig, TrainConfig
 from detlab.engine import checkpoint as checkpoints
-from detlab.engine.distributed import Context, barrier, init_distributed
+from detlab.engine.distributed import Context, barrier, init_distributed, read_on_main
 from detlab.engine.stages import Stage, Step, recipe_of
 from detlab.engine.train import FitResult, TrainingState, existing, fit
 
@@ -124,15 +124,16 @@ def load_split(run_config: RunConfig, split: str, check: bool = True):
 def build_datasets(run_config: RunConfig, context: Context | None = None):
     """``(train_dataset, val_dataset or None, image-check reports)`` with training / evaluation
     transforms. The models resize images themselves, so the data keeps its size. A COCO file is
-    one split: no validation. Under torchrun rank 0 reads and checks first (it may generate the
-    synthetic set), the others after it (from the check cache)."""
+    one split: no validation. Under torchrun the first process of each machine reads and checks
+    first (it may generate the synthetic set on that machine's disk), the others after it (from
+    the check cache)."""
     from detlab.data import build_transforms, parse_spec
 
     data = run_config.data
     context = context or Context()
     result = None
     for turn in ("main", "others"):
-        if (turn == "main") == context.is_main:
+        if (turn == "main") == context.is_node_main:
             train, report = load_split(run_config, data.train_split)
             train = train.with_options(cache_images=data.cache_images).with_transforms(
                 build_transforms(True, horizontal_flip=data.horizontal_flip, vertical_flip=data.vertical_flip,
@@ -176,11 +177,15 @@ def train_run(
     """Build everything ``run_config`` describes and train it in ``run_config.train.out_dir`` with
     the method's recipe. ``stop_at_step``: pause the stage in progress after that many of its steps
     (tests of resuming)."""
-    context = context or init_distributed(run_config.train.device)
+    context = context or init_distributed(run_config.train.device, run_config.train.dist_timeout_s)
     train_dataset, val_dataset, data_report = build_datasets(run_config, context)
     classes = list(train_dataset.classes)
     torch.manual_seed(run_config.train.seed)  # the same initial weights on every rank and every run
-    model = build_model(run_config, len(classes))
+    from detlab.models.backbones import without_backbone_weights
+
+    # a resumed run's weights come from its checkpoint: no ImageNet download, no weights file needed
+    built_from = run_config if resume is None else dataclasses.replace(run_config, model=without_backbone_weights(run_config.model))
+    model = build_model(built_from, len(classes))
     stages = recipe_of(model, run_config.train.recipe)
     # A fixed-input model's training images are warped to its input in advance; a model that
     # resizes the longer side (``longer_side``) has them resized as it would, once, before the
@@ -190,7 +195,7 @@ def train_run(
         train_dataset = train_dataset.with_options(resize_to=resize_to, cache_images=run_config.data.cache_images)
     proposals = getattr(model, "training_proposals", lambda: None)()
     if proposals is not None:  # computed once before training (not part of its time), then cached
-        if context.is_main:
+        if context.is_node_main:  # into this machine's cache
             computed = proposals.fill(train_dataset.records)
             if computed:
                 print(f"{computed} images' proposals computed into {proposals.cache.path}", flush=True)
@@ -246,17 +251,19 @@ def train_stages(
     folder. A finished item (``stage_done`` mark) is skipped, its weights loaded from its
     ``last.pt``; the interrupted one continues exactly. Returns the result of the last stage run
     (a paused or interrupted stage ends the recipe there, for the resumed run to continue)."""
-    context = context or init_distributed(run_config.train.device)
+    context = context or init_distributed(run_config.train.device, run_config.train.dist_timeout_s)
     run_dir = Path(run_config.train.out_dir)
     header = {"model_name": run_config.model_name, "classes": list(classes), "config": config_io.to_dict(run_config)}
     result = None
     for index, item in enumerate(stages):
         last = index == len(stages) - 1
         folder = run_dir if last else run_dir / item.name
-        if (folder / STAGE_DONE).is_file():
-            model.load_state_dict(checkpoints.load_checkpoint(folder / checkpoints.LAST_NAME)["model"])
+        # what the run folder says, as rank 0 sees it (the other machines may not share its disk)
+        done_weights = read_on_main(lambda folder=folder: stage_done_weights(folder), context)
+        if done_weights is not None:
+            model.load_state_dict(done_weights)
             if last:  # a recipe ending in a step, finished: nothing to do
-                return finished_run(run_dir, result)
+                return read_on_main(lambda result=result: finished_run(run_dir, result), context)
             continue
         if isinstance(item, Step):
             run_step(item, model, train_dataset, folder, header, run_config.train.seed + index, context)
@@ -265,7 +272,7 @@ def train_stages(
             continue
         if item.prepare is not None:
             item.prepare(model)
-        resume_stage = resume is not None and (folder / checkpoints.LAST_NAME).is_file()
+        resume_stage = resume is not None and read_on_main(lambda folder=folder: (folder / checkpoints.LAST_NAME).is_file(), context)
         result = fit(
             model,
             train_dataset,
@@ -290,6 +297,13 @@ def train_stages(
     return result
 
 
+def stage_done_weights(folder: Path) -> dict | None:
+    """The weights of a finished stage (its ``stage_done`` mark is there), else ``None``."""
+    if not (folder / STAGE_DONE).is_file():
+        return None
+    return checkpoints.load_checkpoint(folder / checkpoints.LAST_NAME)["model"]
+
+
 def finished_run(run_dir: Path, result: FitResult | None) -> FitResult:
     """The result of resuming a run whose recipe ended in a step that is done: nothing trained."""
     stored = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
@@ -309,7 +323,7 @@ def evaluate_final_step(model, run_dir: Path, val_dataset, classes, run_config, 
     metrics: dict = {}
     if context.is_main and val_dataset is not None:
         loader = make_loader(val_dataset, run_config.train.batch_size, torch.utils.data.SequentialSampler(val_dataset))
-        metrics = _plain_metrics(evaluate(model, loader, make_evaluator(model, classes), context.device))
+        metrics = _plain_metrics(evaluate(model, loader, make_evaluator(model, classes), context.device, run_config.train.amp))
         checkpoint = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
         checkpoint["metrics"] = metrics
         checkpoints.save_checkpoint(checkpoint, run_dir / checkpoints.LAST_NAME)

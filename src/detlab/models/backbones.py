@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torchvision import models as tv_models
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 
 from detlab.config import choice
 
@@ -332,6 +332,7 @@ BODIES: dict[str, Callable[[bool, int, int], nn.Module]] = {
     "mobilenet_v3_large": _features_body("mobilenet_v3_large", 960),
 }
 MULTI_LEVEL = ("compact", "csp", "resnet18", "resnet34", "resnet50", "resnet101")
+BATCHNORM_MODES = ("train", "sync", "frozen")
 
 
 @dataclasses.dataclass
@@ -344,6 +345,11 @@ class BackboneConfig:
     ``pretrained_backbone``:
     torchvision's ImageNet weights; ``backbone_weights``: a local state-dict file instead;
     ``channels_last``: run the convolutions channels-last (oneDNN's faster layout on CPUs).
+    ``batchnorm``: how BatchNorm layers normalise (:data:`BATCHNORM_MODES`): ``train``, over each
+    process's batch; ``sync``, over the batches of all processes of a ``torchrun`` run (GPUs only;
+    the same as ``train`` in one process), for a few images per GPU; ``frozen``, the body's
+    statistics and scale fixed at their loaded values (:func:`freeze_batchnorm`), the usual choice
+    with a pretrained backbone (a batch of 2 images estimates them worse than ImageNet did).
     """
 
     backbone: str = choice("compact", tuple(BODIES))
@@ -351,12 +357,77 @@ class BackboneConfig:
     pretrained_backbone: bool = False
     backbone_weights: str | None = None
     channels_last: bool = False
+    batchnorm: str = choice("train", BATCHNORM_MODES)
 
+
+
+def without_backbone_weights(config):
+    """A copy of a method's config (any dataclass with ``pretrained_backbone`` / ``backbone_weights``
+    fields: every detector's, the localizer's, OverFeat's, DeepPose's) that builds the backbone
+    with random weights, for a model whose weights come from a checkpoint next: building it then
+    never downloads ImageNet weights nor reads a weights file that may be gone."""
+    names = {field.name for field in dataclasses.fields(config)}
+    changes = {"pretrained_backbone": False, "backbone_weights": None}
+    return dataclasses.replace(config, **{name: value for name, value in changes.items() if name in names})
 
 
 def check_backbone_name(name: str) -> None:
     if name not in BODIES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BODIES)}")
+
+
+def set_batchnorm_mode(body: nn.Module, mode: str) -> nn.Module:
+    """``body`` (its weights loaded) set up for ``model.batchnorm=mode``: ``frozen`` freezes its
+    BatchNorm (:func:`freeze_batchnorm`); every mode is kept as ``body.batchnorm_mode``, which
+    :func:`sync_batchnorm` reads once the training engine knows how many processes there are."""
+    if mode not in BATCHNORM_MODES:
+        raise ValueError(f"model.batchnorm={mode!r}: choose one of {', '.join(BATCHNORM_MODES)}")
+    if mode == "frozen":
+        freeze_batchnorm(body)
+    body.batchnorm_mode = mode
+    return body
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Every ``BatchNorm2d`` inside ``module`` replaced, in place, by a ``FrozenBatchNorm2d`` with
+    its running statistics, scale and shift: eval-mode BatchNorm, a fixed per-channel affine map,
+    in training too and with nothing to train. The state dict keeps its names (only BatchNorm's
+    step counter goes, and ``FrozenBatchNorm2d`` ignores it when loading), so a checkpoint of
+    either kind loads. Returns ``module`` (its replacement when it is itself a BatchNorm)."""
+    if isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps).to(module.running_mean.device)
+        with torch.no_grad():
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+            if module.affine:
+                frozen.weight.copy_(module.weight)
+                frozen.bias.copy_(module.bias)
+        return frozen
+    for name, child in module.named_children():
+        replacement = freeze_batchnorm(child)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module
+
+
+def sync_batchnorm(model: nn.Module, world_size: int, device: torch.device | str) -> bool:
+    """Under data-parallel training (``world_size`` > 1), a model whose backbone was built with
+    ``batchnorm=sync`` has every BatchNorm layer (backbone, neck and heads) converted in place to
+    ``SyncBatchNorm``, which normalises over the batches of all processes: with 2 images a GPU
+    each process's statistics are too noisy to train on. In one process nothing changes (there is
+    nothing to synchronise). Returns whether it converted. Call it before wrapping the model in
+    ``DistributedDataParallel``; parameters and buffers stay the same tensors, so an optimiser
+    built earlier still holds them, and the state dict keeps its names."""
+    wanted = any(getattr(module, "batchnorm_mode", None) == "sync" for module in model.modules())
+    if world_size <= 1 or not wanted:
+        return False
+    if torch.device(device).type != "cuda":
+        raise ValueError(
+            "model.batchnorm=sync needs GPUs (torch's SyncBatchNorm runs on CUDA only); on CPUs train with "
+            "--set model.batchnorm=train (or frozen, with a pretrained backbone)"
+        )
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm children in place
+    return True
 
 
 def load_weights_file(module: nn.Module, weights_path: str | Path) -> None:
@@ -456,16 +527,19 @@ def build_feature_extractor(
     fpn_min_level: int = 3,
     channels_last: bool = False,
     weights_path: str | Path | None = None,
+    batchnorm: str = "train",
 ) -> FeatureExtractor:
     """The :class:`FeatureExtractor` of body ``name`` (a key of :data:`BODIES`), with an FPN when
     ``fpn``. ``pretrained`` loads torchvision's ImageNet weights (a ``ValueError`` with advice when
-    they cannot be downloaded); ``weights_path`` loads a local state dict into the body."""
+    they cannot be downloaded); ``weights_path`` loads a local state dict into the body;
+    ``batchnorm``: a :data:`BATCHNORM_MODES` mode for the body (:func:`set_batchnorm_mode`)."""
     check_backbone_name(name)
     if fpn and name not in MULTI_LEVEL:
         raise ValueError(f"backbone {name!r} has one feature map; an FPN needs one of {MULTI_LEVEL}")
     body = BODIES[name](pretrained, width, 4 if fpn else 3)
     if weights_path is not None:
         load_weights_file(body, weights_path)
+    body = set_batchnorm_mode(body, batchnorm)
     return FeatureExtractor(body, fpn_channels if fpn else None, fpn_min_level, channels_last)
 
 
@@ -478,6 +552,7 @@ def feature_extractor_from_config(config: BackboneConfig, **options) -> FeatureE
         pretrained=config.pretrained_backbone,
         channels_last=config.channels_last,
         weights_path=config.backbone_weights,
+        batchnorm=config.batchnorm,
         **options,
     )
 

@@ -48,7 +48,13 @@ class AnchorGenerator(nn.Module):
     An anchor of size ``s`` and aspect ratio ``r = h / w`` has area ``s * s``: ``w = s / sqrt(r)``,
     ``h = s * sqrt(r)``. Anchors are centred on the centre of their feature cell,
     ``((x + 0.5) * stride, (y + 0.5) * stride)``.
+
+    A level's anchors depend only on its feature size and stride, so they are built once per
+    ``(level, feature size, stride, device)`` and then reused (the batcher pads to a few sizes):
+    rebuilding them on the CPU and copying them to the GPU every forward stalls the GPU.
     """
+
+    CACHE_SIZE = 64  # feature sizes kept; beyond that the oldest is dropped
 
     def __init__(
         self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -58,6 +64,7 @@ class AnchorGenerator(nn.Module):
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         if len({len(level) for level in self.sizes}) != 1:
             raise ValueError(f"every feature level needs the same number of anchor sizes, got {sizes}")
+        self._cache: dict[tuple, Tensor] = {}
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -71,23 +78,45 @@ class AnchorGenerator(nn.Module):
         heights = (sizes[:, None] * ratios.sqrt()[None, :]).reshape(-1)
         return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
 
-    def grid_anchors(self, level: int, feature_size: tuple[int, int], stride: float) -> Tensor:
-        """``Tensor[H * W * A, 4]`` anchors of one level, ordered (y, x, anchor)."""
+    def grid_anchors(
+        self, level: int, feature_size: tuple[int, int], stride: float, device: torch.device | str = "cpu"
+    ) -> Tensor:
+        """``Tensor[H * W * A, 4]`` anchors of one level, ordered (y, x, anchor), on ``device``."""
         height, width = feature_size
-        ys = (torch.arange(height, dtype=torch.float32) + 0.5) * stride
-        xs = (torch.arange(width, dtype=torch.float32) + 0.5) * stride
+        ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) * stride
+        xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) * stride
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         shifts = torch.stack([grid_x, grid_y, grid_x, grid_y], dim=-1).reshape(-1, 1, 4)
-        return (shifts + self.cell_anchors(level)[None]).reshape(-1, 4)
+        return (shifts + self.cell_anchors(level).to(device)[None]).reshape(-1, 4)
 
-    def forward(self, feature_sizes: list[tuple[int, int]], strides: list[float]) -> list[Tensor]:
-        """One ``Tensor[H * W * A, 4]`` per level (the same for every image of a padded batch)."""
+    def forward(
+        self, feature_sizes: list[tuple[int, int]], strides: list[float], device: torch.device | str = "cpu"
+    ) -> list[Tensor]:
+        """One ``Tensor[H * W * A, 4]`` per level on ``device`` (the same for every image of a
+        padded batch; shared with later calls, so not to be changed in place)."""
         if len(feature_sizes) != len(self.sizes):
             raise ValueError(f"{len(feature_sizes)} feature levels but anchor sizes for {len(self.sizes)}")
         return [
-            self.grid_anchors(level, size, stride)
+            self.cached_grid_anchors(level, size, stride, torch.device(device))
             for level, (size, stride) in enumerate(zip(feature_sizes, strides))
         ]
+
+    def cached_grid_anchors(
+        self, level: int, feature_size: tuple[int, int], stride: float, device: torch.device
+    ) -> Tensor:
+        """:meth:`grid_anchors`, built on the first call with this key and then reused."""
+        # While tracing for ONNX export the sizes are traced values: the anchors must be computed
+        # from them in the graph (a cached tensor would be a constant of one image size). Tensors
+        # made in inference mode cannot take part in a later autograd step: not cached.
+        if torch.jit.is_tracing() or torch.is_inference_mode_enabled():
+            return self.grid_anchors(level, feature_size, stride, device)
+        key = (level, tuple(int(side) for side in feature_size), float(stride), device)
+        anchors = self._cache.get(key)
+        if anchors is None:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            anchors = self._cache[key] = self.grid_anchors(level, feature_size, stride, device)
+        return anchors
 
 
 class RPNHead(nn.Module):
@@ -247,8 +276,7 @@ class RegionProposalNetwork(nn.Module):
         """
         levels = list(features.values())
         objectness, deltas = self.head(levels)
-        anchors = self.anchor_generator([tuple(level.shape[-2:]) for level in levels], strides)
-        anchors = [a.to(levels[0].device) for a in anchors]
+        anchors = self.anchor_generator([tuple(level.shape[-2:]) for level in levels], strides, levels[0].device)
         mode = 0 if self.training else 1
         proposals = []
         for image_index, image_size in enumerate(image_sizes):

@@ -47,6 +47,7 @@ from detlab.models.backbones import (
     check_backbone_name,
     conv_bn_silu,
     load_weights_file,
+    set_batchnorm_mode,
 )
 from detlab.models.transform import IMAGENET_MEAN, IMAGENET_STD, ImageBatcher, warp_batch
 
@@ -364,15 +365,17 @@ def yolo_body(config: YOLOConfig) -> nn.Module:
 
 
 def backbone_body(config: BackboneConfig) -> nn.Module:
-    """The body of ``config.backbone`` up to C5 (a single-map body: its one map), its weights file loaded."""
+    """The body of ``config.backbone`` up to C5 (a single-map body: its one map), its weights file
+    loaded, its BatchNorm as ``config.batchnorm`` says."""
     check_backbone_name(config.backbone)
     return with_weights_file(BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4), config)
 
 
 def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:
+    """``body`` with ``config.backbone_weights`` loaded, then frozen or marked per ``config.batchnorm``."""
     if config.backbone_weights:
         load_weights_file(body, config.backbone_weights)
-    return body
+    return set_batchnorm_mode(body, config.batchnorm)
 
 
 def build_yolo(config: YOLOConfig, num_classes: int) -> YOLO:
