@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,29 @@ def image_check_cache(tmp_path_factory):
         os.environ.pop("DETLAB_CACHE_DIR", None)
     else:
         os.environ["DETLAB_CACHE_DIR"] = previous
+
+
+# Makes torch unimportable in a fresh interpreter, as on a machine without it.
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError("torch is not installed here")
+sys.meta_path.insert(0, NoTorch())
+"""
+TORCH_MODULES = 'sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision"))'
+
+
+@pytest.fixture
+def run_without_torch():
+    """``run(code) -> its last printed line``: ``code`` run by a fresh Python that cannot import
+    torch (``TORCH_MODULES`` is an expression listing the torch modules it loaded)."""
+
+    def run(code: str) -> str:
+        completed = subprocess.run([sys.executable, "-c", NO_TORCH + code.replace("TORCH_MODULES", TORCH_MODULES)],
+                                   capture_output=True, text=True)  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return completed.stdout.strip().splitlines()[-1]
+
+    return run

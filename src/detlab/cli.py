@@ -11,32 +11,43 @@ import argparse
 import sys
 import warnings
 
-from detlab import demo
-from detlab.data import command as data_command
-from detlab.engine import command as engine_command
 from detlab.eval import command as eval_command
-from detlab.export import command as export_command
-from detlab.proposals import command as proposals_command
-from detlab.serve import command as serve_command
-
-# Each entry adds its sub-commands to the parser; one explicit list, no registry.
-COMMAND_GROUPS = [
-    data_command.add_commands,
-    demo.add_commands,
-    engine_command.add_commands,
-    eval_command.add_commands,
-    export_command.add_commands,
-    proposals_command.add_commands,
-    serve_command.add_commands,
-]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_groups() -> list:
+    """Each entry adds its sub-commands to the parser; one explicit list, no registry. The areas
+    are imported here rather than at the top so that scoring files (``detlab eval --pred``) starts
+    without loading torch (see :func:`main`)."""
+    from detlab import demo
+    from detlab.data import command as data_command
+    from detlab.engine import command as engine_command
+    from detlab.export import command as export_command
+    from detlab.proposals import command as proposals_command
+    from detlab.serve import command as serve_command
+
+    return [
+        data_command.add_commands,
+        demo.add_commands,
+        engine_command.add_commands,
+        eval_command.add_commands,
+        export_command.add_commands,
+        proposals_command.add_commands,
+        serve_command.add_commands,
+    ]
+
+
+def build_parser(groups: list | None = None) -> argparse.ArgumentParser:
+    """The parser of every command (``groups``: only these areas' commands)."""
     parser = argparse.ArgumentParser(prog="detlab", description="Object localization and detection toolkit.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_commands in COMMAND_GROUPS:
+    for add_commands in groups if groups is not None else command_groups():
         add_commands(subparsers)
     return parser
+
+
+def files_only_eval(argv: list[str]) -> bool:
+    """``detlab eval`` of a results file: nothing but the evaluator is needed (no torch)."""
+    return argv[:1] == ["eval"] and not any(word.startswith("--checkpoint") for word in argv)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -45,7 +56,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser([eval_command.add_commands] if files_only_eval(argv) else None)
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)

@@ -211,3 +211,19 @@ def test_to_coco_results_round_trip_scores_perfect_detections(tmp_path):
     # detector outputs can also be passed directly
     report, _ = evaluate_detections(dataset, predictions, protocol="voc")
     assert report["metrics"]["mAP@0.5"] == pytest.approx(1.0)
+
+
+def test_scoring_files_imports_no_torch(tmp_path, run_without_torch):
+    """``detlab eval --gt FILE.json --pred FILE.json`` and ``detlab.eval.evaluate_coco_files`` run
+    with torch made unimportable, and load none of it (plots included)."""
+    gt_path, results = small_coco(tmp_path)
+    results_path = write(tmp_path, results)
+    last_line = run_without_torch(f"""
+from detlab.cli import main
+from detlab.eval import evaluate_coco_files
+code = main(["eval", "--gt", {str(gt_path)!r}, "--pred", {str(results_path)!r}, "--out", {str(tmp_path / "out")!r}])
+result = evaluate_coco_files({str(gt_path)!r}, {str(results_path)!r})
+print("RESULT", code, round(result.stats[1], 4), TORCH_MODULES)
+""")
+    assert last_line == "RESULT 0 0.5 []"  # AP50: the cat found, the dog missed
+    assert (tmp_path / "out" / "report.json").is_file()

@@ -8,8 +8,6 @@ on the same input tensor, and final detections from the image file through each 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,21 +165,14 @@ def test_numpy_class_wise_nms_keeps_what_torchvision_keeps():
     assert 0 < len(found) < 300
 
 
-def test_runtime_runs_without_torch(exported, synthetic_root):
+def test_runtime_runs_without_torch(exported, synthetic_root, run_without_torch):
     _, onnx_file = exported["yolo"]
     image = sorted((synthetic_root / "JPEGImages").glob("*.jpg"))[0]
-    script = f"""
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision"):
-            raise ImportError("torch is not installed here")
-sys.meta_path.insert(0, NoTorch())
+    output = run_without_torch(f"""
 import detlab
 result = detlab.load({str(onnx_file)!r}).predict({str(image)!r})
-print(len(result["boxes"]), sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))
-"""
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+print(len(result["boxes"]), TORCH_MODULES)
+""").split()
     assert int(output[0]) > 0 and output[1:] == ["[]"]
 
 

@@ -7,15 +7,28 @@ is detected (a folder with ``Annotations/`` is VOC, one with ``images/`` + ``lab
 (answers cached across runs); ``to_image_tensor`` turns any image a user holds into the contract.
 """
 
-from detlab.data.coco import read_coco, write_coco
-from detlab.data.errors import BadInputError, ProblemLog
-from detlab.data.images import load_image, to_image_tensor
-from detlab.data.loading import detect_format, load_dataset, parse_spec
-from detlab.data.schema import DetectionDataset, Record
-from detlab.data.transforms import build_transforms, collate
-from detlab.data.validation import ImageCheckReport, check_images
-from detlab.data.voc import read_voc, write_voc
-from detlab.data.yolo import read_yolo, write_yolo
+import importlib
+
+# name -> the module that defines it. Imported on first use (PEP 562), so `import detlab.data` and
+# its torch-free parts (errors, the readers' error policy) do not load torch; the readers do.
+_HOMES = {
+    "read_coco": "coco", "write_coco": "coco",
+    "BadInputError": "errors", "ProblemLog": "errors",
+    "load_image": "images", "to_image_tensor": "images",
+    "detect_format": "loading", "load_dataset": "loading", "parse_spec": "loading",
+    "DetectionDataset": "schema", "Record": "schema",
+    "build_transforms": "transforms", "collate": "transforms",
+    "ImageCheckReport": "validation", "check_images": "validation",
+    "read_voc": "voc", "write_voc": "voc",
+    "read_yolo": "yolo", "write_yolo": "yolo",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"detlab.data.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'detlab.data' has no attribute {name!r}")
+
 
 __all__ = [
     "BadInputError",

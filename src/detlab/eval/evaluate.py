@@ -12,12 +12,11 @@ id when all ids are integers).
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import numpy as np
 
-from detlab.data.coco import coco_category_ids, coco_image_ids
-from detlab.data.schema import DetectionDataset
 from detlab.eval.coco import CocoResult, evaluate_coco
 from detlab.eval.problem import (
     DetectionProblem,
@@ -34,6 +33,9 @@ from detlab.eval.results import coco_result_entries
 from detlab.eval.voc import PROTOCOLS as VOC_PROTOCOLS
 from detlab.eval.voc import VocResult, evaluate_voc
 
+if typing.TYPE_CHECKING:  # the data layer (and torch) load only when a data set is the ground truth
+    from detlab.data.schema import DetectionDataset
+
 PROTOCOLS = ("coco", *VOC_PROTOCOLS)
 
 
@@ -41,6 +43,8 @@ def problem_from_dataset(
     dataset: DetectionDataset, results, results_path: str | Path = "<results>"
 ) -> DetectionProblem:
     """A problem from a data set's records and a COCO results list (ids as in the module doc)."""
+    from detlab.data.coco import coco_category_ids, coco_image_ids
+
     records = dataset.records
     order = sorted(range(len(records)), key=lambda index: image_sort_key(records[index].image_id))
     rank = np.empty(len(records), np.int64)
@@ -82,8 +86,8 @@ def problem_from_dataset(
 
 def load_ground_truth(gt: str | Path | DetectionDataset, split: str | None = None):
     """A data set, or the raw COCO dict for a ``.json`` file (kept raw so numbers match the COCO API)."""
-    if isinstance(gt, DetectionDataset):
-        return gt
+    if not isinstance(gt, (str, Path)):
+        return gt  # a DetectionDataset
     path = str(gt)
     if path.endswith(".json") and not path.startswith(("voc:", "yolo:")):
         file_path = Path(path.removeprefix("coco:"))
@@ -140,6 +144,8 @@ def evaluate_detections(
         problem = problem_from_targets(
             predictions, [record.target() for record in truth.records], truth.classes
         )
+        from detlab.data.coco import coco_category_ids
+
         problem.category_ids = coco_category_ids(truth)
         problem.source = {"ground_truth": truth.name, "results": "detector outputs"}
     else:
@@ -163,6 +169,8 @@ def to_coco_results(
     ``use_record_ids``: write the records' own ids (VOC stems); otherwise the integer ids of
     :func:`detlab.data.write_coco`, so the file also works with a COCO ground-truth file it wrote.
     """
+    from detlab.data.coco import coco_category_ids, coco_image_ids
+
     if len(predictions) != len(dataset.records):
         raise ValueError(
             f"{len(predictions)} predictions for {len(dataset.records)} records; give one per record"

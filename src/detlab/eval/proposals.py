@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from torch import Tensor
+from numpy.typing import ArrayLike
+
+from detlab.eval.problem import as_numpy
 
 DEFAULT_NUM_PROPOSALS = (100, 500, 1000, 2000)
 DEFAULT_IOU_THRESHOLDS = (0.5, 0.7)
@@ -32,10 +34,8 @@ CURVE_NUM_PROPOSALS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000, 3000
 CURVE_IOU_THRESHOLDS = tuple(round(0.5 + 0.025 * step, 3) for step in range(21))
 
 
-def _as_array(boxes: Tensor | np.ndarray, name: str) -> np.ndarray:
-    if isinstance(boxes, Tensor):
-        boxes = boxes.detach().cpu().numpy()
-    array = np.asarray(boxes, dtype=np.float64)
+def _as_array(boxes, name: str) -> np.ndarray:
+    array = as_numpy(boxes, np.float64)
     if array.size == 0:
         return array.reshape(0, 4)
     if array.ndim != 2 or array.shape[1] != 4:
@@ -62,7 +62,7 @@ def pairwise_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
 
 
 def best_overlaps(
-    proposals: Tensor | np.ndarray, gt_boxes: Tensor | np.ndarray, num_proposals: Sequence[int]
+    proposals: ArrayLike, gt_boxes: ArrayLike, num_proposals: Sequence[int]
 ) -> np.ndarray:
     """Best IoU of each ground-truth box with the first ``n`` proposals, for every ``n``.
 
@@ -83,9 +83,9 @@ def best_overlaps(
 
 
 def proposal_recall(
-    proposals: Sequence[Tensor | np.ndarray],
-    gt_boxes: Sequence[Tensor | np.ndarray],
-    gt_labels: Sequence[Tensor | np.ndarray] | None = None,
+    proposals: Sequence[ArrayLike],
+    gt_boxes: Sequence[ArrayLike],
+    gt_labels: Sequence[ArrayLike] | None = None,
     num_proposals: Sequence[int] = DEFAULT_NUM_PROPOSALS,
     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     classes: Sequence[str] | None = None,
@@ -134,7 +134,7 @@ def proposal_recall(
             labels_per_box.append(np.ones(len(image_gt), dtype=np.int64))
         else:
             labels = gt_labels[image_index]
-            labels = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+            labels = as_numpy(labels)
             if len(labels) != len(image_gt):
                 raise ValueError(f"image {image_index}: {len(image_gt)} gt boxes but {len(labels)} labels")
             labels_per_box.append(labels.astype(np.int64).reshape(-1))
