@@ -147,3 +147,33 @@ def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_
     # Two data sets with the same image ids do not share boxes: the key holds the image's path.
     other = load_dataset("synthetic", "train", root=tmp_path / "other", num_synthetic=8)
     assert proposals.key(other.records[0]) != proposals.key(dataset.records[0])
+
+
+CONCURRENT_WORKER = """
+import sys, time
+import torch
+from detlab.proposals import ProposalCache, UniformBoxes
+
+class Slow(UniformBoxes):
+    def propose(self, image):
+        time.sleep(0.02)
+        return super().propose(image)
+
+cache = ProposalCache(sys.argv[1], Slow(max_proposals=20))
+cache.fill((f"img{index}", torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(index))) for index in range(40))
+"""
+
+
+def test_two_processes_filling_one_cache_at_once_leave_it_whole(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WORKER, str(tmp_path / "c")], env=environment)
+               for _ in range(2)]  # fmt: skip
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+    cache = ProposalCache(tmp_path / "c", UniformBoxes(max_proposals=20))
+    assert len(cache) == 40 and not list((tmp_path / "c").rglob("*.tmp"))
+    lines = (tmp_path / "c" / "index.jsonl").read_text().splitlines()
+    assert len(lines) >= 40 and all(line.startswith("{") and line.endswith("}") for line in lines)
+    method = UniformBoxes(max_proposals=20)
+    for index in range(40):
+        image = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(index))
+        torch.testing.assert_close(cache.get(f"img{index}"), method.propose(image))

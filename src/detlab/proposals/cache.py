@@ -10,7 +10,10 @@ One directory per image set and method, e.g. ``runs/proposals/bccd-test/ss-fast/
 It survives interruption: a box file is written under a temporary name and renamed into place
 (atomic on POSIX), and only then is its index line appended and flushed. A run killed at any
 moment leaves at worst an orphan temporary file or a torn last index line, both ignored when the
-cache is opened again, so the next run redoes only the unfinished image.
+cache is opened again, so the next run redoes only the unfinished image. Several processes may
+fill one cache at once (two training runs started on the same data): temporary names carry the
+process id and index lines are appended under an exclusive lock; an image both compute is
+stored twice, identically, and read once.
 
 Usage::
 
@@ -20,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -79,7 +83,7 @@ class ProposalCache:
                     "use another directory for these settings or delete this one"
                 )
         else:
-            temporary = settings_file.with_suffix(".tmp")
+            temporary = settings_file.with_name(f"method.json.{os.getpid()}.tmp")  # own name: processes may race
             temporary.write_text(json.dumps(settings, indent=1))
             os.replace(temporary, settings_file)
 
@@ -116,7 +120,7 @@ class ProposalCache:
         ).reshape(-1, 4)
         name = _file_name(image_id)
         final = self.path / "boxes" / name
-        temporary = final.with_name(name + ".tmp")
+        temporary = final.with_name(f"{name}.{os.getpid()}.tmp")  # two processes filling one cache never share it
         with open(temporary, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
             handle.flush()
@@ -125,6 +129,7 @@ class ProposalCache:
         index_file = self.path / "index.jsonl"
         line = json.dumps({"image_id": str(image_id), "file": name, "count": len(array)})
         with open(index_file, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # one appender at a time (released when closed)
             # After a torn last line, start on a fresh line so this entry parses.
             handle.seek(0, os.SEEK_END)
             if handle.tell() > 0:
