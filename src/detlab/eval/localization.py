@@ -19,15 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from detlab.eval.problem import as_numpy
 from detlab.eval.proposals import pairwise_iou
 
 TOP_K = (1, 5)
-
-
-def _numpy(value, dtype) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=dtype)
 
 
 def localization_metrics(
@@ -51,8 +46,8 @@ def localization_metrics(
     ground-truth box of the image, whatever the class: it measures the box alone. Images without
     ground truth are left out (``num_skipped``).
     """
-    labels = _numpy(pred_labels_topk, np.int64)
-    boxes = _numpy(pred_boxes_topk, np.float64)
+    labels = as_numpy(pred_labels_topk, np.int64)
+    boxes = as_numpy(pred_boxes_topk, np.float64)
     if labels.ndim == 1:
         labels = labels[:, None]
     if boxes.ndim == 2:
@@ -71,8 +66,8 @@ def localization_metrics(
     best_iou = np.zeros(num_images)
     has_truth = np.zeros(num_images, bool)
     for index in range(num_images):
-        image_labels = _numpy(gt_labels[index], np.int64).reshape(-1)
-        image_boxes = _numpy(gt_boxes[index], np.float64).reshape(-1, 4)
+        image_labels = as_numpy(gt_labels[index], np.int64).reshape(-1)
+        image_boxes = as_numpy(gt_boxes[index], np.float64).reshape(-1, 4)
         if len(image_labels) != len(image_boxes):
             raise ValueError(f"image {index}: {len(image_boxes)} gt boxes but {len(image_labels)} gt labels")
         if len(image_labels) == 0:
@@ -132,9 +127,9 @@ class LocalizationEvaluator:
             raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets; give one per image")
         for prediction, target in zip(predictions, targets):
             index = len(self.pred_labels)
-            scores = _numpy(prediction["scores"], np.float64).reshape(-1)
+            scores = as_numpy(prediction["scores"], np.float64).reshape(-1)
             labels = self._labels(prediction["labels"], f"image {index}: prediction")
-            boxes = _numpy(prediction["boxes"], np.float64).reshape(-1, 4)
+            boxes = as_numpy(prediction["boxes"], np.float64).reshape(-1, 4)
             if not len(scores) == len(labels) == len(boxes):
                 raise ValueError(
                     f"image {index}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels; "
@@ -145,10 +140,10 @@ class LocalizationEvaluator:
             self.pred_labels.append(labels[best])
             self.pred_boxes.append(boxes[best])
             self.gt_labels.append(gt_labels)
-            self.gt_boxes.append(_numpy(target["boxes"], np.float64).reshape(-1, 4))
+            self.gt_boxes.append(as_numpy(target["boxes"], np.float64).reshape(-1, 4))
 
     def _labels(self, value, where: str) -> np.ndarray:
-        labels = _numpy(value, np.int64).reshape(-1)
+        labels = as_numpy(value, np.int64).reshape(-1)
         if len(labels) and (labels.min() < 1 or labels.max() > len(self.classes)):
             raise ValueError(f"{where} labels must be in 1..{len(self.classes)}, got {np.unique(labels)}")
         return labels
