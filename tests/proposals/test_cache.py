@@ -84,6 +84,7 @@ def test_torn_index_line_and_orphan_temporary_file_are_ignored(tmp_path):
     assert len(ProposalCache(tmp_path / "c", CountingMethod())) == 3
 
 
+# A process filling cache argv[1] with 40 seeded images, each taking argv[2] seconds.
 WORKER = """
 import sys, time
 import torch
@@ -91,17 +92,17 @@ from detlab.proposals import ProposalCache, UniformBoxes
 
 class Slow(UniformBoxes):
     def propose(self, image):
-        time.sleep(0.15)
+        time.sleep(float(sys.argv[2]))
         return super().propose(image)
 
 cache = ProposalCache(sys.argv[1], Slow(max_proposals=20))
-cache.fill((f"img{index}", torch.rand(3, 20, 20)) for index in range(40))
+cache.fill((f"img{index}", torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(index))) for index in range(40))
 """
 
 
 def test_a_killed_process_resumes_where_it_stopped(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "c")], env=environment)
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "c"), "0.15"], env=environment)
     index = tmp_path / "c" / "index.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not index.exists() or len(index.read_text().splitlines()) < 5):
@@ -149,24 +150,9 @@ def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_
     assert proposals.key(other.records[0]) != proposals.key(dataset.records[0])
 
 
-CONCURRENT_WORKER = """
-import sys, time
-import torch
-from detlab.proposals import ProposalCache, UniformBoxes
-
-class Slow(UniformBoxes):
-    def propose(self, image):
-        time.sleep(0.02)
-        return super().propose(image)
-
-cache = ProposalCache(sys.argv[1], Slow(max_proposals=20))
-cache.fill((f"img{index}", torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(index))) for index in range(40))
-"""
-
-
 def test_two_processes_filling_one_cache_at_once_leave_it_whole(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WORKER, str(tmp_path / "c")], env=environment)
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "c"), "0.02"], env=environment)
                for _ in range(2)]  # fmt: skip
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     cache = ProposalCache(tmp_path / "c", UniformBoxes(max_proposals=20))
