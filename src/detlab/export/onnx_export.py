@@ -42,17 +42,25 @@ NOT_EXPORTABLE = {
 }  # fmt: skip
 
 
-class TwoStageGraph(nn.Module):
+class GraphWrapper(nn.Module):
+    """What the exporter traces: a trained ``model`` seen from its input tensors to its raw
+    outputs, named ``input_names`` and ``output_names``."""
+
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+
+class TwoStageGraph(GraphWrapper):
     """Faster R-CNN: ``images [1, 3, H, W]`` (normalised, padded), ``image_size int64[2]`` (the
     resized image inside the padding) -> ``proposals [P, 4]``, ``probabilities [P, C + 1]``,
     ``boxes [P, C, 4]`` (each class's box, decoded and clipped, in the resized frame)."""
 
     input_names = ("images", "image_size")
     output_names = ("proposals", "probabilities", "boxes")
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
 
     def forward(self, images: Tensor, image_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self.model
@@ -65,46 +73,34 @@ class TwoStageGraph(nn.Module):
         return proposals[0], logits.softmax(-1), boxes
 
 
-class OneStageGraph(nn.Module):
+class OneStageGraph(GraphWrapper):
     """YOLO: ``images [1, 3, H, W]`` (normalised, padded) -> ``boxes [A, 4]`` (xyxy in the resized
     frame), ``scores [A, C]`` (sigmoid)."""
 
     input_names = ("images",)
     output_names = ("boxes", "scores")
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         _, logits, boxes, _, _ = self.model.predict(images)
         return boxes[0], logits[0].float().sigmoid()
 
 
-class GridGraph(nn.Module):
+class GridGraph(GraphWrapper):
     """YOLO v1: ``images [1, 3, S_in, S_in]`` (warped, normalised) -> ``grid [1, S, S, 5B + C]``."""
 
     input_names = ("images",)
     output_names = ("grid",)
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
     def forward(self, images: Tensor) -> Tensor:
         return self.model.network(images)
 
 
-class WindowGraph(nn.Module):
+class WindowGraph(GraphWrapper):
     """The localizer: ``images [1, 3, S, S]`` (warped, [0, 1]) -> ``probabilities [1, K]`` (softmax
     over the object classes), ``boxes [1, R, 4]`` (normalised xyxy; R = 1 class-agnostic)."""
 
     input_names = ("images",)
     output_names = ("probabilities", "boxes")
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self.model.predict(images)
@@ -118,7 +114,7 @@ def batcher_settings(batcher: nn.Module) -> dict:
             "std": batcher.std.flatten().tolist()}  # fmt: skip
 
 
-def export_plan(model: nn.Module, method: str) -> tuple[nn.Module, str, dict, dict, tuple[int, int]]:
+def export_plan(model: nn.Module, method: str) -> tuple[GraphWrapper, str, dict, dict, tuple[int, int]]:
     """``(graph wrapper, kind, pre-processing settings, post-processing settings, an example
     input side)`` for a model of ``method``; a ``ValueError`` saying why for the methods that do
     not export."""
@@ -156,7 +152,7 @@ def export_plan(model: nn.Module, method: str) -> tuple[nn.Module, str, dict, di
     raise ValueError(f"no ONNX export for the method {method!r}")
 
 
-def dynamic_axes(graph: nn.Module, kind: str) -> dict:
+def dynamic_axes(graph: GraphWrapper, kind: str) -> dict:
     """Image sides vary for the batcher's methods; proposals and detections vary in number."""
     axes: dict = {}
     if kind in ("two_stage", "one_stage"):
