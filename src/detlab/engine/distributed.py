@@ -4,7 +4,8 @@
 ``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment; :func:`init_distributed` joins them into
 one process group (NCCL on GPUs, gloo on CPUs). Each process trains on its own share of the
 data (:class:`detlab.engine.sampling.ResumableSampler`), gradients are averaged by
-``DistributedDataParallel``, and only rank 0 logs, evaluates and writes checkpoints.
+``DistributedDataParallel``, every rank evaluates its share of the validation images, and only
+rank 0 scores them, logs and writes checkpoints.
 Without those variables everything runs in one process and the helpers here are no-ops.
 """
 

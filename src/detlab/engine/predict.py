@@ -12,7 +12,6 @@ writes, per image, an annotated copy, and for all of them ``detections.json`` (C
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Iterable
@@ -27,7 +26,6 @@ from detlab.engine import checkpoint as checkpoints
 from detlab.engine.run import RunConfig, build_model, make_evaluator, run_config_from_dict
 from detlab.engine.sampling import make_loader, resolve_device
 from detlab.engine.train import evaluate, full_precision, inference_autocast
-from detlab.models.backbones import without_backbone_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
@@ -41,8 +39,7 @@ def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
     if overrides:
         run_config = config_io.merge(run_config, config_io.parse_overrides(overrides))
     classes = list(checkpoint["classes"])
-    # the checkpoint holds every weight: building must not fetch ImageNet's or read a weights file
-    model = build_model(dataclasses.replace(run_config, model=without_backbone_weights(run_config.model)), len(classes))
+    model = build_model(run_config, len(classes), weights_from_checkpoint=True)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

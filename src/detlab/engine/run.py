@@ -102,8 +102,16 @@ def run_config_from_dict(data: dict) -> RunConfig:
     )
 
 
-def build_model(run_config: RunConfig, num_classes: int) -> torch.nn.Module:
-    return model_builders()[run_config.model_name](run_config.model, num_classes)
+def build_model(run_config: RunConfig, num_classes: int, weights_from_checkpoint: bool = False) -> torch.nn.Module:
+    """The model ``run_config`` describes; ``weights_from_checkpoint``: every weight will be loaded
+    from a checkpoint next, so the backbone is built without ImageNet's or a weights file's (no
+    download, no file that may be gone)."""
+    config = run_config.model
+    if weights_from_checkpoint:
+        from detlab.models.backbones import without_backbone_weights
+
+        config = without_backbone_weights(config)
+    return model_builders()[run_config.model_name](config, num_classes)
 
 
 def load_split(run_config: RunConfig, split: str, check: bool = True):
@@ -181,11 +189,7 @@ def train_run(
     train_dataset, val_dataset, data_report = build_datasets(run_config, context)
     classes = list(train_dataset.classes)
     torch.manual_seed(run_config.train.seed)  # the same initial weights on every rank and every run
-    from detlab.models.backbones import without_backbone_weights
-
-    # a resumed run's weights come from its checkpoint: no ImageNet download, no weights file needed
-    built_from = run_config if resume is None else dataclasses.replace(run_config, model=without_backbone_weights(run_config.model))
-    model = build_model(built_from, len(classes))
+    model = build_model(run_config, len(classes), weights_from_checkpoint=resume is not None)
     stages = recipe_of(model, run_config.train.recipe)
     # A fixed-input model's training images are warped to its input in advance; a model that
     # resizes the longer side (``longer_side``) has them resized as it would, once, before the

@@ -371,7 +371,7 @@ def stop_reason(state: TrainingState, config: TrainConfig, stop_flag: bool, stop
         return "signal"
     if stop_at_step is not None and state.step >= stop_at_step:
         return "pause"
-    if config.max_steps > 0 and state.schedule_step >= config.max_steps - 1e-9:
+    if steps_spent(state, config):
         return "max_steps"
     if config.time_budget_s > 0 and state.elapsed_s >= config.time_budget_s:
         return "time_budget"
@@ -381,10 +381,14 @@ def stop_reason(state: TrainingState, config: TrainConfig, stop_flag: bool, stop
 def budget_spent(state: TrainingState, config: TrainConfig) -> bool:
     """Whether a run at ``state`` has nothing left to train under ``config``'s budget."""
     if config.max_steps > 0 or config.time_budget_s > 0:
-        return (config.max_steps > 0 and state.schedule_step >= config.max_steps - 1e-9) or (
-            config.time_budget_s > 0 and state.elapsed_s >= config.time_budget_s
-        )
+        return steps_spent(state, config) or (config.time_budget_s > 0 and state.elapsed_s >= config.time_budget_s)
     return state.epoch >= config.epochs
+
+
+def steps_spent(state: TrainingState, config: TrainConfig) -> bool:
+    """``config.max_steps`` reached, counted on the schedule's position (steps of the run's first
+    number of processes; with an unchanged number, ``state.step``)."""
+    return config.max_steps > 0 and state.schedule_step >= config.max_steps - 1e-9
 
 
 @torch.no_grad()
