@@ -19,6 +19,7 @@ from pathlib import Path
 
 from detlab.data.loading import load_dataset
 from detlab.data.stats import dataset_stats, format_stats
+from detlab.engine.distributed import usable_cpus
 from detlab.visualize import show_dataset
 
 
@@ -35,13 +36,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.train_seconds > 0:
         detector_demo(out, data_root, args.train_seconds, processes=args.processes)
     return 0
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def processes_argument(text: str) -> int:

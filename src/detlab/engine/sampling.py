@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from detlab.engine.distributed import select_device
+from detlab.engine.distributed import select_device, usable_cpus
 
 
 class ResumableSampler(DistributedSampler):
@@ -181,11 +181,7 @@ def loader_workers(num_workers: int | None, device: torch.device | str = "auto")
 
 def cpus_per_process() -> int:
     """This process's share of the CPUs it may run on (torchrun's processes on one machine share them)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
