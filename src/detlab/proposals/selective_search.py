@@ -1,7 +1,8 @@
 """Selective Search (Uijlings, van de Sande, Gevers, Smeulders, IJCV 2013).
 
-1. Initial regions: Felzenszwalb-Huttenlocher graph segmentation (``skimage``) of the image in
-   some colour space with scale ``k`` (paper section 3.1).
+1. Initial regions: Felzenszwalb-Huttenlocher graph segmentation
+   (:mod:`detlab.proposals.graph_segmentation`, skimage's segmentation compiled with numba) of
+   the image in some colour space with scale ``k`` (paper section 3.1).
 2. Hierarchical grouping (section 3.1, algorithm 1): repeatedly merge the most similar pair of
    neighbouring regions until one region is left; every region ever formed gives a box.
    Similarities (section 3.2) are in [0, 1]: colour (histogram intersection of 25 bins a
@@ -26,11 +27,12 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from scipy import ndimage
 from skimage import color
-from skimage.segmentation import felzenszwalb
 
+from detlab.proposals.graph_segmentation import PixelGraph, felzenszwalb
 from detlab.proposals.method import DEFAULT_MAX_SIDE, ProposalMethod
 
 COLOUR_BINS = 25  # section 3.2, "25 bins for each colour channel"
@@ -108,14 +110,8 @@ def segment(image: np.ndarray, k: float, min_size: int | None = None) -> np.ndar
     ``min_size`` defaults to ``k``, as in the paper's code.
     """
     min_size = int(k) if min_size is None else int(min_size)
-    if image.shape[-1] == 1:
-        labels = felzenszwalb(
-            image[..., 0], scale=k, sigma=SEGMENTATION_SIGMA, min_size=min_size, channel_axis=None
-        )
-    else:
-        labels = felzenszwalb(image, scale=k, sigma=SEGMENTATION_SIGMA, min_size=min_size)
-    # skimage numbers the regions densely, 0..R-1, which describe_regions relies on.
-    return labels.astype(np.int64, copy=False)
+    # Regions are numbered densely, 0..R-1, which describe_regions relies on.
+    return felzenszwalb(image, k, sigma=SEGMENTATION_SIGMA, min_size=min_size)
 
 
 @dataclass
@@ -177,6 +173,18 @@ class Regions:
     image_area: int
 
 
+@numba.njit(cache=True, nogil=True)
+def _region_histograms(flat_labels, codes, num_regions, dims):
+    """int64 ``[R, dims]``: how many pixels of each region fall in each bin of ``codes``
+    ``[H*W, columns]`` (every column's bins are offset into one row of ``dims`` bins)."""
+    counts = np.zeros((num_regions, dims), np.int64)
+    for pixel in range(flat_labels.size):
+        row = counts[flat_labels[pixel]]
+        for column in range(codes.shape[1]):
+            row[codes[pixel, column]] += 1
+    return counts
+
+
 def describe_regions(labels: np.ndarray, codes: PixelCodes | None) -> Regions:
     """Sizes, boxes, neighbours and (with ``codes``) histograms of the regions of ``labels`` ``[H, W]``."""
     num_regions = int(labels.max()) + 1
@@ -194,14 +202,8 @@ def describe_regions(labels: np.ndarray, codes: PixelCodes | None) -> Regions:
     pairs = np.stack([codes_of_pairs // num_regions, codes_of_pairs % num_regions], 1)
     histograms, colour_dims = None, 0
     if codes is not None:
-        colour = np.bincount(
-            (flat[:, None] * codes.colour_dims + codes.colour).reshape(-1),
-            minlength=num_regions * codes.colour_dims,
-        ).reshape(num_regions, codes.colour_dims)
-        texture = np.bincount(
-            (flat[:, None] * codes.texture_dims + codes.texture).reshape(-1),
-            minlength=num_regions * codes.texture_dims,
-        ).reshape(num_regions, codes.texture_dims)
+        colour = _region_histograms(flat, codes.colour, num_regions, codes.colour_dims)
+        texture = _region_histograms(flat, codes.texture, num_regions, codes.texture_dims)
         # Section 3.2: each histogram is L1-normalised, so intersections lie in [0, 1].
         histograms = np.concatenate(
             [colour / colour.sum(1, keepdims=True), texture / texture.sum(1, keepdims=True)], 1
@@ -308,8 +310,9 @@ def hierarchy_boxes(image: np.ndarray, strategy: Strategy | str = "fast") -> lis
     for space in strategy.colour_spaces:
         converted = convert_colour(image, space)
         codes = pixel_codes(converted) if needs_histograms else None
+        graph = PixelGraph(converted, SEGMENTATION_SIGMA)  # shared by every k
         for k in strategy.ks:
-            regions = describe_regions(segment(converted, k), codes)
+            regions = describe_regions(graph.segment(k, min_size=int(k)), codes)
             for similarity in strategy.similarities:
                 result.append(group_regions(regions, similarity)[0])
     return result
