@@ -19,7 +19,7 @@ from pathlib import Path
 
 from detlab.data.loading import load_dataset
 from detlab.data.stats import dataset_stats, format_stats
-from detlab.engine.distributed import usable_cpus
+from detlab.machine import usable_cpus
 from detlab.visualize import show_dataset
 
 

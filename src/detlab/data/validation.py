@@ -26,6 +26,7 @@ from tqdm import tqdm
 from detlab.data.errors import ON_BAD_CHOICES, BadInputError, BadInputWarning
 from detlab.data.images import open_rgb
 from detlab.data.schema import DetectionDataset
+from detlab.machine import usable_cpus
 
 CACHE_FILE_NAME = "image_checks.sqlite3"
 # Part of every cache key: a newer Pillow may read files an older one could not, or the reverse.
@@ -212,7 +213,7 @@ def _open_cache(cache_path: str | Path | None) -> ImageCheckCache | None:
 
 
 def _num_threads() -> int:
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    available = usable_cpus()
     return max(1, min(4, available or 1))
 
 

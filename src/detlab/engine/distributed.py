@@ -43,14 +43,6 @@ class Context:
         return self.local_rank == 0
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, where the system has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this process's GPU when CUDA is present, else the CPU; or an explicit name."""
     if name == "auto":

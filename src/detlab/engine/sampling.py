@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from detlab.engine.distributed import select_device, usable_cpus
+from detlab.engine.distributed import select_device
+from detlab.machine import usable_cpus
 
 
 class ResumableSampler(DistributedSampler):
