@@ -49,6 +49,31 @@ def test_eval_prints_recall_and_saves_plots(synthetic_root, tmp_path, capsys):
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2 * results["uniform"]["num_images"]
 
 
+def test_eval_in_two_processes_equals_one_and_resumes_from_its_cache(synthetic_root, tmp_path, capsys):
+    """``--workers 2`` gives the numbers of one process; killed half way (simulated by a cache
+    holding some images), the next run computes only the rest."""
+    from detlab.data import load_dataset
+    from detlab.proposals import ProposalCache, build_method
+    from detlab.proposals.evaluate import evaluate_method
+
+    dataset = load_dataset(str(synthetic_root), "train")
+    assert len(dataset) > 6
+    method = build_method("ss-single", max_proposals=300)
+    alone = evaluate_method(method, dataset, num_proposals=(100, 300), limit=6, workers=1)
+    cache = ProposalCache(tmp_path / "cache", method)
+    for record in dataset.records[:2]:
+        cache.get_or_compute(record.image_id, record.image_path)
+    done = []
+    parallel = evaluate_method(method, dataset, num_proposals=(100, 300), limit=6, cache=cache, workers=2,
+                               progress=lambda count, total: done.append((count, total)))  # fmt: skip
+    assert parallel["recall"] == alone["recall"] and parallel["mabo"] == alone["mabo"]
+    assert parallel["workers"] == 2 and alone["workers"] == 1 and parallel["wall_seconds"] > 0
+    assert done == [(count, 6) for count in range(1, 7)] and len(cache) == 6
+    argv = ["proposals", "eval", "--data", str(synthetic_root), "--methods", "ss-single", "--limit", "6"]
+    assert main([*argv, "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
 def test_misused_options_are_user_errors(tmp_path, capsys):
     assert main(["proposals", "eval", "--out", "x.png"]) == 2
     assert main(["proposals", "eval"]) == 2

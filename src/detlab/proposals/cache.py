@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detlab.proposals.method import ProposalMethod
+from detlab.machine import usable_cpus
+from detlab.proposals.method import ProposalMethod, propose_files
 
 ImageSource = Tensor | np.ndarray | str | Path | Callable[[], Tensor]
 
@@ -171,12 +172,6 @@ class ProposalCache:
         return computed
 
 
-def _propose_file(job: tuple) -> Tensor:
-    method, path = job
-    torch.set_num_threads(1)
-    return method.propose(path)
-
-
 class RecordProposals:
     """A data set record's proposals from a :class:`ProposalCache`, computed from its image file
     on a miss: what a data set attaches to each training image (``DetectionDataset.with_options(
@@ -200,8 +195,6 @@ class RecordProposals:
     def fill(self, records, workers: int | None = None, progress: bool = True) -> int:
         """Compute the missing proposals of ``records`` in ``workers`` processes (default: one a
         usable core); returns how many were computed. Interrupted, it keeps what it finished."""
-        from multiprocessing import get_context
-
         from tqdm import tqdm
 
         missing = [record for record in records if self.key(record) not in self.cache]
@@ -209,19 +202,13 @@ class RecordProposals:
             return 0
         if self.cache.method is None:
             raise KeyError(f"{len(missing)} images are not in the read-only proposal cache {self.cache.path}")
-        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = max(1, min(workers or available, len(missing)))
         bar = tqdm(total=len(missing), desc=f"{self.cache.method.name} proposals", unit="image", disable=not progress,
                    leave=False, dynamic_ncols=True)  # fmt: skip
         try:
-            if workers == 1:
-                return self.cache.fill(((self.key(record), record.image_path) for record in missing),
-                                       progress=lambda _: bar.update())  # fmt: skip
-            jobs = [(self.cache.method, str(record.image_path)) for record in missing]
-            with get_context("spawn").Pool(workers) as pool:
-                for record, boxes in zip(missing, pool.imap(_propose_file, jobs)):
-                    self.cache.put(self.key(record), boxes)
-                    bar.update()
+            paths = [record.image_path for record in missing]
+            for position, boxes, _ in propose_files(self.cache.method, paths, workers or usable_cpus()):
+                self.cache.put(self.key(missing[position]), boxes)
+                bar.update()
         finally:
             bar.close()
         return len(missing)

@@ -10,12 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from detlab.data.images import load_image
 from detlab.data.schema import DetectionDataset
 from detlab.eval.plots import plot_recall_vs_iou, plot_recall_vs_proposals
 from detlab.eval.proposals import proposal_recall
 from detlab.proposals.cache import ProposalCache
-from detlab.proposals.method import ProposalMethod
+from detlab.proposals.method import ProposalMethod, propose_files
 
 NUM_PROPOSALS = (100, 500, 1000, 2000)
 IOU_THRESHOLDS = (0.5, 0.7)
@@ -28,41 +27,59 @@ def evaluate_method(
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cache: ProposalCache | None = None,
+    workers: int = 1,
 ) -> dict:
     """Proposals of ``method`` for the first ``limit`` records of ``dataset`` (all if ``None``).
 
     Only ``method.propose`` is timed, not decoding the image. Returns the
-    :func:`proposal_recall` dict plus ``seconds_per_image_mean`` / ``_median`` and ``method``
-    (its settings). ``progress(done, total)`` is called after each image. With a ``cache``, cached
-    images are read instead of computed (and their time is the read's).
+    :func:`proposal_recall` dict plus ``seconds_per_image_mean`` / ``_median`` (each image's own
+    time, in whichever process computed it), ``wall_seconds`` (the whole run), ``workers`` and
+    ``method`` (its settings). ``progress(done, total)`` is called after each image. With a
+    ``cache``, cached images are read instead of computed (their time is the read's) and new ones
+    are stored as they come, so an interrupted run resumes. ``workers > 1`` computes the images
+    in that many processes (see :func:`detlab.proposals.method.propose_files`).
     """
     records = dataset.records[:limit] if limit else dataset.records
-    proposals, gt_boxes, gt_labels, seconds = [], [], [], []
-    for done, record in enumerate(records, start=1):
-        cached = cache is not None and record.image_id in cache
-        image = None if cached else load_image(record.image_path)
-        start = time.perf_counter()
-        if cache is None:
-            proposals.append(method.propose(image))
-        else:
-            proposals.append(cache.get_or_compute(record.image_id, image))
-        seconds.append(time.perf_counter() - start)
-        gt_boxes.append(record.boxes)
-        gt_labels.append(record.labels)
-        if progress is not None:
-            progress(done, len(records))
     if not records:
         raise ValueError(f"data set {dataset.name or ''} has no images to evaluate proposals on")
+    proposals, seconds = [None] * len(records), [0.0] * len(records)
+    done = 0
+    started = time.perf_counter()
+
+    def finished() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, len(records))
+
+    todo = []
+    for index, record in enumerate(records):
+        if cache is not None and record.image_id in cache:
+            start = time.perf_counter()
+            proposals[index] = cache.get(record.image_id)
+            seconds[index] = time.perf_counter() - start
+            finished()
+        else:
+            todo.append(index)
+    paths = [records[index].image_path for index in todo]
+    for position, boxes, took in propose_files(method, paths, workers):
+        index = todo[position]
+        proposals[index], seconds[index] = boxes, took
+        if cache is not None:
+            cache.put(records[index].image_id, boxes)
+        finished()
     result = proposal_recall(
         proposals,
-        gt_boxes,
-        gt_labels,
+        [record.boxes for record in records],
+        [record.labels for record in records],
         num_proposals=num_proposals,
         iou_thresholds=IOU_THRESHOLDS,
         classes=dataset.classes,
     )
     result["seconds_per_image_mean"] = statistics.mean(seconds)
     result["seconds_per_image_median"] = statistics.median(seconds)
+    result["wall_seconds"] = time.perf_counter() - started
+    result["workers"] = max(1, min(int(workers), len(todo))) if todo else 0
     result["method"] = method.settings()
     return result
 
