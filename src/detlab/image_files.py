@@ -48,3 +48,21 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise BadInputError(path, f"too many pixels to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadInputError(path, f"corrupt or truncated image ({error})") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` as displayed (EXIF rotation applied) without decoding the pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "image file not found")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except UnidentifiedImageError:
+        raise BadInputError(path, "not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadInputError(path, f"unreadable image ({error})") from None
+    if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+        width, height = height, width
+    return width, height

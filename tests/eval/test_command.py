@@ -227,3 +227,65 @@ print("RESULT", code, round(result.stats[1], 4), TORCH_MODULES)
 """)
     assert last_line == "RESULT 0 0.5 []"  # AP50: the cat found, the dog missed
     assert (tmp_path / "out" / "report.json").is_file()
+
+
+def small_voc(root: Path) -> list[dict]:
+    """A three-image VOC folder (one box difficult, one zero-size box that the reader drops with a
+    warning) and a results list for it with string ids."""
+    from PIL import Image
+
+    objects = {
+        "img_a": [("cat", (10, 10, 50, 60), 0), ("dog", (60, 20, 90, 80), 0)],
+        "img_b": [("cat", (5, 5, 40, 40), 1), ("cat", (30, 30, 30, 70), 0)],  # difficult; zero width
+        "img_c": [("dog", (20, 20, 70, 70), 0)],
+    }
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for stem, boxes in objects.items():
+        Image.new("RGB", (100, 90), "gray").save(root / "JPEGImages" / f"{stem}.jpg")
+        parts = "".join(
+            f"<object><name>{name}</name><difficult>{hard}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for name, (x1, y1, x2, y2), hard in boxes
+        )
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>100</width><height>90</height>"
+            f"<depth>3</depth></size>{parts}</annotation>"
+        )
+    (root / "ImageSets" / "Main" / "test.txt").write_text("img_a\nimg_b\nimg_c\n")
+    return [
+        {"image_id": "img_a", "category_id": 1, "bbox": [11, 10, 40, 50], "score": 0.9},
+        {"image_id": "img_a", "category_id": 2, "bbox": [0, 0, 20, 20], "score": 0.8},  # a false positive
+        {"image_id": "img_b", "category_id": 1, "bbox": [5, 5, 35, 35], "score": 0.7},  # the difficult cat
+        {"image_id": "img_c", "category_id": 2, "bbox": [22, 20, 48, 50], "score": 0.6},
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:.*zero-size box")
+def test_scoring_against_a_voc_folder_imports_no_torch(tmp_path, run_without_torch):
+    """A VOC folder as ground truth is read as annotations only: no torch, the same numbers as
+    scoring against the data layer's DetectionDataset of the same folder."""
+    from detlab.data import read_voc
+
+    root = tmp_path / "voc"
+    results_path = write(tmp_path, small_voc(root))
+    expected = {
+        protocol: evaluate_detections(read_voc(root, "test"), results_path, protocol=protocol)[0]["metrics"]
+        for protocol in ("voc07", "coco")
+    }
+    assert 0 < expected["voc07"]["mAP@0.5"] < 1 and expected["coco"]["AP"] > 0
+    last_line = run_without_torch(f"""
+import json, warnings
+warnings.simplefilter("ignore")
+from detlab.cli import main
+from detlab.eval import evaluate_detections
+code = main(["eval", "--gt", {str(root)!r}, "--split", "test", "--pred", {str(results_path)!r},
+             "--protocol", "voc07", "--out", {str(tmp_path / "out")!r}, "--no-plots"])
+coco, _ = evaluate_detections("voc:" + {str(root)!r}, {str(results_path)!r}, protocol="coco", split="test")
+voc07 = json.loads(open({str(tmp_path / "out" / "report.json")!r}).read())["metrics"]
+print(json.dumps([code, voc07, coco["metrics"], TORCH_MODULES]))
+""")
+    code, voc07, coco, torch_modules = json.loads(last_line)
+    assert code == 0 and torch_modules == []
+    assert voc07 == pytest.approx(expected["voc07"]) and coco == pytest.approx(expected["coco"])

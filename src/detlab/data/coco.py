@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from detlab.data.annotations import coco_category_ids, coco_image_ids  # noqa: F401 - re-exported
 from detlab.data.errors import BadInputError, ProblemLog
 from detlab.data.images import image_size
 from detlab.data.records import RawObject, build_record
@@ -121,19 +122,6 @@ def _keypoints(annotation: dict, json_path: Path, where: str) -> list[list[float
         raise BadInputError(json_path, f"{where}: 'keypoints' must be a list of x, y, v triples")
     triples = [values[index : index + 3] for index in range(0, len(values), 3)]
     return [[float(x), float(y)] if v else [float("nan")] * 2 for x, y, v in triples]
-
-
-def coco_image_ids(dataset: DetectionDataset) -> list[int]:
-    """Integer ids used in COCO files for ``dataset``'s records: their own ids if all are ints,
-    else 1..N in record order (the ids :func:`write_coco` writes)."""
-    if all(isinstance(r.image_id, int) for r in dataset.records):
-        return [r.image_id for r in dataset.records]
-    return list(range(1, len(dataset.records) + 1))
-
-
-def coco_category_ids(dataset: DetectionDataset) -> list[int]:
-    """COCO category id of each label 1..C (the original ids for a COCO-read dataset, else 1..C)."""
-    return list(getattr(dataset, "category_ids", None) or range(1, dataset.num_classes + 1))
 
 
 def to_coco_dict(dataset: DetectionDataset, image_root: Path | None = None) -> dict:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 
-from detlab.errors import BadInputError
-from detlab.image_files import open_rgb, to_rgb
+from detlab.image_files import image_size, open_rgb, to_rgb  # noqa: F401 - image_size re-exported
 
 
 def _rgb_to_tensor(image: Image.Image) -> Tensor:
@@ -144,24 +143,6 @@ def to_image_tensor(image) -> Tensor:
             raise ValueError(f"cannot use a {described} as an image{hint}; accepted: {IMAGE_FORMS}")
         return _channels_first_to_tensor(image, described)
     raise ValueError(f"cannot use a {described} as an image; accepted: {IMAGE_FORMS}")
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` as displayed (EXIF rotation applied) without decoding the pixels."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "image file not found")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except UnidentifiedImageError:
-        raise BadInputError(path, "not an image file (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(path, f"unreadable image ({error})") from None
-    if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-        width, height = height, width
-    return width, height
 
 
 def warp_image(image: Tensor, size: tuple[int, int]) -> Tensor:

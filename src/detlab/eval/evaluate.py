@@ -20,6 +20,7 @@ import numpy as np
 from detlab.eval.coco import CocoResult, evaluate_coco
 from detlab.eval.problem import (
     DetectionProblem,
+    as_numpy,
     box_flags,
     image_sort_key,
     load_json,
@@ -43,7 +44,7 @@ def problem_from_dataset(
     dataset: DetectionDataset, results, results_path: str | Path = "<results>"
 ) -> DetectionProblem:
     """A problem from a data set's records and a COCO results list (ids as in the module doc)."""
-    from detlab.data.coco import coco_category_ids, coco_image_ids
+    from detlab.data.annotations import coco_category_ids, coco_image_ids
 
     records = dataset.records
     order = sorted(range(len(records)), key=lambda index: image_sort_key(records[index].image_id))
@@ -65,7 +66,7 @@ def problem_from_dataset(
         parts = [box_flags(getattr(record, name), len(record.boxes), name) for record in records]
         return np.concatenate(parts) if parts else np.zeros(0, bool)
 
-    labels = [record.labels.numpy().astype(np.int64) - 1 for record in records]
+    labels = [as_numpy(record.labels, np.int64) - 1 for record in records]
     return DetectionProblem(
         image_ids=[records[index].image_id for index in order],
         category_ids=category_ids,
@@ -85,13 +86,21 @@ def problem_from_dataset(
 
 
 def load_ground_truth(gt: str | Path | DetectionDataset, split: str | None = None):
-    """A data set, or the raw COCO dict for a ``.json`` file (kept raw so numbers match the COCO API)."""
+    """A data set, or the raw COCO dict for a ``.json`` file (kept raw so numbers match the COCO API).
+
+    A VOC folder is read as annotations only (:func:`detlab.data.voc_files.read_voc_annotations`),
+    like a COCO file without torch; YOLO folders and the synthetic sets go through the data layer.
+    """
     if not isinstance(gt, (str, Path)):
         return gt  # a DetectionDataset
     path = str(gt)
     if path.endswith(".json") and not path.startswith(("voc:", "yolo:")):
         file_path = Path(path.removeprefix("coco:"))
         return {"path": file_path, "data": load_json(file_path)}
+    if path.startswith("voc:") or (":" not in path and (Path(path) / "Annotations").is_dir()):
+        from detlab.data.voc_files import read_voc_annotations
+
+        return read_voc_annotations(path.removeprefix("voc:"), split)
     from detlab.data import load_dataset
 
     return load_dataset(path, split=split)
@@ -144,7 +153,7 @@ def evaluate_detections(
         problem = problem_from_targets(
             predictions, [record.target() for record in truth.records], truth.classes
         )
-        from detlab.data.coco import coco_category_ids
+        from detlab.data.annotations import coco_category_ids
 
         problem.category_ids = coco_category_ids(truth)
         problem.source = {"ground_truth": truth.name, "results": "detector outputs"}
@@ -169,7 +178,7 @@ def to_coco_results(
     ``use_record_ids``: write the records' own ids (VOC stems); otherwise the integer ids of
     :func:`detlab.data.write_coco`, so the file also works with a COCO ground-truth file it wrote.
     """
-    from detlab.data.coco import coco_category_ids, coco_image_ids
+    from detlab.data.annotations import coco_category_ids, coco_image_ids
 
     if len(predictions) != len(dataset.records):
         raise ValueError(
