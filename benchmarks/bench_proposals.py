@@ -7,6 +7,10 @@ detlab ``ss-quality`` on the first ``--quality-limit`` images of the split (qual
 the baselines. Recall, AR and MABO of detlab's methods come from ``detlab.eval.proposals``;
 OpenCV's are the peer script's own numbers on the same ground truth.
 
+Targets: ``ss-fast`` at most 0.8x OpenCV fast's mean time an image and ``ss-quality`` at most
+1.0x OpenCV quality's, with recall@2000 (IoU 0.5 and 0.7) and MABO not below OpenCV's nor below
+the previous report's (read from ``proposals.json`` before it is overwritten).
+
 Writes ``benchmarks/results/proposals.json``, ``proposals.md`` and plots
 ``proposals_<data>_*.png``. Run under the CPU lock:
 
@@ -118,9 +122,20 @@ def fast_phase(data_name: str, limit: int) -> dict:
         "fast_recall_0.5_at_2000": fast["recall"][f"0.5@{TOP}"] >= peer_fast["recall"][f"0.5@{TOP}"],
         "fast_recall_0.7_at_2000": fast["recall"][f"0.7@{TOP}"] >= peer_fast["recall"][f"0.7@{TOP}"],
         "fast_mabo": fast["mabo"] >= peer_fast["MABO"],
-        "fast_time_at_most_2x": entry["ratios"]["fast_time_mean_detlab_over_opencv"] <= 2.0,
+        "fast_time_at_most_0.8x": entry["ratios"]["fast_time_mean_detlab_over_opencv"] <= 0.8,
     }
     return entry
+
+
+def not_below_previous(result: dict, previous: dict | None) -> dict:
+    """Recall@2000 at IoU 0.5/0.7 and MABO of ``result`` against the same method's ``previous``
+    result on the same images: ``{name: bool}``; empty when there is nothing to compare."""
+    if not previous:
+        return {}
+    keys = [f"0.5@{TOP}", f"0.7@{TOP}"]
+    checks = {f"recall_{key}": result["recall"][key] >= previous["recall"][key] - 1e-12 for key in keys}
+    checks["mabo"] = result["mabo"] >= previous["mabo"] - 1e-12
+    return checks
 
 
 def quality_phase(data_name: str, entry: dict, quality_images: int) -> None:
@@ -135,6 +150,8 @@ def quality_phase(data_name: str, entry: dict, quality_images: int) -> None:
         subset["ss-quality"]["seconds_per_image_mean"]
         / entry["peer"]["opencv-quality"]["seconds_per_image_mean"]
     )
+    quality_ratio = entry["ratios"]["quality_time_mean_detlab_over_opencv"]
+    entry["targets"]["quality_time_at_most_1.0x"] = quality_ratio <= 1.0
 
 
 def write_report(report: dict, out_dir: Path) -> None:
@@ -160,9 +177,14 @@ def write_report(report: dict, out_dir: Path) -> None:
         lines += [
             f"Time ratio detlab/OpenCV, fast: {ratios['fast_time_mean_detlab_over_opencv']:.2f} (mean), "
             f"{ratios['fast_time_median_detlab_over_opencv']:.2f} (median).  ",
-            "Targets (detlab fast vs OpenCV fast): "
+            "Targets (detlab vs OpenCV): "
             + ", ".join(f"{key} {'met' if value else 'NOT met'}" for key, value in entry["targets"].items()),
         ]
+        for label, checks in entry.get("against_previous", {}).items():
+            lines += [
+                f"  \nNot below the previous report ({label}): "
+                + ", ".join(f"{key} {'yes' if value else 'NO'}" for key, value in checks.items())
+            ]
         curves = {f"detlab {name}": result for name, result in detlab.items()}
         if "quality_subset" in entry:
             subset = entry["quality_subset"]
@@ -207,17 +229,31 @@ def main() -> int:
         "top": TOP,
         "data_sets": {},
     }
+    previous_file = out_dir / "proposals.json"
+    # Read before the first phase overwrites it.
+    previous_report = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
+    previous, previous_date = previous_report.get("data_sets", {}), previous_report.get("date", "?")
     names = [name for name in args.data_sets.split(",") if DATA_SETS[name].is_dir()]
     if not names:
         print(f"no data sets found under {SHARED / 'data'}", flush=True)
         return 1
     # Fast modes on every data set first: they carry the targets, so they are measured before the slow rest.
     for data_name in names:
-        report["data_sets"][data_name] = fast_phase(data_name, args.limit)
+        entry = report["data_sets"][data_name] = fast_phase(data_name, args.limit)
+        before = previous.get(data_name, {})
+        if before.get("images") == entry["images"]:
+            checks = not_below_previous(entry["detlab"]["ss-fast"], before["detlab"].get("ss-fast"))
+            entry["against_previous"] = {f"ss-fast, report of {previous_date}": checks}
         write_report(report, out_dir)
     for data_name in names:
         entry = report["data_sets"][data_name]
         quality_phase(data_name, entry, min(args.quality_limit, entry["images"]))
+        before = previous.get(data_name, {})
+        if before.get("quality_images") == entry["quality_images"]:
+            checks = not_below_previous(
+                entry["quality_subset"]["ss-quality"], before["quality_subset"].get("ss-quality")
+            )
+            entry.setdefault("against_previous", {})[f"ss-quality, report of {previous_date}"] = checks
         write_report(report, out_dir)
     print((out_dir / "proposals.md").read_text())
     return 0
