@@ -49,7 +49,8 @@ class DataConfig:
     root: str = "data/synthetic"
     synthetic_images: int = 600
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "auto"  # auto: the "val" split if the data has one apart from training, else held out
+    val_fraction: float = 0.15  # the share of the training split held out when val_split is auto
     test_split: str = "test"
     horizontal_flip: bool = True
     vertical_flip: bool = False  # for data with no up and down (cells, shapes, aerial images)
@@ -94,6 +95,13 @@ class TrainConfig:
     dist_timeout_s: float = 1800.0
 
 
+AUTO = "auto"  # a setting chosen from the training data before a run (detlab.models.data_fit)
+
+
+def is_auto(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
 def _convert(value: Any, annotation: Any) -> Any:
     """Coerce a YAML/CLI value to ``annotation`` (enough for the types configs use)."""
     origin = typing.get_origin(annotation)
@@ -101,7 +109,12 @@ def _convert(value: Any, annotation: Any) -> Any:
         arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        return _convert(value, arguments[0])
+        for argument in arguments[:-1]:  # the first type the value converts to (e.g. a tuple, else "auto")
+            try:
+                return _convert(value, argument)
+            except (ValueError, TypeError):
+                continue
+        return _convert(value, arguments[-1])
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value)
     if origin in (tuple, list):

@@ -22,6 +22,20 @@ def test_stats_command_on_bccd_names_the_zero_size_boxes(bccd_root, capsys, tmp_
     assert "BloodImage_00338.xml" in out and "BloodImage_00343.xml" in out and "zero-size box" in out
 
 
+def test_stats_show_box_sizes_after_the_default_resize_and_anchor_coverage(synthetic_root, capsys, tmp_path):
+    import json
+
+    assert cli_main(["data", "stats", str(synthetic_root), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "With Faster R-CNN's defaults" in out and "fixed anchors:" in out and "anchors train would use:" in out
+    fit = json.loads((tmp_path / "s.json").read_text())["faster_rcnn_defaults"]
+    stats = dataset_stats(read_voc(synthetic_root))
+    assert sum(fit["resized_box_sizes"].values()) == stats["objects"]
+    percentiles = list(fit["resized_box_side_percentiles"].values())
+    assert percentiles == sorted(percentiles) and percentiles[0] > 0
+    assert 0 <= fit["anchors"]["best_possible_recall"] <= 1 and fit["anchors"]["boxes"] == stats["objects"]
+
+
 def test_show_writes_a_grid(synthetic_root, tmp_path):
     from PIL import Image
 

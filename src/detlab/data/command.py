@@ -36,6 +36,16 @@ def run_stats(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split, on_bad=args.on_bad, problems=problems)
     stats = dataset_stats(dataset)
     print(format_stats(stats))
+    if dataset.records and any(len(record.boxes) for record in dataset.records):
+        from detlab.engine.run import model_builders, resolve_run_config
+        from detlab.models.data_fit import detector_fit_summary, format_fit_summary
+
+        def build(model_config):
+            return model_builders()["faster_rcnn"](model_config, max(1, len(dataset.classes)))
+
+        defaults = resolve_run_config("faster_rcnn")
+        stats["faster_rcnn_defaults"] = detector_fit_summary(dataset.records, defaults, build)
+        print(format_fit_summary(stats["faster_rcnn_defaults"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(stats, indent=2))

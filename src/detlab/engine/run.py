@@ -13,6 +13,7 @@ data and training defaults. ``detlab train`` and ``detlab.train(...)`` both end 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 import warnings
@@ -150,13 +151,74 @@ def build_datasets(run_config: RunConfig, context: Context | None = None):
             validation, reports = None, {"train": report.as_dict()}
             if parse_spec(data.spec)[0] == "coco":
                 warnings.warn("a COCO file is one split: no evaluation during training", stacklevel=2)
+            elif data.val_split == "auto":
+                train, validation, reports["val"] = automatic_validation(run_config, train, context)
             elif data.val_split:
+                if data.val_split == data.test_split:
+                    warnings.warn(f"data.val_split is the test split ({data.test_split!r}): best.pt is chosen on the "
+                                  "test images, so its test numbers are optimistic", stacklevel=2)  # fmt: skip
                 validation, val_report = load_split(run_config, data.val_split)
-                validation = validation.with_transforms(build_transforms(False))
                 reports["val"] = val_report.as_dict()
+            if validation is not None:
+                validation = validation.with_transforms(build_transforms(False))
             result = train, validation, reports
         barrier(context)
     return result
+
+
+MIN_IMAGES_TO_HOLD_OUT = 10  # below this the training split is used whole (no validation)
+
+
+def automatic_validation(run_config: RunConfig, train, context: Context):
+    """``data.val_split: auto``: ``(train, validation or None, report)``. The data set's ``val``
+    split when it has one that shares no image with the training split; otherwise a seeded
+    ``data.val_fraction`` of the training split is held out (the same images on every process and
+    after a resume), so ``best.pt`` is never chosen on the test images. A training split of fewer
+    than ``MIN_IMAGES_TO_HOLD_OUT`` images is used whole, and ``best.pt`` is then the last."""
+    data = run_config.data
+    try:
+        validation, check = load_split(run_config, "val")
+    except (FileNotFoundError, ValueError):
+        validation = None
+    train_images = {str(record.image_path) for record in train.records}
+    if validation is not None and len(validation) and not train_images & {str(r.image_path) for r in validation.records}:
+        if context.is_main:
+            print(f"validation: the data set's val split ({len(validation)} images)", flush=True)
+        return train, validation, check.as_dict()
+    count = len(train)
+    held = int(round(data.val_fraction * count))
+    if count < MIN_IMAGES_TO_HOLD_OUT or held < 1 or held >= count:
+        warnings.warn(f"no validation split: the training split has {count} images, too few to hold some out "
+                      f"(data.val_fraction {data.val_fraction}); best.pt is the last checkpoint", stacklevel=2)  # fmt: skip
+        return train, None, {"held_out": 0}
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(run_config.train.seed)).tolist()
+    held_out, kept = sorted(order[:held]), sorted(order[held:])
+    validation, train = train.subset(held_out), train.subset(kept)
+    if context.is_main:
+        print(f"validation: {held} of the training split's {count} images held out (seed {run_config.train.seed}; "
+              "data.val_split names a split instead)", flush=True)  # fmt: skip
+        run_dir = Path(run_config.train.out_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "val_held_out.txt").write_text("".join(f"{record.image_id}\n" for record in validation.records))
+    return train, validation, {"held_out": held, "seed": run_config.train.seed}
+
+
+def fit_model_to_data(run_config: RunConfig, train_dataset, num_classes: int, context: Context) -> RunConfig:
+    """``run_config`` with the model's ``"auto"`` settings chosen from the training split
+    (:mod:`detlab.models.data_fit`); the choices and the anchor coverage are printed and written
+    to ``data_fit.json`` in the run folder."""
+    from detlab.models.data_fit import describe, fit_to_data
+
+    def build(model_config):
+        return model_builders()[run_config.model_name](model_config, num_classes)
+
+    run_config, report = fit_to_data(run_config, train_dataset.records, build)
+    if report and context.is_main:
+        run_dir = Path(run_config.train.out_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "data_fit.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(describe(report), flush=True)
+    return run_config
 
 
 def make_evaluator(model: torch.nn.Module, classes: list[str]):
@@ -188,6 +250,8 @@ def train_run(
     context = context or init_distributed(run_config.train.device, run_config.train.dist_timeout_s)
     train_dataset, val_dataset, data_report = build_datasets(run_config, context)
     classes = list(train_dataset.classes)
+    if resume is None:  # a resumed run's config holds what was chosen when it started
+        run_config = fit_model_to_data(run_config, train_dataset, len(classes), context)
     torch.manual_seed(run_config.train.seed)  # the same initial weights on every rank and every run
     model = build_model(run_config, len(classes), weights_from_checkpoint=resume is not None)
     stages = recipe_of(model, run_config.train.recipe)

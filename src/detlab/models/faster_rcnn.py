@@ -13,6 +13,7 @@ Shape letters: B images; C object classes (labels 1..C, 0 background); P proposa
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -43,10 +44,19 @@ class FasterRCNNConfig(RPNConfig, RoIHeadConfig, InputSizeConfig, BackboneConfig
     together, section 3.2) or ``4step`` (the paper's alternating training).
     """
 
+    # "auto": chosen from the training boxes before the run (detlab.models.data_fit), then stored
+    min_size: int | str = "auto"
+    max_size: int | str = "auto"
+    anchor_sizes: tuple[float, ...] | str = "auto"
+    aspect_ratios: tuple[float, ...] | str = "auto"
     fpn: bool = True
     fpn_channels: int = 96
     fpn_min_level: int = 3
     roi_pooling: str = choice("align", ("align", "pool"))  # pool: single level only; FPN always aligns
+
+    # Small data sets trained from scratch: colour jitter on (flips: horizontal, the shared
+    # default), and the learning rate the CPU presets use.
+    RUN_DEFAULTS: ClassVar[dict] = {"data": {"photometric": True}, "train": {"lr": 0.02}}
 
 
 TRAINING_STAGES = ("joint", "rpn", "detector")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
+from detlab.config import is_auto
 
 
 @dataclasses.dataclass
@@ -324,16 +325,22 @@ class RegionProposalNetwork(nn.Module):
         return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": loss_box}
 
 
-def build_rpn(config: RPNConfig, backbone: nn.Module) -> RegionProposalNetwork:
-    """The RPN ``config`` describes on ``backbone``'s levels (its ``strides`` and ``out_channels``)."""
-    num_levels = len(backbone.strides)
-    if len(config.anchor_sizes) % num_levels:
+def split_anchor_sizes(anchor_sizes, num_levels: int) -> tuple[tuple[float, ...], ...]:
+    """The flat ``anchor_sizes`` split evenly over ``num_levels`` levels, smallest first."""
+    if len(anchor_sizes) % num_levels:
         raise ValueError(
-            f"anchor_sizes has {len(config.anchor_sizes)} sizes, not a multiple of the {num_levels} feature levels"
+            f"anchor_sizes has {len(anchor_sizes)} sizes, not a multiple of the {num_levels} feature levels"
         )
-    per_level = len(config.anchor_sizes) // num_levels
-    sizes = tuple(tuple(config.anchor_sizes[i * per_level : (i + 1) * per_level]) for i in range(num_levels))
-    anchors = AnchorGenerator(sizes, config.aspect_ratios)
+    per_level = len(anchor_sizes) // num_levels
+    return tuple(tuple(anchor_sizes[i * per_level : (i + 1) * per_level]) for i in range(num_levels))
+
+
+def build_rpn(config: RPNConfig, backbone: nn.Module) -> RegionProposalNetwork:
+    """The RPN ``config`` describes on ``backbone``'s levels (its ``strides`` and ``out_channels``);
+    ``"auto"`` anchors not yet fitted to data (:mod:`detlab.models.data_fit`) are the fixed defaults."""
+    sizes = RPNConfig.anchor_sizes if is_auto(config.anchor_sizes) else config.anchor_sizes
+    ratios = RPNConfig.aspect_ratios if is_auto(config.aspect_ratios) else config.aspect_ratios
+    anchors = AnchorGenerator(split_anchor_sizes(sizes, len(backbone.strides)), ratios)
     return RegionProposalNetwork(
         anchors,
         RPNHead(backbone.out_channels, anchors.num_anchors_per_location),

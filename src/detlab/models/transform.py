@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
+from detlab.config import is_auto
 from detlab.data.images import resize_image, scaled_size, warp_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,8 +103,16 @@ class ImageBatcher(nn.Module):
 
 
 def batcher_from_config(config: InputSizeConfig, strides: list[float]) -> ImageBatcher:
-    """An :class:`ImageBatcher` padding to a multiple of the largest of the backbone's ``strides``."""
-    return ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(strides)))
+    """An :class:`ImageBatcher` padding to a multiple of the largest of the backbone's ``strides``
+    (an ``"auto"`` size not yet chosen from data is the fixed default)."""
+    min_size = InputSizeConfig.min_size if is_auto(config.min_size) else config.min_size
+    max_size = max_size_for(min_size) if is_auto(config.max_size) else config.max_size
+    return ImageBatcher(min_size, max_size, size_divisible=int(max(strides)))
+
+
+def max_size_for(min_size: int) -> int:
+    """The long-side limit that keeps :class:`InputSizeConfig`'s default 4:3 for ``min_size``."""
+    return int(round(min_size * InputSizeConfig.max_size / InputSizeConfig.min_size))
 
 
 def check_image(image: Tensor) -> None:
