@@ -9,6 +9,8 @@ Parts (``--parts``, in order):
 - ``old``: the defaults before that, set explicitly: short side 320 / 427, anchors 16-144 px at
   ratios 0.5/1/2, lr 0.01, no photometric jitter, and ``best.pt`` chosen on the test split (what a
   user had to name, having no val split);
+- ``fitted``: the old defaults, but with the input size and anchors fitted (``auto``): what the
+  fit alone changes, under the old protocol (``best.pt`` chosen on the test split);
 - ``peer``: ``../shared/anchors/torchvision_frcnn.py`` (MobileNetV3-Large FPN, no pretrained
   weights, its own defaults) with the same budget.
 detlab's runs are scored with ``detlab eval --checkpoint RUN/best`` on the test split (COCO's
@@ -32,6 +34,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 OLD_DEFAULTS = ["model.min_size=320", "model.max_size=427", "model.anchor_sizes=[16,24,40,64,96,144]",
                 "model.aspect_ratios=[0.5,1.0,2.0]", "train.lr=0.01", "data.photometric=false",
                 "data.val_split=test"]  # fmt: skip
+# The old defaults with only the anchors and the input size fitted (auto): isolates what the fit does.
+FITTED_ONLY = [item for item in OLD_DEFAULTS if not item.startswith("model.")]
 PEER = REPO.parent / "shared" / "anchors" / "torchvision_frcnn.py"
 
 
@@ -80,15 +84,19 @@ def run_peer(data_dir: Path, budget: float) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"# Faster R-CNN with its defaults on {report['data']} ({report['budget_s']:.0f} s of training each)", "",
              *header_lines(report),
+             *([f"The parts ran as: {', '.join(f'`{command}`' for command in report['commands'])}.", ""]
+               if len(report.get("commands", [])) > 1 else []),
              "Train on trainval, test on test. detlab: `best.pt` scored by `detlab eval --checkpoint` (COCO's numbers; "
              "VOC07 11-point mAP@0.5). The peer: its own pycocotools numbers.", "",
              "| run | mAP@0.5 (VOC07) | COCO AP50 | COCO AP | AP75 | AR@100 | anchors cover (IoU >= 0.7) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    names = {"new": "detlab, defaults now", "old": "detlab, the old defaults", "peer": "torchvision Faster R-CNN (peer)"}
+    names = {"new": "detlab, defaults now", "old": "detlab, the old defaults (best.pt chosen on test)",
+             "fitted": "detlab, the old defaults with fitted input size and anchors (best.pt chosen on test)",
+             "peer": "torchvision Faster R-CNN (peer)"}
     for part, result in report["parts"].items():
         if part == "peer":
-            lines.append(f"| {names[part]} | - | {result.get('mAP@0.5', float('nan')):.3f} | "
-                         f"{result.get('mAP@[.5:.95]', float('nan')):.3f} | - | - | - |")  # fmt: skip
+            lines.append(f"| {names[part]} ({result.get('iterations', '?')} iterations) | - | "
+                         f"{result.get('mAP50', float('nan')):.3f} | {result.get('mAP', float('nan')):.3f} | - | - | - |")  # fmt: skip
             continue
         coco, fit = result["coco"], result.get("data_fit") or {}
         cover = fit.get("anchors", {}).get("best_possible_recall")
@@ -98,30 +106,39 @@ def markdown(report: dict) -> str:
     for part, result in report["parts"].items():
         if part != "peer" and result.get("validation_ap50"):
             values = result["validation_ap50"]
-            lines.append(f"\n{names[part]}: validation AP50 over the run {values} (best {max(values):.3f}, "
-                         f"last {values[-1]:.3f}).")  # fmt: skip
+            lines.append(f"\n{names[part]}: {len(values)} validation evaluations (AP50), first {values[0]:.3f}, "
+                         f"best {max(values):.3f} (best.pt), last {values[-1]:.3f}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="raccoon", choices=("raccoon", "bccd"))
-    parser.add_argument("--parts", nargs="+", default=["new", "old", "peer"], choices=("new", "old", "peer"))
+    parser.add_argument("--parts", nargs="+", default=["new", "old", "peer"], choices=("new", "old", "fitted", "peer"))
     parser.add_argument("--budget-s", type=float, default=1500.0)
     parser.add_argument("--work-dir", default="/tmp/bench/data_defaults")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the JSON")
     args = parser.parse_args()
     data_dir = SHARED_DATA / args.data
     name = f"data_defaults_{args.data}"
     previous = RESULTS / f"{name}.json"
     report = json.loads(previous.read_text()) if previous.is_file() else {}
+    commands = report.get("commands", [report["command"]] if "command" in report else [])
     report.update({**stamp(), "data": args.data, "budget_s": args.budget_s})
+    if not args.render_only:
+        report["commands"] = [*commands, report["command"]]
     report.setdefault("parts", {})
+    if args.render_only:
+        report = json.loads(previous.read_text())
+        write_results(name, report, markdown(report))
+        return 0
     for part in args.parts:
         run_dir = Path(args.work_dir) / args.data / part
         if part == "peer":
             report["parts"][part] = run_peer(data_dir, args.budget_s)
         else:
-            report["parts"][part] = run_detlab(data_dir, args.budget_s, run_dir, OLD_DEFAULTS if part == "old" else [])
+            extra = {"old": OLD_DEFAULTS, "fitted": FITTED_ONLY}.get(part, [])
+            report["parts"][part] = run_detlab(data_dir, args.budget_s, run_dir, extra)
         write_results(name, report, markdown(report))
         print(markdown(report), flush=True)
     return 0

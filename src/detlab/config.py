@@ -42,7 +42,10 @@ class DataConfig:
     samples are mosaics of four images (:class:`detlab.data.mosaic.MosaicDataset`), until
     ``mosaic_off_after`` of the budget is spent. ``num_workers``: processes that load and augment
     batches ahead of the model; ``None`` (auto) chooses by device
-    (:func:`detlab.engine.sampling.loader_workers`).
+    (:func:`detlab.engine.sampling.loader_workers`). ``val_split``: the split that picks
+    ``best.pt``; ``auto`` takes the data set's ``val`` split when it shares no image with the
+    training split, else holds out a seeded ``val_fraction`` of the training split
+    (:func:`detlab.engine.run.automatic_validation`); ``""`` evaluates only at the end.
     """
 
     spec: str = "synthetic"

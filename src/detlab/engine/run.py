@@ -178,8 +178,12 @@ def automatic_validation(run_config: RunConfig, train, context: Context):
     data = run_config.data
     try:
         validation, check = load_split(run_config, "val")
-    except (FileNotFoundError, ValueError):
-        validation = None
+    except FileNotFoundError:
+        validation = None  # no such split file (VOC)
+    except ValueError as error:
+        if "split 'val'" not in str(error):
+            raise  # a val split that exists but is broken is reported, not silently replaced
+        validation = None  # a data.yaml without a val entry
     train_images = {str(record.image_path) for record in train.records}
     if validation is not None and len(validation) and not train_images & {str(r.image_path) for r in validation.records}:
         if context.is_main:
