@@ -31,8 +31,8 @@ import torch
 from torchvision.ops import box_iou
 
 from detlab.config import is_auto
-from detlab.models.rpn import RPNConfig
-from detlab.models.transform import InputSizeConfig, max_size_for
+from detlab.models.rpn import AnchorGenerator, RPNConfig, split_anchor_sizes
+from detlab.models.transform import InputSizeConfig, batcher_from_config, max_size_for
 
 SMALL_OBJECT_STRIDES = 2.5  # finest-stride cells the 10th-percentile box side should span
 MIN_SIZE_BOUNDS = (320, 512)  # the short sides auto may choose (CPU budget); multiples of 32
@@ -160,9 +160,6 @@ def fit_to_data(run_config, records, build_model) -> tuple[object, dict]:
     """``run_config`` with its model's ``"auto"`` fields chosen from the training ``records``,
     and a report (the choices, and the anchor coverage of what the run will use). ``build_model(
     model_config)`` builds the method's model (to read its strides, batcher and RPN)."""
-    from detlab.models.rpn import AnchorGenerator, split_anchor_sizes
-    from detlab.models.transform import batcher_from_config
-
     config = run_config.model
     names = {field.name for field in dataclasses.fields(config)}
     report: dict = {}
@@ -183,9 +180,15 @@ def fit_to_data(run_config, records, build_model) -> tuple[object, dict]:
         fixed = concrete(run_config.model)
         num_levels = len(strides)
 
+        measured_before: dict = {}
+
         def coverage(sizes, ratios) -> dict:
-            generator = AnchorGenerator(split_anchor_sizes(sizes, num_levels), ratios)
-            return anchor_coverage(records, generator, strides, batcher, positive_iou)
+            """Measured once per anchor set: the chosen set's numbers are reused for the report."""
+            key = (tuple(sizes), tuple(ratios))
+            if key not in measured_before:
+                generator = AnchorGenerator(split_anchor_sizes(sizes, num_levels), ratios)
+                measured_before[key] = anchor_coverage(records, generator, strides, batcher, positive_iou)
+            return measured_before[key]
 
         auto_sizes, auto_ratios = is_auto(run_config.model.anchor_sizes), is_auto(run_config.model.aspect_ratios)
         sizes, ratios = fixed.anchor_sizes, fixed.aspect_ratios
@@ -250,8 +253,6 @@ def detector_fit_summary(records, run_config, build_model) -> dict:
     the input size, the box sides in pixels after that resize (percentiles, and COCO's size
     bins), and the anchor coverage of the fixed and the fitted anchors (``detlab data stats``).
     ``build_model`` as for :func:`fit_to_data`."""
-    from detlab.models.transform import batcher_from_config
-
     fitted, report = fit_to_data(run_config, records, build_model)
     strides = list(build_model(fitted.model).backbone.strides)
     batcher = batcher_from_config(fitted.model, strides)
