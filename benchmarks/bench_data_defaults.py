@@ -33,9 +33,9 @@ from common import REPO, RESULTS, header_lines, stamp, write_results
 SHARED_DATA = REPO.parent / "shared" / "data"
 OLD_DEFAULTS = ["model.min_size=320", "model.max_size=427", "model.anchor_sizes=[16,24,40,64,96,144]",
                 "model.aspect_ratios=[0.5,1.0,2.0]", "train.lr=0.01", "data.photometric=false",
-                "data.val_split=test"]  # fmt: skip
+                "data.val_split=test", "model.scale_jitter=0", "train.ema_decay=0"]  # fmt: skip
 # The old defaults with only the anchors and the input size fitted (auto): isolates what the fit does.
-FITTED_ONLY = [item for item in OLD_DEFAULTS if not item.startswith("model.")]
+FITTED_ONLY = [item for item in OLD_DEFAULTS if item.split("=")[0] not in ("model.min_size", "model.max_size", "model.anchor_sizes", "model.aspect_ratios")]  # fmt: skip
 PEER = REPO.parent / "shared" / "anchors" / "torchvision_frcnn.py"
 
 
@@ -90,7 +90,7 @@ def markdown(report: dict) -> str:
              "VOC07 11-point mAP@0.5). The peer: its own pycocotools numbers.", "",
              "| run | mAP@0.5 (VOC07) | COCO AP50 | COCO AP | AP75 | AR@100 | anchors cover (IoU >= 0.7) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    names = {"new": "detlab, defaults now", "old": "detlab, the old defaults (best.pt chosen on test)",
+    names = {"new": "detlab, defaults now", "first_fit": "detlab, defaults at the first fit (no scale jitter, no EMA)", "old": "detlab, the old defaults (best.pt chosen on test)",
              "fitted": "detlab, the old defaults with fitted input size and anchors (best.pt chosen on test)",
              "peer": "torchvision Faster R-CNN (peer)"}
     for part, result in report["parts"].items():

@@ -87,7 +87,7 @@ def test_small_objects_raise_the_input_size_and_fixed_anchors_that_miss_warn():
              for _ in range(20)]  # fmt: skip
     fitted, report = fit_to_data(resolve_run_config("faster_rcnn"), small, build)
     assert fitted.model.min_size == 512  # the CPU bound; the objects would want more
-    assert report["input_size"]["wanted_short_side"] > 512
+    assert report["input_size"]["wanted_side"] > 512
     hand_set = resolve_run_config("faster_rcnn", overrides=["model.anchor_sizes=[200,300,400]", "model.min_size=320",
                                                             "model.aspect_ratios=[1.0]"])  # fmt: skip
     with pytest.warns(UserWarning, match="cover the training boxes poorly"):
@@ -148,3 +148,43 @@ def test_a_run_stores_the_fitted_values_and_a_resumed_run_reuses_them(synthetic_
     resumed = run_config_for_resume(out, overrides=["train.max_steps=3"])
     assert resumed.model.min_size == stored["min_size"] and list(resumed.model.anchor_sizes) == stored["anchor_sizes"]
     assert list(resumed.model.aspect_ratios) == stored["aspect_ratios"]
+
+
+def build_yolo_model(model_config):
+    return model_builders()["yolo"](model_config, 1)
+
+
+def test_yolo_input_size_auto_keeps_small_images_small_and_grows_for_small_objects():
+    run_config = resolve_run_config("yolo", overrides=["model.backbone_width=8"])
+    assert run_config.model.input_size == "auto"
+    # Images of 200 x 150: not blown up to the fixed 416 (the longer side, to a multiple of 32).
+    small_images = [record([[20, 20, 120, 110]], height=150, width=200) for _ in range(10)]
+    fitted, report = fit_to_data(run_config, small_images, build_yolo_model)
+    assert fitted.model.input_size == 192 and report["resolved"]["input_size"] == 192
+    assert report["input_size"]["which"] == "long" and "anchors" not in report
+    # 640 x 480 images of large objects: the fixed 416 (auto never shrinks images that are larger).
+    large = [record([[100, 80, 500, 400]], height=480, width=640) for _ in range(10)]
+    assert fit_to_data(run_config, large, build_yolo_model)[0].model.input_size == 416
+    # 1280 x 960 images of 16-pixel objects: grown to keep them 2.5 stride-8 cells, up to 640.
+    tiny = [record([[300, 300, 316, 316]], height=960, width=1280) for _ in range(10)]
+    assert fit_to_data(run_config, tiny, build_yolo_model)[0].model.input_size == 640
+    # Built without data, auto is the fixed fallback.
+    assert build_yolo_model(run_config.model).longer_side == 416
+
+
+def test_scale_jitter_varies_training_sizes_only_and_boxes_follow():
+    batcher = ImageBatcher(100, 200, size_divisible=8, scale_jitter=0.2)
+    image = torch.rand(3, 50, 80)
+    target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 25.0]])}
+    torch.manual_seed(0)
+    batcher.train()
+    short_sides = set()
+    for _ in range(40):
+        _, sizes, scales, targets = batcher([image], [target])
+        short_sides.add(sizes[0][0])
+        assert torch.allclose(targets[0]["boxes"], target["boxes"] * scales[0])
+    assert short_sides == {80, 88, 96, 104, 112, 120}  # the multiples of 8 within 100 +- 20%
+    batcher.eval()
+    assert {batcher([image])[1][0] for _ in range(5)} == {(100, 160)}
+    with pytest.raises(ValueError, match="scale_jitter"):
+        ImageBatcher(100, 200, scale_jitter=1.5)

@@ -1,6 +1,6 @@
 """Settings chosen from the training data before a run starts: the input size and the anchors.
 
-A field set to ``"auto"`` (Faster R-CNN's ``min_size``, ``anchor_sizes`` and ``aspect_ratios``
+A field set to ``"auto"`` (Faster R-CNN's ``min_size``, ``anchor_sizes`` and ``aspect_ratios``, yolo's ``input_size``
 by default) is replaced by a value measured on the training split, and the run's resolved config
 (``config.yaml``, every checkpoint) stores the value, so the run is reproducible and a resumed
 run reuses it. Built without data (``MODELS[...]`` in Python), ``"auto"`` falls back to the fixed
@@ -9,7 +9,8 @@ defaults of :class:`~detlab.models.rpn.RPNConfig` and :class:`~detlab.models.tra
 - **Input size** (:func:`choose_min_size`): the short side at which the smaller objects (the
   10th percentile of box sides) keep ``SMALL_OBJECT_STRIDES`` finest-stride cells, within
   ``MIN_SIZE_BOUNDS`` (a CPU's budget) and never above the images' own median short side (no
-  blowing up); ``max_size`` keeps the fallback's 4:3.
+  blowing up); ``max_size`` keeps the fallback's 4:3. A one-stage detector's ``input_size`` (the
+  longer side) follows the same rule within ``INPUT_SIZE_BOUNDS``.
 - **Anchors** (:func:`anchor_candidates`): after that resize, sizes at evenly spaced quantiles of
   the box sides (the square root of the area), or in geometric steps over their 2nd-98th
   percentile range, spread smallest-first over the feature levels; aspect ratios (height /
@@ -36,6 +37,9 @@ from detlab.models.transform import InputSizeConfig, batcher_from_config, max_si
 
 SMALL_OBJECT_STRIDES = 2.5  # finest-stride cells the 10th-percentile box side should span
 MIN_SIZE_BOUNDS = (320, 512)  # the short sides auto may choose (CPU budget); multiples of 32
+# The longer sides a one-stage detector's input_size auto may choose: from its fixed 416 (where
+# yolo was measured on BCCD) up for small objects, down only to images' own smaller size.
+INPUT_SIZE_BOUNDS = (416, 640)
 POOR_MEAN_IOU = 0.6  # coverage below this is worth a warning when the anchors were set by hand
 MAX_IMAGES = 400  # images measured for coverage (a seeded sample of larger sets)
 
@@ -43,7 +47,8 @@ MAX_IMAGES = 400  # images measured for coverage (a seeded sample of larger sets
 def concrete(config):
     """``config`` with every ``"auto"`` field replaced by its class's fallback (the fixed default
     of the base config that declares the field); unchanged when nothing is ``"auto"``."""
-    fallbacks = {**dataclasses.asdict(RPNConfig()), **dataclasses.asdict(InputSizeConfig())}
+    fallbacks = {**dataclasses.asdict(RPNConfig()), **dataclasses.asdict(InputSizeConfig()),
+                 **getattr(type(config), "AUTO_FALLBACKS", {})}  # fmt: skip
     changes = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -79,23 +84,29 @@ def box_table(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(boxes), np.concatenate(owners), np.asarray(sizes, dtype=np.float64)
 
 
-def choose_min_size(records, finest_stride: float) -> tuple[int, dict]:
-    """The short side ``min_size`` for these training records (see the module docstring), and
-    the numbers it came from."""
+def choose_side(records, finest_stride: float, which: str = "short", bounds: tuple[int, int] = MIN_SIZE_BOUNDS) -> tuple[int, dict]:
+    """The image side (``which``: ``"short"`` for ``min_size``, ``"long"`` for a one-stage
+    detector's ``input_size``) for these training records (see the module docstring), and the
+    numbers it came from."""
     boxes, _, sizes = box_table(_sample(records))
     if not len(sizes):
         raise ValueError("no training images to choose the input size from")
-    native = float(np.median(sizes.min(1)))
+    native = float(np.median(sizes.min(1) if which == "short" else sizes.max(1)))
     sides = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 1e-6, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1e-6, None))
     small = float(np.quantile(sides, 0.1)) if len(sides) else native
     wanted = native * SMALL_OBJECT_STRIDES * finest_stride / max(small, 1e-6)
-    low, high = MIN_SIZE_BOUNDS
+    low, high = bounds
     high = min(high, max(low, native))  # no blowing up beyond the images' own size
-    min_size = int(np.clip(round(wanted / 32) * 32, low, high))
+    side = int(np.clip(round(wanted / 32) * 32, low, high))
     if native < low:
-        min_size = int(max(32, round(native / 32) * 32))  # small images stay as they are
-    return min_size, {"median_short_side": native, "box_side_p10": small, "wanted_short_side": wanted,
-                      "bounds": [low, high], "min_size": min_size}  # fmt: skip
+        side = int(max(32, round(native / 32) * 32))  # small images stay as they are
+    return side, {f"median_{which}_side": native, "box_side_p10": small, "wanted_side": wanted,
+                  "bounds": [low, high], "side": side, "which": which}  # fmt: skip
+
+
+def choose_min_size(records, finest_stride: float) -> tuple[int, dict]:
+    """The short side ``min_size`` for these training records (:func:`choose_side`)."""
+    return choose_side(records, finest_stride, "short", MIN_SIZE_BOUNDS)
 
 
 def resized_boxes(records, batcher) -> list[tuple[tuple[int, int], np.ndarray]]:
@@ -167,7 +178,10 @@ def fit_to_data(run_config, records, build_model) -> tuple[object, dict]:
     if not auto_input and "anchor_sizes" not in names and not any(is_auto(getattr(config, name)) for name in names):
         return run_config, report
     model = build_model(concrete(config))
-    strides = list(model.backbone.strides)
+    strides = list(getattr(model, "strides", None) or model.backbone.strides)
+    if is_auto(getattr(config, "input_size", None)):  # a one-stage detector's longer side
+        input_size, report["input_size"] = choose_side(records, min(strides), "long", INPUT_SIZE_BOUNDS)
+        config = dataclasses.replace(config, input_size=input_size)
     if auto_input:
         min_size, report["input_size"] = choose_min_size(records, min(strides))
         max_size = max_size_for(min_size) if is_auto(config.max_size) else max(int(config.max_size), min_size)
@@ -221,7 +235,7 @@ def fit_to_data(run_config, records, build_model) -> tuple[object, dict]:
                 stacklevel=2,
             )
     report["resolved"] = {key: (list(value) if isinstance(value, tuple) else value) for key, value in
-                          dataclasses.asdict(config).items() if key in ("min_size", "max_size", "anchor_sizes", "aspect_ratios")}  # fmt: skip
+                          dataclasses.asdict(config).items() if key in ("min_size", "max_size", "input_size", "anchor_sizes", "aspect_ratios")}  # fmt: skip
     return dataclasses.replace(run_config, model=config), report
 
 
@@ -230,8 +244,9 @@ def describe(report: dict) -> str:
     lines = []
     if "input_size" in report:
         size = report["input_size"]
-        lines.append(f"input size from the data: short side {size['min_size']} (images' median short side "
-                     f"{size['median_short_side']:.0f}, 10th-percentile box side {size['box_side_p10']:.0f} px)")  # fmt: skip
+        which = size.get("which", "short")
+        lines.append(f"input size from the data: {which} side {size['side']} (images' median {which} side "
+                     f"{size[f'median_{which}_side']:.0f}, 10th-percentile box side {size['box_side_p10']:.0f} px)")  # fmt: skip
     if "anchors" in report:
         anchors = report["anchors"]
         sizes = ", ".join(f"{value:g}" for value in anchors["anchor_sizes"])

@@ -12,6 +12,7 @@ Shape letters: B images, H x W image size, S window side.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,9 @@ class InputSizeConfig:
 
     min_size: int = 320
     max_size: int = 427
+    # Training only: each batch's sides are scaled by a factor drawn uniformly from
+    # [1 - scale_jitter, 1 + scale_jitter] (multi-scale training; 0 trains at the one size).
+    scale_jitter: float = 0.0
 
 
 class ImageBatcher(nn.Module):
@@ -40,7 +44,9 @@ class ImageBatcher(nn.Module):
     Each image is scaled so its short side is ``min_size`` unless its long side would exceed
     ``max_size``, then padded at the bottom/right to a multiple of ``size_divisible`` (the
     backbone's largest stride). Target boxes (and ``"proposals"``) are scaled with the image;
-    detections are scaled back to the input frame.
+    detections are scaled back to the input frame. In training mode with ``scale_jitter`` > 0, both
+    sides of a batch are scaled by one factor from ``[1 - j, 1 + j]`` (scale augmentation, see
+    :meth:`jitter_factor`; evaluation always uses ``min_size``/``max_size``).
     """
 
     def __init__(
@@ -50,24 +56,43 @@ class ImageBatcher(nn.Module):
         size_divisible: int = 32,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        scale_jitter: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= scale_jitter < 1.0:
+            raise ValueError(f"scale_jitter must lie in [0, 1), got {scale_jitter}")
         self.min_size, self.max_size, self.size_divisible = min_size, max_size, size_divisible
+        self.scale_jitter = scale_jitter
         self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
 
-    def scale_for(self, height: int, width: int) -> float:
-        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+    def scale_for(self, height: int, width: int, factor: float = 1.0) -> float:
+        return factor * min(self.min_size / min(height, width), self.max_size / max(height, width))
+
+    def jitter_factor(self) -> float:
+        """The factor this batch's sides are scaled by: 1 unless training with ``scale_jitter``.
+        The short sides drawn are the multiples of ``size_divisible`` within ``min_size * (1 +- j)``,
+        so a batch is never padded beyond its largest image's short side."""
+        if not self.training or self.scale_jitter <= 0:
+            return 1.0
+        step = self.size_divisible
+        low = math.ceil(self.min_size * (1 - self.scale_jitter) / step)
+        high = math.floor(self.min_size * (1 + self.scale_jitter) / step)
+        if high < low:
+            return 1.0
+        side = step * int(torch.randint(low, high + 1, ()).item())
+        return side / self.min_size
 
     def forward(
         self, images: list[Tensor], targets: list[dict] | None = None
     ) -> tuple[Tensor, list[tuple[int, int]], list[float], list[dict] | None]:
         """-> (batch ``Tensor[B, 3, H, W]``, resized sizes ``(h, w)``, scales, scaled targets)."""
         resized, sizes, scales = [], [], []
+        factor = self.jitter_factor()
         for image in images:
             check_image(image)
             height, width = image.shape[-2:]
-            scale = self.scale_for(height, width)
+            scale = self.scale_for(height, width, factor)
             new_size = scaled_size(height, width, scale)
             image = resize_image(image, new_size)
             resized.append((image - self.mean) / self.std)
@@ -107,7 +132,8 @@ def batcher_from_config(config: InputSizeConfig, strides: list[float]) -> ImageB
     (an ``"auto"`` size not yet chosen from data is the fixed default)."""
     min_size = InputSizeConfig.min_size if is_auto(config.min_size) else config.min_size
     max_size = max_size_for(min_size) if is_auto(config.max_size) else config.max_size
-    return ImageBatcher(min_size, max_size, size_divisible=int(max(strides)))
+    jitter = getattr(config, "scale_jitter", 0.0)
+    return ImageBatcher(min_size, max_size, size_divisible=int(max(strides)), scale_jitter=jitter)
 
 
 def max_size_for(min_size: int) -> int:

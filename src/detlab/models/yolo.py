@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss
 
 from detlab import boxes as box_ops
-from detlab.config import choice
+from detlab.config import choice, is_auto
 from detlab.models.backbones import (
     BODIES,
     MULTI_LEVEL,
@@ -76,7 +76,9 @@ class YOLOConfig(BackboneConfig):
 
     backbone: str = choice("csp", MULTI_LEVEL)
     backbone_width: int = 16
-    input_size: int = 416
+    # "auto": chosen from the training images and boxes before the run (detlab.models.data_fit):
+    # the smaller objects keep enough stride-8 cells, images are not blown up, at most 640
+    input_size: int | str = "auto"
     width_multiple: float = 1.0
     depth_multiple: float = 1.0
     neck_channels: tuple[int, int, int] = (64, 128, 256)
@@ -94,6 +96,8 @@ class YOLOConfig(BackboneConfig):
     detections_per_image: int = 300
 
     channels_last: bool = True
+
+    AUTO_FALLBACKS: ClassVar[dict] = {"input_size": 416}  # input_size "auto" built without data
 
     # Mosaic on half the images: on the synthetic set in 300 s, 0.742 mAP@0.5 against 0.433 with
     # every image a mosaic and 0.680 with none (docs/yolo.md).
@@ -379,6 +383,8 @@ def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:
 
 
 def build_yolo(config: YOLOConfig, num_classes: int) -> YOLO:
+    if is_auto(config.input_size):  # built without data: the fixed fallback
+        config = dataclasses.replace(config, input_size=YOLOConfig.AUTO_FALLBACKS["input_size"])
     return YOLO(yolo_body(config), num_classes, config)
 
 
