@@ -4,11 +4,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # detlab.train / detlab.load / detlab.Predictor, imported on first use so `import detlab` stays light.
+    # detlab.train / detlab.load / detlab.compare / detlab.Predictor, imported on first use so `import detlab` stays light.
     if name in ("train", "load"):
         from detlab import api
 
         return getattr(api, name)
+    if name == "compare":
+        from detlab.comparison import compare
+
+        return compare
     if name == "Predictor":
         from detlab.engine.predict import Predictor
 

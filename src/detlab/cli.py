@@ -18,7 +18,7 @@ def command_groups() -> list:
     """Each entry adds its sub-commands to the parser; one explicit list, no registry. The areas
     are imported here rather than at the top so that scoring files (``detlab eval --pred``) starts
     without loading torch (see :func:`main`)."""
-    from detlab import demo
+    from detlab import comparison, demo
     from detlab.data import command as data_command
     from detlab.engine import command as engine_command
     from detlab.export import command as export_command
@@ -26,6 +26,7 @@ def command_groups() -> list:
     from detlab.serve import command as serve_command
 
     return [
+        comparison.add_commands,
         data_command.add_commands,
         demo.add_commands,
         engine_command.add_commands,

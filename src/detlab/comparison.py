@@ -1,0 +1,393 @@
+"""``detlab compare`` (:func:`compare`): the lecture's tables on any data set. Every method is trained with the same
+budget on the same splits (each through :func:`detlab.train`, so each is resumable), scored with
+the same evaluator on the same test images, and timed the same way.
+
+For each method, in order: train in ``OUT/<method>`` (a run folder that already holds a checkpoint
+is resumed, and a finished one is not trained again; a method whose row is stored in
+``OUT/<method>/compare_row.json`` for the same data, budget and settings is not even loaded), then
+one pass over the test images, one image at a time, as :func:`detlab.load` loads the model
+(BatchNorm folded): for a method with external proposals (R-CNN, Fast R-CNN) the proposal step is
+timed apart from the network, so the same pass gives the time an image *with* proposals (proposal
+method + network) and *without* (the network on proposals given). Times are medians over the test
+images after a warm-up, with one thread count for every method (``threads``). The detections of
+that pass are scored with VOC07 11-point mAP@0.5 (and per-class AP@0.5) and COCO's mAP@[.5:.95].
+
+Training time is what the run's checkpoints record: the seconds of every gradient stage plus
+those of the steps without gradients (R-CNN's feature caching, SVMs and box regressors). The
+proposals of the training images, computed once before training and cached, are not counted (the
+lecture's tables do not count them either); a method that failed gets a row with its error, and
+the others still run.
+
+Writes ``OUT/compare.json``, ``OUT/compare.md``, ``OUT/speed_vs_map.png`` (test time on a log axis)
+and ``OUT/detections.png`` (the same test images, one row a method).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+METHODS = ("overfeat", "rcnn", "fast_rcnn", "faster_rcnn", "yolov1", "yolo")
+LABELS = {"overfeat": "OverFeat", "rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "faster_rcnn": "Faster R-CNN",
+          "yolov1": "YOLO v1", "yolo": "yolo (anchor-free)"}  # fmt: skip
+# The lecture's table (Girshick's Fast R-CNN and Ren et al.'s Faster R-CNN, VGG-16, VOC 2007 test):
+# seconds a test image with proposals, and mAP.
+LECTURE = {"rcnn": (50.0, 66.0), "fast_rcnn": (2.0, 66.9), "faster_rcnn": (0.2, 66.9)}
+ROW_FILE = "compare_row.json"
+WARMUP_IMAGES = 2
+FIGURE_IMAGES = 3
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"rcnn,fast_rcnn"`` (or a list) -> the method names, checked; ``None``: all of them."""
+    if text is None:
+        return list(METHODS)
+    names = [name.strip() for name in (text.split(",") if isinstance(text, str) else text) if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a method is named twice in {', '.join(names)}")
+    return names
+
+
+def check_data(method_configs: dict) -> tuple[object, object]:
+    """Load the training and test splits once and refuse, before any training, data a method
+    cannot be trained or scored on. Returns ``(train, test)`` data sets (of the first method's
+    splits; every method is given the same)."""
+    from detlab.data import load_dataset
+
+    first = next(iter(method_configs.values()))
+    data = first.data
+    splits = {(config.data.spec, config.data.train_split, config.data.test_split) for config in method_configs.values()}
+    if len(splits) > 1:
+        raise ValueError(f"the methods would see different data or splits: {sorted(splits)}")
+
+    def load(split: str):
+        return load_dataset(data.spec, split, root=data.root, num_synthetic=data.synthetic_images,
+                            seed=first.train.seed, on_bad=data.on_bad)  # fmt: skip
+
+    train, test = load(data.train_split), load(data.test_split)
+    if len(test) == 0:
+        raise ValueError(f"{data.spec}: the test split {data.test_split!r} has no images")
+    counts = [0] * len(train.classes)
+    for record in train.records:
+        for label in record.labels:
+            counts[int(label) - 1] += 1
+    missing = [name for name, count in zip(train.classes, counts) if count == 0]
+    for method, config in method_configs.items():
+        if len(train) < max(2, config.train.batch_size):
+            raise ValueError(f"{data.spec} [{data.train_split}]: {len(train)} training image(s), too few for {method} "
+                             f"(batch size {config.train.batch_size}, and at least 2)")  # fmt: skip
+        if missing and method == "rcnn":
+            raise ValueError(f"{data.spec} [{data.train_split}]: no training box of class(es) {', '.join(missing)}: "
+                             "R-CNN's per-class SVMs need positives of every class")  # fmt: skip
+    if sum(counts) == 0:
+        raise ValueError(f"{data.spec} [{data.train_split}]: no boxes to train on")
+    return train, test
+
+
+def training_seconds(run_dir: Path) -> tuple[float, int]:
+    """``(seconds, optimiser steps)`` the run's checkpoints record: every stage's gradient
+    training (its ``progress``) and the seconds of the stages without gradients."""
+    from detlab.engine.checkpoint import load_checkpoint
+
+    seconds, steps = 0.0, 0
+    for path in [run_dir / "last.pt", *sorted(run_dir.glob("*/last.pt"))]:
+        if not path.is_file():
+            continue
+        checkpoint = load_checkpoint(path)
+        if checkpoint.get("optimizer"):
+            seconds += float(checkpoint.get("progress", {}).get("elapsed_s", 0.0))
+            steps += int(checkpoint.get("progress", {}).get("step", 0))
+        else:  # a step without gradients (features, SVMs, box regressors) records its own time
+            seconds += float((checkpoint.get("metrics") or {}).get("seconds", 0.0))
+    return seconds, steps
+
+
+def score_and_time(model, dataset, device, amp: bool = True) -> dict:
+    """One pass over ``dataset``, one image at a time: the detections scored (VOC07 mAP@0.5 and
+    per-class AP@0.5, COCO's numbers) and the median seconds an image with and without the
+    proposal step, after ``WARMUP_IMAGES`` untimed images."""
+    import torch
+
+    from detlab.engine.train import inference_autocast
+    from detlab.eval.coco import COCOEvaluator
+    from detlab.eval.voc import VOCEvaluator
+
+    voc, coco = VOCEvaluator(dataset.classes, 0.5, use_11_point=True), COCOEvaluator(dataset.classes)
+    proposes = getattr(model, "proposal_method", None) is not None
+    with_proposals, network_only, outputs = [], [], []
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def run(image):
+        started = clock()
+        proposals = [model.proposal_method(image)] if proposes else None
+        given = clock()
+        output = model([image], proposals=proposals)[0] if proposes else model([image])[0]
+        finished = clock()
+        return output, finished - (started if proposes else given), finished - given
+
+    with torch.no_grad(), inference_autocast(device, amp):
+        for index in range(min(WARMUP_IMAGES, len(dataset))):
+            run(dataset[index][0].to(device))
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            output, total, network = run(image.to(device))
+            output = {key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in output.items()}
+            with_proposals.append(total)
+            network_only.append(network)
+            voc.update([output], [target])
+            coco.update([output], [target])
+            if index < FIGURE_IMAGES:
+                outputs.append(output)
+    summary, result = coco.compute().summary(), voc.compute()
+    return {
+        "s_per_image_with_proposals": statistics.median(with_proposals),
+        "s_per_image_without_proposals": statistics.median(network_only),
+        "external_proposals": proposes,
+        "mAP50_voc07": result.mean_ap, "AP50_coco": summary["AP50"], "AP_coco": summary["AP"],
+        "per_class_AP50_voc07": {row["class"]: row["AP"] for row in result.per_class()},
+        "figure_outputs": outputs,
+    }  # fmt: skip
+
+
+@dataclasses.dataclass
+class CompareSettings:
+    data: str
+    budget_s: float
+    overrides: tuple[str, ...]
+    threads: int
+    device: str = "auto"
+
+    def key(self) -> dict:
+        """What a stored row must match to be reused."""
+        return {"data": self.data, "budget_s": self.budget_s, "overrides": list(self.overrides)}
+
+
+def compare(
+    data: str = "synthetic",
+    methods: str | list[str] | None = None,
+    budget_s: float = 300.0,
+    out: str | Path = "runs/compare",
+    set: list[str] | None = None,  # noqa: A002 - the name of the command-line flag
+    threads: int = 0,
+    device: str = "auto",
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """Train every method in ``methods`` (default: all of :data:`METHODS`) on ``data`` for
+    ``budget_s`` seconds each, score and time each on the test split, and write the tables and
+    figures into ``out`` (see the module docstring). ``set``: ``key=value`` settings given to
+    every method (e.g. ``data.train_split=trainval``); ``threads``: torch threads for training
+    and timing (0: the usable cores); ``device``: where the models are timed (``auto``: a GPU
+    when there is one). Returns the report (``compare.json``'s content)."""
+    import torch
+
+    from detlab.engine.run import resolve_run_config
+    from detlab.machine import usable_cpus
+
+    names = parse_methods(methods)
+    if budget_s <= 0:
+        raise ValueError(f"the budget must be a positive number of seconds, got {budget_s}")
+    out = Path(out)
+    overrides = list(set or [])
+    settings = CompareSettings(data, float(budget_s), tuple(overrides), threads or usable_cpus(), device)
+    configs = {name: resolve_run_config(name, None, overrides, data={"spec": data}) for name in names}
+    train_set, test_set = check_data(configs)
+    torch.set_num_threads(settings.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, figures = [], {}
+    for position, name in enumerate(names, 1):
+        progress(f"[{position}/{len(names)}] {name}: training for {budget_s:.0f} s in {out / name}")
+        started = time.perf_counter()
+        try:
+            row, outputs = run_method(name, settings, out / name, test_set)
+        except Exception as error:  # noqa: BLE001 - one method's failure must not stop the others
+            row, outputs = {"method": name, "status": "failed", "error": f"{type(error).__name__}: {error}"}, None
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / "compare_error.txt").write_text(traceback.format_exc())
+        rows.append(row)
+        if outputs is not None:
+            figures[name] = outputs
+        line = (f"mAP@0.5 {row['mAP50_voc07']:.3f}, mAP {row['AP_coco']:.3f}, {row['s_per_image_with_proposals']:.3f} s "
+                f"an image" if row["status"] == "done" else row["error"])  # fmt: skip
+        progress(f"[{position}/{len(names)}] {name}: {row['status']} ({line}; {time.perf_counter() - started:.0f} s)")
+    add_speedups(rows)
+    report = {
+        "data": data, "train_split": configs[names[0]].data.train_split, "test_split": configs[names[0]].data.test_split,
+        "train_images": len(train_set), "test_images": len(test_set), "classes": list(test_set.classes),
+        "budget_s": settings.budget_s, "overrides": overrides, "threads": settings.threads, "device": device,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_line(settings.threads),
+        "rows": rows,
+    }  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "compare.md").write_text(markdown(report))
+    if any(row["status"] == "done" for row in rows):
+        plot_speed_vs_map(rows, out / "speed_vs_map.png")
+    if figures:
+        detections_figure(figures, test_set, out / "detections.png")
+    return report
+
+
+def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) -> tuple[dict, list | None]:
+    """Train (or resume, or reuse) one method, then score and time it. Returns ``(row, the first
+    test images' detections)``; a reused row has no detections to draw unless its run is loaded."""
+    from detlab import api
+    from detlab.engine.predict import Predictor
+
+    stored = run_dir / ROW_FILE
+    if stored.is_file():
+        row = json.loads(stored.read_text())
+        if row.get("settings") == settings.key():
+            predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
+            return row, first_outputs(predictor, test_set)
+    if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
+        result = api.train(resume=str(run_dir), time_budget=settings.budget_s)
+    else:
+        result = api.train(name, data=settings.data, time_budget=settings.budget_s, out=str(run_dir), set=list(settings.overrides))
+    if not result.finished:
+        raise RuntimeError(f"training stopped ({result.status}); run detlab compare again to continue it")
+    seconds, steps = training_seconds(run_dir)
+    overrides = ["model.cache_test_features=false"] if name == "rcnn" else None  # time R-CNN's features
+    predictor = Predictor.from_checkpoint(run_dir, device=settings.device, overrides=overrides)
+    measured = score_and_time(predictor.model, test_set, predictor.device, predictor.amp)
+    outputs = measured.pop("figure_outputs")
+    row = {"method": name, "status": "done", "run_dir": str(run_dir), "training_s": seconds, "steps": steps,
+           "parameters": sum(parameter.numel() for parameter in predictor.model.parameters()),
+           **measured, "settings": settings.key()}  # fmt: skip
+    stored.write_text(json.dumps(row, indent=1) + "\n")
+    return row, outputs
+
+
+def first_outputs(predictor, test_set) -> list:
+    import torch
+
+    with torch.no_grad():
+        outputs = [predictor.model([test_set[index][0].to(predictor.device)])[0] for index in range(min(FIGURE_IMAGES, len(test_set)))]
+    return [{key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in output.items()}
+            for output in outputs]  # fmt: skip
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Each finished row's speed-up against R-CNN's test time (with proposals and without)."""
+    reference = next((row for row in rows if row["method"] == "rcnn" and row["status"] == "done"), None)
+    for row in rows:
+        if reference is None or row["status"] != "done":
+            continue
+        for kind in ("with", "without"):
+            key = f"s_per_image_{kind}_proposals"
+            row[f"speedup_{kind}_proposals"] = reference[key] / max(row[key], 1e-9)
+
+
+def machine_line(threads: int) -> str:
+    import platform
+
+    import torch
+
+    return f"{platform.platform()}, {threads} torch thread(s), torch {torch.__version__}"
+
+
+def markdown(report: dict) -> str:
+    rows = report["rows"]
+    done = [row for row in rows if row["status"] == "done"]
+    lines = [
+        f"# detlab compare on {report['data']}", "",
+        f"Train split `{report['train_split']}` ({report['train_images']} images), test split `{report['test_split']}` "
+        f"({report['test_images']} images); {report['budget_s']:.0f} s of training budget a method; "
+        f"{report['threads']} thread(s); {report['date']}; {report['machine']}."
+        + (f" Settings for every method: `{' '.join(report['overrides'])}`." if report["overrides"] else ""), "",
+        "| method | training s | test s/image without proposals | with proposals | speed-up vs R-CNN (with) | "
+        "mAP@0.5 (VOC07) | mAP@[.5:.95] | parameters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in rows:
+        label = LABELS.get(row["method"], row["method"])
+        if row["status"] != "done":
+            lines.append(f"| {label} | failed: {row['error'].splitlines()[0][:200]} | | | | | | |")
+            continue
+        speedup = f"{row['speedup_with_proposals']:.1f}x" if "speedup_with_proposals" in row else "-"
+        without = f"{row['s_per_image_without_proposals']:.4f}" if row["external_proposals"] else "(no proposal step)"
+        lines.append(f"| {label} | {row['training_s']:.0f} | {without} | {row['s_per_image_with_proposals']:.4f} | "
+                     f"{speedup} | {row['mAP50_voc07']:.3f} | {row['AP_coco']:.3f} | {row['parameters'] / 1e6:.2f} M |")  # fmt: skip
+    if done:
+        classes = report["classes"]
+        lines += ["", "Per-class AP@0.5 (VOC07):", "", "| method | " + " | ".join(classes) + " |",
+                  "|---|" + "---|" * len(classes)]  # fmt: skip
+        for row in done:
+            values = [row["per_class_AP50_voc07"].get(name, float("nan")) for name in classes]
+            lines.append(f"| {LABELS.get(row['method'], row['method'])} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines += ["", "The lecture (VOC 2007, VGG-16, a GPU): R-CNN 50 s, Fast R-CNN 2 s, Faster R-CNN 0.2 s a test "
+              "image with proposals (25x and 250x); mAP 66.0 / 66.9 / 66.9."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
+    """mAP@0.5 against test seconds an image (with proposals) on a log axis, one point a method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        if row["status"] != "done":
+            continue
+        axes.scatter(row["s_per_image_with_proposals"], row["mAP50_voc07"], s=40)
+        axes.annotate(LABELS.get(row["method"], row["method"]), (row["s_per_image_with_proposals"], row["mAP50_voc07"]),
+                      textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_xlabel("test time per image with proposals (s, log scale)")
+    axes.set_ylabel("mAP@0.5 (VOC07)")
+    axes.set_ylim(0, 1)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def detections_figure(figures: dict[str, list], test_set, path: Path, score_threshold: float = 0.5) -> Path:
+    """One row a method, one column a test image: its detections scoring at least
+    ``score_threshold`` (R-CNN's SVM margins: above 0)."""
+    from detlab.visualize import draw_detections, save_grid
+
+    tiles = []
+    for name, outputs in figures.items():
+        threshold = 0.0 if name == "rcnn" else score_threshold
+        for index, output in enumerate(outputs):
+            keep = output["scores"] >= threshold
+            tiles.append(draw_detections(test_set[index][0], output["boxes"][keep], output["labels"][keep],
+                                         list(test_set.classes), output["scores"][keep]))  # fmt: skip
+    return save_grid(tiles, path, tile=240, columns=max(len(outputs) for outputs in figures.values()))
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="train several methods with one budget and compare test time and mAP side by side",
+        description="Train each method on the same data and budget (resumable), then score and time each on the "
+                    "same test split; writes compare.json, compare.md and two figures into --out.",
+    )  # fmt: skip
+    parser.add_argument("--data", default="synthetic", help="a data spec (synthetic, voc:DIR, coco:FILE, yolo:DIR)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds of training a method (300)")
+    parser.add_argument("--out", default="runs/compare", help="the comparison's folder (runs/compare)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training and timing (0: all cores)")
+    parser.add_argument("--device", default="auto", help="auto (default) | cpu | cuda: where the models are timed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every method, e.g. data.train_split=trainval")  # fmt: skip
+    parser.set_defaults(handler=run_compare)
+
+
+def run_compare(args) -> int:
+    report = compare(args.data, args.methods, args.budget, args.out, args.set, args.threads, args.device)
+    print(markdown(report))
+    return 0 if all(row["status"] == "done" for row in report["rows"]) else 1

@@ -1,0 +1,97 @@
+"""``detlab compare``: a tiny comparison of two methods end to end, resumed, with a failing method
+and the bad input it refuses before training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from detlab import comparison
+from detlab.cli import main as cli_main
+
+TINY = ["model.backbone_width=8", "train.eval_every=0", "train.batch_size=2"]
+
+
+def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(synthetic_root, tmp_path):
+    out = tmp_path / "compare"
+    lines: list[str] = []
+    report = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=TINY, threads=2,
+                                progress=lines.append)  # fmt: skip
+    assert [row["method"] for row in report["rows"]] == ["faster_rcnn", "yolo"]
+    assert all(row["status"] == "done" for row in report["rows"]), report["rows"]
+    for row in report["rows"]:
+        assert 0 < row["training_s"] < 60 and row["steps"] > 0 and row["parameters"] > 1000
+        assert 0 <= row["mAP50_voc07"] <= 1 and 0 <= row["AP_coco"] <= 1
+        assert set(row["per_class_AP50_voc07"]) == set(report["classes"])
+        assert not row["external_proposals"]
+        assert row["s_per_image_with_proposals"] == row["s_per_image_without_proposals"] > 0
+    assert report["test_images"] > 0 and report["threads"] == 2
+    table = (out / "compare.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| method | training s"))
+    for column in ("test s/image without proposals", "with proposals", "speed-up vs R-CNN", "mAP@0.5 (VOC07)",
+                   "mAP@[.5:.95]", "parameters"):  # fmt: skip
+        assert column in header
+    assert "| Faster R-CNN |" in table and "| yolo (anchor-free) |" in table and "Per-class AP@0.5" in table
+    assert json.loads((out / "compare.json").read_text())["rows"][0]["method"] == "faster_rcnn"
+    assert (out / "speed_vs_map.png").stat().st_size > 1000 and (out / "detections.png").stat().st_size > 1000
+    assert len([line for line in lines if "training for" in line]) == 2
+
+    # Again: the stored rows are reused, nothing is trained.
+    checkpoint = out / "yolo" / "last.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=TINY, threads=2,
+                               progress=lambda line: None)  # fmt: skip
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert [row["training_s"] for row in again["rows"]] == [row["training_s"] for row in report["rows"]]
+
+    # A method whose row is gone but whose run finished (interrupted after training) is resumed,
+    # not retrained: its step count stays, and it is scored again.
+    (out / "yolo" / comparison.ROW_FILE).unlink()
+    resumed = comparison.compare(str(synthetic_root), "yolo", budget_s=3, out=out, set=TINY, threads=2,
+                                 progress=lambda line: None)  # fmt: skip
+    assert resumed["rows"][0]["status"] == "done" and resumed["rows"][0]["steps"] == report["rows"][1]["steps"]
+    assert (out / "yolo" / comparison.ROW_FILE).is_file()
+
+
+def test_a_failing_method_gets_its_row_and_the_others_still_run(synthetic_root, tmp_path, monkeypatch):
+    real = comparison.run_method
+
+    def failing(name, settings, run_dir, test_set):
+        if name == "yolo":
+            raise RuntimeError("out of memory (simulated)")
+        return real(name, settings, run_dir, test_set)
+
+    monkeypatch.setattr(comparison, "run_method", failing)
+    out = tmp_path / "compare"
+    report = comparison.compare(str(synthetic_root), "yolo,faster_rcnn", budget_s=2, out=out, set=TINY, threads=2,
+                                progress=lambda line: None)  # fmt: skip
+    failed, done = report["rows"]
+    assert failed["status"] == "failed" and "out of memory (simulated)" in failed["error"]
+    assert done["status"] == "done" and (out / "faster_rcnn" / comparison.ROW_FILE).is_file()
+    assert "failed: RuntimeError: out of memory (simulated)" in (out / "compare.md").read_text()
+    assert "Traceback" in (out / "yolo" / "compare_error.txt").read_text()
+
+
+def test_unknown_methods_and_too_small_data_are_refused_before_training(synthetic_root, tmp_path, capsys):
+    with pytest.raises(ValueError, match="choose from overfeat, rcnn, fast_rcnn, faster_rcnn, yolov1, yolo"):
+        comparison.parse_methods("faster_rcnn,ssd")
+    assert cli_main(["compare", "--data", str(synthetic_root), "--methods", "yolo9000", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown method(s) yolo9000" in capsys.readouterr().err
+    # One training image: refused for every method before anything trains.
+    one = tmp_path / "one"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (one / folder).mkdir(parents=True)
+    names = sorted(path.stem for path in (synthetic_root / "Annotations").glob("*.xml"))[:3]
+    for name in names:
+        os.link(synthetic_root / "Annotations" / f"{name}.xml", one / "Annotations" / f"{name}.xml")
+        image = next((synthetic_root / "JPEGImages").glob(f"{name}.*"))
+        os.link(image, one / "JPEGImages" / image.name)
+    os.link(synthetic_root / "classes.txt", one / "classes.txt")
+    (one / "ImageSets/Main/train.txt").write_text(names[0] + "\n")
+    (one / "ImageSets/Main/test.txt").write_text("\n".join(names[1:]) + "\n")
+    out = tmp_path / "small"
+    with pytest.raises(ValueError, match=r"1 training image\(s\), too few for faster_rcnn"):
+        comparison.compare(f"voc:{one}", "faster_rcnn", budget_s=2, out=out, set=TINY, progress=lambda line: None)
+    assert not out.exists()
