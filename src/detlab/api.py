@@ -133,20 +133,29 @@ def train(
     return train_run(run_config, resume=resume)
 
 
-def load(path: str | Path, device: str = "auto", set: list[str] | None = None) -> Predictor | OnnxPredictor:  # noqa: A002
+def load(
+    path: str | Path,
+    device: str = "auto",
+    set: list[str] | None = None,  # noqa: A002
+    ensemble: list[str | Path] | tuple = (),
+    test_scales: list[float] | tuple = (),
+) -> Predictor | OnnxPredictor:
     """A :class:`Predictor` from a checkpoint of any method (``RUN/best``, ``RUN/last``, a ``.pt``
     file or a run folder); ``set``: ``model.FIELD=VALUE`` test-time changes (e.g.
-    ``model.score_threshold=0.3``). Loading never runs code from the file.
+    ``model.score_threshold=0.3``, or ``model.box_refinement=true`` for Fast/Faster R-CNN);
+    ``ensemble``: more checkpoints whose detections are merged with this one's; ``test_scales``:
+    input size factors for multi-scale testing. Loading never runs code from the file.
 
     A ``.onnx`` file from ``detlab export`` gives an :class:`~detlab.export.runtime.OnnxPredictor`
     instead: the same ``predict``, run by onnxruntime with numpy outputs, without importing torch
     (its test-time settings were fixed at export: ``detlab export --set ...``)."""
     if Path(path).suffix.lower() == ".onnx":
-        if set:
-            raise ValueError(f"{path}: an exported model's settings are fixed; pass --set to `detlab export`")
+        if set or ensemble or test_scales:
+            raise ValueError(f"{path}: an exported model's settings are fixed (no --set, --ensemble or --test-scales); "
+                             "pass --set to `detlab export`")  # fmt: skip
         from detlab.export.runtime import OnnxPredictor
 
         return OnnxPredictor(path)
     from detlab.engine.predict import Predictor
 
-    return Predictor.from_checkpoint(path, device=device, overrides=set)
+    return Predictor.from_checkpoint(path, device=device, overrides=set, ensemble=ensemble, test_scales=test_scales)

@@ -18,6 +18,8 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def add_commands(subparsers) -> None:
+    from detlab.eval.command import add_test_time_options
+
     train = subparsers.add_parser(
         "train",
         help="train any method (detlab train MODEL --help lists its options)",
@@ -38,6 +40,7 @@ def add_commands(subparsers) -> None:
     predict.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
     predict.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
                          help="test-time setting of the model, e.g. model.score_threshold=0.3")  # fmt: skip
+    add_test_time_options(predict)
     predict.set_defaults(handler=run_predict)
 
 
@@ -147,7 +150,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
         raise ValueError(f"--model takes an .onnx file from `detlab export`, got {args.model}; use --checkpoint for runs")
-    predictor = api.load(args.checkpoint or args.model, device=args.device, set=args.set)
+    predictor = api.load(args.checkpoint or args.model, device=args.device, set=args.set, ensemble=args.ensemble,
+                         test_scales=args.test_scales)  # fmt: skip
     summary = predict_files(predictor, args.input, args.out, draw_threshold=args.score_threshold)
     print(
         f"{summary['detections']} detections in {summary['images']} images; annotated images, "

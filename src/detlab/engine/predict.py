@@ -67,16 +67,38 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None,
-                        fold: bool = True) -> Predictor:  # fmt: skip
+                        fold: bool = True, ensemble: Iterable[str | Path] = (),
+                        test_scales: Iterable[float] = ()) -> Predictor:  # fmt: skip
         """Load a checkpoint safely (see :func:`detlab.engine.checkpoint.load_checkpoint`);
         ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder. ``fold``: fold
         BatchNorm into the convolutions (faster; the outputs change in the last float digits, so
-        scoring a checkpoint keeps the unfolded model and the training run's numbers exactly)."""
-        from detlab.models.inference import fold_batchnorm
+        scoring a checkpoint keeps the unfolded model and the training run's numbers exactly).
+
+        Test-time combinations (:class:`detlab.models.inference.TestTimeCombination`):
+        ``ensemble``: more checkpoints of detectors of the same classes, whose detections are
+        merged with this one's; ``test_scales``: input size factors (e.g. ``0.8, 1, 1.2``) each
+        model runs at, detections merged. ``overrides`` apply to every checkpoint."""
+        from detlab.models.inference import TestTimeCombination, fold_batchnorm
 
         model, classes, run_config = model_from_checkpoint(path, overrides)
+        models = [model]
+        for other in ensemble:
+            other_model, other_classes, _ = model_from_checkpoint(other, overrides)
+            if other_classes != classes:
+                raise ValueError(f"{other} detects {other_classes}, {path} detects {classes}: an ensemble needs the "
+                                 "same classes in the same order")  # fmt: skip
+            models.append(other_model)
         if fold:
-            fold_batchnorm(model)
+            for member in models:
+                fold_batchnorm(member)
+        scales = tuple(test_scales)
+        if len(models) > 1 or scales:
+            if any(getattr(member, "evaluation", "detection") != "detection" for member in models):
+                raise ValueError("ensembles and multi-scale testing combine detectors' boxes; this checkpoint is not a detector")
+            head = getattr(model, "roi_head", None) or getattr(model, "config", None)
+            nms = float(getattr(head, "nms_threshold", 0.5))
+            limit = int(getattr(head, "detections_per_image", 100))
+            model = TestTimeCombination(models, scales or (1.0,), nms, limit).eval()
         return cls(model, classes, run_config, device)
 
     @torch.no_grad()
@@ -219,16 +241,21 @@ def evaluate_checkpoint(
     overrides: list[str] | None = None,
     max_images: int = 0,
     data_root: str | None = None,
+    ensemble: Iterable[str | Path] = (),
+    test_scales: Iterable[float] = (),
 ):
     """Score a checkpoint of any method on the data set ``data`` (a spec) at ``split`` (default: the
     run's ``data.test_split``) through
     :func:`detlab.engine.train.evaluate`; returns ``(report dict, result)``. Detectors are scored
     with ``protocol`` (``coco``, ``voc07``, ``voc``), the localizer with ILSVRC localization
     error, DeepPose with PCK. The data set's classes must be the checkpoint's, in the same order.
-    ``max_images``: the first that many images of the split (0 = all)."""
+    ``max_images``: the first that many images of the split (0 = all). ``ensemble``,
+    ``test_scales``: test-time combinations (see :meth:`Predictor.from_checkpoint`)."""
     from detlab.data import load_dataset
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides, fold=False)
+    ensemble, test_scales = list(ensemble), list(test_scales)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides, fold=False,
+                                          ensemble=ensemble, test_scales=test_scales)  # fmt: skip
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
@@ -248,6 +275,8 @@ def evaluate_checkpoint(
     loader = make_loader(dataset, batch_size, torch.utils.data.SequentialSampler(dataset), device=predictor.device)
     result = evaluate(predictor.model, loader, evaluator, predictor.device, predictor.amp)
     settings = {"protocol": protocol if kind == "detection" else kind, "checkpoint": str(checkpoint)}
+    if ensemble or test_scales:
+        settings.update({"ensemble": [str(path) for path in ensemble], "test_scales": list(test_scales)})
     if kind != "detection":
         return metrics_report(kind, result, len(dataset), settings, dataset.name), result
     from detlab.data.coco import coco_category_ids

@@ -22,6 +22,7 @@ def run_eval(args: argparse.Namespace) -> int:
             report, _ = evaluate_checkpoint(
                 args.checkpoint, args.gt, args.split, args.protocol, args.iou, args.max_dets,
                 overrides=args.set, max_images=args.max_images, data_root=args.data_root,
+                ensemble=args.ensemble, test_scales=args.test_scales,
             )  # fmt: skip
         elif args.pred:
             report, _ = evaluate_detections(
@@ -75,6 +76,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
                         help="with --checkpoint: a test-time setting, e.g. model.scales=[1,2]")  # fmt: skip
     parser.add_argument("--max-images", type=int, default=0, help="with --checkpoint: the first N images (0: all)")
+    add_test_time_options(parser)
     parser.add_argument("--data-root", help="where a synthetic set is (default: the run's own)")
     parser.add_argument(
         "--protocol",
@@ -94,3 +96,11 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--out", help="folder for report.json, report.md and pr_curves/*.png")
     parser.add_argument("--no-plots", action="store_true", help="skip the PR-curve PNGs")
     parser.set_defaults(handler=run_eval)
+
+
+def add_test_time_options(parser: argparse.ArgumentParser) -> None:
+    """``--ensemble`` and ``--test-scales`` (``detlab eval --checkpoint`` and ``detlab predict``)."""
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
+                        help="more checkpoints of the same classes whose detections are merged with --checkpoint's")  # fmt: skip
+    parser.add_argument("--test-scales", nargs="+", type=float, default=[], metavar="FACTOR",
+                        help="multi-scale testing: run at these input size factors (e.g. 0.8 1 1.2), merge the detections")  # fmt: skip

@@ -122,6 +122,9 @@ def export_plan(model: nn.Module, method: str) -> tuple[GraphWrapper, str, dict,
         raise ValueError(f"{method} cannot be exported to ONNX: {NOT_EXPORTABLE[method]}")
     if method == "faster_rcnn":
         head = model.roi_head
+        if head.box_refinement:
+            raise ValueError("faster_rcnn with model.box_refinement=true cannot be exported to ONNX (the second pass "
+                             "of the box head is not in the graph); export with --set model.box_refinement=false")  # fmt: skip
         post = {"score_threshold": head.score_threshold, "nms_threshold": head.nms_threshold,
                 "detections_per_image": head.detections_per_image}  # fmt: skip
         return TwoStageGraph(model), "two_stage", batcher_settings(model.batcher), post, (model.batcher.min_size,) * 2

@@ -1,9 +1,15 @@
-"""Inference-only rewrites of a trained model that keep its outputs (up to float rounding)."""
+"""Inference-only rewrites of a trained model that keep its outputs (up to float rounding), and
+test-time combinations that change them: multi-scale testing and ensembles of checkpoints."""
 
 from __future__ import annotations
 
-from torch import nn
+import contextlib
+
+import torch
+from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from detlab import boxes as box_ops
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -25,3 +31,67 @@ def fold_batchnorm(model: nn.Module) -> int:
                 module[index + 1] = nn.Identity()
                 folded += 1
     return folded
+
+
+@contextlib.contextmanager
+def input_scale(model: nn.Module, factor: float):
+    """Within the block, ``model``'s batcher resizes images ``factor`` times larger (its short
+    and long side limits both scaled): multi-scale testing of any detector that resizes its input
+    with an :class:`~detlab.models.transform.ImageBatcher` (Fast and Faster R-CNN, yolo)."""
+    batcher = getattr(model, "batcher", None)
+    if batcher is None:
+        raise ValueError(f"{type(model).__name__} does not resize its input: multi-scale testing needs a detector "
+                         "with an image batcher (fast_rcnn, faster_rcnn, yolo)")  # fmt: skip
+    saved = batcher.min_size, batcher.max_size
+    batcher.min_size, batcher.max_size = (max(1, round(side * factor)) for side in saved)
+    try:
+        yield model
+    finally:
+        batcher.min_size, batcher.max_size = saved
+
+
+def merge_detections(parts: list[dict[str, Tensor]], nms_threshold: float, limit: int) -> dict[str, Tensor]:
+    """One image's detections from several passes -> one set: per-class NMS over their union,
+    the ``limit`` best kept."""
+    boxes = torch.cat([part["boxes"].float() for part in parts])
+    scores = torch.cat([part["scores"].float() for part in parts])
+    labels = torch.cat([part["labels"] for part in parts])
+    keep = box_ops.batched_nms(boxes, scores, labels, nms_threshold)[:limit]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+class TestTimeCombination(nn.Module):
+    """Detections of several trained detectors (an ensemble of checkpoints) and/or at several
+    input scales (multi-scale testing), merged per image by per-class NMS at ``nms_threshold``
+    (the lecture's "multi-scale testing" and "ensemble" rows). Obeys the detector contract in
+    eval mode; every model must detect the same classes (their scores are then comparable
+    probabilities)."""
+
+    __test__ = False  # not a pytest class
+    evaluation = "detection"
+
+    def __init__(self, models: list[nn.Module], scales: tuple[float, ...] = (1.0,), nms_threshold: float = 0.5,
+                 detections_per_image: int = 100):  # fmt: skip
+        super().__init__()
+        if not models:
+            raise ValueError("no model to combine")
+        if any(scale <= 0 for scale in scales) or not scales:
+            raise ValueError(f"test scales must be positive factors, got {list(scales)}")
+        self.models = nn.ModuleList(models)
+        self.scales = tuple(float(scale) for scale in scales)
+        self.nms_threshold, self.detections_per_image = nms_threshold, detections_per_image
+        if any(scale != 1.0 for scale in self.scales):
+            for model in models:
+                with input_scale(model, 1.0):  # refuses a model without a batcher now, not mid-run
+                    pass
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> list[dict[str, Tensor]]:
+        if self.training:
+            raise ValueError("a test-time combination does not train; call .eval()")
+        passes: list[list[dict[str, Tensor]]] = [[] for _ in images]
+        for model in self.models:
+            for scale in self.scales:
+                with input_scale(model, scale) if scale != 1.0 else contextlib.nullcontext():
+                    for index, output in enumerate(model(images)):
+                        passes[index].append(output)
+        return [merge_detections(parts, self.nms_threshold, self.detections_per_image) for parts in passes]

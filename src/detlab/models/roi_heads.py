@@ -37,7 +37,9 @@ class RoIHeadConfig:
     a RoI that pools from P4 (see :func:`build_roi_pooler`); ``roi_sampling_ratio``: RoIAlign's
     bilinear samples per bin side; ``rois_per_image`` RoIs sampled per training image with
     ``foreground_fraction`` of them foreground; test time: ``score_threshold``, per-class NMS at
-    ``nms_threshold``, at most ``detections_per_image``.
+    ``nms_threshold``, at most ``detections_per_image``; ``box_refinement``: the head is applied
+    again to its own output boxes and both sets are merged (He et al. 2016, appendix: "box
+    refinement"; see :meth:`RoIHead.forward`).
     """
 
     roi_pooling: str = choice("align", ("align", "pool"))
@@ -50,6 +52,7 @@ class RoIHeadConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
+    box_refinement: bool = False  # test time only
 
 
 class SingleLevelRoIPool(nn.Module):
@@ -167,9 +170,11 @@ class RoIHead(nn.Module):
         score_threshold: float = 0.05,
         nms_threshold: float = 0.5,
         detections_per_image: int = 100,
+        box_refinement: bool = False,
     ):
         super().__init__()
         self.pooler = pooler
+        self.box_refinement = box_refinement
         self.num_classes = num_classes
         self.fc1 = nn.Linear(in_features, representation_size)
         self.fc2 = nn.Linear(representation_size, representation_size)
@@ -205,9 +210,22 @@ class RoIHead(nn.Module):
         targets: list[dict] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Training (``targets`` given): ``([], {"loss_classifier", "loss_box"})``.
-        Inference: per image ``{"boxes" Tensor[K, 4], "scores" Tensor[K], "labels" int64 Tensor[K]}``."""
+        Inference: per image ``{"boxes" Tensor[K, 4], "scores" Tensor[K], "labels" int64 Tensor[K]}``.
+        With ``box_refinement``, each RoI's box of its most likely object class becomes a new RoI,
+        pooled and scored again; the first pass's and the second pass's outputs go through
+        :meth:`postprocess` (per-class NMS) together."""
         if targets is None:
             logits, deltas = self.predict(features, proposals, image_sizes)
+            if self.box_refinement:
+                refined = self.refined_rois(logits, deltas, proposals, image_sizes)
+                again_logits, again_deltas = self.predict(features, refined, image_sizes)
+                counts = [len(rois) for rois in proposals]
+
+                def union(first: Tensor, second: Tensor) -> Tensor:
+                    return torch.cat([part for pair in zip(first.split(counts), second.split(counts)) for part in pair])
+
+                logits, deltas = union(logits, again_logits), union(deltas, again_deltas)
+                proposals = [torch.cat(pair) for pair in zip(proposals, refined)]
             return self.postprocess(logits, deltas, proposals, image_sizes), {}
         rois, labels, matched_boxes = [], [], []
         for image_proposals, target in zip(proposals, targets):
@@ -240,6 +258,16 @@ class RoIHead(nn.Module):
             labels.numel(), 1
         )
         return {"loss_classifier": loss_classifier, "loss_box": loss_box}
+
+    def refined_rois(
+        self, logits: Tensor, deltas: Tensor, rois: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[Tensor]:
+        """Per image ``Tensor[R, 4]``: each RoI's decoded box for its most likely object class, clipped."""
+        counts = [len(image_rois) for image_rois in rois]
+        best = logits[:, 1:].argmax(dim=1)
+        decoded = self.box_coder.decode(deltas, torch.cat(rois)).view(len(best), self.num_classes, 4)
+        boxes = decoded[torch.arange(len(best), device=best.device), best]
+        return [box_ops.clip(part, size) for part, size in zip(boxes.split(counts), image_sizes)]
 
     def postprocess(
         self, logits: Tensor, deltas: Tensor, rois: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -287,4 +315,5 @@ def build_roi_head(config: RoIHeadConfig, backbone: nn.Module, num_classes: int)
         score_threshold=config.score_threshold,
         nms_threshold=config.nms_threshold,
         detections_per_image=config.detections_per_image,
+        box_refinement=config.box_refinement,
     )
