@@ -157,22 +157,30 @@ def test_alexnet_localizer_converts_at_its_224_window():
     assert (dense["boxes"][..., 0, 0] - original["boxes"]).abs().max() < 1e-4
 
 
-def test_training_windows_hold_their_object_and_background_windows_are_empty():
+def test_training_windows_hold_their_object_and_test_like_windows_are_labelled_by_content():
     torch.manual_seed(0)
     boxes, labels = torch.tensor([[40.0, 30.0, 90.0, 70.0]]), torch.tensor([2])
-    windows, window_labels, targets = sample_windows((120, 160), boxes, labels, count=10)
-    positives, negatives = window_labels == 2, window_labels == 0
-    assert positives.sum() == 5 and negatives.sum() >= 1 and set(window_labels.tolist()) <= {0, 2}
-    for window, target in zip(windows[positives], targets[positives]):
+    windows, window_labels, targets = sample_windows((120, 160), boxes, labels, count=400, positive_fraction=0.25,
+                                                     side_range=(20.0, 150.0))  # fmt: skip
+    assert set(window_labels[:100].tolist()) == {2}  # the object-centred quarter
+    for window, target in zip(windows[:100], targets[:100]):
         side = window[2] - window[0]
         assert torch.isclose(side, window[3] - window[1]) and window.min() >= 0 and window[2] <= 160
         longest = max(target[2] - target[0], target[3] - target[1])
         assert 0.34 <= longest <= 0.91  # the object fills 0.35..0.9 of the window
         torch.testing.assert_close(window[:2] + target[:2] * side, boxes[0, :2])  # the box is the object's
         torch.testing.assert_close(window[:2] + target[2:] * side, boxes[0, 2:])
-    for window in windows[negatives]:
-        inside = (torch.minimum(window[2:], boxes[0, 2:]) - torch.maximum(window[:2], boxes[0, :2])).clamp(min=0)
-        assert inside.prod() <= 0.1 * (window[2] - window[0]) ** 2
+    rest, rest_labels, rest_targets = windows[100:], window_labels[100:], targets[100:]
+    sides = rest[:, 2] - rest[:, 0]
+    assert sides.min() >= 20 and sides.max() <= 120 and (rest[:, 2] <= 160 + 1e-4).all() and (rest[:, 3] <= 120 + 1e-4).all()
+    inside = (torch.minimum(rest[:, 2:], boxes[0, 2:]) - torch.maximum(rest[:, :2], boxes[0, :2])).clamp(min=0).prod(dim=1)
+    whole = (inside >= 0.9 * 50 * 40) & (50 / sides >= 0.35) & (50 / sides <= 0.9)
+    assert torch.equal(rest_labels == 2, whole) and whole.any() and (~whole).any()
+    # Background among them includes parts of the object (test windows cutting through it).
+    assert ((rest_labels == 0) & (inside > 0.2 * 50 * 40)).any()
+    for window, target in zip(rest[whole], rest_targets[whole]):
+        torch.testing.assert_close(window[:2] + target[:2] * (window[2] - window[0]), boxes[0, :2].clamp(min=window[:2]))
+    assert torch.equal(rest_targets[~whole], torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(int((~whole).sum()), 4))
 
 
 def test_a_training_step_crops_the_windows_from_the_images():
@@ -184,3 +192,22 @@ def test_a_training_step_crops_the_windows_from_the_images():
     assert set(losses) == {"loss_classifier", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert model.localizer.class_head.weight.grad.abs().sum() > 0
+
+
+def test_ablations_window_boxes_and_nms_instead_of_merging():
+    model = overfeat(scales=(1.0,), score_threshold=0.5)
+    with torch.no_grad():
+        model.localizer.class_head.weight.zero_()
+        model.localizer.class_head.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    image = torch.rand(3, 96, 120)
+    votes, vote_scores, _ = model.votes(image)
+    model.combine = "nms"
+    kept = model(([image]))[0]
+    # NMS keeps some of the votes themselves, scored by their probabilities.
+    assert 0 < len(kept["boxes"]) <= len(votes)
+    assert all(any(torch.allclose(box, vote) for vote in votes) for box in kept["boxes"])
+    assert torch.all(kept["scores"] <= vote_scores.max() + 1e-6)
+    model.window_boxes = True
+    windows = model.votes(image)[0]
+    sides = windows[:, 2:] - windows[:, :2]
+    assert torch.allclose(sides, torch.full_like(sides, float(WINDOW)))  # scale 1: the window itself

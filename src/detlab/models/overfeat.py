@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detlab.boxes import merge_boxes
+from detlab.boxes import batched_nms, merge_boxes
 from detlab.config import choice
 from detlab.engine.stages import Stage, Step
 from detlab.models.localizer import (
@@ -44,6 +45,8 @@ from detlab.models.localizer import (
     four_step_recipe,
     set_localizer_stage,
 )
+
+MAX_MERGE_ROUNDS = 10
 
 
 def linear_as_conv(linear: nn.Linear, in_channels: int, kernel: tuple[int, int]) -> nn.Conv2d:
@@ -179,23 +182,33 @@ class OverFeatConfig(LocalizerConfig):
     convolutions, so every cell of the converted net is exactly the localizer on its window), and
     the detector's.
 
-    Training windows: ``windows_per_image`` an image and step, half of them around an object
-    filling ``min_fill``..``max_fill`` of the window. Test time: the image at each of ``scales``
-    (a window of S pixels then covers ``S / scale`` image pixels, so large scales find small
-    objects: 0.35 reaches 160-pixel shapes with a 64-pixel window, 3 reaches 8-pixel ones); a cell
-    votes when its best object class has probability ``score_threshold``; votes overlapping by
-    ``merge_iou`` merge; a merged score (a sum of votes) is divided by ``max_votes`` and clipped to
-    1; at most ``max_detections`` an image.
+    Training windows: ``windows_per_image`` an image and step, ``positive_fraction`` of them
+    around an object filling ``min_fill``..``max_fill`` of the window, the others drawn as the
+    test pass sees windows (sides of ``window_size / scale`` for the test ``scales``, anywhere) and
+    labelled by what they hold (:func:`sample_windows`). Test time: the image at each of
+    ``scales`` (a window of S pixels then covers ``S / scale`` image pixels, so large scales find
+    small objects: 0.35 reaches 160-pixel shapes with a 64-pixel window, 3 reaches 8-pixel ones);
+    a cell votes when its best object class has probability ``score_threshold``; votes
+    overlapping by ``merge_iou`` merge, again until no two do; a merged box scores
+    ``1 - exp(-votes / max_votes)`` (``votes``: the sum of its members' probabilities, so more and
+    surer votes rank higher); merged boxes of a class overlapping by ``nms_iou`` keep the best; at
+    most ``max_detections`` an image. Ablations (test time): ``combine: nms`` keeps the best vote
+    of each cluster (per-class NMS at ``merge_iou``, scored by its probability) instead of merging;
+    ``window_boxes`` makes each vote's box its window instead of the regressed box.
     """
 
     regression: str = choice("specific", REGRESSION_CHOICES)
     padding: int = 0
-    windows_per_image: int = 8
+    windows_per_image: int = 16
+    positive_fraction: float = 0.35  # windows around an object; the rest as the test pass sees them
     min_fill: float = 0.35
     max_fill: float = 0.9
     scales: tuple[float, ...] = (0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     score_threshold: float = 0.5
     merge_iou: float = 0.5
+    nms_iou: float = 0.3  # after merging, per-class NMS of the merged boxes (0: none)
+    combine: str = choice("merge", ("merge", "nms"))  # test time: merge the votes, or keep NMS's survivors
+    window_boxes: bool = False  # test time: a vote's box is its window, not the regressed box (ablation)
     max_votes: float = 4.0
     max_detections: int = 100
 
@@ -225,10 +238,12 @@ class OverFeat(nn.Module):
             raise ValueError("OverFeat's localizer needs a background class (background=True)")
         self.localizer = localizer
         self.windows_per_image = config.windows_per_image
+        self.positive_fraction = config.positive_fraction
         self.fill = (config.min_fill, config.max_fill)
         self.scales = tuple(config.scales)
         self.score_threshold = config.score_threshold
-        self.merge_iou = config.merge_iou
+        self.merge_iou, self.nms_iou = config.merge_iou, config.nms_iou
+        self.combine, self.window_boxes = config.combine, config.window_boxes
         self.max_votes = config.max_votes
         self.max_detections = config.max_detections
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
@@ -244,7 +259,7 @@ class OverFeat(nn.Module):
         for image, target in zip(images, targets):
             windows, image_labels, image_boxes = sample_windows(
                 tuple(image.shape[-2:]), target["boxes"].float().cpu(), target["labels"].cpu(), self.windows_per_image,
-                self.fill,
+                self.fill, self.positive_fraction, (window / max(self.scales), window / min(self.scales)),
             )  # fmt: skip
             rois = torch.cat([torch.zeros(len(windows), 1), windows], dim=1).to(image)
             crops.append(roi_align(image[None], rois, window, 1.0, sampling_ratio=2, aligned=True))
@@ -275,7 +290,9 @@ class OverFeat(nn.Module):
         for scale in self.scales:
             scaled_height = max(window, round(height * scale))
             scaled_width = max(window, round(width * scale))
-            scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False)
+            # antialiased when shrinking, as the training crops (RoIAlign, 2x2 samples a pixel) average
+            scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False,
+                                   antialias=scale < 1)  # fmt: skip
             outputs = network(scaled)
             probabilities = outputs["class_logits"][0].softmax(dim=0)[1:]  # drop background: [C, h', w']
             scores, indices = probabilities.max(dim=0)
@@ -286,6 +303,8 @@ class OverFeat(nn.Module):
             if boxes.shape[0] > 1:
                 boxes = torch.gather(boxes, 0, (indices + 1)[None, None].expand(1, 4, -1, -1))
             boxes = boxes[0].permute(1, 2, 0)[keep].clamp(0, 1) * window  # [V, 4] in window pixels
+            if self.window_boxes:
+                boxes = torch.tensor([0.0, 0.0, window, window]).to(boxes).expand_as(boxes)
             origins = network.window_origins(*scores.shape).to(boxes)[keep]
             boxes = (boxes + origins.repeat(1, 2)) / torch.tensor([scaled_width / width, scaled_height / height] * 2).to(boxes)
             all_boxes.append(boxes)
@@ -297,11 +316,21 @@ class OverFeat(nn.Module):
 
     def detect(self, image: Tensor) -> dict[str, Tensor]:
         boxes, scores, labels = self.votes(image)
-        boxes, scores, labels = merge_boxes(boxes, scores, labels, self.merge_iou)
+        if self.combine == "nms":
+            keep = batched_nms(boxes, scores, labels, self.merge_iou)[: self.max_detections]
+            return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].to(torch.int64)}
+        for _ in range(MAX_MERGE_ROUNDS):  # merge merged boxes again until no two overlap by merge_iou
+            count = len(boxes)
+            boxes, scores, labels = merge_boxes(boxes, scores, labels, self.merge_iou)
+            if len(boxes) == count:
+                break
         height, width = image.shape[-2:]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        scores = (scores / self.max_votes).clamp(max=1.0)
+        if self.nms_iou > 0 and len(boxes):
+            keep = batched_nms(boxes, scores, labels, self.nms_iou)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        scores = 1.0 - torch.exp(-scores / self.max_votes)  # ranks as the vote sums do, within (0, 1)
         limit = self.max_detections
         return {"boxes": boxes[:limit], "scores": scores[:limit], "labels": labels[:limit].to(torch.int64)}
 
@@ -312,51 +341,67 @@ class OverFeat(nn.Module):
 
 
 def sample_windows(
-    image_size: tuple[int, int], boxes: Tensor, labels: Tensor, count: int, fill: tuple[float, float] = (0.35, 0.9)
+    image_size: tuple[int, int],
+    boxes: Tensor,
+    labels: Tensor,
+    count: int,
+    fill: tuple[float, float] = (0.35, 0.9),
+    positive_fraction: float = 0.5,
+    side_range: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``count`` square training windows of one image, alternately around an object and on the
-    background: ``(windows Tensor[N, 4] xyxy pixels, logit labels int64 Tensor[N] (0 = background),
-    box targets Tensor[N, 4] normalised to the window)``. Random draws come from torch's global
-    generator (so a resumed run draws the same windows).
+    """``count`` square training windows of one image: ``(windows Tensor[N, 4] xyxy pixels, logit
+    labels int64 Tensor[N] (0 = background), box targets Tensor[N, 4] normalised to the window)``.
+    Random draws come from torch's global generator (so a resumed run draws the same windows).
 
-    A positive window is a square around one object (chosen at random) whose longer side fills
-    ``fill[0]``..``fill[1]`` of it, placed at random where it holds the object whole and stays
-    in the image; a negative one is a random square of 0.3-1 times the shorter image side that no
-    object covers by more than 10% (up to 10 tries). A window that cannot be placed is left out.
+    The first ``round(count * positive_fraction)`` are around an object (chosen at random): a
+    square whose side the object's longer side fills ``fill[0]``..``fill[1]`` of, placed at random
+    where it holds the object whole and stays in the image. The others are drawn as the test pass
+    meets windows: a side log-uniform in ``side_range`` (default 0.3-1 times the shorter image
+    side; at most that side), anywhere in the image, labelled with the object it holds (at least
+    90% of the object inside, filling ``fill`` of the window; the largest such object) or else
+    background, so parts of objects and objects too small for the window are background, as
+    they must be at test time. A positive window that cannot be placed is left out.
     """
     height, width = image_size
+    shorter = min(height, width)
+    low, high = side_range if side_range is not None else (0.3 * shorter, shorter)
+    low, high = min(low, shorter), min(high, shorter)
 
-    def uniform(low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand(()))
+    def uniform(lower: float, upper: float) -> float:
+        return lower + (upper - lower) * float(torch.rand(()))
 
     windows, window_labels, targets = [], [], []
-    for index in range(count):
-        if index % 2 == 0 and len(boxes):
-            which = int(torch.randint(len(boxes), ()))
-            x1, y1, x2, y2 = boxes[which].tolist()
-            longest = max(x2 - x1, y2 - y1)
-            side = min(longest / uniform(*fill), height, width)
-            if side < longest:
-                continue
-            x = uniform(max(0.0, x2 - side), min(x1, width - side))
-            y = uniform(max(0.0, y2 - side), min(y1, height - side))
-            windows.append([x, y, x + side, y + side])
-            window_labels.append(int(labels[which]))
-            targets.append(((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1))
+    positives = round(count * positive_fraction) if len(boxes) else 0
+    for _ in range(positives):
+        which = int(torch.randint(len(boxes), ()))
+        x1, y1, x2, y2 = boxes[which].tolist()
+        longest = max(x2 - x1, y2 - y1)
+        side = min(longest / uniform(*fill), height, width)
+        if side < longest:
             continue
-        for _attempt in range(10):
-            side = uniform(0.3, 1.0) * min(height, width)
-            x, y = uniform(0, width - side), uniform(0, height - side)
-            window = torch.tensor([x, y, x + side, y + side])
-            if len(boxes):
-                top_left = torch.maximum(boxes[:, :2], window[:2])
-                bottom_right = torch.minimum(boxes[:, 2:], window[2:])
-                if float((bottom_right - top_left).clamp(min=0).prod(dim=1).max()) > 0.1 * side * side:
-                    continue
-            windows.append(window.tolist())
-            window_labels.append(0)
-            targets.append(torch.tensor([0.0, 0.0, 1.0, 1.0]))
-            break
+        x = uniform(max(0.0, x2 - side), min(x1, width - side))
+        y = uniform(max(0.0, y2 - side), min(y1, height - side))
+        windows.append([x, y, x + side, y + side])
+        window_labels.append(int(labels[which]))
+        targets.append(((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1))
+    areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    longest_sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    for _ in range(count - positives):
+        side = math.exp(uniform(math.log(low), math.log(high)))
+        x, y = uniform(0, width - side), uniform(0, height - side)
+        window = torch.tensor([x, y, x + side, y + side])
+        label, target = 0, torch.tensor([0.0, 0.0, 1.0, 1.0])
+        if len(boxes):
+            inside = (torch.minimum(boxes[:, 2:], window[2:]) - torch.maximum(boxes[:, :2], window[:2])).clamp(min=0).prod(dim=1)
+            fills = longest_sides / side
+            held = (inside >= 0.9 * areas) & (fills >= fill[0]) & (fills <= fill[1])
+            if held.any():
+                which = int(torch.where(held, areas, torch.full_like(areas, -1.0)).argmax())
+                label = int(labels[which])
+                target = ((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1)
+        windows.append(window.tolist())
+        window_labels.append(label)
+        targets.append(target)
     if not windows:
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
     return torch.tensor(windows), torch.tensor(window_labels), torch.stack(targets)
