@@ -36,14 +36,17 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
     assert "| Faster R-CNN |" in table and "| yolo (anchor-free) |" in table and "Per-class AP@0.5" in table
     assert json.loads((out / "compare.json").read_text())["rows"][0]["method"] == "faster_rcnn"
     assert (out / "speed_vs_map.png").stat().st_size > 1000 and (out / "detections.png").stat().st_size > 1000
-    assert len([line for line in lines if "training for" in line]) == 2
+    assert len([line for line in lines if "s of training in" in line]) == 2
 
     # Again: the stored rows are reused, nothing is trained.
     checkpoint = out / "yolo" / "last.pt"
     stamp = checkpoint.stat().st_mtime_ns
+    again_lines: list[str] = []
     again = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=TINY, threads=2,
-                               progress=lambda line: None)  # fmt: skip
+                               progress=again_lines.append)  # fmt: skip
     assert checkpoint.stat().st_mtime_ns == stamp
+    assert len([line for line in again_lines if "stored row reused" in line]) == 2
+    assert "reused" not in again["rows"][0]
     assert [row["training_s"] for row in again["rows"]] == [row["training_s"] for row in report["rows"]]
 
     # A method whose row is gone but whose run finished (interrupted after training) is resumed,

@@ -19,7 +19,7 @@ lecture's tables do not count them either); a method that failed gets a row with
 the others still run.
 
 Writes ``OUT/compare.json``, ``OUT/compare.md``, ``OUT/speed_vs_map.png`` (test time on a log axis)
-and ``OUT/detections.png`` (the same test images, one row a method).
+and ``OUT/detections.png`` (the same test images, one row a method, its best five detections).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     rows, figures = [], {}
     for position, name in enumerate(names, 1):
-        progress(f"[{position}/{len(names)}] {name}: training for {budget_s:.0f} s in {out / name}")
+        progress(f"[{position}/{len(names)}] {name}: {budget_s:.0f} s of training in {out / name}")
         started = time.perf_counter()
         try:
             row, outputs = run_method(name, settings, out / name, test_set)
@@ -220,6 +220,8 @@ def compare(
             figures[name] = outputs
         line = (f"mAP@0.5 {row['mAP50_voc07']:.3f}, mAP {row['AP_coco']:.3f}, {row['s_per_image_with_proposals']:.3f} s "
                 f"an image" if row["status"] == "done" else row["error"])  # fmt: skip
+        if row.pop("reused", False):
+            line += "; stored row reused, nothing trained"
         progress(f"[{position}/{len(names)}] {name}: {row['status']} ({line}; {time.perf_counter() - started:.0f} s)")
     add_speedups(rows)
     report = {
@@ -249,7 +251,7 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
         row = json.loads(stored.read_text())
         if row.get("settings") == settings.key():
             predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
-            return row, first_outputs(predictor, test_set)
+            return {**row, "reused": True}, first_outputs(predictor, test_set)
     if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
         result = api.train(resume=str(run_dir), time_budget=settings.budget_s)
     else:
@@ -333,6 +335,7 @@ def markdown(report: dict) -> str:
 def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
     """mAP@0.5 against test seconds an image (with proposals) on a log axis, one point a method."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -345,6 +348,7 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
         axes.annotate(LABELS.get(row["method"], row["method"]), (row["s_per_image_with_proposals"], row["mAP50_voc07"]),
                       textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
     axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("test time per image with proposals (s, log scale)")
     axes.set_ylabel("mAP@0.5 (VOC07)")
     axes.set_ylim(0, 1)
@@ -355,18 +359,28 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def detections_figure(figures: dict[str, list], test_set, path: Path, score_threshold: float = 0.5) -> Path:
-    """One row a method, one column a test image: its detections scoring at least
-    ``score_threshold`` (R-CNN's SVM margins: above 0)."""
+def detections_figure(figures: dict[str, list], test_set, path: Path, top: int = 5) -> Path:
+    """One row a method (its name on the row's first image), one column a test image: the
+    method's ``top`` best detections on it (scores are not comparable across methods: R-CNN's are
+    SVM margins)."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
     from detlab.visualize import draw_detections, save_grid
 
     tiles = []
     for name, outputs in figures.items():
-        threshold = 0.0 if name == "rcnn" else score_threshold
         for index, output in enumerate(outputs):
-            keep = output["scores"] >= threshold
-            tiles.append(draw_detections(test_set[index][0], output["boxes"][keep], output["labels"][keep],
-                                         list(test_set.classes), output["scores"][keep]))  # fmt: skip
+            best = output["scores"].argsort(descending=True)[:top]
+            tile = draw_detections(test_set[index][0], output["boxes"][best], output["labels"][best],
+                                   list(test_set.classes), output["scores"][best])  # fmt: skip
+            if index == 0:
+                picture = Image.fromarray(tile.permute(1, 2, 0).numpy())
+                ImageDraw.Draw(picture).rectangle([0, 0, 8 + 7 * len(LABELS.get(name, name)), 16], fill="white")
+                ImageDraw.Draw(picture).text((4, 3), LABELS.get(name, name), fill="black")
+                tile = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+            tiles.append(tile)
     return save_grid(tiles, path, tile=240, columns=max(len(outputs) for outputs in figures.values()))
 
 

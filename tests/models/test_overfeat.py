@@ -202,7 +202,7 @@ def test_ablations_window_boxes_and_nms_instead_of_merging():
     image = torch.rand(3, 96, 120)
     votes, vote_scores, _ = model.votes(image)
     model.combine = "nms"
-    kept = model(([image]))[0]
+    kept = model([image])[0]
     # NMS keeps some of the votes themselves, scored by their probabilities.
     assert 0 < len(kept["boxes"]) <= len(votes)
     assert all(any(torch.allclose(box, vote) for vote in votes) for box in kept["boxes"])
