@@ -91,7 +91,7 @@ def markdown(report: dict) -> str:
              "| run | mAP@0.5 (VOC07) | COCO AP50 | COCO AP | AP75 | AR@100 | anchors cover (IoU >= 0.7) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     names = {"new": "detlab, defaults now", "first_fit": "detlab, defaults at the first fit (no scale jitter, no EMA)",
-             "new_contended": "detlab, defaults now but continuous scale jitter, on a CPU shared with another job (half the steps)", "old": "detlab, the old defaults (best.pt chosen on test)",
+             "new_contended": "detlab, defaults now but continuous scale jitter, on a CPU shared with another job (5,075 steps; 7,468 alone)", "old": "detlab, the old defaults (best.pt chosen on test)",
              "fitted": "detlab, the old defaults with fitted input size and anchors (best.pt chosen on test)",
              "peer": "torchvision Faster R-CNN (peer)"}
     for part, result in report["parts"].items():
