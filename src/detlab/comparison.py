@@ -110,6 +110,13 @@ def training_seconds(run_dir: Path) -> tuple[float, int]:
     return seconds, steps
 
 
+def on_cpu(output: dict) -> dict:
+    """One image's detections on the CPU, float32 (autocast may have made them narrower)."""
+    from detlab.engine.train import full_precision
+
+    return {key: full_precision(value.cpu()) for key, value in output.items()}
+
+
 def score_and_time(model, dataset, device, amp: bool = True) -> dict:
     """One pass over ``dataset``, one image at a time: the detections scored (VOC07 mAP@0.5 and
     per-class AP@0.5, COCO's numbers) and the median seconds an image with and without the
@@ -143,7 +150,7 @@ def score_and_time(model, dataset, device, amp: bool = True) -> dict:
         for index in range(len(dataset)):
             image, target = dataset[index]
             output, total, network = run(image.to(device))
-            output = {key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in output.items()}
+            output = on_cpu(output)
             with_proposals.append(total)
             network_only.append(network)
             voc.update([output], [target])
@@ -275,8 +282,7 @@ def first_outputs(predictor, test_set) -> list:
 
     with torch.no_grad():
         outputs = [predictor.model([test_set[index][0].to(predictor.device)])[0] for index in range(min(FIGURE_IMAGES, len(test_set)))]
-    return [{key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in output.items()}
-            for output in outputs]  # fmt: skip
+    return [on_cpu(output) for output in outputs]
 
 
 def add_speedups(rows: list[dict]) -> None:
