@@ -148,7 +148,8 @@ def part_overfeat(args) -> dict:
     data = {"spec": "synthetic", "root": args.multi_root, "synthetic_images": args.multi_images, "val_split": ""}
     result, run_config = train_method("overfeat", "runs/bench-overfeat", args.overfeat_budget, data,
                                       window_size=args.window_size, scales=tuple(args.scales),
-                                      score_threshold=args.score_threshold)  # fmt: skip
+                                      score_threshold=args.score_threshold,
+                                      hard_negative_pool=args.hard_negative_pool)  # fmt: skip
     rows = []
     for label, overrides in overfeat_variants(args.scales):
         started = time.perf_counter()
@@ -164,6 +165,7 @@ def part_overfeat(args) -> dict:
     return {"training_s": round(result.state.elapsed_s, 1), "steps": result.state.step,
             "windows_per_step": run_config.model.windows_per_image * run_config.train.batch_size,
             "positive_fraction": run_config.model.positive_fraction, "scales": list(args.scales),
+            "hard_negative_pool": run_config.model.hard_negative_pool,
             "detection": rows}  # fmt: skip
 
 
@@ -244,6 +246,8 @@ def main() -> int:
     parser.add_argument("--overfeat-test-images", type=int, default=60)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--hard-negative-pool", type=int, default=1,
+                        help="OverFeat: background candidates drawn for each background window (1: no mining)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

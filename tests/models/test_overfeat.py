@@ -11,6 +11,7 @@ from detlab.models.overfeat import (
     crop_windows,
     linear_as_conv,
     naive_sliding_window,
+    object_cover,
     sample_windows,
     to_fully_convolutional,
 )
@@ -211,3 +212,42 @@ def test_ablations_window_boxes_and_nms_instead_of_merging():
     windows = model.votes(image)[0]
     sides = windows[:, 2:] - windows[:, :2]
     assert torch.allclose(sides, torch.full_like(sides, float(WINDOW)))  # scale 1: the window itself
+
+
+def test_hard_negatives_replace_half_the_background_with_the_windows_scored_most_like_objects():
+    model = overfeat(windows_per_image=4).train()
+    image = torch.full((3, 120, 160), 0.3)
+    image[:, :, :80] = 0.6  # candidate windows on the left hold 0.6, on the right 0.3
+    # Sampled: 1 positive, 4 background windows, each crop filled with one value.
+    values = torch.tensor([5.0, 0.0, 0.7, 0.8, 0.9])
+    crops = values.view(5, 1, 1, 1).expand(5, 3, WINDOW, WINDOW).clone()
+    labels = torch.tensor([2, 0, 0, 0, 0])
+    targets = torch.tensor([[0.1, 0.1, 0.9, 0.9]] + [[0.0, 0.0, 1.0, 1.0]] * 4)
+    candidates = torch.tensor([[0.0, 0.0, 60.0, 60.0], [100.0, 10.0, 150.0, 60.0]])
+    model.object_scores = lambda pool: pool.mean(dim=(1, 2, 3))  # the network "scores" a crop by its value
+    new_crops, new_labels, new_targets = model.with_hard_negatives(image, (crops, labels, targets), candidates)
+    assert new_labels.tolist() == [2, 0, 0, 0, 0]  # as many windows, the positive first and untouched
+    assert torch.equal(new_crops[0], crops[0]) and torch.equal(new_targets[0], targets[0])
+    # Windows 0.8 and 0.9 stay as drawn; the replaced half (0.0, 0.7) competes with the candidates
+    # (0.6, 0.3): the two highest win.
+    kept = new_crops[1:].mean(dim=(1, 2, 3))
+    assert torch.allclose(kept, torch.tensor([0.8, 0.9, 0.7, 0.6]), atol=1e-5)
+    assert torch.equal(new_targets[1:], torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(4, 4))
+
+
+def test_a_training_step_with_hard_negative_mining_trains():
+    model = overfeat(windows_per_image=8, hard_negative_pool=3).train()
+    image = torch.rand(3, 120, 160)
+    target = {"boxes": torch.tensor([[40.0, 30.0, 90.0, 70.0]]), "labels": torch.tensor([1])}
+    losses = model([image], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.localizer.class_head.weight.grad.abs().sum() > 0
+    assert model.localizer.training  # scoring the candidates left the network in training mode
+
+
+def test_object_cover_is_the_largest_share_of_an_object_a_window_holds():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
+    windows = torch.tensor([[0.0, 0.0, 5.0, 10.0], [30.0, 30.0, 60.0, 60.0], [50.0, 0.0, 60.0, 10.0], [0.0, 0.0, 50.0, 50.0]])
+    assert torch.allclose(object_cover(windows, boxes), torch.tensor([0.5, 0.25, 0.0, 1.0]))
+    assert torch.equal(object_cover(windows, torch.zeros(0, 4)), torch.zeros(4))

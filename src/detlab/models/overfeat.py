@@ -47,6 +47,10 @@ from detlab.models.localizer import (
 )
 
 MAX_MERGE_ROUNDS = 10
+# A mined hard negative holds under this share of every object's area: clearly background (the
+# windows that hold part of an object or one at the wrong size are labelled background too, but
+# mining them teaches the classifier to doubt every object window).
+MINED_MAX_COVER = 0.1
 
 
 def linear_as_conv(linear: nn.Linear, in_channels: int, kernel: tuple[int, int]) -> nn.Conv2d:
@@ -211,6 +215,11 @@ class OverFeatConfig(LocalizerConfig):
     window_boxes: bool = False  # test time: a vote's box is its window, not the regressed box (ablation)
     max_votes: float = 4.0
     max_detections: int = 100
+    # Hard negatives: draw this many background candidates for each background window of a step,
+    # score the clear ones (holding under MINED_MAX_COVER of every object) with the current network
+    # (no gradient) and train on the highest-scoring half of the background windows, the other half
+    # drawn as before (1: no mining)
+    hard_negative_pool: int = 1
 
     # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
     RUN_DEFAULTS: ClassVar[dict] = {
@@ -247,6 +256,7 @@ class OverFeat(nn.Module):
         self.max_votes = config.max_votes
         self.max_detections = config.max_detections
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
+        self.hard_negative_pool = config.hard_negative_pool
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -255,14 +265,20 @@ class OverFeat(nn.Module):
         if targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         window = self.localizer.window_size
+        sides = (window / max(self.scales), window / min(self.scales))
         crops, labels, boxes = [], [], []
         for image, target in zip(images, targets):
+            image_size, object_boxes, object_labels = tuple(image.shape[-2:]), target["boxes"].float().cpu(), target["labels"].cpu()
             windows, image_labels, image_boxes = sample_windows(
-                tuple(image.shape[-2:]), target["boxes"].float().cpu(), target["labels"].cpu(), self.windows_per_image,
-                self.fill, self.positive_fraction, (window / max(self.scales), window / min(self.scales)),
+                image_size, object_boxes, object_labels, self.windows_per_image, self.fill, self.positive_fraction, sides,
             )  # fmt: skip
-            rois = torch.cat([torch.zeros(len(windows), 1), windows], dim=1).to(image)
-            crops.append(roi_align(image[None], rois, window, 1.0, sampling_ratio=2, aligned=True))
+            image_crops = cut_windows(image, windows, window)
+            if self.hard_negative_pool > 1:
+                candidates = sample_windows(image_size, object_boxes, object_labels,
+                                            int((image_labels == 0).sum()) * (self.hard_negative_pool - 1), self.fill, 0.0, sides)  # fmt: skip
+                clear = candidates[0][object_cover(candidates[0], object_boxes) < MINED_MAX_COVER]
+                image_crops, image_labels, image_boxes = self.with_hard_negatives(image, (image_crops, image_labels, image_boxes), clear)
+            crops.append(image_crops)
             labels.append(image_labels)
             boxes.append(image_boxes)
         device = images[0].device
@@ -271,6 +287,35 @@ class OverFeat(nn.Module):
         outputs = self.localizer.predict(torch.cat(crops))
         losses = self.localizer.losses(outputs, torch.cat(labels).to(device), torch.cat(boxes).to(device))
         return {name: losses[name] for name in self.localizer.loss_names()}
+
+    @torch.no_grad()
+    def object_scores(self, crops: Tensor) -> Tensor:
+        """The best object class's probability of each window, by the network as it is now (eval
+        mode, so scoring leaves BatchNorm's statistics alone)."""
+        was_training = self.localizer.training
+        self.localizer.eval()
+        try:
+            return self.localizer.predict(crops)["class_logits"].float().softmax(dim=1)[:, 1:].amax(dim=1)
+        finally:
+            self.localizer.train(was_training)
+
+    def with_hard_negatives(self, image: Tensor, sampled: tuple, candidates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``sampled`` (crops, labels, box targets) with the first half of its background windows
+        replaced by the highest-scoring windows among them and the background ``candidates``
+        (``Tensor[M, 4]`` windows): the windows the network most wrongly takes for objects."""
+        crops, labels, targets = sampled
+        background = torch.where(labels == 0)[0]
+        pool = cut_windows(image, candidates, self.localizer.window_size)
+        if len(background) < 2 or not len(pool):
+            return crops, labels, targets
+        half = len(background) // 2  # the first half is replaced, the second stays as drawn
+        pool = torch.cat([crops[background[:half]], pool])
+        hardest = self.object_scores(pool).argsort(descending=True)[:half]
+        keep = torch.cat([torch.where(labels != 0)[0], background[half:]])
+        crops = torch.cat([crops[keep], pool[hardest]])
+        labels = torch.cat([labels[keep], labels.new_zeros(len(hardest))])
+        targets = torch.cat([targets[keep], targets.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(hardest), 4)])
+        return crops, labels, targets
 
     def dense_network(self) -> FullyConvolutionalLocalizer:
         """The localizer converted to convolutions, reconverted when any weight changed since."""
@@ -338,6 +383,23 @@ class OverFeat(nn.Module):
         if name == "joint":
             return [Stage("joint", lambda model: set_localizer_stage(model.localizer, "joint"))]
         return four_step_recipe(lambda model: model.localizer, self.classifier_fraction, self.head_lr)
+
+
+def object_cover(windows: Tensor, boxes: Tensor) -> Tensor:
+    """``Tensor[N]``: the largest share of any object's area (``boxes`` ``Tensor[M, 4]``) that each
+    window (``Tensor[N, 4]``, xyxy pixels) holds; 0 without objects."""
+    if not len(boxes) or not len(windows):
+        return windows.new_zeros(len(windows))
+    inside = (torch.minimum(windows[:, None, 2:], boxes[None, :, 2:]) - torch.maximum(windows[:, None, :2], boxes[None, :, :2])).clamp(min=0).prod(-1)
+    areas = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6).prod(-1)
+    return (inside / areas).amax(dim=1)
+
+
+def cut_windows(image: Tensor, windows: Tensor, size: int) -> Tensor:
+    """``Tensor[N, 3, size, size]``: the square ``windows`` (``Tensor[N, 4]`` xyxy pixels) of
+    ``image`` resampled to ``size`` pixels (RoIAlign, 2 x 2 samples a bin)."""
+    rois = torch.cat([torch.zeros(len(windows), 1), windows.float()], dim=1).to(image)
+    return roi_align(image[None], rois, size, 1.0, sampling_ratio=2, aligned=True)
 
 
 def sample_windows(
