@@ -66,12 +66,12 @@ def main() -> int:
         overrides = [*overrides, "model.cache_test_features=false"] if method == "rcnn" else overrides
         predictor = Predictor.from_checkpoint(Path(args.runs) / method, device="cpu", overrides=overrides)
         measured = score_and_time(predictor.model, dataset, predictor.device, predictor.amp)
-        proposals = getattr(predictor.model, "proposal_method", None)
+        external = measured["external_proposals"]
         rows.append({"label": label, "method": method, "overrides": overrides,
-                     "proposals": getattr(predictor.run_config.model, "max_proposals", None) if proposals else None,
+                     "proposals": predictor.run_config.model.max_proposals if external else None,
                      "s_with": round(measured["s_per_image_with_proposals"], 4),
                      "s_without": round(measured["s_per_image_without_proposals"], 4),
-                     "external_proposals": measured["external_proposals"]})  # fmt: skip
+                     "external_proposals": external})  # fmt: skip
         print(rows[-1], flush=True)
     report = {**stamp(), "data": args.data, "runs": args.runs, "images": len(dataset), "rows": rows}
     write_results(args.results_name, report, markdown(report))
