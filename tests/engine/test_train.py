@@ -191,6 +191,12 @@ def test_weight_average_follows_the_formula_and_copies_integer_buffers():
     decay = 0.9 * (1 - torch.exp(torch.tensor(-1.0)))  # the ramp after one update
     torch.testing.assert_close(average.model[0].weight, start + (1 - decay) * 1.0)
     assert int(average.model[1].num_batches_tracked) == 7
+    # a second step follows the weights even when their data were replaced (as .to() does)
+    first = average.model[0].weight.detach().clone()
+    model[0].weight.data = model[0].weight.data + 2.0
+    average.update(model)
+    decay = 0.9 * (1 - torch.exp(torch.tensor(-2.0)))
+    torch.testing.assert_close(average.model[0].weight, first + (1 - decay) * (model[0].weight.detach() - first))
     assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
     with pytest.raises(ValueError, match="ema_decay"):
         WeightAverage(model, decay=1.0)

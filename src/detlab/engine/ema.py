@@ -29,6 +29,7 @@ class WeightAverage:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.decay, self.ramp_steps, self.updates = decay, max(1, ramp_steps), 0
+        self._paired: tuple | None = None
 
     def current_decay(self) -> float:
         return self.decay * (1.0 - math.exp(-self.updates / self.ramp_steps))
@@ -38,12 +39,25 @@ class WeightAverage:
         """One step towards ``model``'s current weights (call after every optimiser step)."""
         self.updates += 1
         weight = 1.0 - self.current_decay()
-        current = model.state_dict()
-        for name, value in self.model.state_dict().items():
-            if value.is_floating_point():
-                value.lerp_(current[name].detach(), weight)
-            else:
-                value.copy_(current[name])
+        averaged, current, copied, sources = self._pairs(model)
+        if averaged:
+            torch._foreach_lerp_(averaged, current, weight)
+        for value, source in zip(copied, sources):
+            value.copy_(source)
+
+    def _pairs(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """The averaged tensors and ``model``'s, floating point (lerped) and not (copied), by
+        name; built once per model (optimisers and load_state_dict change the weights in place)."""
+        if self._paired is None or self._paired[0] is not model:
+            current = model.state_dict(keep_vars=True)  # the tensors themselves, not views of their data
+            floats: tuple[list, list] = ([], [])
+            others: tuple[list, list] = ([], [])
+            for name, value in self.model.state_dict(keep_vars=True).items():
+                group = floats if value.is_floating_point() else others
+                group[0].append(value)
+                group[1].append(current[name])
+            self._paired = (model, *floats, *others)
+        return self._paired[1:]
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "ema_updates": self.updates}
