@@ -49,13 +49,16 @@ RENAMED = {"classification_top1": "classification_accuracy", "localization_top1"
            "localization_top5": "top5_localization", "mean_iou": "mean_iou"}  # fmt: skip
 
 
-def train_method(name: str, out_dir: str, budget_s: float, data: dict, recipe: str = "", **model) -> tuple:
+def train_method(name: str, out_dir: str, budget_s: float, data: dict, recipe: str = "",
+                 overrides: list[str] | None = None, **model) -> tuple:
     """One run of ``detlab train NAME`` with a time budget, started afresh in ``out_dir``; returns
-    ``(FitResult, resolved run config)``. Its last evaluation is on ``data["val_split"]``."""
+    ``(FitResult, resolved run config)``. Its last evaluation is on ``data["val_split"]``;
+    ``overrides``: ``section.key=value`` settings, as ``detlab train --set`` takes them."""
     shutil.rmtree(out_dir, ignore_errors=True)
     run_config = resolve_run_config(
         name, data=data, model=model,
         train={"out_dir": out_dir, "epochs": 100_000, "time_budget_s": budget_s, "recipe": recipe, "log_every": 100},
+        overrides=overrides or [],
     )  # fmt: skip
     return train_run(run_config), run_config
 
@@ -146,14 +149,14 @@ def overfeat_variants(scales: list[float]) -> list[tuple[str, list[str]]]:
 
 def part_overfeat(args) -> dict:
     data = {"spec": "synthetic", "root": args.multi_root, "synthetic_images": args.multi_images, "val_split": ""}
-    result, run_config = train_method("overfeat", "runs/bench-overfeat", args.overfeat_budget, data,
-                                      window_size=args.window_size, scales=tuple(args.scales),
+    result, run_config = train_method("overfeat", args.overfeat_run, args.overfeat_budget, data,
+                                      overrides=args.set, window_size=args.window_size, scales=tuple(args.scales),
                                       score_threshold=args.score_threshold,
                                       hard_negative_pool=args.hard_negative_pool)  # fmt: skip
     rows = []
-    for label, overrides in overfeat_variants(args.scales):
+    for label, overrides in overfeat_variants(args.scales)[: args.overfeat_variants]:
         started = time.perf_counter()
-        report, _ = evaluate_checkpoint("runs/bench-overfeat/last.pt", "synthetic", "test", protocol="voc07",
+        report, _ = evaluate_checkpoint(f"{args.overfeat_run}/last.pt", "synthetic", "test", protocol="voc07",
                                         max_images=args.overfeat_test_images, data_root=args.multi_root,
                                         overrides=overrides)  # fmt: skip
         seconds = time.perf_counter() - started
@@ -165,11 +168,11 @@ def part_overfeat(args) -> dict:
     return {"training_s": round(result.state.elapsed_s, 1), "steps": result.state.step,
             "windows_per_step": run_config.model.windows_per_image * run_config.train.batch_size,
             "positive_fraction": run_config.model.positive_fraction, "scales": list(args.scales),
-            "hard_negative_pool": run_config.model.hard_negative_pool,
+            "hard_negative_pool": run_config.model.hard_negative_pool, "settings": args.set,
             "detection": rows}  # fmt: skip
 
 
-def write_localization_markdown(report: dict) -> None:
+def write_localization_markdown(report: dict, path: Path) -> None:
     lines = ["# Classification + localization and OverFeat", ""]
     for part, entry in report.items():
         if part in ("headline", "grid", "overfeat"):
@@ -201,12 +204,13 @@ def write_localization_markdown(report: dict) -> None:
                   f"{result['windows_per_step']} windows cut afresh from the training images at each step).", "",
                   f"Scales {', '.join(f'{s:g}' for s in result.get('scales', []))}; each row is a test-time variant of "
                   "the same checkpoint.", "",
+                  *([f"Settings: `{' '.join(result['settings'])}`", ""] if result.get("settings") else []),
                   "| test pass | score threshold | test images | mAP@0.5 (VOC07) | s / image |", "|---|---|---|---|---|"]  # fmt: skip
         for row in result["detection"]:
             label = row.get("variant") or ", ".join(str(s) for s in row["scales"])
             lines.append(f"| {label} | {row['score_threshold']} | {row['images']} "
                          f"| {row['mAP@0.5']:.3f} | {row['seconds_per_image']} |")  # fmt: skip
-    (RESULTS / "localization.md").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write_keypoint_markdown(entry: dict) -> None:
@@ -248,6 +252,12 @@ def main() -> int:
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--hard-negative-pool", type=int, default=1,
                         help="OverFeat: background candidates drawn for each background window (1: no mining)")
+    parser.add_argument("--overfeat-variants", type=int, default=5,
+                        help="OverFeat: score this many test-time variants (1: the detector as trained)")
+    parser.add_argument("--overfeat-run", default="runs/bench-overfeat", help="OverFeat's run directory")
+    parser.add_argument("--set", nargs="*", default=[], help="OverFeat: section.key=value settings of its run")
+    parser.add_argument("--results-name", default="localization",
+                        help="results file name; other than the default, the file holds this run's part alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -265,11 +275,11 @@ def main() -> int:
         (RESULTS / "keypoints.json").write_text(json.dumps(entry, indent=2))
         write_keypoint_markdown(entry)
         return 0
-    path = RESULTS / "localization.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
+    path = RESULTS / f"{args.results_name}.json"
+    report = json.loads(path.read_text()) if path.is_file() and args.results_name == "localization" else {}
     report[args.part] = entry
     path.write_text(json.dumps(report, indent=2))
-    write_localization_markdown(report)
+    write_localization_markdown(report, path.with_suffix(".md"))
     return 0
 
 
