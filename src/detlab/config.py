@@ -33,7 +33,7 @@ class DataConfig:
     """Where the data comes from and how training images are augmented.
 
     ``spec``: ``synthetic`` (the built-in set, ``synthetic_images`` images generated on first use
-    under ``root``), ``synthetic-single`` (one object an image), ``synthetic-pose`` (stick figures
+    under ``root`` from ``synthetic_seed``), ``synthetic-single`` (one object an image), ``synthetic-pose`` (stick figures
     with 7 keypoints), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``. Models resize images
     themselves (their ``model.min_size``/``max_size`` or window), so the data keeps its size.
     ``on_bad``: ``error`` stops before training on an unreadable image or annotation (naming every
@@ -51,6 +51,9 @@ class DataConfig:
     spec: str = "synthetic"
     root: str = "data/synthetic"
     synthetic_images: int = 600
+    # the built-in sets' generation seed; not train.seed, so a run's seed never regenerates the
+    # shared set under root that other runs train and are scored on
+    synthetic_seed: int = 0
     train_split: str = "train"
     val_split: str = "auto"  # auto: the "val" split if the data has one apart from training, else held out
     val_fraction: float = 0.15  # the share of the training split held out when val_split is auto

@@ -70,3 +70,24 @@ def test_predictor_and_evaluate_choose_the_device_automatically(monkeypatch):
     loader = sampling.make_loader(dataset, 2, torch.utils.data.SequentialSampler(dataset), num_workers=0)
     evaluate(TinyDetector(), loader, CountingEvaluator())
     assert asked == ["auto", "auto", "auto"]  # the loader's device, then evaluate's
+
+
+def test_the_training_seed_does_not_regenerate_the_synthetic_set(tmp_path):
+    """A run with another ``train.seed`` reads the same built-in set; ``data.synthetic_seed`` is
+    what generates another."""
+    import json
+
+    from detlab.engine.run import load_split, resolve_run_config
+
+    def generated(**data) -> tuple[int, list]:
+        config = resolve_run_config("faster_rcnn", data={"spec": "synthetic", "root": str(tmp_path / "set"),
+                                                         "synthetic_images": 6, **data}, train={"seed": 3})  # fmt: skip
+        dataset, _ = load_split(config, "train", check=False)
+        seed = json.loads((tmp_path / "set" / "synthetic.json").read_text())["seed"]
+        return seed, [record.boxes.tolist() for record in dataset.records]
+
+    seed, boxes = generated()
+    assert seed == 0
+    assert generated() == (0, boxes)
+    other_seed, other_boxes = generated(synthetic_seed=2)
+    assert other_seed == 2 and other_boxes != boxes

@@ -259,7 +259,7 @@ def evaluate_checkpoint(
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
-    dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=predictor.run_config.train.seed)
+    dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=stored.synthetic_seed)
     if list(dataset.classes) != predictor.classes:
         raise ValueError(
             f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "

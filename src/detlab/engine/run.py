@@ -124,7 +124,7 @@ def load_split(run_config: RunConfig, split: str, check: bool = True):
 
     data = run_config.data
     dataset = load_dataset(data.spec, split, root=data.root, on_bad=data.on_bad,
-                           num_synthetic=data.synthetic_images, seed=run_config.train.seed)  # fmt: skip
+                           num_synthetic=data.synthetic_images, seed=data.synthetic_seed)  # fmt: skip
     if not check:
         return dataset, None
     return check_images(dataset, on_bad=data.on_bad)
