@@ -38,6 +38,14 @@ def area(boxes: Tensor) -> Tensor:
     return widths * heights
 
 
+def intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise shared area: ``Tensor[..., N, 4]``, ``Tensor[..., M, 4]`` xyxy -> ``Tensor[..., N, M]``."""
+    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    size = (bottom_right - top_left).clamp(min=0)
+    return size[..., 0] * size[..., 1]
+
+
 def iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise intersection over union: ``Tensor[..., N, 4]``, ``Tensor[..., M, 4]`` ->
     ``Tensor[..., N, M]`` (leading dimensions broadcast: a batch of images at once).
@@ -45,12 +53,9 @@ def iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Pairs whose union is empty (two zero-area boxes) get IoU 0 rather than NaN.
     """
     area1, area2 = area(boxes1), area(boxes2)
-    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    size = (bottom_right - top_left).clamp(min=0)
-    intersection = size[..., 0] * size[..., 1]
-    union = area1[..., :, None] + area2[..., None, :] - intersection
-    return torch.where(union > 0, intersection / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+    shared = intersection(boxes1, boxes2)
+    union = area1[..., :, None] + area2[..., None, :] - shared
+    return torch.where(union > 0, shared / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
 
 
 def clip(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:

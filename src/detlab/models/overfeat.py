@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detlab.boxes import batched_nms, merge_boxes
+from detlab.boxes import batched_nms, intersection, merge_boxes
 from detlab.config import choice
 from detlab.engine.stages import Stage, Step
 from detlab.models.localizer import (
@@ -385,20 +385,13 @@ class OverFeat(nn.Module):
         return four_step_recipe(lambda model: model.localizer, self.classifier_fraction, self.head_lr)
 
 
-def intersections(windows: Tensor, boxes: Tensor) -> Tensor:
-    """``Tensor[N, M]``: the area each window (``Tensor[N, 4]``) shares with each box
-    (``Tensor[M, 4]``), both xyxy pixels."""
-    corners = torch.minimum(windows[:, None, 2:], boxes[None, :, 2:]) - torch.maximum(windows[:, None, :2], boxes[None, :, :2])
-    return corners.clamp(min=0).prod(-1)
-
-
 def object_cover(windows: Tensor, boxes: Tensor) -> Tensor:
     """``Tensor[N]``: the largest share of any object's area (``boxes`` ``Tensor[M, 4]``) that each
     window (``Tensor[N, 4]``, xyxy pixels) holds; 0 without objects."""
     if not len(boxes) or not len(windows):
         return windows.new_zeros(len(windows))
     areas = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6).prod(-1)
-    return (intersections(windows, boxes) / areas).amax(dim=1)
+    return (intersection(windows, boxes) / areas).amax(dim=1)
 
 
 def cut_windows(image: Tensor, windows: Tensor, size: int) -> Tensor:
@@ -460,7 +453,7 @@ def sample_windows(
         window = torch.tensor([x, y, x + side, y + side])
         label, target = 0, torch.tensor([0.0, 0.0, 1.0, 1.0])
         if len(boxes):
-            inside = intersections(window[None], boxes)[0]
+            inside = intersection(window[None], boxes)[0]
             fills = longest_sides / side
             held = (inside >= 0.9 * areas) & (fills >= fill[0]) & (fills <= fill[1])
             if held.any():
