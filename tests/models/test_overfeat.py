@@ -9,13 +9,10 @@ from detlab.models.overfeat import (
     OverFeatConfig,
     build_overfeat,
     crop_windows,
+    label_windows,
     linear_as_conv,
     naive_sliding_window,
-    FullyConvolutionalLocalizer,
-    balanced_cells,
-    label_windows,
     object_cover,
-    sample_crop,
     sample_windows,
     to_fully_convolutional,
 )
@@ -189,7 +186,7 @@ def test_training_windows_hold_their_object_and_test_like_windows_are_labelled_b
 
 
 def test_a_training_step_crops_the_windows_from_the_images():
-    model = overfeat(windows_per_image=4, training="sampled").train()
+    model = overfeat(windows_per_image=4).train()
     image = torch.zeros(3, 120, 160)
     image[1, 30:70, 40:90] = 1.0
     target = {"boxes": torch.tensor([[40.0, 30.0, 90.0, 70.0]]), "labels": torch.tensor([1])}
@@ -219,7 +216,7 @@ def test_ablations_window_boxes_and_nms_instead_of_merging():
 
 
 def test_hard_negatives_replace_half_the_background_with_the_windows_scored_most_like_objects():
-    model = overfeat(windows_per_image=4, training="sampled").train()
+    model = overfeat(windows_per_image=4).train()
     image = torch.full((3, 120, 160), 0.3)
     image[:, :, :80] = 0.6  # candidate windows on the left hold 0.6, on the right 0.3
     # Sampled: 1 positive, 4 background windows, each crop filled with one value.
@@ -240,7 +237,7 @@ def test_hard_negatives_replace_half_the_background_with_the_windows_scored_most
 
 
 def test_a_training_step_with_hard_negative_mining_trains():
-    model = overfeat(windows_per_image=8, hard_negative_pool=3, training="sampled").train()
+    model = overfeat(windows_per_image=8, hard_negative_pool=3).train()
     image = torch.rand(3, 120, 160)
     target = {"boxes": torch.tensor([[40.0, 30.0, 90.0, 70.0]]), "labels": torch.tensor([1])}
     losses = model([image], [target])
@@ -275,64 +272,3 @@ def test_windows_are_labelled_by_the_object_they_hold_whole_at_a_fitting_size():
     assert torch.equal(targets[[1, 3]], torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2))
     empty_labels, _ = label_windows(windows, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), (0.35, 0.9))
     assert torch.equal(empty_labels, torch.zeros(5, dtype=torch.int64))
-
-
-def test_the_shared_converted_net_is_the_localizer_itself():
-    model = trained_looking_localizer("specific", "conv")
-    shared, copied = FullyConvolutionalLocalizer(model, share=True), to_fully_convolutional(model)
-    image = torch.rand(1, 3, WINDOW + 40, WINDOW + 24)
-    a = shared(image)
-    with torch.no_grad():
-        b = copied(image)
-    assert (a["class_logits"] - b["class_logits"]).abs().max() < 1e-4 and (a["boxes"] - b["boxes"]).abs().max() < 1e-4
-    a["class_logits"].sum().backward()  # a loss on the map trains the localizer's own weights
-    assert model.class_head.weight.grad.abs().sum() > 0 and next(model.features.parameters()).grad.abs().sum() > 0
-    assert all(p.grad is None for p in copied.parameters())
-
-
-def test_a_dense_crop_holds_its_object_at_a_scale_where_it_fills_a_window():
-    torch.manual_seed(0)
-    boxes = torch.tensor([[100.0, 60.0, 130.0, 80.0]])  # longest side 30
-    for _ in range(50):
-        region = sample_crop((200, 300), boxes, window=64, crop_size=160, fill=(0.35, 0.9), object_fraction=1.0,
-                             scale_range=(0.5, 2.0))  # fmt: skip
-        side = region[2] - region[0]
-        assert torch.isclose(side, region[3] - region[1])
-        fill = 30 / (64 * side / 160)  # the object's share of a window at this crop's scale
-        assert 0.35 - 1e-4 <= fill <= 0.9 + 1e-4
-        assert (region[:2] <= boxes[0, :2] + 1e-4).all() and (region[2:] >= boxes[0, 2:] - 1e-4).all()
-        for low, high, extent in ((region[0], region[2], 300), (region[1], region[3], 200)):
-            if side <= extent:  # in the image where it fits, covering the image where it does not
-                assert low >= -1e-4 and high <= extent + 1e-4
-            else:
-                assert low <= 1e-4 and high >= extent - 1e-4
-    # Without objects: a scale in the range, the region in the image (or covering it).
-    for _ in range(50):
-        region = sample_crop((200, 300), torch.zeros(0, 4), 64, 160, (0.35, 0.9), 1.0, (0.5, 2.0))
-        side = float(region[2] - region[0])
-        assert 80 - 1e-3 <= side <= 320 + 1e-3
-        if side <= 200:
-            assert region[0] >= -1e-4 and region[1] >= -1e-4 and region[2] <= 300 + 1e-4 and region[3] <= 200 + 1e-4
-
-
-def test_balanced_cells_keep_every_object_cell_and_drop_background_to_the_fraction():
-    torch.manual_seed(0)
-    labels = torch.tensor([1] * 10 + [0] * 200 + [2] * 5)
-    keep = torch.ones(215, dtype=torch.bool)
-    keep[0] = False  # a cell outside its image stays out
-    chosen = balanced_cells(keep, labels, 0.25)
-    assert not chosen[0] and chosen[1:10].all() and chosen[210:].all()
-    assert int(chosen[10:210].sum()) == 42  # 14 object cells are a quarter of 56
-    assert int(balanced_cells(keep, torch.zeros(215, dtype=torch.int64), 0.25).sum()) == 64
-
-
-@pytest.mark.parametrize("boxes", [torch.tensor([[40.0, 30.0, 90.0, 70.0]]), torch.zeros(0, 4)])
-def test_a_dense_training_step_trains_the_localizer(boxes):
-    model = overfeat(training="dense", scales=(0.75, 1.5)).train()
-    image = torch.rand(3, 120, 160)
-    target = {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
-    losses = model([image, image], [target, target])
-    assert set(losses) == {"loss_classifier", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    assert model.localizer.class_head.weight.grad.abs().sum() > 0
-    assert len(model.state_dict()) == len(overfeat().state_dict())  # no second copy of the weights registered

@@ -72,39 +72,21 @@ def linear_as_conv(linear: nn.Linear, in_channels: int, kernel: tuple[int, int])
     return conv
 
 
-class SharedLinearConv(nn.Module):
-    """:func:`linear_as_conv` without the copy: the convolution reads ``linear``'s own weight
-    (reshaped on every call), so training through it trains ``linear``."""
-
-    def __init__(self, linear: nn.Linear, in_channels: int, kernel: tuple[int, int]):
-        super().__init__()
-        if linear.in_features != in_channels * kernel[0] * kernel[1]:
-            raise ValueError(f"linear layer takes {linear.in_features} inputs, not a {in_channels}x{kernel} grid")
-        self.linear, self.shape = linear, (linear.out_features, in_channels, *kernel)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.linear.weight.view(self.shape), self.linear.bias)
-
-
-def convert_layers(
-    layers: nn.Module, in_channels: int, grid: tuple[int, int], share: bool = False
-) -> tuple[nn.Sequential, int]:
+def convert_layers(layers: nn.Module, in_channels: int, grid: tuple[int, int]) -> tuple[nn.Sequential, int]:
     """Rewrite a head ``[conv..., (grid max-pool), Flatten, Linear, ReLU, Dropout, Linear, ...]`` (or
     one Linear, taken to follow a flattened 1x1 map) as convolutions. Returns the new ``nn.Sequential`` and
-    its number of output channels. ``share``: the new layers use the given layers' parameters
-    (and BatchNorm statistics) instead of copies of them."""
+    its number of output channels."""
     modules = list(layers) if isinstance(layers, nn.Sequential) else [layers]
     converted: list[nn.Module] = []
     channels, kernel = in_channels, grid
-    keep = (lambda module: module) if share else copy.deepcopy
     for module in modules:
         if isinstance(module, nn.Flatten):
             continue
         if isinstance(module, nn.Linear):
-            converted.append(SharedLinearConv(module, channels, kernel) if share else linear_as_conv(module, channels, kernel))
+            converted.append(linear_as_conv(module, channels, kernel))
             channels, kernel = module.out_features, (1, 1)
         elif isinstance(module, nn.Conv2d):
-            converted.append(keep(module))
+            converted.append(copy.deepcopy(module))
             channels = module.out_channels
         elif isinstance(module, nn.MaxPool2d):
             # A max over the whole window grid becomes the same max-pool sliding with stride 1.
@@ -114,36 +96,35 @@ def convert_layers(
             converted.append(nn.MaxPool2d(kernel, stride=1))
             kernel = (1, 1)
         elif isinstance(module, nn.ReLU | nn.Dropout | nn.BatchNorm2d):
-            converted.append(keep(module))
+            converted.append(copy.deepcopy(module))
         else:
             raise ValueError(f"cannot convert a {type(module).__name__} layer to a convolution")
     return nn.Sequential(*converted), channels
 
 
 class FullyConvolutionalLocalizer(nn.Module):
-    """The localizer with its FC layers as convolutions: a copy (the original is untouched), or
-    with ``share`` the localizer's own parameters, so a loss on the map trains the localizer.
+    """The localizer with its FC layers as convolutions (a copy: the original is untouched).
 
     ``forward(images: Tensor[B, 3, H, W]) -> {"class_logits": Tensor[B, K, h', w'],
     "boxes": Tensor[B, R, 4, h', w']}`` with H, W >= the window size; the boxes are normalised to
     the window of their cell, as the localizer's are to its input (K logits, as the localizer's).
     """
 
-    def __init__(self, localizer: Localizer, share: bool = False):
+    def __init__(self, localizer: Localizer):
         super().__init__()
         self.window_size = localizer.window_size
         self.stride = localizer.stride
         self.num_box_sets = localizer.num_box_sets
         self.attach = localizer.attach
         self.channels_last = localizer.channels_last
-        self.features = localizer.features if share else copy.deepcopy(localizer.features)
+        self.features = copy.deepcopy(localizer.features)
         channels = localizer.feature_channels
-        self.hidden, hidden_channels = convert_layers(localizer.hidden, channels, localizer.grid, share)
-        self.class_head, _ = convert_layers(localizer.class_head, hidden_channels, (1, 1), share)
+        self.hidden, hidden_channels = convert_layers(localizer.hidden, channels, localizer.grid)
+        self.class_head, _ = convert_layers(localizer.class_head, hidden_channels, (1, 1))
         if localizer.attach == "conv":
-            self.box_head, _ = convert_layers(localizer.box_head, channels, localizer.grid, share)
+            self.box_head, _ = convert_layers(localizer.box_head, channels, localizer.grid)
         else:
-            self.box_head, _ = convert_layers(localizer.box_head, hidden_channels, (1, 1), share)
+            self.box_head, _ = convert_layers(localizer.box_head, hidden_channels, (1, 1))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         if self.channels_last:
@@ -237,15 +218,7 @@ class OverFeatConfig(LocalizerConfig):
     window_boxes: bool = False  # test time: a vote's box is its window, not the regressed box (ablation)
     max_votes: float = 4.0
     max_detections: int = 100
-    # Training: "dense" runs the converted net on a crop_size-pixel crop of each image at a random
-    # scale and trains every cell whose window lies in the image (each labelled by label_windows);
-    # object_crop_fraction of the crops are scaled so a chosen object fills min_fill..max_fill of a
-    # window and hold it, the others at a log-uniform scale in the range of the test scales.
-    # "sampled" cuts windows_per_image windows an image and runs the localizer on each.
-    training: str = choice("dense", ("dense", "sampled"))
-    crop_size: int = 160
-    object_crop_fraction: float = 0.75
-    # Hard negatives ("sampled" training): draw this many background candidates for each background window of a step,
+    # Hard negatives: draw this many background candidates for each background window of a step,
     # score the clear ones (holding under MINED_MAX_COVER of every object) with the current network
     # (no gradient) and train on the highest-scoring half of the background windows, the other half
     # drawn as before (1: no mining)
@@ -255,7 +228,7 @@ class OverFeatConfig(LocalizerConfig):
     RUN_DEFAULTS: ClassVar[dict] = {
         "data": {"vertical_flip": True, "rotate90": True},
         "train": {"epochs": 10, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 50, "eval_every": 0},
+                  "log_every": 50, "eval_every": 0, "amp_cpu_bf16": True},
     }  # fmt: skip
 
 
@@ -287,8 +260,6 @@ class OverFeat(nn.Module):
         self.max_detections = config.max_detections
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
         self.hard_negative_pool = config.hard_negative_pool
-        self.training_mode, self.crop_size = config.training, config.crop_size
-        self.object_crop_fraction = config.object_crop_fraction
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -296,8 +267,6 @@ class OverFeat(nn.Module):
             return [self.detect(image) for image in images]
         if targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
-        if self.training_mode == "dense":
-            return self.dense_losses(images, targets)
         window = self.localizer.window_size
         sides = (window / max(self.scales), window / min(self.scales))
         crops, labels, boxes = [], [], []
@@ -320,35 +289,6 @@ class OverFeat(nn.Module):
             return {name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()}
         outputs = self.localizer.predict(torch.cat(crops))
         losses = self.localizer.losses(outputs, torch.cat(labels).to(device), torch.cat(boxes).to(device))
-        return {name: losses[name] for name in self.localizer.loss_names()}
-
-    def dense_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
-        """The losses of every window of one crop an image (:func:`sample_crop`), from one pass of
-        the converted net over the crops; windows reaching outside their image are left out."""
-        window, crop_size = self.localizer.window_size, self.crop_size
-        scale_range = (min(self.scales), max(self.scales))
-        regions = [sample_crop(tuple(image.shape[-2:]), target["boxes"].float().cpu(), window, crop_size, self.fill,
-                               self.object_crop_fraction, scale_range) for image, target in zip(images, targets)]  # fmt: skip
-        crops = torch.cat([cut_windows(image, region[None], crop_size) for image, region in zip(images, regions)])
-        network = FullyConvolutionalLocalizer(self.localizer, share=True)
-        outputs = network(crops)
-        logits, boxes = outputs["class_logits"], outputs["boxes"]
-        origins = network.window_origins(*logits.shape[-2:]).view(-1, 2).repeat(1, 2)
-        origins = origins + torch.tensor([0.0, 0.0, window, window])
-        labels, box_targets, keep = [], [], []
-        for image, target, region in zip(images, targets, regions):
-            height, width = image.shape[-2:]
-            windows = region[:2].repeat(2) + origins * (region[2] - region[0]) / crop_size  # image pixels
-            inside = (windows[:, :2] >= -1).all(dim=1) & (windows[:, 2] <= width + 1) & (windows[:, 3] <= height + 1)
-            window_labels, window_targets = label_windows(windows, target["boxes"].float().cpu(), target["labels"].cpu(), self.fill)
-            labels.append(window_labels)
-            box_targets.append(window_targets)
-            keep.append(inside)
-        keep, labels = torch.cat(keep), torch.cat(labels)
-        keep = balanced_cells(keep, labels, self.positive_fraction).to(crops.device)
-        flat = {"class_logits": logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])[keep],
-                "boxes": boxes.permute(0, 3, 4, 1, 2).reshape(-1, *boxes.shape[1:3])[keep]}  # fmt: skip
-        losses = self.localizer.losses(flat, labels.to(crops.device)[keep], torch.cat(box_targets).to(crops.device)[keep])
         return {name: losses[name] for name in self.localizer.loss_names()}
 
     @torch.no_grad()
@@ -462,57 +402,6 @@ def cut_windows(image: Tensor, windows: Tensor, size: int) -> Tensor:
     ``image`` resampled to ``size`` pixels (RoIAlign, 2 x 2 samples a bin)."""
     rois = torch.cat([torch.zeros(len(windows), 1), windows.float()], dim=1).to(image)
     return roi_align(image[None], rois, size, 1.0, sampling_ratio=2, aligned=True)
-
-
-def balanced_cells(keep: Tensor, labels: Tensor, positive_fraction: float) -> Tensor:
-    """``keep`` (bool ``Tensor[N]``, the cells that may train) with background cells dropped at
-    random so objects make up ``positive_fraction`` of the rest (every object cell stays; without
-    any, 64 background cells)."""
-    positives = keep & (labels > 0)
-    background = torch.where(keep & (labels == 0))[0]
-    count = int(positives.sum())
-    wanted = round(count * (1 - positive_fraction) / positive_fraction) if count else 64
-    chosen = background[torch.randperm(len(background))[:wanted]]
-    balanced = positives.clone()
-    balanced[chosen] = True
-    return balanced
-
-
-def sample_crop(
-    image_size: tuple[int, int],
-    boxes: Tensor,
-    window: int,
-    crop_size: int,
-    fill: tuple[float, float],
-    object_fraction: float,
-    scale_range: tuple[float, float],
-) -> Tensor:
-    """One square region of an image (``Tensor[4]`` xyxy pixels) whose resampling to
-    ``crop_size`` pixels is a training crop of dense training. With probability
-    ``object_fraction`` (and an object in the image) an object chosen at random sets the scale,
-    filling ``fill`` of a ``window``-pixel window, and the region holds it; otherwise the scale is
-    log-uniform in ``scale_range``. The region stays in the image where it fits and covers it
-    where it does not. Draws from torch's global generator."""
-    height, width = image_size
-
-    def uniform(lower: float, upper: float) -> float:
-        return lower + (upper - lower) * float(torch.rand(()))
-
-    def place(extent: float, side: float, lower: float, upper: float) -> float:
-        inner_low, inner_high = sorted((0.0, extent - side))  # in the image, or covering it
-        low, high = max(lower, inner_low), min(upper, inner_high)
-        return uniform(low, high) if low <= high else uniform(lower, max(lower, upper))
-
-    if len(boxes) and float(torch.rand(())) < object_fraction:
-        x1, y1, x2, y2 = boxes[int(torch.randint(len(boxes), ()))].tolist()
-        scale = window * uniform(*fill) / max(x2 - x1, y2 - y1, 1.0)
-        side = crop_size / scale
-        x, y = place(width, side, x2 - side, x1), place(height, side, y2 - side, y1)
-    else:
-        scale = math.exp(uniform(math.log(scale_range[0]), math.log(scale_range[1])))
-        side = crop_size / scale
-        x, y = place(width, side, -math.inf, math.inf), place(height, side, -math.inf, math.inf)
-    return torch.tensor([x, y, x + side, y + side])
 
 
 def sample_windows(
