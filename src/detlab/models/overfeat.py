@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detlab.boxes import batched_nms, intersection, merge_boxes
+from detlab.boxes import area, batched_nms, intersection, merge_boxes
 from detlab.config import choice
 from detlab.engine.stages import Stage, Step
 from detlab.models.localizer import (
@@ -447,7 +447,7 @@ def sample_windows(
         y = uniform(max(0.0, y2 - side), min(y1, height - side))
         windows.append([x, y, x + side, y + side])
         window_labels.append(int(labels[which]))
-        targets.append(((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1))
+        targets.append(((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1).tolist())
     for _ in range(count - positives):
         side = math.exp(uniform(math.log(low), math.log(high)))
         x, y = uniform(0, width - side), uniform(0, height - side)
@@ -456,9 +456,8 @@ def sample_windows(
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
     windows = torch.tensor(windows)
     drawn_labels, drawn_targets = label_windows(windows[len(targets) :], boxes, labels, fill)
-    if targets:
-        return windows, torch.cat([torch.tensor(window_labels), drawn_labels]), torch.cat([torch.stack(targets), drawn_targets])
-    return windows, drawn_labels, drawn_targets
+    return (windows, torch.cat([torch.tensor(window_labels, dtype=torch.int64), drawn_labels]),
+            torch.cat([torch.tensor(targets).view(-1, 4), drawn_targets]))  # fmt: skip
 
 
 def label_windows(windows: Tensor, boxes: Tensor, labels: Tensor, fill: tuple[float, float]) -> tuple[Tensor, Tensor]:
@@ -470,7 +469,7 @@ def label_windows(windows: Tensor, boxes: Tensor, labels: Tensor, fill: tuple[fl
     targets = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(len(windows), 1)
     if not len(boxes) or not len(windows):
         return window_labels, targets
-    areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    areas = area(boxes)
     longest_sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     sides = (windows[:, 2] - windows[:, 0])[:, None]
     fills = longest_sides[None] / sides
