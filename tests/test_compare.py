@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from detlab import comparison
 from detlab.cli import main as cli_main
@@ -17,9 +18,12 @@ TINY = ["model.backbone_width=8", "train.eval_every=0", "train.batch_size=2"]
 def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(synthetic_root, tmp_path):
     out = tmp_path / "compare"
     lines: list[str] = []
-    report = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=TINY, threads=2,
+    settings = [*TINY, "yolo:train.seed=3"]  # the last one for yolo only
+    report = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=settings, threads=2,
                                 progress=lines.append)  # fmt: skip
     assert [row["method"] for row in report["rows"]] == ["faster_rcnn", "yolo"]
+    seeds = {name: yaml.safe_load((out / name / "config.yaml").read_text())["train"]["seed"] for name in ("faster_rcnn", "yolo")}
+    assert seeds["yolo"] == 3 and seeds["faster_rcnn"] != 3
     assert all(row["status"] == "done" for row in report["rows"]), report["rows"]
     for row in report["rows"]:
         assert 0 < row["training_s"] < 60 and row["steps"] > 0 and row["parameters"] > 1000
@@ -33,7 +37,7 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
     for column in ("test s/image without proposals", "with proposals", "speed-up vs R-CNN", "mAP@0.5 (VOC07)",
                    "mAP@[.5:.95]", "parameters"):  # fmt: skip
         assert column in header
-    assert "| Faster R-CNN |" in table and "| yolo (anchor-free) |" in table and "Per-class AP@0.5" in table
+    assert "| Faster R-CNN |" in table and "| yolo (anchor-free) (`train.seed=3`) |" in table and "Per-class AP@0.5" in table
     assert json.loads((out / "compare.json").read_text())["rows"][0]["method"] == "faster_rcnn"
     assert (out / "speed_vs_map.png").stat().st_size > 1000 and (out / "detections.png").stat().st_size > 1000
     assert len([line for line in lines if "s of training in" in line]) == 2
@@ -42,7 +46,7 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
     checkpoint = out / "yolo" / "last.pt"
     stamp = checkpoint.stat().st_mtime_ns
     again_lines: list[str] = []
-    again = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=TINY, threads=2,
+    again = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=settings, threads=2,
                                progress=again_lines.append)  # fmt: skip
     assert checkpoint.stat().st_mtime_ns == stamp
     assert len([line for line in again_lines if "stored row reused" in line]) == 2
@@ -52,10 +56,30 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
     # A method whose row is gone but whose run finished (interrupted after training) is resumed,
     # not retrained: its step count stays, and it is scored again.
     (out / "yolo" / comparison.ROW_FILE).unlink()
-    resumed = comparison.compare(str(synthetic_root), "yolo", budget_s=3, out=out, set=TINY, threads=2,
+    resumed = comparison.compare(str(synthetic_root), "yolo", budget_s=3, out=out, set=settings, threads=2,
                                  progress=lambda line: None)  # fmt: skip
     assert resumed["rows"][0]["status"] == "done" and resumed["rows"][0]["steps"] == report["rows"][1]["steps"]
     assert (out / "yolo" / comparison.ROW_FILE).is_file()
+
+    # Other settings for a method whose folder holds a run: that method's row is an error (its run
+    # is neither resumed with its old settings nor overwritten); Faster R-CNN's row is reused.
+    changed = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out,
+                                 set=[*TINY, "yolo:train.seed=4"], threads=2, progress=lambda line: None)  # fmt: skip
+    kept, refused = changed["rows"]
+    assert kept["status"] == "done" and kept["training_s"] == report["rows"][0]["training_s"]
+    assert refused["status"] == "failed" and "holds a run started with other data or settings" in refused["error"]
+    assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_settings_for_one_method_are_told_apart_from_settings_for_all():
+    common, own = comparison.method_settings(
+        ["train.lr=0.01", "rcnn:model.window_size=227", "data.spec=voc:/data/x", " yolo : train.seed=2", "fast_rcnn:train.lr=1"],
+        ["rcnn", "yolo"],
+    )  # fmt: skip
+    assert common == ["train.lr=0.01", "data.spec=voc:/data/x"]  # a colon in the value is the value's
+    assert own == {"rcnn": ["model.window_size=227"], "yolo": ["train.seed=2"]}  # fast_rcnn is not compared
+    with pytest.raises(ValueError, match="unknown method 'ssd' before the colon; choose from overfeat"):
+        comparison.method_settings(["ssd:model.x=1"], ["rcnn"])
 
 
 def test_a_failing_method_gets_its_row_and_the_others_still_run(synthetic_root, tmp_path, monkeypatch):

@@ -4,7 +4,9 @@ the same evaluator on the same test images, and timed the same way.
 
 For each method, in order: train in ``OUT/<method>`` (a run folder that already holds a checkpoint
 is resumed, and a finished one is not trained again; a method whose row is stored in
-``OUT/<method>/compare_row.json`` for the same data, budget and settings is not even loaded), then
+``OUT/<method>/compare_row.json`` for the same data, budget and settings is not even loaded; a
+run folder started with other data or settings, as ``OUT/<method>/compare_settings.json`` records
+them, is an error for that method rather than resumed with its old ones), then
 one pass over the test images, one image at a time, as :func:`detlab.load` loads the model
 (BatchNorm folded): for a method with external proposals (R-CNN, Fast R-CNN) the proposal step is
 timed apart from the network, so the same pass gives the time an image *with* proposals (proposal
@@ -39,6 +41,7 @@ LABELS = {"overfeat": "OverFeat", "rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "f
 # seconds a test image with proposals, and mAP.
 LECTURE = {"rcnn": (50.0, 66.0), "fast_rcnn": (2.0, 66.9), "faster_rcnn": (0.2, 66.9)}
 ROW_FILE = "compare_row.json"
+SETTINGS_FILE = "compare_settings.json"  # the data and settings a method's run was started with
 WARMUP_IMAGES = 2
 FIGURE_IMAGES = 3
 
@@ -54,6 +57,25 @@ def parse_methods(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"a method is named twice in {', '.join(names)}")
     return names
+
+
+def method_settings(settings: list[str] | tuple[str, ...], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``key=value`` settings -> ``(those for every method, each method's own)``: one written
+    ``METHOD:key=value`` is only for that method (``rcnn:model.window_size=227``) and wins over a
+    plain one of the same key; a colon after the ``=`` belongs to the value (``data.spec=voc:DIR``);
+    one for a method not compared this time is ignored."""
+    common: list[str] = []
+    own: dict[str, list[str]] = {name: [] for name in names}
+    for setting in settings:
+        if ":" not in setting.split("=", 1)[0]:
+            common.append(setting)
+            continue
+        method, value = (part.strip() for part in setting.split(":", 1))
+        if method not in METHODS:
+            raise ValueError(f"--set {setting}: unknown method {method!r} before the colon; choose from {', '.join(METHODS)}")
+        if method in own:
+            own[method].append(value)
+    return common, own
 
 
 def check_data(method_configs: dict) -> tuple[object, object]:
@@ -172,13 +194,18 @@ def score_and_time(model, dataset, device, amp: bool = True) -> dict:
 class CompareSettings:
     data: str
     budget_s: float
-    overrides: tuple[str, ...]
+    overrides: dict[str, list[str]]  # each method's key=value settings (method_settings)
     threads: int
     device: str = "auto"
 
-    def key(self) -> dict:
-        """What a stored row must match to be reused."""
-        return {"data": self.data, "budget_s": self.budget_s, "overrides": list(self.overrides)}
+    def key(self, name: str) -> dict:
+        """What a stored row of method ``name`` must match to be reused."""
+        return {"data": self.data, "budget_s": self.budget_s, "overrides": list(self.overrides[name])}
+
+    def training_key(self, name: str) -> dict:
+        """What a run folder of method ``name`` must have been started with to be resumed (a larger
+        budget continues it; other data or settings would silently keep the old ones)."""
+        return {"data": self.data, "overrides": list(self.overrides[name])}
 
 
 def compare(
@@ -194,7 +221,8 @@ def compare(
     """Train every method in ``methods`` (default: all of :data:`METHODS`) on ``data`` for
     ``budget_s`` seconds each, score and time each on the test split, and write the tables and
     figures into ``out`` (see the module docstring). ``set``: ``key=value`` settings given to
-    every method (e.g. ``data.train_split=trainval``); ``threads``: torch threads for training
+    every method (e.g. ``data.train_split=trainval``), or, written ``METHOD:key=value``, to one
+    (``rcnn:model.window_size=227``); ``threads``: torch threads for training
     and timing (0: the usable cores); ``device``: where the models are timed (``auto``: a GPU
     when there is one). Returns the report (``compare.json``'s content)."""
     import torch
@@ -207,8 +235,9 @@ def compare(
         raise ValueError(f"the budget must be a positive number of seconds, got {budget_s}")
     out = Path(out)
     overrides = list(set or [])
-    settings = CompareSettings(data, float(budget_s), tuple(overrides), threads or usable_cpus(), device)
-    configs = {name: resolve_run_config(name, None, overrides, data={"spec": data}) for name in names}
+    common, own = method_settings(overrides, names)
+    settings = CompareSettings(data, float(budget_s), {name: common + own[name] for name in names}, threads or usable_cpus(), device)
+    configs = {name: resolve_run_config(name, None, settings.overrides[name], data={"spec": data}) for name in names}
     train_set, test_set = check_data(configs)
     torch.set_num_threads(settings.threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +263,7 @@ def compare(
     report = {
         "data": data, "train_split": configs[names[0]].data.train_split, "test_split": configs[names[0]].data.test_split,
         "train_images": len(train_set), "test_images": len(test_set), "classes": list(test_set.classes),
-        "budget_s": settings.budget_s, "overrides": overrides, "threads": settings.threads, "device": device,
+        "budget_s": settings.budget_s, "overrides": overrides, "method_settings": own, "threads": settings.threads, "device": device,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_line(settings.threads),
         "rows": rows,
     }  # fmt: skip
@@ -256,13 +285,20 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
     stored = run_dir / ROW_FILE
     if stored.is_file():
         row = json.loads(stored.read_text())
-        if row.get("settings") == settings.key():
+        if row.get("settings") == settings.key(name):
             predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
             return {**row, "reused": True}, first_outputs(predictor, test_set)
+    started_with = run_dir / SETTINGS_FILE
     if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
+        if started_with.is_file() and json.loads(started_with.read_text()) != settings.training_key(name):
+            raise ValueError(f"{run_dir} holds a run started with other data or settings "
+                             f"({started_with.read_text().strip()}); move it away or choose another --out")  # fmt: skip
         result = api.train(resume=str(run_dir), time_budget=settings.budget_s)
     else:
-        result = api.train(name, data=settings.data, time_budget=settings.budget_s, out=str(run_dir), set=list(settings.overrides))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started_with.write_text(json.dumps(settings.training_key(name)) + "\n")
+        result = api.train(name, data=settings.data, time_budget=settings.budget_s, out=str(run_dir),
+                           set=list(settings.overrides[name]))  # fmt: skip
     if not result.finished:
         raise RuntimeError(f"training stopped ({result.status}); run detlab compare again to continue it")
     seconds, steps = training_seconds(run_dir)
@@ -272,7 +308,7 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
     outputs = measured.pop("figure_outputs")
     row = {"method": name, "status": "done", "run_dir": str(run_dir), "training_s": seconds, "steps": steps,
            "parameters": sum(parameter.numel() for parameter in predictor.model.parameters()),
-           **measured, "settings": settings.key()}  # fmt: skip
+           **measured, "settings": settings.key(name)}  # fmt: skip
     stored.write_text(json.dumps(row, indent=1) + "\n")
     return row, outputs
 
@@ -304,6 +340,12 @@ def machine_line(threads: int) -> str:
     return f"{platform.platform()}, {threads} torch thread(s), torch {torch.__version__}"
 
 
+def method_label(name: str, report: dict) -> str:
+    """A method's name in the tables, with its own settings, if any: ``R-CNN (`model.window_size=227`)``."""
+    own = report.get("method_settings", {}).get(name)
+    return LABELS.get(name, name) + (f" (`{' '.join(own)}`)" if own else "")
+
+
 def markdown(report: dict) -> str:
     rows = report["rows"]
     done = [row for row in rows if row["status"] == "done"]
@@ -312,13 +354,14 @@ def markdown(report: dict) -> str:
         f"Train split `{report['train_split']}` ({report['train_images']} images), test split `{report['test_split']}` "
         f"({report['test_images']} images); {report['budget_s']:.0f} s of training budget a method; "
         f"{report['threads']} thread(s); {report['date']}; {report['machine']}."
-        + (f" Settings for every method: `{' '.join(report['overrides'])}`." if report["overrides"] else ""), "",
+        + (f" Settings (one written `METHOD:key=value` is for that method only): `{' '.join(report['overrides'])}`."
+           if report["overrides"] else ""), "",
         "| method | training s | test s/image without proposals | with proposals | speed-up vs R-CNN (with) | "
         "mAP@0.5 (VOC07) | mAP@[.5:.95] | parameters |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in rows:
-        label = LABELS.get(row["method"], row["method"])
+        label = method_label(row["method"], report)
         if row["status"] != "done":
             lines.append(f"| {label} | failed: {row['error'].splitlines()[0][:200]} | | | | | | |")
             continue
@@ -332,7 +375,7 @@ def markdown(report: dict) -> str:
                   "|---|" + "---|" * len(classes)]  # fmt: skip
         for row in done:
             values = [row["per_class_AP50_voc07"].get(name, float("nan")) for name in classes]
-            lines.append(f"| {LABELS.get(row['method'], row['method'])} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+            lines.append(f"| {method_label(row['method'], report)} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     lines += ["", "The lecture (VOC 2007, VGG-16, a GPU): R-CNN 50 s, Fast R-CNN 2 s, Faster R-CNN 0.2 s a test "
               "image with proposals (25x and 250x); mAP 66.0 / 66.9 / 66.9."]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -403,7 +446,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training and timing (0: all cores)")
     parser.add_argument("--device", default="auto", help="auto (default) | cpu | cuda: where the models are timed")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting for every method, e.g. data.train_split=trainval")  # fmt: skip
+                        help="a setting for every method, e.g. data.train_split=trainval, or for one method: "
+                             "METHOD:KEY=VALUE, e.g. rcnn:model.window_size=227 (repeat the flag)")  # fmt: skip
     parser.set_defaults(handler=run_compare)
 
 
