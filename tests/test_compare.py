@@ -18,12 +18,12 @@ TINY = ["model.backbone_width=8", "train.eval_every=0", "train.batch_size=2"]
 def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(synthetic_root, tmp_path):
     out = tmp_path / "compare"
     lines: list[str] = []
-    settings = [*TINY, "yolo:train.seed=3"]  # the last one for yolo only
+    settings = [*TINY, "train.seed=5", "yolo:train.seed=3"]  # the last one for yolo only, and it wins there
     report = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out, set=settings, threads=2,
                                 progress=lines.append)  # fmt: skip
     assert [row["method"] for row in report["rows"]] == ["faster_rcnn", "yolo"]
     seeds = {name: yaml.safe_load((out / name / "config.yaml").read_text())["train"]["seed"] for name in ("faster_rcnn", "yolo")}
-    assert seeds["yolo"] == 3 and seeds["faster_rcnn"] != 3
+    assert seeds == {"yolo": 3, "faster_rcnn": 5}
     assert all(row["status"] == "done" for row in report["rows"]), report["rows"]
     for row in report["rows"]:
         assert 0 < row["training_s"] < 60 and row["steps"] > 0 and row["parameters"] > 1000
@@ -55,8 +55,10 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
 
     # A method whose row is gone but whose run finished (interrupted after training) is resumed,
     # not retrained: its step count stays, and it is scored again.
+    # The same settings in another order and spacing are the same run.
     (out / "yolo" / comparison.ROW_FILE).unlink()
-    resumed = comparison.compare(str(synthetic_root), "yolo", budget_s=3, out=out, set=settings, threads=2,
+    reordered = [" yolo : train.seed=3", "train.seed= 5", *reversed(TINY)]
+    resumed = comparison.compare(str(synthetic_root), "yolo", budget_s=3, out=out, set=reordered, threads=2,
                                  progress=lambda line: None)  # fmt: skip
     assert resumed["rows"][0]["status"] == "done" and resumed["rows"][0]["steps"] == report["rows"][1]["steps"]
     assert (out / "yolo" / comparison.ROW_FILE).is_file()
@@ -64,11 +66,16 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
     # Other settings for a method whose folder holds a run: that method's row is an error (its run
     # is neither resumed with its old settings nor overwritten); Faster R-CNN's row is reused.
     changed = comparison.compare(str(synthetic_root), "faster_rcnn,yolo", budget_s=3, out=out,
-                                 set=[*TINY, "yolo:train.seed=4"], threads=2, progress=lambda line: None)  # fmt: skip
+                                 set=[*TINY, "train.seed=5", "yolo:train.seed=4"], threads=2, progress=lambda line: None)  # fmt: skip
     kept, refused = changed["rows"]
     assert kept["status"] == "done" and kept["training_s"] == report["rows"][0]["training_s"]
     assert refused["status"] == "failed" and "holds a run started with other data or settings" in refused["error"]
     assert checkpoint.stat().st_mtime_ns == stamp
+
+    # A larger budget with the same settings continues the run.
+    longer = comparison.compare(str(synthetic_root), "yolo", budget_s=5, out=out, set=settings, threads=2,
+                                progress=lambda line: None)  # fmt: skip
+    assert longer["rows"][0]["status"] == "done" and longer["rows"][0]["steps"] > report["rows"][1]["steps"]
 
 
 def test_settings_for_one_method_are_told_apart_from_settings_for_all():
@@ -80,6 +87,8 @@ def test_settings_for_one_method_are_told_apart_from_settings_for_all():
     assert own == {"rcnn": ["model.window_size=227"], "yolo": ["train.seed=2"]}  # fast_rcnn is not compared
     with pytest.raises(ValueError, match="unknown method 'ssd' before the colon; choose from overfeat"):
         comparison.method_settings(["ssd:model.x=1"], ["rcnn"])
+    with pytest.raises(ValueError, match="expected yolo:KEY=VALUE"):
+        comparison.method_settings(["yolo:model.input_size"], ["rcnn"])  # even for a method not compared
 
 
 def test_a_failing_method_gets_its_row_and_the_others_still_run(synthetic_root, tmp_path, monkeypatch):

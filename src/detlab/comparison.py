@@ -68,11 +68,13 @@ def method_settings(settings: list[str] | tuple[str, ...], names: list[str]) -> 
     own: dict[str, list[str]] = {name: [] for name in names}
     for setting in settings:
         if ":" not in setting.split("=", 1)[0]:
-            common.append(setting)
+            common.append(setting.strip())
             continue
         method, value = (part.strip() for part in setting.split(":", 1))
         if method not in METHODS:
             raise ValueError(f"--set {setting}: unknown method {method!r} before the colon; choose from {', '.join(METHODS)}")
+        if "=" not in value:
+            raise ValueError(f"--set {setting}: expected {method}:KEY=VALUE")
         if method in own:
             own[method].append(value)
     return common, own
@@ -86,9 +88,10 @@ def check_data(method_configs: dict) -> tuple[object, object]:
 
     first = next(iter(method_configs.values()))
     data = first.data
-    splits = {(config.data.spec, config.data.train_split, config.data.test_split) for config in method_configs.values()}
+    images = ("spec", "root", "train_split", "test_split", "synthetic_images", "synthetic_seed", "on_bad")
+    splits = {tuple(str(getattr(config.data, field)) for field in images) for config in method_configs.values()}
     if len(splits) > 1:
-        raise ValueError(f"the methods would see different data or splits: {sorted(splits)}")
+        raise ValueError(f"the methods would see different data or splits ({', '.join(images)}): {sorted(splits)}")
 
     def load(split: str):
         return load_dataset(data.spec, split, root=data.root, num_synthetic=data.synthetic_images,
@@ -139,6 +142,27 @@ def on_cpu(output: dict) -> dict:
     return {key: full_precision(value.cpu()) for key, value in output.items()}
 
 
+class TableScores:
+    """Detections added one image at a time (``update(output, target)``), scored as the tables
+    here are (``compute()``): VOC07 11-point mAP@0.5 and per-class AP@0.5, COCO's AP50 and
+    mAP@[.5:.95]."""
+
+    def __init__(self, classes):
+        from detlab.eval.coco import COCOEvaluator
+        from detlab.eval.voc import VOCEvaluator
+
+        self.voc, self.coco = VOCEvaluator(classes, 0.5, use_11_point=True), COCOEvaluator(classes)
+
+    def update(self, output: dict, target: dict) -> None:
+        self.voc.update([output], [target])
+        self.coco.update([output], [target])
+
+    def compute(self) -> dict:
+        summary, result = self.coco.compute().summary(), self.voc.compute()
+        return {"mAP50_voc07": result.mean_ap, "AP50_coco": summary["AP50"], "AP_coco": summary["AP"],
+                "per_class_AP50_voc07": {row["class"]: row["AP"] for row in result.per_class()}}  # fmt: skip
+
+
 def score_and_time(model, dataset, device, amp: bool = True) -> dict:
     """One pass over ``dataset``, one image at a time: the detections scored (VOC07 mAP@0.5 and
     per-class AP@0.5, COCO's numbers) and the median seconds an image with and without the
@@ -146,10 +170,8 @@ def score_and_time(model, dataset, device, amp: bool = True) -> dict:
     import torch
 
     from detlab.engine.train import inference_autocast
-    from detlab.eval.coco import COCOEvaluator
-    from detlab.eval.voc import VOCEvaluator
 
-    voc, coco = VOCEvaluator(dataset.classes, 0.5, use_11_point=True), COCOEvaluator(dataset.classes)
+    scores = TableScores(dataset.classes)
     proposes = getattr(model, "proposal_method", None) is not None
     with_proposals, network_only, outputs = [], [], []
 
@@ -175,19 +197,14 @@ def score_and_time(model, dataset, device, amp: bool = True) -> dict:
             output = on_cpu(output)
             with_proposals.append(total)
             network_only.append(network)
-            voc.update([output], [target])
-            coco.update([output], [target])
+            scores.update(output, target)
             if index < FIGURE_IMAGES:
                 outputs.append(output)
-    summary, result = coco.compute().summary(), voc.compute()
     return {
         "s_per_image_with_proposals": statistics.median(with_proposals),
         "s_per_image_without_proposals": statistics.median(network_only),
-        "external_proposals": proposes,
-        "mAP50_voc07": result.mean_ap, "AP50_coco": summary["AP50"], "AP_coco": summary["AP"],
-        "per_class_AP50_voc07": {row["class"]: row["AP"] for row in result.per_class()},
-        "figure_outputs": outputs,
-    }  # fmt: skip
+        "external_proposals": proposes, **scores.compute(), "figure_outputs": outputs,
+    }
 
 
 @dataclasses.dataclass
@@ -205,7 +222,31 @@ class CompareSettings:
     def training_key(self, name: str) -> dict:
         """What a run folder of method ``name`` must have been started with to be resumed (a larger
         budget continues it; other data or settings would silently keep the old ones)."""
-        return {"data": self.data, "overrides": list(self.overrides[name])}
+        return training_key(self.data, self.overrides[name])
+
+
+def training_key(data: str, overrides: list[str]) -> dict:
+    """The data and settings a run is started with, as comparable JSON (settings parsed, so their
+    order and spacing do not matter, and a later one of a key wins)."""
+    from detlab.config import parse_overrides
+
+    return json.loads(json.dumps({"data": data, "settings": parse_overrides(list(overrides))}))
+
+
+def started_with(run_dir: Path) -> dict | None:
+    """The :func:`training_key` a method's run folder was started with: from its
+    ``SETTINGS_FILE``, or from its stored row (folders of older versions); ``None`` if neither."""
+    recorded, row = run_dir / SETTINGS_FILE, run_dir / ROW_FILE
+    source = recorded if recorded.is_file() else row if row.is_file() else None
+    if source is None:
+        return None
+    try:
+        record = json.loads(source.read_text())
+        record = record if source == recorded else record["settings"]
+        # {"data", "settings"}; a row (and the first version of the file) holds {"data", "overrides"}
+        return record if "settings" in record else training_key(record["data"], record["overrides"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{source}: unreadable ({error}); move {run_dir} away or choose another --out") from error
 
 
 def compare(
@@ -288,15 +329,15 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
         if row.get("settings") == settings.key(name):
             predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
             return {**row, "reused": True}, first_outputs(predictor, test_set)
-    started_with = run_dir / SETTINGS_FILE
     if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
-        if started_with.is_file() and json.loads(started_with.read_text()) != settings.training_key(name):
-            raise ValueError(f"{run_dir} holds a run started with other data or settings "
-                             f"({started_with.read_text().strip()}); move it away or choose another --out")  # fmt: skip
+        before = started_with(run_dir)
+        if before is not None and before != settings.training_key(name):
+            raise ValueError(f"{run_dir} holds a run started with other data or settings ({json.dumps(before)}); "
+                             "move it away or choose another --out")  # fmt: skip
         result = api.train(resume=str(run_dir), time_budget=settings.budget_s)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        started_with.write_text(json.dumps(settings.training_key(name)) + "\n")
+        (run_dir / SETTINGS_FILE).write_text(json.dumps(settings.training_key(name)) + "\n")
         result = api.train(name, data=settings.data, time_budget=settings.budget_s, out=str(run_dir),
                            set=list(settings.overrides[name]))  # fmt: skip
     if not result.finished:
