@@ -11,7 +11,7 @@ from detlab.cli import main
 from detlab.config import TrainConfig
 from detlab.data.images import load_image, save_image
 from detlab.engine import fit
-from detlab.engine.predict import evaluate_checkpoint, predict_files
+from detlab.engine.predict import Predictor, evaluate_checkpoint, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,36 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path, tiny_r
         x, y, width, height = detection["bbox"]
         assert width > 0 and height > 0 and 0 <= x and x + width <= 32.01
         assert detection["category_id"] in (1, 2) and 0 <= detection["score"] <= 1
+
+
+def test_predict_command_batches_images_as_asked_with_the_same_detections(tmp_path, tiny_run, capsys, monkeypatch):
+    folder = tmp_path / "images"
+    for index in range(5):
+        save_image(SquaresDataset(10, flip=False)[index][0], folder / f"image{index}.png")
+    batches: list[int] = []
+    real = Predictor.predict_batch
+
+    def counted(self, images, *args, **kwargs):
+        images = list(images)
+        batches.append(len(images))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_batch", counted)
+    found = {}
+    for batch_size in (1, 2):
+        out = tmp_path / f"batch{batch_size}"
+        assert main(["predict", "--checkpoint", str(tiny_run), "--input", str(folder), "--out", str(out),
+                     "--device", "cpu", "--batch-size", str(batch_size)]) == 0  # fmt: skip
+        found[batch_size] = json.loads((out / "detections.json").read_text())
+    assert batches == [1] * 5 + [2, 2, 1]
+    assert len(found[1]) == len(found[2]) > 0
+    for one, two in zip(found[1], found[2]):
+        assert one["image_id"] == two["image_id"] and one["category_id"] == two["category_id"]
+        assert one["bbox"] == pytest.approx(two["bbox"], abs=1e-3) and one["score"] == pytest.approx(two["score"], abs=1e-4)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tiny_run), "--input", str(folder), "--out", str(tmp_path / "x"),
+                 "--batch-size", "0"]) == 2  # fmt: skip
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_predict_command_and_its_errors(tmp_path, tiny_run, capsys):

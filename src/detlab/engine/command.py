@@ -38,6 +38,8 @@ def add_commands(subparsers) -> None:
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
     predict.add_argument("--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)")
     predict.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="images a forward pass (default: the run's training batch on a GPU, 1 on a CPU)")  # fmt: skip
     predict.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
                          help="test-time setting of the model, e.g. model.score_threshold=0.3")  # fmt: skip
     add_test_time_options(predict)
@@ -150,9 +152,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
         raise ValueError(f"--model takes an .onnx file from `detlab export`, got {args.model}; use --checkpoint for runs")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     predictor = api.load(args.checkpoint or args.model, device=args.device, set=args.set, ensemble=args.ensemble,
                          test_scales=args.test_scales)  # fmt: skip
-    summary = predict_files(predictor, args.input, args.out, draw_threshold=args.score_threshold)
+    summary = predict_files(predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size)
     print(
         f"{summary['detections']} detections in {summary['images']} images; annotated images, "
         f"detections.json (COCO results) and images.json in {summary['out_dir']}"
