@@ -95,20 +95,17 @@ def write_results(name: str, report: dict, markdown: str) -> None:
 def score(predict, dataset) -> dict:
     """``predict(index, image) -> detections`` on every image of ``dataset``, one at a time: the
     median time an image and the VOC07 11-point mAP@0.5, COCO AP50 and AP and per-class AP@0.5 of
-    what it found."""
-    from detlab.eval.coco import COCOEvaluator
-    from detlab.eval.voc import VOCEvaluator
+    what it found (scored as ``detlab compare`` scores)."""
+    from detlab.comparison import TableScores
 
-    voc, coco = VOCEvaluator(dataset.classes, 0.5, use_11_point=True), COCOEvaluator(dataset.classes)
-    seconds = []
+    scores, seconds = TableScores(dataset.classes), []
     for index in range(len(dataset)):
         image, target = dataset[index]
         started = time.perf_counter()
         output = predict(index, image)
         seconds.append(time.perf_counter() - started)
-        voc.update([output], [target])
-        coco.update([output], [target])
-    summary, result = coco.compute().summary(), voc.compute()
-    return {"s_per_image": round(statistics.median(seconds), 4), "mAP50_voc07": round(result.mean_ap, 4),
-            "AP50_coco": round(summary["AP50"], 4), "AP_coco": round(summary["AP"], 4),
-            "per_class_AP50_voc07": {row["class"]: round(row["AP"], 4) for row in result.per_class()}}  # fmt: skip
+        scores.update(output, target)
+    found = scores.compute()
+    return {"s_per_image": round(statistics.median(seconds), 4),
+            **{key: round(value, 4) for key, value in found.items() if key != "per_class_AP50_voc07"},
+            "per_class_AP50_voc07": {name: round(ap, 4) for name, ap in found["per_class_AP50_voc07"].items()}}  # fmt: skip
