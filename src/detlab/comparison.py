@@ -216,7 +216,8 @@ class CompareSettings:
     device: str = "auto"
 
     def key(self, name: str) -> dict:
-        """What a stored row of method ``name`` must match to be reused."""
+        """What a stored row of method ``name`` records of its settings (it is reused for the same
+        :meth:`training_key` and budget)."""
         return {"data": self.data, "budget_s": self.budget_s, "overrides": list(self.overrides[name])}
 
     def training_key(self, name: str) -> dict:
@@ -323,21 +324,20 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
     from detlab import api
     from detlab.engine.predict import Predictor
 
-    stored = run_dir / ROW_FILE
-    if stored.is_file():
+    before, wanted, stored = started_with(run_dir), settings.training_key(name), run_dir / ROW_FILE
+    if before == wanted and stored.is_file():  # the same run; its row is reused for the same budget
         row = json.loads(stored.read_text())
-        if row.get("settings") == settings.key(name):
+        if row.get("settings", {}).get("budget_s") == settings.budget_s:
             predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
             return {**row, "reused": True}, first_outputs(predictor, test_set)
     if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
-        before = started_with(run_dir)
-        if before is not None and before != settings.training_key(name):
+        if before is not None and before != wanted:
             raise ValueError(f"{run_dir} holds a run started with other data or settings ({json.dumps(before)}); "
                              "move it away or choose another --out")  # fmt: skip
         result = api.train(resume=str(run_dir), time_budget=settings.budget_s)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / SETTINGS_FILE).write_text(json.dumps(settings.training_key(name)) + "\n")
+        (run_dir / SETTINGS_FILE).write_text(json.dumps(wanted) + "\n")
         result = api.train(name, data=settings.data, time_budget=settings.budget_s, out=str(run_dir),
                            set=list(settings.overrides[name]))  # fmt: skip
     if not result.finished:
