@@ -92,14 +92,14 @@ def test_settings_for_one_method_are_told_apart_from_settings_for_all():
 
 
 def test_a_failing_method_gets_its_row_and_the_others_still_run(synthetic_root, tmp_path, monkeypatch):
-    real = comparison.run_method
+    real = comparison.prepare_method
 
     def failing(name, settings, run_dir, test_set):
         if name == "yolo":
             raise RuntimeError("out of memory (simulated)")
         return real(name, settings, run_dir, test_set)
 
-    monkeypatch.setattr(comparison, "run_method", failing)
+    monkeypatch.setattr(comparison, "prepare_method", failing)
     out = tmp_path / "compare"
     report = comparison.compare(str(synthetic_root), "yolo,faster_rcnn", budget_s=2, out=out, set=TINY, threads=2,
                                 progress=lambda line: None)  # fmt: skip
@@ -131,3 +131,56 @@ def test_unknown_methods_and_too_small_data_are_refused_before_training(syntheti
     with pytest.raises(ValueError, match=r"1 training image\(s\), too few for faster_rcnn"):
         comparison.compare(f"voc:{one}", "faster_rcnn", budget_s=2, out=out, set=TINY, progress=lambda line: None)
     assert not out.exists()
+
+
+class _Recorder:
+    """A stand-in detector that writes its name into ``calls`` on every image; it detects the one
+    object exactly (``right``) or off by a whole box, and raises from its ``fail_after``-th call."""
+
+    def __init__(self, name, calls, right=True, fail_after=None):
+        self.name, self.calls, self.right, self.fail_after = name, calls, right, fail_after
+
+    def __call__(self, images, proposals=None):
+        import torch
+
+        self.calls.append(self.name)
+        if self.fail_after is not None and self.calls.count(self.name) > self.fail_after:
+            raise RuntimeError("lost the GPU (simulated)")
+        box = [10.0, 10.0, 30.0, 30.0] if self.right else [40.0, 40.0, 60.0, 60.0]
+        return [{"boxes": torch.tensor([box]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+
+
+class _OneBoxImages:
+    classes = ("thing",)
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, index):
+        import torch
+
+        return torch.zeros(3, 64, 64), {"boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]), "labels": torch.tensor([1]),
+                                        "image_id": f"image{index}"}  # fmt: skip
+
+
+def test_the_timing_pass_runs_every_method_on_each_image_in_turn_and_survives_a_failing_one():
+    import torch
+
+    calls: list[str] = []
+    models = {name: comparison.Timed(_Recorder(name, calls, right=name != "b", fail_after=4 if name == "c" else None),
+                                     torch.device("cpu"), amp=False)  # fmt: skip
+              for name in ("a", "b", "c")}
+    results = comparison.score_and_time_together(models, _OneBoxImages())
+    warmup = comparison.WARMUP_IMAGES
+    # Warm-up images: every model once each, in order; then the order rotates from image to image.
+    assert calls[: 3 * warmup] == ["a", "b", "c"] * warmup
+    timed = calls[3 * warmup :]
+    assert timed[:9] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    # "c" raised on its fifth call (the third timed image) and was left out from then on.
+    assert isinstance(results["c"], RuntimeError) and "c" not in timed[9:]
+    assert results["a"]["mAP50_voc07"] == pytest.approx(1.0) and results["b"]["mAP50_voc07"] == 0.0
+    for name in ("a", "b"):
+        assert len(results[name]["figure_outputs"]) == comparison.FIGURE_IMAGES
+        assert results[name]["s_per_image_with_proposals"] > 0 and not results[name]["external_proposals"]
+    with pytest.raises(RuntimeError, match="lost the GPU"):
+        comparison.score_and_time(models["c"].model, _OneBoxImages(), torch.device("cpu"), amp=False)

@@ -4,15 +4,17 @@ the same evaluator on the same test images, and timed the same way.
 
 For each method, in order: train in ``OUT/<method>`` (a run folder that already holds a checkpoint
 is resumed, and a finished one is not trained again; a method whose row is stored in
-``OUT/<method>/compare_row.json`` for the same data, budget and settings is not even loaded; a
-run folder started with other data or settings, as ``OUT/<method>/compare_settings.json`` records
-them, is an error for that method rather than resumed with its old ones), then
-one pass over the test images, one image at a time, as :func:`detlab.load` loads the model
-(BatchNorm folded): for a method with external proposals (R-CNN, Fast R-CNN) the proposal step is
-timed apart from the network, so the same pass gives the time an image *with* proposals (proposal
-method + network) and *without* (the network on proposals given). Times are medians over the test
-images after a warm-up, with one thread count for every method (``threads``). The detections of
-that pass are scored with VOC07 11-point mAP@0.5 (and per-class AP@0.5) and COCO's mAP@[.5:.95].
+``OUT/<method>/compare_row.json`` for the same data, budget and settings is not scored again, and
+keeps the times of the pass that measured it; a run folder started with other data or settings,
+as ``OUT/<method>/compare_settings.json`` records them, is an error for that method rather than
+resumed with its old ones). Then one pass over the test images, one image at a time, each model
+as :func:`detlab.load` loads it (BatchNorm folded), every method on each image in turn, so that
+a drift in the machine's speed during the pass hits every method alike: for a method with
+external proposals (R-CNN, Fast R-CNN) the proposal step is timed apart from the network, so the
+same pass gives the time an image *with* proposals (proposal method + network) and *without*
+(the network on proposals given). Times are medians over the test images after a warm-up, with
+one thread count for every method (``threads``). The detections of that pass are scored with
+VOC07 11-point mAP@0.5 (and per-class AP@0.5) and COCO's mAP@[.5:.95].
 
 Training time is what the run's checkpoints record: the seconds of every gradient stage plus
 those of the steps without gradients (R-CNN's feature caching, SVMs and box regressors). The
@@ -164,47 +166,94 @@ class TableScores:
 
 
 def score_and_time(model, dataset, device, amp: bool = True) -> dict:
-    """One pass over ``dataset``, one image at a time: the detections scored (VOC07 mAP@0.5 and
-    per-class AP@0.5, COCO's numbers) and the median seconds an image with and without the
-    proposal step, after ``WARMUP_IMAGES`` untimed images."""
+    """:func:`score_and_time_together` for one model; its error is raised."""
+    result = score_and_time_together({"model": Timed(model, device, amp)}, dataset)["model"]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@dataclasses.dataclass
+class Timed:
+    """A model in a timing pass, run on ``device`` (under autocast there if ``amp``)."""
+
+    model: object
+    device: object
+    amp: bool = True
+
+
+def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict | Exception]:
+    """One pass over ``dataset``, one image at a time, every model on each image in turn (the
+    order rotating from image to image, so that no model always runs right after the same one):
+    each model's detections scored (VOC07 mAP@0.5 and per-class AP@0.5, COCO's numbers) and its
+    median seconds an image with and without the proposal step, after ``WARMUP_IMAGES`` untimed
+    images. Timing the models image by image side by side lets a drift in the machine's speed
+    hit every model alike, so the ratios between them hold. A model that raises gets its
+    exception in place of its result, and the others go on."""
+    import torch
+
+    names = list(models)
+    scores = {name: TableScores(dataset.classes) for name in names}
+    with_proposals, network_only, outputs = ({name: [] for name in names} for _ in range(3))
+    failed: dict[str, Exception] = {}
+
+    def attempt(name: str, image):
+        try:
+            return run_timed(models[name], image)
+        except Exception as error:  # noqa: BLE001 - one model's failure must not stop the others
+            failed[name] = error
+            return None
+
+    with torch.no_grad():
+        for index in range(min(WARMUP_IMAGES, len(dataset))):
+            for name in names:
+                if name not in failed:
+                    attempt(name, dataset[index][0])
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            turn = index % len(names)
+            for name in names[turn:] + names[:turn]:
+                result = attempt(name, image) if name not in failed else None
+                if result is None:
+                    continue
+                output, total, network = result
+                output = on_cpu(output)
+                with_proposals[name].append(total)
+                network_only[name].append(network)
+                scores[name].update(output, target)
+                if index < FIGURE_IMAGES:
+                    outputs[name].append(output)
+    return {name: failed[name] if name in failed else {
+        "s_per_image_with_proposals": statistics.median(with_proposals[name]),
+        "s_per_image_without_proposals": statistics.median(network_only[name]),
+        "external_proposals": getattr(models[name].model, "proposal_method", None) is not None,
+        **scores[name].compute(), "figure_outputs": outputs[name],
+    } for name in names}  # fmt: skip
+
+
+def run_timed(entry: Timed, image) -> tuple[dict, float, float]:
+    """One image through one model: ``(detections, seconds with the proposal step, seconds of
+    the network alone)``; both the same for a model without external proposals."""
     import torch
 
     from detlab.engine.train import inference_autocast
 
-    scores = TableScores(dataset.classes)
-    proposes = getattr(model, "proposal_method", None) is not None
-    with_proposals, network_only, outputs = [], [], []
+    model, device = entry.model, entry.device
 
     def clock() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
-    def run(image):
+    proposes = getattr(model, "proposal_method", None) is not None
+    image = image.to(device)
+    with inference_autocast(device, entry.amp):
         started = clock()
         proposals = [model.proposal_method(image)] if proposes else None
         given = clock()
         output = model([image], proposals=proposals)[0] if proposes else model([image])[0]
         finished = clock()
-        return output, finished - (started if proposes else given), finished - given
-
-    with torch.no_grad(), inference_autocast(device, amp):
-        for index in range(min(WARMUP_IMAGES, len(dataset))):
-            run(dataset[index][0].to(device))
-        for index in range(len(dataset)):
-            image, target = dataset[index]
-            output, total, network = run(image.to(device))
-            output = on_cpu(output)
-            with_proposals.append(total)
-            network_only.append(network)
-            scores.update(output, target)
-            if index < FIGURE_IMAGES:
-                outputs.append(output)
-    return {
-        "s_per_image_with_proposals": statistics.median(with_proposals),
-        "s_per_image_without_proposals": statistics.median(network_only),
-        "external_proposals": proposes, **scores.compute(), "figure_outputs": outputs,
-    }
+    return output, finished - (started if proposes else given), finished - given
 
 
 @dataclasses.dataclass
@@ -283,24 +332,39 @@ def compare(
     train_set, test_set = check_data(configs)
     torch.set_num_threads(settings.threads)
     out.mkdir(parents=True, exist_ok=True)
-    rows, figures = [], {}
+    rows, figures, trained = {}, {}, {}
     for position, name in enumerate(names, 1):
         progress(f"[{position}/{len(names)}] {name}: {budget_s:.0f} s of training in {out / name}")
         started = time.perf_counter()
         try:
-            row, outputs = run_method(name, settings, out / name, test_set)
+            rows[name], predictor, outputs = prepare_method(name, settings, out / name, test_set)
         except Exception as error:  # noqa: BLE001 - one method's failure must not stop the others
-            row, outputs = {"method": name, "status": "failed", "error": f"{type(error).__name__}: {error}"}, None
-            (out / name).mkdir(parents=True, exist_ok=True)
-            (out / name / "compare_error.txt").write_text(traceback.format_exc())
-        rows.append(row)
-        if outputs is not None:
+            rows[name], predictor, outputs = failed_row(name, error, out / name), None, None
+        if predictor is not None:
+            trained[name] = predictor
+            line = f"{rows[name]['training_s']:.0f} s of training, {rows[name]['steps']} steps"
+        elif outputs is not None:
             figures[name] = outputs
-        line = (f"mAP@0.5 {row['mAP50_voc07']:.3f}, mAP {row['AP_coco']:.3f}, {row['s_per_image_with_proposals']:.3f} s "
-                f"an image" if row["status"] == "done" else row["error"])  # fmt: skip
-        if row.pop("reused", False):
-            line += "; stored row reused, nothing trained"
-        progress(f"[{position}/{len(names)}] {name}: {row['status']} ({line}; {time.perf_counter() - started:.0f} s)")
+            line = f"{row_line(rows[name])}; stored row reused, nothing trained"
+        else:
+            line = rows[name]["error"]
+        progress(f"[{position}/{len(names)}] {name}: {rows[name]['status']} ({line}; {time.perf_counter() - started:.0f} s)")
+    if trained:
+        progress(f"scoring and timing {', '.join(trained)} on the {len(test_set)} test images, every method on each image in turn")
+        started = time.perf_counter()
+        measured = score_and_time_together({name: Timed(predictor.model, predictor.device, predictor.amp)
+                                            for name, predictor in trained.items()}, test_set)  # fmt: skip
+        for name, result in measured.items():
+            if isinstance(result, Exception):
+                rows[name] = failed_row(name, result, out / name)
+            else:
+                figures[name] = result.pop("figure_outputs")
+                rows[name] = {**rows[name], "status": "done", **result, "settings": settings.key(name)}
+                (out / name / ROW_FILE).write_text(json.dumps(rows[name], indent=1) + "\n")
+            progress(f"{name}: {rows[name]['status']} ({row_line(rows[name])})")
+        progress(f"scored and timed in {time.perf_counter() - started:.0f} s")
+    rows = [{key: value for key, value in rows[name].items() if key != "reused"} for name in names]
+    figures = {name: figures[name] for name in names if name in figures}
     add_speedups(rows)
     report = {
         "data": data, "train_split": configs[names[0]].data.train_split, "test_split": configs[names[0]].data.test_split,
@@ -318,9 +382,10 @@ def compare(
     return report
 
 
-def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) -> tuple[dict, list | None]:
-    """Train (or resume, or reuse) one method, then score and time it. Returns ``(row, the first
-    test images' detections)``; a reused row has no detections to draw unless its run is loaded."""
+def prepare_method(name: str, settings: CompareSettings, run_dir: Path, test_set) -> tuple[dict, object, list | None]:
+    """Train (or resume) one method, or find its stored row. Returns ``(row, predictor, None)``
+    for a trained run, whose row the scoring and timing pass completes, or ``(stored row, None,
+    the first test images' detections)`` for a row reused as it is."""
     from detlab import api
     from detlab.engine.predict import Predictor
 
@@ -329,7 +394,7 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
         row = json.loads(stored.read_text())
         if row.get("settings", {}).get("budget_s") == settings.budget_s:
             predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
-            return {**row, "reused": True}, first_outputs(predictor, test_set)
+            return {**row, "reused": True}, None, first_outputs(predictor, test_set)
     if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
         if before is not None and before != wanted:
             raise ValueError(f"{run_dir} holds a run started with other data or settings ({json.dumps(before)}); "
@@ -345,13 +410,22 @@ def run_method(name: str, settings: CompareSettings, run_dir: Path, test_set) ->
     seconds, steps = training_seconds(run_dir)
     overrides = ["model.cache_test_features=false"] if name == "rcnn" else None  # time R-CNN's features
     predictor = Predictor.from_checkpoint(run_dir, device=settings.device, overrides=overrides)
-    measured = score_and_time(predictor.model, test_set, predictor.device, predictor.amp)
-    outputs = measured.pop("figure_outputs")
-    row = {"method": name, "status": "done", "run_dir": str(run_dir), "training_s": seconds, "steps": steps,
-           "parameters": sum(parameter.numel() for parameter in predictor.model.parameters()),
-           **measured, "settings": settings.key(name)}  # fmt: skip
-    stored.write_text(json.dumps(row, indent=1) + "\n")
-    return row, outputs
+    row = {"method": name, "status": "trained", "run_dir": str(run_dir), "training_s": seconds, "steps": steps,
+           "parameters": sum(parameter.numel() for parameter in predictor.model.parameters())}  # fmt: skip
+    return row, predictor, None
+
+
+def failed_row(name: str, error: Exception, run_dir: Path) -> dict:
+    """A method's row for its ``error``; the traceback goes to ``run_dir/compare_error.txt``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "compare_error.txt").write_text("".join(traceback.format_exception(error)))
+    return {"method": name, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+def row_line(row: dict) -> str:
+    if row["status"] != "done":
+        return row["error"]
+    return f"mAP@0.5 {row['mAP50_voc07']:.3f}, mAP {row['AP_coco']:.3f}, {row['s_per_image_with_proposals']:.3f} s an image"
 
 
 def first_outputs(predictor, test_set) -> list:
