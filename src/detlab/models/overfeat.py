@@ -223,10 +223,6 @@ class OverFeatConfig(LocalizerConfig):
     # (no gradient) and train on the highest-scoring half of the background windows, the other half
     # drawn as before (1: no mining)
     hard_negative_pool: int = 1
-    # Background windows centred where the image has structure: this fraction of them is centred on
-    # a pixel outside the objects' boxes, drawn in proportion to the image's edge strength (so small
-    # clutter, which random windows seldom hold whole, is shown as background); the rest anywhere
-    structure_fraction: float = 0.0
 
     # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
     RUN_DEFAULTS: ClassVar[dict] = {
@@ -264,7 +260,6 @@ class OverFeat(nn.Module):
         self.max_detections = config.max_detections
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
         self.hard_negative_pool = config.hard_negative_pool
-        self.structure_fraction = config.structure_fraction
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -277,10 +272,8 @@ class OverFeat(nn.Module):
         crops, labels, boxes = [], [], []
         for image, target in zip(images, targets):
             image_size, object_boxes, object_labels = tuple(image.shape[-2:]), target["boxes"].float().cpu(), target["labels"].cpu()
-            structure = edge_strength(image) if self.structure_fraction > 0 else None
             windows, image_labels, image_boxes = sample_windows(
                 image_size, object_boxes, object_labels, self.windows_per_image, self.fill, self.positive_fraction, sides,
-                structure, self.structure_fraction,
             )  # fmt: skip
             image_crops = cut_windows(image, windows, window)
             if self.hard_negative_pool > 1:
@@ -419,8 +412,6 @@ def sample_windows(
     fill: tuple[float, float] = (0.35, 0.9),
     positive_fraction: float = 0.5,
     side_range: tuple[float, float] | None = None,
-    structure: Tensor | None = None,
-    structure_fraction: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``count`` square training windows of one image: ``(windows Tensor[N, 4] xyxy pixels, logit
     labels int64 Tensor[N] (0 = background), box targets Tensor[N, 4] normalised to the window)``.
@@ -433,11 +424,7 @@ def sample_windows(
     side; at most that side), anywhere in the image, labelled with the object it holds (at least
     90% of the object inside, filling ``fill`` of the window; the largest such object) or else
     background, so parts of objects and objects too small for the window are background, as
-    they must be at test time. A positive window that cannot be placed is left out. With a
-    ``structure`` map (``Tensor[H', W']`` of non-negative weights over the image, e.g.
-    :func:`edge_strength`), each of those windows is, with probability ``structure_fraction``,
-    centred on a point drawn in proportion to the map outside the objects' boxes instead (and
-    moved into the image): on clutter, which random windows seldom hold whole.
+    they must be at test time. A positive window that cannot be placed is left out.
     """
     height, width = image_size
     shorter = min(height, width)
@@ -461,24 +448,9 @@ def sample_windows(
         windows.append([x, y, x + side, y + side])
         window_labels.append(int(labels[which]))
         targets.append(((boxes[which] - torch.tensor([x, y, x, y])) / side).clamp(0, 1).tolist())
-    if structure is not None and len(boxes):  # clutter only: not the objects' own outlines
-        structure = structure.clone()
-        rows, columns = structure.shape
-        for x1, y1, x2, y2 in boxes.tolist():
-            structure[int(y1 * rows / height) : math.ceil(y2 * rows / height),
-                      int(x1 * columns / width) : math.ceil(x2 * columns / width)] = 0  # fmt: skip
-    weights = structure.flatten() if structure is not None and float(structure.sum()) > 0 else None
     for _ in range(count - positives):
         side = math.exp(uniform(math.log(low), math.log(high)))
-        if weights is not None and float(torch.rand(())) < structure_fraction:
-            cell = int(torch.multinomial(weights, 1))
-            rows, columns = structure.shape
-            centre_y = (cell // columns + float(torch.rand(()))) * height / rows
-            centre_x = (cell % columns + float(torch.rand(()))) * width / columns
-            x = min(max(centre_x - side / 2, 0.0), width - side)
-            y = min(max(centre_y - side / 2, 0.0), height - side)
-        else:
-            x, y = uniform(0, width - side), uniform(0, height - side)
+        x, y = uniform(0, width - side), uniform(0, height - side)
         windows.append([x, y, x + side, y + side])
     if not windows:
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
@@ -486,19 +458,6 @@ def sample_windows(
     drawn_labels, drawn_targets = label_windows(windows[len(targets) :], boxes, labels, fill)
     return (windows, torch.cat([torch.tensor(window_labels, dtype=torch.int64), drawn_labels]),
             torch.cat([torch.tensor(targets).view(-1, 4), drawn_targets]))  # fmt: skip
-
-
-def edge_strength(image: Tensor, cell: int = 4) -> Tensor:
-    """How much structure each ``cell`` x ``cell`` block of ``image`` (``Tensor[3, H, W]``) holds:
-    the mean gradient magnitude of the image's grey levels after a 3 x 3 blur (which keeps edges and
-    calms pixel noise), ``Tensor[H // cell, W // cell]`` (at least 1 x 1), on the CPU."""
-    grey = image.detach().float().mean(dim=0)[None, None].cpu()
-    grey = F.avg_pool2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    dx = F.pad((grey[..., :, 1:] - grey[..., :, :-1]).abs(), (0, 1, 0, 0))
-    dy = F.pad((grey[..., 1:, :] - grey[..., :-1, :]).abs(), (0, 0, 0, 1))
-    magnitude = (dx + dy)[0, 0]
-    cell = max(1, min(cell, *magnitude.shape))
-    return F.avg_pool2d(magnitude[None, None], cell)[0, 0]
 
 
 def label_windows(windows: Tensor, boxes: Tensor, labels: Tensor, fill: tuple[float, float]) -> tuple[Tensor, Tensor]:
