@@ -137,8 +137,8 @@ class _Recorder:
     """A stand-in detector that writes its name into ``calls`` on every image; it detects the one
     object exactly (``right``) or off by a whole box, and raises from its ``fail_after``-th call."""
 
-    def __init__(self, name, calls, right=True, fail_after=None):
-        self.name, self.calls, self.right, self.fail_after = name, calls, right, fail_after
+    def __init__(self, name, calls, right=True, fail_after=None, label=1):
+        self.name, self.calls, self.right, self.fail_after, self.label = name, calls, right, fail_after, label
 
     def __call__(self, images, proposals=None):
         import torch
@@ -147,7 +147,7 @@ class _Recorder:
         if self.fail_after is not None and self.calls.count(self.name) > self.fail_after:
             raise RuntimeError("lost the GPU (simulated)")
         box = [10.0, 10.0, 30.0, 30.0] if self.right else [40.0, 40.0, 60.0, 60.0]
-        return [{"boxes": torch.tensor([box]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+        return [{"boxes": torch.tensor([box]), "scores": torch.tensor([0.9]), "labels": torch.tensor([self.label])}]
 
 
 class _OneBoxImages:
@@ -182,5 +182,12 @@ def test_the_timing_pass_runs_every_method_on_each_image_in_turn_and_survives_a_
     for name in ("a", "b"):
         assert len(results[name]["figure_outputs"]) == comparison.FIGURE_IMAGES
         assert results[name]["s_per_image_with_proposals"] > 0 and not results[name]["external_proposals"]
+    # Detections that cannot be scored (a label past the classes) fail that model alone, at the end.
+    scored = comparison.score_and_time_together(
+        {name: comparison.Timed(_Recorder(name, [], label=label), torch.device("cpu"), amp=False) for name, label in (("a", 1), ("d", 7))},
+        _OneBoxImages(),
+    )  # fmt: skip
+    assert isinstance(scored["d"], ValueError) and "labels must be in 1..1" in str(scored["d"])
+    assert scored["a"]["mAP50_voc07"] == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="lost the GPU"):
         comparison.score_and_time(models["c"].model, _OneBoxImages(), torch.device("cpu"), amp=False)

@@ -197,38 +197,44 @@ def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict
     with_proposals, network_only, outputs = ({name: [] for name in names} for _ in range(3))
     failed: dict[str, Exception] = {}
 
-    def attempt(name: str, image):
+    def attempt(name: str, function: Callable, *args) -> object:
         try:
-            return run_timed(models[name], image)
+            return function(*args)
         except Exception as error:  # noqa: BLE001 - one model's failure must not stop the others
             failed[name] = error
             return None
 
+    def measure(name: str, index: int, image, target) -> None:
+        output, total, network = run_timed(models[name], image)
+        output = on_cpu(output)
+        scores[name].update(output, target)
+        with_proposals[name].append(total)
+        network_only[name].append(network)
+        if index < FIGURE_IMAGES:
+            outputs[name].append(output)
+
+    def summary(name: str) -> dict:
+        return {
+            "s_per_image_with_proposals": statistics.median(with_proposals[name]),
+            "s_per_image_without_proposals": statistics.median(network_only[name]),
+            "external_proposals": getattr(models[name].model, "proposal_method", None) is not None,
+            **scores[name].compute(), "figure_outputs": outputs[name],
+        }  # fmt: skip
+
     with torch.no_grad():
         for index in range(min(WARMUP_IMAGES, len(dataset))):
+            image = dataset[index][0]
             for name in names:
                 if name not in failed:
-                    attempt(name, dataset[index][0])
+                    attempt(name, run_timed, models[name], image)
         for index in range(len(dataset)):
             image, target = dataset[index]
             turn = index % len(names)
             for name in names[turn:] + names[:turn]:
-                result = attempt(name, image) if name not in failed else None
-                if result is None:
-                    continue
-                output, total, network = result
-                output = on_cpu(output)
-                with_proposals[name].append(total)
-                network_only[name].append(network)
-                scores[name].update(output, target)
-                if index < FIGURE_IMAGES:
-                    outputs[name].append(output)
-    return {name: failed[name] if name in failed else {
-        "s_per_image_with_proposals": statistics.median(with_proposals[name]),
-        "s_per_image_without_proposals": statistics.median(network_only[name]),
-        "external_proposals": getattr(models[name].model, "proposal_method", None) is not None,
-        **scores[name].compute(), "figure_outputs": outputs[name],
-    } for name in names}  # fmt: skip
+                if name not in failed:
+                    attempt(name, measure, name, index, image, target)
+    results = {name: None if name in failed else attempt(name, summary, name) for name in names}
+    return {name: failed.get(name, result) for name, result in results.items()}
 
 
 def run_timed(entry: Timed, image) -> tuple[dict, float, float]:
