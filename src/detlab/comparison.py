@@ -233,8 +233,8 @@ def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict
             for name in names[turn:] + names[:turn]:
                 if name not in failed:
                     attempt(name, measure, name, index, image, target)
-    results = {name: None if name in failed else attempt(name, summary, name) for name in names}
-    return {name: failed.get(name, result) for name, result in results.items()}
+    results = {name: attempt(name, summary, name) for name in names if name not in failed}
+    return {name: failed.get(name, results.get(name)) for name in names}
 
 
 def run_timed(entry: Timed, image) -> tuple[dict, float, float]:
@@ -435,11 +435,12 @@ def row_line(row: dict) -> str:
 
 
 def first_outputs(predictor, test_set) -> list:
+    """The first test images' detections, run as the scoring pass runs a model (:func:`run_timed`)."""
     import torch
 
+    entry = Timed(predictor.model, predictor.device, predictor.amp)
     with torch.no_grad():
-        outputs = [predictor.model([test_set[index][0].to(predictor.device)])[0] for index in range(min(FIGURE_IMAGES, len(test_set)))]
-    return [on_cpu(output) for output in outputs]
+        return [on_cpu(run_timed(entry, test_set[index][0])[0]) for index in range(min(FIGURE_IMAGES, len(test_set)))]
 
 
 def add_speedups(rows: list[dict]) -> None:
