@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -410,7 +410,7 @@ def report_header(title: str, report: dict) -> list[str]:
         "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date_utc']}  ",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}  ",
+        f"{machine_line(machine)}  ",
         f"Setup: {report['setup']}",
         "",
     ]

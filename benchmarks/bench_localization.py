@@ -39,7 +39,7 @@ from detlab.engine.predict import evaluate_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, machine_line  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RACCOON = REPO.parent / "shared" / "data" / "raccoon"
@@ -177,8 +177,7 @@ def write_localization_markdown(report: dict, path: Path) -> None:
     for part, entry in report.items():
         if part in ("headline", "grid", "overfeat"):
             lines.append(f"- `{part}`: `{entry['command']}` on {entry['date']} "
-                         f"({entry['machine']['platform']}, {entry['machine']['cpu_count']} CPUs, torch "
-                         f"{entry['machine']['torch']}, {entry['machine']['torch_threads']} threads)")  # fmt: skip
+                         f"({machine_line(entry['machine']).removeprefix('Machine: ')})")
     header = ("| data | recipe | regression | attach | training s | steps | class acc | mean IoU | "
               "top-1 loc | top-5 loc |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
@@ -217,8 +216,7 @@ def write_keypoint_markdown(entry: dict) -> None:
     result = entry["result"]
     lines = ["# DeepPose keypoints on synthetic stick figures", "",
              f"Command: `{entry['command']}`  ", f"Date: {entry['date']}  ",
-             f"Machine: {entry['machine']['platform']}, {entry['machine']['cpu_count']} CPUs, torch "
-             f"{entry['machine']['torch']} ({entry['machine']['torch_threads']} threads)", "",
+             machine_line(entry["machine"]), "",
              f"{result['images']} figures ({result['num_test']} of them for testing), 7 joints, 96x96 images; "
              f"training time per stage (s): {result['stage_seconds']}.", "",
              "| after stage | PCK@0.05 | PCK@0.1 | PCK@0.2 | mean error (px) |", "|---|---|---|---|---|"]  # fmt: skip

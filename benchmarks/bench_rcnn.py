@@ -40,7 +40,7 @@ from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 from detlab.proposals import RecordProposals  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, RESULTS, machine, score, write_results  # noqa: E402
+from common import DATA, RESULTS, machine, machine_line, score, write_results  # noqa: E402
 from common import test_split as load_test_split  # noqa: E402
 
 
@@ -151,8 +151,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# R-CNN vs Fast R-CNN on {report['data']}, from scratch, same proposals and backbone", "",
         f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
-        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, torch "
-        f"{report['machine']['torch']} ({report['machine']['torch_threads']} threads)", "",
+        machine_line(report["machine"]), "",
         f"Each network trained for {report['budget_s']:.0f} s (R-CNN: pre-training on object windows then fine-tuning "
         f"on proposals; Fast R-CNN: one stage); Selective Search (fast) proposals, up to 2000 an image, computed at a "
         f"longer side of {report['proposal_max_side']} px and shared; R-CNN warps each to {report.get('rcnn_window', 64)} px; test times are medians over the "

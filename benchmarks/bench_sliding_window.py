@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +24,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from common import machine, machine_line  # noqa: E402
 
 from detlab.models.localizer import LocalizerConfig, build_localizer_module  # noqa: E402
 from detlab.models.overfeat import crop_windows, naive_sliding_window, to_fully_convolutional  # noqa: E402
@@ -85,8 +85,7 @@ def main() -> int:
     report = {
         "command": command.strip(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+        "machine": machine(),
         "window_size": args.window_size, "stride": model.stride, "repeats": args.repeats,
         "rows": rows,
     }  # fmt: skip
@@ -97,8 +96,7 @@ def main() -> int:
         "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}  ",
-        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, torch "
-        f"{report['machine']['torch']} ({report['machine']['torch_threads']} threads)",
+        machine_line(report["machine"]),
         "",
         f"Small localizer net, {args.window_size}x{args.window_size} window, stride {report['stride']} px, "
         f"median of {args.repeats} runs.",

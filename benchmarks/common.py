@@ -61,8 +61,23 @@ def checkpoints_parser(description: str) -> argparse.ArgumentParser:
 
 
 def machine() -> dict:
+    """This machine as a results file records it. ``cpu_capability`` (the widest vector
+    instructions torch uses: AVX2, AVX512, ...) and ``native_bf16`` (oneDNN has bfloat16 kernels:
+    AVX512-BF16 or AMX) tell CPUs apart whose speed differs by several times for the same
+    training run, so that runs of different machines are not read as one."""
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}  # fmt: skip
+            "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}  # fmt: skip
+
+
+def machine_line(info: dict) -> str:
+    """``Machine: ...`` of a results file, from :func:`machine` (older records lack the CPU's
+    capability and are written without it)."""
+    cpu = ""
+    if "cpu_capability" in info:
+        cpu = f", {info['cpu_capability']}, {'native' if info['native_bf16'] else 'no native'} bfloat16"
+    threads = f" ({info['torch_threads']} threads)" if "torch_threads" in info else ""
+    return f"Machine: {info['platform']}, {info['cpu_count']} CPUs{cpu}, torch {info['torch']}{threads}"
 
 
 def command(prefix: str = "PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python") -> str:
@@ -78,10 +93,7 @@ def stamp() -> dict:
 
 def header_lines(report: dict) -> list[str]:
     """The Markdown lines naming a report's command, date and machine."""
-    machine_info = report["machine"]
-    return [f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
-            f"Machine: {machine_info['platform']}, {machine_info['cpu_count']} CPUs, torch {machine_info['torch']} "
-            f"({machine_info['torch_threads']} threads)", ""]  # fmt: skip
+    return [f"Command: `{report['command']}`  ", f"Date: {report['date']}  ", machine_line(report["machine"]), ""]
 
 
 def write_results(name: str, report: dict, markdown: str) -> None:
