@@ -219,16 +219,24 @@ def test_an_averaging_run_saves_and_evaluates_the_average_and_resumes_both_exact
             torch.testing.assert_close(resumed_last[key][name], value, atol=1e-6, rtol=0)
 
 
-def test_a_training_set_with_set_progress_hears_the_share_of_the_budget_spent(tmp_path):
+def test_a_training_set_and_a_model_with_set_progress_hear_the_share_of_the_budget_spent(tmp_path):
     class Progressing(SquaresDataset):
         heard: list = []
 
         def set_progress(self, fraction):
             self.heard.append(fraction)
 
+    class ProgressingDetector(TinyDetector):
+        heard: list = []
+
+        def set_progress(self, fraction):
+            self.heard.append((fraction, self.training))
+
     torch.manual_seed(0)
-    fit(TinyDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", model_name="tiny")
+    fit(ProgressingDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", model_name="tiny")
     # 4 epochs of 5 steps: before the first step, then after every step (an epoch's end twice: after
     # its last step and before the next epoch's first)
     expected = [0.0] + [step / 20 for step in range(1, 21) for _ in range(2 if step % 5 == 0 and step < 20 else 1)]
     assert Progressing.heard == pytest.approx(expected)
+    assert [fraction for fraction, _ in ProgressingDetector.heard] == pytest.approx(expected)
+    assert all(training for _, training in ProgressingDetector.heard)

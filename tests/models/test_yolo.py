@@ -89,6 +89,29 @@ def bad_batches():
     return {"all empty": [empty, empty], "some empty": [empty, edge], "tiny": [tiny, edge], "crowd": [crowd, tiny]}
 
 
+def test_coarse_to_fine_training_scales_batches_and_boxes_until_its_share_of_the_budget():
+    torch.manual_seed(0)
+    config = YOLOConfig(input_size=96, backbone_width=8, neck_channels=(16, 32, 64), coarse_size=64, coarse_until=0.5)
+    model = build_yolo(config, 2)
+    seen, given = [], []
+    model.body.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
+    losses = model.losses
+    model.losses = lambda *args: given.append(args[-1]) or losses(*args)
+    images = [torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[12.0, 24.0, 60.0, 90.0]]), "labels": torch.tensor([1])}]
+    model.train()
+    for progress in (0.0, 0.49, 0.5, 0.9):
+        model.set_progress(progress)
+        assert all(torch.isfinite(value) for value in model(images, targets).values())
+    model.eval()
+    model.set_progress(0.0)
+    with torch.no_grad():
+        model(images)  # evaluation is always at the full input size
+    assert seen == [(64, 64), (64, 64), (96, 96), (96, 96), (96, 96)]
+    torch.testing.assert_close(given[0][0]["boxes"], torch.tensor([[8.0, 16.0, 40.0, 60.0]]))
+    torch.testing.assert_close(given[2][0]["boxes"], targets[0]["boxes"])
+
+
 @pytest.mark.parametrize("name", ["yolo", "yolov1"])
 @pytest.mark.parametrize("case", ["all empty", "some empty", "tiny", "crowd"])
 def test_bad_batches_give_finite_losses_and_a_step_that_trains(name, case):

@@ -191,7 +191,9 @@ def train_one_epoch(
     ``average``, the weights' moving average, when the run keeps one). A training set with
     ``set_progress(fraction)`` (:class:`detlab.data.mosaic.MosaicDataset`) hears the share of the
     budget spent before the epoch's first step and after each step (loader worker processes, with
-    ``data.num_workers`` > 0, hear it at the start of each epoch only).
+    ``data.num_workers`` > 0, hear it at the start of each epoch only); so does a model with
+    ``set_progress`` (:class:`detlab.models.yolo.YOLO`'s coarse-to-fine input size), on every rank
+    alike, as the budget's share is shared.
 
     Returns why it stopped: ``epoch_end``, ``max_steps``, ``time_budget``, ``signal`` or ``pause``.
     Raises :class:`NonFiniteLossError` (on every rank at once) when the loss is NaN or infinite.
@@ -209,9 +211,16 @@ def train_one_epoch(
     )
     window = LossWindow()
     reason = "epoch_end"
-    set_progress = getattr(getattr(data_loader.dataset, "dataset", None), "set_progress", None)
-    if set_progress is not None:  # before the loader starts (worker processes copy the data set then)
-        set_progress(budget_fraction(state, config, progress.total))
+    listeners = [getattr(getattr(data_loader.dataset, "dataset", None), "set_progress", None),
+                 getattr(unwrap_model(model), "set_progress", None)]  # fmt: skip
+    listeners = [listener for listener in listeners if listener is not None]
+
+    def tell_progress() -> None:
+        fraction = budget_fraction(state, config, progress.total)
+        for listener in listeners:
+            listener(fraction)
+
+    tell_progress()  # before the loader starts (worker processes copy the data set then)
     # Training time counts loading and augmenting the data too, everything but evaluation.
     last_tick = time.perf_counter()
     for images, targets in data_loader:
@@ -239,8 +248,7 @@ def train_one_epoch(
         state.images_in_epoch += config.batch_size * context.world_size  # places of the epoch's order
         state.schedule_step += context.world_size / state.start_world_size
         state.elapsed_s = elapsed  # the same on every rank: the schedule and the budget use it
-        if set_progress is not None:  # for the samples of the next step
-            set_progress(budget_fraction(state, config, progress.total))
+        tell_progress()  # for the samples (and the model's training schedule) of the next step
         window.add(["loss"] + names, loss_values, len(images) * context.world_size)
         progress.update(1)
         if state.step % max(config.log_every, 1) == 0 or state.step == 1:  # on every rank: an all-reduce

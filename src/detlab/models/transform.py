@@ -84,11 +84,12 @@ class ImageBatcher(nn.Module):
         return side / self.min_size
 
     def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None
+        self, images: list[Tensor], targets: list[dict] | None = None, factor: float | None = None
     ) -> tuple[Tensor, list[tuple[int, int]], list[float], list[dict] | None]:
-        """-> (batch ``Tensor[B, 3, H, W]``, resized sizes ``(h, w)``, scales, scaled targets)."""
+        """-> (batch ``Tensor[B, 3, H, W]``, resized sizes ``(h, w)``, scales, scaled targets).
+        ``factor`` scales both sides beyond ``min_size``/``max_size`` (default: :meth:`jitter_factor`)."""
         resized, sizes, scales = [], [], []
-        factor = self.jitter_factor()
+        factor = self.jitter_factor() if factor is None else factor
         for image in images:
             check_image(image)
             height, width = image.shape[-2:]

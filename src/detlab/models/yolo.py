@@ -94,6 +94,11 @@ class YOLOConfig(BackboneConfig):
     pre_nms_top_k: int = 1000
     nms_threshold: float = 0.6
     detections_per_image: int = 300
+    # Coarse to fine: until coarse_until of the training budget, training batches are scaled so
+    # their longer side is coarse_size (0: off), more images a second while the network learns
+    # the large, easy cues; the rest of the budget and every evaluation at input_size
+    coarse_size: int = 0
+    coarse_until: float = 0.6
 
     channels_last: bool = True
 
@@ -251,9 +256,22 @@ class YOLO(nn.Module):
         # The longer side goes to input_size; the batch is padded to a multiple of 32.
         self.batcher = ImageBatcher(min_size=10**6, max_size=config.input_size, size_divisible=32)
         self.longer_side = config.input_size  # the training data are resized to it in advance
+        self.progress = 0.0  # the share of the training budget spent (set_progress, from engine.fit)
         if config.backbone == "csp":  # from scratch: pixels to [-1, 1] around the padding grey
             self.batcher.mean.fill_(GRAY)
             self.batcher.std.fill_(0.5)
+
+    def set_progress(self, fraction: float) -> None:
+        """The share of the training budget spent (the engine tells it before each step)."""
+        self.progress = fraction
+
+    def training_factor(self) -> float | None:
+        """How much this training batch is scaled beyond ``input_size``: ``coarse_size /
+        input_size`` until ``coarse_until`` of the budget, else ``None`` (the batcher's own)."""
+        config = self.config
+        if not self.training or config.coarse_size <= 0 or self.progress >= config.coarse_until:
+            return None
+        return config.coarse_size / self.longer_side
 
     def features(self, batch: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         if self.config.channels_last:
@@ -282,7 +300,7 @@ class YOLO(nn.Module):
         if self.training and targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         original_sizes = [tuple(image.shape[-2:]) for image in images]
-        batch, _, scales, targets = self.batcher(images, targets)
+        batch, _, scales, targets = self.batcher(images, targets, factor=self.training_factor())
         box_values, logits, pred_boxes, points, strides = self.predict(batch)
         if self.training:
             return self.losses(box_values.float(), logits.float(), pred_boxes, points, strides, targets)
