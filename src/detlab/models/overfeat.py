@@ -223,6 +223,11 @@ class OverFeatConfig(LocalizerConfig):
     # (no gradient) and train on the highest-scoring half of the background windows, the other half
     # drawn as before (1: no mining)
     hard_negative_pool: int = 1
+    # Bootstrapped negatives (the test pass's own false votes): each training step runs the test
+    # pass on one of the step's images at one of the test scales, both drawn at random, with the
+    # network as it is; up to this many of its most confident votes on clear background (under
+    # MINED_MAX_COVER of every object) join the step as background windows (0: off)
+    bootstrap_negatives: int = 0
 
     # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
     RUN_DEFAULTS: ClassVar[dict] = {
@@ -260,6 +265,7 @@ class OverFeat(nn.Module):
         self.max_detections = config.max_detections
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
         self.hard_negative_pool = config.hard_negative_pool
+        self.bootstrap_negatives = config.bootstrap_negatives
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -284,6 +290,12 @@ class OverFeat(nn.Module):
             crops.append(image_crops)
             labels.append(image_labels)
             boxes.append(image_boxes)
+        if self.bootstrap_negatives > 0:
+            which = int(torch.randint(len(images), ()))
+            false_votes = self.false_votes(images[which], targets[which]["boxes"].float().cpu())
+            crops.append(false_votes)
+            labels.append(torch.zeros(len(false_votes), dtype=torch.int64))
+            boxes.append(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(false_votes), 4))
         device = images[0].device
         if not sum(len(crop) for crop in crops):  # no window could be placed in any image
             return {name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()}
@@ -320,6 +332,22 @@ class OverFeat(nn.Module):
         targets = torch.cat([targets[keep], targets.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(hardest), 4)])
         return crops, labels, targets
 
+    @torch.no_grad()
+    def false_votes(self, image: Tensor, object_boxes: Tensor) -> Tensor:
+        """``Tensor[M, 3, S, S]``: the windows of ``image`` (at one test scale drawn at random) that
+        the network as it is now takes for an object (``score_threshold``) although they hold
+        under ``MINED_MAX_COVER`` of every object, the ``bootstrap_negatives`` surest of them."""
+        was_training = self.localizer.training
+        self.localizer.eval()
+        try:
+            scale = self.scales[int(torch.randint(len(self.scales), ()))]
+            windows, scores, *_ = self.scale_pass(self.dense_network(), image, scale)
+        finally:
+            self.localizer.train(was_training)
+        clear = (scores >= self.score_threshold) & (object_cover(windows, object_boxes.to(windows)) < MINED_MAX_COVER)
+        surest = torch.where(clear)[0][scores[clear].argsort(descending=True)[: self.bootstrap_negatives]]
+        return cut_windows(image, windows[surest].cpu(), self.localizer.window_size).detach()
+
     def dense_network(self) -> FullyConvolutionalLocalizer:
         """The localizer converted to convolutions, reconverted when any weight changed since."""
         version = sum(tensor._version for tensor in self.localizer.state_dict().values())
@@ -332,35 +360,42 @@ class OverFeat(nn.Module):
         """Every confident cell at every scale: ``(boxes Tensor[V, 4] image pixels, scores Tensor[V],
         labels Tensor[V])``."""
         network = self.dense_network()
-        window = network.window_size
-        _, height, width = image.shape
         all_boxes, all_scores, all_labels = [], [], []
         for scale in self.scales:
-            scaled_height = max(window, round(height * scale))
-            scaled_width = max(window, round(width * scale))
-            # antialiased when shrinking, as the training crops (RoIAlign, 2x2 samples a pixel) average
-            scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False,
-                                   antialias=scale < 1)  # fmt: skip
-            outputs = network(scaled)
-            probabilities = outputs["class_logits"][0].softmax(dim=0)[1:]  # drop background: [C, h', w']
-            scores, indices = probabilities.max(dim=0)
+            windows, scores, labels, boxes = self.scale_pass(network, image, scale)
             keep = scores >= self.score_threshold
             if not keep.any():
                 continue
-            boxes = outputs["boxes"][0]  # [R, 4, h', w']
-            if boxes.shape[0] > 1:
-                boxes = torch.gather(boxes, 0, (indices + 1)[None, None].expand(1, 4, -1, -1))
-            boxes = boxes[0].permute(1, 2, 0)[keep].clamp(0, 1) * window  # [V, 4] in window pixels
-            if self.window_boxes:
-                boxes = torch.tensor([0.0, 0.0, window, window]).to(boxes).expand_as(boxes)
-            origins = network.window_origins(*scores.shape).to(boxes)[keep]
-            boxes = (boxes + origins.repeat(1, 2)) / torch.tensor([scaled_width / width, scaled_height / height] * 2).to(boxes)
-            all_boxes.append(boxes)
+            all_boxes.append(windows[keep] if self.window_boxes else boxes[keep])
             all_scores.append(scores[keep])
-            all_labels.append(indices[keep] + 1)  # row i of the object probabilities is label i + 1
+            all_labels.append(labels[keep])
         if not all_boxes:
             return image.new_zeros(0, 4), image.new_zeros(0), torch.zeros(0, dtype=torch.int64, device=image.device)
         return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+
+    @staticmethod
+    def scale_pass(network: FullyConvolutionalLocalizer, image: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The converted ``network`` on ``image`` resized by ``scale``, one row a cell, in image
+        pixels: ``(windows Tensor[N, 4], best object probability Tensor[N], its label Tensor[N]
+        (1..C), regressed box of that class Tensor[N, 4])``."""
+        window = network.window_size
+        _, height, width = image.shape
+        scaled_height, scaled_width = max(window, round(height * scale)), max(window, round(width * scale))
+        # antialiased when shrinking, as the training crops (RoIAlign, 2x2 samples a pixel) average
+        scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False,
+                               antialias=scale < 1)  # fmt: skip
+        outputs = network(scaled)
+        probabilities = outputs["class_logits"][0].float().softmax(dim=0)[1:]  # drop background: [C, h', w']
+        scores, indices = probabilities.max(dim=0)
+        boxes = outputs["boxes"][0].float()  # [R, 4, h', w']
+        if boxes.shape[0] > 1:
+            boxes = torch.gather(boxes, 0, (indices + 1)[None, None].expand(1, 4, -1, -1))
+        boxes = boxes[0].permute(1, 2, 0).reshape(-1, 4).clamp(0, 1) * window  # [N, 4] in window pixels
+        origins = network.window_origins(*scores.shape).to(boxes).reshape(-1, 2).repeat(1, 2)
+        to_image = torch.tensor([scaled_width / width, scaled_height / height] * 2).to(boxes)
+        windows = (origins + torch.tensor([0.0, 0.0, window, window]).to(boxes)) / to_image
+        # row i of the object probabilities is label i + 1
+        return windows, scores.reshape(-1), indices.reshape(-1) + 1, (boxes + origins) / to_image
 
     def detect(self, image: Tensor) -> dict[str, Tensor]:
         boxes, scores, labels = self.votes(image)
