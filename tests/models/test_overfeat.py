@@ -9,7 +9,6 @@ from detlab.models.overfeat import (
     OverFeatConfig,
     build_overfeat,
     crop_windows,
-    cut_windows,
     label_windows,
     linear_as_conv,
     naive_sliding_window,
@@ -246,42 +245,6 @@ def test_a_training_step_with_hard_negative_mining_trains():
     sum(losses.values()).backward()
     assert model.localizer.class_head.weight.grad.abs().sum() > 0
     assert model.localizer.training  # scoring the candidates left the network in training mode
-
-
-def test_bootstrapped_negatives_are_the_test_pass_votes_on_clear_background():
-    model = overfeat(scales=(1.0,), score_threshold=0.5, bootstrap_negatives=5)
-    with torch.no_grad():  # every cell votes "object class 2"
-        model.localizer.class_head.weight.zero_()
-        model.localizer.class_head.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
-    image = torch.rand(3, 200, 240)
-    object_boxes = torch.tensor([[20.0, 20.0, 50.0, 50.0]])
-    windows, scores, labels, _ = model.scale_pass(model.dense_network(), image, 1.0)
-    assert bool((scores > 0.99).all()) and set(labels.tolist()) == {2}
-    clear = windows[object_cover(windows, object_boxes) < 0.1]
-    assert 5 < len(clear) < len(windows)  # some windows hold the object, more than five do not
-    model.train()
-    found = model.false_votes(image, object_boxes)
-    assert found.shape == (5, 3, WINDOW, WINDOW) and model.localizer.training
-    expected = cut_windows(image, clear, WINDOW)
-    assert all(any(torch.equal(crop, candidate) for candidate in expected) for crop in found)
-    with torch.no_grad():  # now all background: no vote
-        model.localizer.class_head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
-    assert len(model.false_votes(image, object_boxes)) == 0
-
-
-def test_a_training_step_with_bootstrapped_negatives_trains_on_more_background_windows():
-    model = overfeat(windows_per_image=4, bootstrap_negatives=3, scales=(1.0,)).train()
-    with torch.no_grad():
-        model.localizer.class_head.bias.copy_(torch.tensor([-10.0, 0.0, 10.0]))
-    seen = []
-    model.localizer.features.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
-    image = torch.rand(3, 200, 240)
-    target = {"boxes": torch.tensor([[20.0, 20.0, 50.0, 50.0]]), "labels": torch.tensor([1])}
-    losses = model([image], [target])
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    assert seen[-1] == 4 + 3  # the sampled windows and three false votes
-    assert model.localizer.class_head.weight.grad.abs().sum() > 0 and model.localizer.training
 
 
 def test_object_cover_is_the_largest_share_of_an_object_a_window_holds():

@@ -223,11 +223,6 @@ class OverFeatConfig(LocalizerConfig):
     # (no gradient) and train on the highest-scoring half of the background windows, the other half
     # drawn as before (1: no mining)
     hard_negative_pool: int = 1
-    # Bootstrapped negatives (the test pass's own false votes): each training step runs the test
-    # pass on one of the step's images at one of the test scales, both drawn at random, with the
-    # network as it is; up to this many of its most confident votes on clear background (under
-    # MINED_MAX_COVER of every object) join the step as background windows (0: off)
-    bootstrap_negatives: int = 0
 
     # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
     RUN_DEFAULTS: ClassVar[dict] = {
@@ -265,7 +260,6 @@ class OverFeat(nn.Module):
         self.max_detections = config.max_detections
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
         self.hard_negative_pool = config.hard_negative_pool
-        self.bootstrap_negatives = config.bootstrap_negatives
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -290,12 +284,6 @@ class OverFeat(nn.Module):
             crops.append(image_crops)
             labels.append(image_labels)
             boxes.append(image_boxes)
-        if self.bootstrap_negatives > 0:
-            which = int(torch.randint(len(images), ()))
-            false_votes = self.false_votes(images[which], targets[which]["boxes"].float().cpu())
-            crops.append(false_votes)
-            labels.append(torch.zeros(len(false_votes), dtype=torch.int64))
-            boxes.append(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(false_votes), 4))
         device = images[0].device
         if not sum(len(crop) for crop in crops):  # no window could be placed in any image
             return {name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()}
@@ -331,22 +319,6 @@ class OverFeat(nn.Module):
         labels = torch.cat([labels[keep], labels.new_zeros(len(hardest))])
         targets = torch.cat([targets[keep], targets.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(hardest), 4)])
         return crops, labels, targets
-
-    @torch.no_grad()
-    def false_votes(self, image: Tensor, object_boxes: Tensor) -> Tensor:
-        """``Tensor[M, 3, S, S]``: the windows of ``image`` (at one test scale drawn at random) that
-        the network as it is now takes for an object (``score_threshold``) although they hold
-        under ``MINED_MAX_COVER`` of every object, the ``bootstrap_negatives`` surest of them."""
-        was_training = self.localizer.training
-        self.localizer.eval()
-        try:
-            scale = self.scales[int(torch.randint(len(self.scales), ()))]
-            windows, scores, *_ = self.scale_pass(self.dense_network(), image, scale)
-        finally:
-            self.localizer.train(was_training)
-        clear = (scores >= self.score_threshold) & (object_cover(windows, object_boxes.to(windows)) < MINED_MAX_COVER)
-        surest = torch.where(clear)[0][scores[clear].argsort(descending=True)[: self.bootstrap_negatives]]
-        return cut_windows(image, windows[surest].cpu(), self.localizer.window_size).detach()
 
     def dense_network(self) -> FullyConvolutionalLocalizer:
         """The localizer converted to convolutions, reconverted when any weight changed since."""
