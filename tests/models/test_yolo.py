@@ -112,6 +112,12 @@ def test_coarse_to_fine_training_scales_batches_and_boxes_until_its_share_of_the
     torch.testing.assert_close(given[2][0]["boxes"], targets[0]["boxes"])
 
 
+@pytest.mark.parametrize("changes", [{"coarse_size": 96}, {"coarse_size": 16}, {"coarse_size": 64, "coarse_until": 1.5}])
+def test_a_coarse_size_not_below_the_input_size_or_a_share_outside_0_1_is_refused(changes):
+    with pytest.raises(ValueError, match="model.coarse_"):
+        build_yolo(YOLOConfig(input_size=96, backbone_width=8, neck_channels=(16, 32, 64), **changes), 2)
+
+
 @pytest.mark.parametrize("name", ["yolo", "yolov1"])
 @pytest.mark.parametrize("case", ["all empty", "some empty", "tiny", "crowd"])
 def test_bad_batches_give_finite_losses_and_a_step_that_trains(name, case):

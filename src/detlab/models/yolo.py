@@ -403,6 +403,11 @@ def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:
 def build_yolo(config: YOLOConfig, num_classes: int) -> YOLO:
     if is_auto(config.input_size):  # built without data: the fixed fallback
         config = dataclasses.replace(config, input_size=YOLOConfig.AUTO_FALLBACKS["input_size"])
+    if config.coarse_size and not 32 <= config.coarse_size < config.input_size:
+        raise ValueError(f"model.coarse_size={config.coarse_size}: the coarse training size must be at least 32 and "
+                         f"below model.input_size ({config.input_size}); 0 turns coarse-to-fine training off")  # fmt: skip
+    if not 0.0 <= config.coarse_until <= 1.0:
+        raise ValueError(f"model.coarse_until={config.coarse_until}: a share of the budget, in [0, 1]")
     return YOLO(yolo_body(config), num_classes, config)
 
 
