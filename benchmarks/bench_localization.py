@@ -39,7 +39,7 @@ from detlab.engine.predict import evaluate_checkpoint  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_line  # noqa: E402
+from common import machine, machine_description, machine_line  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RACCOON = REPO.parent / "shared" / "data" / "raccoon"
@@ -177,7 +177,7 @@ def write_localization_markdown(report: dict, path: Path) -> None:
     for part, entry in report.items():
         if part in ("headline", "grid", "overfeat"):
             lines.append(f"- `{part}`: `{entry['command']}` on {entry['date']} "
-                         f"({machine_line(entry['machine']).removeprefix('Machine: ')})")
+                         f"({machine_description(entry['machine'])})")
     header = ("| data | recipe | regression | attach | training s | steps | class acc | mean IoU | "
               "top-1 loc | top-5 loc |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 

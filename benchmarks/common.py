@@ -70,14 +70,19 @@ def machine() -> dict:
             "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}  # fmt: skip
 
 
-def machine_line(info: dict) -> str:
-    """``Machine: ...`` of a results file, from :func:`machine` (older records lack the CPU's
-    capability and are written without it)."""
+def machine_description(info: dict) -> str:
+    """A :func:`machine` record in words (older records lack the CPU's capability and are written
+    without it)."""
     cpu = ""
     if "cpu_capability" in info:
         cpu = f", {info['cpu_capability']}, {'native' if info['native_bf16'] else 'no native'} bfloat16"
     threads = f" ({info['torch_threads']} threads)" if "torch_threads" in info else ""
-    return f"Machine: {info['platform']}, {info['cpu_count']} CPUs{cpu}, torch {info['torch']}{threads}"
+    return f"{info['platform']}, {info['cpu_count']} CPUs{cpu}, torch {info['torch']}{threads}"
+
+
+def machine_line(info: dict) -> str:
+    """The ``Machine: ...`` line of a results file."""
+    return f"Machine: {machine_description(info)}"
 
 
 def command(prefix: str = "PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python") -> str:
