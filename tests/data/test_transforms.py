@@ -99,40 +99,70 @@ def test_warped_and_cached_images_are_the_same_values_and_boxes_follow(tmp_path)
     assert len(cached._decoded) == len(dataset) and not plain._decoded
 
 
-def test_hue_rotation_follows_torchvision_hue_keeps_grays_and_boxes():
+def test_colour_jitter_matches_torchvisions_steps_where_nothing_clips():
     import torchvision.transforms.v2.functional as TF
 
-    from detlab.data.transforms import RandomHueRotation, rotate_hue
+    from detlab.data.transforms import jitter_colours
+
+    torch.manual_seed(0)
+    image = 0.35 + 0.3 * torch.rand(3, 24, 20)  # mid-range values: no step clips
+    for brightness, contrast, saturation in ((1.1, 0.9, 1.2), (0.8, 1.25, 0.7), (1.0, 1.0, 1.0)):
+        reference = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(image, brightness), contrast), saturation)
+        torch.testing.assert_close(jitter_colours(image, brightness, contrast, saturation), reference, atol=2e-5, rtol=0)
+    # Clipped once, at the end: far out factors stay in [0, 1].
+    extreme = jitter_colours(torch.rand(3, 8, 8), 1.9, 1.9, 1.9, 0.3)
+    assert extreme.min() >= 0 and extreme.max() <= 1
+    # One channel: brightness and contrast as torchvision's, no colour steps.
+    single = 0.35 + 0.3 * torch.rand(1, 8, 8)
+    reference = TF.adjust_contrast(TF.adjust_brightness(single, 1.2), 0.8)
+    torch.testing.assert_close(jitter_colours(single, 1.2, 0.8, 1.5, 0.2), reference, atol=2e-5, rtol=0)
+    # 8-bit images come back as 8 bits, within rounding of the float result.
+    as_bytes = (image * 255).round().to(torch.uint8)
+    jittered_bytes = jitter_colours(as_bytes, 1.1, 0.9, 1.2, 0.05)
+    assert jittered_bytes.dtype == torch.uint8
+    expected = jitter_colours(as_bytes.float() / 255, 1.1, 0.9, 1.2, 0.05)
+    assert (jittered_bytes.float() / 255 - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_hue_shift_follows_torchvision_hue_keeps_grays_and_boxes():
+    import torchvision.transforms.v2.functional as TF
+
+    from detlab.data.transforms import RandomColourJitter, jitter_colours
 
     torch.manual_seed(0)
     image = torch.rand(3, 32, 32)
     low, high = image.min(0).values, image.max(0).values
     image = (image - low) / (high - low)  # saturated colours: each pixel spans 0..1
     for hue in (0.05, -0.05, 0.1):
-        shifted = rotate_hue(image, hue)
+        shifted = jitter_colours(image, hue=hue)
         reference, opposite = TF.adjust_hue(image, hue), TF.adjust_hue(image, -hue)
         # The same direction as torchvision's HSV hue, and nearer to its result than no shift is.
         assert (shifted - reference).abs().mean() < 0.7 * (shifted - opposite).abs().mean()
         assert (shifted - reference).abs().mean() < 0.8 * (image - reference).abs().mean()
     gray = torch.rand(1, 16, 16).expand(3, 16, 16)
-    torch.testing.assert_close(rotate_hue(gray, 0.2), gray, atol=1e-5, rtol=0)
-    as_bytes = (image * 255).round().to(torch.uint8)
-    rotated_bytes = rotate_hue(as_bytes, 0.05)
-    assert rotated_bytes.dtype == torch.uint8
-    assert (rotated_bytes.float() / 255 - rotate_hue(as_bytes.float() / 255, 0.05)).abs().max() <= 0.5 / 255 + 1e-6
-    # As a transform: the hue drawn in [-hue, hue], boxes untouched, single-channel images unchanged.
+    torch.testing.assert_close(jitter_colours(gray, saturation=1.3, hue=0.2), gray, atol=1e-4, rtol=0)
+    # As a transform: factors drawn in their ranges, boxes untouched, the same draw for the same seed.
     block, target = block_image()
     block[0] *= 0.5  # a coloured block, so the hue shows
     transform = build_transforms(train=True, horizontal_flip=False, photometric=True)
+    outputs = []
     for _ in range(5):
         out_image, out_target = transform(block, target)
         torch.testing.assert_close(out_target["boxes"], target["boxes"])
-    with pytest.raises(ValueError, match="hue"):
-        RandomHueRotation(0.7)
-    single = torch.rand(1, 8, 8)
-    from torchvision import tv_tensors
-
-    assert torch.equal(RandomHueRotation(0.5)(tv_tensors.Image(single)), single)
+        outputs.append(out_image)
+    assert not torch.equal(outputs[0], outputs[1])
+    jitter = RandomColourJitter(0.3, 0.2, 0.1, 0.05)
+    for _ in range(20):
+        params = jitter.make_params([])
+        assert abs(params["brightness"] - 1) <= 0.3 and abs(params["contrast"] - 1) <= 0.2
+        assert abs(params["saturation"] - 1) <= 0.1 and abs(params["hue"]) <= 0.05
+    torch.manual_seed(3)
+    first = transform(block, target)[0]
+    torch.manual_seed(3)
+    torch.testing.assert_close(transform(block, target)[0], first)
+    for bad in ({"hue": 0.7}, {"brightness": 1.5}, {"saturation": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RandomColourJitter(**bad)
 
 
 def test_resize_to_a_longer_side_keeps_the_aspect_and_matches_the_detectors_resize(tmp_path):
