@@ -32,6 +32,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, machine_line  # noqa: E402
+
 from detlab.data import read_voc  # noqa: E402
 from detlab.proposals import GaussianBoxes, build_method  # noqa: E402
 from detlab.proposals.evaluate import (  # noqa: E402
@@ -156,13 +159,12 @@ def quality_phase(data_name: str, entry: dict, quality_images: int) -> None:
 
 def write_report(report: dict, out_dir: Path) -> None:
     """JSON, Markdown and plots of everything measured so far (called after every phase)."""
-    machine = report["machine"]
     lines = [
         "# Region proposals: detlab vs OpenCV-contrib Selective Search",
         "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}  ",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, one thread each.",
+        f"{machine_line(report['machine'])}, one thread each.",
         "",
         f"Top {TOP} proposals an image. Recall at IoU 0.5 / 0.7 for the top n boxes, AR (average recall over "
         "IoU 0.5-1), MABO (mean over classes of the average best overlap), mean seconds an image "
@@ -219,13 +221,7 @@ def main() -> int:
         "command": "flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_proposals.py "
         + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": 1,
-        },
+        "machine": {**machine(), "processor": platform.processor() or platform.machine()},
         "top": TOP,
         "data_sets": {},
     }
