@@ -99,10 +99,6 @@ class YOLOConfig(BackboneConfig):
     # the large, easy cues; the rest of the budget and every evaluation at input_size
     coarse_size: int = 0
     coarse_until: float = 0.6
-    # The class branch's two 3x3 layers: "dense" convolutions (YOLOv8), or "separable" ones, each a
-    # depthwise 3x3 and a pointwise 1x1 (as YOLO11's class branch): a fifth of the network's
-    # multiply-adds at 192 px in dense form, under a tenth of that in separable form
-    cls_branch: str = choice("dense", ("dense", "separable"))
 
     channels_last: bool = True
 
@@ -151,10 +147,7 @@ class DecoupledHead(nn.Module):
     """Per level, two branches of two 3x3 conv-BN-SiLU layers and a 1x1 output: ``4 * R`` box
     values (``R`` = 1 without DFL) and ``C`` class logits."""
 
-    def __init__(
-        self, channels: list[int], num_classes: int, bins: int, strides: list[float], input_size: int,
-        separable_cls: bool = False,
-    ):  # fmt: skip
+    def __init__(self, channels: list[int], num_classes: int, bins: int, strides: list[float], input_size: int):
         super().__init__()
         box_width = max(16, channels[0] // 4, 4 * bins)
         cls_width = max(channels[0], min(num_classes, 100))
@@ -162,9 +155,8 @@ class DecoupledHead(nn.Module):
             nn.Sequential(conv_bn_silu(c, box_width), conv_bn_silu(box_width, box_width), nn.Conv2d(box_width, 4 * bins, 1))
             for c in channels
         )  # fmt: skip
-        layer = separable_conv_bn_silu if separable_cls else conv_bn_silu
         self.cls = nn.ModuleList(
-            nn.Sequential(layer(c, cls_width), layer(cls_width, cls_width), nn.Conv2d(cls_width, num_classes, 1))
+            nn.Sequential(conv_bn_silu(c, cls_width), conv_bn_silu(cls_width, cls_width), nn.Conv2d(cls_width, num_classes, 1))
             for c in channels
         )  # fmt: skip
         for branch, stride in zip(self.cls, strides):
@@ -178,16 +170,6 @@ class DecoupledHead(nn.Module):
         boxes = torch.cat([branch(x).flatten(2) for branch, x in zip(self.box, levels)], 2).transpose(1, 2)
         logits = torch.cat([branch(x).flatten(2) for branch, x in zip(self.cls, levels)], 2).transpose(1, 2)
         return boxes, logits
-
-
-def separable_conv_bn_silu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """A depthwise 3x3 conv-BN-SiLU, then a pointwise 1x1 one."""
-    depthwise = nn.Sequential(
-        nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
-        nn.BatchNorm2d(in_channels),
-        nn.SiLU(inplace=True),
-    )
-    return nn.Sequential(depthwise, conv_bn_silu(in_channels, out_channels, 1))
 
 
 def anchor_points(levels: list[Tensor], strides: list[float]) -> tuple[Tensor, Tensor]:
@@ -269,8 +251,7 @@ class YOLO(nn.Module):
         channels = [scaled(c, config.width_multiple) for c in config.neck_channels]
         self.neck = PathAggregationNeck(list(body.channels[-3:]), channels, depth)
         self.bins = config.reg_max if config.dfl else 1
-        self.head = DecoupledHead(channels, num_classes, self.bins, self.strides, config.input_size,
-                                  separable_cls=config.cls_branch == "separable")
+        self.head = DecoupledHead(channels, num_classes, self.bins, self.strides, config.input_size)
         self.register_buffer("bin_values", torch.arange(self.bins, dtype=torch.float32), persistent=False)
         # The longer side goes to input_size; the batch is padded to a multiple of 32.
         self.batcher = ImageBatcher(min_size=10**6, max_size=config.input_size, size_divisible=32)
