@@ -109,6 +109,8 @@ def test_small_net_blocks_and_pool_options():
     assert net.stride == 8 and net.out_channels == 256
     with pytest.raises(ValueError, match="2 to 5 blocks"):
         build_classifier_net("small", window_size=64, num_blocks=6)
+    with pytest.raises(ValueError, match="strided_blocks must be 0 to 3"):
+        build_classifier_net("small", window_size=64, num_blocks=4, strided_blocks=4)
     with pytest.raises(ValueError, match="pool"):
         build_classifier_net("small", window_size=64, pool="mean")
     with pytest.raises(ValueError, match="small"):

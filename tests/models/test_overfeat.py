@@ -81,12 +81,18 @@ def test_every_cell_equals_the_original_net_on_its_window(regression, attach):
     assert (single["class_logits"][0] - dense["class_logits"][0, :, row, column]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("attach", ["conv", "fc"])
-def test_max_pooled_net_converts_to_a_sliding_max_pool(attach):
-    # The default localizer: 4 blocks (stride 8), class evidence max-pooled over its 4x4 grid.
+@pytest.mark.parametrize("attach,strided_blocks", [("conv", 0), ("fc", 0), ("conv", 1), ("conv", 2)])
+def test_max_pooled_net_converts_to_a_sliding_max_pool(attach, strided_blocks):
+    # The default localizer: 4 blocks (stride 8), class evidence max-pooled over its 4x4 grid; the
+    # first blocks may downsample with a stride-2 conv instead of a max-pool (same stride, same grid).
     torch.manual_seed(0)
-    config = LocalizerConfig(window_size=64, attach=attach, hidden_dim=24, pool="max", blocks=4, padding=0)
+    config = LocalizerConfig(window_size=64, attach=attach, hidden_dim=24, pool="max", blocks=4, padding=0,
+                             strided_blocks=strided_blocks)  # fmt: skip
     model = settle_batchnorm(build_localizer_module(config, 3), 64)
+    strided = [m for m in model.features.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    pools = [m for m in model.features.modules() if isinstance(m, nn.MaxPool2d)]
+    assert (len(strided), len(pools)) == (strided_blocks, 3 - strided_blocks)
+    assert model.grid == (4, 4) and model.stride == 8
     converted = to_fully_convolutional(model)
     image = torch.rand(3, 64 + 5 * 8, 64 + 2 * 8)
     with torch.no_grad():

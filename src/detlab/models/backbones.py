@@ -245,21 +245,28 @@ def torchvision_model(name: str, pretrained: bool) -> nn.Module:
         ) from error
 
 
-def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int, strided: bool = False) -> nn.Sequential:
+    """3x3 conv + BatchNorm + ReLU, then a 2x2 max-pool (``pool``), or instead the conv itself
+    with stride 2 (``strided``)."""
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False),
+        nn.Conv2d(in_channels, out_channels, 3, stride=2 if strided else 1, padding=padding, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     ]
-    if pool:
+    if pool and not strided:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
 
 
-def small_features(padding: int = 1, num_blocks: int = 5) -> tuple[nn.Sequential, int, int]:
+def small_features(padding: int = 1, num_blocks: int = 5, strided_blocks: int = 0) -> tuple[nn.Sequential, int, int]:
     """``num_blocks`` (2-5) 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); all but
     the last end in a 2x2 max-pool. Returns ``(features, out_channels, stride)``: with five blocks
     the stride is 16 and a 128x128 image gives an 8x8x256 map; with four (32-64-128-256) it is 8.
+
+    ``strided_blocks``: the first that many blocks halve the map with a stride-2 convolution
+    instead of the max-pool. Same stride and grid, but the first block's large map is a quarter
+    of the size, which is where a 64-pixel window spends most of its training step on a CPU
+    (BatchNorm, ReLU and pooling over 32 x 62 x 62 values).
 
     ``padding=0`` ("valid" convolutions) makes the output at every position depend only on the
     pixels of its receptive field, never on zero padding at the image border. That is what makes a
@@ -269,12 +276,14 @@ def small_features(padding: int = 1, num_blocks: int = 5) -> tuple[nn.Sequential
     """
     if not 2 <= num_blocks <= len(SMALL_WIDTHS):
         raise ValueError(f"the small net has 2 to {len(SMALL_WIDTHS)} blocks, got {num_blocks}")
+    if not 0 <= strided_blocks < num_blocks:
+        raise ValueError(f"strided_blocks must be 0 to {num_blocks - 1} (blocks that end in a pool), got {strided_blocks}")
     widths = SMALL_WIDTHS[:num_blocks]
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
     for index, width in enumerate(widths):
         last = index == len(widths) - 1
-        stages[f"block{index + 1}"] = _conv_block(in_channels, width, pool=not last, padding=padding)
+        stages[f"block{index + 1}"] = _conv_block(in_channels, width, not last, padding, strided=index < strided_blocks)
         in_channels = width
     return nn.Sequential(stages), widths[-1], 2 ** (num_blocks - 1)
 
@@ -603,6 +612,7 @@ def build_classifier_net(
     pool: str = "none",
     num_blocks: int = 5,
     padding: int = 0,
+    strided_blocks: int = 0,
 ) -> ClassifierNet:
     """Conv features and the fully-connected layers of an AlexNet/VGG-style classifier.
 
@@ -615,6 +625,7 @@ def build_classifier_net(
     faster; it stays convertible to a sliding max-pool). ``padding=1`` pads the small net's
     convolutions: objects at the window border keep all their pixels' evidence (better for a
     localizer), but the net is then exactly equal to a sliding window only at its own window size.
+    ``strided_blocks``: see :func:`small_features`.
     ``weights_path``: a state dict of the full network (features and FC layers).
     """
     check_backbone_name(name)
@@ -623,7 +634,7 @@ def build_classifier_net(
     if name == "small":
         if pretrained:
             raise ValueError("the 'small' network has no pretrained weights")
-        features, out_channels, stride = small_features(padding=padding, num_blocks=num_blocks)
+        features, out_channels, stride = small_features(padding, num_blocks, strided_blocks)
         grid = _grid_size(features, window_size)
         pooled: list[nn.Module] = [nn.MaxPool2d(grid)] if pool == "max" else []
         cells = 1 if pool == "max" else grid[0] * grid[1]

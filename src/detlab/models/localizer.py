@@ -73,6 +73,7 @@ class LocalizerConfig:
     window_size: int = 64
     blocks: int = 4  # conv blocks of the small net
     padding: int = 1  # small net: 1 pads its convolutions, 0 keeps them valid (exact sliding windows)
+    strided_blocks: int = 0  # small net: its first N blocks downsample with a stride-2 conv, not a max-pool
     pool: str = choice("max", POOL_CHOICES)  # small net only
     hidden_dim: int = 512
     dropout: float = 0.0
@@ -324,7 +325,7 @@ def build_localizer_module(config: LocalizerConfig, num_classes: int, background
     net = build_classifier_net(
         config.backbone, config.window_size, config.pretrained_backbone, config.backbone_weights,
         config.hidden_dim, config.dropout, config.pool if config.backbone == "small" else "none",
-        config.blocks, config.padding,
+        config.blocks, config.padding, config.strided_blocks,
     )  # fmt: skip
     return Localizer(
         net, num_classes, config.window_size, config.regression, config.attach, config.box_loss,
