@@ -3,12 +3,14 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 from detlab.models.localizer import LocalizerConfig, build_localizer_module
 from detlab.models.overfeat import (
     OverFeatConfig,
     build_overfeat,
     crop_windows,
+    cut_windows,
     label_windows,
     linear_as_conv,
     naive_sliding_window,
@@ -200,6 +202,21 @@ def test_a_training_step_crops_the_windows_from_the_images():
     assert set(losses) == {"loss_classifier", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert model.localizer.class_head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("samples", [1, 2, 3])
+def test_cut_windows_samples_as_torchvision_roi_align(samples):
+    # Windows inside the image (as training draws them), touching its borders, shrunk and enlarged.
+    torch.manual_seed(0)
+    image = torch.rand(3, 90, 130)
+    windows = torch.tensor([[0.0, 0.0, 90.0, 90.0], [40.0, 0.0, 130.0, 90.0], [10.3, 20.7, 31.1, 41.5],
+                            [55.5, 12.25, 119.5, 76.25], [100.0, 60.0, 130.0, 90.0]])  # fmt: skip
+    crops = cut_windows(image, windows, 24, samples)
+    rois = torch.cat([torch.zeros(len(windows), 1), windows], dim=1)
+    expected = roi_align(image[None], rois, 24, 1.0, sampling_ratio=samples, aligned=True)
+    assert crops.shape == (5, 3, 24, 24)
+    assert (crops - expected).abs().max() < 1e-4
+    assert cut_windows(image, torch.zeros(0, 4), 24).shape == (0, 3, 24, 24)
 
 
 def test_ablations_window_boxes_and_nms_instead_of_merging():
