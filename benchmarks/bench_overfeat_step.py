@@ -3,9 +3,11 @@
 1. Cutting a step's training windows out of an image: detlab's ``cut_windows`` (one
    ``grid_sample`` and an average pool) against torchvision's ``roi_align`` with the same sampling
    (``aligned``, 2 x 2 samples a bin), the operation a user would pick and detlab's before; the
-   largest difference between the two crops is reported too.
-2. A training step of the localizer on the windows (forward, both losses, backward, AdamW) for
-   each ``model.strided_blocks`` (0: every block of the small net ends in a max-pool; N: the
+   largest difference between the two crops is reported too. At one torch thread (a data loader
+   worker's) and at the training process's thread count: ``grid_sample`` runs on several threads,
+   torchvision's CPU ``roi_align`` on one.
+2. A training step of the localizer alone on the windows (forward, both losses, backward, AdamW;
+   no data loading or window cutting) for each ``model.strided_blocks`` (0: every block of the small net ends in a max-pool; N: the
    first N downsample with a stride-2 convolution instead).
 
 Windows are drawn as training draws them (``sample_windows`` on a 256 x 256 image with two
@@ -80,12 +82,14 @@ def markdown(report: dict) -> str:
         f"{report['torch_threads']} torch thread(s); windows drawn as training draws them from a 256 x 256 image; "
         f"medians of {report['rounds']} rounds, the variants in turn, the order rotating.", "",
         f"## Cutting {report['windows_per_image']} windows of an image to {report['window']} pixels", "",
-        "| detlab `cut_windows` (grid_sample) | torchvision `roi_align` | speed-up | largest difference |",
+        f"Largest difference between the two crops: {report['max_abs_difference']:.1e}.", "",
+        "| torch threads | detlab `cut_windows` (grid_sample) | torchvision `roi_align` | speed-up |",
         "|---|---|---|---|",
-        f"| {cut['detlab']['ms']:.3f} ms | {cut['torchvision']['ms']:.3f} ms | {cut['speedup']:.2f}x | "
-        f"{cut['max_abs_difference']:.1e} |", "",
-        f"## A training step of the localizer on {report['step_windows']} windows (forward, losses, backward, AdamW)", "",
-        "| `model.strided_blocks` | ms a step | steps against 0 |", "|---|---|---|",
+        *(f"| {threads} | {row['detlab']['ms']:.3f} ms | {row['torchvision']['ms']:.3f} ms | {row['speedup']:.2f}x |"
+          for threads, row in cut.items()), "",
+        f"## The network's training step on {report['step_windows']} windows at {report['torch_threads']} threads "
+        "(forward, losses, backward, AdamW; no data loading or window cutting)", "",
+        "| `model.strided_blocks` | ms a step | network steps against 0 |", "|---|---|---|",
     ]  # fmt: skip
     for name, row in step.items():
         lines.append(f"| {name} | {row['ms']:.1f} | {row['speedup']:.2f}x |")
@@ -97,7 +101,8 @@ def main() -> int:
     parser.add_argument("--windows-per-image", type=int, default=16, help="OverFeat's default")
     parser.add_argument("--images", type=int, default=4, help="images a step (OverFeat's batch size)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (training uses the machine's)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the training step (the machine's)")
+    parser.add_argument("--cut-threads", type=int, nargs="+", default=[1, 2], help="torch threads for cutting")
     parser.add_argument("--results-name", default="overfeat_step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -111,11 +116,15 @@ def main() -> int:
                             config.positive_fraction, sides) for _ in range(args.images)]  # fmt: skip
     windows = draws[0][0]
     difference = float((cut_windows(image, windows, window) - torchvision_cut(image, windows, window)).abs().max())
-    cut = median_ms({"detlab": lambda: cut_windows(image, windows, window),
-                     "torchvision": lambda: torchvision_cut(image, windows, window)}, 20, args.rounds)  # fmt: skip
-    cut["speedup"] = round(cut["torchvision"]["ms"] / cut["detlab"]["ms"], 2)
-    cut["max_abs_difference"] = difference
-    print(f"cut: {cut['detlab']['ms']:.3f} ms against {cut['torchvision']['ms']:.3f} ms", flush=True)
+    cut = {}
+    for threads in args.cut_threads:
+        torch.set_num_threads(threads)
+        row = median_ms({"detlab": lambda: cut_windows(image, windows, window),
+                         "torchvision": lambda: torchvision_cut(image, windows, window)}, 20, args.rounds)  # fmt: skip
+        row["speedup"] = round(row["torchvision"]["ms"] / row["detlab"]["ms"], 2)
+        cut[str(threads)] = row
+        print(f"cut, {threads} thread(s): {row['detlab']['ms']:.3f} ms against {row['torchvision']['ms']:.3f} ms", flush=True)
+    torch.set_num_threads(args.threads)
     crops = torch.cat([cut_windows(image, draw[0], window) for draw in draws])
     window_labels, targets = torch.cat([draw[1] for draw in draws]), torch.cat([draw[2] for draw in draws])
     steps = {str(n): training_step(n, crops, window_labels, targets) for n in range(4)}
@@ -124,7 +133,8 @@ def main() -> int:
         row["speedup"] = round(step["0"]["ms"] / row["ms"], 2)
     print(", ".join(f"strided_blocks {k}: {v['ms']:.1f} ms" for k, v in step.items()), flush=True)
     report = {**stamp(), "torch_threads": args.threads, "rounds": args.rounds, "window": window,
-              "windows_per_image": args.windows_per_image, "step_windows": len(crops), "cut": cut, "step": step}  # fmt: skip
+              "windows_per_image": args.windows_per_image, "step_windows": len(crops), "max_abs_difference": difference,
+              "cut": cut, "step": step}  # fmt: skip
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0

@@ -11,7 +11,7 @@ from detlab import config as config_io
 from detlab.engine import checkpoint as checkpoints
 from detlab.engine import sampling
 from detlab.engine.predict import Predictor, model_from_checkpoint
-from detlab.engine.run import build_model, resolve_run_config
+from detlab.engine.run import build_model, resolve_run_config, run_config_from_dict
 from detlab.engine.train import evaluate
 from detlab.models.backbones import without_backbone_weights
 from detlab.models.localizer import LocalizerConfig
@@ -91,3 +91,25 @@ def test_the_training_seed_does_not_regenerate_the_synthetic_set(tmp_path):
     assert generated() == (0, boxes)
     other_seed, other_boxes = generated(synthetic_seed=2)
     assert other_seed == 2 and other_boxes != boxes
+
+
+def test_an_overfeat_checkpoint_saved_before_strided_blocks_rebuilds_its_max_pooled_net(tmp_path):
+    # Checkpoints saved before the field existed were trained with a max-pool in every block; the
+    # weights fit the strided net too (same shapes), so only the stored-defaults rule keeps them apart.
+    run_config = resolve_run_config("overfeat", model={"strided_blocks": 0, "hidden_dim": 16})
+    torch.manual_seed(0)
+    trained = build_model(run_config, 2).eval()
+    stored = config_io.to_dict(run_config)
+    del stored["model"]["strided_blocks"]
+    path = checkpoints.save_checkpoint(
+        {"model_name": "overfeat", "classes": ["a", "b"], "config": stored, "model": trained.state_dict()},
+        tmp_path / "old" / "last.pt",
+    )  # fmt: skip
+    model, _, loaded = model_from_checkpoint(path)
+    assert loaded.model.strided_blocks == 0
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.localizer.features.modules()) == 3
+    windows = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.localizer.predict(windows), trained.localizer.predict(windows))
+    # A config that names the field keeps it; a new run gets the strided default.
+    assert run_config_from_dict(config_io.to_dict(resolve_run_config("overfeat"))).model.strided_blocks == 2

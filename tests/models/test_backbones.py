@@ -2,6 +2,7 @@ import urllib.error
 
 import pytest
 import torch
+from torch import nn
 
 from detlab.models.backbones import BODIES, MULTI_LEVEL, build_classifier_net, build_feature_extractor
 
@@ -109,8 +110,12 @@ def test_small_net_blocks_and_pool_options():
     assert net.stride == 8 and net.out_channels == 256
     with pytest.raises(ValueError, match="2 to 5 blocks"):
         build_classifier_net("small", window_size=64, num_blocks=6)
-    with pytest.raises(ValueError, match="strided_blocks must be 0 to 3"):
-        build_classifier_net("small", window_size=64, num_blocks=4, strided_blocks=4)
+    with pytest.raises(ValueError, match="strided_blocks must be 0 or more"):
+        build_classifier_net("small", window_size=64, num_blocks=4, strided_blocks=-1)
+    # More strided blocks than blocks ending in a pool: all but the last block are strided.
+    net = build_classifier_net("small", window_size=64, num_blocks=2, strided_blocks=2, hidden_dim=8)
+    strides = [m.stride for m in net.features.modules() if isinstance(m, nn.Conv2d)]
+    assert strides == [(2, 2), (1, 1)] and net.stride == 2
     with pytest.raises(ValueError, match="pool"):
         build_classifier_net("small", window_size=64, pool="mean")
     with pytest.raises(ValueError, match="small"):

@@ -91,15 +91,20 @@ def resolve_run_config(
 
 
 def run_config_from_dict(data: dict) -> RunConfig:
-    """Inverse of ``config.to_dict(run_config)`` (what checkpoints store)."""
+    """Inverse of ``config.to_dict(run_config)`` (what checkpoints store). A model field missing
+    from the stored config takes the value the model's ``STORED_DEFAULTS`` gives it, if any (a
+    field whose default changed after checkpoints were saved without it, so an old checkpoint
+    rebuilds the network it was trained as), else its current default."""
     model_name = data.get("model_name")
     if not model_name:
         raise ValueError("stored run config names no model (model_name)")
+    model_class = model_config_class(model_name)
+    stored_model = {**getattr(model_class, "STORED_DEFAULTS", {}), **data.get("model", {})}
     return RunConfig(
         model_name=model_name,
         data=config_io.from_dict(DataConfig, data.get("data", {}), "data"),
         train=config_io.from_dict(TrainConfig, data.get("train", {}), "train"),
-        model=config_io.from_dict(model_config_class(model_name), data.get("model", {}), "model"),
+        model=config_io.from_dict(model_class, stored_model, "model"),
     )
 
 

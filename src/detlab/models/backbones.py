@@ -260,13 +260,15 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int, s
 
 def small_features(padding: int = 1, num_blocks: int = 5, strided_blocks: int = 0) -> tuple[nn.Sequential, int, int]:
     """``num_blocks`` (2-5) 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); all but
-    the last end in a 2x2 max-pool. Returns ``(features, out_channels, stride)``: with five blocks
+    the last halve the map (a 2x2 max-pool, or see ``strided_blocks``). Returns ``(features, out_channels, stride)``: with five blocks
     the stride is 16 and a 128x128 image gives an 8x8x256 map; with four (32-64-128-256) it is 8.
 
-    ``strided_blocks``: the first that many blocks halve the map with a stride-2 convolution
-    instead of the max-pool. Same stride and grid, but the first block's large map is a quarter
+    ``strided_blocks``: the first that many blocks (at most all but the last, so a default of 2
+    still fits a two-block net) halve the map with a stride-2 convolution instead of the max-pool. Same stride and grid, but the first block's large map is a quarter
     of the size, which is where a 64-pixel window spends most of its training step on a CPU
-    (BatchNorm, ReLU and pooling over 32 x 62 x 62 values).
+    (BatchNorm, ReLU and pooling over 32 x 62 x 62 values). With valid convolutions a strided
+    block sees less of the window's far edge: four blocks with two strided cover the first 59 of
+    64 pixels along each axis (62 with none), the last 5 rows and columns never reach the output.
 
     ``padding=0`` ("valid" convolutions) makes the output at every position depend only on the
     pixels of its receptive field, never on zero padding at the image border. That is what makes a
@@ -276,14 +278,14 @@ def small_features(padding: int = 1, num_blocks: int = 5, strided_blocks: int = 
     """
     if not 2 <= num_blocks <= len(SMALL_WIDTHS):
         raise ValueError(f"the small net has 2 to {len(SMALL_WIDTHS)} blocks, got {num_blocks}")
-    if not 0 <= strided_blocks < num_blocks:
-        raise ValueError(f"strided_blocks must be 0 to {num_blocks - 1} (blocks that end in a pool), got {strided_blocks}")
+    if strided_blocks < 0:
+        raise ValueError(f"strided_blocks must be 0 or more, got {strided_blocks}")
     widths = SMALL_WIDTHS[:num_blocks]
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = 3
     for index, width in enumerate(widths):
         last = index == len(widths) - 1
-        stages[f"block{index + 1}"] = _conv_block(in_channels, width, not last, padding, strided=index < strided_blocks)
+        stages[f"block{index + 1}"] = _conv_block(in_channels, width, not last, padding, strided=not last and index < strided_blocks)
         in_channels = width
     return nn.Sequential(stages), widths[-1], 2 ** (num_blocks - 1)
 

@@ -185,8 +185,9 @@ def naive_sliding_window(localizer: Localizer, image: Tensor, batch_size: int = 
 @dataclasses.dataclass
 class OverFeatConfig(LocalizerConfig):
     """OverFeat: the localizer's fields (with class-specific boxes from the conv map and valid
-    convolutions, so every cell of the converted net is exactly the localizer on its window), and
-    the detector's.
+    convolutions, so every cell of the converted net is exactly the localizer on its window; the
+    first two blocks downsample with stride-2 convolutions instead of max-pools, which trains
+    about half as fast again on a CPU), and the detector's.
 
     Training windows: ``windows_per_image`` an image and step, ``positive_fraction`` of them
     around an object filling ``min_fill``..``max_fill`` of the window, the others drawn as the
@@ -223,6 +224,10 @@ class OverFeatConfig(LocalizerConfig):
     # (no gradient) and train on the highest-scoring half of the background windows, the other half
     # drawn as before (1: no mining)
     hard_negative_pool: int = 1
+
+    # Checkpoints saved before strided_blocks existed were trained with max-pools in every block;
+    # their stored configs lack the field (see detlab.engine.run.run_config_from_dict).
+    STORED_DEFAULTS: ClassVar[dict] = {"strided_blocks": 0}
 
     # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
     RUN_DEFAULTS: ClassVar[dict] = {
@@ -409,19 +414,23 @@ def cut_windows(image: Tensor, windows: Tensor, size: int, samples: int = 2) -> 
     the image) of ``image`` resampled to ``size`` pixels: each output pixel the mean of ``samples``
     x ``samples`` bilinear samples spread over its bin, which is RoIAlign's sampling (``aligned``,
     ``sampling_ratio=samples``; equal to torchvision's ``roi_align`` within float rounding, a
-    test checks) done by one ``grid_sample`` and an average pool, about twice as fast on a CPU."""
+    test checks) done by one ``grid_sample`` and an average pool, faster on a CPU
+    (``benchmarks/bench_overfeat_step.py``)."""
+    if not image.is_floating_point():
+        raise TypeError(f"cut_windows needs a floating-point image, got {image.dtype}")
     count, points = len(windows), size * samples
     if not count:
         return image.new_zeros(0, image.shape[0], size, size)
-    steps = (torch.arange(points, dtype=image.dtype, device=image.device) + 0.5) / points
-    windows = windows.to(image)
+    source = image.to(torch.promote_types(image.dtype, torch.float32))  # sample points in float32 at least
+    steps = (torch.arange(points, dtype=source.dtype, device=image.device) + 0.5) / points
+    windows = windows.to(source)
     height, width = image.shape[-2:]
     xs = (windows[:, 0:1] + steps * (windows[:, 2:3] - windows[:, 0:1])) / width * 2 - 1  # [N, points]
     ys = (windows[:, 1:2] + steps * (windows[:, 3:4] - windows[:, 1:2])) / height * 2 - 1
     grid = torch.stack([xs[:, None, :].expand(-1, points, -1), ys[:, :, None].expand(-1, -1, points)], dim=-1)
-    spread = F.grid_sample(image[None].expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+    spread = F.grid_sample(source[None].expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                            align_corners=False)  # fmt: skip
-    return F.avg_pool2d(spread, samples)
+    return F.avg_pool2d(spread, samples).to(image.dtype)
 
 
 def sample_windows(
