@@ -34,7 +34,7 @@ from detlab.engine.metrics_log import read_metrics  # noqa: E402
 from detlab.engine.run import resolve_run_config, train_run  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, header_lines, stamp, write_results  # noqa: E402
+from common import DATA, header_lines, in_turn, stamp, write_results  # noqa: E402
 
 
 def images_per_second(args, num_workers: int, out: Path) -> float:
@@ -88,8 +88,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
         for round_index in range(args.rounds):
-            shift = round_index % len(args.workers)
-            for count in args.workers[shift:] + args.workers[:shift]:
+            for count in in_turn(args.workers, round_index):
                 speeds[count].append(images_per_second(args, count, work / f"workers{count}"))
                 print(f"round {round_index + 1}: {count} workers, {speeds[count][-1]:.2f} images/s", flush=True)
     finally:

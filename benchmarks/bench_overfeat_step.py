@@ -22,17 +22,14 @@ Writes benchmarks/results/overfeat_step.{json,md}.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torchvision.ops import roi_align
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header_lines, stamp, write_results  # noqa: E402
+from common import header_lines, interleaved_ms, stamp, write_results  # noqa: E402
 
 from detlab.models.overfeat import OverFeatConfig, build_overfeat, cut_windows, sample_windows  # noqa: E402
 
@@ -42,23 +39,6 @@ NUM_CLASSES = 4
 def torchvision_cut(image: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
     rois = torch.cat([torch.zeros(len(windows), 1), windows], dim=1)
     return roi_align(image[None], rois, size, 1.0, sampling_ratio=2, aligned=True)
-
-
-def median_ms(functions: dict[str, Callable[[], object]], repeats: int, rounds: int) -> dict[str, dict]:
-    """Each function ``repeats`` times a round, in turn with the order rotating; median of the rounds."""
-    names = list(functions)
-    for function in functions.values():  # warm-up
-        function()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            for _ in range(repeats):
-                functions[name]()
-            times[name].append((time.perf_counter() - start) / repeats * 1e3)
-    return {name: {"ms": round(statistics.median(values), 3), "ms_rounds": [round(v, 3) for v in values]}
-            for name, values in times.items()}  # fmt: skip
 
 
 def training_step(strided_blocks: int, windows: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor):
@@ -119,7 +99,7 @@ def main() -> int:
     cut = {}
     for threads in args.cut_threads:
         torch.set_num_threads(threads)
-        row = median_ms({"detlab": lambda: cut_windows(image, windows, window),
+        row = interleaved_ms({"detlab": lambda: cut_windows(image, windows, window),
                          "torchvision": lambda: torchvision_cut(image, windows, window)}, 20, args.rounds)  # fmt: skip
         row["speedup"] = round(row["torchvision"]["ms"] / row["detlab"]["ms"], 2)
         cut[str(threads)] = row
@@ -128,7 +108,7 @@ def main() -> int:
     crops = torch.cat([cut_windows(image, draw[0], window) for draw in draws])
     window_labels, targets = torch.cat([draw[1] for draw in draws]), torch.cat([draw[2] for draw in draws])
     steps = {str(n): training_step(n, crops, window_labels, targets) for n in range(4)}
-    step = median_ms(steps, 5, args.rounds)
+    step = interleaved_ms(steps, 5, args.rounds)
     for row in step.values():
         row["speedup"] = round(step["0"]["ms"] / row["ms"], 2)
     print(", ".join(f"strided_blocks {k}: {v['ms']:.1f} ms" for k, v in step.items()), flush=True)

@@ -18,7 +18,7 @@ import sys
 import time
 
 import torch
-from common import checkpoints_parser, header_lines, stamp, write_results
+from common import checkpoints_parser, header_lines, in_turn, stamp, write_results
 from common import test_split as load_test_split
 
 from detlab.engine.predict import Predictor
@@ -34,8 +34,7 @@ def interleaved_times(models: list, dataset, rounds: int, warmup: int = 3) -> li
     images = [dataset[index][0] for index in range(len(dataset))]
     for round_index in range(rounds):
         for index, image in enumerate(images):
-            shift = (index + round_index) % len(models)
-            for slot in [(shift + k) % len(models) for k in range(len(models))]:
+            for slot in in_turn(list(range(len(models))), index + round_index):
                 started = time.perf_counter()
                 models[slot]([image])
                 seconds[slot].append(time.perf_counter() - started)

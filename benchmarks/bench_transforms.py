@@ -6,7 +6,8 @@ jitter: ``ColorJitter(0.3, 0.3, 0.3)`` then a 3x3 hue rotation).
 
 Each transform runs on the same float images in [0, 1] (``--sizes``, random pixels), one at a
 time, as a training sample is prepared; every transform in turn over ``--images`` images, the
-order rotating each round, the median of ``--rounds`` rounds reported as milliseconds an image.
+order rotating each round (``common.interleaved_ms``, after one warm-up pass), the median of
+``--rounds`` rounds reported as milliseconds an image.
 
 Usage (from the repository root, under the shared CPU lock):
   PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_transforms.py
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header_lines, stamp, write_results  # noqa: E402
+from common import header_lines, interleaved_ms, stamp, write_results  # noqa: E402
 
 from detlab.data.transforms import RandomColourJitter, jitter_colours  # noqa: E402
 
@@ -53,13 +52,6 @@ def transforms() -> dict[str, v2.Transform]:
         "torchvision ColorJitter (HSV hue)": v2.ColorJitter(**RANGES),
         "torchvision ColorJitter (3 steps) + YIQ hue": v2.Compose([v2.ColorJitter(**three), HueRotation()]),
     }
-
-
-def milliseconds_an_image(transform: v2.Transform, images: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
-    for image in images:
-        transform(image)
-    return (time.perf_counter() - start) / len(images) * 1e3
 
 
 def markdown(report: dict) -> str:
@@ -93,17 +85,13 @@ def main() -> int:
     for size in args.sizes:
         height, width = (int(value) for value in size.lower().split("x"))
         images = [tv_tensors.Image(torch.rand(3, height, width)) for _ in range(args.images)]
-        for transform in named.values():  # warm-up
-            milliseconds_an_image(transform, images[:3])
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for round_index in range(args.rounds):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                times[name].append(milliseconds_an_image(named[name], images))
-        medians = {name: statistics.median(values) for name, values in times.items()}
+        passes = {name: (lambda transform=transform, images=images: [transform(image) for image in images])
+                  for name, transform in named.items()}  # fmt: skip
+        timed = interleaved_ms(passes, 1, args.rounds)  # milliseconds a pass over the images
+        medians = {name: row["ms"] / len(images) for name, row in timed.items()}
         speedup = medians[names[1]] / medians[names[0]]
         rows.append({"height": height, "width": width, "ms": {k: round(v, 4) for k, v in medians.items()},
-                     "ms_rounds": {k: [round(v, 4) for v in values] for k, values in times.items()},
+                     "ms_rounds": {k: [round(v / len(images), 4) for v in row["ms_rounds"]] for k, row in timed.items()},
                      "speedup_vs_torchvision": round(speedup, 2)})  # fmt: skip
         print(f"{height} x {width}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in medians.items()), flush=True)
     report = {**stamp(), "torch_threads": args.threads, "images": args.images, "rounds": args.rounds,

@@ -10,6 +10,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -106,6 +107,30 @@ def write_results(name: str, report: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
+
+
+def in_turn(names: list, round_index: int) -> list:
+    """``names`` in the order of one round of an interleaved benchmark: rotated by the round's
+    index, so a drift of the machine falls on every variant alike."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def interleaved_ms(functions: dict[str, Callable[[], object]], repeats: int, rounds: int) -> dict[str, dict]:
+    """Milliseconds a call of each function: after one warm-up call each, ``rounds`` rounds of
+    ``repeats`` calls each, the functions in turn (:func:`in_turn`). ``{name: {"ms": median of the
+    rounds, "ms_rounds": each round}}``."""
+    for function in functions.values():  # warm-up
+        function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_index in range(rounds):
+        for name in in_turn(list(functions), round_index):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                functions[name]()
+            times[name].append((time.perf_counter() - start) / repeats * 1e3)
+    return {name: {"ms": round(statistics.median(values), 3), "ms_rounds": [round(v, 3) for v in values]}
+            for name, values in times.items()}  # fmt: skip
 
 
 @torch.no_grad()
