@@ -260,13 +260,15 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int, s
 
 def small_features(padding: int = 1, num_blocks: int = 5, strided_blocks: int = 0) -> tuple[nn.Sequential, int, int]:
     """``num_blocks`` (2-5) 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); all but
-    the last halve the map (a 2x2 max-pool, or see ``strided_blocks``). Returns ``(features, out_channels, stride)``: with five blocks
-    the stride is 16 and a 128x128 image gives an 8x8x256 map; with four (32-64-128-256) it is 8.
+    the last halve the map (a 2x2 max-pool, or see ``strided_blocks``). Returns ``(features,
+    out_channels, stride)``: with five blocks the stride is 16 and a 128x128 image gives an 8x8x256
+    map; with four (32-64-128-256) it is 8.
 
     ``strided_blocks``: the first that many blocks (at most all but the last, so a default of 2
-    still fits a two-block net) halve the map with a stride-2 convolution instead of the max-pool. Same stride and grid, but the first block's large map is a quarter
-    of the size, which is where a 64-pixel window spends most of its training step on a CPU
-    (BatchNorm, ReLU and pooling over 32 x 62 x 62 values). With valid convolutions a strided
+    still fits a two-block net) halve the map with a stride-2 convolution instead of the max-pool.
+    Same stride and grid, but the first block's large map is a quarter of the size, which is where
+    a 64-pixel window spends most of its training step on a CPU (BatchNorm, ReLU and pooling over
+    32 x 62 x 62 values). With valid convolutions a strided
     block sees less of the window's far edge: four blocks with two strided cover the first 59 of
     64 pixels along each axis (62 with none), the last 5 rows and columns never reach the output.
 
@@ -285,7 +287,8 @@ def small_features(padding: int = 1, num_blocks: int = 5, strided_blocks: int = 
     in_channels = 3
     for index, width in enumerate(widths):
         last = index == len(widths) - 1
-        stages[f"block{index + 1}"] = _conv_block(in_channels, width, not last, padding, strided=not last and index < strided_blocks)
+        strided = not last and index < strided_blocks
+        stages[f"block{index + 1}"] = _conv_block(in_channels, width, not last, padding, strided)
         in_channels = width
     return nn.Sequential(stages), widths[-1], 2 ** (num_blocks - 1)
 

@@ -206,7 +206,7 @@ class OverFeatConfig(LocalizerConfig):
 
     regression: str = choice("specific", REGRESSION_CHOICES)
     padding: int = 0
-    strided_blocks: int = 2  # stride-2 convs, not max-pools, in the first two blocks: +52% steps in 600 s on a CPU
+    strided_blocks: int = 2  # stride-2 convs, not max-pools, in the first two blocks: 48-69% more steps in 600 s on a CPU
     windows_per_image: int = 16
     positive_fraction: float = 0.35  # windows around an object; the rest as the test pass sees them
     min_fill: float = 0.35
