@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from detlab.box_arrays import iou as pairwise_iou
 from detlab.eval.plots import plot_recall_vs_iou, plot_recall_vs_proposals
-from detlab.eval.proposals import best_overlaps, pairwise_iou, proposal_recall
+from detlab.eval.proposals import best_overlaps, proposal_recall
 
 
 def box(x1, y1, x2, y2):

@@ -67,8 +67,8 @@ def test_unrounded_entries_map_labels_through_category_ids():
 
 
 def test_to_coco_results_equals_its_old_loop(tmp_path):
+    from detlab.box_arrays import xyxy_to_xywh
     from detlab.data.schema import DetectionDataset, Record
-    from detlab.eval.problem import xyxy_to_xywh
 
     records = [
         Record("b", tmp_path / "b.jpg", 50, 50, torch.tensor([[1.0, 2, 20, 30]]), torch.tensor([2])),

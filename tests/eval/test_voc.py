@@ -110,7 +110,7 @@ def test_evaluator_rejects_bad_labels_and_counts():
 
 def reference_voc_ap(predictions, targets, num_classes, threshold, use_11_point):
     """A plain loop over detections, written straight from the devkit's description."""
-    from detlab.eval.proposals import pairwise_iou
+    from detlab.box_arrays import iou as pairwise_iou
 
     average_precisions = []
     for label in range(1, num_classes + 1):

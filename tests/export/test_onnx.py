@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 import detlab
@@ -152,17 +151,6 @@ def test_numpy_resize_is_torchs(antialias, sizes):
                                                antialias=antialias)[0]  # fmt: skip
     found = runtime.resize(image.numpy(), target, antialias)
     np.testing.assert_allclose(found, expected.numpy(), atol=1e-5)
-
-
-def test_numpy_class_wise_nms_keeps_what_torchvision_keeps():
-    generator = torch.Generator().manual_seed(1)
-    corners = torch.rand(300, 2, generator=generator) * 100
-    boxes = torch.cat([corners, corners + 5 + torch.rand(300, 2, generator=generator) * 30], 1)
-    scores, labels = torch.rand(300, generator=generator), torch.randint(1, 4, (300,), generator=generator)
-    expected = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
-    found = runtime.class_wise_nms(boxes.numpy(), scores.numpy(), labels.numpy(), 0.5)
-    assert found.tolist() == expected.tolist()
-    assert 0 < len(found) < 300
 
 
 def test_runtime_runs_without_torch(exported, synthetic_root, run_without_torch):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detlab.eval.matching import group_pairs, match_coco, pair_iou, rank_within_groups
+from detlab.box_arrays import xywh_iou
+from detlab.eval.matching import group_pairs, match_coco, rank_within_groups
 from detlab.eval.problem import DetectionAccumulator, DetectionProblem, problem_from_coco_files
 
 # np.linspace with these arguments is how the COCO API builds its grids; the same floats matter
@@ -237,7 +238,7 @@ def _candidate_pairs(
     whose IoU reaches the lowest threshold, i.e. the only pairs that can ever match."""
     gt_groups = problem.gt_image * problem.num_classes + problem.gt_category
     pair_det, pair_gt = group_pairs(detections.groups, gt_groups)
-    overlaps = pair_iou(detections.boxes[pair_det], problem.gt_boxes[pair_gt], problem.gt_crowd[pair_gt])
+    overlaps = xywh_iou(detections.boxes[pair_det], problem.gt_boxes[pair_gt], problem.gt_crowd[pair_gt])
     candidate = overlaps >= min(iou_thresholds.min(), 1 - 1e-10)
     return pair_det[candidate], pair_gt[candidate], overlaps[candidate]
 

@@ -17,17 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from detlab.box_arrays import as_numpy, xyxy_to_xywh
 from detlab.eval.coco import CocoResult, evaluate_coco
 from detlab.eval.problem import (
     DetectionProblem,
-    as_numpy,
     box_flags,
     image_sort_key,
     load_json,
     parse_results,
     problem_from_coco,
     problem_from_targets,
-    xyxy_to_xywh,
 )
 from detlab.eval.report import build_report
 from detlab.eval.results import coco_result_entries

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from detlab.eval.problem import as_numpy
-from detlab.eval.proposals import pairwise_iou
+from detlab import box_arrays
+from detlab.box_arrays import as_numpy
 
 TOP_K = (1, 5)
 
@@ -73,7 +73,7 @@ def localization_metrics(
         if len(image_labels) == 0:
             continue
         has_truth[index] = True
-        overlaps = pairwise_iou(boxes[index], image_boxes)  # [K, M]
+        overlaps = box_arrays.iou(boxes[index], image_boxes)  # [K, M]
         same_class = labels[index][:, None] == image_labels[None, :]
         class_right[index] = same_class.any(axis=1)
         localized[index] = (same_class & (overlaps >= iou_threshold)).any(axis=1)

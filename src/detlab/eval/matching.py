@@ -32,30 +32,6 @@ def group_pairs(det_groups: np.ndarray, gt_groups: np.ndarray) -> tuple[np.ndarr
     return pair_det, pair_gt
 
 
-def pair_iou(det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_crowd: np.ndarray | None = None) -> np.ndarray:
-    """IoU of matching rows: ``[P, 4]`` xywh detections and ``[P, 4]`` xywh ground truth -> ``[P]``.
-
-    For a crowd region the union is the detection's own area (COCO's rule: a detection inside a
-    crowd is fully "covered" by it). The arithmetic is ordered as in the COCO API's box IoU so
-    that results agree to the last bit.
-    """
-    det_area = det_boxes[:, 2] * det_boxes[:, 3]
-    gt_area = gt_boxes[:, 2] * gt_boxes[:, 3]
-    width = np.minimum(det_boxes[:, 2] + det_boxes[:, 0], gt_boxes[:, 2] + gt_boxes[:, 0]) - np.maximum(
-        det_boxes[:, 0], gt_boxes[:, 0]
-    )
-    height = np.minimum(det_boxes[:, 3] + det_boxes[:, 1], gt_boxes[:, 3] + gt_boxes[:, 1]) - np.maximum(
-        det_boxes[:, 1], gt_boxes[:, 1]
-    )
-    overlapping = (width > 0) & (height > 0)
-    intersection = np.where(overlapping, width * height, 0.0)
-    union = det_area + gt_area - intersection
-    if gt_crowd is not None:
-        union = np.where(gt_crowd, det_area, union)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(overlapping & (union > 0), intersection / np.where(union > 0, union, 1.0), 0.0)
-
-
 def rank_within_groups(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Rank ``[D]`` of each item inside its group when items are taken in ``order`` (a permutation)."""
     ranks = np.empty(len(groups), dtype=np.int64)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from detlab.box_arrays import as_numpy, xyxy_to_xywh
 from detlab.errors import BadInputError
 
 
@@ -210,15 +211,6 @@ def problem_from_coco_files(gt_path: str | Path, results_path: str | Path) -> De
     return problem_from_coco(load_json(gt_path), load_json(results_path), gt_path, results_path)
 
 
-def as_numpy(value, dtype=None) -> np.ndarray:
-    """A numpy array of ``value``: a torch tensor (on any device; recognised without importing
-    torch, so evaluating files never loads it), an array or a nested list."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=dtype)
-
-
-
 def box_flags(value, count: int, name: str) -> np.ndarray:
     """A bool ``[count]`` flag array (``difficult``/``iscrowd``); missing or empty means all False."""
     if value is None:
@@ -229,12 +221,6 @@ def box_flags(value, count: int, name: str) -> np.ndarray:
     if len(flags) != count:
         raise ValueError(f"'{name}' has {len(flags)} entries for {count} boxes")
     return flags
-
-
-def xyxy_to_xywh(boxes) -> np.ndarray:
-    """``[N, 4]`` ``(x1, y1, x2, y2)`` -> float64 ``[N, 4]`` ``(x, y, width, height)``."""
-    boxes = as_numpy(boxes, np.float64).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
 def problem_from_targets(

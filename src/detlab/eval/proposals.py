@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from detlab.eval.problem import as_numpy
+from detlab import box_arrays
+from detlab.box_arrays import as_numpy
 
 DEFAULT_NUM_PROPOSALS = (100, 500, 1000, 2000)
 DEFAULT_IOU_THRESHOLDS = (0.5, 0.7)
@@ -43,24 +44,6 @@ def _as_array(boxes, name: str) -> np.ndarray:
     return array
 
 
-def pairwise_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes, ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` float64; an empty union gives 0."""
-    widths1 = np.clip(boxes1[:, 2] - boxes1[:, 0], 0, None)
-    heights1 = np.clip(boxes1[:, 3] - boxes1[:, 1], 0, None)
-    widths2 = np.clip(boxes2[:, 2] - boxes2[:, 0], 0, None)
-    heights2 = np.clip(boxes2[:, 3] - boxes2[:, 1], 0, None)
-    inter_w = np.minimum(boxes1[:, None, 2], boxes2[None, :, 2]) - np.maximum(
-        boxes1[:, None, 0], boxes2[None, :, 0]
-    )
-    inter_h = np.minimum(boxes1[:, None, 3], boxes2[None, :, 3]) - np.maximum(
-        boxes1[:, None, 1], boxes2[None, :, 1]
-    )
-    intersection = np.clip(inter_w, 0, None) * np.clip(inter_h, 0, None)
-    union = (widths1 * heights1)[:, None] + (widths2 * heights2)[None, :] - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
-
-
 def best_overlaps(
     proposals: ArrayLike, gt_boxes: ArrayLike, num_proposals: Sequence[int]
 ) -> np.ndarray:
@@ -77,7 +60,7 @@ def best_overlaps(
         return result
     limit = min(len(proposals), max(num_proposals))
     # Running maximum along the ranked proposals: column j is the best overlap among the top j+1.
-    running_best = np.maximum.accumulate(pairwise_iou(gt_boxes, proposals[:limit]), axis=1)
+    running_best = np.maximum.accumulate(box_arrays.iou(gt_boxes, proposals[:limit]), axis=1)
     columns = np.clip(np.asarray(num_proposals) - 1, 0, limit - 1)
     return running_best[:, columns]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from detlab.eval.problem import xyxy_to_xywh
+from detlab.box_arrays import xyxy_to_xywh
 
 
 def coco_result_entries(

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detlab.eval.matching import group_pairs, match_voc, pair_iou
+from detlab.box_arrays import xywh_iou
+from detlab.eval.matching import group_pairs, match_voc
 from detlab.eval.problem import DetectionAccumulator, DetectionProblem
 
 PROTOCOLS = ("voc07", "voc")
@@ -82,7 +83,7 @@ def evaluate_voc(
     det_groups = problem.det_image * num_classes + problem.det_category
     gt_groups = problem.gt_image * num_classes + problem.gt_category
     pair_det, pair_gt = group_pairs(det_groups, gt_groups)
-    overlaps = pair_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
+    overlaps = xywh_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
     gt_ignored = problem.gt_difficult | problem.gt_crowd
     det_order = np.lexsort((np.arange(len(det_groups)), -problem.det_scores))
     true_positive, ignored = match_voc(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from detlab import box_arrays
 from detlab.image_files import open_rgb, to_rgb
 
 METADATA_KEY = "detlab"
@@ -170,42 +171,10 @@ def preprocess(image: np.ndarray, settings: dict) -> tuple[dict[str, np.ndarray]
 # --- post-processing: raw outputs -> detections in the image's pixels ---
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the kept boxes, best first: greedy NMS, a box goes when its IoU with a kept
-    better one is above ``iou_threshold`` (``torchvision.ops.nms``'s rule)."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    kept = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        kept.append(best)
-        width = np.clip(np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None)
-        height = np.clip(np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None)
-        overlap = width * height
-        with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: NaN, which suppresses nothing
-            iou = overlap / (areas[best] + areas[rest] - overlap)
-        order = rest[~(iou > iou_threshold)]
-    return np.asarray(kept, dtype=np.int64)
-
-
-def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """:func:`nms` per label (boxes of different labels never suppress each other), best first."""
-    kept = [np.flatnonzero(labels == label)[nms(boxes[labels == label], scores[labels == label], iou_threshold)]
-            for label in np.unique(labels)]  # fmt: skip
-    kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    return kept[np.argsort(-scores[kept], kind="stable")]
-
-
-def clip_boxes(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    return np.stack([boxes[:, 0].clip(0, width), boxes[:, 1].clip(0, height),
-                     boxes[:, 2].clip(0, width), boxes[:, 3].clip(0, height)], 1)  # fmt: skip
-
-
 def detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, frame: dict) -> dict[str, np.ndarray]:
     """Boxes in the network's frame -> the image's pixels (the batcher's ``restore``)."""
     if "scale" in frame:
-        boxes = clip_boxes(boxes / np.float32(frame["scale"]), frame["size"])
+        boxes = box_arrays.clip(boxes / np.float32(frame["scale"]), frame["size"])
     return {"boxes": boxes.astype(np.float32).reshape(-1, 4), "scores": scores.astype(np.float32),
             "labels": labels.astype(np.int64)}  # fmt: skip
 
@@ -220,7 +189,7 @@ def thresholded_nms(boxes, scores, labels, frame, settings, min_side: float = 0.
     if min_side:
         large = ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
         boxes, scores, labels = boxes[large], scores[large], labels[large]
-    kept = class_wise_nms(boxes, scores, labels, settings["nms_threshold"])[: settings["detections_per_image"]]
+    kept = box_arrays.class_wise_nms(boxes, scores, labels, settings["nms_threshold"])[: settings["detections_per_image"]]
     return detections(boxes[kept], scores[kept], labels[kept], frame)
 
 
