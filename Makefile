@@ -1,28 +1,34 @@
 # The two commands a new user runs: `make demo` and `make test`.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The exact versions detlab is developed and tested with (pyproject.toml states ranges).
+CONSTRAINTS := constraints-dev.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint browser clean
 
 $(BIN)/python:
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=/path/to/python3.11)"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 3.10-3.13) on PATH, or run: make PYTHON=/path/to/python"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --upgrade pip >/dev/null
-	$(BIN)/pip install -e ".[test,bench]"
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[test,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/detlab demo --out demo
 
-test: $(STAMP)
+browser:
+	@scripts/ensure-chromium
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) demo runs

@@ -77,7 +77,7 @@ def finish_peer(process: subprocess.Popen, budget_s: float, min_size: int, threa
 
 def load_split(split: str, classes: list[str] | None = None):
     """BCCD ``split`` through detlab's VOC reader (the 2 zero-size boxes are dropped with a warning)."""
-    from detlab.data import read_voc
+    from detlab.data.voc import read_voc
 
     return read_voc(DATA, split=split, classes=classes, on_bad="skip")
 
@@ -179,7 +179,7 @@ def run_detlab(args) -> dict:
     """Train detlab's Faster R-CNN through ``detlab.engine.fit`` for the budget, then time and score
     it and, on the same trained backbone and head, Fast R-CNN with Selective Search proposals."""
     from detlab.config import merge, parse_overrides, preset_path, read_yaml
-    from detlab.engine.train import fit
+    from detlab.engine.train import RunHeader, fit
     from detlab.models.fast_rcnn import FastRCNN, default_proposal_method
     from detlab.models.faster_rcnn import FasterRCNNConfig, build_faster_rcnn
 
@@ -200,9 +200,7 @@ def run_detlab(args) -> dict:
         train_dataset.with_transforms(training_transforms(config.min_size, config.max_size)),
         train_config,
         args.run_dir,
-        classes=classes,
-        model_name="faster_rcnn",
-        run_config=bench_run_config("faster_rcnn", config, train_config),
+        header=RunHeader("faster_rcnn", classes, bench_run_config("faster_rcnn", config, train_config)),
     )
     training = {"iterations": fitted.state.step, "train_s": round(time.time() - started, 1)}
     predictions, seconds = predict_timed(model, test_items)
@@ -348,7 +346,7 @@ def run_fast_rcnn(args) -> dict:
     """Fast R-CNN trained on Selective Search proposals for ``--budget-s``, then Fast and Faster
     R-CNN timed and scored on the whole test split with their own proposals."""
     from detlab.config import merge, parse_overrides, preset_path, read_yaml
-    from detlab.engine.train import fit
+    from detlab.engine.train import RunHeader, fit
     from detlab.models.fast_rcnn import FastRCNNConfig, build_fast_rcnn
 
     torch.manual_seed(args.seed)
@@ -371,9 +369,7 @@ def run_fast_rcnn(args) -> dict:
         train_dataset.with_transforms(transforms),
         train_config,
         run_dir,
-        classes=classes,
-        model_name="fast_rcnn",
-        run_config=bench_run_config("fast_rcnn", config, train_config),
+        header=RunHeader("fast_rcnn", classes, bench_run_config("fast_rcnn", config, train_config)),
     )
     test_items = decoded(load_split(args.test_split, classes))
     fast_predictions, fast_seconds = predict_timed(model, test_items)  # proposals computed per image

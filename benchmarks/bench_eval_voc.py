@@ -44,8 +44,8 @@ def make_files(folder: Path, split: str, work: Path, seed: int) -> dict:
     """``gt.json`` (the COCO conversion), ``dets_stems.json`` and ``dets_ids.json``."""
     import numpy as np
 
-    from detlab.data import read_voc
     from detlab.data.coco import to_coco_dict
+    from detlab.data.voc import read_voc
 
     dataset = read_voc(folder, split)
     ground_truth = to_coco_dict(dataset)
@@ -84,7 +84,7 @@ def worker(name: str, folder: str, split: str, paths: dict) -> dict:
 
         truth = folder
         if name == "detlab-data-layer":
-            from detlab.data import read_voc
+            from detlab.data.voc import read_voc
 
             truth = read_voc(folder, split)
         report, _ = evaluate_detections(truth, paths["dets_stems"], protocol="coco", split=split)

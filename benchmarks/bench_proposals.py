@@ -35,7 +35,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, machine_line  # noqa: E402
 
-from detlab.data import read_voc  # noqa: E402
+from detlab.data.voc import read_voc  # noqa: E402
 from detlab.proposals import GaussianBoxes, build_method  # noqa: E402
 from detlab.proposals.evaluate import (  # noqa: E402
     evaluate_method,

@@ -38,7 +38,7 @@ DATA = {
 
 def load_split(name: str, split: str):
     """Split ``split`` of ``DATA[name]``."""
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
 
     data = DATA[name]
     return load_dataset(data["spec"], split, root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))

@@ -140,6 +140,9 @@ class _Recorder:
     def __init__(self, name, calls, right=True, fail_after=None, label=1):
         self.name, self.calls, self.right, self.fail_after, self.label = name, calls, right, fail_after, label
 
+    def proposal_method(self):
+        return None  # the detector contract: its proposals, if any, come from inside
+
     def __call__(self, images, proposals=None):
         import torch
 

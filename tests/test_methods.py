@@ -9,6 +9,7 @@ import torch
 
 import detlab
 from detlab.cli import main
+from detlab.data import loading as detlab_loading
 from detlab.engine.checkpoint import load_checkpoint
 from detlab.engine.predict import evaluate_checkpoint
 from detlab.engine.run import resolve_run_config, train_run
@@ -84,7 +85,7 @@ def test_every_checkpoint_opens_in_load_predict_and_eval(tmp_path, name):
     assert stored["model_name"] == name and stored["progress"]["step"] == final_stage_steps
     assert stored["optimizer"] or name == "rcnn"
 
-    dataset = detlab.data.load_dataset(spec, "test", root=tmp_path / spec, num_synthetic=20 if name in ("localizer", "keypoints") else 12)
+    dataset = detlab_loading.load_dataset(spec, "test", root=tmp_path / spec, num_synthetic=20 if name in ("localizer", "keypoints") else 12)
     image_path = dataset.records[0].image_path
     predictor = detlab.load(run, device="cpu")
     found = predictor.predict(image_path)

@@ -31,7 +31,7 @@ def detlab_commands() -> list[list[str]]:
 
 def test_every_command_in_the_readme_parses(capsys):
     from detlab.cli import build_parser
-    from detlab.engine.command import build_train_parser
+    from detlab.cli.train import build_train_parser
 
     commands = detlab_commands()
     assert len(commands) >= 15 and {c[0] for c in commands} >= {"train", "predict", "eval", "data", "proposals"}

@@ -1,20 +1,11 @@
-"""detlab: object localization and detection, every classic method on one shared toolkit."""
+"""detlab: object localization and detection, every classic method on one shared toolkit.
 
-__version__ = "0.1.0"
+The Python API (:mod:`detlab.api`): ``detlab.train(...)``, ``detlab.load(...)`` and
+``detlab.compare(...)``; each imports torch and the methods when called, so ``import detlab``
+(and scoring result files with :mod:`detlab.eval`) stays light.
+"""
 
+from detlab.api import compare, load, train
+from detlab.version import __version__
 
-def __getattr__(name: str):
-    # detlab.train / detlab.load / detlab.compare / detlab.Predictor, imported on first use so `import detlab` stays light.
-    if name in ("train", "load"):
-        from detlab import api
-
-        return getattr(api, name)
-    if name == "compare":
-        from detlab.comparison import compare
-
-        return compare
-    if name == "Predictor":
-        from detlab.engine.predict import Predictor
-
-        return Predictor
-    raise AttributeError(f"module 'detlab' has no attribute {name!r}")
+__all__ = ["__version__", "compare", "load", "train"]

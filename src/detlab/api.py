@@ -20,7 +20,7 @@ from pathlib import Path
 
 if typing.TYPE_CHECKING:  # torch is imported when a function needs it: load("model.onnx") never does
     from detlab.engine.predict import Predictor
-    from detlab.engine.train import FitResult
+    from detlab.engine.state import FitResult
     from detlab.export.runtime import OnnxPredictor
 
 DEFAULT_MODEL = "faster_rcnn"
@@ -45,10 +45,11 @@ SHARED_OPTIONS: dict[str, tuple[str, type, str]] = {
 
 def model_options(model_name: str) -> dict[str, tuple[typing.Any, typing.Any, tuple | None]]:
     """The method's own options: its config fields, ``name -> (type, default, choices or None)``
-    (the default as the method runs it, ``RUN_DEFAULTS`` applied)."""
-    from detlab.engine.run import default_run_config, model_config_class
+    (the default as the method runs it, ``run_defaults`` applied)."""
+    from detlab.engine.run import default_run_config
+    from detlab.models import method
 
-    config_class = model_config_class(model_name)
+    config_class = method(model_name).config
     hints = typing.get_type_hints(config_class)
     defaults = default_run_config(model_name).model
     return {
@@ -159,3 +160,20 @@ def load(
     from detlab.engine.predict import Predictor
 
     return Predictor.from_checkpoint(path, device=device, overrides=set, ensemble=ensemble, test_scales=test_scales)
+
+
+def compare(
+    data: str = "synthetic",
+    methods: str | list[str] | None = None,
+    budget_s: float = 300.0,
+    out: str | Path = "runs/compare",
+    set: list[str] | None = None,  # noqa: A002
+    threads: int = 0,
+    device: str = "auto",
+) -> dict:
+    """``detlab compare``: train ``methods`` (default: every compared method) on ``data`` with the
+    same ``budget_s`` each, score and time them on the same test split, write the tables and
+    figures into ``out``; returns the report (:func:`detlab.comparison.compare`)."""
+    from detlab.comparison import compare as compare_methods
+
+    return compare_methods(data, methods, budget_s, out, set, threads, device)

@@ -30,32 +30,53 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import statistics
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-METHODS = ("overfeat", "rcnn", "fast_rcnn", "faster_rcnn", "yolov1", "yolo")
-LABELS = {"overfeat": "OverFeat", "rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "faster_rcnn": "Faster R-CNN",
-          "yolov1": "YOLO v1", "yolo": "yolo (anchor-free)"}  # fmt: skip
-# The lecture's table (Girshick's Fast R-CNN and Ren et al.'s Faster R-CNN, VGG-16, VOC 2007 test):
-# seconds a test image with proposals, and mAP.
-LECTURE = {"rcnn": (50.0, 66.0), "fast_rcnn": (2.0, 66.9), "faster_rcnn": (0.2, 66.9)}
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from detlab.config import parse_overrides
+from detlab.data.drawing import draw_detections, save_grid
+from detlab.data.loading import load_dataset
+from detlab.engine.checkpoint import load_checkpoint
+from detlab.engine.precision import full_precision, inference_autocast
+from detlab.engine.predict import Predictor
+from detlab.engine.run import resolve_run_config, run_config_for_resume, train_run
+from detlab.machine import usable_cpus
+from detlab.models import MODELS
+
 ROW_FILE = "compare_row.json"
 SETTINGS_FILE = "compare_settings.json"  # the data and settings a method's run was started with
 WARMUP_IMAGES = 2
 FIGURE_IMAGES = 3
 
 
+def compared_methods() -> list[str]:
+    """The methods ``detlab compare`` trains by default: every method of ``detlab.models.MODELS``
+    that declares itself ``compared`` (the detectors), in the registry's order."""
+    return [name for name, method in MODELS.items() if method.compared]
+
+
+def label(name: str) -> str:
+    """A method's name in the tables (its :attr:`~detlab.models.contract.Method.label`)."""
+    return MODELS[name].label if name in MODELS else name
+
+
 def parse_methods(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``"rcnn,fast_rcnn"`` (or a list) -> the method names, checked; ``None``: all of them."""
+    """``"A,B"`` (method names, or a list of them) -> the names, checked; ``None``: :func:`compared_methods`."""
+    comparable = compared_methods()
     if text is None:
-        return list(METHODS)
+        return comparable
     names = [name.strip() for name in (text.split(",") if isinstance(text, str) else text) if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    unknown = [name for name in names if name not in comparable]
     if unknown or not names:
-        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(comparable)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a method is named twice in {', '.join(names)}")
     return names
@@ -63,7 +84,7 @@ def parse_methods(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
 
 def method_settings(settings: list[str] | tuple[str, ...], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """``key=value`` settings -> ``(those for every method, each method's own)``: one written
-    ``METHOD:key=value`` is only for that method (``rcnn:model.window_size=227``) and wins over a
+    ``METHOD:key=value`` is only for that method (``METHOD:model.window_size=227``) and wins over a
     plain one of the same key; a colon after the ``=`` belongs to the value (``data.spec=voc:DIR``);
     one for a method not compared this time is ignored."""
     common: list[str] = []
@@ -73,8 +94,10 @@ def method_settings(settings: list[str] | tuple[str, ...], names: list[str]) -> 
             common.append(setting.strip())
             continue
         method, value = (part.strip() for part in setting.split(":", 1))
-        if method not in METHODS:
-            raise ValueError(f"--set {setting}: unknown method {method!r} before the colon; choose from {', '.join(METHODS)}")
+        if method not in compared_methods():
+            raise ValueError(
+                f"--set {setting}: unknown method {method!r} before the colon; choose from {', '.join(compared_methods())}"
+            )
         if "=" not in value:
             raise ValueError(f"--set {setting}: expected {method}:KEY=VALUE")
         if method in own:
@@ -86,8 +109,6 @@ def check_data(method_configs: dict) -> tuple[object, object]:
     """Load the training and test splits once and refuse, before any training, data a method
     cannot be trained or scored on. Returns ``(train, test)`` data sets (of the first method's
     splits; every method is given the same)."""
-    from detlab.data import load_dataset
-
     first = next(iter(method_configs.values()))
     data = first.data
     images = ("spec", "root", "train_split", "test_split", "synthetic_images", "synthetic_seed", "on_bad")
@@ -111,9 +132,9 @@ def check_data(method_configs: dict) -> tuple[object, object]:
         if len(train) < max(2, config.train.batch_size):
             raise ValueError(f"{data.spec} [{data.train_split}]: {len(train)} training image(s), too few for {method} "
                              f"(batch size {config.train.batch_size}, and at least 2)")  # fmt: skip
-        if missing and method == "rcnn":
+        if missing and MODELS[method].needs_every_class:
             raise ValueError(f"{data.spec} [{data.train_split}]: no training box of class(es) {', '.join(missing)}: "
-                             "R-CNN's per-class SVMs need positives of every class")  # fmt: skip
+                             f"{label(method)} needs positives of every class")  # fmt: skip
     if sum(counts) == 0:
         raise ValueError(f"{data.spec} [{data.train_split}]: no boxes to train on")
     return train, test
@@ -122,8 +143,6 @@ def check_data(method_configs: dict) -> tuple[object, object]:
 def training_seconds(run_dir: Path) -> tuple[float, int]:
     """``(seconds, optimiser steps)`` the run's checkpoints record: every stage's gradient
     training (its ``progress``) and the seconds of the stages without gradients."""
-    from detlab.engine.checkpoint import load_checkpoint
-
     seconds, steps = 0.0, 0
     for path in [run_dir / "last.pt", *sorted(run_dir.glob("*/last.pt"))]:
         if not path.is_file():
@@ -139,8 +158,6 @@ def training_seconds(run_dir: Path) -> tuple[float, int]:
 
 def on_cpu(output: dict) -> dict:
     """One image's detections on the CPU, float32 (autocast may have made them narrower)."""
-    from detlab.engine.train import full_precision
-
     return {key: full_precision(value.cpu()) for key, value in output.items()}
 
 
@@ -190,8 +207,6 @@ def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict
     images. Timing the models image by image side by side lets a drift in the machine's speed
     hit every model alike, so the ratios between them hold. A model that raises gets its
     exception in place of its result, and the others go on."""
-    import torch
-
     names = list(models)
     scores = {name: TableScores(dataset.classes) for name in names}
     with_proposals, network_only, outputs = ({name: [] for name in names} for _ in range(3))
@@ -217,7 +232,7 @@ def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict
         return {
             "s_per_image_with_proposals": statistics.median(with_proposals[name]),
             "s_per_image_without_proposals": statistics.median(network_only[name]),
-            "external_proposals": getattr(models[name].model, "proposal_method", None) is not None,
+            "external_proposals": models[name].model.proposal_method() is not None,
             **scores[name].compute(), "figure_outputs": outputs[name],
         }  # fmt: skip
 
@@ -240,10 +255,6 @@ def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict
 def run_timed(entry: Timed, image) -> tuple[dict, float, float]:
     """One image through one model: ``(detections, seconds with the proposal step, seconds of
     the network alone)``; both the same for a model without external proposals."""
-    import torch
-
-    from detlab.engine.train import inference_autocast
-
     model, device = entry.model, entry.device
 
     def clock() -> float:
@@ -251,11 +262,12 @@ def run_timed(entry: Timed, image) -> tuple[dict, float, float]:
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
-    proposes = getattr(model, "proposal_method", None) is not None
+    proposer = model.proposal_method()
+    proposes = proposer is not None
     image = image.to(device)
     with inference_autocast(device, entry.amp):
         started = clock()
-        proposals = [model.proposal_method(image)] if proposes else None
+        proposals = [proposer(image)] if proposes else None
         given = clock()
         output = model([image], proposals=proposals)[0] if proposes else model([image])[0]
         finished = clock()
@@ -284,8 +296,6 @@ class CompareSettings:
 def training_key(data: str, overrides: list[str]) -> dict:
     """The data and settings a run is started with, as comparable JSON (settings parsed, so their
     order and spacing do not matter, and a later one of a key wins)."""
-    from detlab.config import parse_overrides
-
     return json.loads(json.dumps({"data": data, "settings": parse_overrides(list(overrides))}))
 
 
@@ -315,18 +325,13 @@ def compare(
     device: str = "auto",
     progress: Callable[[str], None] = print,
 ) -> dict:
-    """Train every method in ``methods`` (default: all of :data:`METHODS`) on ``data`` for
+    """Train every method in ``methods`` (default: :func:`compared_methods`) on ``data`` for
     ``budget_s`` seconds each, score and time each on the test split, and write the tables and
     figures into ``out`` (see the module docstring). ``set``: ``key=value`` settings given to
     every method (e.g. ``data.train_split=trainval``), or, written ``METHOD:key=value``, to one
-    (``rcnn:model.window_size=227``); ``threads``: torch threads for training
+    (``METHOD:model.window_size=227``); ``threads``: torch threads for training
     and timing (0: the usable cores); ``device``: where the models are timed (``auto``: a GPU
     when there is one). Returns the report (``compare.json``'s content)."""
-    import torch
-
-    from detlab.engine.run import resolve_run_config
-    from detlab.machine import usable_cpus
-
     names = parse_methods(methods)
     if budget_s <= 0:
         raise ValueError(f"the budget must be a positive number of seconds, got {budget_s}")
@@ -392,9 +397,6 @@ def prepare_method(name: str, settings: CompareSettings, run_dir: Path, test_set
     """Train (or resume) one method, or find its stored row. Returns ``(row, predictor, None)``
     for a trained run, whose row the scoring and timing pass completes, or ``(stored row, None,
     the first test images' detections)`` for a row reused as it is."""
-    from detlab import api
-    from detlab.engine.predict import Predictor
-
     before, wanted, stored = started_with(run_dir), settings.training_key(name), run_dir / ROW_FILE
     if before == wanted and stored.is_file():  # the same run; its row is reused for the same budget
         row = json.loads(stored.read_text())
@@ -405,17 +407,19 @@ def prepare_method(name: str, settings: CompareSettings, run_dir: Path, test_set
         if before is not None and before != wanted:
             raise ValueError(f"{run_dir} holds a run started with other data or settings ({json.dumps(before)}); "
                              "move it away or choose another --out")  # fmt: skip
-        result = api.train(resume=str(run_dir), time_budget=settings.budget_s)
+        budget = {"train": {"time_budget_s": settings.budget_s}}
+        result = train_run(run_config_for_resume(run_dir, budget), resume=run_dir)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / SETTINGS_FILE).write_text(json.dumps(wanted) + "\n")
-        result = api.train(name, data=settings.data, time_budget=settings.budget_s, out=str(run_dir),
-                           set=list(settings.overrides[name]))  # fmt: skip
+        run_config = resolve_run_config(name, None, list(settings.overrides[name]), data={"spec": settings.data},
+                                        train={"time_budget_s": settings.budget_s, "out_dir": str(run_dir)})  # fmt: skip
+        result = train_run(run_config)
     if not result.finished:
         raise RuntimeError(f"training stopped ({result.status}); run detlab compare again to continue it")
     seconds, steps = training_seconds(run_dir)
-    overrides = ["model.cache_test_features=false"] if name == "rcnn" else None  # time R-CNN's features
-    predictor = Predictor.from_checkpoint(run_dir, device=settings.device, overrides=overrides)
+    predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
+    predictor.model.stop_disk_caches()  # timed as it computes, not as it reads its own cache
     row = {"method": name, "status": "trained", "run_dir": str(run_dir), "training_s": seconds, "steps": steps,
            "parameters": sum(parameter.numel() for parameter in predictor.model.parameters())}  # fmt: skip
     return row, predictor, None
@@ -436,16 +440,16 @@ def row_line(row: dict) -> str:
 
 def first_outputs(predictor, test_set) -> list:
     """The first test images' detections, run as the scoring pass runs a model (:func:`run_timed`)."""
-    import torch
-
     entry = Timed(predictor.model, predictor.device, predictor.amp)
     with torch.no_grad():
         return [on_cpu(run_timed(entry, test_set[index][0])[0]) for index in range(min(FIGURE_IMAGES, len(test_set)))]
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """Each finished row's speed-up against R-CNN's test time (with proposals and without)."""
-    reference = next((row for row in rows if row["method"] == "rcnn" and row["status"] == "done"), None)
+    """Each finished row's speed-up against the test time (with proposals and without) of the
+    slowest method of the lecture's table among them (R-CNN's, as the lecture compares them)."""
+    done = [row for row in rows if row["status"] == "done" and row["method"] in MODELS and MODELS[row["method"]].lecture]
+    reference = max(done, key=lambda row: MODELS[row["method"]].lecture.seconds_per_image, default=None)
     for row in rows:
         if reference is None or row["status"] != "done":
             continue
@@ -455,17 +459,13 @@ def add_speedups(rows: list[dict]) -> None:
 
 
 def machine_line(threads: int) -> str:
-    import platform
-
-    import torch
-
     return f"{platform.platform()}, {threads} torch thread(s), torch {torch.__version__}"
 
 
 def method_label(name: str, report: dict) -> str:
     """A method's name in the tables, with its own settings, if any: ``R-CNN (`model.window_size=227`)``."""
     own = report.get("method_settings", {}).get(name)
-    return LABELS.get(name, name) + (f" (`{' '.join(own)}`)" if own else "")
+    return label(name) + (f" (`{' '.join(own)}`)" if own else "")
 
 
 def markdown(report: dict) -> str:
@@ -498,9 +498,23 @@ def markdown(report: dict) -> str:
         for row in done:
             values = [row["per_class_AP50_voc07"].get(name, float("nan")) for name in classes]
             lines.append(f"| {method_label(row['method'], report)} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    lines += ["", "The lecture (VOC 2007, VGG-16, a GPU): R-CNN 50 s, Fast R-CNN 2 s, Faster R-CNN 0.2 s a test "
-              "image with proposals (25x and 250x); mAP 66.0 / 66.9 / 66.9."]  # fmt: skip
+    lines += ["", lecture_line()]
     return "\n".join(lines) + "\n"
+
+
+def lecture_line() -> str:
+    """The lecture's own table in one sentence, from the methods' :class:`~detlab.models.contract.LectureRow`:
+    seconds a test image with proposals (speed-ups against the slowest) and mAP."""
+    rows = sorted(((MODELS[name].label, MODELS[name].lecture) for name in MODELS if MODELS[name].lecture),
+                  key=lambda item: -item[1].seconds_per_image)  # fmt: skip
+    if not rows:
+        return ""
+    slowest = rows[0][1].seconds_per_image
+    times = ", ".join(f"{name} {row.seconds_per_image:g} s" for name, row in rows)
+    speedups = " and ".join(f"{slowest / row.seconds_per_image:g}x" for _, row in rows[1:])
+    maps = " / ".join(f"{row.mean_ap:g}" for _, row in rows)
+    return (f"The lecture (VOC 2007, VGG-16, a GPU): {times} a test image with proposals"
+            + (f" ({speedups})" if speedups else "") + f"; mAP {maps}.")
 
 
 def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
@@ -516,7 +530,7 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
         if row["status"] != "done":
             continue
         axes.scatter(row["s_per_image_with_proposals"], row["mAP50_voc07"], s=40)
-        axes.annotate(LABELS.get(row["method"], row["method"]), (row["s_per_image_with_proposals"], row["mAP50_voc07"]),
+        axes.annotate(label(row["method"]), (row["s_per_image_with_proposals"], row["mAP50_voc07"]),
                       textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -534,12 +548,6 @@ def detections_figure(figures: dict[str, list], test_set, path: Path, top: int =
     """One row a method (its name on the row's first image), one column a test image: the
     method's ``top`` best detections on it (scores are not comparable across methods: R-CNN's are
     SVM margins)."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageDraw
-
-    from detlab.visualize import draw_detections, save_grid
-
     tiles = []
     for name, outputs in figures.items():
         for index, output in enumerate(outputs):
@@ -548,32 +556,8 @@ def detections_figure(figures: dict[str, list], test_set, path: Path, top: int =
                                    list(test_set.classes), output["scores"][best])  # fmt: skip
             if index == 0:
                 picture = Image.fromarray(tile.permute(1, 2, 0).numpy())
-                ImageDraw.Draw(picture).rectangle([0, 0, 8 + 7 * len(LABELS.get(name, name)), 16], fill="white")
-                ImageDraw.Draw(picture).text((4, 3), LABELS.get(name, name), fill="black")
+                ImageDraw.Draw(picture).rectangle([0, 0, 8 + 7 * len(label(name)), 16], fill="white")
+                ImageDraw.Draw(picture).text((4, 3), label(name), fill="black")
                 tile = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
             tiles.append(tile)
     return save_grid(tiles, path, tile=240, columns=max(len(outputs) for outputs in figures.values()))
-
-
-def add_commands(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "compare", help="train several methods with one budget and compare test time and mAP side by side",
-        description="Train each method on the same data and budget (resumable), then score and time each on the "
-                    "same test split; writes compare.json, compare.md and two figures into --out.",
-    )  # fmt: skip
-    parser.add_argument("--data", default="synthetic", help="a data spec (synthetic, voc:DIR, coco:FILE, yolo:DIR)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds of training a method (300)")
-    parser.add_argument("--out", default="runs/compare", help="the comparison's folder (runs/compare)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for training and timing (0: all cores)")
-    parser.add_argument("--device", default="auto", help="auto (default) | cpu | cuda: where the models are timed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting for every method, e.g. data.train_split=trainval, or for one method: "
-                             "METHOD:KEY=VALUE, e.g. rcnn:model.window_size=227 (repeat the flag)")  # fmt: skip
-    parser.set_defaults(handler=run_compare)
-
-
-def run_compare(args) -> int:
-    report = compare(args.data, args.methods, args.budget, args.out, args.set, args.threads, args.device)
-    print(markdown(report))
-    return 0 if all(row["status"] == "done" for row in report["rows"]) else 1

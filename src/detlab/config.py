@@ -259,3 +259,13 @@ def save(config, path: str | Path) -> None:
 
 def load(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, read_yaml(path))
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a training run needs; stored resolved in ``config.yaml`` and every checkpoint."""
+
+    model_name: str = ""  # a method of detlab.models.MODELS
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    model: Any = None  # the method's config dataclass (FasterRCNNConfig, LocalizerConfig, ...)

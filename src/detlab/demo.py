@@ -9,7 +9,6 @@ precision-recall curves and annotated test images next to the run folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -17,34 +16,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+from detlab.data.drawing import show_dataset
 from detlab.data.loading import load_dataset
 from detlab.data.stats import dataset_stats, format_stats
 from detlab.machine import usable_cpus
-from detlab.visualize import show_dataset
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def run_demo(out: str | Path, images: int = 2000, train_seconds: float = 300, processes: int = 1) -> dict | None:
+    """The whole demo in ``out``: the synthetic set (``images`` of them) generated and shown, then,
+    unless ``train_seconds`` is 0, the detector trained and scored on its test split (the summary
+    of :func:`detector_demo`)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "synthetic"
-    dataset = load_dataset("synthetic", root=data_root, num_synthetic=args.images)
+    dataset = load_dataset("synthetic", root=data_root, num_synthetic=images)
     stats_text = format_stats(dataset_stats(dataset))
     print(stats_text)
     (out / "stats.md").write_text(stats_text + "\n")
     grid = show_dataset(load_dataset(f"voc:{data_root}", "train"), out / "samples.png", num=8)
     print(f"\nsynthetic data set in {data_root}; annotated samples in {grid}")
-    if args.train_seconds > 0:
-        detector_demo(out, data_root, args.train_seconds, processes=args.processes)
-    return 0
-
-
-def processes_argument(text: str) -> int:
-    """``--processes``: ``auto`` (:func:`default_processes`) or a whole number >= 1."""
-    if text == "auto":
-        return default_processes()
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 1, got {text!r}")
-    return int(text)
+    if train_seconds <= 0:
+        return None
+    return detector_demo(out, data_root, train_seconds, processes=processes)
 
 
 def default_processes() -> int:
@@ -167,8 +160,8 @@ def score_on_test(checkpoint: Path, data_root: Path):
 
 def draw_demo_figures(out: Path, result, test, predictions: list[dict], num_shown: int) -> None:
     """Precision-recall curves per class and the first test images with their detections."""
+    from detlab.data.drawing import draw_detections, save_grid
     from detlab.eval.plots import plot_precision_recall
-    from detlab.visualize import draw_detections, save_grid
 
     for index, row in enumerate(result.per_class()):
         recall, precision = result.pr_curve(index, 0.5)
@@ -193,22 +186,3 @@ def results_table(summary: dict) -> list[str]:
         *(f"| {row['class']} | {row['AP50']:.3f} | {row['AP']:.3f} | {row['num_gt']} |" for row in summary["per_class"]),
         f"| **all (mAP)** | **{metrics['AP50']:.3f}** | **{metrics['AP']:.3f}** | |",
     ]
-
-
-def add_commands(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="the main job on the built-in synthetic data set")
-    demo.add_argument("--out", default="demo", help="output folder (default: demo)")
-    demo.add_argument("--images", type=int, default=2000, help="synthetic images to generate (default 2000)")
-    demo.add_argument(
-        "--train-seconds",
-        type=float,
-        default=300,
-        help="Faster R-CNN training time (default 300; 0 skips training)",
-    )
-    demo.add_argument(
-        "--processes",
-        default="auto",
-        type=processes_argument,
-        help="data-parallel training processes (auto: 2 on a CPU with 2+ cores, else 1)",
-    )
-    demo.set_defaults(handler=run_demo)

@@ -12,6 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from detlab.errors import BadInputError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# The image files detlab reads, by suffix (compared lower-case: ``photo.JPG`` is an image too).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

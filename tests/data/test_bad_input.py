@@ -10,8 +10,11 @@ import torch
 from PIL import Image
 
 from detlab.cli import main as cli_main
-from detlab.data import BadInputError, load_image, read_coco, read_voc, read_yolo
-from detlab.data.errors import BadInputWarning, ProblemLog
+from detlab.data.coco import read_coco
+from detlab.data.errors import BadInputError, BadInputWarning, ProblemLog
+from detlab.data.images import load_image
+from detlab.data.voc import read_voc
+from detlab.data.yolo import read_yolo
 
 
 def write_jpeg(path, size=(64, 48), colour=(200, 30, 30)):

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from detlab.cli import main as cli_main
-from detlab.data import read_coco, read_voc, read_yolo, write_coco, write_voc, write_yolo
+from detlab.data.coco import read_coco, write_coco
 from detlab.data.loading import detect_format, load_dataset
+from detlab.data.voc import read_voc, write_voc
+from detlab.data.yolo import read_yolo, write_yolo
 
 
 def assert_same_annotations(first, second, tolerance=1.0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detlab.data import load_image, to_image_tensor
+from detlab.data.images import load_image, to_image_tensor
 from detlab.proposals import build_method
 
 

@@ -1,6 +1,6 @@
 from detlab.cli import main as cli_main
-from detlab.data import read_voc
 from detlab.data.stats import dataset_stats
+from detlab.data.voc import read_voc
 
 
 def test_stats_counts_and_sizes(synthetic_root):

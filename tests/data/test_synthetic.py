@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from detlab.cli import main as cli_main
-from detlab.data import read_voc
 from detlab.data.synthetic import CLASSES, make_synthetic, render_image
+from detlab.data.voc import read_voc
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():

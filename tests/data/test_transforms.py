@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detlab.data import build_transforms, collate
+from detlab.data.transforms import build_transforms, collate
 
 
 def block_image(height=60, width=80, box=(10, 20, 30, 50)):
@@ -82,7 +82,7 @@ def test_vertical_flip_and_quarter_turns_move_boxes_exactly():
 
 
 def test_warped_and_cached_images_are_the_same_values_and_boxes_follow(tmp_path):
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
 
     dataset = load_dataset("synthetic", "train", root=tmp_path / "s", num_synthetic=6)
     plain = dataset.with_options(resize_to=(64, 48))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detlab.data import BadInputError, ImageCheckReport, check_images, read_voc
-from detlab.data.errors import BadInputWarning
-from detlab.data.validation import CACHE_FILE_NAME, BadImagesError
+from detlab.data.errors import BadInputError, BadInputWarning
+from detlab.data.validation import CACHE_FILE_NAME, BadImagesError, ImageCheckReport, check_images
+from detlab.data.voc import read_voc
 
 
 def write_photo(path, size=(160, 120), seed=0):

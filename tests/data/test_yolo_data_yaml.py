@@ -5,8 +5,9 @@ import yaml
 from PIL import Image
 
 from detlab.cli import main as cli_main
-from detlab.data import BadInputError, read_yolo, write_yolo
+from detlab.data.errors import BadInputError
 from detlab.data.loading import detect_format, load_dataset
+from detlab.data.yolo import read_yolo, write_yolo
 
 CLASSES = ["cat", "dog", "bird"]
 SIZE = (40, 20)  # width, height: every normalised box below is 0.5 x 0.5 -> 20 x 10 pixels

@@ -7,7 +7,7 @@ import torch
 # The tiny detector module is imported by name, also by the processes the DDP test spawns.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_detector import build_tiny  # noqa: E402
+from tiny_detector import TINY_METHOD  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -24,5 +24,5 @@ def tiny_in_models(monkeypatch):
     """Register the tiny detector as MODELS['tiny'] for the duration of a test."""
     from detlab import models
 
-    monkeypatch.setitem(models.MODELS, "tiny", build_tiny)
+    monkeypatch.setitem(models.MODELS, "tiny", TINY_METHOD)
     return "tiny"

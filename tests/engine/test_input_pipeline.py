@@ -6,8 +6,7 @@ import torch
 from tiny_detector import SquaresDataset, TinyDetector
 
 from detlab.config import TrainConfig
-from detlab.engine import fit, sampling
-from detlab.engine import train as training
+from detlab.engine import FitOptions, RunHeader, fit, metrics_log, sampling, step
 from detlab.engine.metrics_log import read_metrics
 from detlab.engine.sampling import (
     GPU_WORKERS,
@@ -82,16 +81,17 @@ def train_logging_every(run_dir, log_every: int) -> list[dict]:
     torch.manual_seed(0)
     config = TrainConfig(epochs=2, batch_size=2, lr=0.05, warmup_steps=3, log_every=log_every, eval_every=0,
                          device="cpu")  # fmt: skip
-    fit(TinyDetector(), SquaresDataset(10), config, run_dir, classes=["red", "green"], model_name="tiny",
-        num_workers=0)  # fmt: skip
+    fit(TinyDetector(), SquaresDataset(10), config, run_dir, header=RunHeader("tiny", ["red", "green"]),
+        options=FitOptions(num_workers=0))  # fmt: skip
     return [record for record in read_metrics(run_dir) if record["kind"] == "train"]
 
 
 def test_the_log_averages_the_steps_since_the_last_record_reducing_the_losses_only_then(tmp_path, monkeypatch):
     every_step = train_logging_every(tmp_path / "every", 1)
     reductions = []
-    counted = training.average_across_processes
-    monkeypatch.setattr(training, "average_across_processes", lambda values, context: reductions.append(1) or counted(values, context))
+    counted = step.average_across_processes
+    for module in (step, metrics_log):  # a step's flags (step), a record's means (metrics_log)
+        monkeypatch.setattr(module, "average_across_processes", lambda values, context: reductions.append(1) or counted(values, context))
     every_other = train_logging_every(tmp_path / "other", 2)
     assert [record["step"] for record in every_other] == [1, 2, 4, 6, 8, 10]
     # one small reduction a step (the stop flag, the clock, finiteness), one more a record

@@ -110,6 +110,6 @@ def test_an_overfeat_checkpoint_saved_before_strided_blocks_rebuilds_its_max_poo
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.localizer.features.modules()) == 3
     windows = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model.localizer.predict(windows), trained.localizer.predict(windows))
+        torch.testing.assert_close(model.localizer.raw_outputs(windows), trained.localizer.raw_outputs(windows))
     # A config that names the field keeps it; a new run gets the strided default.
     assert run_config_from_dict(config_io.to_dict(resolve_run_config("overfeat"))).model.strided_blocks == 2

@@ -10,7 +10,7 @@ import detlab
 from detlab.cli import main
 from detlab.config import TrainConfig
 from detlab.data.images import load_image, save_image
-from detlab.engine import fit
+from detlab.engine import RunHeader, fit
 from detlab.engine.predict import Predictor, evaluate_checkpoint, predict_files
 
 
@@ -41,9 +41,7 @@ def tiny_run(tmp_path, tiny_in_models):
         SquaresDataset(10),
         TrainConfig(epochs=2, device="cpu"),
         tmp_path / "run",
-        classes=["red", "green"],
-        model_name="tiny",
-        run_config=run_config,
+        header=RunHeader("tiny", ["red", "green"], run_config),
     )
     return tmp_path / "run"
 
@@ -83,6 +81,22 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path, tiny_r
         x, y, width, height = detection["bbox"]
         assert width > 0 and height > 0 and 0 <= x and x + width <= 32.01
         assert detection["category_id"] in (1, 2) and 0 <= detection["score"] <= 1
+
+
+def test_predict_files_keeps_same_named_images_apart_and_never_overwrites_the_input(tmp_path, tiny_run):
+    folder = tmp_path / "images"
+    image = SquaresDataset(10, flip=False)[0][0]
+    save_image(image, folder / "a.png")
+    save_image(image, folder / "a.bmp")
+    before = (folder / "a.png").read_bytes()
+    predictor = detlab.load(tiny_run, device="cpu")
+    with pytest.raises(ValueError, match="is the input folder"):
+        predict_files(predictor, folder, folder)
+    with pytest.raises(ValueError, match="is the input folder"):
+        predict_files(predictor, folder / "a.png", folder)
+    assert (folder / "a.png").read_bytes() == before
+    predict_files(predictor, folder, tmp_path / "out")
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.bmp.png", "a.png", "detections.json", "images.json"]
 
 
 def test_predict_command_batches_images_as_asked_with_the_same_detections(tmp_path, tiny_run, capsys, monkeypatch):

@@ -23,10 +23,10 @@ SOURCE = HERE.parents[1] / "src"
 
 def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
     import torch.distributed as dist
-    from tiny_detector import CountingEvaluator, SquaresDataset, TinyDetector
+    from tiny_detector import SquaresDataset, TinyDetector
 
     from detlab.config import TrainConfig
-    from detlab.engine import fit
+    from detlab.engine import FitOptions, RunHeader, fit
     from detlab.engine.distributed import init_distributed
 
     torch.set_num_threads(1)
@@ -44,9 +44,8 @@ def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
             config,
             f"{folder}/run",
             val_dataset=SquaresDataset(10, flip=False),
-            make_evaluator=CountingEvaluator,
-            classes=["red", "green"],
-            context=context,
+            header=RunHeader(classes=["red", "green"]),
+            options=FitOptions(context=context),
         )
         summary = {
             "rank": context.rank,
@@ -99,7 +98,7 @@ def _fit_worker(rank: int, world_size: int, folder: str, resume: bool, stop_at_s
     from tiny_detector import RecordingSquares, TinyDetector
 
     from detlab.config import TrainConfig
-    from detlab.engine import fit
+    from detlab.engine import FitOptions, RunHeader, fit
     from detlab.engine.distributed import init_distributed
 
     torch.set_num_threads(1)
@@ -108,8 +107,9 @@ def _fit_worker(rank: int, world_size: int, folder: str, resume: bool, stop_at_s
     try:
         config = TrainConfig(epochs=2, batch_size=2, lr=0.05, warmup_steps=2, log_every=1, eval_every=0, device="cpu")
         dataset = RecordingSquares(12, f"{folder}/seen-{world_size}-{rank}.txt")
-        fit(TinyDetector(), dataset, config, f"{folder}/run", classes=["red", "green"], context=init_distributed("cpu"),
-            resume=f"{folder}/run" if resume else None, stop_at_step=stop_at_step)  # fmt: skip
+        fit(TinyDetector(), dataset, config, f"{folder}/run", header=RunHeader(classes=["red", "green"]),
+            resume=f"{folder}/run" if resume else None,
+            options=FitOptions(context=init_distributed("cpu"), stop_at_step=stop_at_step))  # fmt: skip
     finally:
         if world_size > 1:
             dist.destroy_process_group()
@@ -164,8 +164,9 @@ def _detector_worker(rank: int, world_size: int, folder: str, data: str, overrid
     a parameter gets no gradient)."""
     import torch.distributed as dist
 
-    from detlab.data import build_transforms, load_dataset
-    from detlab.engine import fit
+    from detlab.data.loading import load_dataset
+    from detlab.data.transforms import build_transforms
+    from detlab.engine import FitOptions, RunHeader, fit
     from detlab.engine.distributed import init_distributed
     from detlab.engine.run import build_model, resolve_run_config
 
@@ -176,7 +177,8 @@ def _detector_worker(rank: int, world_size: int, folder: str, data: str, overrid
         dataset = load_dataset(f"voc:{data}", "trainval").with_transforms(build_transforms(train=True))
         model = build_model(run_config, len(dataset.classes))
         config = dataclasses.replace(run_config.train, max_steps=3, batch_size=1, device="cpu", eval_every=0)
-        result = fit(model, dataset, config, f"{folder}/run", classes=dataset.classes, context=init_distributed("cpu"))
+        result = fit(model, dataset, config, f"{folder}/run", header=RunHeader(classes=dataset.classes),
+                     options=FitOptions(context=init_distributed("cpu")))  # fmt: skip
         Path(f"{folder}/steps{rank}.txt").write_text(str(result.state.step))
     finally:
         dist.destroy_process_group()
@@ -272,6 +274,67 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["progress"]["step"] == stopped_at >= 3
     assert checkpoint["progress"]["epoch"] < 1000
+
+
+EVALUATION_SIGTERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {here!r})
+import torch
+from tiny_detector import SquaresDataset, TinyDetector
+from detlab.config import TrainConfig
+from detlab.engine import RunHeader, fit
+
+torch.set_num_threads(1)
+
+class SlowToScore(SquaresDataset):
+    # the validation set: it marks the start of the evaluation, then takes its time
+    def __getitem__(self, index):
+        Path({marker!r}).touch()
+        time.sleep(0.2)
+        return super().__getitem__(index)
+
+torch.manual_seed(0)
+config = TrainConfig(epochs={epochs}, batch_size=2, lr=0.05, warmup_steps=2, log_every=1, device="cpu")
+result = fit(TinyDetector(), SquaresDataset(10), config, {run!r}, val_dataset=SlowToScore(10, flip=False),
+             header=RunHeader("tiny", ["red", "green"]), resume={resume})
+print("STATUS", result.status, result.state.epoch, result.state.step, flush=True)
+"""
+
+
+def test_sigterm_during_the_evaluation_keeps_the_epoch_and_the_run_resumes_exactly(tmp_path):
+    """The epoch is saved before its evaluation starts, and a SIGTERM that arrives while it runs
+    stops the run when it ends: a scheduler's SIGKILL after the SIGTERM loses no training."""
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
+
+    def run(folder, resume=None, epochs=2, marker=None):
+        script = tmp_path / f"fit-{folder.name}.py"
+        script.write_text(EVALUATION_SIGTERM_SCRIPT.format(here=str(HERE), run=str(folder), resume=repr(resume),
+                                                           epochs=epochs, marker=str(marker or tmp_path / "unused")))  # fmt: skip
+        return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=environment, text=True)  # fmt: skip
+
+    marker = tmp_path / "evaluating"
+    process = run(tmp_path / "split", marker=marker)
+    deadline = time.time() + 90
+    while time.time() < deadline and not marker.exists():
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=90)
+    assert "STATUS interrupted 1 5" in stdout, stderr
+    saved = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert (saved["progress"]["epoch"], saved["progress"]["step"]) == (1, 5)
+    assert list(tmp_path.joinpath("split").glob(".*.tmp")) == []  # no temporary file left behind
+    resumed = run(tmp_path / "split", resume=str(tmp_path / "split"))
+    straight = run(tmp_path / "straight")
+    for process in (resumed, straight):
+        stdout, stderr = process.communicate(timeout=120)
+        assert "STATUS finished 2 10" in stdout, stderr
+    expected = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    found = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    for key, value in expected.items():
+        torch.testing.assert_close(found[key], value, atol=1e-6, rtol=0, msg=key)
 
 
 @pytest.mark.parametrize("processes", [1, 2])

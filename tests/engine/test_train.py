@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from tiny_detector import CountingEvaluator, SquaresDataset, TinyDetector
+from tiny_detector import SquaresDataset, TinyDetector
 
 from detlab.config import TrainConfig
-from detlab.engine import NonFiniteLossError, fit, load_checkpoint
+from detlab.engine import FitOptions, NonFiniteLossError, RunHeader, fit, load_checkpoint
 from detlab.engine.metrics_log import read_metrics
 
 
@@ -26,12 +26,9 @@ def train_tiny(run_dir, config, resume=None, stop_at_step=None, model=None, eval
         config,
         run_dir,
         val_dataset=SquaresDataset(10, flip=False) if evaluate else None,
-        make_evaluator=CountingEvaluator if evaluate else None,
-        classes=["red", "green"],
-        model_name="tiny",
-        run_config={"model_name": "tiny", "train": {"epochs": config.epochs}},
+        header=RunHeader("tiny", ["red", "green"], {"model_name": "tiny", "train": {"epochs": config.epochs}}),
         resume=resume,
-        stop_at_step=stop_at_step,
+        options=FitOptions(stop_at_step=stop_at_step),
     )
     return model, result
 
@@ -51,7 +48,7 @@ def test_losses_fall_and_the_run_folder_is_complete(tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     best = load_checkpoint(tmp_path / "run" / "best")
     assert best["classes"] == ["red", "green"] and best["model_name"] == "tiny"
-    assert best["progress"]["best_metric"] == max(r["mAP50"] for r in records if r["kind"] == "eval")
+    assert best["progress"]["best_metric"] == max(r["AP50"] for r in records if r["kind"] == "eval")
     # the learning rate warmed up, then followed the cosine down to (almost) zero
     learning_rates = [r["lr"] for r in train]
     assert learning_rates[0] < learning_rates[3] and learning_rates[-1] < 0.01 * max(learning_rates)
@@ -111,7 +108,7 @@ def test_an_error_after_the_first_step_saves_last_pt_and_resuming_continues_exac
     data.fail_at = 13
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        fit(TinyDetector(), data, config, tmp_path / "run", classes=["red", "green"])
+        fit(TinyDetector(), data, config, tmp_path / "run", header=RunHeader(classes=["red", "green"]))
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
     assert saved["progress"]["step"] == 6 and saved["progress"]["batch_in_epoch"] == 1  # no step lost
     resumed, result = train_tiny(tmp_path / "run", config, resume=tmp_path / "run", evaluate=False)
@@ -170,7 +167,7 @@ def test_cpu_bf16_autocast_is_used_when_asked_and_the_run_still_learns(tmp_path,
     model, result = train_tiny(
         tmp_path / "run", small_config(epochs=8, amp_cpu_bf16=bf16), model=_DtypeRecorder(), evaluate=False
     )
-    from detlab.engine.train import cpu_has_fast_bf16
+    from detlab.engine.precision import cpu_has_fast_bf16
 
     assert model.seen == ({torch.bfloat16} if bf16 and cpu_has_fast_bf16() else {torch.float32})
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
@@ -233,7 +230,7 @@ def test_a_training_set_and_a_model_with_set_progress_hear_the_share_of_the_budg
             self.heard.append((fraction, self.training))
 
     torch.manual_seed(0)
-    fit(ProgressingDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", model_name="tiny")
+    fit(ProgressingDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", header=RunHeader("tiny"))
     # 4 epochs of 5 steps: before the first step, then after every step (an epoch's end twice: after
     # its last step and before the next epoch's first)
     expected = [0.0] + [step / 20 for step in range(1, 21) for _ in range(2 if step % 5 == 0 and step < 20 else 1)]

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detlab.models.contract import NO_TRACE, DetectorModule, Method, Trace
 
-class TinyDetector(nn.Module):
+
+class TinyDetector(DetectorModule):
     def __init__(self, num_classes: int = 2, width: int = 8, dropout: float = 0.2, nan_after_step: int = 0):
         super().__init__()
         self.num_classes = num_classes
@@ -28,10 +30,13 @@ class TinyDetector(nn.Module):
         self.nan_after_step = nan_after_step
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
 
+    def make_evaluator(self, classes: list[str]) -> CountingEvaluator:
+        return CountingEvaluator()
+
     def _features(self, images: list[torch.Tensor]) -> torch.Tensor:
         return self.dropout(torch.stack([self.stem(image[None]).flatten() for image in images]))
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, *, trace: Trace = NO_TRACE):
         features = self._features(images)
         class_logits = self.class_head(features)
         boxes_normalised = self.box_head(features).sigmoid()
@@ -97,7 +102,7 @@ class SquaresDataset(torch.utils.data.Dataset):
 
 
 class CountingEvaluator:
-    """Stands in for detlab.eval in engine tests: 'mAP50' is the fraction of images whose top box
+    """Stands in for detlab.eval in engine tests: 'AP50' is the fraction of images whose top box
     has IoU >= 0.5 with the first ground-truth box and the right label (empty images are skipped)."""
 
     def __init__(self):
@@ -117,7 +122,7 @@ class CountingEvaluator:
 
     def compute(self):
         # mean_iou depends on every prediction: a distributed evaluation must reproduce it exactly
-        return {"mAP50": self.hits / max(self.total, 1), "images": self.total, "mean_iou": self.iou_sum / max(self.total, 1)}
+        return {"AP50": self.hits / max(self.total, 1), "images": self.total, "mean_iou": self.iou_sum / max(self.total, 1)}
 
 
 @dataclass
@@ -129,6 +134,9 @@ class TinyConfig:
 def build_tiny(config: TinyConfig, num_classes: int) -> TinyDetector:
     """A ``MODELS``-style build function, so tests can go through checkpoints and the Predictor."""
     return TinyDetector(num_classes, width=config.width, dropout=config.dropout)
+
+
+TINY_METHOD = Method(name="tiny", config=TinyConfig, build=build_tiny, label="tiny", compared=False)
 
 
 class RecordingSquares(SquaresDataset):

@@ -196,8 +196,8 @@ def test_small_integer_problems_equal_pycocotools(gt_boxes, det_boxes):
 
 @pytest.mark.skipif(not (SHARED_DATA / "bccd").is_dir(), reason="../shared/data/bccd not present")
 def test_bccd_test_split_with_perturbed_detections_equals_pycocotools():
-    from detlab.data import read_voc
     from detlab.data.coco import to_coco_dict
+    from detlab.data.voc import read_voc
 
     dataset = read_voc(SHARED_DATA / "bccd", split="test")
     ground_truth = to_coco_dict(dataset)

@@ -127,8 +127,8 @@ def test_missing_files_are_clear(tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "bccd").is_dir(), reason="../shared/data/bccd not present")
 def test_cli_on_bccd_voc_folder_with_string_and_integer_ids(tmp_path, capsys):
-    from detlab.data import read_voc
     from detlab.data.coco import to_coco_dict
+    from detlab.data.voc import read_voc
 
     dataset = read_voc(SHARED_DATA / "bccd", split="test")
     ground_truth = to_coco_dict(dataset)
@@ -266,7 +266,7 @@ def small_voc(root: Path) -> list[dict]:
 def test_scoring_against_a_voc_folder_imports_no_torch(tmp_path, run_without_torch):
     """A VOC folder as ground truth is read as annotations only: no torch, the same numbers as
     scoring against the data layer's DetectionDataset of the same folder."""
-    from detlab.data import read_voc
+    from detlab.data.voc import read_voc
 
     root = tmp_path / "voc"
     results_path = write(tmp_path, small_voc(root))

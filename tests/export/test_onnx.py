@@ -21,7 +21,9 @@ from detlab.cli import main
 from detlab.engine.checkpoint import save_checkpoint
 from detlab.engine.run import build_model, resolve_run_config
 from detlab.export import parity, runtime
-from detlab.export.onnx_export import NOT_EXPORTABLE, export_onnx, export_plan
+from detlab.export.onnx_export import export_onnx
+from detlab.models import MODELS
+from detlab.models.contract import NotExportable
 
 CLASSES = ["cell", "ring", "blob"]
 # Small inputs keep export and inference quick. Score thresholds keep the untrained detectors' few
@@ -93,10 +95,10 @@ def assert_same_detections(expected: dict, found: dict) -> None:
 def test_raw_outputs_match_pytorch_on_the_same_input(method, exported, synthetic_root):
     checkpoint, onnx_file = exported[method]
     predictor = detlab.load(checkpoint, device="cpu")
-    graph, _, _, _, _ = export_plan(predictor.model, method)
+    plan = predictor.model.export_plan()
     session = runtime.OnnxPredictor(onnx_file)
     for path in sample_images(synthetic_root):
-        expected, found, side = parity.raw_outputs(graph, session, path)
+        expected, found, side = parity.raw_outputs(plan, session, path)
         report = parity.raw_output_differences(expected, found, side)
         assert report["within_tolerance"] and report["unpaired_rows"] == 0, report
 
@@ -164,17 +166,25 @@ print(len(result["boxes"]), TORCH_MODULES)
     assert int(output[0]) > 0 and output[1:] == ["[]"]
 
 
-@pytest.mark.parametrize("method", sorted(NOT_EXPORTABLE))
+@pytest.mark.parametrize("method", ["fast_rcnn", "keypoints", "overfeat", "rcnn"])
 def test_methods_that_cannot_be_exported_say_why(method, tmp_path):
     run_config = resolve_run_config(method)
-    with pytest.raises(ValueError, match=f"{method} cannot be exported to ONNX: .+"):
-        export_plan(build_model(run_config, 2), method)
+    with pytest.raises(NotExportable, match=".+ not exportable as one graph|outside the network"):
+        build_model(run_config, 2).export_plan()
+
+
+def test_every_other_method_has_an_export_plan():
+    exportable = sorted(set(MODELS) - {"fast_rcnn", "keypoints", "overfeat", "rcnn"})
+    assert exportable == sorted(SETTINGS)
+    for method in exportable:
+        plan = build_model(resolve_run_config(method), 2).export_plan()
+        assert len(plan.example) == len(plan.input_names) and plan.layout in runtime.POSTPROCESS
 
 
 def test_a_yolov1_whose_grid_does_not_divide_its_features_says_so():
     run_config = resolve_run_config("yolov1", overrides=["model.input_size=160"])
-    with pytest.raises(ValueError, match="input_size 160 cannot be exported.+multiples of 224"):
-        export_plan(build_model(run_config, 2), "yolov1")
+    with pytest.raises(NotExportable, match="input_size 160 cannot be exported.+multiples of 224"):
+        build_model(run_config, 2).export_plan()
 
 
 def test_export_and_predict_commands(exported, synthetic_root, tmp_path, capsys):

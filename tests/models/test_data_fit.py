@@ -16,11 +16,11 @@ from detlab import config as config_io
 from detlab.engine.distributed import Context
 from detlab.engine.run import (
     automatic_validation,
-    model_builders,
     resolve_run_config,
     run_config_for_resume,
     train_run,
 )
+from detlab.models import MODELS
 from detlab.models.data_fit import anchor_coverage, concrete, fit_to_data
 from detlab.models.faster_rcnn import FasterRCNNConfig
 from detlab.models.rpn import AnchorGenerator
@@ -63,14 +63,13 @@ def large_box_records(count=40, seed=0):
     return records
 
 
-def build(model_config):
-    return model_builders()["faster_rcnn"](model_config, 1)
+build = MODELS["faster_rcnn"]
 
 
 def test_auto_anchors_cover_large_boxes_where_the_fixed_defaults_fall_short():
     run_config = resolve_run_config("faster_rcnn")
     assert run_config.model.anchor_sizes == "auto" and run_config.model.min_size == "auto"
-    fitted, report = fit_to_data(run_config, large_box_records(), build)
+    fitted, report = fit_to_data(run_config, large_box_records(), build, 1)
     assert report["anchors_fixed"]["best_possible_recall"] < 0.3  # anchors of 16-144 px
     assert report["anchors"]["chosen"] == "fitted" and report["anchors"]["best_possible_recall"] > 0.8
     model = fitted.model
@@ -78,20 +77,20 @@ def test_auto_anchors_cover_large_boxes_where_the_fixed_defaults_fall_short():
     assert isinstance(model.min_size, int) and model.min_size <= 360  # never above the images' size
     assert report["resolved"]["anchor_sizes"] == list(model.anchor_sizes)
     # Deterministic: the same records give the same choice.
-    assert fit_to_data(run_config, large_box_records(), build)[0] == fitted
+    assert fit_to_data(run_config, large_box_records(), build, 1)[0] == fitted
 
 
 def test_small_objects_raise_the_input_size_and_fixed_anchors_that_miss_warn():
     rng = np.random.default_rng(1)
     small = [record([[x, y, x + 12, y + 12] for x, y in rng.uniform(0, 600, (5, 2))], height=800, width=800)
              for _ in range(20)]  # fmt: skip
-    fitted, report = fit_to_data(resolve_run_config("faster_rcnn"), small, build)
+    fitted, report = fit_to_data(resolve_run_config("faster_rcnn"), small, build, 1)
     assert fitted.model.min_size == 512  # the CPU bound; the objects would want more
     assert report["input_size"]["wanted_side"] > 512
     hand_set = resolve_run_config("faster_rcnn", overrides=["model.anchor_sizes=[200,300,400]", "model.min_size=320",
                                                             "model.aspect_ratios=[1.0]"])  # fmt: skip
     with pytest.warns(UserWarning, match="cover the training boxes poorly"):
-        kept, report = fit_to_data(hand_set, small, build)
+        kept, report = fit_to_data(hand_set, small, build, 1)
     assert kept.model.anchor_sizes == (200.0, 300.0, 400.0) and report["anchors"]["chosen"] == "fixed"
 
 
@@ -100,14 +99,14 @@ def test_auto_values_parse_and_fall_back_without_data():
     assert config.anchor_sizes == (16.0, 32.0, 64.0) and config.aspect_ratios == "auto"
     plain = concrete(FasterRCNNConfig())
     assert plain.anchor_sizes == (16.0, 24.0, 40.0, 64.0, 96.0, 144.0) and (plain.min_size, plain.max_size) == (320, 427)
-    model = build(FasterRCNNConfig(backbone_width=8))  # builds without data: the fallbacks
+    model = build(FasterRCNNConfig(backbone_width=8), 1)  # builds without data: the fallbacks
     assert model.batcher.min_size == 320
     with pytest.raises(ValueError, match="or auto"):
         concrete(dataclasses.replace(FasterRCNNConfig(), min_size="large"))
 
 
 def test_held_out_validation_is_disjoint_seeded_and_small_sets_are_used_whole(synthetic_root, tmp_path):
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
 
     def run_config(seed):
         return resolve_run_config("faster_rcnn", overrides=[f"data.spec={synthetic_root}", f"train.seed={seed}",
@@ -150,8 +149,7 @@ def test_a_run_stores_the_fitted_values_and_a_resumed_run_reuses_them(synthetic_
     assert list(resumed.model.aspect_ratios) == stored["aspect_ratios"]
 
 
-def build_yolo_model(model_config):
-    return model_builders()["yolo"](model_config, 1)
+build_yolo = MODELS["yolo"]
 
 
 def test_yolo_input_size_auto_keeps_small_images_small_and_grows_for_small_objects():
@@ -159,17 +157,17 @@ def test_yolo_input_size_auto_keeps_small_images_small_and_grows_for_small_objec
     assert run_config.model.input_size == "auto"
     # Images of 200 x 150: not blown up to the fixed 416 (the longer side, to a multiple of 32).
     small_images = [record([[20, 20, 120, 110]], height=150, width=200) for _ in range(10)]
-    fitted, report = fit_to_data(run_config, small_images, build_yolo_model)
+    fitted, report = fit_to_data(run_config, small_images, build_yolo, 1)
     assert fitted.model.input_size == 192 and report["resolved"]["input_size"] == 192
     assert report["input_size"]["which"] == "long" and "anchors" not in report
     # 640 x 480 images of large objects: the fixed 416 (auto never shrinks images that are larger).
     large = [record([[100, 80, 500, 400]], height=480, width=640) for _ in range(10)]
-    assert fit_to_data(run_config, large, build_yolo_model)[0].model.input_size == 416
+    assert fit_to_data(run_config, large, build_yolo, 1)[0].model.input_size == 416
     # 1280 x 960 images of 16-pixel objects: grown to keep them 2.5 stride-8 cells, up to 640.
     tiny = [record([[300, 300, 316, 316]], height=960, width=1280) for _ in range(10)]
-    assert fit_to_data(run_config, tiny, build_yolo_model)[0].model.input_size == 640
+    assert fit_to_data(run_config, tiny, build_yolo, 1)[0].model.input_size == 640
     # Built without data, auto is the fixed fallback.
-    assert build_yolo_model(run_config.model).longer_side == 416
+    assert build_yolo(run_config.model, 1).training_resize() == 416
 
 
 def test_scale_jitter_varies_training_sizes_only_and_boxes_follow():

@@ -167,10 +167,10 @@ def test_fast_rcnn_uses_its_proposal_method_at_test_time_and_explains_missing_pr
         calls.append(tuple(image.shape))
         return torch.tensor([[5.0, 5.0, 30.0, 30.0], [10.0, 10.0, 60.0, 50.0]])
 
-    model.proposal_method = propose
+    model.proposer = propose
     output = model([torch.rand(3, 64, 80)])
     assert calls == [(3, 64, 80)] and len(output) == 1
-    model.proposal_method = None
+    model.proposer = None
     with pytest.raises(ValueError, match="proposals"):
         model([torch.rand(3, 64, 80)])
 

@@ -10,7 +10,7 @@ from detlab.models.inference import fold_batchnorm
 def yolo_raw(model, images):
     """The raw outputs (an untrained detector's NMS would turn float noise into other boxes)."""
     batch, _, _, _ = model.batcher(images)
-    _, logits, boxes, _, _ = model.predict(batch)
+    _, logits, boxes, _, _ = model.raw_outputs(batch)
     return {"scores": logits.sigmoid(), "boxes": boxes}
 
 

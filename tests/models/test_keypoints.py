@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from detlab.data import load_dataset
 from detlab.data.keypoint_synthetic import JOINTS, render_figure
-from detlab.engine.run import resolve_run_config, train_stages
-from detlab.engine.stages import recipe_of
+from detlab.data.loading import load_dataset
+from detlab.engine.recipes import RunData, recipe_of, train_stages
+from detlab.engine.run import resolve_run_config
 from detlab.models.keypoints import (
     KeypointConfig,
     build_keypoints,
@@ -77,7 +77,7 @@ def test_cascade_recipe_measures_errors_then_trains_each_stage_on_its_own(tmp_pa
     stages = recipe_of(model, "")
     assert [stage.name for stage in stages] == ["stage1", "stage2_errors", "stage2"]
     data = load_dataset("synthetic-pose", "trainval", root=tmp_path / "pose", num_synthetic=40)
-    result = train_stages(model, stages, run_config, data, None, data.classes)
+    result = train_stages(model, stages, run_config, RunData(data, None, data.classes))
     from detlab.engine.checkpoint import load_checkpoint
     from detlab.engine.metrics_log import read_metrics
 

@@ -5,10 +5,10 @@ import torch
 from blocks import Blocks
 
 from detlab.config import TrainConfig
-from detlab.engine import fit
-from detlab.engine.run import resolve_run_config, train_stages
+from detlab.engine import RunHeader, fit
+from detlab.engine.recipes import RunData, recipe_of, train_stages
+from detlab.engine.run import resolve_run_config
 from detlab.engine.sampling import make_loader
-from detlab.engine.stages import recipe_of
 from detlab.engine.train import evaluate
 from detlab.eval.localization import LocalizationEvaluator
 from detlab.models.localizer import (
@@ -30,7 +30,7 @@ def small(**changes) -> LocalizerConfig:
 @pytest.mark.parametrize("attach", ["conv", "fc"])
 def test_output_shapes(regression, attach):
     model = build_localizer(small(regression=regression, attach=attach, window_size=WINDOW), 3).eval()
-    outputs = model.predict(torch.rand(2, 3, WINDOW, WINDOW))
+    outputs = model.raw_outputs(torch.rand(2, 3, WINDOW, WINDOW))
     assert outputs["class_logits"].shape == (2, 3)
     assert outputs["boxes"].shape == (2, 3 if regression == "specific" else 1, 4)
     guesses = guesses_from_outputs(outputs, top_k=5)
@@ -63,7 +63,7 @@ def test_channels_last_computes_the_same_outputs():
     fast.load_state_dict(plain.state_dict())
     windows = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
-        expected, found = plain.predict(windows), fast.predict(windows)
+        expected, found = plain.raw_outputs(windows), fast.raw_outputs(windows)
     for key in expected:
         torch.testing.assert_close(found[key], expected[key], atol=1e-4, rtol=1e-4)
 
@@ -97,7 +97,7 @@ def test_training_learns_classes_and_boxes_at_positions_it_never_saw(tmp_path):
     torch.manual_seed(0)
     model = build_localizer(small(), 2)
     config = TrainConfig(max_steps=100, batch_size=16, optimizer="adamw", lr=3e-3, warmup_steps=5, device="cpu")
-    fit(model, Blocks(64, seed=0, empty_every=9), config, tmp_path / "run", classes=["red", "green"])
+    fit(model, Blocks(64, seed=0, empty_every=9), config, tmp_path / "run", header=RunHeader(classes=["red", "green"]))
     test = Blocks(32, seed=1)
     metrics = evaluate(model, make_loader(test, 16, torch.utils.data.SequentialSampler(test)),
                        LocalizationEvaluator(test.classes), "cpu")  # fmt: skip
@@ -123,7 +123,7 @@ def test_four_step_recipe_freezes_features_and_trains_a_new_head(tmp_path):
     stages = recipe_of(model, "4step")
     assert [stage.name for stage in stages] == ["step1_classifier", "step2_new_box_head", "step3_regressor"]
     data = Blocks(24, seed=0)
-    result = train_stages(model, stages, run_config, data, None, data.classes)
+    result = train_stages(model, stages, run_config, RunData(data, None, data.classes))
     run = tmp_path / "run"
     from detlab.engine.checkpoint import load_checkpoint
 

@@ -30,7 +30,7 @@ def settle_batchnorm(model, size: int):
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model.predict(torch.rand(4, 3, size, size) * 2)
+            model.raw_outputs(torch.rand(4, 3, size, size) * 2)
     return model.eval()
 
 
@@ -54,7 +54,7 @@ def test_converted_net_equals_original_at_window_size(regression, attach):
     converted = to_fully_convolutional(model)
     images = torch.rand(3, 3, WINDOW, WINDOW)
     with torch.no_grad():
-        original, dense = model.predict(images), converted(images)
+        original, dense = model.raw_outputs(images), converted(images)
     assert dense["class_logits"].shape == (3, 3, 1, 1)
     assert dense["boxes"].shape == (3, model.num_box_sets, 4, 1, 1)
     assert (dense["class_logits"][..., 0, 0] - original["class_logits"]).abs().max() < 1e-4
@@ -79,7 +79,7 @@ def test_every_cell_equals_the_original_net_on_its_window(regression, attach):
     x, y = origins[row, column].int().tolist()
     assert (x, y) == (column * 16, row * 16)
     with torch.no_grad():
-        single = model.predict(image[None, :, y : y + WINDOW, x : x + WINDOW])
+        single = model.raw_outputs(image[None, :, y : y + WINDOW, x : x + WINDOW])
     assert (single["class_logits"][0] - dense["class_logits"][0, :, row, column]).abs().max() < 1e-4
 
 
@@ -161,7 +161,7 @@ def test_alexnet_localizer_converts_at_its_224_window():
     converted = to_fully_convolutional(model)
     images = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
-        original, dense = model.predict(images), converted(images)
+        original, dense = model.raw_outputs(images), converted(images)
     assert dense["class_logits"].shape == (1, 3, 1, 1)
     assert (dense["class_logits"][..., 0, 0] - original["class_logits"]).abs().max() < 1e-4
     assert (dense["boxes"][..., 0, 0] - original["boxes"]).abs().max() < 1e-4

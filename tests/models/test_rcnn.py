@@ -3,17 +3,15 @@ import dataclasses
 import pytest
 import torch
 
-from detlab.models.rcnn import (
+from detlab.models.rcnn import RCNNConfig, build_rcnn, context_windows, label_windows, warp_windows
+from detlab.models.rcnn_training import (
     FeatureCache,
     HardNegativeMiner,
-    RCNNConfig,
-    build_rcnn,
-    context_windows,
+    extract_features,
     fit_ridge,
-    label_windows,
+    fit_svms,
     model_fingerprint,
     train_linear_svm,
-    warp_windows,
 )
 
 TINY = RCNNConfig(backbone_width=8, window_size=32, pool_size=2, representation_size=16, windows_per_batch=16,
@@ -182,7 +180,7 @@ def test_a_tiny_run_on_the_synthetic_set_detects_objects(tmp_path):
 
 
 def tiny_voc(tmp_path, num_images=8):
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
 
     return load_dataset("synthetic", "train", root=tmp_path / "data", num_synthetic=num_images)
 
@@ -190,7 +188,6 @@ def tiny_voc(tmp_path, num_images=8):
 def test_feature_extraction_resumes_after_an_interruption_and_skips_finished_images(tmp_path, monkeypatch):
     import numpy as np
 
-    from detlab.models.rcnn import extract_features
 
     torch.manual_seed(0)
     model = build_rcnn(dataclasses.replace(TINY, feature_cache_dir=str(tmp_path / "features")), 4)
@@ -215,7 +212,6 @@ def test_feature_extraction_resumes_after_an_interruption_and_skips_finished_ima
 
 
 def test_a_class_without_training_boxes_gets_an_svm_that_scores_nothing(tmp_path):
-    from detlab.models.rcnn import extract_features, fit_svms
 
     torch.manual_seed(0)
     model = build_rcnn(dataclasses.replace(TINY, feature_cache_dir=str(tmp_path / "features")), 5)  # class 5: none

@@ -10,6 +10,7 @@ from torch import nn
 
 from detlab.engine.predict import Predictor
 from detlab.engine.run import resolve_run_config, train_run
+from detlab.models.contract import DetectorModule
 from detlab.models.inference import TestTimeCombination, input_scale, merge_detections
 from detlab.models.roi_heads import RoIHead
 from detlab.models.transform import ImageBatcher
@@ -46,14 +47,17 @@ def test_box_refinement_scores_the_heads_own_boxes_again_and_merges_both():
     assert [len(result["boxes"]) for result in two] == [2, 2]
 
 
-class SizeReporter(nn.Module):
+class SizeReporter(DetectorModule):
     """A 'detector' that reports one box as large as its batcher's short side, scored by it."""
 
     def __init__(self):
         super().__init__()
         self.batcher = ImageBatcher(100, 200)
 
-    def forward(self, images):
+    def image_batcher(self) -> ImageBatcher:
+        return self.batcher
+
+    def forward(self, images, targets=None, trace=None):
         side = float(self.batcher.min_size)
         return [{"boxes": torch.tensor([[0.0, 0.0, side, side]]), "scores": torch.tensor([side / 1000]),
                  "labels": torch.tensor([1])} for _ in images]  # fmt: skip
@@ -69,6 +73,8 @@ def test_multi_scale_testing_runs_every_scale_and_restores_the_model():
     with input_scale(model, 1.5):
         assert (model.batcher.min_size, model.batcher.max_size) == (150, 300)
     with pytest.raises(ValueError, match="does not resize its input"):
+        TestTimeCombination([DetectorModule()], scales=(1.0, 2.0))
+    with pytest.raises(ValueError, match="combines detlab detectors"):
         TestTimeCombination([nn.Identity()], scales=(1.0, 2.0))
     with pytest.raises(ValueError, match="positive"):
         TestTimeCombination([model], scales=(0.0,))

@@ -3,15 +3,8 @@
 import pytest
 import torch
 
-from detlab.models.yolo import (
-    YOLOConfig,
-    YOLOv1Config,
-    build_yolo,
-    build_yolov1,
-    encode_yolov1_targets,
-    task_aligned_assign,
-    yolov1_loss,
-)
+from detlab.models.yolo import YOLOConfig, build_yolo, task_aligned_assign
+from detlab.models.yolov1 import YOLOv1Config, build_yolov1, encode_yolov1_targets, yolov1_loss
 
 # Four cell centres in a row (stride 8), two boxes, two classes.
 POINTS = torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 4.0], [28.0, 4.0]])
@@ -148,7 +141,7 @@ def test_a_tiny_yolo_run_on_the_synthetic_set_learns(tmp_path):
     128 pixels: the test split's AP50 is clearly above zero and several times the untrained
     model's."""
     from detlab.engine.checkpoint import load_checkpoint
-    from detlab.engine.run import build_datasets, build_model, make_evaluator, resolve_run_config, train_run
+    from detlab.engine.run import build_datasets, build_model, resolve_run_config, train_run
     from detlab.engine.sampling import make_loader
     from detlab.engine.train import evaluate
 
@@ -168,5 +161,5 @@ def test_a_tiny_yolo_run_on_the_synthetic_set_learns(tmp_path):
     torch.manual_seed(0)
     untrained = build_model(run_config, len(test_set.classes))
     loader = make_loader(test_set, 4, torch.utils.data.SequentialSampler(test_set))
-    before = evaluate(untrained, loader, make_evaluator(untrained, test_set.classes)).summary()["AP50"]
+    before = evaluate(untrained, loader, untrained.make_evaluator(test_set.classes)).summary()["AP50"]
     assert result.metrics["AP50"] > max(0.02, 5 * before), (result.metrics["AP50"], before)

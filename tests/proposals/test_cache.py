@@ -122,7 +122,8 @@ def test_a_killed_process_resumes_where_it_stopped(tmp_path):
 def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_path):
     import torch
 
-    from detlab.data import build_transforms, load_dataset
+    from detlab.data.loading import load_dataset
+    from detlab.data.transforms import build_transforms
     from detlab.proposals import ProposalCache, RecordProposals, build_method
 
     dataset = load_dataset("synthetic", "train", root=tmp_path / "data", num_synthetic=8)

@@ -52,7 +52,7 @@ def test_eval_prints_recall_and_saves_plots(synthetic_root, tmp_path, capsys):
 def test_eval_in_two_processes_equals_one_and_resumes_from_its_cache(synthetic_root, tmp_path, capsys):
     """``--workers 2`` gives the numbers of one process; killed half way (simulated by a cache
     holding some images), the next run computes only the rest."""
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
     from detlab.proposals import ProposalCache, build_method
     from detlab.proposals.evaluate import evaluate_method
 

@@ -9,8 +9,10 @@ from serving import CLASSES, decoded, image_bytes
 
 from detlab.cli import build_parser
 from detlab.engine.predict import Predictor
-from detlab.serve import Limits, create_app
-from detlab.serve.inside import INSIDE, ModuleCalls, look_inside
+from detlab.models import MODELS
+from detlab.serve.app import create_app
+from detlab.serve.inside import look_inside
+from detlab.serve.limits import Limits
 from detlab.serve.samples import SAMPLES, SAMPLES_DIR
 from detlab.serve.served import served_models
 
@@ -105,7 +107,7 @@ VIEW_KINDS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("method", list(INSIDE))
+@pytest.mark.parametrize("method", list(MODELS))
 def test_every_method_shows_its_stages_with_times(every_method, untrained, method):
     data = image_bytes(64, 56)
     answer = post(every_method, data, model=method, score_threshold="0", inside="true").json()
@@ -126,18 +128,20 @@ def test_every_method_shows_its_stages_with_times(every_method, untrained, metho
         assert len(answer["detections"][0]["keypoints"]) == 3 * expected["keypoints"].shape[1]
 
 
-def test_module_calls_records_only_its_own_thread(untrained):
-    """Another request on the same model, in another thread, does not enter this one's record."""
-    import threading
+def test_looking_inside_in_several_threads_at_once_keeps_each_pass_apart(untrained):
+    """The model records a pass's stages in that call's own trace (no hooks on the shared model),
+    so requests looking inside at the same time each see their own pass, whole."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    predictor = untrained["yolov1"]
+    predictor = untrained["yolo"]
     image = decoded(image_bytes(64, 64))
-    with ModuleCalls({"body": predictor.model.body}) as calls:
-        other = threading.Thread(target=lambda: predictor.predict(image))
-        other.start()
-        other.join()
-        look_inside(predictor, "yolov1", image)
-    assert len(calls.of("body")) == 1 and calls.first("body").finished >= calls.first("body").started
+    alone_output, alone = look_inside(predictor, image)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: look_inside(predictor, image), range(8)))
+    for output, inside in results:
+        assert [stage["name"] for stage in inside["stages"]] == [stage["name"] for stage in alone["stages"]]
+        assert [view["title"] for view in inside["views"]] == [view["title"] for view in alone["views"]]
+        torch.testing.assert_close(output["boxes"], alone_output["boxes"])
 
 
 def test_models_are_named_after_their_runs(trained_run, untrained):

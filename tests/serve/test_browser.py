@@ -10,7 +10,7 @@ import httpx
 import pytest
 from serving import ServerThread, image_bytes
 
-from detlab.serve import create_app
+from detlab.serve.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

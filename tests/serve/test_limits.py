@@ -18,7 +18,9 @@ from PIL import Image
 from serving import CLASSES, image_bytes
 
 from detlab.engine.predict import Predictor
-from detlab.serve import Limits, create_app
+from detlab.models.contract import DetectorModule
+from detlab.serve.app import create_app
+from detlab.serve.limits import Limits
 
 MAX_UPLOAD = 200_000
 LIMITS = Limits(max_upload_bytes=MAX_UPLOAD, max_pixels=1_000_000, max_aspect_ratio=20, time_limit_s=30)
@@ -152,14 +154,14 @@ def test_health_after_the_fuzzing(client):
     assert client.get("/healthz").json()["status"] == "ok"
 
 
-class HeldModel(torch.nn.Module):
+class HeldModel(DetectorModule):
     """A model whose forward waits until ``release`` is set (and says when it started)."""
 
     def __init__(self):
         super().__init__()
         self.started, self.release = threading.Event(), threading.Event()
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, trace=None):
         self.started.set()
         self.release.wait(timeout=30)
         return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
@@ -204,12 +206,12 @@ def test_a_request_over_the_time_limit_is_answered_504():
         assert waiting["response"].status_code == 200
 
 
-class FailingModel(torch.nn.Module):
+class FailingModel(DetectorModule):
     def __init__(self, error: Exception):
         super().__init__()
         self.error = error
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, trace=None):
         raise self.error
 
 

@@ -179,6 +179,10 @@ class MosaicDataset(Dataset):
         """The wrapped data set's ``with_transforms(transforms)``, in the same mosaic."""
         return self._wrap(self.dataset.with_transforms(transforms))
 
+    def without_augmentation(self):
+        """The wrapped data set's images as stored: no mosaics, no transforms."""
+        return self.dataset.without_augmentation()
+
     def with_options(self, **options) -> MosaicDataset:
         """The wrapped data set's ``with_options(**options)``, in the same mosaic."""
         return self._wrap(self.dataset.with_options(**options))

@@ -146,6 +146,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The same records and classes with other transforms (records are shared, not copied)."""
         return self._copy(self.records, transforms=transforms)
 
+    def without_augmentation(self) -> DetectionDataset:
+        """The images as stored (a training step that measures the data rather than learns from it)."""
+        return self.with_transforms(None)
+
     def with_options(self, **options) -> DetectionDataset:
         """The same records, classes and transforms with other ``resize_to``, ``cache_images`` or
         ``proposals`` (``record -> Tensor[K, 4]`` in the stored image's pixels, added to each

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from detlab.progress import progress_bar
+
 CLASSES = ("circle", "square", "triangle", "star")
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 GENERATOR_VERSION = 1
@@ -161,9 +163,7 @@ def make_synthetic(
     ids = [f"{'single' if single else 'synth'}_{index:06d}" for index in range(num_images)]
     indices = range(num_images)
     if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="synthetic images", unit="img")
+        indices = progress_bar(indices, desc="synthetic images", unit="img")
     for index in indices:
         image, objects = render_image(seed, index, image_size, single)
         file_name = f"{ids[index]}.jpg"

@@ -12,7 +12,6 @@ The cache is a convenience: when it cannot be opened or written, checking goes o
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 import warnings
@@ -21,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import PIL
-from tqdm import tqdm
 
 from detlab.data.errors import ON_BAD_CHOICES, BadInputError, BadInputWarning
 from detlab.data.images import open_rgb
 from detlab.data.schema import DetectionDataset
-from detlab.machine import usable_cpus
+from detlab.machine import usable_cpus, user_cache_dir
+from detlab.progress import progress_bar
 
 CACHE_FILE_NAME = "image_checks.sqlite3"
 # Part of every cache key: a newer Pillow may read files an older one could not, or the reverse.
@@ -114,8 +113,7 @@ def _check_one(path: Path) -> _Answer:
 
 def default_cache_path() -> Path:
     """``$DETLAB_CACHE_DIR/image_checks.sqlite3``, else ``~/.cache/detlab/image_checks.sqlite3``."""
-    directory = os.environ.get("DETLAB_CACHE_DIR") or Path.home() / ".cache" / "detlab"
-    return Path(directory).expanduser() / CACHE_FILE_NAME
+    return user_cache_dir() / CACHE_FILE_NAME
 
 
 class ImageCheckCache:
@@ -219,7 +217,7 @@ def _num_threads() -> int:
 
 def _decode_all(paths: list[Path], progress: bool):
     """Yield ``(path, answer)`` for every path, decoding in a few threads (Pillow releases the GIL)."""
-    bar = tqdm(
+    bar = progress_bar(
         total=len(paths),
         desc="checking images",
         unit="image",

@@ -19,16 +19,21 @@ checkpoint intact, never a truncated one.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
 import random
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from detlab.engine.distributed import Context, gather_to_main, read_on_main
+from detlab.engine.state import TrainingState
 
 FORMAT = "detlab-checkpoint"
 VERSION = 1
@@ -167,3 +172,110 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "upgrade detlab"
         )
     return checkpoint
+
+
+def existing(path: Path) -> Path | None:
+    return path if path.exists() else None
+
+
+class Checkpointer:
+    """Writes a run's ``last.pt`` (and ``best.pt``) on rank 0: the weights (the averaged ones as
+    ``model`` when the run keeps an average, the trained ones as ``training_model``), optimiser,
+    schedule, scaler, progress and random state, with the run's ``header`` (model name, classes,
+    config) and the latest evaluation ``metrics``."""
+
+    def __init__(self, run_dir: Path, context: Context, state: TrainingState, header: dict, resumed: dict | None):
+        self.run_dir, self.context, self.state, self.header = Path(run_dir), context, state, header
+        self.metrics = dict(resumed.get("metrics") or {}) if resumed else {}
+        self.last_path = self.run_dir / LAST_NAME if resumed and context.is_main else None
+        self.best_path = existing(self.run_dir / BEST_NAME) if resumed else None
+        self.saved_at_step = self.evaluated_at_step = -1
+
+    def save(self, model: torch.nn.Module, training, include_best: bool, gather: bool = True) -> None:
+        """On every rank (``gather``: each rank's random state goes to rank 0 for the file);
+        ``training``: the run's :class:`~detlab.engine.train.Optimisation` (optimiser, schedule,
+        scaler, weight average)."""
+        self.saved_at_step = self.state.step
+        rng = capture_rng_state()
+        rng_ranks = gather_to_main(rng, self.context) if gather else [rng]
+        if not self.context.is_main:
+            return
+        weights = {"model": model.state_dict()}
+        if training.average is not None:  # "model" is what evaluation uses; the trained weights resume
+            weights = {"model": training.average.model.state_dict(), "training_model": model.state_dict(),
+                       "ema_updates": training.average.updates}  # fmt: skip
+        data = serialize(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                **self.header,
+                **weights,
+                "optimizer": training.optimizer.state_dict(),
+                "schedule": training.schedule.state_dict(),
+                "scaler": training.scaler.state_dict() if training.scaler.is_enabled() else None,
+                "progress": dataclasses.asdict(self.state),
+                "rng": rng,
+                "rng_ranks": rng_ranks,
+                "metrics": self.metrics,
+            }
+        )
+        self.last_path = write_atomically(data, self.run_dir / LAST_NAME)
+        if include_best:
+            self.best_path = write_atomically(data, self.run_dir / BEST_NAME)
+
+    def save_after_error(self, model: torch.nn.Module, training) -> None:
+        """After an error in training: save the last finished step, this rank's alone (the error
+        may be this rank's only: no collective), and say how to resume."""
+        if self.state.step == 0:
+            return
+        self.save(model, training, include_best=False, gather=False)
+        if self.context.is_main:
+            print(f"\ntraining stopped by an error after step {self.state.step}; {self.run_dir / LAST_NAME} holds "
+                  f"that step: fix the cause, then resume with: detlab train --resume {self.run_dir}", file=sys.stderr)  # fmt: skip
+
+
+def read_resume_point(resume: str | Path | None, run_dir: Path) -> dict | None:
+    """The checkpoint ``resume`` names (a file or run folder), or ``None`` for a fresh run, which
+    refuses a ``run_dir`` that already holds one."""
+    if resume is None:
+        if (run_dir / LAST_NAME).exists():
+            raise ValueError(
+                f"{run_dir} already holds a run ({LAST_NAME}); resume it with --resume {run_dir} "
+                "or choose another output folder"
+            )
+        return None
+    resume = Path(resume)
+    return load_checkpoint(resume / LAST_NAME if resume.is_dir() else resume)
+
+
+def load_resume_point(resume, run_dir: Path, model: torch.nn.Module, training, context: Context) -> dict | None:
+    """The checkpoint to continue from, its weights and optimiser state loaded into ``model`` and
+    ``training`` (the run's :class:`~detlab.engine.train.Optimisation`); ``None`` for a fresh run.
+    Rank 0 reads the run folder and sends what it found to the other ranks (their machines may not
+    share its disk)."""
+    resumed = read_on_main(lambda: read_resume_point(resume, run_dir), context)
+    if resumed is None:
+        return None
+    model.load_state_dict(resumed.get("training_model") or resumed["model"])
+    if resumed.get("optimizer"):
+        training.optimizer.load_state_dict(resumed["optimizer"])
+    if resumed.get("scaler"):
+        training.scaler.load_state_dict(resumed["scaler"])
+    return resumed
+
+
+def seed_model_randomness(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def restore_random_state(resumed: dict | None, state: TrainingState, config, context: Context) -> None:
+    """A resumed run's random state for this rank, or a fresh seed for a rank it did not have."""
+    if resumed is None:
+        return
+    own = rank_rng_state(resumed, context.rank, context.world_size)
+    if own is not None:
+        restore_rng_state(own)
+    else:
+        seed_model_randomness(config.seed + context.rank + 7919 * state.step)

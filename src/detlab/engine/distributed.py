@@ -89,12 +89,26 @@ def shutdown_distributed() -> None:
         _CREATED_HERE.clear()
 
 
+def move_to_device(images: list, targets: list | None, device: torch.device) -> tuple[list, list | None]:
+    """A batch's images and (when given) targets' tensors on ``device``."""
+    images = [image.to(device, non_blocking=True) for image in images]
+    if targets is not None:
+        targets = [
+            {key: value.to(device) if torch.is_tensor(value) else value for key, value in target.items()}
+            for target in targets
+        ]
+    return images, targets
+
+
 def wrap_model(model: torch.nn.Module, context: Context) -> torch.nn.Module:
     """``DistributedDataParallel`` around ``model`` when running distributed, else ``model``."""
     if not context.distributed:
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    # Gradients as views of DDP's communication buckets: the weight gradients of channels-last
+    # convolutions then take the buckets' layout (no "grad strides do not match bucket view
+    # strides" warning, no copy into the buckets each step).
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from detlab.config import TrainConfig
+
 
 class WeightAverage:
     """The average of ``model``'s weights (a copy of ``model``, kept in eval mode)."""
@@ -65,3 +67,13 @@ class WeightAverage:
     def load(self, weights: dict, updates: int) -> None:
         self.model.load_state_dict(weights)
         self.updates = int(updates)
+
+
+def run_average(model: torch.nn.Module, config: TrainConfig, resumed: dict | None) -> WeightAverage | None:
+    """The weights' moving average when the run keeps one (``train.ema_decay``), resumed as saved."""
+    if config.ema_decay <= 0:
+        return None
+    average = WeightAverage(model, config.ema_decay, config.ema_ramp_steps)
+    if resumed is not None and "ema_updates" in resumed:
+        average.load(resumed["model"], resumed["ema_updates"])
+    return average

@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
+
+import torch
+import yaml
+
+from detlab.engine.checkpoint import write_atomically
+from detlab.engine.distributed import Context, average_across_processes
+from detlab.engine.state import TrainingState
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+TENSORBOARD_NAME = "tensorboard"
 # Plotted when present (the COCO summary has 12 numbers; these three tell the story).
-HEADLINE_METRICS = ("AP", "AP50", "AP75", "mAP", "mAP50")
+HEADLINE_METRICS = ("AP", "AP50", "AP75")
 
 
 class MetricsLog:
     """Appends records to ``run_dir/metrics.jsonl``; a resumed run first drops the records an
-    interrupted run wrote after its last checkpoint, so each step appears once."""
+    interrupted run wrote after its last checkpoint, so each step appears once. When the
+    ``tensorboard`` package is installed (the ``tensorboard`` extra), every number of a record is
+    also a TensorBoard scalar under ``run_dir/tensorboard`` (``train/loss``, ``eval/AP50``, ...),
+    resumed the same way."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None):
         self.path = Path(run_dir) / METRICS_NAME
@@ -30,14 +42,30 @@ class MetricsLog:
             self.path.write_text("")
         elif self.path.exists():
             kept = [record for record in read_metrics(self.path) if record.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            write_atomically("".join(json.dumps(record) + "\n" for record in kept).encode(), self.path)
+        self.board = tensorboard_writer(Path(run_dir) / TENSORBOARD_NAME, resume_step)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            for name, value in record.items():
+                if name not in ("kind", "epoch", "step") and _is_number(value):
+                    self.board.add_scalar(f"{record.get('kind', 'train')}/{name}", value, record.get("step", 0))
+            self.board.flush()
 
     def records(self) -> list[dict]:
         return read_metrics(self.path)
+
+
+def tensorboard_writer(folder: Path, resume_step: int | None):
+    """A TensorBoard ``SummaryWriter`` in ``folder`` (events after ``resume_step`` purged), or
+    ``None`` when the ``tensorboard`` package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder), purge_step=None if resume_step is None else resume_step + 1)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -100,3 +128,43 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def open_run_log(run_dir: Path, run_config: dict | None, resume_step: int | None, context: Context) -> MetricsLog | None:
+    """The metrics log (rank 0; ``None`` elsewhere), and ``config.yaml`` written beside it."""
+    if not context.is_main:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_config is not None:
+        with open(run_dir / "config.yaml", "w") as handle:
+            yaml.safe_dump(run_config, handle, sort_keys=False)
+    return MetricsLog(run_dir, resume_step=resume_step)
+
+
+class LossWindow:
+    """Loss terms averaged over the steps since the last log record, and the images per second.
+    The sums stay on the device until :meth:`record`: no copy to the host every step."""
+
+    def __init__(self):
+        self.totals: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.start = 0, 0, time.perf_counter()
+
+    def add(self, names: list[str], values: torch.Tensor, images: int) -> None:
+        """One step: ``values`` (``Tensor[len(names)]``, this process's) and the images of all processes."""
+        for name, value in zip(names, values.double()):
+            self.totals[name] = self.totals[name] + value if name in self.totals else value
+        self.steps += 1
+        self.images += images
+
+    def images_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+    def record(self, state: TrainingState, learning_rate: float, context: Context) -> dict:
+        """The log record: each term's mean over the window and the processes (one all-reduce, so
+        every rank calls it)."""
+        names = list(self.totals)
+        totals = average_across_processes(torch.stack([self.totals[name] for name in names]), context)
+        record = {"kind": "train", "epoch": state.epoch + 1, "step": state.step, "lr": learning_rate}
+        record.update({name: total / self.steps for name, total in zip(names, totals.tolist())})
+        record.update({"images_per_s": round(self.images_per_s(), 3), "time": round(state.elapsed_s, 3)})
+        return record

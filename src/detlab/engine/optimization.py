@@ -1,9 +1,9 @@
 """Optimisers and the learning-rate schedule.
 
-The schedule is a function of training progress, where progress is the larger of
-``step / total_steps`` and ``elapsed / time_budget_s``: a run bounded by a wall-clock budget
-(the demo, the benchmarks) anneals over that budget, one bounded by steps or epochs over those.
-Its whole state is the step and the elapsed time, which checkpoints already hold.
+The schedule is a function of the share of the budget spent (:func:`detlab.engine.budget.share_spent`:
+the larger of ``step / total_steps`` and ``elapsed / time_budget_s``): a run bounded by a
+wall-clock budget (the demo, the benchmarks) anneals over that budget, one bounded by steps or
+epochs over those. Its whole state is the step and the elapsed time, which checkpoints already hold.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from detlab.config import TrainConfig
+from detlab.engine.budget import Budget, share_spent
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -41,8 +42,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     if config.optimizer == "adamw":
-        # The fused kernel updates all tensors in one pass: on a 2-core CPU it took a quarter of the
-        # time of the per-tensor loop for the demo detector (2.5 vs 10.9 ms a step).
+        # The fused kernel updates all tensors in one pass instead of looping over them, which on a
+        # CPU is most of the optimiser's time (docs/engine.md has the measurement).
         devices = {parameter.device.type for group in groups for parameter in group["params"]}
         fused = devices <= {"cpu", "cuda"}
         return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
@@ -65,23 +66,19 @@ class LearningRateSchedule:
             raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.kind!r}")
 
     @classmethod
-    def from_config(cls, config: TrainConfig, total_steps: int) -> LearningRateSchedule:
+    def from_config(cls, config: TrainConfig, budget: Budget) -> LearningRateSchedule:
+        """The schedule of ``config`` over ``budget`` (its step horizon and time budget)."""
         return cls(
             base_lr=config.lr,
             kind=config.schedule,
-            total_steps=total_steps,
-            time_budget_s=config.time_budget_s,
+            total_steps=budget.horizon_steps,
+            time_budget_s=budget.time_budget_s,
             warmup_steps=config.warmup_steps,
             milestones=tuple(config.step_milestones),
         )
 
-    def progress(self, step: int, elapsed_s: float) -> float:
-        fractions = [0.0]
-        if self.total_steps > 0:
-            fractions.append(step / self.total_steps)
-        if self.time_budget_s > 0:
-            fractions.append(elapsed_s / self.time_budget_s)
-        return min(1.0, max(fractions))
+    def progress(self, step: float, elapsed_s: float) -> float:
+        return share_spent(step, elapsed_s, self.total_steps, self.time_budget_s)
 
     def factor(self, step: int, elapsed_s: float = 0.0) -> float:
         warmup = 1.0

@@ -2,8 +2,8 @@
 scoring a checkpoint on a data set (``detlab eval --checkpoint``).
 
 A prediction is the detector contract's ``{"boxes": Tensor[K, 4] (x1, y1, x2, y2) absolute pixels
-of the image as given, "scores": Tensor[K], "labels": int64 Tensor[K] in 1..C}`` (the localizer:
-its top-k guesses), plus ``"keypoints": Tensor[K, J, 2]`` for DeepPose. :func:`predict_files`
+of the image as given, "scores": Tensor[K], "labels": int64 Tensor[K] in 1..C}`` (a one-object
+model: its top-k guesses), plus ``"keypoints": Tensor[K, J, 2]`` for a keypoint model. :func:`predict_files`
 writes, per image, an annotated copy, and for all of them ``detections.json`` (COCO results:
 ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``, with ``"keypoints": [x1, y1, v1,
 ...]`` for a keypoint model; image ids ``1..N`` in sorted file order, category ids = labels) and
@@ -19,15 +19,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch.utils.data import Dataset, SequentialSampler
 
 from detlab import config as config_io
+from detlab.config import RunConfig
+from detlab.data.coco import coco_category_ids
+from detlab.data.drawing import draw_detections
+from detlab.data.images import save_image, to_image_tensor
+from detlab.data.loading import load_dataset
 from detlab.engine import checkpoint as checkpoints
-from detlab.engine.run import RunConfig, build_model, make_evaluator, run_config_from_dict
+from detlab.engine.precision import full_precision, inference_autocast
+from detlab.engine.run import build_model, run_config_from_dict
 from detlab.engine.sampling import make_loader, resolve_device
-from detlab.engine.train import evaluate, full_precision, inference_autocast
+from detlab.engine.train import evaluate
+from detlab.eval.coco import COCOEvaluator
+from detlab.eval.evaluate import PROTOCOLS
+from detlab.eval.report import build_report
+from detlab.eval.results import coco_result_entries
+from detlab.eval.voc import VOCEvaluator
+from detlab.image_files import IMAGE_SUFFIXES, open_rgb
+from detlab.models.inference import TestTimeCombination, fold_batchnorm
+from detlab.progress import progress_bar
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
 
 
@@ -78,8 +91,6 @@ class Predictor:
         ``ensemble``: more checkpoints of detectors of the same classes, whose detections are
         merged with this one's; ``test_scales``: input size factors (e.g. ``0.8, 1, 1.2``) each
         model runs at, detections merged. ``overrides`` apply to every checkpoint."""
-        from detlab.models.inference import TestTimeCombination, fold_batchnorm
-
         model, classes, run_config = model_from_checkpoint(path, overrides)
         models = [model]
         for other in ensemble:
@@ -93,12 +104,7 @@ class Predictor:
                 fold_batchnorm(member)
         scales = tuple(test_scales)
         if len(models) > 1 or scales:
-            if any(getattr(member, "evaluation", "detection") != "detection" for member in models):
-                raise ValueError("ensembles and multi-scale testing combine detectors' boxes; this checkpoint is not a detector")
-            head = getattr(model, "roi_head", None) or getattr(model, "config", None)
-            nms = float(getattr(head, "nms_threshold", 0.5))
-            limit = int(getattr(head, "detections_per_image", 100))
-            model = TestTimeCombination(models, scales or (1.0,), nms, limit).eval()
+            model = TestTimeCombination(models, scales or (1.0,)).eval()
         return cls(model, classes, run_config, device)
 
     @torch.no_grad()
@@ -114,8 +120,6 @@ class Predictor:
 
     @torch.no_grad()
     def predict_batch(self, images: Iterable, score_threshold: float | None = None) -> list[dict]:
-        from detlab.data.images import to_image_tensor
-
         tensors = [to_image_tensor(image).to(self.device) for image in images]
         with inference_autocast(self.device, self.amp):
             outputs = self.model(tensors)
@@ -150,8 +154,6 @@ def find_images(path: str | Path) -> list[Path]:
 
 def result_entries(prediction: dict, image_id: int) -> list[dict]:
     """One image's prediction as COCO result entries (2 decimals; keypoints as COCO triples)."""
-    from detlab.eval.results import coco_result_entries
-
     entries = coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], image_id, decimals=2)
     if "keypoints" in prediction:
         for entry, points in zip(entries, prediction["keypoints"].tolist()):
@@ -159,7 +161,7 @@ def result_entries(prediction: dict, image_id: int) -> list[dict]:
     return entries
 
 
-class ImageFiles(torch.utils.data.Dataset):
+class ImageFiles(Dataset):
     """The pixels of image files, ``H x W x 3`` uint8 numpy arrays (RGB), for a loader to decode
     ahead of the model (in worker processes, when it has them)."""
 
@@ -170,8 +172,6 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from detlab.image_files import open_rgb
-
         return np.asarray(open_rgb(self.files[index]))
 
 
@@ -193,22 +193,21 @@ def predict_files(
     and padding images of different sizes to one would change detections near their borders).
     Returns ``{"images": N, "detections": M, "out_dir": str}``.
     """
-    from detlab.data.images import save_image
-    from detlab.visualize import draw_detections
-
     source, out_dir = Path(source), Path(out_dir)
     files = find_images(source)
+    if out_dir.resolve() == (source if source.is_dir() else source.parent).resolve():
+        raise ValueError(f"--out {out_dir} is the input folder: the annotated images would overwrite the originals; "
+                         "choose another folder")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = getattr(predictor, "device", torch.device("cpu"))
+    device = torch.device(predictor.device)
     if batch_size is None:
-        run_config = getattr(predictor, "run_config", None)
+        run_config = predictor.run_config
         batch_size = run_config.train.batch_size if device.type == "cuda" and run_config is not None else 1
-    predict_batch = getattr(predictor, "predict_batch", None) or (lambda batch: [predictor.predict(p) for p in batch])
-    loader = make_loader(ImageFiles(files), batch_size, torch.utils.data.SequentialSampler(files), num_workers,
+    loader = make_loader(ImageFiles(files), batch_size, SequentialSampler(files), num_workers,
                          collate=list, device=device)  # fmt: skip
-    decoded = (item for batch in loader for item in zip(batch, predict_batch(batch)))
+    decoded = (item for batch in loader for item in zip(batch, predictor.predict_batch(batch)))
     images_info, detections = [], []
-    progress = tqdm(decoded, total=len(files), desc="predict", unit="image", dynamic_ncols=True)
+    progress = progress_bar(decoded, total=len(files), desc="predict", unit="image")
     for image_id, (path, (pixels, found)) in enumerate(zip(files, progress), start=1):
         prediction = {key: torch.as_tensor(value) if key != "names" else value for key, value in found.items()}
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
@@ -222,7 +221,7 @@ def predict_files(
             image, prediction["boxes"][shown], prediction["labels"][shown], predictor.classes, prediction["scores"][shown],
             keypoints=prediction["keypoints"][shown] if "keypoints" in prediction else None,
         )  # fmt: skip
-        target = out_dir / relative.with_suffix(".png" if path.suffix.lower() not in (".jpg", ".jpeg") else ".jpg")
+        target = out_dir / annotated_name(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_image(annotated, target)
     (out_dir / "detections.json").write_text(json.dumps(detections))
@@ -230,32 +229,75 @@ def predict_files(
     return {"images": len(files), "detections": len(detections), "out_dir": str(out_dir)}
 
 
+def annotated_name(relative: Path) -> Path:
+    """Where an input image's annotated copy goes, relative to the output folder: the same name
+    for a JPEG or PNG file; another image file keeps its name and gains ``.png`` (``a.bmp`` ->
+    ``a.bmp.png``), so two inputs that differ only in their suffix never share an output."""
+    if relative.suffix.lower() in (".jpg", ".jpeg", ".png"):
+        return relative
+    return relative.with_name(relative.name + ".png")
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str,
     split: str | None = None,
-    protocol: str = "coco",
-    iou_threshold: float = 0.5,
-    max_detections: int = 100,
     device: str = "auto",
     overrides: list[str] | None = None,
-    max_images: int = 0,
-    data_root: str | None = None,
     ensemble: Iterable[str | Path] = (),
     test_scales: Iterable[float] = (),
+    **scoring,
 ):
-    """Score a checkpoint of any method on the data set ``data`` (a spec) at ``split`` (default: the
-    run's ``data.test_split``) through
-    :func:`detlab.engine.train.evaluate`; returns ``(report dict, result)``. Detectors are scored
-    with ``protocol`` (``coco``, ``voc07``, ``voc``), the localizer with ILSVRC localization
-    error, DeepPose with PCK. The data set's classes must be the checkpoint's, in the same order.
-    ``max_images``: the first that many images of the split (0 = all). ``ensemble``,
-    ``test_scales``: test-time combinations (see :meth:`Predictor.from_checkpoint`)."""
-    from detlab.data import load_dataset
-
+    """Score a checkpoint of any method (loaded unfolded, so the numbers are the training run's)
+    on the data set ``data`` (a spec) at ``split`` (default: the run's test split), its first
+    ``scoring["max_images"]`` (0: all), read from ``scoring["data_root"]`` for a synthetic set:
+    :func:`evaluate_predictor` with the rest of ``scoring`` (``protocol``, ``iou_threshold``,
+    ``max_detections``). ``ensemble``, ``test_scales``: test-time combinations (see
+    :meth:`Predictor.from_checkpoint`). Returns ``(report dict, result)``."""
     ensemble, test_scales = list(ensemble), list(test_scales)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides, fold=False,
                                           ensemble=ensemble, test_scales=test_scales)  # fmt: skip
+    source = {"checkpoint": str(checkpoint)}
+    if ensemble or test_scales:
+        source.update({"ensemble": [str(path) for path in ensemble], "test_scales": list(test_scales)})
+    dataset = evaluation_split(predictor, data, split, scoring.pop("data_root", None), scoring.pop("max_images", 0))
+    return evaluate_predictor(predictor, dataset, source=source, **scoring)
+
+
+def evaluate_predictor(
+    predictor: Predictor,
+    dataset,
+    protocol: str = "coco",
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    source: dict | None = None,
+):
+    """Score ``predictor`` on ``dataset`` (a :class:`~detlab.data.schema.DetectionDataset` of the
+    predictor's classes) through :func:`detlab.engine.train.evaluate`; returns ``(report dict,
+    result)``. Detectors are scored with ``protocol`` (``coco``, ``voc07``, ``voc``), other models
+    by their own evaluator (:meth:`~detlab.models.contract.Detector.make_evaluator`: ILSVRC
+    localization error, PCK). ``source``: what the report says was scored."""
+    kind = predictor.model.evaluation
+    if kind == "detection":
+        evaluator = detection_evaluator(predictor.classes, protocol, iou_threshold, max_detections)
+    else:
+        evaluator = predictor.model.make_evaluator(predictor.classes)
+    loader = make_loader(dataset, predictor.run_config.train.batch_size, SequentialSampler(dataset), device=predictor.device)
+    result = evaluate(predictor.model, loader, evaluator, predictor.device, predictor.amp)
+    settings = {"protocol": protocol if kind == "detection" else kind, **(source or {})}
+    if kind != "detection":
+        return metrics_report(kind, result, len(dataset), settings, dataset.name), result
+    problem = evaluator.problem()
+    problem.category_ids = coco_category_ids(dataset)
+    problem.source = {"ground_truth": dataset.name, "results": f"{settings.get('checkpoint', 'the model')} (detector outputs)"}
+    settings.update({"iou_threshold": iou_threshold} if protocol != "coco" else {"max_detections": max_detections})
+    return build_report(result, problem, settings), result
+
+
+def evaluation_split(predictor: Predictor, data: str, split: str | None, data_root: str | None, max_images: int):
+    """The images ``predictor`` is scored on: ``data`` at ``split`` (default: the run's test split;
+    the run's own data root when ``data`` is the run's data), its first ``max_images`` (0: all),
+    whose classes must be the model's, in the same order."""
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
@@ -265,35 +307,11 @@ def evaluate_checkpoint(
             f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "
             "evaluate on data with the same classes"
         )
-    if max_images > 0:
-        dataset = dataset.subset(range(min(max_images, len(dataset))))
-    evaluator = detection_evaluator(predictor.classes, protocol, iou_threshold, max_detections)
-    kind = getattr(predictor.model, "evaluation", "detection")
-    if kind != "detection":
-        evaluator = make_evaluator(predictor.model, predictor.classes)
-    batch_size = predictor.run_config.train.batch_size
-    loader = make_loader(dataset, batch_size, torch.utils.data.SequentialSampler(dataset), device=predictor.device)
-    result = evaluate(predictor.model, loader, evaluator, predictor.device, predictor.amp)
-    settings = {"protocol": protocol if kind == "detection" else kind, "checkpoint": str(checkpoint)}
-    if ensemble or test_scales:
-        settings.update({"ensemble": [str(path) for path in ensemble], "test_scales": list(test_scales)})
-    if kind != "detection":
-        return metrics_report(kind, result, len(dataset), settings, dataset.name), result
-    from detlab.data.coco import coco_category_ids
-    from detlab.eval.report import build_report
-
-    problem = evaluator.problem()
-    problem.category_ids = coco_category_ids(dataset)
-    problem.source = {"ground_truth": dataset.name, "results": f"{checkpoint} (detector outputs)"}
-    settings.update({"iou_threshold": iou_threshold} if protocol != "coco" else {"max_detections": max_detections})
-    return build_report(result, problem, settings), result
+    return dataset.subset(range(min(max_images, len(dataset)))) if max_images > 0 else dataset
 
 
 def detection_evaluator(classes: list[str], protocol: str, iou_threshold: float, max_detections: int):
-    from detlab.eval.coco import COCOEvaluator
-    from detlab.eval.evaluate import PROTOCOLS
-    from detlab.eval.voc import VOCEvaluator
-
+    """The evaluator of ``protocol`` (``coco``, ``voc07``, ``voc``) for ``classes``."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     if protocol == "coco":
@@ -302,7 +320,7 @@ def detection_evaluator(classes: list[str], protocol: str, iou_threshold: float,
 
 
 def metrics_report(kind: str, metrics: dict, num_images: int, settings: dict, source: str) -> dict:
-    """A report (``detlab.eval.report`` layout) for the localizer's or DeepPose's metrics."""
+    """A report (``detlab.eval.report`` layout) for a model scored by its own evaluator's metrics."""
     return {
         "protocol": kind, "settings": settings, "num_images": num_images, "num_gt": num_images,
         "num_detections": num_images, "metrics": dict(metrics), "per_class": [], "curves": {},

@@ -19,12 +19,16 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from detlab.engine.distributed import select_device
+from detlab.config import TrainConfig
+from detlab.engine.distributed import Context, select_device
+from detlab.engine.options import FitOptions
 from detlab.machine import usable_cpus
 
 
@@ -101,6 +105,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     )
 
 
+@runtime_checkable
+class HearsProgress(Protocol):
+    """A training set that changes with the share of the training budget spent
+    (:class:`detlab.data.mosaic.MosaicDataset`: its mosaics stop at ``data.mosaic_off_after``)."""
+
+    def set_progress(self, fraction: float) -> None: ...
+
+
 class SeededSamples(Dataset):
     """Wraps a data set so ``dataset[i]`` draws its augmentation from its own seeded generators.
 
@@ -112,9 +124,15 @@ class SeededSamples(Dataset):
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
+        self.hears_progress = isinstance(dataset, HearsProgress)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_progress(self, fraction: float) -> None:
+        """The share of the budget spent, for a data set that :class:`HearsProgress`."""
+        if self.hears_progress:
+            self.dataset.set_progress(fraction)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -161,8 +179,7 @@ class EpochIndices(torch.utils.data.Sampler):
 
 GPU_WORKERS = 4  # auto: up to this many loader processes a GPU (and no more than its share of CPUs)
 # auto on a CPU: the model's threads already keep every core busy, so a worker only takes cores
-# from them. Measured on 2 cores (BCCD preset, benchmarks/results/loader_bccd.md): 1 worker trains
-# at 0.98x and 2 at 0.96x the images a second of loading in the training process.
+# from them (benchmarks/results/loader_bccd.md measures it; docs/engine.md).
 CPU_WORKERS = 0
 
 
@@ -239,6 +256,32 @@ def make_training_loader(
     A training set that hears the share of the budget spent (``set_progress``: mosaics stop) hears
     it in the training process only; fresh workers copy that at each epoch's start, persistent
     ones never would, so for such a set they stay per-epoch."""
-    hears_progress = getattr(seeded.dataset, "set_progress", None) is not None
     return make_loader(seeded, batch_size, EpochIndices(sampler), num_workers, collate, device,
-                       persistent_workers=not hears_progress)  # fmt: skip
+                       persistent_workers=not seeded.hears_progress)  # fmt: skip
+
+
+@dataclass
+class TrainingData:
+    """The run's loaders: the training order (``sampler``, ``seeded`` samples, ``loader``) and, with
+    a validation set, each rank's shard of it, scored for ``classes``."""
+
+    loader: DataLoader
+    sampler: ResumableSampler
+    seeded: SeededSamples
+    validation: DataLoader | None
+    classes: list[str]
+    best_metric: str | None = None
+
+
+def training_data(train_dataset, val_dataset, config: TrainConfig, context: Context, options: FitOptions, classes) -> TrainingData:
+    """The training loader in its resumable, seeded order, and each rank's shard of the validation set."""
+    if len(train_dataset) == 0:
+        raise ValueError("the training set is empty")
+    seeded = SeededSamples(train_dataset, seed=config.seed)
+    sampler = ResumableSampler(len(train_dataset), context.rank, context.world_size, shuffle=True, seed=config.seed)
+    loader = make_training_loader(seeded, config.batch_size, sampler, options.num_workers, options.collate, context.device)
+    validation = None
+    if val_dataset is not None:
+        shard = ShardSampler(len(val_dataset), context.rank, context.world_size)
+        validation = make_loader(val_dataset, config.batch_size, shard, options.num_workers, options.collate, context.device)
+    return TrainingData(loader, sampler, seeded, validation, list(classes), options.best_metric)

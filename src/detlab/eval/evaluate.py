@@ -100,7 +100,7 @@ def load_ground_truth(gt: str | Path | DetectionDataset, split: str | None = Non
         from detlab.data.voc_files import read_voc_annotations
 
         return read_voc_annotations(path.removeprefix("voc:"), split)
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
 
     return load_dataset(path, split=split)
 

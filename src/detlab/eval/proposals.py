@@ -65,6 +65,31 @@ def best_overlaps(
     return running_best[:, columns]
 
 
+def data_set_overlaps(
+    proposals: Sequence[ArrayLike], gt_boxes: Sequence[ArrayLike], gt_labels: Sequence[ArrayLike] | None,
+    curve_sizes: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Every ground-truth box of every image: ``(best overlap with the first n proposals, for each
+    n of curve_sizes, [G, len(curve_sizes)]; its label [G] (1 for all without gt_labels); the
+    proposals an image)``."""
+    best_per_box, labels_per_box, counts = [], [], []
+    for image_index, (image_proposals, image_gt) in enumerate(zip(proposals, gt_boxes)):
+        image_proposals = _as_array(image_proposals, f"proposals[{image_index}]")
+        image_gt = _as_array(image_gt, f"gt_boxes[{image_index}]")
+        counts.append(len(image_proposals))
+        best_per_box.append(best_overlaps(image_proposals, image_gt, curve_sizes))
+        if gt_labels is None:
+            labels_per_box.append(np.ones(len(image_gt), dtype=np.int64))
+        else:
+            labels = as_numpy(gt_labels[image_index])
+            if len(labels) != len(image_gt):
+                raise ValueError(f"image {image_index}: {len(image_gt)} gt boxes but {len(labels)} labels")
+            labels_per_box.append(labels.astype(np.int64).reshape(-1))
+    best = np.concatenate(best_per_box) if best_per_box else np.zeros((0, len(curve_sizes)))
+    labels = np.concatenate(labels_per_box) if labels_per_box else np.zeros(0, dtype=np.int64)
+    return best, labels, counts
+
+
 def proposal_recall(
     proposals: Sequence[ArrayLike],
     gt_boxes: Sequence[ArrayLike],
@@ -107,22 +132,7 @@ def proposal_recall(
     curve_sizes = sorted({n for n in CURVE_NUM_PROPOSALS if n <= largest} | set(num_proposals))
     columns = {n: index for index, n in enumerate(curve_sizes)}
 
-    best_per_box, labels_per_box, counts = [], [], []
-    for image_index, (image_proposals, image_gt) in enumerate(zip(proposals, gt_boxes)):
-        image_proposals = _as_array(image_proposals, f"proposals[{image_index}]")
-        image_gt = _as_array(image_gt, f"gt_boxes[{image_index}]")
-        counts.append(len(image_proposals))
-        best_per_box.append(best_overlaps(image_proposals, image_gt, curve_sizes))
-        if gt_labels is None:
-            labels_per_box.append(np.ones(len(image_gt), dtype=np.int64))
-        else:
-            labels = gt_labels[image_index]
-            labels = as_numpy(labels)
-            if len(labels) != len(image_gt):
-                raise ValueError(f"image {image_index}: {len(image_gt)} gt boxes but {len(labels)} labels")
-            labels_per_box.append(labels.astype(np.int64).reshape(-1))
-    best = np.concatenate(best_per_box) if best_per_box else np.zeros((0, len(curve_sizes)))  # [G, sizes]
-    labels = np.concatenate(labels_per_box) if labels_per_box else np.zeros(0, dtype=np.int64)
+    best, labels, counts = data_set_overlaps(proposals, gt_boxes, gt_labels, curve_sizes)
     num_gt = len(best)
 
     def recall_at(column: int, threshold: float) -> float:

@@ -18,20 +18,21 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 
 from detlab.export import runtime
+from detlab.models.contract import ExportPlan
 
 COORDINATE_OUTPUTS = ("proposals", "boxes")
 ROW_OUTPUTS = ("proposals", "probabilities", "boxes")  # one row a proposal (Faster R-CNN)
 
 
-def raw_outputs(graph: torch.nn.Module, session: runtime.OnnxPredictor, image) -> tuple[dict, dict, int]:
-    """One image through the runtime's pre-processing, then through ``graph`` (the export wrapper
-    of :func:`detlab.export.onnx_export.export_plan`) in PyTorch and through ``session``:
+def raw_outputs(plan: ExportPlan, session: runtime.OnnxPredictor, image) -> tuple[dict, dict, int]:
+    """One image through the runtime's pre-processing, then through the graph of ``plan`` (a
+    model's :meth:`~detlab.models.contract.Detector.export_plan`) in PyTorch and through ``session``:
     ``(PyTorch's outputs, onnxruntime's, the input's longer side)``, numpy arrays by output name."""
     inputs, _ = runtime.preprocess(runtime.image_array(image), session.metadata["preprocess"])
     with torch.no_grad():
-        expected = graph(*[torch.from_numpy(inputs[name]) for name in graph.input_names])
+        expected = plan.graph(*[torch.from_numpy(inputs[name]) for name in plan.input_names])
     expected = expected if isinstance(expected, tuple) else (expected,)
-    expected = {name: value.numpy() for name, value in zip(graph.output_names, expected)}
+    expected = {name: value.numpy() for name, value in zip(plan.output_names, expected)}
     return expected, session.run(inputs), max(inputs["images"].shape[-2:])
 
 
@@ -72,7 +73,7 @@ def matched_detections(expected: dict, found: dict) -> dict:
         return report
     boxes = torch.from_numpy(found["boxes"])
     same_label = expected["labels"][:, None] == torch.from_numpy(found["labels"])[None]
-    # a degenerate box (an untrained localizer's zero-width guess) has no IoU: equal corners count as 1
+    # a degenerate box (an untrained box head's zero-width guess) has no IoU: equal corners count as 1
     iou = torchvision.ops.box_iou(expected["boxes"], boxes).nan_to_num(0.0)
     equal = (expected["boxes"][:, None] - boxes[None]).abs().amax(-1) < 1e-2
     iou = (torch.maximum(iou, equal.float()) * same_label).numpy()

@@ -61,6 +61,12 @@ class OnnxPredictor:
         self.classes = list(self.metadata["classes"])
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.last_timings: dict[str, float] = {}
+        self.device = "cpu"  # onnxruntime's CPU provider
+        self.run_config = None  # the training run's settings stay in the checkpoint
+
+    def predict_batch(self, images, score_threshold: float | None = None) -> list[dict]:
+        """:meth:`predict` of every image, in order."""
+        return [self.predict(image, score_threshold) for image in images]
 
     def predict(self, image, score_threshold: float | None = None) -> dict:
         """What the model finds in one image (a path, a PIL image or an ``H x W x 3`` uint8 RGB
@@ -231,7 +237,7 @@ def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.
 
 
 def window_guesses(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
-    """The localizer: the ``top_k`` classes of the window, each with its box (class-specific
+    """A window classifier with a box head: the ``top_k`` classes of the window, each with its box (class-specific
     regression) or the one box (class-agnostic), in the image's pixels."""
     probabilities, boxes = outputs["probabilities"][0], outputs["boxes"][0]
     k = min(settings["top_k"], probabilities.shape[0])

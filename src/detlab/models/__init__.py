@@ -1,36 +1,43 @@
 """Every trainable method of detlab, and its parts.
 
-``MODELS`` maps a method's name to its build function, one explicit dict filled by explicit imports:
-``MODELS[name](config, num_classes) -> nn.Module``, where ``config`` is the method's typed config
-dataclass (the annotation of the build function's ``config`` argument, which
-``detlab.engine.run`` reads; its ``RUN_DEFAULTS`` give the method's own data and training defaults).
-Every model obeys the contract of ``ARCHITECTURE.md``: ``model(images, targets)`` in training mode
-returns ``{"loss_<name>": scalar}``; in eval mode ``model(images)`` returns one dict an image,
-detections ``{"boxes", "scores", "labels"}`` in the frame of the images as given (the localizer:
-its top-k guesses; DeepPose adds ``"keypoints"``). A model with several training stages says so
-with ``RECIPES`` and ``recipe(name)`` (:mod:`detlab.engine.stages`); one whose outputs are not
-scored as detections says how with ``evaluation`` (``"localization"`` or ``"keypoints"``).
+``MODELS`` maps a method's name to its :class:`~detlab.models.contract.Method`: one explicit dict,
+one entry a method, each defined at the end of the method's own module (its model, config, recipe,
+export plan, look-inside view and labels live there too). ``MODELS[name](config, num_classes)``
+builds the model; every model obeys :mod:`detlab.models.contract`, which is all the engine,
+export, serve and compare ask of a method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from torch import nn
 
-from detlab.models.fast_rcnn import build_fast_rcnn
-from detlab.models.faster_rcnn import build_faster_rcnn
-from detlab.models.keypoints import build_keypoints
-from detlab.models.localizer import build_localizer
-from detlab.models.overfeat import build_overfeat
-from detlab.models.rcnn import build_rcnn
-from detlab.models.yolo import build_yolo, build_yolov1
+from detlab.models import fast_rcnn, faster_rcnn, keypoints, localizer, overfeat, rcnn, yolo, yolov1
+from detlab.models.backbones import without_backbone_weights
+from detlab.models.contract import Method
 
-MODELS: dict[str, Callable] = {
-    "localizer": build_localizer,
-    "keypoints": build_keypoints,
-    "overfeat": build_overfeat,
-    "rcnn": build_rcnn,
-    "fast_rcnn": build_fast_rcnn,
-    "faster_rcnn": build_faster_rcnn,
-    "yolov1": build_yolov1,
-    "yolo": build_yolo,
+MODELS: dict[str, Method] = {
+    "localizer": localizer.METHOD,
+    "keypoints": keypoints.METHOD,
+    "overfeat": overfeat.METHOD,
+    "rcnn": rcnn.METHOD,
+    "fast_rcnn": fast_rcnn.METHOD,
+    "faster_rcnn": faster_rcnn.METHOD,
+    "yolov1": yolov1.METHOD,
+    "yolo": yolo.METHOD,
 }
+
+
+def method(name: str) -> Method:
+    """``MODELS[name]``, or an error naming the methods there are."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; trainable models: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(name: str, config, num_classes: int, weights_from_checkpoint: bool = False) -> nn.Module:
+    """The model of method ``name`` that ``config`` describes; ``weights_from_checkpoint``: every
+    weight will be loaded from a checkpoint next, so the backbone is built without ImageNet's or a
+    weights file's (no download, no file that may be gone)."""
+    if weights_from_checkpoint:
+        config = without_backbone_weights(config)
+    return method(name)(config, num_classes)

@@ -674,3 +674,17 @@ def build_classifier_net(
     hidden = nn.Sequential(nn.Flatten(), *list(model.classifier.children())[:-1])
     out_channels = 256 if name == "alexnet" else 512
     return ClassifierNet(model.features, hidden, model.classifier[-1].in_features, grid, out_channels, 32)
+
+
+def backbone_body(config: BackboneConfig) -> nn.Module:
+    """The body of ``config.backbone`` up to C5 (a single-map body: its one map), its weights file
+    loaded, its BatchNorm as ``config.batchnorm`` says."""
+    check_backbone_name(config.backbone)
+    return with_weights_file(BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4), config)
+
+
+def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:
+    """``body`` with ``config.backbone_weights`` loaded, then frozen or marked per ``config.batchnorm``."""
+    if config.backbone_weights:
+        load_weights_file(body, config.backbone_weights)
+    return set_batchnorm_mode(body, config.batchnorm)

@@ -32,6 +32,7 @@ import torch
 from torchvision.ops import box_iou
 
 from detlab.config import is_auto
+from detlab.models.contract import Method
 from detlab.models.rpn import AnchorGenerator, RPNConfig, split_anchor_sizes
 from detlab.models.transform import InputSizeConfig, batcher_from_config, max_size_for
 
@@ -44,23 +45,22 @@ POOR_MEAN_IOU = 0.6  # coverage below this is worth a warning when the anchors w
 MAX_IMAGES = 400  # images measured for coverage (a seeded sample of larger sets)
 
 
-def concrete(config):
-    """``config`` with every ``"auto"`` field replaced by its class's fallback (the fixed default
-    of the base config that declares the field); unchanged when nothing is ``"auto"``."""
-    fallbacks = {**dataclasses.asdict(RPNConfig()), **dataclasses.asdict(InputSizeConfig()),
-                 **getattr(type(config), "AUTO_FALLBACKS", {})}  # fmt: skip
+def concrete(config, fallbacks: dict | None = None):
+    """``config`` with every ``"auto"`` field replaced by its fallback: ``fallbacks[name]``, else the
+    fixed default of the base config that declares the field (:class:`RPNConfig`,
+    :class:`InputSizeConfig`), ``max_size`` following ``min_size``; unchanged when nothing is
+    ``"auto"``. The one place an ``"auto"`` setting becomes a value without data: every build
+    function of a method with ``"auto"`` fields calls it first."""
+    fallbacks = {**dataclasses.asdict(RPNConfig()), **dataclasses.asdict(InputSizeConfig()), **(fallbacks or {})}
+    values = dataclasses.asdict(config)
     changes = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if field.name in fallbacks and isinstance(value, str) and not is_auto(value):
-            raise ValueError(f"model.{field.name}={value!r}: expected a number (or numbers) or auto")
-        if is_auto(value):
-            if field.name == "max_size":
-                continue  # follows min_size below
-            changes[field.name] = fallbacks[field.name]
-    if is_auto(getattr(config, "max_size", None)):
-        min_size = changes.get("min_size", config.min_size)
-        changes["max_size"] = max_size_for(min_size)
+    for name, value in values.items():
+        if name in fallbacks and isinstance(value, str) and not is_auto(value):
+            raise ValueError(f"model.{name}={value!r}: expected a number (or numbers) or auto")
+        if is_auto(value) and name != "max_size":  # max_size follows min_size below
+            changes[name] = fallbacks[name]
+    if is_auto(values.get("max_size")):
+        changes["max_size"] = max_size_for(changes.get("min_size", values.get("min_size")))
     return dataclasses.replace(config, **changes) if changes else config
 
 
@@ -167,19 +167,22 @@ def anchor_candidates(records, batcher, num_levels: int, sizes_per_level: int, n
             for sizes in (by_quantile, by_range)]  # fmt: skip
 
 
-def fit_to_data(run_config, records, build_model) -> tuple[object, dict]:
+def fit_to_data(run_config, records, method: Method, num_classes: int) -> tuple[object, dict]:
     """``run_config`` with its model's ``"auto"`` fields chosen from the training ``records``,
-    and a report (the choices, and the anchor coverage of what the run will use). ``build_model(
-    model_config)`` builds the method's model (to read its strides, batcher and RPN)."""
+    and a report (the choices, and the anchor coverage of what the run will use). ``method``
+    builds the model for ``num_classes`` classes, whose :meth:`~detlab.models.contract.Detector.fit_geometry`
+    says what can be fitted (its strides, and whether it has anchors)."""
     config = run_config.model
-    names = {field.name for field in dataclasses.fields(config)}
+    values = dataclasses.asdict(config)
     report: dict = {}
-    auto_input = is_auto(getattr(config, "min_size", None))
-    if not auto_input and "anchor_sizes" not in names and not any(is_auto(getattr(config, name)) for name in names):
+    auto_input = is_auto(values.get("min_size"))
+    if not auto_input and "anchor_sizes" not in values and not any(is_auto(value) for value in values.values()):
         return run_config, report
-    model = build_model(concrete(config))
-    strides = list(getattr(model, "strides", None) or model.backbone.strides)
-    if is_auto(getattr(config, "input_size", None)):  # a one-stage detector's longer side
+    geometry = method(config, num_classes).fit_geometry()
+    if geometry is None:
+        return dataclasses.replace(run_config, model=concrete(config)), report
+    strides = list(geometry.strides)
+    if is_auto(values.get("input_size")):  # a one-stage detector's longer side
         input_size, report["input_size"] = choose_side(records, min(strides), "long", INPUT_SIZE_BOUNDS)
         config = dataclasses.replace(config, input_size=input_size)
     if auto_input:
@@ -187,10 +190,9 @@ def fit_to_data(run_config, records, build_model) -> tuple[object, dict]:
         max_size = max_size_for(min_size) if is_auto(config.max_size) else max(int(config.max_size), min_size)
         config = dataclasses.replace(config, min_size=min_size, max_size=max_size)
     config = concrete(config)
-    rpn = getattr(model, "rpn", None)
-    if rpn is not None and hasattr(run_config.model, "anchor_sizes"):
+    if geometry.anchor_positive_iou is not None and "anchor_sizes" in values:
         batcher = batcher_from_config(config, strides)
-        positive_iou = float(getattr(rpn, "positive_iou", 0.7))
+        positive_iou = geometry.anchor_positive_iou
         fixed = concrete(run_config.model)
         num_levels = len(strides)
 
@@ -263,13 +265,13 @@ def describe(report: dict) -> str:
     return "\n".join(lines)
 
 
-def detector_fit_summary(records, run_config, build_model) -> dict:
+def detector_fit_summary(records, run_config, method: Method, num_classes: int) -> dict:
     """What a run of ``run_config`` (e.g. Faster R-CNN's defaults) would choose for ``records``:
     the input size, the box sides in pixels after that resize (percentiles, and COCO's size
     bins), and the anchor coverage of the fixed and the fitted anchors (``detlab data stats``).
-    ``build_model`` as for :func:`fit_to_data`."""
-    fitted, report = fit_to_data(run_config, records, build_model)
-    strides = list(build_model(fitted.model).backbone.strides)
+    ``method``, ``num_classes`` as for :func:`fit_to_data`."""
+    fitted, report = fit_to_data(run_config, records, method, num_classes)
+    strides = list(method(fitted.model, num_classes).fit_geometry().strides)
     batcher = batcher_from_config(fitted.model, strides)
     pieces = [boxes for _, boxes in resized_boxes(_sample(records), batcher) if len(boxes)]
     boxes = np.concatenate(pieces) if pieces else np.zeros((0, 4))

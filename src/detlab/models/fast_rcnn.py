@@ -12,17 +12,31 @@ Shape letters: B images; K proposals of an image; C classes (labels 1..C, 0 back
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable
-from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detlab import boxes as box_ops
 from detlab.config import choice
 from detlab.models.backbones import BackboneConfig, FeatureExtractor, feature_extractor_from_config
+from detlab.models.contract import (
+    NO_TRACE,
+    BoxesView,
+    DetectorModule,
+    ExportPlan,
+    Inside,
+    LectureRow,
+    Method,
+    NotExportable,
+    Trace,
+    proposals_title,
+)
+from detlab.models.external_proposals import (
+    image_proposals,
+    proposal_source,
+    proposals_name,
+    training_proposals,
+)
 from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head
 from detlab.models.transform import ImageBatcher, InputSizeConfig, batcher_from_config
 
@@ -40,73 +54,11 @@ class FastRCNNConfig(RoIHeadConfig, InputSizeConfig, BackboneConfig):
 
     proposal_method: str = "ss-fast"
     max_proposals: int = 2000
-    proposal_cache_dir: str = "runs/proposal_cache"  # "" keeps no cache (proposes every step)
+    proposal_cache_dir: str = "auto"  # auto: the user cache folder; "" keeps no cache (proposes every step)
     roi_pooling: str = choice("pool", ("align", "pool"))  # pool: the paper's RoI max pooling
 
 
-def default_proposal_method(
-    name: str, max_proposals: int, max_side: int | None = None
-) -> Callable[[Tensor], Tensor]:
-    """``image Tensor[3, H, W] -> boxes Tensor[K, 4]``: a method of :mod:`detlab.proposals` by name
-    (``ss-fast``, ``ss-quality``, ``sliding``, ...; ``selective_search`` means ``ss-fast``), imported
-    lazily since training data that carries ``"proposals"`` never needs it. ``max_side``: images
-    with a longer side are shrunk to it before proposing (boxes come back in the image's frame);
-    Fast R-CNN passes its ``max_size`` so the proposals see what the network sees."""
-    from detlab.proposals import build_method
-
-    options = {} if max_side is None else {"max_side": max_side}
-    return build_method(
-        "ss-fast" if name == "selective_search" else name, max_proposals=max_proposals, **options
-    )
-
-
-def proposal_source(name: str, max_proposals: int, max_side: int | None, cache_dir: str | None):
-    """``(method, cache)``: the proposal method of :func:`default_proposal_method` and, with a
-    ``cache_dir``, its on-disk cache in a sub-folder named after the method (``None`` without)."""
-    method = default_proposal_method(name, max_proposals, max_side)
-    if not cache_dir:
-        return method, None
-    from detlab.proposals import ProposalCache
-
-    return method, ProposalCache(Path(cache_dir) / method.name, method)
-
-
-def image_proposals(image: Tensor, target: dict | None, method, cache, training: bool) -> Tensor:
-    """An image's proposals, ``Tensor[K, 4]`` in its pixels: the target's ``"proposals"`` (attached
-    by the data layer), else, for a training image, from ``cache`` (keyed by its ``image_id`` and
-    content), else ``method`` run now (test time always proposes afresh: its cost is part of the
-    detector's test time)."""
-    if target is not None and "proposals" in target:
-        return target["proposals"].float().reshape(-1, 4)
-    if method is None:
-        raise ValueError(
-            "this detector needs proposals: give each target a 'proposals' Tensor[K, 4] or build the "
-            "model with a proposal method"
-        )
-    if training and cache is not None and target is not None and "image_id" in target:
-        key = f"{target['image_id']}-{image_fingerprint(image)}"
-        return cache.get_or_compute(key, image).to(image.device)
-    return method(image).to(image.device)
-
-
-def training_proposals(cache):
-    """A :class:`detlab.proposals.RecordProposals` over ``cache`` (``None`` without a cache)."""
-    if cache is None:
-        return None
-    from detlab.proposals import RecordProposals
-
-    return RecordProposals(cache)
-
-
-def image_fingerprint(image: Tensor) -> str:
-    """A short digest of an image's content (its 16x16 thumbnail), so cached proposals are reused
-    only for the very same pixels: a flipped or rescaled copy of an image gets its own entry."""
-    thumbnail = F.adaptive_avg_pool2d(image.detach().float().cpu()[None], 16)
-    digest = hashlib.sha1((thumbnail * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:12]
-    return f"{tuple(image.shape[-2:])[0]}x{tuple(image.shape[-2:])[1]}-{digest}"
-
-
-class FastRCNN(nn.Module):
+class FastRCNN(DetectorModule):
     """Backbone + RoI head on external proposals; obeys the detector contract.
 
     Args:
@@ -130,7 +82,7 @@ class FastRCNN(nn.Module):
     ):
         super().__init__()
         self.backbone, self.roi_head, self.batcher = backbone, roi_head, batcher
-        self.proposal_method = proposal_method
+        self.proposer = proposal_method
         self.proposal_cache = proposal_cache
 
     def training_proposals(self):
@@ -138,8 +90,22 @@ class FastRCNN(nn.Module):
         on the stored image, then moved by the augmentations with it), or ``None``."""
         return training_proposals(self.proposal_cache)
 
+    def proposal_method(self) -> Callable[[Tensor], Tensor] | None:
+        return self.proposer
+
+    def image_batcher(self) -> ImageBatcher:
+        return self.batcher
+
+    def merge_settings(self) -> tuple[float, int]:
+        return self.roi_head.nms_threshold, self.roi_head.detections_per_image
+
     def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None, proposals: list[Tensor] | None = None
+        self,
+        images: list[Tensor],
+        targets: list[dict] | None = None,
+        proposals: list[Tensor] | None = None,
+        *,
+        trace: Trace = NO_TRACE,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Training: ``{"loss_classifier", "loss_box"}``; eval: per image ``{"boxes", "scores", "labels"}``
         in the coordinates of ``images``. ``proposals`` (per image ``Tensor[K, 4]`` in image
@@ -149,29 +115,67 @@ class FastRCNN(nn.Module):
         if proposals is None:
             per_image_targets = targets if targets is not None else [None] * len(images)
             proposals = [
-                image_proposals(image, target, self.proposal_method, self.proposal_cache, self.training)
+                image_proposals(image, target, self.proposer, self.proposal_cache, self.training)
                 for image, target in zip(images, per_image_targets)
             ]
+            trace("proposals", proposals=proposals)
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         with_proposals = [
             {**(target or {}), "proposals": image_proposals}
             for target, image_proposals in zip(targets or [None] * len(images), proposals)
         ]
         batch, image_sizes, scales, scaled = self.batcher(images, with_proposals)
+        trace("batcher")
         features = self.backbone(batch)
+        trace("backbone")
         rois = [box_ops.clip(t["proposals"], size) for t, size in zip(scaled, image_sizes)]
         if self.training:
             _, losses = self.roi_head(features, rois, image_sizes, scaled)
             return losses
         detections, _ = self.roi_head(features, rois, image_sizes)
-        return self.batcher.restore(detections, scales, original_sizes)
+        trace("roi_head", rois=rois)
+        detections = self.batcher.restore(detections, scales, original_sizes)
+        trace("restore")
+        return detections
+
+    def export_plan(self) -> ExportPlan:
+        raise NotExportable(
+            "Fast R-CNN's proposals come from Selective Search, which runs outside the network; export "
+            "faster_rcnn, whose RPN makes the proposals inside the graph"
+        )
+
+    def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
+        """Selective Search -> resize -> one backbone pass -> RoI head on every proposal."""
+        trace = Trace()
+        output = self([image], trace=trace)[0]
+        proposals = trace["proposals"]["proposals"][0]
+        titles = {
+            "proposals": f"{proposals_name(self.proposer)}: {len(proposals)} proposals",
+            "batcher": "resize and normalise",
+            "backbone": "backbone: one pass for the whole image",
+            "roi_head": f"RoI head: pool, classify and refine {len(proposals)} proposals, NMS",
+            "restore": "boxes back to the image's pixels",
+        }
+        views = [BoxesView(proposals_title("Selective Search", proposals), proposals)]
+        return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+
 
 
 def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
-    """``MODELS["fast_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
+    """The detector described by ``config`` for ``num_classes`` classes."""
     backbone = feature_extractor_from_config(config)
     method, cache = proposal_source(config.proposal_method, config.max_proposals, config.max_size, config.proposal_cache_dir)
     return FastRCNN(
         backbone, build_roi_head(config, backbone, num_classes), batcher_from_config(config, backbone.strides),
         method, cache,
     )  # fmt: skip
+
+
+METHOD = Method(
+    name="fast_rcnn",
+    config=FastRCNNConfig,
+    build=build_fast_rcnn,
+    label="Fast R-CNN",
+    lecture=LectureRow(seconds_per_image=2.0, mean_ap=66.9),
+)

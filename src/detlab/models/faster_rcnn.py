@@ -13,13 +13,29 @@ Shape letters: B images; C object classes (labels 1..C, 0 background); P proposa
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
+from detlab import boxes as box_ops
 from detlab.config import choice
-from detlab.engine.stages import Stage, set_trainable
 from detlab.models.backbones import BackboneConfig, FeatureExtractor, feature_extractor_from_config
+from detlab.models.contract import (
+    NO_TRACE,
+    BoxesView,
+    DetectorModule,
+    ExportPlan,
+    FitGeometry,
+    Inside,
+    LectureRow,
+    Method,
+    NotExportable,
+    Stage,
+    Trace,
+    proposals_title,
+    set_trainable,
+)
+from detlab.models.data_fit import concrete
 from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head
 from detlab.models.rpn import RegionProposalNetwork, RPNConfig, build_rpn
 from detlab.models.transform import ImageBatcher, InputSizeConfig, batcher_from_config
@@ -56,15 +72,6 @@ class FasterRCNNConfig(RPNConfig, RoIHeadConfig, InputSizeConfig, BackboneConfig
 
     scale_jitter: float = 0.2  # training short sides: the multiples of 32 within +-20% (ImageBatcher)
 
-    # Small data sets trained from scratch: colour jitter on (flips: horizontal, the shared
-    # default), the learning rate the CPU presets use, and evaluation and checkpoints on an
-    # exponential moving average of the weights (the same as yolo's): with a val split of a few
-    # dozen images, the raw weights' validation AP swings by +-0.05 from one epoch to the next.
-    RUN_DEFAULTS: ClassVar[dict] = {
-        "data": {"photometric": True},
-        "train": {"lr": 0.02, "ema_decay": 0.9999, "ema_ramp_steps": 2000},
-    }
-
 
 TRAINING_STAGES = ("joint", "rpn", "detector")
 
@@ -74,14 +81,14 @@ ALTERNATING_STEPS = (("rpn", False), ("detector", False), ("rpn", True), ("detec
 FOUR_STEP_FOLDERS = ("step1_rpn", "step2_detector", "step3_rpn_shared", "step4_detector_shared")
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(DetectorModule):
     """Backbone -> RPN -> RoI head, handed in as parts; obeys the detector contract.
 
     ``training_stage`` selects what a training forward computes: ``joint`` all four losses;
     ``rpn`` only the RPN's two; ``detector`` only the head's two, on the RPN's (fixed) proposals.
     """
 
-    RECIPES = ("joint", "4step")
+    recipes = ("joint", "4step")
 
     def __init__(
         self,
@@ -95,7 +102,7 @@ class FasterRCNN(nn.Module):
         self.training_stage = "joint"
 
     def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None
+        self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Training: ``{"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"}``
         (a subset for the alternating stages); eval: per image ``{"boxes" Tensor[K, 4],
@@ -104,11 +111,17 @@ class FasterRCNN(nn.Module):
             raise ValueError("training mode needs targets; call model.eval() for inference")
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         batch, image_sizes, scales, targets = self.batcher(images, targets if self.training else None)
+        trace("batcher", scales=scales)
         features = self.backbone(batch)
+        trace("backbone")
         if not self.training:
             proposals, _ = self.rpn(features, image_sizes, self.backbone.strides)
+            trace("rpn", proposals=proposals)
             detections, _ = self.roi_head(features, proposals, image_sizes)
-            return self.batcher.restore(detections, scales, original_sizes)
+            trace("roi_head")
+            detections = self.batcher.restore(detections, scales, original_sizes)
+            trace("restore")
+            return detections
         rpn_targets = None if self.training_stage == "detector" else targets
         proposals, losses = self.rpn(features, image_sizes, self.backbone.strides, rpn_targets)
         if self.training_stage != "rpn":
@@ -134,9 +147,74 @@ class FasterRCNN(nn.Module):
             for folder, (stage, frozen) in zip(FOUR_STEP_FOLDERS, ALTERNATING_STEPS)
         ]
 
+    def image_batcher(self) -> ImageBatcher:
+        return self.batcher
+
+    def merge_settings(self) -> tuple[float, int]:
+        return self.roi_head.nms_threshold, self.roi_head.detections_per_image
+
+    def fit_geometry(self) -> FitGeometry:
+        return FitGeometry(tuple(self.backbone.strides), self.rpn.positive_iou)
+
+    def export_plan(self) -> ExportPlan:
+        """``images [1, 3, H, W]`` (normalised, padded), ``image_size int64[2]`` (the resized image
+        inside the padding) -> ``proposals [P, 4]``, ``probabilities [P, C + 1]``, ``boxes [P, C,
+        4]`` (each class's box, decoded and clipped, in the resized frame); the runtime does the
+        rest (:func:`detlab.export.runtime.two_stage_detections`)."""
+        head = self.roi_head
+        if head.box_refinement:
+            raise NotExportable("faster_rcnn with model.box_refinement=true cannot be exported to ONNX (the second "
+                                "pass of the box head is not in the graph); export with --set model.box_refinement=false")  # fmt: skip
+        side = self.batcher.min_size
+        return ExportPlan(
+            TwoStageGraph(self), ("images", "image_size"), ("proposals", "probabilities", "boxes"),
+            (torch.rand(1, 3, side, side) - 0.5, torch.tensor([side, side], dtype=torch.int64)),
+            layout="two_stage", preprocess=self.batcher.export_settings(),
+            postprocess={"score_threshold": head.score_threshold, "nms_threshold": head.nms_threshold,
+                         "detections_per_image": head.detections_per_image},
+            dynamic_axes={"images": {2: "height", 3: "width"}, "proposals": {0: "proposals"},
+                          "probabilities": {0: "proposals"}, "boxes": {0: "proposals"}},
+        )  # fmt: skip
+
+    def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
+        """Resize -> backbone (+ FPN) -> RPN proposals -> RoI head; the view: the RPN's proposals."""
+        trace = Trace()
+        output = self([image], trace=trace)[0]
+        scale = trace["batcher"]["scales"][0]
+        proposals = box_ops.clip(trace["rpn"]["proposals"][0] / scale, tuple(image.shape[-2:]))  # best first
+        titles = {
+            "batcher": f"resize (x{scale:.2f}) and normalise",
+            "backbone": "backbone" + (" + FPN" if self.backbone.fpn is not None else ""),
+            "rpn": f"RPN: anchors scored, {len(proposals)} proposals after NMS",
+            "roi_head": "RoI head: pool, classify and refine each proposal, NMS",
+            "restore": "boxes back to the image's pixels",
+        }
+        views = [BoxesView(proposals_title("RPN", proposals), proposals)]
+        return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+
+class TwoStageGraph(nn.Module):
+    """What ONNX export traces of Faster R-CNN (:meth:`FasterRCNN.export_plan`)."""
+
+    def __init__(self, model: FasterRCNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, image_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        model = self.model
+        size = (image_size[0], image_size[1])
+        features = model.backbone(images)
+        proposals, _ = model.rpn(features, [size], model.backbone.strides)
+        logits, deltas = model.roi_head.raw_outputs(features, proposals, [size])
+        boxes = model.roi_head.box_coder.decode(deltas, proposals[0]).reshape(-1, 4)
+        boxes = box_ops.clip(boxes, size).reshape(len(proposals[0]), -1, 4)
+        return proposals[0], logits.softmax(-1), boxes
+
 
 def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
-    """``MODELS["faster_rcnn"]``: the detector described by ``config`` for ``num_classes`` classes."""
+    """The detector described by ``config`` for ``num_classes`` classes (``"auto"`` settings not
+    yet fitted to data are the fixed defaults)."""
+    config = concrete(config)
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     backbone = feature_extractor_from_config(
@@ -148,6 +226,20 @@ def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
         build_roi_head(config, backbone, num_classes),
         batcher_from_config(config, backbone.strides),
     )
+
+
+METHOD = Method(
+    name="faster_rcnn",
+    config=FasterRCNNConfig,
+    build=build_faster_rcnn,
+    label="Faster R-CNN",
+    # Small data sets trained from scratch: colour jitter on (flips: horizontal, the shared
+    # default), the learning rate the CPU presets use, and evaluation and checkpoints on an
+    # exponential moving average of the weights (the same as yolo's): with a val split of a few
+    # dozen images, the raw weights' validation AP swings by +-0.05 from one epoch to the next.
+    run_defaults={"data": {"photometric": True}, "train": {"lr": 0.02, "ema_decay": 0.9999, "ema_ramp_steps": 2000}},
+    lecture=LectureRow(seconds_per_image=0.2, mean_ap=66.9),
+)
 
 
 def set_training_stage(model: FasterRCNN, stage: str, freeze_backbone: bool) -> None:

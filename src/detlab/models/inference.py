@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detlab import boxes as box_ops
+from detlab.models.contract import NO_TRACE, DetectorModule, Trace
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -34,11 +35,11 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def input_scale(model: nn.Module, factor: float):
+def input_scale(model: DetectorModule, factor: float):
     """Within the block, ``model``'s batcher resizes images ``factor`` times larger (its short
     and long side limits both scaled): multi-scale testing of any detector that resizes its input
     with an :class:`~detlab.models.transform.ImageBatcher` (Fast and Faster R-CNN, yolo)."""
-    batcher = getattr(model, "batcher", None)
+    batcher = model.image_batcher()
     if batcher is None:
         raise ValueError(f"{type(model).__name__} does not resize its input: multi-scale testing needs a detector "
                          "with an image batcher (fast_rcnn, faster_rcnn, yolo)")  # fmt: skip
@@ -60,7 +61,7 @@ def merge_detections(parts: list[dict[str, Tensor]], nms_threshold: float, limit
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
-class TestTimeCombination(nn.Module):
+class TestTimeCombination(DetectorModule):
     """Detections of several trained detectors (an ensemble of checkpoints) and/or at several
     input scales (multi-scale testing), merged per image by per-class NMS at ``nms_threshold``
     (the lecture's "multi-scale testing" and "ensemble" rows). Obeys the detector contract in
@@ -68,24 +69,40 @@ class TestTimeCombination(nn.Module):
     probabilities)."""
 
     __test__ = False  # not a pytest class
-    evaluation = "detection"
 
-    def __init__(self, models: list[nn.Module], scales: tuple[float, ...] = (1.0,), nms_threshold: float = 0.5,
-                 detections_per_image: int = 100):  # fmt: skip
+    def __init__(
+        self,
+        models: list[DetectorModule],
+        scales: tuple[float, ...] = (1.0,),
+        nms_threshold: float | None = None,
+        detections_per_image: int | None = None,
+    ):
         super().__init__()
         if not models:
             raise ValueError("no model to combine")
+        if not all(isinstance(model, DetectorModule) for model in models):
+            raise ValueError("a test-time combination combines detlab detectors (DetectorModule)")
+        if any(model.evaluation != "detection" for model in models):
+            raise ValueError("ensembles and multi-scale testing combine detectors' boxes; this checkpoint is not a detector")
         if any(scale <= 0 for scale in scales) or not scales:
             raise ValueError(f"test scales must be positive factors, got {list(scales)}")
         self.models = nn.ModuleList(models)
         self.scales = tuple(float(scale) for scale in scales)
-        self.nms_threshold, self.detections_per_image = nms_threshold, detections_per_image
+        # by default the first model's test-time NMS and detection limit merge the passes
+        own_nms, own_limit = models[0].merge_settings()
+        self.nms_threshold = own_nms if nms_threshold is None else nms_threshold
+        self.detections_per_image = own_limit if detections_per_image is None else detections_per_image
         if any(scale != 1.0 for scale in self.scales):
             for model in models:
                 with input_scale(model, 1.0):  # refuses a model without a batcher now, not mid-run
                     pass
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> list[dict[str, Tensor]]:
+    def merge_settings(self) -> tuple[float, int]:
+        return self.nms_threshold, self.detections_per_image
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE
+    ) -> list[dict[str, Tensor]]:
         if self.training:
             raise ValueError("a test-time combination does not train; call .eval()")
         passes: list[list[dict[str, Tensor]]] = [[] for _ in images]

@@ -26,14 +26,27 @@ Shape letters: B images, K joints, S stages, W window side, N crops.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detlab.engine.stages import Stage, Step, set_trainable
+from detlab.eval.keypoints import KeypointEvaluator
 from detlab.models.backbones import build_classifier_net
+from detlab.models.contract import (
+    NO_TRACE,
+    DetectorModule,
+    ExportPlan,
+    Inside,
+    Method,
+    NotExportable,
+    PointsView,
+    Stage,
+    Step,
+    Trace,
+    WindowView,
+    set_trainable,
+)
 from detlab.models.transform import warp_batch
 
 
@@ -58,12 +71,6 @@ class KeypointConfig:
     # The synthetic stick figures (3,000, generated in COCO keypoint format on first use); no
     # horizontal flips, which would swap left and right joints; trained on train + val, evaluated
     # on test at the end.
-    RUN_DEFAULTS: ClassVar[dict] = {
-        "data": {"spec": "synthetic-pose", "root": "data/synthetic-pose", "synthetic_images": 3000,
-                 "train_split": "trainval", "val_split": "test", "horizontal_flip": False, "cache_images": True},
-        "train": {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 20, "eval_every": 0},
-    }  # fmt: skip
 
 
 class PoseRegressor(nn.Module):
@@ -115,7 +122,7 @@ def crop_around(images: list[Tensor], image_index: Tensor, boxes: Tensor, window
     return crops
 
 
-class DeepPose(nn.Module):
+class DeepPose(DetectorModule):
     """Stage 1 on the whole image plus ``len(refiners)`` refinement stages; obeys the contract.
 
     ``estimates(images) -> list of Tensor[B, K, 2]``: the estimate in pixels after each stage
@@ -123,7 +130,7 @@ class DeepPose(nn.Module):
     full-resolution images. ``training_stage``: the stage a training forward trains (0 = stage 1).
     """
 
-    RECIPES = ("cascade",)
+    recipes = ("cascade",)
     evaluation = "keypoints"  # scored by PCK and the mean joint error
 
     def __init__(self, initial: PoseRegressor, refiners: list[PoseRegressor], crop_factor: float, refine_fraction: float):
@@ -139,9 +146,12 @@ class DeepPose(nn.Module):
         self.register_buffer("error_std", torch.ones(len(refiners), num_joints, 2))
         self.training_stage = 0
 
-    def initial_estimate(self, images: list[Tensor]) -> Tensor:
+    def initial_estimate(self, images: list[Tensor], trace: Trace = NO_TRACE) -> Tensor:
         windows, sizes = warp_batch(images, self.initial.window_size)
-        return self.initial(windows) * sizes[:, None, :2]
+        trace("warp", windows=windows)
+        estimate = self.initial(windows) * sizes[:, None, :2]
+        trace("stage1")
+        return estimate
 
     def refine(self, refiner: PoseRegressor, images: list[Tensor], estimate: Tensor) -> Tensor:
         """One cascade stage: a crop around every joint of ``estimate`` -> new ``Tensor[B, K, 2]``."""
@@ -154,15 +164,16 @@ class DeepPose(nn.Module):
         in_crop = refiner(crops)[rows, torch.arange(num_joints, device=estimate.device).repeat(batch)]
         return (boxes[:, :2] + in_crop * sides[:, None]).view(batch, num_joints, 2)
 
-    def estimates(self, images: list[Tensor], num_stages: int | None = None) -> list[Tensor]:
-        found = [self.initial_estimate(images)]
+    def estimates(self, images: list[Tensor], num_stages: int | None = None, trace: Trace = NO_TRACE) -> list[Tensor]:
+        found = [self.initial_estimate(images, trace)]
         for refiner in list(self.refiners)[: None if num_stages is None else num_stages - 1]:
             found.append(self.refine(refiner, images, found[-1]))
+            trace("refinement")
         return found
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE):
         if not self.training:
-            return outputs_per_image(self.estimates(images))
+            return outputs_per_image(self.estimates(images, trace=trace))
         if targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         truth = first_pose(targets, self.initial.num_joints).to(images[0].device)
@@ -196,6 +207,37 @@ class DeepPose(nn.Module):
             items.append(Step(f"stage{stage + 1}_errors", lambda model, data, stage=stage: measure_errors(model, data, stage)))
             items.append(Stage(f"stage{stage + 1}", lambda model, stage=stage: train_only(model, stage), budget=share))
         return items
+
+    def make_evaluator(self, classes: list[str]) -> KeypointEvaluator:
+        return KeypointEvaluator()  # PCK and the mean joint error
+
+    def export_plan(self) -> ExportPlan:
+        raise NotExportable(
+            "DeepPose's cascade crops each stage's input around the previous stage's output; not "
+            "exportable as one graph"
+        )
+
+    def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
+        """Stage 1 on the warped image -> each refinement on crops around the joints; the views:
+        the warped window with stage 1's joints, and the joints after every stage."""
+        trace = Trace()
+        output = self([image], trace=trace)[0]
+        size = self.initial.window_size
+        height, width = image.shape[-2:]
+        per_stage = output["keypoints_per_stage"][:, 0]  # [stages, J, 2]
+        first_in_window = per_stage[0] * torch.tensor([size / width, size / height], device=per_stage.device)
+        refinements = iter(range(1, len(self.refiners) + 1))
+        titles = {
+            "warp": lambda: f"warp the image to the {size} x {size} window",
+            "stage1": lambda: "stage 1: joints regressed from the whole image",
+            "refinement": lambda: f"refinement {next(refinements)}: a crop around each joint, regressed again",
+        }
+        stages = trace.stages(lambda name, values: titles[name]())
+        views = [WindowView(f"the network's input: the image warped to {size} x {size}, with stage 1's joints",
+                            trace["warp"]["windows"][0], points=first_in_window)]  # fmt: skip
+        views += [PointsView("joints after stage 1" if index == 0 else f"joints after refinement {index}", joints)
+                  for index, joints in enumerate(per_stage)]  # fmt: skip
+        return output, Inside(stages, views)
 
 
 def train_only(model: DeepPose, stage: int) -> None:
@@ -268,7 +310,24 @@ def outputs_per_image(estimates: list[Tensor]) -> list[dict[str, Tensor]]:
 
 
 def build_keypoints(config: KeypointConfig, num_classes: int) -> DeepPose:
-    """``MODELS["keypoints"]``: the DeepPose cascade ``config`` describes (``num_classes`` is the
-    data's object classes; the joints are what DeepPose regresses)."""
+    """The DeepPose cascade ``config`` describes (``num_classes`` is the data's object classes; the
+    joints are what DeepPose regresses)."""
     refiners = [PoseRegressor(config.num_joints, config) for _ in range(config.stages)]
     return DeepPose(PoseRegressor(config.num_joints, config), refiners, config.crop_factor, config.refine_fraction)
+
+
+METHOD = Method(
+    name="keypoints",
+    config=KeypointConfig,
+    build=build_keypoints,
+    label="DeepPose",
+    # The stick-figure synthetic set (3,000 images in their own folder), no horizontal flips (a
+    # flip would swap the left and right joints), decoded images kept in memory.
+    run_defaults={
+        "data": {"spec": "synthetic-pose", "root": "data/synthetic-pose", "synthetic_images": 3000,
+                 "train_split": "trainval", "val_split": "test", "horizontal_flip": False, "cache_images": True},
+        "train": {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
+                  "log_every": 20, "eval_every": 0},
+    },  # fmt: skip
+    compared=False,  # keypoints, scored by PCK, not beside the detectors
+)

@@ -32,15 +32,27 @@ Shape letters: B images, C classes, R box sets (1 or C), S window size, h x w co
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab.config import choice
-from detlab.engine.stages import Stage, Step, set_trainable
+from detlab.eval.localization import LocalizationEvaluator
 from detlab.models.backbones import POOL_CHOICES, ClassifierNet, build_classifier_net
+from detlab.models.contract import (
+    NO_TRACE,
+    BoxesView,
+    DetectorModule,
+    ExportPlan,
+    Inside,
+    Method,
+    Stage,
+    Step,
+    Trace,
+    WindowView,
+    set_trainable,
+)
 from detlab.models.transform import warp_batch
 
 REGRESSION_CHOICES = ("agnostic", "specific")
@@ -86,19 +98,6 @@ class LocalizerConfig:
     head_lr: float = 0.01
     channels_last: bool = True  # channels-last convolutions: a training step of the default net in 2/3 of the time on a CPU
 
-    # The run this method needs unless told otherwise (applied before a preset and --set): the
-    # single-object synthetic set (6,000 images in their own folder), all eight flips and quarter
-    # turns (the shapes have no up; turn them off for real data), decoded images kept in memory;
-    # no checkpoint is picked on a validation split, so it trains on train + val and evaluates on
-    # test at the end.
-    RUN_DEFAULTS: ClassVar[dict] = {
-        "data": {"spec": "synthetic-single", "root": "data/localizer-single", "synthetic_images": 6000,
-                 "train_split": "trainval", "val_split": "test", "vertical_flip": True, "rotate90": True,
-                 "cache_images": True},
-        "train": {"epochs": 20, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 20, "eval_every": 0},
-    }  # fmt: skip
-
 
 def conv_box_head(
     in_channels: int,
@@ -121,16 +120,16 @@ def conv_box_head(
     )
 
 
-class Localizer(nn.Module):
+class Localizer(DetectorModule):
     """Class scores and box(es) for one object in a fixed-size window; obeys the detector contract.
 
-    ``predict(windows: Tensor[B, 3, S, S]) -> {"class_logits": Tensor[B, K], "boxes": Tensor[B, R, 4]}``
+    ``raw_outputs(windows: Tensor[B, 3, S, S]) -> {"class_logits": Tensor[B, K], "boxes": Tensor[B, R, 4]}``
     are the raw outputs, boxes as normalised ``(x1, y1, x2, y2)`` (not clamped). Logit ``k`` is
     dataset label ``k + 1``; with ``background`` (OverFeat's detection localizer) there is one more
     logit, ``k = 0`` is the background and logit ``k`` is label ``k``.
     """
 
-    RECIPES = ("joint", "4step")
+    recipes = ("joint", "4step")
     evaluation = "localization"  # scored by ILSVRC top-1/top-5 localization error
 
     def __init__(
@@ -157,7 +156,6 @@ class Localizer(nn.Module):
         self.background = background
         self.num_logits = num_classes + int(background)
         self.window_size = window_size
-        self.input_size = (window_size, window_size)  # the data may be warped to it in advance
         self.regression, self.attach = regression, attach
         self.box_loss, self.box_weight, self.top_k = box_loss, box_weight, top_k
         self.classifier_fraction, self.head_lr = classifier_fraction, head_lr
@@ -182,21 +180,26 @@ class Localizer(nn.Module):
             return conv_box_head(self.feature_channels, self.grid, num_outputs)
         return nn.Linear(self.class_head.in_features, num_outputs)
 
-    def predict(self, windows: Tensor) -> dict[str, Tensor]:
+    def raw_outputs(self, windows: Tensor, trace: Trace = NO_TRACE) -> dict[str, Tensor]:
+        """Windows ``Tensor[B, 3, S, S]`` -> ``{"class_logits": Tensor[B, K], "boxes": Tensor[B, R, 4]}``."""
         if self.channels_last:
             windows = windows.contiguous(memory_format=torch.channels_last)
         feature_map = self.features(windows)
+        trace("features")
         hidden = self.hidden(feature_map)
         box_input = feature_map if self.attach == "conv" else hidden
         boxes = self.box_head(box_input).view(len(windows), self.num_box_sets, 4)
         return {"class_logits": self.class_head(hidden), "boxes": boxes}
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE):
         """Training: ``{"loss_classifier", "loss_box"}`` (one of them in the 4-step stages);
         eval: per image ``{"boxes": Tensor[k, 4], "scores": Tensor[k], "labels": int64 Tensor[k]}``."""
         windows, sizes = warp_batch(images, self.window_size)
         if not self.training:
-            return self.detect(windows, sizes)
+            trace("warp", windows=windows)
+            detections = self.postprocess(self.raw_outputs(windows, trace), sizes)
+            trace("heads")
+            return detections
         if targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         has_object = torch.tensor([len(target["boxes"]) > 0 for target in targets], device=windows.device)
@@ -207,7 +210,7 @@ class Localizer(nn.Module):
         labels = torch.stack([target["labels"][index] for target, index in zip(kept, chosen)]).to(windows.device)
         boxes = torch.stack([target["boxes"][index].float() for target, index in zip(kept, chosen)])
         boxes = boxes.to(windows.device) / sizes[has_object]
-        losses = self.losses(self.predict(windows[has_object]), labels, boxes)
+        losses = self.losses(self.raw_outputs(windows[has_object]), labels, boxes)
         return {name: losses[name] for name in self.loss_names()}
 
     def loss_names(self) -> tuple[str, ...]:
@@ -222,20 +225,72 @@ class Localizer(nn.Module):
     def label_to_logit(self, labels: Tensor) -> Tensor:
         return labels if self.background else labels - 1
 
-    def detect(self, windows: Tensor, sizes: Tensor) -> list[dict[str, Tensor]]:
-        """Top ``self.top_k`` guesses of each window, as boxes in the pixels of its image (``sizes``:
-        ``(W, H, W, H)`` an image)."""
-        guesses = guesses_from_outputs(self.predict(windows), self.top_k, skip_first=self.background)
+    def postprocess(self, outputs: dict[str, Tensor], sizes: Tensor) -> list[dict[str, Tensor]]:
+        """Top ``self.top_k`` guesses of each window (:meth:`raw_outputs`), as boxes in the pixels of
+        its image (``sizes``: ``(W, H, W, H)`` an image)."""
+        guesses = guesses_from_outputs(outputs, self.top_k, skip_first=self.background)
         boxes = guesses["boxes"].clamp(0, 1) * sizes[:, None, :]
         return [
             {"boxes": boxes[index], "scores": guesses["scores"][index], "labels": guesses["labels"][index]}
-            for index in range(len(windows))
+            for index in range(len(sizes))
         ]
 
     def recipe(self, name: str) -> list[Stage | Step]:
         if name == "joint":
             return [Stage("joint", lambda model: set_localizer_stage(model, "joint"))]
         return four_step_recipe(lambda model: model, self.classifier_fraction, self.head_lr)
+
+    def training_resize(self) -> tuple[int, int]:
+        return (self.window_size, self.window_size)  # the training images are warped to the window once
+
+    def make_evaluator(self, classes: list[str]) -> LocalizationEvaluator:
+        return LocalizationEvaluator(classes, top_k=max(5, self.top_k))
+
+    def export_plan(self) -> ExportPlan:
+        """``images [1, 3, S, S]`` (warped, [0, 1]) -> ``probabilities [1, K]`` (softmax over the
+        object classes), ``boxes [1, R, 4]`` (normalised xyxy; R = 1 class-agnostic)."""
+        size = self.window_size
+        return ExportPlan(
+            WindowGraph(self), ("images",), ("probabilities", "boxes"), (torch.rand(1, 3, size, size) - 0.5,),
+            layout="window", preprocess={"resize": "warp", "size": size, "mean": [0.0] * 3, "std": [1.0] * 3},
+            postprocess={"top_k": self.top_k, "box_offset": int(self.background)},
+        )
+
+    def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
+        """Warp to the window -> conv features -> heads; the views: the warped window with the top-k
+        guesses, and the guesses on the image."""
+        trace = Trace()
+        output = self([image], trace=trace)[0]
+        size = self.window_size
+        height, width = image.shape[-2:]
+        in_window = output["boxes"] * torch.tensor([size / width, size / height] * 2, device=output["boxes"].device)
+        labels = [f"{class_name(label)} {score:.2f}" for label, score in zip(output["labels"].tolist(), output["scores"].tolist())]
+        titles = {
+            "warp": f"warp the image to the {size} x {size} window",
+            "features": "conv features",
+            "heads": f"FC layers, class and box heads, top {len(labels)} guesses",
+        }
+        views = [
+            WindowView(
+                f"the network's input: the image warped to {size} x {size}, with its top {len(labels)} guesses",
+                trace["warp"]["windows"][0], boxes=in_window, labels=labels,
+            ),
+            BoxesView(f"top {len(labels)} guesses", output["boxes"], labels, output["scores"]),
+        ]
+        return output, Inside(trace.stages(lambda name, values: titles.get(name)), views)
+
+
+class WindowGraph(nn.Module):
+    """What ONNX export traces of a localizer: the window to its class probabilities and boxes."""
+
+    def __init__(self, model: Localizer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = self.model.raw_outputs(images)
+        logits = outputs["class_logits"][:, 1:] if self.model.background else outputs["class_logits"]
+        return logits.softmax(-1), outputs["boxes"]
 
 
 def set_localizer_stage(localizer: Localizer, stage: str) -> None:
@@ -272,7 +327,7 @@ def largest_object(boxes: Tensor) -> int:
 
 
 def guesses_from_outputs(outputs: dict[str, Tensor], top_k: int = 5, skip_first: bool = False) -> dict[str, Tensor]:
-    """The ``top_k`` (label, score, box) guesses of each window from :meth:`Localizer.predict`
+    """The ``top_k`` (label, score, box) guesses of each window from :meth:`Localizer.raw_outputs`
     outputs, best first: ``{"labels": int64 Tensor[B, k] (1..C), "scores": Tensor[B, k] (softmax),
     "boxes": Tensor[B, k, 4]}`` normalised xyxy, ``k = min(top_k, C)``. ``skip_first``: logit 0 is
     the background, never guessed (the scores are then over the object classes only)."""
@@ -334,5 +389,25 @@ def build_localizer_module(config: LocalizerConfig, num_classes: int, background
 
 
 def build_localizer(config: LocalizerConfig, num_classes: int) -> Localizer:
-    """``MODELS["localizer"]``: the localizer ``config`` describes for ``num_classes`` classes."""
+    """The localizer ``config`` describes for ``num_classes`` classes."""
     return build_localizer_module(config, num_classes)
+
+
+METHOD = Method(
+    name="localizer",
+    config=LocalizerConfig,
+    build=build_localizer,
+    label="classification + localization",
+    # The run this method needs unless told otherwise: the single-object synthetic set (6,000
+    # images in their own folder), all eight flips and quarter turns (the shapes have no up; turn
+    # them off for real data), decoded images kept in memory; no checkpoint is picked on a
+    # validation split, so it trains on train + val and evaluates on test at the end.
+    run_defaults={
+        "data": {"spec": "synthetic-single", "root": "data/localizer-single", "synthetic_images": 6000,
+                 "train_split": "trainval", "val_split": "test", "vertical_flip": True, "rotate90": True,
+                 "cache_images": True},
+        "train": {"epochs": 20, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
+                  "log_every": 20, "eval_every": 0},
+    },  # fmt: skip
+    compared=False,  # one object an image: scored by localization error, not beside the detectors
+)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,18 @@ from torch import Tensor, nn
 
 from detlab.boxes import area, batched_nms, intersection, merge_boxes
 from detlab.config import choice
-from detlab.engine.stages import Stage, Step
+from detlab.models.contract import (
+    NO_TRACE,
+    DetectorModule,
+    ExportPlan,
+    HeatmapView,
+    Inside,
+    Method,
+    NotExportable,
+    Stage,
+    Step,
+    Trace,
+)
 from detlab.models.localizer import (
     REGRESSION_CHOICES,
     Localizer,
@@ -171,7 +181,7 @@ def naive_sliding_window(localizer: Localizer, image: Tensor, batch_size: int = 
     localizer.eval()
     stride = localizer.stride
     windows, _ = crop_windows(image, localizer.window_size, stride)
-    outputs = [localizer.predict(windows[start : start + batch_size]) for start in range(0, len(windows), batch_size)]
+    outputs = [localizer.raw_outputs(windows[start : start + batch_size]) for start in range(0, len(windows), batch_size)]
     logits = torch.cat([o["class_logits"] for o in outputs])
     boxes = torch.cat([o["boxes"] for o in outputs])
     map_height = (image.shape[1] - localizer.window_size) // stride + 1
@@ -206,7 +216,7 @@ class OverFeatConfig(LocalizerConfig):
 
     regression: str = choice("specific", REGRESSION_CHOICES)
     padding: int = 0
-    strided_blocks: int = 2  # stride-2 convs, not max-pools, in the first two blocks: 48-69% more steps in 600 s on a CPU
+    strided_blocks: int = 2  # stride-2 convs, not max-pools, in the first two blocks: cheaper steps (docs/localization.md)
     windows_per_image: int = 16
     positive_fraction: float = 0.35  # windows around an object; the rest as the test pass sees them
     min_fill: float = 0.35
@@ -225,19 +235,9 @@ class OverFeatConfig(LocalizerConfig):
     # drawn as before (1: no mining)
     hard_negative_pool: int = 1
 
-    # Checkpoints saved before strided_blocks existed were trained with max-pools in every block;
-    # their stored configs lack the field (see detlab.engine.run.run_config_from_dict).
-    STORED_DEFAULTS: ClassVar[dict] = {"strided_blocks": 0}
-
-    # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
-    RUN_DEFAULTS: ClassVar[dict] = {
-        "data": {"vertical_flip": True, "rotate90": True},
-        "train": {"epochs": 10, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 50, "eval_every": 0, "amp_cpu_bf16": True},
-    }  # fmt: skip
 
 
-class OverFeat(nn.Module):
+class OverFeat(DetectorModule):
     """Multi-scale sliding-window detector around a :class:`~detlab.models.localizer.Localizer`
     with a background class; obeys the detector contract.
 
@@ -247,7 +247,7 @@ class OverFeat(nn.Module):
     network (rebuilt whenever the weights changed).
     """
 
-    RECIPES = ("joint", "4step")
+    recipes = ("joint", "4step")
 
     def __init__(self, localizer: Localizer, config: OverFeatConfig):
         super().__init__()
@@ -267,9 +267,9 @@ class OverFeat(nn.Module):
         self.hard_negative_pool = config.hard_negative_pool
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE):
         if not self.training:
-            return [self.detect(image) for image in images]
+            return [self.detect(image, trace) for image in images]
         if targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         window = self.localizer.window_size
@@ -292,7 +292,7 @@ class OverFeat(nn.Module):
         device = images[0].device
         if not sum(len(crop) for crop in crops):  # no window could be placed in any image
             return {name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()}
-        outputs = self.localizer.predict(torch.cat(crops))
+        outputs = self.localizer.raw_outputs(torch.cat(crops))
         losses = self.localizer.losses(outputs, torch.cat(labels).to(device), torch.cat(boxes).to(device))
         return {name: losses[name] for name in self.localizer.loss_names()}
 
@@ -303,7 +303,7 @@ class OverFeat(nn.Module):
         was_training = self.localizer.training
         self.localizer.eval()
         try:
-            return self.localizer.predict(crops)["class_logits"].float().softmax(dim=1)[:, 1:].amax(dim=1)
+            return self.localizer.raw_outputs(crops)["class_logits"].float().softmax(dim=1)[:, 1:].amax(dim=1)
         finally:
             self.localizer.train(was_training)
 
@@ -333,13 +333,13 @@ class OverFeat(nn.Module):
         return self._dense[1]
 
     @torch.no_grad()
-    def votes(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def votes(self, image: Tensor, trace: Trace = NO_TRACE) -> tuple[Tensor, Tensor, Tensor]:
         """Every confident cell at every scale: ``(boxes Tensor[V, 4] image pixels, scores Tensor[V],
         labels Tensor[V])``."""
         network = self.dense_network()
         all_boxes, all_scores, all_labels = [], [], []
         for scale in self.scales:
-            windows, scores, labels, boxes = self.scale_pass(network, image, scale)
+            windows, scores, labels, boxes = self.scale_pass(network, image, scale, trace)
             keep = scores >= self.score_threshold
             if not keep.any():
                 continue
@@ -351,7 +351,9 @@ class OverFeat(nn.Module):
         return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
 
     @staticmethod
-    def scale_pass(network: FullyConvolutionalLocalizer, image: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def scale_pass(
+        network: FullyConvolutionalLocalizer, image: Tensor, scale: float, trace: Trace = NO_TRACE
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The converted ``network`` on ``image`` resized by ``scale``, one row a cell, in image
         pixels: ``(windows Tensor[N, 4], best object probability Tensor[N], its label Tensor[N]
         (1..C), regressed box of that class Tensor[N, 4])``."""
@@ -362,6 +364,7 @@ class OverFeat(nn.Module):
         scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False,
                                antialias=scale < 1)  # fmt: skip
         outputs = network(scaled)
+        trace("scale", scale=scale, class_logits=outputs["class_logits"], scaled_size=(scaled_height, scaled_width))
         probabilities = outputs["class_logits"][0].float().softmax(dim=0)[1:]  # drop background: [C, h', w']
         scores, indices = probabilities.max(dim=0)
         boxes = outputs["boxes"][0].float()  # [R, 4, h', w']
@@ -374,10 +377,12 @@ class OverFeat(nn.Module):
         # row i of the object probabilities is label i + 1
         return windows, scores.reshape(-1), indices.reshape(-1) + 1, (boxes + origins) / to_image
 
-    def detect(self, image: Tensor) -> dict[str, Tensor]:
-        boxes, scores, labels = self.votes(image)
+    def detect(self, image: Tensor, trace: Trace = NO_TRACE) -> dict[str, Tensor]:
+        """One image's detections: every scale's confident cells vote, the votes are merged."""
+        boxes, scores, labels = self.votes(image, trace)
         if self.combine == "nms":
             keep = batched_nms(boxes, scores, labels, self.merge_iou)[: self.max_detections]
+            trace("merge")
             return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].to(torch.int64)}
         for _ in range(MAX_MERGE_ROUNDS):  # merge merged boxes again until no two overlap by merge_iou
             count = len(boxes)
@@ -392,12 +397,48 @@ class OverFeat(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         scores = 1.0 - torch.exp(-scores / self.max_votes)  # ranks as the vote sums do, within (0, 1)
         limit = self.max_detections
+        trace("merge")
         return {"boxes": boxes[:limit], "scores": scores[:limit], "labels": labels[:limit].to(torch.int64)}
 
     def recipe(self, name: str) -> list[Stage | Step]:
         if name == "joint":
             return [Stage("joint", lambda model: set_localizer_stage(model.localizer, "joint"))]
         return four_step_recipe(lambda model: model.localizer, self.classifier_fraction, self.head_lr)
+
+    def export_plan(self) -> ExportPlan:
+        raise NotExportable(
+            "OverFeat's detections come from a Python loop over scales and window offsets followed by box "
+            "merging; not exportable as one graph"
+        )
+
+    def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
+        """The converted (fully convolutional) network at every scale -> boxes merged; the views:
+        each scale's map of window scores (best object class probability)."""
+        trace = Trace()
+        output = self([image], trace=trace)[0]
+        height, width = image.shape[-2:]
+        network = self.dense_network()
+        window, stride = network.window_size, network.stride
+        views = []
+        for values in trace.all("scale"):
+            scores = values["class_logits"][0].softmax(dim=0)[1:].amax(dim=0)  # [h', w'], background dropped
+            map_height, map_width = scores.shape
+            scaled_height, scaled_width = values["scaled_size"]
+            # Cell (i, j) is the window at (j, i) * stride of the scaled image; drawn as a
+            # stride-sized tile around the window's centre.
+            factor_x, factor_y, offset = scaled_width / width, scaled_height / height, (window - stride) / 2
+            region = (offset / factor_x, offset / factor_y, (offset + map_width * stride) / factor_x,
+                      (offset + map_height * stride) / factor_y)  # fmt: skip
+            title = f"scale {values['scale']:g}: {map_height} x {map_width} windows, best class probability"
+            views.append(HeatmapView(title, scores, region))
+
+        def title(name: str, values: dict) -> str:
+            if name == "scale":
+                cells = values["class_logits"].shape[-2] * values["class_logits"].shape[-1]
+                return f"scale {values['scale']:g}: {cells} windows of {window} px in one pass"
+            return "merge window boxes across positions and scales"
+
+        return output, Inside(trace.stages(title), views)
 
 
 def object_cover(windows: Tensor, boxes: Tensor) -> Tensor:
@@ -511,5 +552,21 @@ def label_windows(windows: Tensor, boxes: Tensor, labels: Tensor, fill: tuple[fl
 
 
 def build_overfeat(config: OverFeatConfig, num_classes: int) -> OverFeat:
-    """``MODELS["overfeat"]``: the detector ``config`` describes for ``num_classes`` object classes."""
+    """The detector ``config`` describes for ``num_classes`` object classes."""
     return OverFeat(build_localizer_module(config, num_classes, background=True), config)
+
+
+METHOD = Method(
+    name="overfeat",
+    config=OverFeatConfig,
+    build=build_overfeat,
+    label="OverFeat",
+    # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
+    run_defaults={
+        "data": {"vertical_flip": True, "rotate90": True},
+        "train": {"epochs": 10, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
+                  "log_every": 50, "eval_every": 0, "amp_cpu_bf16": True},
+    },  # fmt: skip
+    # Checkpoints saved before strided_blocks existed were trained with max-pools in every block.
+    stored_defaults={"strided_blocks": 0},
+)

@@ -194,7 +194,7 @@ class RoIHead(nn.Module):
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
 
-    def predict(
+    def raw_outputs(
         self, features: OrderedDict[str, Tensor], rois: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
         """-> class logits ``Tensor[R, C + 1]`` and deltas ``Tensor[R, 4 C]`` for all images' RoIs."""
@@ -215,10 +215,10 @@ class RoIHead(nn.Module):
         pooled and scored again; the first pass's and the second pass's outputs go through
         :meth:`postprocess` (per-class NMS) together."""
         if targets is None:
-            logits, deltas = self.predict(features, proposals, image_sizes)
+            logits, deltas = self.raw_outputs(features, proposals, image_sizes)
             if self.box_refinement:
                 refined = self.refined_rois(logits, deltas, proposals, image_sizes)
-                again_logits, again_deltas = self.predict(features, refined, image_sizes)
+                again_logits, again_deltas = self.raw_outputs(features, refined, image_sizes)
                 counts = [len(rois) for rois in proposals]
 
                 def union(first: Tensor, second: Tensor) -> Tensor:
@@ -241,7 +241,7 @@ class RoIHead(nn.Module):
             rois.append(image_rois)
             labels.append(image_labels)
             matched_boxes.append(image_matched)
-        logits, deltas = self.predict(features, rois, image_sizes)
+        logits, deltas = self.raw_outputs(features, rois, image_sizes)
         return [], self.losses(logits, deltas, torch.cat(rois), torch.cat(labels), torch.cat(matched_boxes))
 
     def losses(

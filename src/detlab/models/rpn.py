@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
-from detlab.config import is_auto
 
 
 @dataclasses.dataclass
@@ -337,10 +336,8 @@ def split_anchor_sizes(anchor_sizes, num_levels: int) -> tuple[tuple[float, ...]
 
 def build_rpn(config: RPNConfig, backbone: nn.Module) -> RegionProposalNetwork:
     """The RPN ``config`` describes on ``backbone``'s levels (its ``strides`` and ``out_channels``);
-    ``"auto"`` anchors not yet fitted to data (:mod:`detlab.models.data_fit`) are the fixed defaults."""
-    sizes = RPNConfig.anchor_sizes if is_auto(config.anchor_sizes) else config.anchor_sizes
-    ratios = RPNConfig.aspect_ratios if is_auto(config.aspect_ratios) else config.aspect_ratios
-    anchors = AnchorGenerator(split_anchor_sizes(sizes, len(backbone.strides)), ratios)
+    ``config`` holds numbers, no ``"auto"`` (:func:`detlab.models.data_fit.concrete`)."""
+    anchors = AnchorGenerator(split_anchor_sizes(config.anchor_sizes, len(backbone.strides)), config.aspect_ratios)
     return RegionProposalNetwork(
         anchors,
         RPNHead(backbone.out_channels, anchors.num_anchors_per_location),

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from detlab import boxes as box_ops
-from detlab.config import is_auto
 from detlab.data.images import resize_image, scaled_size, warp_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,6 +116,12 @@ class ImageBatcher(nn.Module):
                 scaled[key] = scaled[key].float().reshape(-1, 4) * scale
         return scaled
 
+    def export_settings(self) -> dict:
+        """What :mod:`detlab.export.runtime` needs to resize, normalise and pad as this batcher does."""
+        return {"resize": "batcher", "min_size": self.min_size, "max_size": self.max_size,
+                "size_divisible": self.size_divisible, "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist()}  # fmt: skip
+
     @staticmethod
     def restore(
         detections: list[dict[str, Tensor]], scales: list[float], original_sizes: list[tuple[int, int]]
@@ -130,11 +135,8 @@ class ImageBatcher(nn.Module):
 
 def batcher_from_config(config: InputSizeConfig, strides: list[float]) -> ImageBatcher:
     """An :class:`ImageBatcher` padding to a multiple of the largest of the backbone's ``strides``
-    (an ``"auto"`` size not yet chosen from data is the fixed default)."""
-    min_size = InputSizeConfig.min_size if is_auto(config.min_size) else config.min_size
-    max_size = max_size_for(min_size) if is_auto(config.max_size) else config.max_size
-    jitter = getattr(config, "scale_jitter", 0.0)
-    return ImageBatcher(min_size, max_size, size_divisible=int(max(strides)), scale_jitter=jitter)
+    (``config`` holds numbers, no ``"auto"``: :func:`detlab.models.data_fit.concrete`)."""
+    return ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(strides)), scale_jitter=config.scale_jitter)
 
 
 def max_size_for(min_size: int) -> int:

@@ -1,7 +1,7 @@
-"""One-stage detectors: ``yolo`` (anchor-free, task-aligned, the default one-stage detector) and
-``yolov1`` (Redmon et al. 2016, as the paper describes it).
+"""``yolo``: the anchor-free one-stage detector (task-aligned, the default one-stage detector; YOLO v1
+is :mod:`detlab.models.yolov1`).
 
-``yolo``: a backbone's C3-C5 (strides 8, 16, 32; the ``csp`` body by default, any multi-level
+A backbone's C3-C5 (strides 8, 16, 32; the ``csp`` body by default, any multi-level
 detlab backbone otherwise), a feature pyramid with a top-down and a bottom-up path (FPN + PAN)
 of cross-stage-partial blocks, and on every level a head with separate branches: class logits, and
 the four distances from the cell centre to the box's sides (``ltrb``, in units of the level's
@@ -13,23 +13,14 @@ cross-entropy against targets scaled by the normalised alignment, CIoU on the bo
 ``dfl``, the distribution focal loss. Test time: sigmoid scores, ``score_threshold``, the best
 ``pre_nms_top_k``, class-wise NMS, ``detections_per_image``.
 
-``yolov1``: the image warped to ``input_size`` square; an ``S x S`` grid; per cell ``B`` boxes
-``(x, y, sqrt(w), sqrt(h), confidence)`` (x, y relative to the cell, w, h to the image) and ``C``
-class probabilities; the sum-squared loss of the paper's equation 3 (``lambda_coord``,
-``lambda_noobj``), the responsible predictor being the one whose box overlaps the object more and
-its confidence target that IoU; class-specific confidence at test time, then NMS. A cell holds one
-object: when several objects' centres fall in one cell, the largest is its target and the others
-are lost (what crowded small objects suffer from).
-
 Shape letters: B images, A anchor points (cells of every level), M ground-truth boxes an image
-(padded), C classes, R ``reg_max`` bins, S grid side, P predictors a cell.
+(padded), C classes, R ``reg_max`` bins.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,21 +28,33 @@ from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss
 
 from detlab import boxes as box_ops
-from detlab.config import choice, is_auto
+from detlab.config import choice
+from detlab.data.mosaic import FILL as GREY  # the padding colour of letterboxed images, before normalisation
 from detlab.models.backbones import (
-    BODIES,
     MULTI_LEVEL,
     BackboneConfig,
     CrossStageBlock,
     CSPBody,
+    backbone_body,
     check_backbone_name,
     conv_bn_silu,
-    load_weights_file,
-    set_batchnorm_mode,
+    with_weights_file,
 )
-from detlab.models.transform import IMAGENET_MEAN, IMAGENET_STD, ImageBatcher, warp_batch
+from detlab.models.contract import (
+    NO_TRACE,
+    DetectorModule,
+    ExportPlan,
+    FitGeometry,
+    HeatmapView,
+    Inside,
+    Method,
+    PointsView,
+    Trace,
+)
+from detlab.models.data_fit import concrete
+from detlab.models.transform import ImageBatcher
 
-GRAY = 0.447  # the padding colour (114 / 255) of letterboxed images, before normalisation
+TOP_POINTS = 30  # the best anchor points the look-inside view shows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -68,7 +71,7 @@ class YOLOConfig(BackboneConfig):
     ``box_gain`` (CIoU), ``cls_gain`` (BCE), ``dfl_gain``; ``dfl`` with ``reg_max`` bins. Test:
     ``score_threshold``, ``pre_nms_top_k``, ``nms_threshold`` (class-wise), ``detections_per_image``.
 
-    Training defaults (``RUN_DEFAULTS``): AdamW, an exponential moving average of the weights
+    Training defaults (the method's ``run_defaults``): AdamW, an exponential moving average of the weights
     (``train.ema_decay``, what evaluation and checkpoints use), mosaic on half the training images
     (``data.mosaic``) until the last 15% of the budget, photometric jitter, bfloat16 autocast on
     CPUs that have it, channels-last convolutions.
@@ -102,15 +105,6 @@ class YOLOConfig(BackboneConfig):
 
     channels_last: bool = True
 
-    AUTO_FALLBACKS: ClassVar[dict] = {"input_size": 416}  # input_size "auto" built without data
-
-    # Mosaic on half the images: on the synthetic set in 300 s, 0.742 mAP@0.5 against 0.433 with
-    # every image a mosaic and 0.680 with none (docs/yolo.md).
-    RUN_DEFAULTS: ClassVar[dict] = {
-        "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 8, "warmup_steps": 100,
-                  "clip_grad_norm": 10.0, "ema_decay": 0.9999, "ema_ramp_steps": 2000, "amp_cpu_bf16": True},
-        "data": {"mosaic": 0.5, "photometric": True},
-    }  # fmt: skip
 
 
 def scaled(channels: int, multiple: float) -> int:
@@ -239,9 +233,9 @@ def task_aligned_assign(
     return foreground, assigned, target_boxes, target_scores
 
 
-class YOLO(nn.Module):
+class YOLO(DetectorModule):
     """Backbone -> FPN + PAN neck -> decoupled head over strides 8, 16, 32; obeys the detector
-    contract (``{"loss_box", "loss_cls"[, "loss_dfl"]}`` in training, detections in eval)."""
+    contract (``{"loss_box", "loss_classifier"[, "loss_dfl"]}`` in training, detections in eval)."""
 
     def __init__(self, body: nn.Module, num_classes: int, config: YOLOConfig):
         super().__init__()
@@ -255,15 +249,28 @@ class YOLO(nn.Module):
         self.register_buffer("bin_values", torch.arange(self.bins, dtype=torch.float32), persistent=False)
         # The longer side goes to input_size; the batch is padded to a multiple of 32.
         self.batcher = ImageBatcher(min_size=10**6, max_size=config.input_size, size_divisible=32)
-        self.longer_side = config.input_size  # the training data are resized to it in advance
         self.progress = 0.0  # the share of the training budget spent (set_progress, from engine.fit)
         if config.backbone == "csp":  # from scratch: pixels to [-1, 1] around the padding grey
-            self.batcher.mean.fill_(GRAY)
+            self.batcher.mean.fill_(GREY)
             self.batcher.std.fill_(0.5)
 
     def set_progress(self, fraction: float) -> None:
-        """The share of the training budget spent (the engine tells it before each step)."""
         self.progress = fraction
+
+    def training_resize(self) -> int:
+        return self.config.input_size  # the longer side, once, before the augmentations
+
+    def input_side(self) -> int:
+        return self.config.input_size
+
+    def image_batcher(self) -> ImageBatcher:
+        return self.batcher
+
+    def merge_settings(self) -> tuple[float, int]:
+        return self.config.nms_threshold, self.config.detections_per_image
+
+    def fit_geometry(self) -> FitGeometry:
+        return FitGeometry(tuple(self.strides))
 
     def training_factor(self) -> float | None:
         """How much this training batch is scaled beyond ``input_size``: ``coarse_size /
@@ -271,13 +278,17 @@ class YOLO(nn.Module):
         config = self.config
         if not self.training or config.coarse_size <= 0 or self.progress >= config.coarse_until:
             return None
-        return config.coarse_size / self.longer_side
+        return config.coarse_size / config.input_size
 
-    def features(self, batch: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def features(self, batch: Tensor, trace: Trace = NO_TRACE) -> tuple[Tensor, Tensor, list[Tensor]]:
         if self.config.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        levels = self.neck(self.body(batch)[-3:])
+        body = self.body(batch)[-3:]
+        trace("body")
+        levels = self.neck(body)
+        trace("neck", levels=levels)
         box_values, logits = self.head(levels)
+        trace("head", logits=logits)
         return box_values, logits, levels
 
     def distances(self, box_values: Tensor) -> Tensor:
@@ -288,24 +299,27 @@ class YOLO(nn.Module):
         probabilities = box_values.float().view(*shape, 4, self.bins).softmax(-1)
         return (probabilities * self.bin_values).sum(-1)  # element-wise: float32 under bf16 autocast too
 
-    def predict(self, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def raw_outputs(self, batch: Tensor, trace: Trace = NO_TRACE) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """A normalised, padded batch ``Tensor[B, 3, H, W]`` -> ``(box values [B, A, 4 R], class
         logits [B, A, C], boxes [B, A, 4] xyxy in the batch's pixels, points [A, 2], strides [A])``."""
-        box_values, logits, levels = self.features(batch)
+        box_values, logits, levels = self.features(batch, trace)
         points, strides = anchor_points(levels, self.strides)
         pred_boxes = distances_to_boxes(points, self.distances(box_values).float() * strides[:, None])
         return box_values, logits, pred_boxes, points, strides
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE):
         if self.training and targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         batch, _, scales, targets = self.batcher(images, targets, factor=self.training_factor())
-        box_values, logits, pred_boxes, points, strides = self.predict(batch)
+        trace("batcher", scales=scales)
+        box_values, logits, pred_boxes, points, strides = self.raw_outputs(batch, trace)
         if self.training:
             return self.losses(box_values.float(), logits.float(), pred_boxes, points, strides, targets)
         detections = [self.postprocess(boxes, scores) for boxes, scores in zip(pred_boxes, logits.float().sigmoid())]
-        return self.batcher.restore(detections, scales, original_sizes)
+        detections = self.batcher.restore(detections, scales, original_sizes)
+        trace("postprocess")
+        return detections
 
     def losses(self, box_values, logits, pred_boxes, points, strides, targets) -> dict[str, Tensor]:
         gt_labels, gt_boxes, gt_mask = pad_targets(targets, logits.device)
@@ -314,14 +328,14 @@ class YOLO(nn.Module):
             self.config.topk, self.config.alpha, self.config.beta,
         )  # fmt: skip
         normaliser = target_scores.sum().clamp(min=1.0)
-        loss_cls = F.binary_cross_entropy_with_logits(logits, target_scores, reduction="sum") / normaliser
+        loss_classifier = F.binary_cross_entropy_with_logits(logits, target_scores, reduction="sum") / normaliser
         weight = target_scores.sum(-1)[foreground]  # [F]
         if foreground.any():
             ciou = complete_box_iou_loss(pred_boxes[foreground], target_boxes[foreground], reduction="none")
             loss_box = (ciou * weight).sum() / normaliser
         else:
             loss_box = pred_boxes.sum() * 0.0
-        losses = {"loss_box": loss_box * self.config.box_gain, "loss_cls": loss_cls * self.config.cls_gain}
+        losses = {"loss_box": loss_box * self.config.box_gain, "loss_classifier": loss_classifier * self.config.cls_gain}
         if self.config.dfl:
             if foreground.any():
                 anchor = points[None].expand(len(logits), -1, -1)[foreground]
@@ -345,6 +359,58 @@ class YOLO(nn.Module):
         kept = box_ops.batched_nms(found_boxes, found_scores, class_index, self.config.nms_threshold)
         kept = kept[: self.config.detections_per_image]
         return {"boxes": found_boxes[kept], "scores": found_scores[kept], "labels": class_index[kept] + 1}
+
+    def export_plan(self) -> ExportPlan:
+        """``images [1, 3, H, W]`` (normalised, padded) -> ``boxes [A, 4]`` (xyxy in the resized
+        frame), ``scores [A, C]`` (sigmoid); the runtime thresholds them and runs NMS."""
+        config, side = self.config, self.config.input_size
+        return ExportPlan(
+            OneStageGraph(self), ("images",), ("boxes", "scores"), (torch.rand(1, 3, side, side) - 0.5,),
+            layout="one_stage", preprocess=self.batcher.export_settings(),
+            postprocess={"score_threshold": config.score_threshold, "nms_threshold": config.nms_threshold,
+                         "detections_per_image": config.detections_per_image, "pre_nms_top_k": config.pre_nms_top_k},
+            dynamic_axes={"images": {2: "height", 3: "width"}, "boxes": {0: "points"}, "scores": {0: "points"}},
+        )  # fmt: skip
+
+    def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
+        """Letterbox -> backbone -> neck -> head at strides 8, 16, 32 -> NMS; the views: each
+        stride's map of best class scores, and the best anchor points."""
+        trace = Trace()
+        output = self([image], trace=trace)[0]
+        scale = trace["batcher"]["scales"][0]
+        levels = trace["neck"]["levels"]
+        scores, classes = trace["head"]["logits"][0].float().sigmoid().max(dim=1)  # [A] each
+        views, start = [], 0
+        for level, stride in zip(levels, self.strides):
+            rows, columns = level.shape[-2:]
+            grid = scores[start : start + rows * columns].view(rows, columns)
+            start += rows * columns
+            region = (0.0, 0.0, columns * stride / scale, rows * stride / scale)
+            views.append(HeatmapView(f"stride {stride:g}: {rows} x {columns} cells, best class score", grid, region))
+        top = scores.topk(min(TOP_POINTS, len(scores)))
+        points = anchor_points(levels, self.strides)[0][top.indices] / scale
+        names = [class_name(index + 1) for index in classes[top.indices].tolist()]
+        views.append(PointsView(f"the {len(top.indices)} best anchor points (cell centres)", points, names, top.values))
+        titles = {
+            "batcher": f"letterbox: resize (x{scale:.2f}), normalise, pad",
+            "body": "backbone",
+            "neck": "neck: FPN + PAN",
+            "head": f"head: box and class scores at {len(scores)} cells",
+            "postprocess": "decode boxes, threshold, NMS",
+        }
+        return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+
+class OneStageGraph(nn.Module):
+    """What ONNX export traces of ``yolo`` (:meth:`YOLO.export_plan`)."""
+
+    def __init__(self, model: YOLO):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        _, logits, boxes, _, _ = self.model.raw_outputs(images)
+        return boxes[0], logits[0].float().sigmoid()
 
 
 def pad_targets(targets: list[dict], device) -> tuple[Tensor, Tensor, Tensor]:
@@ -386,23 +452,13 @@ def yolo_body(config: YOLOConfig) -> nn.Module:
     return backbone_body(config)
 
 
-def backbone_body(config: BackboneConfig) -> nn.Module:
-    """The body of ``config.backbone`` up to C5 (a single-map body: its one map), its weights file
-    loaded, its BatchNorm as ``config.batchnorm`` says."""
-    check_backbone_name(config.backbone)
-    return with_weights_file(BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4), config)
-
-
-def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:
-    """``body`` with ``config.backbone_weights`` loaded, then frozen or marked per ``config.batchnorm``."""
-    if config.backbone_weights:
-        load_weights_file(body, config.backbone_weights)
-    return set_batchnorm_mode(body, config.batchnorm)
+# "auto" settings built without data: the input size yolo was measured at on BCCD
+AUTO_FALLBACKS = {"input_size": 416}
 
 
 def build_yolo(config: YOLOConfig, num_classes: int) -> YOLO:
-    if is_auto(config.input_size):  # built without data: the fixed fallback
-        config = dataclasses.replace(config, input_size=YOLOConfig.AUTO_FALLBACKS["input_size"])
+    """The detector ``config`` describes for ``num_classes`` classes."""
+    config = concrete(config, AUTO_FALLBACKS)
     if config.coarse_size and not 32 <= config.coarse_size < config.input_size:
         raise ValueError(f"model.coarse_size={config.coarse_size}: the coarse training size must be at least 32 and "
                          f"below model.input_size ({config.input_size}); 0 turns coarse-to-fine training off")  # fmt: skip
@@ -411,156 +467,15 @@ def build_yolo(config: YOLOConfig, num_classes: int) -> YOLO:
     return YOLO(yolo_body(config), num_classes, config)
 
 
-# ------------------------------------------------------------------------------------------------
-# yolov1: the paper's detector
-
-
-@dataclasses.dataclass
-class YOLOv1Config(BackboneConfig):
-    """YOLO v1 as the paper has it: ``input_size`` 448, ``grid`` 7, ``boxes_per_cell`` 2, the
-    loss weights ``lambda_coord`` 5 and ``lambda_noobj`` 0.5. The network: a detlab backbone
-    (its C5, stride 32), a 1x1 convolution to ``grid_channels``, the grid pooled to ``grid x
-    grid``, then the paper's two fully-connected layers (``hidden`` units, leaky ReLU, dropout
-    0.5) to the ``S x S x (5B + C)`` output. Test: class-specific confidence above
-    ``score_threshold``, NMS at ``nms_threshold`` a class, the best ``detections_per_image``."""
-
-    input_size: int = 448
-    grid: int = 7
-    boxes_per_cell: int = 2
-    lambda_coord: float = 5.0
-    lambda_noobj: float = 0.5
-    grid_channels: int = 64
-    hidden: int = 512
-    dropout: float = 0.5
-    score_threshold: float = 0.001
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-
-    RUN_DEFAULTS: ClassVar[dict] = {
-        "train": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "batch_size": 8, "warmup_steps": 100},
-        "data": {"photometric": True},
-    }  # fmt: skip
-
-
-class YOLOv1(nn.Module):
-    """Backbone -> 1x1 conv -> S x S pool -> FC -> FC: ``[B, S, S, 5P + C]``; the detector contract."""
-
-    def __init__(self, body: nn.Module, num_classes: int, config: YOLOv1Config):
-        super().__init__()
-        self.config, self.num_classes, self.body = config, num_classes, body
-        self.outputs = 5 * config.boxes_per_cell + num_classes
-        self.reduce = nn.Sequential(nn.Conv2d(body.channels[-1], config.grid_channels, 1, bias=False),
-                                    nn.BatchNorm2d(config.grid_channels), nn.LeakyReLU(0.1, inplace=True))  # fmt: skip
-        self.pool = nn.AdaptiveAvgPool2d(config.grid)
-        self.fc = nn.Sequential(
-            nn.Flatten(), nn.Linear(config.grid_channels * config.grid**2, config.hidden), nn.LeakyReLU(0.1, inplace=True),
-            nn.Dropout(config.dropout), nn.Linear(config.hidden, config.grid**2 * self.outputs),
-        )  # fmt: skip
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
-
-    def grid_output(self, images: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """-> ``(Tensor[B, S, S, 5P + C], sizes Tensor[B, 4] (W, H, W, H) of the images as given)``."""
-        windows, sizes = warp_batch(images, self.config.input_size)
-        windows = (windows - self.mean) / self.std
-        if self.config.channels_last:
-            windows = windows.contiguous(memory_format=torch.channels_last)
-        return self.network(windows), sizes
-
-    def network(self, windows: Tensor) -> Tensor:
-        """Normalised windows ``Tensor[B, 3, S_in, S_in]`` -> the grid ``Tensor[B, S, S, 5P + C]``."""
-        grid = self.config.grid
-        output = self.fc(self.pool(self.reduce(self.body(windows)[-1])))
-        return output.view(len(windows), grid, grid, self.outputs).float()
-
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
-        if self.training and targets is None:
-            raise ValueError("training mode needs targets; call model.eval() for inference")
-        output, sizes = self.grid_output(images)
-        if self.training:
-            return yolov1_loss(output, encode_yolov1_targets(targets, sizes, self.config.grid, self.num_classes),
-                               self.config.boxes_per_cell, self.config.lambda_coord, self.config.lambda_noobj)  # fmt: skip
-        return [self.decode(prediction, size) for prediction, size in zip(output, sizes)]
-
-    def decode(self, prediction: Tensor, size: Tensor) -> dict[str, Tensor]:
-        """One image's ``[S, S, 5P + C]`` -> detections in its pixels (class-specific confidence =
-        class probability x box confidence, both clipped to [0, 1]; NMS a class)."""
-        grid, predictors = self.config.grid, self.config.boxes_per_cell
-        boxes = cell_boxes(prediction[..., : 5 * predictors].view(grid, grid, predictors, 5), grid)  # [S, S, P, 4]
-        confidence = prediction[..., 4 : 5 * predictors : 5].clamp(0, 1)  # [S, S, P]
-        probabilities = prediction[..., 5 * predictors :].clamp(0, 1)  # [S, S, C]
-        scores = (probabilities[:, :, None, :] * confidence[..., None]).reshape(-1, self.num_classes)  # [S*S*P, C]
-        boxes = (boxes.reshape(-1, 4) * size).clamp(min=0)
-        boxes = torch.minimum(boxes, size)
-        candidates = torch.where(scores.flatten() > self.config.score_threshold)[0]
-        index, label = candidates // self.num_classes, candidates % self.num_classes
-        found_boxes, found_scores = boxes[index], scores.flatten()[candidates]
-        kept = box_ops.batched_nms(found_boxes, found_scores, label, self.config.nms_threshold)[: self.config.detections_per_image]
-        return {"boxes": found_boxes[kept], "scores": found_scores[kept], "labels": label[kept] + 1}
-
-
-def cell_boxes(values: Tensor, grid: int) -> Tensor:
-    """``[..., S, S, P, 5]`` predictions (x, y in the cell, sqrt w, sqrt h relative to the image)
-    -> xyxy boxes normalised to the image, ``[..., S, S, P, 4]``."""
-    rows = torch.arange(grid, device=values.device, dtype=values.dtype).view(grid, 1, 1)
-    columns = torch.arange(grid, device=values.device, dtype=values.dtype).view(1, grid, 1)
-    centre_x = (columns + values[..., 0]) / grid
-    centre_y = (rows + values[..., 1]) / grid
-    width, height = values[..., 2].clamp(min=0) ** 2, values[..., 3].clamp(min=0) ** 2
-    return torch.stack([centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2], -1)
-
-
-def encode_yolov1_targets(targets: list[dict], sizes: Tensor, grid: int, num_classes: int) -> Tensor:
-    """Targets -> ``[B, S, S, 5 + C]``: per cell ``(object?, x, y, sqrt w, sqrt h)`` and the one-hot
-    class of the object whose centre falls in it (the largest one when several do)."""
-    encoded = sizes.new_zeros(len(targets), grid, grid, 5 + num_classes)
-    for index, (target, size) in enumerate(zip(targets, sizes)):
-        boxes = target["boxes"].float().to(sizes.device).reshape(-1, 4) / size  # normalised xyxy
-        if len(boxes) == 0:
-            continue
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        extent = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-        cells = (centres * grid).floor().clamp(0, grid - 1).long()
-        # Write the smallest first, so the largest object of a crowded cell is the one kept.
-        for box in (extent[:, 0] * extent[:, 1]).argsort().tolist():
-            column, row = cells[box].tolist()
-            offset = centres[box] * grid - cells[box]
-            encoded[index, row, column, :5] = torch.cat([offset.new_ones(1), offset, extent[box].sqrt()])
-            encoded[index, row, column, 5:] = 0.0
-            encoded[index, row, column, 5 + int(target["labels"][box]) - 1] = 1.0
-    return encoded
-
-
-def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: float, lambda_noobj: float) -> dict[str, Tensor]:
-    """The sum-squared error of the paper's equation 3, summed over the grid and averaged over the
-    images, as four named terms: ``loss_box`` (x, y, sqrt w, sqrt h of responsible predictors,
-    times ``lambda_coord``), ``loss_object`` (their confidence against the IoU of their box with
-    the object), ``loss_noobject`` (every other predictor's confidence against 0, times
-    ``lambda_noobj``) and ``loss_classifier`` (class probabilities of the cells holding an object)."""
-    batch, grid = output.shape[:2]
-    values = output[..., : 5 * predictors].view(batch, grid, grid, predictors, 5)
-    has_object = encoded[..., 0] > 0  # [B, S, S]
-    target_box = encoded[..., 1:5]  # x, y, sqrt w, sqrt h
-    with torch.no_grad():
-        predicted = cell_boxes(values, grid)  # [B, S, S, P, 4]
-        truth = cell_boxes(torch.cat([target_box, target_box.new_zeros(batch, grid, grid, 1)], -1)[..., None, :], grid)
-        iou = box_ops.iou(predicted[..., None, :], truth.expand_as(predicted)[..., None, :])[..., 0, 0]  # [B, S, S, P]
-    coordinates = values[..., :4]
-    box_error = ((coordinates - target_box[..., None, :]) ** 2).sum(-1)  # [B, S, S, P]
-    with torch.no_grad():
-        # The predictor overlapping the object most; where none overlaps it (early on), the one
-        # whose coordinates are closest, so every predictor gets to specialise.
-        choice = torch.where(iou.amax(-1) > 0, iou.argmax(-1), box_error.argmin(-1))
-        responsible = F.one_hot(choice, predictors).bool() & has_object[..., None]  # [B, S, S, P]
-    confidence = values[..., 4]
-    loss_box = lambda_coord * (box_error * responsible).sum()
-    loss_object = (((confidence - iou) ** 2) * responsible).sum()
-    loss_noobject = lambda_noobj * ((confidence**2) * ~responsible).sum()
-    class_error = ((output[..., 5 * predictors :] - encoded[..., 5:]) ** 2).sum(-1)
-    loss_classifier = (class_error * has_object).sum()
-    return {name: value / batch for name, value in (("loss_box", loss_box), ("loss_object", loss_object),
-            ("loss_noobject", loss_noobject), ("loss_classifier", loss_classifier))}  # fmt: skip
-
-
-def build_yolov1(config: YOLOv1Config, num_classes: int) -> YOLOv1:
-    return YOLOv1(backbone_body(config), num_classes, config)
+METHOD = Method(
+    name="yolo",
+    config=YOLOConfig,
+    build=build_yolo,
+    label="yolo (anchor-free)",
+    # AdamW, an average of the weights, mosaic on half the images (docs/yolo.md measures each).
+    run_defaults={
+        "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 8, "warmup_steps": 100,
+                  "clip_grad_norm": 10.0, "ema_decay": 0.9999, "ema_ramp_steps": 2000, "amp_cpu_bf16": True},
+        "data": {"mosaic": 0.5, "photometric": True},
+    },  # fmt: skip
+)

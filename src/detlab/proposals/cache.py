@@ -36,7 +36,9 @@ import torch
 from torch import Tensor
 
 from detlab.machine import usable_cpus
+from detlab.progress import progress_bar
 from detlab.proposals.method import ProposalMethod, propose_files
+from detlab.proposals.registry import build_method
 
 ImageSource = Tensor | np.ndarray | str | Path | Callable[[], Tensor]
 
@@ -52,7 +54,8 @@ class ProposalCache:
     """A directory of per-image proposals for one image set and one method.
 
     Args:
-        path: the directory (created if missing).
+        path: the directory (created when the first proposals are stored: opening a cache, as
+            loading a checkpoint does, writes nothing).
         method: the :class:`ProposalMethod` (or a name of ``detlab.proposals.METHODS``, built with
             its defaults) used for images not in the cache; ``None`` opens the cache read-only
             (``get_or_compute`` of a missing image then raises ``KeyError``).
@@ -60,32 +63,34 @@ class ProposalCache:
 
     def __init__(self, path: str | Path, method: ProposalMethod | str | None = None):
         if isinstance(method, str):
-            from detlab.proposals import build_method  # the package imports this module
-
             method = build_method(method)
         self.path = Path(path)
         self.method = method
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"{self.path}: a proposal cache must be a directory, this is a file")
-        (self.path / "boxes").mkdir(parents=True, exist_ok=True)
         self._check_settings()
         self._index = self._read_index()
 
     def _check_settings(self) -> None:
+        """A cache holds one method's proposals: refuse another's (its folder's ``method.json``)."""
         settings_file = self.path / "method.json"
-        if self.method is None:
+        if self.method is None or not settings_file.exists():
             return
         settings = json.loads(json.dumps(self.method.settings()))
-        if settings_file.exists():
-            stored = json.loads(settings_file.read_text())
-            if stored != settings:
-                raise ValueError(
-                    f"{self.path}: this cache holds proposals of {stored}, not of {settings}; "
-                    "use another directory for these settings or delete this one"
-                )
-        else:
+        stored = json.loads(settings_file.read_text())
+        if stored != settings:
+            raise ValueError(
+                f"{self.path}: this cache holds proposals of {stored}, not of {settings}; "
+                "use another directory for these settings or delete this one"
+            )
+
+    def _create(self) -> None:
+        """The folder and its ``method.json``, before the first proposals are stored."""
+        (self.path / "boxes").mkdir(parents=True, exist_ok=True)
+        settings_file = self.path / "method.json"
+        if self.method is not None and not settings_file.exists():
             temporary = settings_file.with_name(f"method.json.{os.getpid()}.tmp")  # own name: processes may race
-            temporary.write_text(json.dumps(settings, indent=1))
+            temporary.write_text(json.dumps(self.method.settings(), indent=1))
             os.replace(temporary, settings_file)
 
     def _read_index(self) -> dict[str, str]:
@@ -120,6 +125,7 @@ class ProposalCache:
             boxes.detach().cpu().numpy() if isinstance(boxes, Tensor) else boxes, dtype=np.float32
         ).reshape(-1, 4)
         name = _file_name(image_id)
+        self._create()
         final = self.path / "boxes" / name
         temporary = final.with_name(f"{name}.{os.getpid()}.tmp")  # two processes filling one cache never share it
         with open(temporary, "wb") as handle:
@@ -195,15 +201,13 @@ class RecordProposals:
     def fill(self, records, workers: int | None = None, progress: bool = True) -> int:
         """Compute the missing proposals of ``records`` in ``workers`` processes (default: one a
         usable core); returns how many were computed. Interrupted, it keeps what it finished."""
-        from tqdm import tqdm
-
         missing = [record for record in records if self.key(record) not in self.cache]
         if not missing:
             return 0
         if self.cache.method is None:
             raise KeyError(f"{len(missing)} images are not in the read-only proposal cache {self.cache.path}")
-        bar = tqdm(total=len(missing), desc=f"{self.cache.method.name} proposals", unit="image", disable=not progress,
-                   leave=False, dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(total=len(missing), desc=f"{self.cache.method.name} proposals", unit="image", disable=not progress,
+                           leave=False)  # fmt: skip
         try:
             paths = [record.image_path for record in missing]
             for position, boxes, _ in propose_files(self.cache.method, paths, workers or usable_cpus()):

@@ -12,12 +12,11 @@ from pathlib import Path
 
 from detlab.data.schema import DetectionDataset
 from detlab.eval.plots import plot_recall_vs_iou, plot_recall_vs_proposals
+from detlab.eval.proposals import DEFAULT_IOU_THRESHOLDS as IOU_THRESHOLDS
+from detlab.eval.proposals import DEFAULT_NUM_PROPOSALS as NUM_PROPOSALS
 from detlab.eval.proposals import proposal_recall
 from detlab.proposals.cache import ProposalCache
 from detlab.proposals.method import ProposalMethod, propose_files
-
-NUM_PROPOSALS = (100, 500, 1000, 2000)
-IOU_THRESHOLDS = (0.5, 0.7)
 
 
 def evaluate_method(

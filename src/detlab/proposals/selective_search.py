@@ -212,6 +212,54 @@ def describe_regions(labels: np.ndarray, codes: PixelCodes | None) -> Regions:
     return Regions(sizes, boxes, histograms, colour_dims, pairs, labels.size)
 
 
+class RegionTable:
+    """The regions of one hierarchical grouping, initial and merged, by id: their sizes, boxes and
+    (for the colour and texture similarities) histograms, with room for every merge."""
+
+    def __init__(self, regions: Regions, use: set[str]):
+        num_initial = len(regions.sizes)
+        capacity = 2 * num_initial - 1
+        self.use, self.colour_dims, self.image_area = use, regions.colour_dims, float(regions.image_area)
+        self.sizes = np.zeros(capacity)
+        self.sizes[:num_initial] = regions.sizes
+        self.boxes = np.zeros((capacity, 4))
+        self.boxes[:num_initial] = regions.boxes
+        self.histograms = None
+        if use & {"colour", "texture"}:
+            self.histograms = np.zeros((capacity, regions.histograms.shape[1]))
+            self.histograms[:num_initial] = regions.histograms
+
+    def similarities(self, region: int | np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Section 3.2: the sum of the chosen similarities between ``region`` and each of ``others``."""
+        sizes, boxes, use = self.sizes, self.boxes, self.use
+        total = np.zeros(len(others))
+        if self.histograms is not None:
+            overlap = np.minimum(self.histograms[region], self.histograms[others])
+            if "colour" in use:
+                total += overlap[:, : self.colour_dims].sum(1)
+            if "texture" in use:
+                total += overlap[:, self.colour_dims :].sum(1)
+        if "size" in use:
+            total += 1.0 - (sizes[region] + sizes[others]) / self.image_area
+        if "fill" in use:
+            joint_width = np.maximum(boxes[region, 2], boxes[others, 2]) - np.minimum(boxes[region, 0], boxes[others, 0])
+            joint_height = np.maximum(boxes[region, 3], boxes[others, 3]) - np.minimum(boxes[region, 1], boxes[others, 1])
+            total += 1.0 - (joint_width * joint_height - sizes[region] - sizes[others]) / self.image_area
+        return total
+
+    def merge(self, first: int, second: int, new: int) -> None:
+        """Region ``new`` is ``first`` and ``second`` together (section 3.1: sizes add, boxes join,
+        histograms average by size)."""
+        sizes, boxes = self.sizes, self.boxes
+        size_first, size_second = sizes[first], sizes[second]
+        sizes[new] = size_first + size_second
+        boxes[new, :2] = np.minimum(boxes[first, :2], boxes[second, :2])
+        boxes[new, 2:] = np.maximum(boxes[first, 2:], boxes[second, 2:])
+        if self.histograms is not None:
+            histograms = self.histograms
+            histograms[new] = (size_first * histograms[first] + size_second * histograms[second]) / sizes[new]
+
+
 def group_regions(regions: Regions, similarity: str = "CTSF") -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical grouping (algorithm 1) of ``regions`` under the ``similarity`` letters.
 
@@ -223,39 +271,8 @@ def group_regions(regions: Regions, similarity: str = "CTSF") -> tuple[np.ndarra
     use = {SIMILARITY_LETTERS[letter] for letter in similarity}
     if use & {"colour", "texture"} and regions.histograms is None:
         raise ValueError(f"similarity {similarity!r} needs histograms; describe regions with pixel codes")
-    num_initial = len(regions.sizes)
+    table, num_initial = RegionTable(regions, use), len(regions.sizes)
     capacity = 2 * num_initial - 1
-    sizes = np.zeros(capacity)
-    sizes[:num_initial] = regions.sizes
-    boxes = np.zeros((capacity, 4))
-    boxes[:num_initial] = regions.boxes
-    histograms = None
-    if use & {"colour", "texture"}:
-        histograms = np.zeros((capacity, regions.histograms.shape[1]))
-        histograms[:num_initial] = regions.histograms
-    colour_dims, image_area = regions.colour_dims, float(regions.image_area)
-
-    def similarities(region: int | np.ndarray, others: np.ndarray) -> np.ndarray:
-        """Section 3.2: the sum of the chosen similarities between ``region`` and each of ``others``."""
-        total = np.zeros(len(others))
-        if histograms is not None:
-            overlap = np.minimum(histograms[region], histograms[others])
-            if "colour" in use:
-                total += overlap[:, :colour_dims].sum(1)
-            if "texture" in use:
-                total += overlap[:, colour_dims:].sum(1)
-        if "size" in use:
-            total += 1.0 - (sizes[region] + sizes[others]) / image_area
-        if "fill" in use:
-            joint_width = np.maximum(boxes[region, 2], boxes[others, 2]) - np.minimum(
-                boxes[region, 0], boxes[others, 0]
-            )
-            joint_height = np.maximum(boxes[region, 3], boxes[others, 3]) - np.minimum(
-                boxes[region, 1], boxes[others, 1]
-            )
-            total += 1.0 - (joint_width * joint_height - sizes[region] - sizes[others]) / image_area
-        return total
-
     neighbours: list[set[int] | None] = [set() for _ in range(capacity)]
     for first, second in regions.pairs.tolist():
         neighbours[first].add(second)
@@ -264,23 +281,17 @@ def group_regions(regions: Regions, similarity: str = "CTSF") -> tuple[np.ndarra
     # are skipped when popped, which is cheaper than deleting them.
     heap = []
     if len(regions.pairs):
-        initial = similarities(regions.pairs[:, 0], regions.pairs[:, 1])
+        initial = table.similarities(regions.pairs[:, 0], regions.pairs[:, 1])
         heap = list(zip((-initial).tolist(), regions.pairs[:, 0].tolist(), regions.pairs[:, 1].tolist()))
         heapq.heapify(heap)
     alive = np.zeros(capacity, dtype=bool)
     alive[:num_initial] = True
-    merges = []
-    new = num_initial
+    merges, new = [], num_initial
     while heap:
         _, first, second = heapq.heappop(heap)
         if not (alive[first] and alive[second]):
             continue
-        size_first, size_second = sizes[first], sizes[second]
-        sizes[new] = size_first + size_second
-        boxes[new, :2] = np.minimum(boxes[first, :2], boxes[second, :2])
-        boxes[new, 2:] = np.maximum(boxes[first, 2:], boxes[second, 2:])
-        if histograms is not None:
-            histograms[new] = (size_first * histograms[first] + size_second * histograms[second]) / sizes[new]
+        table.merge(first, second, new)
         joined = neighbours[first] | neighbours[second]
         joined.discard(first)
         joined.discard(second)
@@ -295,10 +306,10 @@ def group_regions(regions: Regions, similarity: str = "CTSF") -> tuple[np.ndarra
         merges.append((first, second))
         if joined:
             others = np.fromiter(joined, dtype=np.int64, count=len(joined))
-            for value, other in zip((-similarities(new, others)).tolist(), others.tolist()):
+            for value, other in zip((-table.similarities(new, others)).tolist(), others.tolist()):
                 heapq.heappush(heap, (value, other, new))
         new += 1
-    return boxes[:new].copy(), np.asarray(merges, dtype=np.int64).reshape(-1, 2)
+    return table.boxes[:new].copy(), np.asarray(merges, dtype=np.int64).reshape(-1, 2)
 
 
 def hierarchy_boxes(image: np.ndarray, strategy: Strategy | str = "fast") -> list[np.ndarray]:

@@ -57,10 +57,7 @@ def served_models(sources, device: str = "auto") -> dict[str, ServedModel]:
             predictor = Predictor.from_checkpoint(source, device=device)
             method = predictor.run_config.model_name
         name = unique_name(name or (run_name(source) if checkpoint else method), models)
-        if method == "rcnn":
-            # R-CNN keeps every test image's features on disk to score it again later; a server would
-            # write one file a request.
-            predictor.model.config.cache_test_features = False
+        predictor.model.stop_disk_caches()  # a server would write files a request
         models[name] = ServedModel(name, method, checkpoint, predictor)
     return models
 
@@ -93,7 +90,7 @@ def detect(model: ServedModel, data: bytes, score_threshold: float, inside: bool
     inside_view = None
     try:
         if inside:
-            output, inside_view = look_inside(predictor, model.method, image)
+            output, inside_view = look_inside(predictor, image)
             prediction = predictor.select(output, score_threshold)
         else:
             prediction = predictor.predict(image, score_threshold)

@@ -25,7 +25,7 @@ function setStatus(text, state) {
   document.body.dataset.state = state;
 }
 
-// One well-separated colour a class (as detlab.visualize.class_colours).
+// One well-separated colour a class (as detlab.data.drawing.class_colours).
 function classColour(categoryId, alpha = 1) {
   const hue = (((categoryId - 1) * 0.618034) % 1) * 360;
   return `hsla(${hue.toFixed(0)}, 90%, 45%, ${alpha})`;

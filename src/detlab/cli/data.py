@@ -37,14 +37,14 @@ def run_stats(args: argparse.Namespace) -> int:
     stats = dataset_stats(dataset)
     print(format_stats(stats))
     if dataset.records and any(len(record.boxes) for record in dataset.records):
-        from detlab.engine.run import model_builders, resolve_run_config
+        from detlab.engine.run import resolve_run_config
+        from detlab.models import MODELS
         from detlab.models.data_fit import detector_fit_summary, format_fit_summary
 
-        def build(model_config):
-            return model_builders()["faster_rcnn"](model_config, max(1, len(dataset.classes)))
-
         defaults = resolve_run_config("faster_rcnn")
-        stats["faster_rcnn_defaults"] = detector_fit_summary(dataset.records, defaults, build)
+        stats["faster_rcnn_defaults"] = detector_fit_summary(
+            dataset.records, defaults, MODELS["faster_rcnn"], max(1, len(dataset.classes))
+        )
         print(format_fit_summary(stats["faster_rcnn_defaults"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from detlab.visualize import show_dataset
+    from detlab.data.drawing import show_dataset
 
     dataset = load_dataset(args.data, args.split, on_bad=args.on_bad)
     path = show_dataset(dataset, args.out, num=args.num, seed=args.seed)

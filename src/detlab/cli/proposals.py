@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from detlab.eval.proposals import DEFAULT_NUM_PROPOSALS
 from detlab.machine import usable_cpus
 from detlab.proposals import METHODS, ProposalCache, build_method
 
@@ -125,7 +126,7 @@ def run_draw(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from detlab.data import load_dataset
+    from detlab.data.loading import load_dataset
     from detlab.proposals.evaluate import evaluate_method, save_plots, summary_header, summary_row
 
     if args.data is None:
@@ -139,7 +140,7 @@ def run_eval(args: argparse.Namespace) -> int:
     workers = args.workers or usable_cpus()
     options = _method_options(args, 2000)
     top = options["max_proposals"]
-    num_proposals = sorted({n for n in (100, 500, 1000, 2000) if n < top} | {top})
+    num_proposals = sorted({n for n in DEFAULT_NUM_PROPOSALS if n < top} | {top})
     dataset = load_dataset(args.data, args.split)
     data_name = Path(str(args.data).split(":")[-1]).name or "data"
     out_dir = Path(args.out_dir or Path("runs") / "proposals" / f"{data_name}-{args.split}")

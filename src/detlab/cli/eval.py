@@ -20,9 +20,9 @@ def run_eval(args: argparse.Namespace) -> int:
             from detlab.engine.predict import evaluate_checkpoint
 
             report, _ = evaluate_checkpoint(
-                args.checkpoint, args.gt, args.split, args.protocol, args.iou, args.max_dets,
-                overrides=args.set, max_images=args.max_images, data_root=args.data_root,
-                ensemble=args.ensemble, test_scales=args.test_scales,
+                args.checkpoint, args.gt, args.split, overrides=args.set, ensemble=args.ensemble,
+                test_scales=args.test_scales, protocol=args.protocol, iou_threshold=args.iou,
+                max_detections=args.max_dets, max_images=args.max_images, data_root=args.data_root,
             )  # fmt: skip
         elif args.pred:
             report, _ = evaluate_detections(

@@ -18,7 +18,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def add_commands(subparsers) -> None:
-    from detlab.eval.command import add_test_time_options
+    from detlab.cli.eval import add_test_time_options
 
     train = subparsers.add_parser(
         "train",

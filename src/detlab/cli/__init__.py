@@ -1,8 +1,8 @@
-"""``detlab <command>``: thin argument parsing over the library.
+"""``detlab <command>``: thin argument parsing over the library, the top layer of detlab.
 
-Each area of the library owns its sub-commands in a ``command.py`` next to its code and exposes
-``add_commands(subparsers)``; this file only lists them. Errors meant for users (bad input, missing
-files) are printed as one line, never as a traceback.
+Each command (or group of commands) has its module here, ``detlab.cli.<name>``, with
+``add_commands(subparsers)``; this file only lists them. Errors meant for users (bad input,
+missing files) are printed as one line, never as a traceback.
 """
 
 from __future__ import annotations
@@ -11,34 +11,29 @@ import argparse
 import sys
 import warnings
 
-from detlab.eval import command as eval_command
+from detlab.cli import eval as eval_command
 
 
 def command_groups() -> list:
-    """Each entry adds its sub-commands to the parser; one explicit list, no registry. The areas
-    are imported here rather than at the top so that scoring files (``detlab eval --pred``) starts
+    """Each entry adds its sub-commands to the parser; one explicit list, no registry. They are
+    imported here rather than at the top so that scoring files (``detlab eval --pred``) starts
     without loading torch (see :func:`main`)."""
-    from detlab import comparison, demo
-    from detlab.data import command as data_command
-    from detlab.engine import command as engine_command
-    from detlab.export import command as export_command
-    from detlab.proposals import command as proposals_command
-    from detlab.serve import command as serve_command
+    from detlab.cli import compare, data, demo, export, proposals, serve, train
 
     return [
-        comparison.add_commands,
-        data_command.add_commands,
+        compare.add_commands,
+        data.add_commands,
         demo.add_commands,
-        engine_command.add_commands,
+        train.add_commands,
         eval_command.add_commands,
-        export_command.add_commands,
-        proposals_command.add_commands,
-        serve_command.add_commands,
+        export.add_commands,
+        proposals.add_commands,
+        serve.add_commands,
     ]
 
 
 def build_parser(groups: list | None = None) -> argparse.ArgumentParser:
-    """The parser of every command (``groups``: only these areas' commands)."""
+    """The parser of every command (``groups``: only these commands)."""
     parser = argparse.ArgumentParser(prog="detlab", description="Object localization and detection toolkit.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_commands in groups if groups is not None else command_groups():
