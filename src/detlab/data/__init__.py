@@ -5,6 +5,8 @@
 is detected (a folder with ``Annotations/`` is VOC, one with ``images/`` + ``labels/`` is YOLO, a
 ``.json`` file is COCO). ``check_images(dataset)`` decodes every image once before training
 (answers cached across runs); ``to_image_tensor`` turns any image a user holds into the contract.
+``audit(spec)`` finds duplicate images, leaks across splits, box problems and, given a model's
+detections, likely label mistakes (:mod:`detlab.data.auditing`).
 """
 
 import importlib
@@ -12,6 +14,7 @@ import importlib
 # name -> the module that defines it. Imported on first use (PEP 562), so `import detlab.data` and
 # its torch-free parts (errors, the readers' error policy) do not load torch; the readers do.
 _HOMES = {
+    "AuditConfig": "auditing", "AuditResult": "auditing", "audit": "auditing",
     "read_coco": "coco", "write_coco": "coco",
     "BadInputError": "errors", "ProblemLog": "errors",
     "load_image": "images", "to_image_tensor": "images",
@@ -31,11 +34,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AuditConfig",
+    "AuditResult",
     "BadInputError",
     "DetectionDataset",
     "ImageCheckReport",
     "ProblemLog",
     "Record",
+    "audit",
     "build_transforms",
     "check_images",
     "collate",
