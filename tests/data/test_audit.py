@@ -13,7 +13,14 @@ from PIL import Image
 from detlab.data import load_dataset
 from detlab.data.auditing import AuditConfig, AuditResult, audit
 from detlab.data.box_checks import robust_z, size_and_aspect_outliers
-from detlab.data.duplicates import hamming_pairs, hash_image, pixel_similarity, pixel_thumbnails
+from detlab.data.duplicates import (
+    hamming_pairs,
+    hash_image,
+    image_hashes,
+    phash,
+    pixel_similarity,
+    pixel_thumbnails,
+)
 from detlab.data.planted_faults import plant_faults
 from detlab.data.suspects import MISSING, SPURIOUS, SWAPPED, image_suspects, pairwise_iou
 from detlab.data.synthetic import make_synthetic
@@ -154,6 +161,16 @@ def test_pixel_check_takes_small_crops_and_rejects_other_images(sets, tmp_path):
     assert pixel_similarity(thumbnails[0], thumbnails[0]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_hash_is_imagehash_phash_bit_for_bit(sets):
+    imagehash = pytest.importorskip("imagehash")
+    paths = sorted((sets["faulty"] / "JPEGImages").glob("*.jpg"))
+    greys = [Image.open(path).convert("L") for path in paths]
+    thumbnails = np.stack([np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS)) for grey in greys])
+    theirs = np.packbits([imagehash.phash(grey).hash.ravel() for grey in greys], axis=1).view(">u8")[:, 0]
+    assert phash(thumbnails).tolist() == theirs.tolist()
+    assert image_hashes(paths[:3])[0].tolist() == [hash_image(path) for path in paths[:3]]
+
+
 def test_hamming_pairs_by_hand():
     hashes = np.array([0b0000, 0b0001, 0b0111, 0b1111 << 60], dtype=np.uint64)
     first, second, distance = hamming_pairs(hashes, max_distance=2)
@@ -238,5 +255,5 @@ def test_bad_input_names_the_file_or_image(sets, tmp_path):
         audit(f"voc:{sets['clean']}", predictions=wrong, progress=False)
     with pytest.raises(ValueError, match="match none"):
         audit(f"voc:{sets['clean']}", predictions={"nope": wrong[image_id]}, progress=False)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="unknown.*leaks, duplicates"):
         AuditResult("x", [], {}, 0, 0).should_fail(["leak"])

@@ -120,12 +120,16 @@ def _box_cell(
     cell.paste(crop, ((tile - crop.width) // 2, 0))
     offset_x = (tile - crop.width) // 2
     draw = ImageDraw.Draw(cell)
-    for box, text, colour in drawn:
+    for index, (box, text, colour) in enumerate(drawn):
         corners = [offset_x + (box[0] - left) * scale, (box[1] - top) * scale,
                    offset_x + (box[2] - left) * scale, (box[3] - top) * scale]  # fmt: skip
         draw.rectangle(corners, outline=colour, width=2)
-        text_y = corners[1] - CAPTION_LINE if corners[1] >= CAPTION_LINE else corners[3] + 1
-        draw.text((corners[0] + 2, text_y), text, fill=colour, font=font)
+        # The first box's text above it, the second's below: a swapped class has both on one spot.
+        above = corners[1] - CAPTION_LINE if corners[1] >= CAPTION_LINE else corners[1] + 1
+        below = corners[3] + 1 if corners[3] + CAPTION_LINE <= crop.height else corners[3] - CAPTION_LINE
+        position = (corners[0] + 2, above if index == 0 else below)
+        draw.rectangle(draw.textbbox(position, text, font=font), fill="white")  # legible on any image
+        draw.text(position, text, fill=colour, font=font)
     for line, caption in enumerate(captions):
         draw.text((2, tile + 2 + line * CAPTION_LINE), _shorten(caption, tile), fill=TEXT_COLOUR, font=font)
     return cell

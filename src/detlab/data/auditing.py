@@ -243,10 +243,7 @@ class AuditResult:
         """Whether a CI run should fail for ``fail_on`` (``leaks``: a duplicate across splits or a file
         in several splits; ``duplicates``: any duplicate image pair; ``boxes``: a duplicate box or
         a class conflict; ``suspects``: any suspect)."""
-        fail_on = list(fail_on)
-        unknown = sorted(set(fail_on) - set(FAIL_ON_CHOICES))
-        if unknown:
-            raise ValueError(f"--fail-on: unknown {unknown}; choose from {', '.join(FAIL_ON_CHOICES)}")
+        fail_on = check_fail_on(fail_on)
         checks = {
             "leaks": bool(self.leaks or self.shared_files),
             "duplicates": bool(self.duplicates or self.shared_files),
@@ -269,6 +266,15 @@ class AuditResult:
             if row.get("vs_largest") == float("inf"):
                 row["vs_largest"] = None
         return data
+
+
+def check_fail_on(fail_on: Iterable[str]) -> list[str]:
+    """``fail_on`` as a list; a ``ValueError`` naming the choices for an unknown name."""
+    fail_on = list(fail_on)
+    unknown = sorted(set(fail_on) - set(FAIL_ON_CHOICES))
+    if unknown:
+        raise ValueError(f"--fail-on: unknown {unknown}; choose from {', '.join(FAIL_ON_CHOICES)}")
+    return fail_on
 
 
 def _split_rank(splits: list[str]) -> tuple:
@@ -779,9 +785,7 @@ def run_audit(
     write the report, print where it is and the one-line summary last. Returns ``(result,
     failed)``; ``failed`` is :meth:`AuditResult.should_fail` for ``fail_on`` (the caller turns it
     into the exit code)."""
-    fail_on = list(fail_on)
-    if fail_on:
-        AuditResult("", [], {}, 0, 0).should_fail(fail_on)  # an unknown name fails now, not after the audit
+    fail_on = check_fail_on(fail_on)  # an unknown name fails now, not after the audit
     result = audit(data, predictions=predictions, out_dir=out_dir, splits=splits, config=config,
                    prediction_classes=prediction_classes, on_bad=on_bad, progress=True, **load_options)  # fmt: skip
     print(f"{result.name}: {result.num_images} images, {result.num_boxes} boxes audited in "
