@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from detlab.data import load_dataset
-from detlab.data.auditing import AuditConfig, AuditResult, audit
+from detlab.data.auditing import AuditConfig, AuditResult, audit, run_audit
 from detlab.data.box_checks import robust_z, size_and_aspect_outliers
 from detlab.data.duplicates import (
     hamming_pairs,
@@ -140,6 +140,16 @@ def test_report_files(sets, audits):
     assert faulty.summary() in (out / "audit.md").read_text()
     with Image.open(out / "duplicates.png") as sheet:
         assert sheet.width > 400 and sheet.height > 5 * 150  # 10 pairs, two a row
+
+
+def test_run_audit_prints_the_summary_last_and_fails_on_leaks(sets, capsys):
+    result, failed = run_audit(f"voc:{sets['faulty']}", sets["root"] / "cli", fail_on=["leaks"])
+    assert failed and (sets["root"] / "cli" / "audit.md").is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == result.summary()
+    assert run_audit(f"voc:{sets['clean']}", sets["root"] / "cli_clean", fail_on=["leaks"])[1] is False
+    with pytest.raises(ValueError, match="unknown"):
+        run_audit(f"voc:{sets['clean']}", sets["root"] / "never", fail_on=["leak"])
+    assert not (sets["root"] / "never").exists()  # refused before any work
 
 
 def test_pixel_check_takes_small_crops_and_rejects_other_images(sets, tmp_path):

@@ -791,9 +791,8 @@ def run_audit(
     print(f"{result.name}: {result.num_images} images, {result.num_boxes} boxes audited in "
           f"{sum(result.seconds.values()):.1f} s; report in {Path(out_dir) / 'audit.md'}")  # fmt: skip
     failed = result.should_fail(fail_on)
-    print(result.summary())
     if failed:
-        print(
-            f"failing: found {', '.join(name for name in fail_on if result.should_fail([name]))} (--fail-on)"
-        )
+        found = ", ".join(name for name in fail_on if result.should_fail([name]))
+        print(f"failing (--fail-on): found {found}")
+    print(result.summary())
     return result, failed
