@@ -145,8 +145,8 @@ def hamming_pairs(
     """Every pair ``first < second`` of ``hashes`` (uint64 ``[N]``) within Hamming distance
     ``max_distance``: ``(first [P], second [P], distance [P])``, ordered by ``first``, ``second``.
 
-    All N^2 / 2 pairs are compared, ``chunk`` rows at a time (memory ``chunk * N * 8`` bytes): a
-    second for about 30,000 images.
+    All N^2 pairs are compared, ``chunk`` rows at a time (memory ``chunk * N * 8`` bytes): 6.5 s
+    for 30,000 hashes on this project's 2-core machine, so a few ten thousand images at most.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     firsts, seconds, distances = [], [], []
