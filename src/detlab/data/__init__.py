@@ -12,5 +12,7 @@ graph is what the imports say, and the torch-free readers stay torch-free):
   training (answers cached across runs);
 - :mod:`~detlab.data.images`: ``load_image``, ``to_image_tensor`` (any image a user holds -> the contract);
 - :mod:`~detlab.data.transforms`: ``build_transforms``; :mod:`~detlab.data.mosaic`: ``MosaicDataset``;
-- :mod:`~detlab.data.errors`: ``BadInputError``, ``ProblemLog`` (the bad-input policy).
+- :mod:`~detlab.data.errors`: ``BadInputError``, ``ProblemLog`` (the bad-input policy);
+- :mod:`~detlab.data.auditing`: ``audit(data)``, what is wrong with the data itself (duplicate
+  images and leaks between splits, duplicate and outlier boxes, likely label mistakes).
 """

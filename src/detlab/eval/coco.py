@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detlab.box_arrays import xywh_iou
-from detlab.eval.matching import group_pairs, match_coco, rank_within_groups
+from detlab.box_arrays import group_pairs, xywh_iou
+from detlab.eval.matching import match_coco, rank_within_groups
 from detlab.eval.problem import DetectionAccumulator, DetectionProblem, problem_from_coco_files
 
 # np.linspace with these arguments is how the COCO API builds its grids; the same floats matter

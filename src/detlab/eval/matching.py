@@ -14,24 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def group_pairs(det_groups: np.ndarray, gt_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All ``(detection, ground truth)`` index pairs that share a group key.
-
-    ``det_groups``: int ``[D]``; ``gt_groups``: int ``[G]``. Returns ``(pair_det [P], pair_gt [P])``,
-    sorted by detection index, then by ground-truth index (so by file order within a group).
-    """
-    gt_order = np.argsort(gt_groups, kind="stable")
-    sorted_groups = gt_groups[gt_order]
-    starts = np.searchsorted(sorted_groups, det_groups, side="left")
-    counts = np.searchsorted(sorted_groups, det_groups, side="right") - starts
-    pair_det = np.repeat(np.arange(len(det_groups)), counts)
-    # offset of each pair inside its detection's run of ground truth
-    run_starts = np.repeat(np.cumsum(counts) - counts, counts)
-    offsets = np.arange(len(pair_det)) - run_starts
-    pair_gt = gt_order[np.repeat(starts, counts) + offsets]
-    return pair_det, pair_gt
-
-
 def rank_within_groups(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Rank ``[D]`` of each item inside its group when items are taken in ``order`` (a permutation)."""
     ranks = np.empty(len(groups), dtype=np.int64)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detlab.box_arrays import xywh_iou
-from detlab.eval.matching import group_pairs, match_voc
+from detlab.box_arrays import group_pairs, xywh_iou
+from detlab.eval.matching import match_voc
 from detlab.eval.problem import DetectionAccumulator, DetectionProblem
 
 PROTOCOLS = ("voc07", "voc")
