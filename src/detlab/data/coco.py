@@ -74,9 +74,10 @@ def read_coco(
     classes = [name for name, _ in categories.values()]
     images, skipped = _images(data["images"], json_path, image_dir, allow_outside_root, problems)
     objects_by_image: dict = {image_id: [] for image_id in images}
+    image_ids = set(images) | skipped
     for index, annotation in enumerate(data.get("annotations", [])):
         try:
-            image_id, obj = _annotation(annotation, index, images, categories, json_path)
+            image_id, obj = _annotation(annotation, index, image_ids, categories, json_path)
         except BadInputError as error:
             problems.bad(error, "bad annotation")
             continue
@@ -166,14 +167,14 @@ def _images(
     return images, skipped
 
 
-def _annotation(annotation, index: int, images: dict, categories: dict, path: Path) -> tuple[int | str, RawObject]:
+def _annotation(annotation, index: int, image_ids: set, categories: dict, path: Path) -> tuple[int | str, RawObject]:
     """``(image id, object)`` of one entry of ``annotations``, every field it uses checked."""
     where = f"annotations[{index}]"
     if not isinstance(annotation, dict):
         raise BadInputError(path, f"{where} must be an object, got {fields.describe(annotation)}")
     where = f"{where} (id {fields.describe(annotation.get('id'))})"
     image_id, category_id = annotation.get("image_id"), annotation.get("category_id")
-    for key, value, known in (("image_id", image_id, images), ("category_id", category_id, categories)):
+    for key, value, known in (("image_id", image_id, image_ids), ("category_id", category_id, categories)):
         if isinstance(value, bool) or not isinstance(value, int | float | str) or value not in known:
             raise BadInputError(path, f"{where}: unknown {key} {fields.describe(value)}")
     bbox = annotation.get("bbox")
