@@ -152,7 +152,9 @@ def write_yaml(file, **data):
 def test_data_yaml_entry_leading_outside(tmp_path):
     elsewhere = write_split(tmp_path / "elsewhere", "train", "e")
     data_yaml = write_yaml(tmp_path / "ds" / "data.yaml", train="../elsewhere/images")
-    with pytest.raises(OutsideRootError, match=r"data.yaml: 'train: '../elsewhere/images'' leads outside"):
+    with pytest.raises(
+        OutsideRootError, match=r"data.yaml: 'train' entry '../elsewhere/images' leads outside"
+    ):
         read_yolo(data_yaml, "train")
     allowed = read_yolo(data_yaml, "train", allow_outside_root=True)
     assert [r.image_path.parent for r in allowed.records] == [elsewhere]

@@ -227,8 +227,8 @@ class YoloDataYaml:
             if self.inside(candidate):
                 return candidate
         if existing:
-            raise fields.OutsideRootError(self.path, f"'{key}: {fields.describe(entry)}' leads outside the data set's "
-                                                     f"folder {self.root} ({existing[0]}); {fields.ALLOW_HINT}")  # fmt: skip
+            raise fields.OutsideRootError(self.path, f"'{key}' entry {fields.describe(entry)} leads outside the data "
+                                                     f"set's folder {self.root}; {fields.ALLOW_HINT}")  # fmt: skip
         tried = ", ".join(str(c) for c in candidates)
         raise BadInputError(self.path, f"'{key}: {entry}' not found (tried {tried})")
 
@@ -254,15 +254,16 @@ class YoloDataYaml:
                 continue
             path = Path(os.path.expanduser(line))
             candidates = [path] if path.is_absolute() else [self.root / path, list_file.parent / path]
+            candidates = [candidate for candidate in candidates if self.inside(candidate)]
+            if not candidates:
+                problems.bad(fields.OutsideRootError(list_file, f"image {fields.describe(line)} leads outside the data "
+                                                                f"set's folder {self.root}; {fields.ALLOW_HINT}",
+                                                     line=line_number), fields.OUTSIDE_KIND)  # fmt: skip
+                continue
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
                 problems.bad(BadInputError(list_file, f"image {fields.describe(line)} not found", line=line_number),
                              "missing image")  # fmt: skip
-                continue
-            if not self.inside(found):
-                problems.bad(fields.OutsideRootError(list_file, f"image {fields.describe(line)} leads outside the data "
-                                                                f"set's folder {self.root}; {fields.ALLOW_HINT}",
-                                                     line=line_number), fields.OUTSIDE_KIND)  # fmt: skip
                 continue
             images.append(_absolute(found))
         return images
