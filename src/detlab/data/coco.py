@@ -110,6 +110,7 @@ def _categories(entries: list, path: Path, problems: ProblemLog) -> dict[int, tu
     """``{category id: (name, keypoint names or None)}`` in id order; a bad entry is skipped under
     ``on_bad='skip'`` (its annotations then have an unknown ``category_id``)."""
     found: dict[int, tuple[str, list[str] | None]] = {}
+    names: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"categories[{index}]"
         try:
@@ -119,7 +120,7 @@ def _categories(entries: list, path: Path, problems: ProblemLog) -> dict[int, tu
             name = fields.name(entry.get("name", fields.MISSING), path, f"{where} 'name'")
             if category_id in found:
                 raise BadInputError(path, f"{where}: category id {category_id} repeated")
-            if name in {other for other, _ in found.values()}:
+            if name in names:
                 raise BadInputError(path, f"{where}: category name {name!r} repeated")
             keypoint_names = entry.get("keypoints")
             if keypoint_names is not None:
@@ -133,6 +134,7 @@ def _categories(entries: list, path: Path, problems: ProblemLog) -> dict[int, tu
         if name != entry["name"]:
             problems.fix(f"{path}: {where}: class name {entry['name']!r} stripped to {name!r}", "stripped class name")
         found[category_id] = (name, keypoint_names)
+        names.add(name)
     return dict(sorted(found.items()))
 
 
