@@ -7,7 +7,8 @@ with malformed values in every field and with random, truncated and flipped byte
 written as a data set in a fresh folder and read under ``on_bad='error'`` and ``'skip'``.
 
 Counted: inputs tried per reader; under each policy the inputs read and those refused, by the file
-the one-line :class:`BadInputError` named; the items ``skip`` skipped, by kind; and tracebacks:
+the one-line :class:`BadInputError` named; the items ``skip`` skipped (and the documented repairs),
+by ``ProblemLog`` kind; and tracebacks:
 any other exception, or a breach of the contract (a record whose image lies outside the data set's
 folder, a message naming no file of the data set), each kept with its input (the first five).
 
@@ -85,26 +86,26 @@ def markdown(report: dict) -> str:
         "read under `on_bad=error` and `on_bad=skip`. A traceback is any exception but a one-line `BadInputError` "
         "naming a file of the data set, or a record read from outside the data set's folder.", "",
         "| reader | inputs | error: read | error: refused | skip: read | skip: refused (whole file) "
-        "| items skipped | tracebacks | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| skip: items skipped | skip: items repaired | tracebacks | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for name, result in report["readers"].items():
         outcomes = result["outcomes"]
-        skipped = sum(n for key, n in outcomes.items() if key.startswith("skipped: "))
-        lines.append(f"| {name} | {result['inputs']:,} | {policy_counts(outcomes, 'error')[0]:,} | "
-                     f"{policy_counts(outcomes, 'error')[1]:,} | {policy_counts(outcomes, 'skip')[0]:,} | "
-                     f"{policy_counts(outcomes, 'skip')[1]:,} | {skipped:,} | {result['tracebacks']} | "
-                     f"{result['seconds']} |")  # fmt: skip
+        error_read, error_refused = policy_counts(outcomes, "error")
+        skip_read, skip_refused = policy_counts(outcomes, "skip")
+        lines.append(f"| {name} | {result['inputs']:,} | {error_read:,} | {error_refused:,} | {skip_read:,} | "
+                     f"{skip_refused:,} | {outcomes.get('skip: items skipped', 0):,} | "
+                     f"{outcomes.get('skip: items repaired', 0):,} | {result['tracebacks']} | {result['seconds']} |")  # fmt: skip
     lines += ["", f"Tracebacks seen in all: **{report['tracebacks']}** of {report['inputs']:,} inputs.", "",
               "## Failures by kind", "",
-              "`error: refused: FILE`: the input was refused, naming FILE (`(another name)`: a file named by the "
-              "fuzzed input); `skipped: KIND`: an item `on_bad=skip` skipped (the `ProblemLog` kind).", ""]  # fmt: skip
+              "`refused: FILE`: the input was refused, naming FILE (`(another name)`: a file named by the fuzzed "
+              "input); `kind: KIND`: the items skipped or repaired under that policy, by `ProblemLog` kind (the "
+              "repairs are the documented ones: zero-size box, box clipped to or outside the image, stripped name).",
+              ""]  # fmt: skip
     for name, result in report["readers"].items():
         lines += [f"### {name}", "", "| outcome | count |", "|---|---:|"]
         lines += [
-            f"| {key} | {n:,} |"
-            for key, n in result["outcomes"].items()
-            if key != "error: read" and key != "skip: read"
+            f"| {key} | {n:,} |" for key, n in result["outcomes"].items() if "refused" in key or "kind" in key
         ]
         lines.append("")
     for name, result in report["readers"].items():

@@ -300,25 +300,28 @@ def named_file(message: str, folder: Path) -> str:
     return path if path in TEMPLATE_FILES else f"{path.split(os.sep)[0]}/(another name)"
 
 
-def outcome(read: Callable[[], object], folder: Path) -> tuple[str, Counter]:
-    """``read()`` under the contract: ``("read", kinds of the items skipped)`` or ``("refused:
-    FILE", {})``. Any other exception, or a breach of the contract, propagates."""
+def outcome(read: Callable[[], object], folder: Path) -> Counter:
+    """``read()`` under the contract, counted: ``read`` (with the items it skipped and repaired,
+    and their ``ProblemLog`` kinds) or ``refused: FILE``. Any other exception, or a breach of the
+    contract, propagates."""
     try:
         dataset = read()
     except BadInputError as error:
         assert "\n" not in str(error), str(error)[:300]
-        return f"refused: {named_file(str(error), folder)}", Counter()
+        return Counter({f"refused: {named_file(str(error), folder)}": 1})
     for record in dataset.records:
         assert is_inside(record.image_path, folder), f"read {record.image_path}, outside {folder}"
     for message in dataset.problems.skipped:
         named_file(message, folder)
-    return "read", Counter(dataset.problems.kinds)
+    problems = dataset.problems
+    return Counter({"read": 1, "items skipped": len(problems.skipped), "items repaired": len(problems.fixed),
+                    **{f"kind: {kind}": n for kind, n in problems.kinds.items()}})  # fmt: skip
 
 
 def check(reader: str, case) -> Counter:
     """Write ``case`` as a data set in a fresh folder and read it under ``on_bad='error'`` and
-    ``'skip'``: the outcomes counted (``error: read``, ``skip: refused: ann.json``, ``skipped: bad
-    annotation``, ...). Raises on anything the contract does not allow."""
+    ``'skip'``: the outcomes counted (``error: read``, ``skip: refused: ann.json``, ``skip: items
+    skipped``, ``skip: kind: bad annotation``, ...). Raises on anything the contract does not allow."""
     counts: Counter = Counter()
     with tempfile.TemporaryDirectory(prefix="detlab-fuzz-") as temporary:
         base = Path(temporary)
@@ -332,10 +335,8 @@ def check(reader: str, case) -> Counter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # repairs and skips are warned about; counted here instead
             for on_bad in ("error", "skip"):
-                result, skipped = outcome(functools.partial(READERS[reader].read, folder, on_bad), folder)
-                counts[f"{on_bad}: {result}"] += 1
-                if on_bad == "skip":
-                    counts.update({f"skipped: {kind}": n for kind, n in skipped.items()})
+                result = outcome(functools.partial(READERS[reader].read, folder, on_bad), folder)
+                counts.update({f"{on_bad}: {key}": n for key, n in result.items() if n})
     return counts
 
 
