@@ -37,7 +37,9 @@ class DataConfig:
     with 7 keypoints), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``. Models resize images
     themselves (their ``model.min_size``/``max_size`` or window), so the data keeps its size.
     ``on_bad``: ``error`` stops before training on an unreadable image or annotation (naming every
-    one), ``skip`` drops them with a warning. ``cache_images``: keep decoded images in memory (for
+    one), ``skip`` drops them with a warning. ``allow_outside_root``: read files that a data set's
+    annotations name outside its folder (``../x.jpg``, an absolute path); refused by default
+    (docs/data.md, "Bad input"). ``cache_images``: keep decoded images in memory (for
     small images and many epochs: the localizer's windows). ``mosaic``: that share of the training
     samples are mosaics of four images (:class:`detlab.data.mosaic.MosaicDataset`), until
     ``mosaic_off_after`` of the budget is spent. ``num_workers``: processes that load and augment
@@ -63,6 +65,7 @@ class DataConfig:
     rotate90: bool = False  # random quarter turns, the same kind of data
     photometric: bool = False
     on_bad: str = choice("error", ("error", "skip"))
+    allow_outside_root: bool = False  # annotations may name files outside the data set's folder
     num_workers: int | None = None  # None: auto (up to 4 a GPU; on a CPU, see loader_workers)
     cache_images: bool = False
     mosaic: float = 0.0  # the share of training samples that are mosaics of four images (any detector)

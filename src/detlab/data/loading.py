@@ -55,12 +55,15 @@ def load_dataset(
     num_synthetic: int = 600,
     seed: int = 0,
     problems: ProblemLog | None = None,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Load ``spec`` (see module doc) at ``split``.
 
     For ``synthetic``/``synthetic-single``/``synthetic-pose`` the set (``num_synthetic`` images) is
     generated under ``root`` on first use (default ``data/<spec>``) and reused afterwards.
-    For COCO, ``split`` is ignored (one file is one split).
+    For COCO, ``split`` is ignored (one file is one split). ``allow_outside_root``
+    (``data.allow_outside_root``): read files that the data set's own files name outside its
+    folder (a COCO ``file_name`` of ``../x.jpg``, a VOC split id ``/abs/x``); refused by default.
     """
     kind, location = parse_spec(spec)
     if kind == SYNTHETIC_POSE:
@@ -78,7 +81,7 @@ def load_dataset(
         dataset.name = f"{kind} [{split}]" if split else kind
         return dataset
     if kind == "voc":
-        return read_voc(location, split, on_bad=on_bad, problems=problems)
+        return read_voc(location, split, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root)
     if kind == "yolo":
-        return read_yolo(location, split, on_bad=on_bad, problems=problems)
-    return read_coco(location, on_bad=on_bad, problems=problems)
+        return read_yolo(location, split, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root)
+    return read_coco(location, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root)

@@ -34,9 +34,11 @@ def read_voc(
     on_bad: str = "error",
     verify_images: bool = False,
     problems: ProblemLog | None = None,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read a VOC directory into a :class:`DetectionDataset` (arguments as :func:`scan_voc`)."""
-    parsed, classes, problems = scan_voc(root, split, classes, verify_images, problems or ProblemLog(on_bad))
+    parsed, classes, problems = scan_voc(root, split, classes, verify_images, problems or ProblemLog(on_bad),
+                                         allow_outside_root)  # fmt: skip
     records = []
     for image_id, image_path, (width, height), objects, xml_path in parsed:
         record = build_record(image_id, image_path, width, height, objects, classes, xml_path, problems)

@@ -19,6 +19,13 @@ Accepted layouts:
 
 Split names: ``val`` also finds ``valid`` and ``validation`` (and the other way round);
 ``trainval`` is ``train`` + ``val`` unless the data set defines it; no split means every split.
+
+Checks (:mod:`detlab.data.fields`): label files and name files must be UTF-8 text; in a data set
+YAML, ``names`` are non-empty names (text or numbers), ``nc`` a whole number from 1 to 100,000,
+``path`` and the split entries text. ``path`` keeps the meaning Ultralytics gives it: it *is* the
+data set's folder, wherever it points. The split entries, and the images a ``.txt`` list names,
+must lie inside that folder or the YAML's own folder unless ``allow_outside_root``; label files
+follow their images by Ultralytics' rule.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from detlab.data import fields
 from detlab.data.errors import BadInputError, ProblemLog
 from detlab.data.images import image_size
 from detlab.data.records import RawObject, build_record
@@ -59,10 +67,15 @@ def find_data_yaml(root: Path) -> Path | None:
 
 
 def read_data_yaml(path: Path) -> dict:
+    text = fields.text_file(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise BadInputError(path, f"not valid YAML ({error})".replace("\n", " ")) from None
+    except RecursionError:
+        raise BadInputError(path, "not valid YAML (nested too deeply)") from None
+    except ValueError as error:  # a value YAML's resolver took for a number or date that is none
+        raise BadInputError(path, f"not valid YAML ({str(error).split(';')[0]})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -73,25 +86,31 @@ def read_data_yaml(path: Path) -> dict:
 def names_from_yaml(data: dict, path: Path) -> list[str]:
     """``names`` (a list or an ``{index: name}`` map with indices 0..n-1), checked against ``nc``."""
     names, nc = data.get("names"), data.get("nc")
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise BadInputError(path, f"'nc' must be a positive whole number, got {nc!r}")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= fields.MAX_CLASSES):
+        raise BadInputError(path, f"'nc' must be a positive whole number (at most {fields.MAX_CLASSES:,}), "
+                                  f"got {fields.describe(nc)}")  # fmt: skip
     if names is None:
         if nc is None:
             raise BadInputError(path, "no 'names' list or map (and no 'nc')")
         return [f"class_{index}" for index in range(nc)]  # as Ultralytics names them
     if isinstance(names, dict):
-        try:
-            by_index = {int(key): value for key, value in names.items()}
-        except (TypeError, ValueError):
-            raise BadInputError(path, f"'names' map keys must be class indices 0, 1, ..., got {list(names)}") from None
+        by_index = {}
+        for key, value in names.items():
+            if isinstance(key, str) and key.strip().isdecimal() and len(key.strip()) <= 6:
+                key = int(key)
+            if isinstance(key, bool) or not isinstance(key, int):
+                raise BadInputError(path, f"'names' map keys must be class indices 0, 1, ..., got {fields.describe(key)}")
+            by_index[key] = value
         if sorted(by_index) != list(range(len(by_index))):
+            keys = sorted(by_index)
+            shown = f"{keys}" if len(keys) <= 10 else f"{keys[:10]} ... ({len(keys)} keys)"
             raise BadInputError(path, f"'names' map keys must be the class indices 0..{len(by_index) - 1}, "
-                                      f"got {sorted(by_index)}")  # fmt: skip
-        classes = [str(by_index[index]).strip() for index in range(len(by_index))]
+                                      f"got {shown}")  # fmt: skip
+        classes = [fields.name(by_index[index], path, f"'names'[{index}]", numbers=True) for index in range(len(by_index))]
     elif isinstance(names, list):
-        classes = [str(name).strip() for name in names]
+        classes = [fields.name(value, path, f"'names'[{index}]", numbers=True) for index, value in enumerate(names)]
     else:
-        raise BadInputError(path, f"'names' must be a list or an {{index: name}} map, got {names!r}")
+        raise BadInputError(path, f"'names' must be a list or an {{index: name}} map, got {fields.describe(names)}")
     if not classes:
         raise BadInputError(path, "'names' is empty")
     if nc is not None and nc != len(classes):
@@ -106,7 +125,11 @@ def read_yolo_names(root: Path) -> list[str]:
     for file_name in NAME_FILES:
         path = root / file_name
         if path.is_file():
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            names = [line.strip() for line in fields.text_file(path).splitlines() if line.strip()]
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise BadInputError(path, f"class names repeated: {[fields.describe(n) for n in duplicates[:5]]}")
+            return names
     for file_name in YAML_FILES:
         path = root / file_name
         if path.is_file():
@@ -130,10 +153,12 @@ def _absolute(path: Path) -> Path:
 
 
 class YoloDataYaml:
-    """A data set YAML: its classes, its root and where each split's images are."""
+    """A data set YAML: its classes, its root and where each split's images are. ``allow_outside_root``:
+    split entries and listed images may lie outside the root and the YAML's folder."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, allow_outside_root: bool = False):
         self.path = path
+        self.allow_outside_root = allow_outside_root
         self.data = read_data_yaml(path)
         self.classes = names_from_yaml(self.data, path)
         self.root = self._root()
@@ -150,9 +175,9 @@ class YoloDataYaml:
     def _root(self) -> Path:
         folder = self.path.parent
         root = self.data.get("path")
-        if root in (None, ""):
+        if root is None or root == "":
             return folder
-        root = Path(str(root)).expanduser()
+        root = Path(os.path.expanduser(fields.path_text(root, self.path, "'path'")))
         if root.is_absolute():
             return root
         # Relative to the YAML's folder; Ultralytics takes it from the working directory.
@@ -179,23 +204,31 @@ class YoloDataYaml:
             key, value = self.splits[name]
             values = value if isinstance(value, list) else [value]
             for entry in values:
-                if not isinstance(entry, str) or not entry.strip():
+                if not isinstance(entry, str) or not entry.strip() or "\0" in entry:
                     raise BadInputError(self.path, f"'{key}': expected a folder, a .txt list of images or a list "
-                                                   f"of those, got {entry!r}")  # fmt: skip
+                                                   f"of those, got {fields.describe(entry)}")  # fmt: skip
                 pairs.append((key, entry.strip()))
         return pairs
 
+    def inside(self, path: Path) -> bool:
+        """Whether ``path`` may be read: it lies in the root or the YAML's folder, or that is allowed."""
+        return self.allow_outside_root or any(fields.is_inside(path, folder) for folder in (self.root, self.path.parent))
+
     def locate(self, key: str, entry: str) -> Path:
         """Where ``entry`` of ``key`` is: relative to the root, then to the YAML's folder, then (for
-        ``../x``) ``x`` in either."""
+        ``../x``) ``x`` in either; a place outside both is passed over unless allowed."""
         folder = self.path.parent
         candidates = [self.root / entry, folder / entry]
         if entry.startswith(("../", "..\\")):
             candidates += [self.root / entry[3:], folder / entry[3:]]
         candidates = list(dict.fromkeys(_absolute(Path(os.path.expanduser(c))) for c in candidates))
-        for candidate in candidates:
-            if candidate.exists():
+        existing = [candidate for candidate in candidates if candidate.exists()]
+        for candidate in existing:
+            if self.inside(candidate):
                 return candidate
+        if existing:
+            raise fields.OutsideRootError(self.path, f"'{key}' entry {fields.describe(entry)} leads outside the data "
+                                                     f"set's folder {self.root}; {fields.ALLOW_HINT}")  # fmt: skip
         tried = ", ".join(str(c) for c in candidates)
         raise BadInputError(self.path, f"'{key}: {entry}' not found (tried {tried})")
 
@@ -215,15 +248,22 @@ class YoloDataYaml:
 
     def _listed(self, list_file: Path, problems: ProblemLog) -> list[Path]:
         images = []
-        for line_number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        for line_number, line in enumerate(fields.text_file(list_file).splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            path = Path(line).expanduser()
+            path = Path(os.path.expanduser(line))
             candidates = [path] if path.is_absolute() else [self.root / path, list_file.parent / path]
+            candidates = [candidate for candidate in candidates if self.inside(candidate)]
+            if not candidates:
+                problems.bad(fields.OutsideRootError(list_file, f"image {fields.describe(line)} leads outside the data "
+                                                                f"set's folder {self.root}; {fields.ALLOW_HINT}",
+                                                     line=line_number), fields.OUTSIDE_KIND)  # fmt: skip
+                continue
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
-                problems.bad(BadInputError(list_file, f"image {line!r} not found", line=line_number), "missing image")
+                problems.bad(BadInputError(list_file, f"image {fields.describe(line)} not found", line=line_number),
+                             "missing image")  # fmt: skip
                 continue
             images.append(_absolute(found))
         return images
@@ -270,17 +310,17 @@ def _folders(root: Path, split: str | None) -> list[tuple[Path, Path]]:
 
 def parse_label_file(path: Path, num_classes: int, width: int, height: int, classes: list[str]) -> list[RawObject]:
     objects = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
+    for line_number, line in enumerate(fields.text_file(path).splitlines(), start=1):
+        words = line.split()
+        if not words:
             continue
-        if len(fields) != 5:
-            raise BadInputError(path, f"expected 5 fields 'class cx cy w h', got {len(fields)}", line=line_number)
+        if len(words) != 5:
+            raise BadInputError(path, f"expected 5 fields 'class cx cy w h', got {len(words)}", line=line_number)
         try:
-            class_index = int(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:])
+            class_index = int(words[0])
+            cx, cy, w, h = (float(v) for v in words[1:])
         except ValueError:
-            raise BadInputError(path, f"non-numeric field in {line.strip()!r}", line=line_number) from None
+            raise BadInputError(path, f"non-numeric field in {fields.describe(line.strip(), 80)}", line=line_number) from None
         if not 0 <= class_index < num_classes:
             raise BadInputError(path, f"class index {class_index} outside 0..{num_classes - 1}", line=line_number)
         values = (cx, cy, w, h)
@@ -312,14 +352,16 @@ def read_yolo(
     split: str | None = None,
     on_bad: str = "error",
     problems: ProblemLog | None = None,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read a YOLO data set (a folder, or its data set YAML; see the module doc) at ``split``
-    (``None``: every image). An image without a label file is a background-only image."""
+    (``None``: every image). An image without a label file is a background-only image.
+    ``allow_outside_root``: the YAML may name images outside the data set's folder."""
     root = Path(root)
     problems = problems or ProblemLog(on_bad)
     data_yaml = find_data_yaml(root)
     if data_yaml is not None and YoloDataYaml.defines_splits(data_yaml):
-        spec = YoloDataYaml(data_yaml)
+        spec = YoloDataYaml(data_yaml, allow_outside_root)
         classes, base = spec.classes, _absolute(spec.root)
         pairs = [(image, label_path_for(image)) for image in spec.images(split, problems)]
         name = f"yolo:{data_yaml}"
