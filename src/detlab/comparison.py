@@ -118,6 +118,7 @@ def check_data(method_configs: dict) -> tuple[object, object]:
 
     def load(split: str):
         return load_dataset(data.spec, split, root=data.root, num_synthetic=data.synthetic_images,
+                            allow_outside_root=data.allow_outside_root,
                             seed=data.synthetic_seed, on_bad=data.on_bad)  # fmt: skip
 
     train, test = load(data.train_split), load(data.test_split)

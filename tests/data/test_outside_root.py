@@ -13,9 +13,13 @@ from PIL import Image
 
 from detlab import config
 from detlab.cli import main as cli_main
-from detlab.data import BadInputError, load_dataset, read_coco, read_voc, read_yolo
+from detlab.data.coco import read_coco
+from detlab.data.errors import BadInputError
 from detlab.data.fields import OUTSIDE_KIND, OutsideRootError
+from detlab.data.loading import load_dataset
+from detlab.data.voc import read_voc
 from detlab.data.voc_files import read_voc_annotations
+from detlab.data.yolo import read_yolo
 
 
 def write_png(path, size=(40, 20)):

@@ -11,7 +11,10 @@ import yaml
 from PIL import Image
 
 from detlab.cli import main as cli_main
-from detlab.data import BadInputError, read_coco, read_voc, read_yolo
+from detlab.data.coco import read_coco
+from detlab.data.errors import BadInputError
+from detlab.data.voc import read_voc
+from detlab.data.yolo import read_yolo
 
 
 def write_png(path, size=(40, 20)):

@@ -37,8 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from detlab.data import BadInputError, read_coco, read_voc, read_yolo
+from detlab.data.coco import read_coco
+from detlab.data.errors import BadInputError
 from detlab.data.fields import is_inside
+from detlab.data.voc import read_voc
+from detlab.data.yolo import read_yolo
 
 OUTSIDE = "OUTSIDE"  # in a generated value: the absolute path of the file waiting outside the data set
 WEIRD_STRINGS = ["", " ", "x", "0", "1", "-1", "2", "40", "640.0", "1e999", "-1e999", "nan", "inf", "1e-320",

@@ -17,7 +17,6 @@ from detlab.data.errors import ProblemLog
 from detlab.data.records import build_record
 from detlab.data.schema import DetectionDataset
 from detlab.data.voc_files import (  # noqa: F401 - the parsing helpers are re-exported
-    IMAGE_SUFFIXES,
     dataset_name,
     find_image,
     parse_annotation,

@@ -23,9 +23,7 @@ import defusedxml.ElementTree as SafeET
 from detlab.data import fields
 from detlab.data.annotations import AnnotationSet, RawObject, annotated_image, check_objects
 from detlab.data.errors import BadInputError, ProblemLog
-from detlab.image_files import image_size, open_rgb
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG", ".JPEG", ".PNG")
+from detlab.image_files import IMAGE_SUFFIXES, image_size, open_rgb
 
 
 def split_file_path(root: Path, split: str) -> Path:
@@ -123,7 +121,8 @@ def find_image(root: Path, image_id: str, file_name: str | None) -> Path:
         candidate = image_dir / Path(file_name).name
         if candidate.is_file():
             return candidate
-    for suffix in IMAGE_SUFFIXES:
+    # the lower-case suffixes, then the upper-case ones (file systems tell PHOTO.JPG from photo.jpg)
+    for suffix in IMAGE_SUFFIXES + tuple(suffix.upper() for suffix in IMAGE_SUFFIXES):
         candidate = image_dir / f"{image_id}{suffix}"
         if candidate.is_file():
             return candidate

@@ -41,7 +41,8 @@ from detlab.data.errors import BadInputError, ProblemLog
 from detlab.data.images import image_size
 from detlab.data.records import RawObject, build_record
 from detlab.data.schema import DetectionDataset
-from detlab.data.voc import IMAGE_SUFFIXES, export_stems, transfer_image
+from detlab.data.voc import export_stems, transfer_image
+from detlab.image_files import IMAGE_SUFFIXES
 
 NAME_FILES = ("classes.txt", "obj.names", "names.txt")
 YAML_FILES = ("data.yaml", "dataset.yaml")
@@ -49,7 +50,6 @@ YAML_SUFFIXES = (".yaml", ".yml")
 SPLIT_KEYS = ("train", "val", "test")  # what "every split" means
 YAML_SPLIT_KEYS = ("train", "val", "valid", "validation", "test", "minival", "trainval")
 VAL_ALIASES = ("val", "valid", "validation")
-IMAGE_SUFFIXES_LOWER = frozenset(suffix.lower() for suffix in IMAGE_SUFFIXES)
 
 
 def split_aliases(split: str) -> tuple[str, ...]:
@@ -238,7 +238,7 @@ class YoloDataYaml:
         for key, entry in self.entries(split):
             location = self.locate(key, entry)
             if location.is_dir():
-                images += sorted(p for p in location.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES_LOWER and p.is_file())
+                images += sorted(p for p in location.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             elif location.suffix.lower() == ".txt":
                 images += self._listed(location, problems)
             else:
@@ -284,7 +284,7 @@ def _folders(root: Path, split: str | None) -> list[tuple[Path, Path]]:
     """``(image dir, label dir)`` pairs of ``split`` in a folder layout (no data set YAML)."""
     splits = _split_folders(root)
     if split is None:
-        flat = (root / "images").is_dir() and any(p.suffix in IMAGE_SUFFIXES for p in (root / "images").iterdir())
+        flat = (root / "images").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / "images").iterdir())
         if splits and not flat:
             return list(splits.values())  # every split
         if (root / "images").is_dir():
@@ -371,7 +371,7 @@ def read_yolo(
         classes, base = read_yolo_names(root), root
         pairs = []
         for image_dir, label_dir in _folders(root, split):
-            images = sorted(p for p in image_dir.iterdir() if p.suffix in IMAGE_SUFFIXES)
+            images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             pairs += [(image, label_dir / f"{image.stem}.txt") for image in images]
         name = f"yolo:{root}"
     records = []

@@ -152,6 +152,16 @@ def find_images(path: str | Path) -> list[Path]:
     return files
 
 
+def detections_by_image(predictor: Predictor, records, min_score: float = 0.05) -> dict[str, dict]:
+    """``{image path: {"boxes", "scores", "labels"}}``: ``predictor``'s detections scoring at least
+    ``min_score`` on every record's image, in the stored image's pixels (numpy arrays)."""
+    found = {}
+    for record in progress_bar(records, desc="detections", unit="image"):
+        prediction = predictor.predict(record.image_path, score_threshold=min_score)
+        found[str(record.image_path)] = {key: prediction[key].numpy() for key in ("boxes", "scores", "labels")}
+    return found
+
+
 def result_entries(prediction: dict, image_id: int) -> list[dict]:
     """One image's prediction as COCO result entries (2 decimals; keypoints as COCO triples)."""
     entries = coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], image_id, decimals=2)
@@ -301,7 +311,8 @@ def evaluation_split(predictor: Predictor, data: str, split: str | None, data_ro
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
-    dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=stored.synthetic_seed)
+    dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=stored.synthetic_seed,
+                           allow_outside_root=stored.allow_outside_root)  # fmt: skip
     if list(dataset.classes) != predictor.classes:
         raise ValueError(
             f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "

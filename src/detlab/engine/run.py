@@ -85,7 +85,7 @@ def load_split(run_config: RunConfig, split: str, check: bool = True):
     (:func:`detlab.data.validation.check_images`, cached by file, honouring ``data.on_bad``);
     returns ``(dataset, check report or None)``."""
     data = run_config.data
-    dataset = load_dataset(data.spec, split, root=data.root, on_bad=data.on_bad,
+    dataset = load_dataset(data.spec, split, root=data.root, on_bad=data.on_bad, allow_outside_root=data.allow_outside_root,
                            num_synthetic=data.synthetic_images, seed=data.synthetic_seed)  # fmt: skip
     if not check:
         return dataset, None
