@@ -38,7 +38,7 @@ from PIL import Image
 from detlab.data.auditing import audit
 from detlab.data.duplicates import _open_grey, hamming_pairs, image_hashes, phash
 from detlab.data.loading import load_dataset
-from detlab.data.planted_faults import plant_faults
+from detlab.data.planted_faults import FaultPlan, plant_faults
 from detlab.data.suspects import MISSING, SWAPPED, pairwise_iou
 
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -257,8 +257,9 @@ def save_sheet(source: Path, name: str, width: int = 640, max_height: int = 900)
     with Image.open(source) as sheet:
         scale = width / sheet.width
         sheet = sheet.convert("RGB").resize((width, round(sheet.height * scale)), Image.Resampling.LANCZOS)
-        sheet.crop((0, 0, width, min(sheet.height, max_height))).save(RESULTS / name, quality=75)
-    return name
+        (RESULTS / "figures").mkdir(exist_ok=True)
+        sheet.crop((0, 0, width, min(sheet.height, max_height))).save(RESULTS / "figures" / name, quality=75)
+    return f"figures/{name}"
 
 
 def audit_timed(spec: str, out_dir: Path, repeats: int, **options) -> tuple[object, list[float]]:
@@ -281,7 +282,7 @@ def main() -> int:
     work = Path(args.work_dir)
     faulty_dir = work / "bccd_faulty"
     shutil.rmtree(faulty_dir, ignore_errors=True)
-    planted = plant_faults(SHARED_DATA / "bccd", faulty_dir, seed=0, **PLANTED)
+    planted = plant_faults(SHARED_DATA / "bccd", faulty_dir, seed=0, plan=FaultPlan(**PLANTED))
     planted_pairs = {pair_key(entry["source"], entry["copy"]) for entry in planted.copies}
     report = {**stamp(), "planted": PLANTED, "sets": {}}
 

@@ -201,8 +201,8 @@ def write_report(report: dict, out_dir: Path) -> None:
                 f"Time ratio detlab/OpenCV, quality: {ratios['quality_time_mean_detlab_over_opencv']:.2f} (mean).",
             ]
             curves[f"detlab ss-quality (first {entry['quality_images']})"] = subset["ss-quality"]
-        plots = save_plots(curves, out_dir, prefix=f"proposals_{data_name}")
-        lines += ["", *[f"![{path.stem}]({path.name})" for path in plots]]
+        plots = save_plots(curves, out_dir / "figures", prefix=f"proposals_{data_name}")
+        lines += ["", *[f"![{path.stem}](figures/{path.name})" for path in plots]]
     (out_dir / "proposals.json").write_text(json.dumps(report, indent=1))
     (out_dir / "proposals.md").write_text("\n".join(lines) + "\n")
 

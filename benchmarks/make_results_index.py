@@ -25,6 +25,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 INDEX_NAME = "README.md"
 ARCHIVE = "archive"
+FIGURES = "figures"  # the headline results' pictures, out of the way of the top-level list
 # A benchmark's JSON records its run as {"command", "date", "machine"}; older files name the date
 # ``date_utc`` or ``started_utc``, and files of several runs keep one such record a part
 # (``localization.json``: headline, grid, overfeat; ``demo_variants.json``: one a variant).
@@ -147,16 +148,18 @@ def read_folder(folder: str) -> tuple[list[ResultsFile], list[str]]:
     stems = sorted((entry.stem for entry in found), key=len, reverse=True)
     by_stem = {entry.stem: entry for entry in found}
     loose = []
-    for path in sorted(directory.iterdir()):
+    figures = sorted((directory / FIGURES).iterdir()) if not folder and (directory / FIGURES).is_dir() else []
+    for path in sorted(directory.iterdir()) + figures:
+        name = f"{FIGURES}/{path.name}" if path.parent.name == FIGURES and not folder else path.name
         if path.is_dir() or path.suffix in (".json", ".md"):
             if path.suffix == ".md" and path.name != INDEX_NAME and not path.with_suffix(".json").is_file():
-                loose.append(path.name)
+                loose.append(name)
             continue
         owner = next((stem for stem in stems if path.name.startswith(f"{stem}_") or path.stem == stem), None)
         if owner:  # a figure or log of that run: compare_bccd_227_speed_vs_map.png
-            by_stem[owner].companions.append(path.name)
+            by_stem[owner].companions.append(name)
         else:
-            loose.append(path.name)
+            loose.append(name)
     return found, loose
 
 
