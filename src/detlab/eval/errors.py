@@ -256,10 +256,23 @@ def _segment_max_first(values: np.ndarray, starts: np.ndarray, pair_gt: np.ndarr
     return maxima, pair_gt[np.minimum.reduceat(positions, starts)]
 
 
-def _rank_in_images(problem: DetectionProblem) -> np.ndarray:
+def _score_order(problem: DetectionProblem) -> np.ndarray:
+    """Int64 ``[D]``: the detections by decreasing score, ties by image, then in file order (the order
+    in which tidecv adds them to its AP tables)."""
+    return np.lexsort((np.arange(len(problem.det_scores)), problem.det_image, -problem.det_scores))
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """A stable argsort of small non-negative ints: numpy radix-sorts 16-bit keys, in linear time."""
+    if len(keys) and keys.max() < 1 << 16:
+        keys = keys.astype(np.uint16)
+    return np.argsort(keys, kind="stable")
+
+
+def _rank_in_images(det_image: np.ndarray, score_order: np.ndarray) -> np.ndarray:
     """Int64 ``[D]``: each detection's place in its image by decreasing score, ties in file order."""
-    order = np.lexsort((np.arange(len(problem.det_scores)), -problem.det_scores, problem.det_image))
-    return rank_within_groups(problem.det_image, order)
+    # sorting the score order by image, stably, gives the order by image, then score, then file
+    return rank_within_groups(det_image, score_order[_stable_order(det_image[score_order])])
 
 
 def _match_first_on_ties(
@@ -329,16 +342,16 @@ def analyze_errors(
     """
     _check_ious(foreground_iou, background_iou)
     num_dets, num_gt, num_classes = len(problem.det_scores), len(problem.gt_category), problem.num_classes
-    rank = _rank_in_images(problem)
+    score_order = _score_order(problem)
+    rank = _rank_in_images(problem.det_image, score_order)
     evaluated = rank < max_detections if max_detections is not None else np.ones(num_dets, bool)
     region = problem.gt_crowd | problem.gt_difficult
 
-    # every (evaluated detection, object) pair of one image, any class: the error types need the
-    # IoU with objects of other classes too
-    det_ids, gt_ids = np.flatnonzero(evaluated), np.flatnonzero(~region)
-    local_det, local_gt = group_pairs(problem.det_image[det_ids], problem.gt_image[gt_ids])
-    pair_det, pair_gt = det_ids[local_det], gt_ids[local_gt]
-    overlaps = pair_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
+    # the overlapping (evaluated detection, object) pairs of one image, any class: the error types
+    # need the IoU with objects of other classes too
+    pair_det, pair_gt, overlaps = _overlapping_pairs(
+        problem, np.flatnonzero(evaluated), np.flatnonzero(~region)
+    )
     same_class = problem.det_category[pair_det] == problem.gt_category[pair_gt]
 
     matched_gt = _tide_matching(problem, rank, pair_det, pair_gt, overlaps, same_class, foreground_iou)
@@ -371,7 +384,7 @@ def analyze_errors(
     gt_error[gt_used] = TRUE_POSITIVE
     gt_error[region] = IGNORED
 
-    tables = _ApTables(problem, rank, det_error, det_gt, det_ignored, best_fixer, gt_error)
+    tables = _ApTables(problem, score_order, det_error, det_gt, det_ignored, best_fixer, gt_error)
     base_ap = tables.class_aps()
     base_map = _mean_defined(base_ap)
     dap, class_dap = {}, {}
@@ -413,6 +426,29 @@ def analyze_errors(
     )
 
 
+def _overlapping_pairs(
+    problem: DetectionProblem, det_ids: np.ndarray, gt_ids: np.ndarray, chunk: int = 1 << 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pair_det [P], pair_gt [P], overlaps [P])``: the pairs of ``det_ids`` and ``gt_ids`` (sorted
+    index arrays) in one image whose IoU is above 0, sorted by detection, then object.
+
+    Pairs without overlap change nothing (every TIDE test needs an IoU above 0), and on a COCO-sized
+    problem they are most of the 3.5 million pairs, so the IoU is computed ``chunk`` detections at a
+    time and only the overlapping pairs are kept: the memory stays small.
+    """
+    parts = []
+    for start in range(0, len(det_ids), chunk):
+        dets = det_ids[start : start + chunk]
+        local_det, local_gt = group_pairs(problem.det_image[dets], problem.gt_image[gt_ids])
+        pair_det, pair_gt = dets[local_det], gt_ids[local_gt]
+        overlaps = pair_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
+        overlapping = overlaps > 0
+        parts.append((pair_det[overlapping], pair_gt[overlapping], overlaps[overlapping]))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+
+
 def _tide_matching(problem, rank, pair_det, pair_gt, overlaps, same_class, foreground_iou) -> np.ndarray:
     """Int64 ``[D]`` object each detection matched (tidecv's greedy rule at ``foreground_iou``) or -1."""
     candidate = same_class & (overlaps >= foreground_iou)
@@ -452,7 +488,7 @@ def _error_types(num_dets, pair_det, pair_gt, overlaps, same_class, gt_used, for
 
     Returns int8 ``det_error [D]``, int64 ``det_gt [D]`` (the object the error points at, else -1) and
     ``det_iou [D]`` (best IoU with an object of its class). The tests follow tidecv's order; a
-    detection of an image without objects has all IoUs 0, so it is background.
+    detection that overlaps no object (no pair) has all IoUs 0, so it is background.
     """
     best = {name: np.zeros(num_dets) for name in ("class", "other", "used", "any")}
     best_gt = {name: np.full(num_dets, -1, np.int64) for name in ("class", "other", "used")}
@@ -487,37 +523,52 @@ def _error_types(num_dets, pair_det, pair_gt, overlaps, same_class, gt_used, for
 class _ApTables:
     """The rows of every AP table TIDE computes, sorted once, and each table's AP per class.
 
-    Rows ``[R]``: each evaluated detection outside ignore regions (true and false positives), then
-    one "fixed" row per highest-scoring classification or localization error of an unfound object:
-    a true positive of the object's class. A table is a choice of active rows and of the ground-truth
+    Rows ``[R]``: each evaluated detection outside ignore regions (true and false positives), and one
+    "fixed" row per highest-scoring classification or localization error of an unfound object: a true
+    positive of the object's class. A fixed table is a choice of active rows and of the ground-truth
     count per class. As tidecv rebuilds a fixed table, the error rows come before the true positives
     among tied scores (its ``fix_errors`` pushes them first), while the original table keeps image
     order; both are followed here so that tied scores give tidecv's numbers.
     """
 
-    def __init__(self, problem, rank, det_error, det_gt, det_ignored, best_fixer, gt_error):
-        num_classes = problem.num_classes
-        counted = (det_error != NOT_EVALUATED) & ~det_ignored
-        dets = np.flatnonzero(counted)
-        true_positive = det_error[dets] == TRUE_POSITIVE
+    def __init__(self, problem, score_order, det_error, det_gt, det_ignored, best_fixer, gt_error):
+        num_classes, num_dets = problem.num_classes, len(score_order)
+        position = np.empty(num_dets, np.int64)
+        position[score_order] = np.arange(num_dets)
+        sorted_scores = problem.det_scores[score_order]
+        tie = np.empty(num_dets, np.int64)  # dense rank of the score: equal scores, equal ties
+        tie[score_order] = np.cumsum(np.diff(sorted_scores, prepend=np.inf) != 0)
         det_size = _error_sizes(problem, det_error, det_gt)
 
-        self.row_class = np.concatenate([problem.det_category[dets], problem.gt_category[det_gt[best_fixer]]])
-        self.row_true = np.concatenate([true_positive, np.ones(len(best_fixer), bool)])
-        self.row_fixed = np.concatenate([np.zeros(len(dets), bool), np.ones(len(best_fixer), bool)])
-        self.row_type = np.concatenate([det_error[dets], det_error[best_fixer]])
-        self.row_size = np.concatenate([det_size[dets], det_size[best_fixer]])
-        row_det = np.concatenate([dets, best_fixer])
-        scores, images = problem.det_scores[row_det], problem.det_image[row_det]
-        original_true = self.row_true & ~self.row_fixed
-        self.fix_order = np.lexsort((rank[row_det], images, original_true, -scores, self.row_class))
-        self.base_order = np.lexsort(
-            (rank[dets], problem.det_image[dets], -scores[: len(dets)], self.row_class[: len(dets)])
-        )
+        # the original table: counted detections by score, then image, then rank (tidecv's insertion
+        # order), grouped by class
+        counted = (det_error != NOT_EVALUATED) & ~det_ignored
+        dets = score_order[counted[score_order]]
+        base = dets[_stable_order(problem.det_category[dets])]
+        self.base_class, self.base_true = problem.det_category[base], det_error[base] == TRUE_POSITIVE
+
+        # the fixed tables: one more row per best fixer, right after its detection's own row
+        fixers = best_fixer[np.argsort(position[best_fixer])]
+        at = np.searchsorted(position[dets], position[fixers], side="right")
+        row_det = np.insert(dets, at, fixers)
+        row_fixed = np.insert(np.zeros(len(dets), bool), at, True)
+        row_class = np.insert(problem.det_category[dets], at, problem.gt_category[det_gt[fixers]])
+        original_true = ~row_fixed & (det_error[row_det] == TRUE_POSITIVE)
+        # then by score, the error and fixed rows before the original true positives among tied scores
+        # (tidecv's fix_errors pushes them first), and by class: the rows in each fixed table's order,
+        # gathered once, as every fixed table only switches rows on and off
+        order = np.argsort(tie[row_det] * 2 + original_true, kind="stable")
+        order = order[_stable_order(row_class[order])]
+        self.fixed_class, self.fixed_row = row_class[order], row_fixed[order]
+        self.fixed_true = (original_true | row_fixed)[order]
+        self.fixed_type, self.fixed_size = det_error[row_det[order]], det_size[row_det[order]]
         self.num_classes = num_classes
+        self.fixed_starts = np.searchsorted(self.fixed_class, np.arange(num_classes + 1))
+        self.base_starts = np.searchsorted(self.base_class, np.arange(num_classes + 1))
         counted_gt = gt_error != IGNORED
         self.num_gt = np.bincount(problem.gt_category[counted_gt], minlength=num_classes)
-        self.num_true_positives = np.bincount(self.row_class[original_true], minlength=num_classes)
+        self.num_true_positives = np.bincount(self.base_class[self.base_true], minlength=num_classes)
+        self.has_rows = np.bincount(self.base_class, minlength=num_classes) > 0
         missed = gt_error == MISSED
         self.missed = np.bincount(problem.gt_category[missed], minlength=num_classes)
         gt_size = _size_index(problem.gt_area)
@@ -530,22 +581,19 @@ class _ApTables:
         """``[K]`` AP of each class (NaN where a class has no ground truth and no row) with the errors
         of type ``fix`` fixed (only those of size index ``size`` when given), or with ``num_gt``
         objects per class; without either, the original table."""
-        if num_gt is None:
-            num_gt = self.num_gt
-        if fix is None and num_gt is self.num_gt:
-            order = self.base_order
-            active = np.ones(len(order), bool)
-        else:
-            order = self.fix_order
-            fixed = self.row_type == fix if fix is not None else np.zeros(len(self.row_type), bool)
-            if size is not None:
-                fixed &= self.row_size == size
-            active = np.where(self.row_fixed, fixed, ~fixed)
-            if fix == MISSED:
-                num_gt = num_gt - (self.missed if size is None else self.missed_by_size[size])
-        return _class_average_precisions(
-            self.row_class[order], self.row_true[order], active[order], num_gt, self.num_classes
-        )
+        if fix is None and num_gt is None:
+            return _class_average_precisions(
+                self.base_true, np.ones(len(self.base_true), bool), self.num_gt, self.base_starts
+            )
+        num_gt = self.num_gt if num_gt is None else num_gt
+        fixed = self.fixed_type == fix if fix is not None else np.zeros(len(self.fixed_type), bool)
+        if size is not None:
+            fixed &= self.fixed_size == size
+        # an error row leaves the table when its type is fixed; its fixed row (a true positive) enters
+        active = fixed == self.fixed_row
+        if fix == MISSED:
+            num_gt = num_gt - (self.missed if size is None else self.missed_by_size[size])
+        return _class_average_precisions(self.fixed_true, active, num_gt, self.fixed_starts)
 
     def class_aps_without_false_positives(self) -> np.ndarray:
         """``[K]`` AP with every true positive ranked above every false positive (TIDE's FalsePos fix).
@@ -553,27 +601,26 @@ class _ApTables:
         The precision is then 1 up to the final recall ``tp / n`` and the AP the share of recall
         points reached; a class with detections but no true positive keeps AP 0.
         """
-        original = ~self.row_fixed
-        has_rows = np.bincount(self.row_class[original], minlength=self.num_classes) > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             final_recall = self.num_true_positives / self.num_gt
         reached = (RECALL_POINTS[None, :] <= final_recall[:, None]).sum(axis=1)
         aps = np.where((self.num_gt > 0) & (self.num_true_positives > 0), reached / len(RECALL_POINTS), 0.0)
-        return np.where(has_rows | (self.num_gt > 0), aps, np.nan)
+        return np.where(self.has_rows | (self.num_gt > 0), aps, np.nan)
 
 
 def _class_average_precisions(
-    row_class: np.ndarray, row_true: np.ndarray, active: np.ndarray, num_gt: np.ndarray, num_classes: int
+    row_true: np.ndarray, active: np.ndarray, num_gt: np.ndarray, class_starts: np.ndarray
 ) -> np.ndarray:
-    """``[K]`` AP at 101 recall points of rows sorted by class, then rank (only ``active`` rows count).
+    """``[K]`` AP at 101 recall points of rows sorted by class (class ``k``: rows ``class_starts[k]`` to
+    ``class_starts[k + 1]``), then rank; only ``active`` rows count.
 
     As tidecv's ``APDataObject.get_ap``: precision and recall after each row, the precision made
     non-increasing from the right, and at each recall point ``x`` the precision of the first row whose
     recall reaches ``x`` (0 if none does). A class with no object has AP 0; NaN when it has no row either.
     """
+    num_classes = len(class_starts) - 1
     true_count = np.cumsum(active & row_true)
     false_count = np.cumsum(active & ~row_true)
-    class_starts = np.searchsorted(row_class, np.arange(num_classes + 1))
     aps = np.full(num_classes, np.nan)
     for k in range(num_classes):
         start, end = class_starts[k], class_starts[k + 1]
@@ -730,7 +777,8 @@ def confusion_matrix(
     candidate = (overlaps >= iou_threshold) & (problem.det_category[pair_det] != problem.gt_category[pair_gt])
     pair_det, pair_gt, overlaps = pair_det[candidate], pair_gt[candidate], overlaps[candidate]
     num_dets = len(problem.det_scores)
-    det_round = _rounds(problem.det_image, _rank_in_images(problem), np.unique(pair_det), num_dets)
+    rank = _rank_in_images(problem.det_image, _score_order(problem))
+    det_round = _rounds(problem.det_image, rank, np.unique(pair_det), num_dets)
     pair_order = np.lexsort((pair_gt, pair_det, det_round[pair_det]))
     pair_det, pair_gt, overlaps = pair_det[pair_order], pair_gt[pair_order], overlaps[pair_order]
     no_region = np.zeros((1, len(problem.gt_category)), bool)
