@@ -29,7 +29,8 @@ from COCO's matching (:mod:`detlab.eval.matching`), so their true positives are 
 evaluator's at the same IoU and score threshold.
 
 The whole data set is processed at once with numpy; loops run over matching rounds (as many as
-detections on one object), classes and fix scenarios, never over images or detections.
+detections on one object), chunks of 65,536 detections (for the IoU), classes and fix scenarios,
+never over images or single detections.
 
 Shape letters: D detections, G ground-truth boxes, K classes, P (detection, ground truth) pairs of
 one image, R rows of the AP tables, S confidence thresholds. Boxes are float64 ``(x, y, width,
