@@ -15,6 +15,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --upgrade pip >/dev/null
 	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[test,bench]"
+	$(BIN)/pip install -c $(CONSTRAINTS) --no-deps tidecv
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detlab.eval.matching import group_pairs, match_coco, pair_iou, rank_within_groups
+from detlab.box_arrays import group_pairs, xywh_iou
+from detlab.eval.matching import match_coco, rank_within_groups
 from detlab.eval.problem import DetectionProblem
 
 ERROR_TYPES = ("classification", "localization", "both", "duplicate", "background", "missed")
@@ -442,7 +443,7 @@ def _overlapping_pairs(
         dets = det_ids[start : start + chunk]
         local_det, local_gt = group_pairs(problem.det_image[dets], problem.gt_image[gt_ids])
         pair_det, pair_gt = dets[local_det], gt_ids[local_gt]
-        overlaps = pair_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
+        overlaps = xywh_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
         overlapping = overlaps > 0
         parts.append((pair_det[overlapping], pair_gt[overlapping], overlaps[overlapping]))
     if not parts:
@@ -477,7 +478,7 @@ def _inside_ignore_regions(
         problem.gt_image[region_ids] * num_classes + problem.gt_category[region_ids],
     )
     pair_det, pair_region = det_ids[local_det], region_ids[local_region]
-    overlaps = pair_iou(
+    overlaps = xywh_iou(
         problem.det_boxes[pair_det], problem.gt_boxes[pair_region], np.ones(len(pair_det), bool)
     )
     ignored[pair_det[overlaps > foreground_iou]] = True
@@ -677,7 +678,7 @@ def _coco_matching(problem: DetectionProblem, iou_threshold: float) -> tuple[np.
     order = np.lexsort((np.arange(num_dets), -problem.det_scores, det_groups))
     rank = rank_within_groups(det_groups, order)
     pair_det, pair_gt = group_pairs(det_groups, gt_groups)
-    overlaps = pair_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt], problem.gt_crowd[pair_gt])
+    overlaps = xywh_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt], problem.gt_crowd[pair_gt])
     candidate = overlaps >= min(iou_threshold, 1 - 1e-10)
     pair_det, pair_gt, overlaps = pair_det[candidate], pair_gt[candidate], overlaps[candidate]
     det_round = _rounds(det_groups, rank, np.unique(pair_det), num_dets)
@@ -774,7 +775,7 @@ def confusion_matrix(
     left_gt = np.flatnonzero(~gt_found & ~(problem.gt_crowd | problem.gt_difficult))
     local_det, local_gt = group_pairs(problem.det_image[left_det], problem.gt_image[left_gt])
     pair_det, pair_gt = left_det[local_det], left_gt[local_gt]
-    overlaps = pair_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
+    overlaps = xywh_iou(problem.det_boxes[pair_det], problem.gt_boxes[pair_gt])
     candidate = (overlaps >= iou_threshold) & (problem.det_category[pair_det] != problem.gt_category[pair_gt])
     pair_det, pair_gt, overlaps = pair_det[candidate], pair_gt[candidate], overlaps[candidate]
     num_dets = len(problem.det_scores)
