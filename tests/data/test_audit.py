@@ -22,7 +22,7 @@ from detlab.data.duplicates import (
     pixel_thumbnails,
 )
 from detlab.data.loading import load_dataset
-from detlab.data.planted_faults import plant_faults
+from detlab.data.planted_faults import FaultPlan, plant_faults
 from detlab.data.suspects import MISSING, SPURIOUS, SWAPPED, image_suspects
 from detlab.data.synthetic import make_synthetic
 from detlab.errors import BadInputError
@@ -35,8 +35,9 @@ NUM_FAULTS = 10
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     clean = make_synthetic(root / "clean", num_images=NUM_IMAGES, seed=3)
-    planted = plant_faults(clean, root / "faulty", seed=1, num_copies=10, num_reencoded=5,
-                           num_duplicate_boxes=NUM_FAULTS, num_swapped=NUM_FAULTS, num_deleted=NUM_FAULTS)  # fmt: skip
+    plan = FaultPlan(num_copies=10, num_reencoded=5, num_duplicate_boxes=NUM_FAULTS, num_swapped=NUM_FAULTS,
+                     num_deleted=NUM_FAULTS)  # fmt: skip
+    planted = plant_faults(clean, root / "faulty", seed=1, plan=plan)
     return {"root": root, "clean": clean, "faulty": root / "faulty", "planted": planted}
 
 
@@ -243,15 +244,8 @@ def test_image_suspects_by_hand():
 
 def test_bad_input_names_the_file_or_image(sets, tmp_path):
     broken = tmp_path / "broken"
-    plant_faults(
-        sets["clean"],
-        broken,
-        num_copies=0,
-        num_reencoded=0,
-        num_duplicate_boxes=0,
-        num_swapped=0,
-        num_deleted=0,
-    )
+    nothing = FaultPlan(num_copies=0, num_reencoded=0, num_duplicate_boxes=0, num_swapped=0, num_deleted=0)
+    plant_faults(sets["clean"], broken, plan=nothing)
     victim = sorted((broken / "JPEGImages").glob("*.jpg"))[3]
     victim.write_bytes(b"not a jpeg")
     with pytest.raises(BadInputError, match=victim.name):

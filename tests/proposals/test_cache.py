@@ -50,8 +50,10 @@ def test_get_or_compute_stores_and_reuses(tmp_path):
         read_only.get_or_compute("b", image)
 
 
-def test_different_settings_are_refused(tmp_path):
+def test_different_settings_are_refused_and_opening_writes_nothing(tmp_path):
     ProposalCache(tmp_path / "c", "uniform")  # a method name builds it with defaults (seed 0)
+    assert not (tmp_path / "c").exists()  # created when the first proposals are stored
+    ProposalCache(tmp_path / "c", UniformBoxes(seed=0)).put("a", torch.zeros(1, 4))
     ProposalCache(tmp_path / "c", UniformBoxes(seed=0))
     with pytest.raises(ValueError, match="another directory"):
         ProposalCache(tmp_path / "c", UniformBoxes(seed=1))
