@@ -24,7 +24,7 @@ demo: $(STAMP)
 browser:
 	@scripts/ensure-chromium
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)

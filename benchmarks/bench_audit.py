@@ -240,12 +240,12 @@ def pairs_report(result, planted_pairs: set) -> dict:
                 ),
             }
             for p in result.duplicates
-        ],  # fmt: skip
+        ],
         "false_or_unchecked_pairs": len(unexplained),
         "closest_rejected": [
             {"images": [p.image_a, p.image_b], "hash_bits": p.hash_distance, "pixels": p.pixel_similarity}
             for p in result.rejected_candidates[:3]
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -292,25 +292,39 @@ def main() -> int:
     found_boxes = {(f.image_id, tuple(f.box)) for f in faulty.duplicate_boxes}
     swapped = {(e["image_id"], tuple(e["box"])) for e in planted.swapped}
     report["sets"]["bccd_faulty"] = {
-        "summary": faulty.summary(), "counts": faulty.counts(), "seconds_whole_audit": seconds,
-        "seconds_parts": faulty.seconds, "images": faulty.num_images,
-        "copies_found": len(planted_pairs & found_pairs), "copies_planted": len(planted_pairs),
-        "reencoded_copies_found": sum(pair_key(e["source"], e["copy"]) in found_pairs for e in planted.copies if e["reencoded"]),
-        "duplicate_boxes_found": len(planted_boxes & found_boxes), "duplicate_boxes_planted": len(planted_boxes),
+        "summary": faulty.summary(),
+        "counts": faulty.counts(),
+        "seconds_whole_audit": seconds,
+        "seconds_parts": faulty.seconds,
+        "images": faulty.num_images,
+        "copies_found": len(planted_pairs & found_pairs),
+        "copies_planted": len(planted_pairs),
+        "reencoded_copies_found": sum(
+            pair_key(e["source"], e["copy"]) in found_pairs for e in planted.copies if e["reencoded"]
+        ),
+        "duplicate_boxes_found": len(planted_boxes & found_boxes),
+        "duplicate_boxes_planted": len(planted_boxes),
         "other_duplicate_boxes": len(found_boxes - planted_boxes),
-        "swapped_boxes_among_size_or_aspect_outliers": len({(f.image_id, tuple(f.box)) for f in faulty.outliers} & swapped),
+        "swapped_boxes_among_size_or_aspect_outliers": len(
+            {(f.image_id, tuple(f.box)) for f in faulty.outliers} & swapped
+        ),
         **pairs_report(faulty, planted_pairs),
-    }  # fmt: skip
+    }
     for name, spec in (
         ("bccd", f"voc:{SHARED_DATA / 'bccd'}"),
         ("raccoon", f"voc:{SHARED_DATA / 'raccoon'}"),
     ):
         result, seconds = audit_timed(spec, work / f"out_{name}", args.repeats)
-        report["sets"][name] = {"summary": result.summary(), "counts": result.counts(), "seconds_whole_audit": seconds,
-                                "seconds_parts": result.seconds, "images": result.num_images,
-                                "duplicate_boxes": [[f.image_id, f.box, f.other_box] for f in result.duplicate_boxes],
-                                "outliers_top": [[f.image_id, f.kind, f.label, f.box, f.value, f.z] for f in result.outliers[:8]],
-                                **pairs_report(result, set())}  # fmt: skip
+        report["sets"][name] = {
+            "summary": result.summary(),
+            "counts": result.counts(),
+            "seconds_whole_audit": seconds,
+            "seconds_parts": result.seconds,
+            "images": result.num_images,
+            "duplicate_boxes": [[f.image_id, f.box, f.other_box] for f in result.duplicate_boxes],
+            "outliers_top": [[f.image_id, f.kind, f.label, f.box, f.value, f.z] for f in result.outliers[:8]],
+            **pairs_report(result, set()),
+        }
         report["sets"][name]["sheet"] = save_sheet(
             work / f"out_{name}" / "duplicates.png", f"audit_{name}_duplicates.jpg"
         )
@@ -322,8 +336,12 @@ def main() -> int:
     simulated, seconds = audit_timed(
         f"voc:{faulty_dir}", work / "out_bccd_simulated", 1, predictions=predictions
     )
-    report["simulated_detections"] = {"seconds_whole_audit": seconds, "seconds_suspects": simulated.seconds.get("suspects"),
-                                      "suspects": len(simulated.suspects), **suspect_scores(simulated.suspects, planted)}  # fmt: skip
+    report["simulated_detections"] = {
+        "seconds_whole_audit": seconds,
+        "seconds_suspects": simulated.seconds.get("suspects"),
+        "suspects": len(simulated.suspects),
+        **suspect_scores(simulated.suspects, planted),
+    }
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0
@@ -331,54 +349,84 @@ def main() -> int:
 
 def markdown(report: dict) -> str:
     faulty, hashes, sim = report["sets"]["bccd_faulty"], report["hash"], report["simulated_detections"]
-    lines = ["# `detlab data audit` on BCCD with planted faults, and on BCCD and raccoon as they are", "",
-             *header_lines(report),
-             "Planted into a copy of BCCD (`plant_faults`, seed 0): 10 train images copied into test (5 byte for byte, 5 "
-             "re-encoded at JPEG quality 70 and resized by 0.9), 10 boxes drawn twice (each side moved by at most 1 px), "
-             "20 swapped classes, 20 deleted boxes. Audit without a model, default settings.", "",
-             "| | result | goal |", "|---|---|---|",
-             f"| copied images found | {faulty['copies_found']} of {faulty['copies_planted']} "
-             f"({faulty['reencoded_copies_found']} of 5 re-encoded) | all 10 |",
-             f"| false duplicate pairs, unmodified BCCD | {report['sets']['bccd']['false_or_unchecked_pairs']} "
-             f"(its {len(report['sets']['bccd']['pairs'])} pairs checked by eye: real) | 0 |",
-             f"| false duplicate pairs, faulty copy | {faulty['false_or_unchecked_pairs']} | 0 |",
-             f"| planted duplicate boxes found | {faulty['duplicate_boxes_found']} of {faulty['duplicate_boxes_planted']} "
-             f"(and BCCD's own {faulty['other_duplicate_boxes']}) | all 10 |",
-             f"| whole audit of the faulty copy ({faulty['images']} images), s | {', '.join(map(str, faulty['seconds_whole_audit']))} | < 30 |",
-             f"| whole audit of BCCD ({report['sets']['bccd']['images']} images), s | {', '.join(map(str, report['sets']['bccd']['seconds_whole_audit']))} | < 30 |",
-             "", f"Parts of the last faulty-copy audit, s: {faulty['seconds_parts']} (the rest: report and contact sheets).",
-             f"Without a model, {faulty['swapped_boxes_among_size_or_aspect_outliers']} of the 20 swapped boxes already stand out "
-             "as size or aspect outliers of their new class.", "",
-             f"Summary line on the faulty copy: `{faulty['summary']}`", "",
-             "## The hash: imagehash against the audit's vectorised DCT hash", "",
-             f"Whole faulty copy ({hashes['images']} images), one thread, decoding included, median of interleaved rounds: "
-             f"imagehash {hashes['seconds']['imagehash']:.3f} s, detlab's {hashes['seconds']['own_vectorised']:.3f} s "
-             f"(rounds: {hashes['seconds_rounds']}). The hashing step alone, on images decoded beforehand (thumbnail, "
-             f"DCT, median): imagehash {hashes['hash_step_seconds']['imagehash']:.3f} s, detlab's "
-             f"{hashes['hash_step_seconds']['own_vectorised']:.3f} s (rounds: {hashes['hash_step_seconds_rounds']}). "
-             f"Same bits: {hashes['same_bits']}; same candidate pairs "
-             f"({hashes['candidate_pairs']} within the threshold): {hashes['same_candidate_pairs']}.", "",
-             "## Simulated detections (not a trained model)", "",
-             "The clean labels as detections, moved by up to 2 px, scored 0.6-0.99, 5% of the objects without a planted "
-             "fault missed, two false detections an image below 0.3: how the suspect list ranks the 40 swapped or deleted "
-             "boxes when the model is right about them. The issue's number, with a checkpoint trained on the faulty copy, "
-             "is measured separately.", "",
-             "| | @50 | @100 |", "|---|---|---|",
-             f"| precision | {sim['precision@50']} | {sim['precision@100']} |",
-             f"| recall (of 40) | {sim['recall@50']} | {sim['recall@100']} |",
-             f"| kinds in the top | {sim['kinds@50']} | {sim['kinds@100']} |", "",
-             f"{sim['suspects']} suspects; the suspects part took {sim['seconds_suspects']} s, the whole audit "
-             f"{sim['seconds_whole_audit'][0]} s.", ""]  # fmt: skip
+    lines = [
+        "# `detlab data audit` on BCCD with planted faults, and on BCCD and raccoon as they are",
+        "",
+        *header_lines(report),
+        "Planted into a copy of BCCD (`plant_faults`, seed 0): 10 train images copied into test (5 byte for byte, 5 "
+        "re-encoded at JPEG quality 70 and resized by 0.9), 10 boxes drawn twice (each side moved by at most 1 px), "
+        "20 swapped classes, 20 deleted boxes. Audit without a model, default settings.",
+        "",
+        "| | result | goal |",
+        "|---|---|---|",
+        f"| copied images found | {faulty['copies_found']} of {faulty['copies_planted']} "
+        f"({faulty['reencoded_copies_found']} of 5 re-encoded) | all 10 |",
+        f"| false duplicate pairs, unmodified BCCD | {report['sets']['bccd']['false_or_unchecked_pairs']} "
+        f"(its {len(report['sets']['bccd']['pairs'])} pairs checked by eye: real) | 0 |",
+        f"| false duplicate pairs, faulty copy | {faulty['false_or_unchecked_pairs']} | 0 |",
+        f"| planted duplicate boxes found | {faulty['duplicate_boxes_found']} of {faulty['duplicate_boxes_planted']} "
+        f"(and BCCD's own {faulty['other_duplicate_boxes']}) | all 10 |",
+        f"| whole audit of the faulty copy ({faulty['images']} images), s | {', '.join(map(str, faulty['seconds_whole_audit']))} | < 30 |",
+        f"| whole audit of BCCD ({report['sets']['bccd']['images']} images), s | {', '.join(map(str, report['sets']['bccd']['seconds_whole_audit']))} | < 30 |",
+        "",
+        f"Parts of the last faulty-copy audit, s: {faulty['seconds_parts']} (the rest: report and contact sheets).",
+        f"Without a model, {faulty['swapped_boxes_among_size_or_aspect_outliers']} of the 20 swapped boxes already stand out "
+        "as size or aspect outliers of their new class.",
+        "",
+        f"Summary line on the faulty copy: `{faulty['summary']}`",
+        "",
+        "## The hash: imagehash against the audit's vectorised DCT hash",
+        "",
+        f"Whole faulty copy ({hashes['images']} images), one thread, decoding included, median of interleaved rounds: "
+        f"imagehash {hashes['seconds']['imagehash']:.3f} s, detlab's {hashes['seconds']['own_vectorised']:.3f} s "
+        f"(rounds: {hashes['seconds_rounds']}). The hashing step alone, on images decoded beforehand (thumbnail, "
+        f"DCT, median): imagehash {hashes['hash_step_seconds']['imagehash']:.3f} s, detlab's "
+        f"{hashes['hash_step_seconds']['own_vectorised']:.3f} s (rounds: {hashes['hash_step_seconds_rounds']}). "
+        f"Same bits: {hashes['same_bits']}; same candidate pairs "
+        f"({hashes['candidate_pairs']} within the threshold): {hashes['same_candidate_pairs']}.",
+        "",
+        "## Simulated detections (not a trained model)",
+        "",
+        "The clean labels as detections, moved by up to 2 px, scored 0.6-0.99, 5% of the objects without a planted "
+        "fault missed, two false detections an image below 0.3: how the suspect list ranks the 40 swapped or deleted "
+        "boxes when the model is right about them. The issue's number, with a checkpoint trained on the faulty copy, "
+        "is measured separately.",
+        "",
+        "| | @50 | @100 |",
+        "|---|---|---|",
+        f"| precision | {sim['precision@50']} | {sim['precision@100']} |",
+        f"| recall (of 40) | {sim['recall@50']} | {sim['recall@100']} |",
+        f"| kinds in the top | {sim['kinds@50']} | {sim['kinds@100']} |",
+        "",
+        f"{sim['suspects']} suspects; the suspects part took {sim['seconds_suspects']} s, the whole audit "
+        f"{sim['seconds_whole_audit'][0]} s.",
+        "",
+    ]
     for name in ("bccd", "raccoon"):
         data = report["sets"][name]
-        lines += [f"## {name} as it is", "", f"`{data['summary']}` ({data['images']} images, "
-                  f"whole audit {', '.join(map(str, data['seconds_whole_audit']))} s)", "",
-                  "| images | splits | hash bits | pixels | what it is (checked by eye) |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {name} as it is",
+            "",
+            f"`{data['summary']}` ({data['images']} images, "
+            f"whole audit {', '.join(map(str, data['seconds_whole_audit']))} s)",
+            "",
+            "| images | splits | hash bits | pixels | what it is (checked by eye) |",
+            "|---|---|---|---|---|",
+        ]
         for pair in data["pairs"]:
-            lines.append(f"| {' / '.join(pair['images'])} | {' / '.join('+'.join(s) for s in pair['splits'])} | "
-                         f"{pair['hash_bits']} | {pair['pixels']:.3f} | {pair['what']} |")  # fmt: skip
-        lines += ["", "Closest candidates turned down: " + "; ".join(
-            f"{' / '.join(c['images'])} ({c['hash_bits']} bits, {c['pixels']:.3f})" for c in data["closest_rejected"]), ""]  # fmt: skip
+            lines.append(
+                f"| {' / '.join(pair['images'])} | {' / '.join('+'.join(s) for s in pair['splits'])} | "
+                f"{pair['hash_bits']} | {pair['pixels']:.3f} | {pair['what']} |"
+            )
+        lines += [
+            "",
+            "Closest candidates turned down: "
+            + "; ".join(
+                f"{' / '.join(c['images'])} ({c['hash_bits']} bits, {c['pixels']:.3f})"
+                for c in data["closest_rejected"]
+            ),
+            "",
+        ]
         lines += ["Checked by eye:", "", *(f"- {note}" for note in BOX_NOTES[name]), ""]
         if data.get("sheet"):
             lines += [f"Contact sheet: [{data['sheet']}]({data['sheet']}).", ""]

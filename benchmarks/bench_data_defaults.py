@@ -35,7 +35,12 @@ OLD_DEFAULTS = ["model.min_size=320", "model.max_size=427", "model.anchor_sizes=
                 "model.aspect_ratios=[0.5,1.0,2.0]", "train.lr=0.01", "data.photometric=false",
                 "data.val_split=test", "model.scale_jitter=0", "train.ema_decay=0"]  # fmt: skip
 # The old defaults with only the anchors and the input size fitted (auto): isolates what the fit does.
-FITTED_ONLY = [item for item in OLD_DEFAULTS if item.split("=")[0] not in ("model.min_size", "model.max_size", "model.anchor_sizes", "model.aspect_ratios")]  # fmt: skip
+FITTED_ONLY = [
+    item
+    for item in OLD_DEFAULTS
+    if item.split("=")[0]
+    not in ("model.min_size", "model.max_size", "model.anchor_sizes", "model.aspect_ratios")
+]
 PEER = REPO.parent / "shared" / "anchors" / "torchvision_frcnn.py"
 
 
@@ -52,16 +57,39 @@ def run_detlab(data_dir: Path, budget: float, run_dir: Path, extra: list[str]) -
     spec = f"voc:{data_dir}"
     sets = ["data.train_split=trainval", "data.test_split=test", *extra]
     if not (run_dir / "best.pt").is_file():
-        detlab("train", "faster_rcnn", "--data", spec, "--time-budget", str(budget), "--out", str(run_dir),
-               *[word for item in sets for word in ("--set", item)])  # fmt: skip
+        detlab(
+            "train",
+            "faster_rcnn",
+            "--data",
+            spec,
+            "--time-budget",
+            str(budget),
+            "--out",
+            str(run_dir),
+            *[word for item in sets for word in ("--set", item)],
+        )
     scores = {}
     for protocol in ("coco", "voc07"):
         out = run_dir / f"test_{protocol}"
-        detlab("eval", "--checkpoint", str(run_dir / "best.pt"), "--gt", spec, "--split", "test",
-               "--protocol", protocol, "--out", str(out), "--no-plots")  # fmt: skip
+        detlab(
+            "eval",
+            "--checkpoint",
+            str(run_dir / "best.pt"),
+            "--gt",
+            spec,
+            "--split",
+            "test",
+            "--protocol",
+            protocol,
+            "--out",
+            str(out),
+            "--no-plots",
+        )
         scores[protocol] = json.loads((out / "report.json").read_text())["metrics"]
     fit = run_dir / "data_fit.json"
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
     evaluations = [line for line in metrics if line.get("kind") == "eval" and "AP50" in line]
     return {
         "sets": sets,
@@ -74,48 +102,77 @@ def run_detlab(data_dir: Path, budget: float, run_dir: Path, extra: list[str]) -
 
 
 def run_peer(data_dir: Path, budget: float) -> dict:
-    command = [sys.executable, str(PEER), "--data", str(data_dir), "--train", "trainval", "--test", "test",
-               "--budget-s", str(budget)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(PEER),
+        "--data",
+        str(data_dir),
+        "--train",
+        "trainval",
+        "--test",
+        "test",
+        "--budget-s",
+        str(budget),
+    ]
     print("$ " + " ".join(command), flush=True)
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Faster R-CNN with its defaults on {report['data']} ({report['budget_s']:.0f} s of training each)", "",
-             *header_lines(report),
-             *([f"The parts ran as: {', '.join(f'`{command}`' for command in report['commands'])}.", ""]
-               if len(report.get("commands", [])) > 1 else []),
-             "Train on trainval, test on test. detlab: `best.pt` scored by `detlab eval --checkpoint` (COCO's numbers; "
-             "VOC07 11-point mAP@0.5). The peer: its own pycocotools numbers.", "",
-             "| run | mAP@0.5 (VOC07) | COCO AP50 | COCO AP | AP75 | AR@100 | anchors cover (IoU >= 0.7) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    names = {"new": "detlab, defaults now", "first_fit": "detlab, defaults at the first fit (no scale jitter, no EMA)",
-             "new_contended": "detlab, defaults now but continuous scale jitter, on a CPU shared with another job (5,075 steps; 7,468 alone)", "old": "detlab, the old defaults (best.pt chosen on test)",
-             "fitted": "detlab, the old defaults with fitted input size and anchors (best.pt chosen on test)",
-             "peer": "torchvision Faster R-CNN (peer)"}
+    lines = [
+        f"# Faster R-CNN with its defaults on {report['data']} ({report['budget_s']:.0f} s of training each)",
+        "",
+        *header_lines(report),
+        *(
+            [f"The parts ran as: {', '.join(f'`{command}`' for command in report['commands'])}.", ""]
+            if len(report.get("commands", [])) > 1
+            else []
+        ),
+        "Train on trainval, test on test. detlab: `best.pt` scored by `detlab eval --checkpoint` (COCO's numbers; "
+        "VOC07 11-point mAP@0.5). The peer: its own pycocotools numbers.",
+        "",
+        "| run | mAP@0.5 (VOC07) | COCO AP50 | COCO AP | AP75 | AR@100 | anchors cover (IoU >= 0.7) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "new": "detlab, defaults now",
+        "first_fit": "detlab, defaults at the first fit (no scale jitter, no EMA)",
+        "new_contended": "detlab, defaults now but continuous scale jitter, on a CPU shared with another job (5,075 steps; 7,468 alone)",
+        "old": "detlab, the old defaults (best.pt chosen on test)",
+        "fitted": "detlab, the old defaults with fitted input size and anchors (best.pt chosen on test)",
+        "peer": "torchvision Faster R-CNN (peer)",
+    }
     for part, result in report["parts"].items():
         if part == "peer":
-            lines.append(f"| {names[part]} ({result.get('iterations', '?')} iterations) | - | "
-                         f"{result.get('mAP50', float('nan')):.3f} | {result.get('mAP', float('nan')):.3f} | - | - | - |")  # fmt: skip
+            lines.append(
+                f"| {names[part]} ({result.get('iterations', '?')} iterations) | - | "
+                f"{result.get('mAP50', float('nan')):.3f} | {result.get('mAP', float('nan')):.3f} | - | - | - |"
+            )
             continue
         coco, fit = result["coco"], result.get("data_fit") or {}
         cover = fit.get("anchors", {}).get("best_possible_recall")
-        lines.append(f"| {names[part]} | {result['voc07_map50']:.3f} | {coco['AP50']:.3f} | {coco['AP']:.3f} | "
-                     f"{coco['AP75']:.3f} | {coco.get('AR100', coco.get('AR', float('nan'))):.3f} | "
-                     f"{'-' if cover is None else f'{100 * cover:.1f}%'} |")  # fmt: skip
+        lines.append(
+            f"| {names[part]} | {result['voc07_map50']:.3f} | {coco['AP50']:.3f} | {coco['AP']:.3f} | "
+            f"{coco['AP75']:.3f} | {coco.get('AR100', coco.get('AR', float('nan'))):.3f} | "
+            f"{'-' if cover is None else f'{100 * cover:.1f}%'} |"
+        )
     for part, result in report["parts"].items():
         if part != "peer" and result.get("validation_ap50"):
             values = result["validation_ap50"]
-            lines.append(f"\n{names[part]}: {len(values)} validation evaluations (AP50), first {values[0]:.3f}, "
-                         f"best {max(values):.3f} (best.pt), last {values[-1]:.3f}.")  # fmt: skip
+            lines.append(
+                f"\n{names[part]}: {len(values)} validation evaluations (AP50), first {values[0]:.3f}, "
+                f"best {max(values):.3f} (best.pt), last {values[-1]:.3f}."
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="raccoon", choices=("raccoon", "bccd"))
-    parser.add_argument("--parts", nargs="+", default=["new", "old", "peer"], choices=("new", "old", "fitted", "peer"))
+    parser.add_argument(
+        "--parts", nargs="+", default=["new", "old", "peer"], choices=("new", "old", "fitted", "peer")
+    )
     parser.add_argument("--budget-s", type=float, default=1500.0)
     parser.add_argument("--work-dir", default="/tmp/bench/data_defaults")
     parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the JSON")

@@ -136,7 +136,9 @@ def coco_score(predictions: list[dict], items, classes: list[str]) -> dict:
                     "area": width * height,
                 }
             )
-        detections += coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], index)
+        detections += coco_result_entries(
+            prediction["boxes"], prediction["scores"], prediction["labels"], index
+        )
     if not detections:
         return {"mAP50": 0.0, "mAP": 0.0}
     coco = COCO()

@@ -66,9 +66,16 @@ def make_case(num_images: int, dets_per_image: int, num_classes: int, seed: int)
                 ]
             )
             category = int(rng.integers(1, num_classes + 1))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "bbox": box.tolist(), "area": box_width * box_height,
-                                "iscrowd": int(rng.random() < 0.01)})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": box.tolist(),
+                    "area": box_width * box_height,
+                    "iscrowd": int(rng.random() < 0.01),
+                }
+            )
             draw = rng.random()
             if draw < 0.7:  # found (a few jittered past IoU 0.5: localization)
                 detections.append((category, jittered(box, 0.08, rng), rng.uniform(0.3, 1.0)))
@@ -82,8 +89,13 @@ def make_case(num_images: int, dets_per_image: int, num_classes: int, seed: int)
         while len(detections) < dets_per_image:
             if detections and rng.random() < 0.2:  # near an object, any class: both, localization, ...
                 category, near, _ = detections[int(rng.integers(len(detections)))]
-                detections.append((int(rng.integers(1, num_classes + 1)), jittered(np.array(near), 0.5, rng),
-                                   rng.uniform(0.0, 0.5)))  # fmt: skip
+                detections.append(
+                    (
+                        int(rng.integers(1, num_classes + 1)),
+                        jittered(np.array(near), 0.5, rng),
+                        rng.uniform(0.0, 0.5),
+                    )
+                )
             else:  # background
                 box_width, box_height = float(rng.uniform(4, width / 2)), float(rng.uniform(4, height / 2))
                 box = [
@@ -196,9 +208,14 @@ def main() -> None:
     args = parser.parse_args()
 
     ground_truth, results = make_case(args.images, args.dets, args.classes, args.seed)
-    problem = {"images": args.images, "gt_boxes": len(ground_truth["annotations"]),
-               "crowd": sum(a["iscrowd"] for a in ground_truth["annotations"]), "detections": len(results),
-               "classes": args.classes, "seed": args.seed}  # fmt: skip
+    problem = {
+        "images": args.images,
+        "gt_boxes": len(ground_truth["annotations"]),
+        "crowd": sum(a["iscrowd"] for a in ground_truth["annotations"]),
+        "detections": len(results),
+        "classes": args.classes,
+        "seed": args.seed,
+    }
     print(f"problem: {problem}", flush=True)
     detlab = run_detlab(ground_truth, results, args.repeats)
     print(f"detlab: eval {detlab['eval_s']:.2f} s, load {detlab['load_s']:.2f} s", flush=True)

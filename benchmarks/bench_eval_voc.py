@@ -58,22 +58,40 @@ def make_files(folder: Path, split: str, work: Path, seed: int) -> dict:
             continue
         x, y, w, h = annotation["bbox"]
         dx, dy, dw, dh = rng.normal(0, 0.08, 4) * [w, h, w, h]
-        by_id.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
-                      "bbox": [x + dx, y + dy, max(1.0, w + dw), max(1.0, h + dh)],
-                      "score": float(rng.uniform(0.3, 1.0))})  # fmt: skip
+        by_id.append(
+            {
+                "image_id": annotation["image_id"],
+                "category_id": annotation["category_id"],
+                "bbox": [x + dx, y + dy, max(1.0, w + dw), max(1.0, h + dh)],
+                "score": float(rng.uniform(0.3, 1.0)),
+            }
+        )
     for image_id, (width, height) in sizes.items():
         for _ in range(int(rng.integers(5, 30))):
             w, h = rng.uniform(10, width / 3), rng.uniform(10, height / 3)
-            by_id.append({"image_id": image_id, "category_id": int(rng.integers(1, dataset.num_classes + 1)),
-                          "bbox": [float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), w, h],
-                          "score": float(rng.uniform(0, 0.8))})  # fmt: skip
+            by_id.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(1, dataset.num_classes + 1)),
+                    "bbox": [float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), w, h],
+                    "score": float(rng.uniform(0, 0.8)),
+                }
+            )
     by_stem = [{**entry, "image_id": stems[entry["image_id"]]} for entry in by_id]
     work.mkdir(parents=True, exist_ok=True)
-    paths = {"gt": work / "gt.json", "dets_stems": work / "dets_stems.json", "dets_ids": work / "dets_ids.json"}
+    paths = {
+        "gt": work / "gt.json",
+        "dets_stems": work / "dets_stems.json",
+        "dets_ids": work / "dets_ids.json",
+    }
     for key, content in (("gt", ground_truth), ("dets_stems", by_stem), ("dets_ids", by_id)):
         paths[key].write_text(json.dumps(content))
-    return {"paths": {key: str(path) for key, path in paths.items()}, "images": len(dataset),
-            "ground_truth_boxes": len(ground_truth["annotations"]), "detections": len(by_id)}  # fmt: skip
+    return {
+        "paths": {key: str(path) for key, path in paths.items()},
+        "images": len(dataset),
+        "ground_truth_boxes": len(ground_truth["annotations"]),
+        "detections": len(by_id),
+    }
 
 
 def worker(name: str, folder: str, split: str, paths: dict) -> dict:
@@ -93,8 +111,23 @@ def worker(name: str, folder: str, split: str, paths: dict) -> dict:
         voc_start = time.perf_counter()
         report, _ = evaluate_detections(truth, paths["dets_stems"], protocol="voc07", split=split)
         result["voc07"], result["voc07_s"] = report["metrics"], time.perf_counter() - voc_start
-        result["coco_stats"] = [result["coco"][key] for key in
-                                ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")]  # fmt: skip
+        result["coco_stats"] = [
+            result["coco"][key]
+            for key in (
+                "AP",
+                "AP50",
+                "AP75",
+                "APs",
+                "APm",
+                "APl",
+                "AR1",
+                "AR10",
+                "AR100",
+                "ARs",
+                "ARm",
+                "ARl",
+            )
+        ]
     else:
         if name == "pycocotools":
             from pycocotools.coco import COCO
@@ -119,18 +152,31 @@ def markdown(report: dict) -> str:
     from common import header_lines
 
     runs = report["runs"]
-    lines = ["# Scoring against a VOC folder, end to end (imports included)", "", *header_lines(report), "",
-             f"BCCD {report['split']} as a VOC folder: {report['files']['images']} images, "
-             f"{report['files']['ground_truth_boxes']} boxes, {report['files']['detections']} detections. "
-             "Each evaluator in its own process; time from before its imports to the numbers, best of "
-             f"{report['repeats']}; peak memory is the process's VmHWM. The peers read the COCO conversion.", "",
-             "| evaluator | files to 12 COCO numbers, s | peak MB | torch loaded | COCO AP | AP50 | VOC07 mAP@0.5 | then VOC07, s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Scoring against a VOC folder, end to end (imports included)",
+        "",
+        *header_lines(report),
+        "",
+        f"BCCD {report['split']} as a VOC folder: {report['files']['images']} images, "
+        f"{report['files']['ground_truth_boxes']} boxes, {report['files']['detections']} detections. "
+        "Each evaluator in its own process; time from before its imports to the numbers, best of "
+        f"{report['repeats']}; peak memory is the process's VmHWM. The peers read the COCO conversion.",
+        "",
+        "| evaluator | files to 12 COCO numbers, s | peak MB | torch loaded | COCO AP | AP50 | VOC07 mAP@0.5 | then VOC07, s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in runs.items():
         voc07 = run.get("voc07", {}).get("mAP@0.5")
         voc07_cells = ["-", "-"] if voc07 is None else [f"{voc07:.4f}", f"{run['voc07_s']:.3f}"]
-        cells = [name, f"{run['total_s']:.2f}", f"{run['peak_rss_mb']:.0f}", "yes" if run["torch_loaded"] else "no",
-                 f"{run['coco_stats'][0]:.4f}", f"{run['coco_stats'][1]:.4f}", *voc07_cells]  # fmt: skip
+        cells = [
+            name,
+            f"{run['total_s']:.2f}",
+            f"{run['peak_rss_mb']:.0f}",
+            "yes" if run["torch_loaded"] else "no",
+            f"{run['coco_stats'][0]:.4f}",
+            f"{run['coco_stats'][1]:.4f}",
+            *voc07_cells,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *[f"- {key}: {value}" for key, value in report["checks"].items()], ""]
     return "\n".join(lines)
@@ -157,27 +203,55 @@ def main() -> int:
     for name in EVALUATORS:
         best = None
         for _ in range(args.repeats):
-            output = subprocess.run([sys.executable, __file__, "--worker", name, "--split", args.split,
-                                     "--paths", json.dumps(files["paths"])],
-                                    check=True, capture_output=True, text=True).stdout  # fmt: skip
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    name,
+                    "--split",
+                    args.split,
+                    "--paths",
+                    json.dumps(files["paths"]),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             run = json.loads(output.strip().splitlines()[-1])
             best = run if best is None or run["total_s"] < best["total_s"] else best
         runs[name] = best
-        print(f"{name}: {best['total_s']:.2f} s, {best['peak_rss_mb']:.0f} MB, torch {best['torch_loaded']}", flush=True)
+        print(
+            f"{name}: {best['total_s']:.2f} s, {best['peak_rss_mb']:.0f} MB, torch {best['torch_loaded']}",
+            flush=True,
+        )
     fast = runs["faster-coco-eval"]
     checks = {
         "12 COCO numbers identical (detlab, detlab-data-layer, pycocotools, faster-coco-eval)": all(
-            run["coco_stats"] == runs["pycocotools"]["coco_stats"] for run in runs.values()),
-        "VOC07 numbers identical (detlab folder vs data layer)": runs["detlab"]["voc07"] == runs["detlab-data-layer"]["voc07"],
+            run["coco_stats"] == runs["pycocotools"]["coco_stats"] for run in runs.values()
+        ),
+        "VOC07 numbers identical (detlab folder vs data layer)": runs["detlab"]["voc07"]
+        == runs["detlab-data-layer"]["voc07"],
         "detlab loads no torch": not runs["detlab"]["torch_loaded"],
         "detlab end to end / faster-coco-eval": round(runs["detlab"]["total_s"] / fast["total_s"], 3),
         "faster-coco-eval / detlab (speed-up)": round(fast["total_s"] / runs["detlab"]["total_s"], 2),
-        "detlab peak memory / faster-coco-eval": round(runs["detlab"]["peak_rss_mb"] / fast["peak_rss_mb"], 3),
-        "detlab-data-layer / detlab (time)": round(runs["detlab-data-layer"]["total_s"] / runs["detlab"]["total_s"], 2),
-    }  # fmt: skip
+        "detlab peak memory / faster-coco-eval": round(
+            runs["detlab"]["peak_rss_mb"] / fast["peak_rss_mb"], 3
+        ),
+        "detlab-data-layer / detlab (time)": round(
+            runs["detlab-data-layer"]["total_s"] / runs["detlab"]["total_s"], 2
+        ),
+    }
     from common import stamp, write_results
 
-    report = {**stamp(), "split": args.split, "repeats": args.repeats, "files": files, "runs": runs, "checks": checks}  # fmt: skip
+    report = {
+        **stamp(),
+        "split": args.split,
+        "repeats": args.repeats,
+        "files": files,
+        "runs": runs,
+        "checks": checks,
+    }
     write_results("eval_voc", report, markdown(report))
     print(markdown(report))
     return 0

@@ -52,7 +52,10 @@ def measure(checkpoint: str, images: list, rounds: int, threads: int, folder: Pa
         unpaired += raw["unpaired_rows"]
         counts = parity.matched_detections(torch_predictor.predict(pixels), onnx_predictor.predict(pixels))
         good, total = good + counts["good"], total + max(counts["expected"], counts["found"])
-        least_iou, worst_score = min(least_iou, counts["least_iou"]), max(worst_score, counts["largest_score_diff"])
+        least_iou, worst_score = (
+            min(least_iou, counts["least_iou"]),
+            max(worst_score, counts["largest_score_diff"]),
+        )
     predictors = [torch_predictor, onnx_predictor]
     for pixels in images[:3]:  # warm-up
         for predictor in predictors:
@@ -61,35 +64,53 @@ def measure(checkpoint: str, images: list, rounds: int, threads: int, folder: Pa
     for round_index in range(rounds):
         # a whole pass over the images each, in turn: alternating image by image would put the two
         # runtimes' thread pools (OpenMP's spinning ones and onnxruntime's) in each other's way
-        for slot in ((0, 1) if round_index % 2 == 0 else (1, 0)):
+        for slot in (0, 1) if round_index % 2 == 0 else (1, 0):
             for pixels in images:
                 started = time.perf_counter()
                 predictors[slot].predict(pixels)
                 seconds[slot].append(time.perf_counter() - started)
     torch_s, onnx_s = statistics.median(seconds[0]), statistics.median(seconds[1])
-    return {"checkpoint": checkpoint, "model": metadata["method"], "export_s": round(export_s, 2),
-            "onnx_mb": round(onnx_file.stat().st_size / 2**20, 2), "raw_max_abs_diff": worst_raw,
-            "raw_within_tolerance": all_close, "unpaired_proposals": unpaired, "detections": total, "matched": good,
-            "least_match_iou": round(least_iou, 6), "largest_score_diff": worst_score,
-            "torch_median_s": round(torch_s, 5), "onnx_median_s": round(onnx_s, 5),
-            "onnx_vs_torch": round(onnx_s / torch_s, 3)}  # fmt: skip
+    return {
+        "checkpoint": checkpoint,
+        "model": metadata["method"],
+        "export_s": round(export_s, 2),
+        "onnx_mb": round(onnx_file.stat().st_size / 2**20, 2),
+        "raw_max_abs_diff": worst_raw,
+        "raw_within_tolerance": all_close,
+        "unpaired_proposals": unpaired,
+        "detections": total,
+        "matched": good,
+        "least_match_iou": round(least_iou, 6),
+        "largest_score_diff": worst_score,
+        "torch_median_s": round(torch_s, 5),
+        "onnx_median_s": round(onnx_s, 5),
+        "onnx_vs_torch": round(onnx_s / torch_s, 3),
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# ONNX export on {report['data']}: parity with PyTorch and time per image", "", *header_lines(report),
-             f"{report['test_images']} test images; timing: {report['rounds']} rounds, a pass over the images each, PyTorch "
-             f"and onnxruntime in turn, {report['threads']} threads each (median of the calls, decoded image to "
-             "detections). Raw outputs: the exported graph and the same PyTorch wrapper on the same input tensor. "
-             "Detections: from the image through each whole path, matched one to one by class and IoU.", "",
-             "Raw differences of coordinates are in units of the input's longer side (see detlab.export.parity); "
-             "unpaired: Faster R-CNN proposals of one side with no equal on the other.", "",
-             "| model | raw max abs diff | raw within rtol 1e-3/atol 1e-5 | unpaired proposals | detections matched (IoU > 0.99, score diff "
-             "< 1e-3) | least IoU | largest score diff | PyTorch s/img | onnxruntime s/img | onnx / torch | file MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# ONNX export on {report['data']}: parity with PyTorch and time per image",
+        "",
+        *header_lines(report),
+        f"{report['test_images']} test images; timing: {report['rounds']} rounds, a pass over the images each, PyTorch "
+        f"and onnxruntime in turn, {report['threads']} threads each (median of the calls, decoded image to "
+        "detections). Raw outputs: the exported graph and the same PyTorch wrapper on the same input tensor. "
+        "Detections: from the image through each whole path, matched one to one by class and IoU.",
+        "",
+        "Raw differences of coordinates are in units of the input's longer side (see detlab.export.parity); "
+        "unpaired: Faster R-CNN proposals of one side with no equal on the other.",
+        "",
+        "| model | raw max abs diff | raw within rtol 1e-3/atol 1e-5 | unpaired proposals | detections matched (IoU > 0.99, score diff "
+        "< 1e-3) | least IoU | largest score diff | PyTorch s/img | onnxruntime s/img | onnx / torch | file MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
-        lines.append(f"| {row['model']} | {row['raw_max_abs_diff']:.2e} | {'yes' if row['raw_within_tolerance'] else 'NO'} | {row['unpaired_proposals']} | "
-                     f"{row['matched']} / {row['detections']} | {row['least_match_iou']:.5f} | {row['largest_score_diff']:.1e} | "
-                     f"{row['torch_median_s']:.4f} | {row['onnx_median_s']:.4f} | {row['onnx_vs_torch']:.2f} | {row['onnx_mb']} |")  # fmt: skip
+        lines.append(
+            f"| {row['model']} | {row['raw_max_abs_diff']:.2e} | {'yes' if row['raw_within_tolerance'] else 'NO'} | {row['unpaired_proposals']} | "
+            f"{row['matched']} / {row['detections']} | {row['least_match_iou']:.5f} | {row['largest_score_diff']:.1e} | "
+            f"{row['torch_median_s']:.4f} | {row['onnx_median_s']:.4f} | {row['onnx_vs_torch']:.2f} | {row['onnx_mb']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -100,11 +121,23 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_test_split(args.data, args.images)
-    images = [(dataset[index][0] * 255 + 0.5).clamp(0, 255).byte().permute(1, 2, 0).numpy() for index in range(len(dataset))]
+    images = [
+        (dataset[index][0] * 255 + 0.5).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        for index in range(len(dataset))
+    ]
     with tempfile.TemporaryDirectory() as folder:
-        rows = [measure(checkpoint, images, args.rounds, args.threads, Path(folder)) for checkpoint in args.checkpoints]
-    report = {**stamp(), "data": args.data, "rounds": args.rounds, "threads": args.threads,
-              "test_images": len(images), "rows": rows}  # fmt: skip
+        rows = [
+            measure(checkpoint, images, args.rounds, args.threads, Path(folder))
+            for checkpoint in args.checkpoints
+        ]
+    report = {
+        **stamp(),
+        "data": args.data,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "test_images": len(images),
+        "rows": rows,
+    }
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0

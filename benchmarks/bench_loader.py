@@ -41,10 +41,19 @@ def images_per_second(args, num_workers: int, out: Path) -> float:
     """One training run with ``num_workers`` loader processes: images a second after the warm-up."""
     shutil.rmtree(out, ignore_errors=True)
     run_config = resolve_run_config(
-        "faster_rcnn", preset="bccd", data={**DATA["bccd"], "num_workers": num_workers},
-        train={"out_dir": str(out), "max_steps": args.warmup + args.steps, "time_budget_s": 0, "log_every": 1,
-               "eval_every": 0, "seed": 0, "device": "cpu"},
-    )  # fmt: skip
+        "faster_rcnn",
+        preset="bccd",
+        data={**DATA["bccd"], "num_workers": num_workers},
+        train={
+            "out_dir": str(out),
+            "max_steps": args.warmup + args.steps,
+            "time_budget_s": 0,
+            "log_every": 1,
+            "eval_every": 0,
+            "seed": 0,
+            "device": "cpu",
+        },
+    )
     train_run(run_config)
     clock = {record["step"]: record["time"] for record in read_metrics(out) if record["kind"] == "train"}
     seconds = clock[args.warmup + args.steps] - clock[args.warmup]
@@ -53,24 +62,33 @@ def images_per_second(args, num_workers: int, out: Path) -> float:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Data loading workers: BCCD preset training on this CPU", "", *header_lines(report),
+        "# Data loading workers: BCCD preset training on this CPU",
+        "",
+        *header_lines(report),
         f"Faster R-CNN, `--preset bccd` (batch {report['batch_size']}, {report['torch_threads']} torch threads), "
         f"{report['steps']} steps timed after {report['warmup']} of warm-up, no evaluation; the worker counts in "
         f"turn, {report['rounds']} rounds, the order rotating. Images a second from the training clock of "
         "`metrics.jsonl` (data waits included). The machine's 1-minute load average before and after: "
-        f"{report['load_average_1min'][0]} and {report['load_average_1min'][1]} (other work would show here).", "",
-        "| data.num_workers | images/s (median) | each round | vs 0 workers |", "|---|---|---|---|",
-    ]  # fmt: skip
+        f"{report['load_average_1min'][0]} and {report['load_average_1min'][1]} (other work would show here).",
+        "",
+        "| data.num_workers | images/s (median) | each round | vs 0 workers |",
+        "|---|---|---|---|",
+    ]
     for row in report["rows"]:
         rounds = ", ".join(f"{value:.2f}" for value in row["images_per_s"])
         lines.append(f"| {row['num_workers']} | {row['median']:.2f} | {rounds} | {row['ratio_to_0']:.3f} |")
-    lines += ["", f"Fastest: {report['fastest']} workers; the CPU default (auto) is "
-              f"`CPU_WORKERS = {report['cpu_default']}` in `src/detlab/engine/sampling.py`."]  # fmt: skip
+    lines += [
+        "",
+        f"Fastest: {report['fastest']} workers; the CPU default (auto) is "
+        f"`CPU_WORKERS = {report['cpu_default']}` in `src/detlab/engine/sampling.py`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
@@ -90,19 +108,34 @@ def main() -> int:
         for round_index in range(args.rounds):
             for count in in_turn(args.workers, round_index):
                 speeds[count].append(images_per_second(args, count, work / f"workers{count}"))
-                print(f"round {round_index + 1}: {count} workers, {speeds[count][-1]:.2f} images/s", flush=True)
+                print(
+                    f"round {round_index + 1}: {count} workers, {speeds[count][-1]:.2f} images/s", flush=True
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     medians = {count: statistics.median(values) for count, values in speeds.items()}
     report = {
-        **stamp(), "data": "bccd", "preset": "bccd", "batch_size": 2, "torch_threads": args.threads,
-        "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-        "rows": [{"num_workers": count, "images_per_s": [round(v, 3) for v in speeds[count]],
-                  "median": round(medians[count], 3), "ratio_to_0": round(medians[count] / medians[0], 3)}
-                 for count in args.workers],
-        "fastest": max(medians, key=medians.get), "cpu_default": CPU_WORKERS,
+        **stamp(),
+        "data": "bccd",
+        "preset": "bccd",
+        "batch_size": 2,
+        "torch_threads": args.threads,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "rows": [
+            {
+                "num_workers": count,
+                "images_per_s": [round(v, 3) for v in speeds[count]],
+                "median": round(medians[count], 3),
+                "ratio_to_0": round(medians[count] / medians[0], 3),
+            }
+            for count in args.workers
+        ],
+        "fastest": max(medians, key=medians.get),
+        "cpu_default": CPU_WORKERS,
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-    }  # fmt: skip
+    }
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0

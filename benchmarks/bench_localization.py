@@ -49,17 +49,32 @@ RENAMED = {"classification_top1": "classification_accuracy", "localization_top1"
            "localization_top5": "top5_localization", "mean_iou": "mean_iou"}  # fmt: skip
 
 
-def train_method(name: str, out_dir: str, budget_s: float, data: dict, recipe: str = "",
-                 overrides: list[str] | None = None, **model) -> tuple:
+def train_method(
+    name: str,
+    out_dir: str,
+    budget_s: float,
+    data: dict,
+    recipe: str = "",
+    overrides: list[str] | None = None,
+    **model,
+) -> tuple:
     """One run of ``detlab train NAME`` with a time budget, started afresh in ``out_dir``; returns
     ``(FitResult, resolved run config)``. Its last evaluation is on ``data["val_split"]``;
     ``overrides``: ``section.key=value`` settings, as ``detlab train --set`` takes them."""
     shutil.rmtree(out_dir, ignore_errors=True)
     run_config = resolve_run_config(
-        name, data=data, model=model,
-        train={"out_dir": out_dir, "epochs": 100_000, "time_budget_s": budget_s, "recipe": recipe, "log_every": 100},
+        name,
+        data=data,
+        model=model,
+        train={
+            "out_dir": out_dir,
+            "epochs": 100_000,
+            "time_budget_s": budget_s,
+            "recipe": recipe,
+            "log_every": 100,
+        },
         overrides=overrides or [],
-    )  # fmt: skip
+    )
     return train_run(run_config), run_config
 
 
@@ -74,9 +89,15 @@ def stage_totals(run_dir: str) -> tuple[float, int]:
 def localizer_row(data_name: str, result, run_config) -> dict:
     model = run_config.model
     seconds, steps = stage_totals(run_config.train.out_dir)
-    row = {"data": data_name, "recipe": run_config.train.recipe or "joint", "regression": model.regression,
-           "attach": model.attach, "training_s": round(seconds, 1), "steps": steps,
-           "test_images": int(result.metrics["num_images"])}  # fmt: skip
+    row = {
+        "data": data_name,
+        "recipe": run_config.train.recipe or "joint",
+        "regression": model.regression,
+        "attach": model.attach,
+        "training_s": round(seconds, 1),
+        "steps": steps,
+        "test_images": int(result.metrics["num_images"]),
+    }
     row.update({RENAMED[key]: round(result.metrics[key], 4) for key in RENAMED})
     print(json.dumps(row), flush=True)
     return row
@@ -84,13 +105,22 @@ def localizer_row(data_name: str, result, run_config) -> dict:
 
 def synthetic_single(args) -> dict:
     # the localizer's defaults: trained on train + val, evaluated on test at the end
-    return {"spec": "synthetic-single", "root": args.synthetic_root, "synthetic_images": args.synthetic_images}
+    return {
+        "spec": "synthetic-single",
+        "root": args.synthetic_root,
+        "synthetic_images": args.synthetic_images,
+    }
 
 
 def part_headline(args) -> dict:
-    result, run_config = train_method("localizer", "runs/bench-localizer-headline", args.headline_budget,
-                                      synthetic_single(args), window_size=args.window_size,
-                                      attach=args.headline_attach)  # fmt: skip
+    result, run_config = train_method(
+        "localizer",
+        "runs/bench-localizer-headline",
+        args.headline_budget,
+        synthetic_single(args),
+        window_size=args.window_size,
+        attach=args.headline_attach,
+    )
     return {"headline": localizer_row("synthetic-single", result, run_config)}
 
 
@@ -99,33 +129,71 @@ def part_grid(args) -> dict:
     for recipe in ("4step", "joint"):
         for regression in ("agnostic", "specific"):
             for attach in ("conv", "fc"):
-                rows.append(localizer_row("synthetic-single", *train_method(
-                    "localizer", "runs/bench-localizer-grid", args.grid_budget, synthetic_single(args), recipe,
-                    regression=regression, attach=attach, window_size=args.window_size)))  # fmt: skip
+                rows.append(
+                    localizer_row(
+                        "synthetic-single",
+                        *train_method(
+                            "localizer",
+                            "runs/bench-localizer-grid",
+                            args.grid_budget,
+                            synthetic_single(args),
+                            recipe,
+                            regression=regression,
+                            attach=attach,
+                            window_size=args.window_size,
+                        ),
+                    )
+                )
     if RACCOON.is_dir():
         # raccoons have an up and a down: no vertical flips or quarter turns; one class, so agnostic
         # and specific boxes are the same and classification is trivially right
         raccoon = {"spec": f"voc:{RACCOON}", "vertical_flip": False, "rotate90": False}
         for recipe in ("4step", "joint"):
             for attach in ("conv", "fc"):
-                rows.append(localizer_row("raccoon", *train_method(
-                    "localizer", "runs/bench-localizer-raccoon", args.raccoon_budget, raccoon, recipe,
-                    attach=attach, window_size=args.window_size)))  # fmt: skip
+                rows.append(
+                    localizer_row(
+                        "raccoon",
+                        *train_method(
+                            "localizer",
+                            "runs/bench-localizer-raccoon",
+                            args.raccoon_budget,
+                            raccoon,
+                            recipe,
+                            attach=attach,
+                            window_size=args.window_size,
+                        ),
+                    )
+                )
     return {"grid": rows, "grid_budget_s": args.grid_budget, "raccoon_budget_s": args.raccoon_budget}
 
 
 def part_keypoints(args) -> dict:
     data = {"root": "data/bench-pose", "synthetic_images": args.keypoint_images}
-    result, run_config = train_method("keypoints", "runs/bench-keypoints", args.keypoint_budget, data, stages=1)
+    result, run_config = train_method(
+        "keypoints", "runs/bench-keypoints", args.keypoint_budget, data, stages=1
+    )
     metrics = result.metrics
-    stages = [{"stage": stage, **{name: round(metrics[f"stage{stage}/{name}"], 4)
-                                  for name in ("pck@0.05", "pck@0.1", "pck@0.2", "mean_error_px")}}
-              for stage in (1, 2)]  # fmt: skip
+    stages = [
+        {
+            "stage": stage,
+            **{
+                name: round(metrics[f"stage{stage}/{name}"], 4)
+                for name in ("pck@0.05", "pck@0.1", "pck@0.2", "mean_error_px")
+            },
+        }
+        for stage in (1, 2)
+    ]
     run = Path("runs/bench-keypoints")
-    return {"stages": stages, "training_s": round(stage_totals(str(run))[0], 1),
-            "num_test": int(metrics["num_images"]), "images": args.keypoint_images,
-            "stage_seconds": {"stage1": round(stage_seconds(run, "stage1"), 1),
-                              "stage2": round(result.state.elapsed_s, 1)}}  # fmt: skip
+    return {
+        "stages": stages,
+        "training_s": round(stage_totals(str(run))[0], 1),
+        "num_test": int(metrics["num_images"]),
+        "images": args.keypoint_images,
+        "stage_seconds": {
+            "stage1": round(stage_seconds(run, "stage1"), 1),
+            "stage2": round(result.state.elapsed_s, 1),
+        },
+    }
 
 
 def stage_seconds(run: Path, stage: str) -> float:
@@ -142,88 +210,155 @@ def overfeat_variants(scales: list[float]) -> list[tuple[str, list[str]]]:
         ("full: regressed boxes, merged, all scales", []),
         ("window boxes instead of regressed ones", ["model.window_boxes=true"]),
         ("NMS instead of merging", ["model.combine=nms"]),
-        (f"{len(few)} scales ({', '.join(f'{s:g}' for s in few)})", [f"model.scales=[{','.join(str(s) for s in few)}]"]),
+        (
+            f"{len(few)} scales ({', '.join(f'{s:g}' for s in few)})",
+            [f"model.scales=[{','.join(str(s) for s in few)}]"],
+        ),
         ("1 scale (1.0)", ["model.scales=[1.0]"]),
     ]
 
 
 def part_overfeat(args) -> dict:
-    data = {"spec": "synthetic", "root": args.multi_root, "synthetic_images": args.multi_images, "val_split": ""}
-    result, run_config = train_method("overfeat", args.overfeat_run, args.overfeat_budget, data,
-                                      overrides=args.set, window_size=args.window_size, scales=tuple(args.scales),
-                                      score_threshold=args.score_threshold,
-                                      hard_negative_pool=args.hard_negative_pool)  # fmt: skip
+    data = {
+        "spec": "synthetic",
+        "root": args.multi_root,
+        "synthetic_images": args.multi_images,
+        "val_split": "",
+    }
+    result, run_config = train_method(
+        "overfeat",
+        args.overfeat_run,
+        args.overfeat_budget,
+        data,
+        overrides=args.set,
+        window_size=args.window_size,
+        scales=tuple(args.scales),
+        score_threshold=args.score_threshold,
+        hard_negative_pool=args.hard_negative_pool,
+    )
     rows = []
     for label, overrides in overfeat_variants(args.scales)[: args.overfeat_variants]:
         started = time.perf_counter()
-        report, _ = evaluate_checkpoint(f"{args.overfeat_run}/last.pt", "synthetic", "test", protocol="voc07",
-                                        max_images=args.overfeat_test_images, data_root=args.multi_root,
-                                        overrides=overrides)  # fmt: skip
+        report, _ = evaluate_checkpoint(
+            f"{args.overfeat_run}/last.pt",
+            "synthetic",
+            "test",
+            protocol="voc07",
+            max_images=args.overfeat_test_images,
+            data_root=args.multi_root,
+            overrides=overrides,
+        )
         seconds = time.perf_counter() - started
-        rows.append({"variant": label, "overrides": overrides, "score_threshold": args.score_threshold,
-                     "mAP@0.5": round(report["metrics"]["mAP@0.5"], 4), "images": report["num_images"],
-                     "seconds_per_image": round(seconds / report["num_images"], 3),
-                     "per_class_AP": {r["class"]: round(r["AP"], 4) for r in report["per_class"]}})  # fmt: skip
+        rows.append(
+            {
+                "variant": label,
+                "overrides": overrides,
+                "score_threshold": args.score_threshold,
+                "mAP@0.5": round(report["metrics"]["mAP@0.5"], 4),
+                "images": report["num_images"],
+                "seconds_per_image": round(seconds / report["num_images"], 3),
+                "per_class_AP": {r["class"]: round(r["AP"], 4) for r in report["per_class"]},
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    return {"training_s": round(result.state.elapsed_s, 1), "steps": result.state.step,
-            "windows_per_step": run_config.model.windows_per_image * run_config.train.batch_size,
-            "positive_fraction": run_config.model.positive_fraction, "scales": list(args.scales),
-            "hard_negative_pool": run_config.model.hard_negative_pool, "settings": args.set,
-            "detection": rows}  # fmt: skip
+    return {
+        "training_s": round(result.state.elapsed_s, 1),
+        "steps": result.state.step,
+        "windows_per_step": run_config.model.windows_per_image * run_config.train.batch_size,
+        "positive_fraction": run_config.model.positive_fraction,
+        "scales": list(args.scales),
+        "hard_negative_pool": run_config.model.hard_negative_pool,
+        "settings": args.set,
+        "detection": rows,
+    }
 
 
 def write_localization_markdown(report: dict, path: Path) -> None:
     lines = ["# Classification + localization and OverFeat", ""]
     for part, entry in report.items():
         if part in ("headline", "grid", "overfeat"):
-            lines.append(f"- `{part}`: `{entry['command']}` on {entry['date']} "
-                         f"({machine_description(entry['machine'])})")
-    header = ("| data | recipe | regression | attach | training s | steps | class acc | mean IoU | "
-              "top-1 loc | top-5 loc |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+            lines.append(
+                f"- `{part}`: `{entry['command']}` on {entry['date']} "
+                f"({machine_description(entry['machine'])})"
+            )
+    header = (
+        "| data | recipe | regression | attach | training s | steps | class acc | mean IoU | "
+        "top-1 loc | top-5 loc |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
 
     def row_line(row: dict) -> str:
         if "diverged" in row:
             return f"| {row['data']} | {row['recipe']} | {row['regression']} | {row['attach']} | diverged | | | | | |"
-        return (f"| {row['data']} | {row['recipe']} | {row['regression']} | {row['attach']} | {row['training_s']} "
-                f"| {row['steps']} | {row['classification_accuracy']:.3f} | {row['mean_iou']:.3f} | "
-                f"{row['top1_localization']:.3f} | {row['top5_localization']:.3f} |")  # fmt: skip
+        return (
+            f"| {row['data']} | {row['recipe']} | {row['regression']} | {row['attach']} | {row['training_s']} "
+            f"| {row['steps']} | {row['classification_accuracy']:.3f} | {row['mean_iou']:.3f} | "
+            f"{row['top1_localization']:.3f} | {row['top5_localization']:.3f} |"
+        )
 
     if "headline" in report:
-        lines += ["", "## Headline: synthetic single-object set, from scratch", "", header,
-                  row_line(report["headline"]["result"]["headline"])]  # fmt: skip
+        lines += [
+            "",
+            "## Headline: synthetic single-object set, from scratch",
+            "",
+            header,
+            row_line(report["headline"]["result"]["headline"]),
+        ]
     if "grid" in report:
         grid = report["grid"]["result"]
-        lines += ["", f"## Comparison grid ({grid['grid_budget_s']:.0f} s synthetic, "
-                  f"{grid['raccoon_budget_s']:.0f} s raccoon per run)", "", header]  # fmt: skip
+        lines += [
+            "",
+            f"## Comparison grid ({grid['grid_budget_s']:.0f} s synthetic, "
+            f"{grid['raccoon_budget_s']:.0f} s raccoon per run)",
+            "",
+            header,
+        ]
         lines += [row_line(row) for row in grid["grid"]]
     if "overfeat" in report:
         result = report["overfeat"]["result"]
-        lines += ["", "## OverFeat detector on the synthetic multi-object set", "",
-                  f"Localizer with a background class trained {result['training_s']} s ({result['steps']} steps of "
-                  f"{result['windows_per_step']} windows cut afresh from the training images at each step).", "",
-                  f"Scales {', '.join(f'{s:g}' for s in result.get('scales', []))}; each row is a test-time variant of "
-                  "the same checkpoint.", "",
-                  *([f"Settings: `{' '.join(result['settings'])}`", ""] if result.get("settings") else []),
-                  "| test pass | score threshold | test images | mAP@0.5 (VOC07) | s / image |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## OverFeat detector on the synthetic multi-object set",
+            "",
+            f"Localizer with a background class trained {result['training_s']} s ({result['steps']} steps of "
+            f"{result['windows_per_step']} windows cut afresh from the training images at each step).",
+            "",
+            f"Scales {', '.join(f'{s:g}' for s in result.get('scales', []))}; each row is a test-time variant of "
+            "the same checkpoint.",
+            "",
+            *([f"Settings: `{' '.join(result['settings'])}`", ""] if result.get("settings") else []),
+            "| test pass | score threshold | test images | mAP@0.5 (VOC07) | s / image |",
+            "|---|---|---|---|---|",
+        ]
         for row in result["detection"]:
             label = row.get("variant") or ", ".join(str(s) for s in row["scales"])
-            lines.append(f"| {label} | {row['score_threshold']} | {row['images']} "
-                         f"| {row['mAP@0.5']:.3f} | {row['seconds_per_image']} |")  # fmt: skip
+            lines.append(
+                f"| {label} | {row['score_threshold']} | {row['images']} "
+                f"| {row['mAP@0.5']:.3f} | {row['seconds_per_image']} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_keypoint_markdown(entry: dict) -> None:
     result = entry["result"]
-    lines = ["# DeepPose keypoints on synthetic stick figures", "",
-             f"Command: `{entry['command']}`  ", f"Date: {entry['date']}  ",
-             machine_line(entry["machine"]), "",
-             f"{result['images']} figures ({result['num_test']} of them for testing), 7 joints, 96x96 images; "
-             f"training time per stage (s): {result['stage_seconds']}.", "",
-             "| after stage | PCK@0.05 | PCK@0.1 | PCK@0.2 | mean error (px) |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# DeepPose keypoints on synthetic stick figures",
+        "",
+        f"Command: `{entry['command']}`  ",
+        f"Date: {entry['date']}  ",
+        machine_line(entry["machine"]),
+        "",
+        f"{result['images']} figures ({result['num_test']} of them for testing), 7 joints, 96x96 images; "
+        f"training time per stage (s): {result['stage_seconds']}.",
+        "",
+        "| after stage | PCK@0.05 | PCK@0.1 | PCK@0.2 | mean error (px) |",
+        "|---|---|---|---|---|",
+    ]
     for stage in result["stages"]:
         name = "1 (whole image)" if stage["stage"] == 1 else f"{stage['stage']} (refinement)"
-        lines.append(f"| {name} | {stage['pck@0.05']:.3f} | {stage['pck@0.1']:.3f} | {stage['pck@0.2']:.3f} | "
-                     f"{stage['mean_error_px']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {stage['pck@0.05']:.3f} | {stage['pck@0.1']:.3f} | {stage['pck@0.2']:.3f} | "
+            f"{stage['mean_error_px']:.2f} |"
+        )
     (RESULTS / "keypoints.md").write_text("\n".join(lines) + "\n")
 
 
@@ -248,19 +383,36 @@ def main() -> int:
     parser.add_argument("--overfeat-test-images", type=int, default=60)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--score-threshold", type=float, default=0.5)
-    parser.add_argument("--hard-negative-pool", type=int, default=1,
-                        help="OverFeat: background candidates drawn for each background window (1: no mining)")
-    parser.add_argument("--overfeat-variants", type=int, default=5,
-                        help="OverFeat: score this many test-time variants (1: the detector as trained)")
+    parser.add_argument(
+        "--hard-negative-pool",
+        type=int,
+        default=1,
+        help="OverFeat: background candidates drawn for each background window (1: no mining)",
+    )
+    parser.add_argument(
+        "--overfeat-variants",
+        type=int,
+        default=5,
+        help="OverFeat: score this many test-time variants (1: the detector as trained)",
+    )
     parser.add_argument("--overfeat-run", default="runs/bench-overfeat", help="OverFeat's run directory")
-    parser.add_argument("--set", nargs="*", default=[], help="OverFeat: section.key=value settings of its run")
-    parser.add_argument("--results-name", default="localization",
-                        help="results file name; other than the default, the file holds this run's part alone")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="OverFeat: section.key=value settings of its run"
+    )
+    parser.add_argument(
+        "--results-name",
+        default="localization",
+        help="results file name; other than the default, the file holds this run's part alone",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    result = {"headline": part_headline, "grid": part_grid, "keypoints": part_keypoints,
-              "overfeat": part_overfeat}[args.part](args)  # fmt: skip
+    result = {
+        "headline": part_headline,
+        "grid": part_grid,
+        "keypoints": part_keypoints,
+        "overfeat": part_overfeat,
+    }[args.part](args)
     entry = {
         "command": "flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_localization.py "
         + " ".join(sys.argv[1:]),

@@ -23,19 +23,28 @@ from detlab.proposals import ProposalCache, RecordProposals, build_method
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Proposals on every core: {report['method']} for {report['data']} {report['split']}", "",
-             *header_lines(report),
-             f"{report['images']} images, `RecordProposals.fill` (1 worker: in this process; N: N spawned processes "
-             "of one torch thread each), each worker count into a fresh cache. Identical boxes: "
-             f"{'yes' if report['identical'] else 'NO'}.", "",
-             "| workers | seconds | images/s | speed-up vs 1 |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Proposals on every core: {report['method']} for {report['data']} {report['split']}",
+        "",
+        *header_lines(report),
+        f"{report['images']} images, `RecordProposals.fill` (1 worker: in this process; N: N spawned processes "
+        "of one torch thread each), each worker count into a fresh cache. Identical boxes: "
+        f"{'yes' if report['identical'] else 'NO'}.",
+        "",
+        "| workers | seconds | images/s | speed-up vs 1 |",
+        "|---|---|---|---|",
+    ]
     for row in report["rows"]:
-        lines.append(f"| {row['workers']} | {row['seconds']:.1f} | {row['images_per_s']:.2f} | {row['speedup']:.2f}x |")
+        lines.append(
+            f"| {row['workers']} | {row['seconds']:.1f} | {row['images_per_s']:.2f} | {row['speedup']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default="bccd")
     parser.add_argument("--split", default="trainval")
     parser.add_argument("--method", default="ss-fast")
@@ -47,19 +56,37 @@ def main() -> int:
     rows, caches = [], []
     with tempfile.TemporaryDirectory() as folder:
         for workers in args.workers:
-            proposals = RecordProposals(ProposalCache(Path(folder) / f"w{workers}", build_method(args.method)))
+            proposals = RecordProposals(
+                ProposalCache(Path(folder) / f"w{workers}", build_method(args.method))
+            )
             started = time.perf_counter()
             proposals.fill(records, workers=workers, progress=False)
             seconds = time.perf_counter() - started
-            rows.append({"workers": workers, "seconds": round(seconds, 2), "images_per_s": round(len(records) / seconds, 3)})
+            rows.append(
+                {
+                    "workers": workers,
+                    "seconds": round(seconds, 2),
+                    "images_per_s": round(len(records) / seconds, 3),
+                }
+            )
             caches.append(proposals)
             print(f"{workers} worker(s): {seconds:.1f} s", flush=True)
-        identical = all(np.array_equal(caches[0](record).numpy(), other(record).numpy())
-                        for other in caches[1:] for record in records)  # fmt: skip
+        identical = all(
+            np.array_equal(caches[0](record).numpy(), other(record).numpy())
+            for other in caches[1:]
+            for record in records
+        )
     for row in rows:
         row["speedup"] = round(rows[0]["seconds"] / row["seconds"], 3)
-    report = {**stamp(), "data": args.data, "split": args.split, "method": args.method, "images": len(records),
-              "identical": identical, "rows": rows}  # fmt: skip
+    report = {
+        **stamp(),
+        "data": args.data,
+        "split": args.split,
+        "method": args.method,
+        "images": len(records),
+        "identical": identical,
+        "rows": rows,
+    }
     write_results(f"proposal_workers_{args.data}", report, markdown(report))
     print(markdown(report))
     return 0

@@ -35,26 +35,37 @@ ROWS = [("R-CNN, 64-px warp (as trained)", "rcnn", ["model.window_size=64"]),
 
 
 def markdown(report: dict) -> str:
-    lines = ["# R-CNN's warp size and the lecture's speed-ups", "", *header_lines(report),
-             f"The first {report['images']} test images of `{report['data']}`, one at a time; R-CNN's proposals are "
-             "Selective Search (`ss-fast`), up to 2,000 an image; the speed-ups are against the 227-px R-CNN row, "
-             "as the lecture's are against the paper's R-CNN. Same checkpoints as the `detlab compare` run in "
-             f"`{report['runs']}`.", "",
-             "| method | proposals an image (at most) | test s/image without proposals | with proposals | speed-up vs R-CNN at 227 px | lecture (s, speed-up) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# R-CNN's warp size and the lecture's speed-ups",
+        "",
+        *header_lines(report),
+        f"The first {report['images']} test images of `{report['data']}`, one at a time; R-CNN's proposals are "
+        "Selective Search (`ss-fast`), up to 2,000 an image; the speed-ups are against the 227-px R-CNN row, "
+        "as the lecture's are against the paper's R-CNN. Same checkpoints as the `detlab compare` run in "
+        f"`{report['runs']}`.",
+        "",
+        "| method | proposals an image (at most) | test s/image without proposals | with proposals | speed-up vs R-CNN at 227 px | lecture (s, speed-up) |",
+        "|---|---|---|---|---|---|",
+    ]
     base = next(row for row in report["rows"] if "227" in row["label"])["s_with"]
     for row in report["rows"]:
         lecture = LECTURE[row["method"]]
         without = f"{row['s_without']:.4f}" if row["external_proposals"] else "(no proposal step)"
-        lines.append(f"| {row['label']} | {row['proposals'] or '-'} | {without} | {row['s_with']:.4f} | "
-                     f"{base / row['s_with']:.1f}x | {lecture:g} s, {LECTURE['rcnn'] / lecture:g}x |")  # fmt: skip
+        lines.append(
+            f"| {row['label']} | {row['proposals'] or '-'} | {without} | {row['s_with']:.4f} | "
+            f"{base / row['s_with']:.1f}x | {lecture:g} s, {LECTURE['rcnn'] / lecture:g}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", choices=tuple(DATA), default="bccd")
-    parser.add_argument("--runs", required=True, help="a detlab compare folder with rcnn, fast_rcnn, faster_rcnn")
+    parser.add_argument(
+        "--runs", required=True, help="a detlab compare folder with rcnn, fast_rcnn, faster_rcnn"
+    )
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results-name", required=True)
@@ -67,11 +78,17 @@ def main() -> int:
         predictor = Predictor.from_checkpoint(Path(args.runs) / method, device="cpu", overrides=overrides)
         measured = score_and_time(predictor.model, dataset, predictor.device, predictor.amp)
         external = measured["external_proposals"]
-        rows.append({"label": label, "method": method, "overrides": overrides,
-                     "proposals": predictor.run_config.model.max_proposals if external else None,
-                     "s_with": round(measured["s_per_image_with_proposals"], 4),
-                     "s_without": round(measured["s_per_image_without_proposals"], 4),
-                     "external_proposals": external})  # fmt: skip
+        rows.append(
+            {
+                "label": label,
+                "method": method,
+                "overrides": overrides,
+                "proposals": predictor.run_config.model.max_proposals if external else None,
+                "s_with": round(measured["s_per_image_with_proposals"], 4),
+                "s_without": round(measured["s_per_image_without_proposals"], 4),
+                "external_proposals": external,
+            }
+        )
         print(rows[-1], flush=True)
     report = {**stamp(), "data": args.data, "runs": args.runs, "images": len(dataset), "rows": rows}
     write_results(args.results_name, report, markdown(report))

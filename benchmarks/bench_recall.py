@@ -41,16 +41,25 @@ def recall_by_class(model, dataset) -> dict:
                 best = iou(truth, detected.float()).amax(1)
                 for slot, threshold in enumerate(THRESHOLDS, 1):
                     counts[slot] += int((best >= threshold).sum())
-    return {name: {"objects": counts[0], **{f"recall@{t}": round(c / max(counts[0], 1), 3)
-                                             for t, c in zip(THRESHOLDS, counts[1:])}}
-            for name, counts in found.items()}  # fmt: skip
+    return {
+        name: {
+            "objects": counts[0],
+            **{f"recall@{t}": round(c / max(counts[0], 1), 3) for t, c in zip(THRESHOLDS, counts[1:])},
+        }
+        for name, counts in found.items()
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Recall by class and IoU on {report['data']}'s test split", "", *header_lines(report),
-             "Share of test objects overlapped by a detection of their class (any score) at each IoU.", "",
-             "| checkpoint | class | objects | " + " | ".join(f"IoU {t}" for t in THRESHOLDS) + " |",
-             "|---|---|---|" + "---|" * len(THRESHOLDS)]  # fmt: skip
+    lines = [
+        f"# Recall by class and IoU on {report['data']}'s test split",
+        "",
+        *header_lines(report),
+        "Share of test objects overlapped by a detection of their class (any score) at each IoU.",
+        "",
+        "| checkpoint | class | objects | " + " | ".join(f"IoU {t}" for t in THRESHOLDS) + " |",
+        "|---|---|---|" + "---|" * len(THRESHOLDS),
+    ]
     for row in report["rows"]:
         for name, values in row["classes"].items():
             shares = " | ".join(f"{values[f'recall@{t}']:.3f}" for t in THRESHOLDS)
@@ -66,7 +75,13 @@ def main() -> int:
     rows = []
     for checkpoint in args.checkpoints:
         model, _, run_config = model_from_checkpoint(checkpoint, [])
-        rows.append({"model": run_config.model_name, "checkpoint": checkpoint, "classes": recall_by_class(model, dataset)})
+        rows.append(
+            {
+                "model": run_config.model_name,
+                "checkpoint": checkpoint,
+                "classes": recall_by_class(model, dataset),
+            }
+        )
     report = {**stamp(), "data": args.data, "rows": rows, "grid_losses": objects_a_grid_loses(dataset)}
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))

@@ -46,8 +46,13 @@ def run(reader: str, strategy, examples: int, random_seed: int) -> dict:
     tracebacks: list[dict] = []
 
     @seed(random_seed)
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=strategy)
     def one(case):
         counts["inputs"] += 1
@@ -66,8 +71,13 @@ def run(reader: str, strategy, examples: int, random_seed: int) -> dict:
     started = time.perf_counter()
     one()
     seconds = time.perf_counter() - started
-    return {"inputs": counts.pop("inputs", 0), "tracebacks": counts.pop("tracebacks", 0), "seconds": round(seconds, 1),
-            "outcomes": dict(sorted(counts.items())), "kept_tracebacks": tracebacks}  # fmt: skip
+    return {
+        "inputs": counts.pop("inputs", 0),
+        "tracebacks": counts.pop("tracebacks", 0),
+        "seconds": round(seconds, 1),
+        "outcomes": dict(sorted(counts.items())),
+        "kept_tracebacks": tracebacks,
+    }
 
 
 def policy_counts(outcomes: dict, policy: str) -> tuple[int, int]:
@@ -79,29 +89,39 @@ def policy_counts(outcomes: dict, policy: str) -> tuple[int, int]:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Data readers under fuzzing: inputs tried, failures by kind, tracebacks", "", *header_lines(report),
+        "# Data readers under fuzzing: inputs tried, failures by kind, tracebacks",
+        "",
+        *header_lines(report),
         f"Each reader read {report['examples']:,} inputs (hypothesis, seed {report['seed']}): malformed values in "
         "every field (wrong types, out of range, non-finite, 400-digit numbers, paths leading out of the data set, "
         "deep nesting) and random, truncated and flipped bytes, each written as a data set in a fresh folder and "
         "read under `on_bad=error` and `on_bad=skip`. A traceback is any exception but a one-line `BadInputError` "
-        "naming a file of the data set, or a record read from outside the data set's folder.", "",
+        "naming a file of the data set, or a record read from outside the data set's folder.",
+        "",
         "| reader | inputs | error: read | error: refused | skip: read | skip: refused (whole file) "
         "| skip: items skipped | skip: items repaired | tracebacks | seconds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for name, result in report["readers"].items():
         outcomes = result["outcomes"]
         error_read, error_refused = policy_counts(outcomes, "error")
         skip_read, skip_refused = policy_counts(outcomes, "skip")
-        lines.append(f"| {name} | {result['inputs']:,} | {error_read:,} | {error_refused:,} | {skip_read:,} | "
-                     f"{skip_refused:,} | {outcomes.get('skip: items skipped', 0):,} | "
-                     f"{outcomes.get('skip: items repaired', 0):,} | {result['tracebacks']} | {result['seconds']} |")  # fmt: skip
-    lines += ["", f"Tracebacks seen in all: **{report['tracebacks']}** of {report['inputs']:,} inputs.", "",
-              "## Failures by kind", "",
-              "`refused: FILE`: the input was refused, naming FILE (`(another name)`: a file named by the fuzzed "
-              "input); `kind: KIND`: the items skipped or repaired under that policy, by `ProblemLog` kind (the "
-              "repairs are the documented ones: zero-size box, box clipped to or outside the image, stripped name).",
-              ""]  # fmt: skip
+        lines.append(
+            f"| {name} | {result['inputs']:,} | {error_read:,} | {error_refused:,} | {skip_read:,} | "
+            f"{skip_refused:,} | {outcomes.get('skip: items skipped', 0):,} | "
+            f"{outcomes.get('skip: items repaired', 0):,} | {result['tracebacks']} | {result['seconds']} |"
+        )
+    lines += [
+        "",
+        f"Tracebacks seen in all: **{report['tracebacks']}** of {report['inputs']:,} inputs.",
+        "",
+        "## Failures by kind",
+        "",
+        "`refused: FILE`: the input was refused, naming FILE (`(another name)`: a file named by the fuzzed "
+        "input); `kind: KIND`: the items skipped or repaired under that policy, by `ProblemLog` kind (the "
+        "repairs are the documented ones: zero-size box, box clipped to or outside the image, stripped name).",
+        "",
+    ]
     for name, result in report["readers"].items():
         lines += [f"### {name}", "", "| outcome | count |", "|---|---:|"]
         lines += [
@@ -136,15 +156,24 @@ def main() -> int:
     readers = {}
     for name in args.readers:
         readers[name] = run(name, fuzz.READERS[name].cases, args.examples, args.seed)
-        print(f"{name}: {readers[name]['inputs']} inputs, {readers[name]['tracebacks']} tracebacks, "
-              f"{readers[name]['seconds']} s", flush=True)  # fmt: skip
+        print(
+            f"{name}: {readers[name]['inputs']} inputs, {readers[name]['tracebacks']} tracebacks, "
+            f"{readers[name]['seconds']} s",
+            flush=True,
+        )
     if "data_yaml" in args.readers and args.deep_examples:
         readers["data_yaml (deep nesting)"] = run(
             "data_yaml", fuzz.DEEP_DATA_YAML, args.deep_examples, args.seed
         )
-    report = {**stamp(), "examples": args.examples, "deep_examples": args.deep_examples, "seed": args.seed,
-              "inputs": sum(r["inputs"] for r in readers.values()),
-              "tracebacks": sum(r["tracebacks"] for r in readers.values()), "readers": readers}  # fmt: skip
+    report = {
+        **stamp(),
+        "examples": args.examples,
+        "deep_examples": args.deep_examples,
+        "seed": args.seed,
+        "inputs": sum(r["inputs"] for r in readers.values()),
+        "tracebacks": sum(r["tracebacks"] for r in readers.values()),
+        "readers": readers,
+    }
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 1 if report["tracebacks"] else 0

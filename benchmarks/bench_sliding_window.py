@@ -54,8 +54,16 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # The net the measured rows used: five valid-convolution blocks, flattened grid, FC box head.
-    config = LocalizerConfig(window_size=args.window_size, regression="specific", attach="fc", padding=0,
-                             blocks=5, pool="none", hidden_dim=512, dropout=0.5)  # fmt: skip
+    config = LocalizerConfig(
+        window_size=args.window_size,
+        regression="specific",
+        attach="fc",
+        padding=0,
+        blocks=5,
+        pool="none",
+        hidden_dim=512,
+        dropout=0.5,
+    )
     model = build_localizer_module(config, 4)
     model.train()
     with torch.no_grad():
@@ -74,10 +82,16 @@ def main() -> int:
             float((dense["class_logits"][0] - naive["class_logits"]).abs().max()),
             float((dense["boxes"][0] - naive["boxes"]).abs().max()),
         )
-        rows.append({
-            "image_size": size, "windows": num_windows, "naive_s": naive_s, "efficient_s": efficient_s,
-            "speedup": naive_s / efficient_s, "max_abs_difference": difference,
-        })  # fmt: skip
+        rows.append(
+            {
+                "image_size": size,
+                "windows": num_windows,
+                "naive_s": naive_s,
+                "efficient_s": efficient_s,
+                "speedup": naive_s / efficient_s,
+                "max_abs_difference": difference,
+            }
+        )
         print(json.dumps(rows[-1]))
     command = "flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_sliding_window.py " + " ".join(
         sys.argv[1:]
@@ -86,9 +100,11 @@ def main() -> int:
         "command": command.strip(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "window_size": args.window_size, "stride": model.stride, "repeats": args.repeats,
+        "window_size": args.window_size,
+        "stride": model.stride,
+        "repeats": args.repeats,
         "rows": rows,
-    }  # fmt: skip
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sliding_window.json").write_text(json.dumps(report, indent=2))
     lines = [

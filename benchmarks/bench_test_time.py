@@ -42,13 +42,21 @@ def interleaved_times(models: list, dataset, rounds: int, warmup: int = 3) -> li
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Test time per image on {report['data']}, side by side", "", *header_lines(report),
-             f"{report['test_images']} test images x {report['rounds']} rounds, one image a call, models "
-             "interleaved image by image; median and 90th percentile of the calls.", "",
-             "| checkpoint | model | median s/image | p90 s/image | median vs the first |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Test time per image on {report['data']}, side by side",
+        "",
+        *header_lines(report),
+        f"{report['test_images']} test images x {report['rounds']} rounds, one image a call, models "
+        "interleaved image by image; median and 90th percentile of the calls.",
+        "",
+        "| checkpoint | model | median s/image | p90 s/image | median vs the first |",
+        "|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
-        lines.append(f"| `{row['checkpoint']}` | {row['model']} | {row['median_s']:.4f} | {row['p90_s']:.4f} | "
-                     f"{row['ratio_to_first']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| `{row['checkpoint']}` | {row['model']} | {row['median_s']:.4f} | {row['p90_s']:.4f} | "
+            f"{row['ratio_to_first']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -61,9 +69,16 @@ def main() -> int:
     loaded = [Predictor.from_checkpoint(checkpoint, device="cpu") for checkpoint in args.checkpoints]
     seconds = interleaved_times([predictor.model for predictor in loaded], dataset, args.rounds)
     medians = [statistics.median(values) for values in seconds]
-    rows = [{"checkpoint": checkpoint, "model": predictor.run_config.model_name, "median_s": round(median, 5),
-             "p90_s": round(statistics.quantiles(values, n=10)[-1], 5), "ratio_to_first": round(median / medians[0], 4)}
-            for checkpoint, predictor, values, median in zip(args.checkpoints, loaded, seconds, medians)]  # fmt: skip
+    rows = [
+        {
+            "checkpoint": checkpoint,
+            "model": predictor.run_config.model_name,
+            "median_s": round(median, 5),
+            "p90_s": round(statistics.quantiles(values, n=10)[-1], 5),
+            "ratio_to_first": round(median / medians[0], 4),
+        }
+        for checkpoint, predictor, values, median in zip(args.checkpoints, loaded, seconds, medians)
+    ]
     report = {**stamp(), "data": args.data, "rounds": args.rounds, "test_images": len(dataset), "rows": rows}
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))

@@ -23,30 +23,58 @@ from detlab.comparison import score_and_time
 from detlab.engine.predict import Predictor
 
 # The lecture's rows (ResNet-101 Faster R-CNN on COCO, mAP@0.5; He et al. 2016, table 9).
-LECTURE = {"baseline": 48.4, "box refinement": 49.9, "context": 51.1, "multi-scale testing": 53.8, "ensemble": 59.0}
+LECTURE = {
+    "baseline": 48.4,
+    "box refinement": 49.9,
+    "context": 51.1,
+    "multi-scale testing": 53.8,
+    "ensemble": 59.0,
+}
 
 
 def rows_for(checkpoints: list[str], scales: list[float]) -> list[tuple[str, dict]]:
     """``(label, Predictor.from_checkpoint keywords)``, each row adding to the one before."""
     refine = ["model.box_refinement=true"]
-    rows = [("baseline", {}), ("+ box refinement", {"overrides": refine}),
-            (f"+ multi-scale testing ({', '.join(f'{s:g}' for s in scales)})", {"overrides": refine, "test_scales": scales})]  # fmt: skip
+    rows = [
+        ("baseline", {}),
+        ("+ box refinement", {"overrides": refine}),
+        (
+            f"+ multi-scale testing ({', '.join(f'{s:g}' for s in scales)})",
+            {"overrides": refine, "test_scales": scales},
+        ),
+    ]
     if len(checkpoints) > 1:
-        rows.append((f"+ ensemble of {len(checkpoints)} checkpoints",
-                     {"overrides": refine, "test_scales": scales, "ensemble": checkpoints[1:]}))  # fmt: skip
+        rows.append(
+            (
+                f"+ ensemble of {len(checkpoints)} checkpoints",
+                {"overrides": refine, "test_scales": scales, "ensemble": checkpoints[1:]},
+            )
+        )
     return rows
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Test-time additions for Faster R-CNN on {report['data']}", "", *header_lines(report),
-             f"Checkpoints: {', '.join(f'`{path}`' for path in report['checkpoints'])}. Each row adds to the one before; "
-             f"{report['test_images']} test images, one at a time, BatchNorm folded.", "",
-             "| row | mAP@0.5 (VOC07) | COCO AP50 | mAP@[.5:.95] | test s/image |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Test-time additions for Faster R-CNN on {report['data']}",
+        "",
+        *header_lines(report),
+        f"Checkpoints: {', '.join(f'`{path}`' for path in report['checkpoints'])}. Each row adds to the one before; "
+        f"{report['test_images']} test images, one at a time, BatchNorm folded.",
+        "",
+        "| row | mAP@0.5 (VOC07) | COCO AP50 | mAP@[.5:.95] | test s/image |",
+        "|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
-        lines.append(f"| {row['label']} | {row['mAP50_voc07']:.3f} | {row['AP50_coco']:.3f} | {row['AP_coco']:.3f} | "
-                     f"{row['s_per_image_with_proposals']:.4f} |")  # fmt: skip
-    lines += ["", "The lecture's rows (ResNet-101 Faster R-CNN on COCO, mAP@0.5): "
-              + ", ".join(f"{name} {value}" for name, value in LECTURE.items()) + "."]  # fmt: skip
+        lines.append(
+            f"| {row['label']} | {row['mAP50_voc07']:.3f} | {row['AP50_coco']:.3f} | {row['AP_coco']:.3f} | "
+            f"{row['s_per_image_with_proposals']:.4f} |"
+        )
+    lines += [
+        "",
+        "The lecture's rows (ResNet-101 Faster R-CNN on COCO, mAP@0.5): "
+        + ", ".join(f"{name} {value}" for name, value in LECTURE.items())
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -62,9 +90,18 @@ def main() -> int:
         measured = score_and_time(predictor.model, dataset, predictor.device)
         measured.pop("figure_outputs")
         rows.append({"label": label, **measured})
-        print(f"{label}: mAP@0.5 {measured['mAP50_voc07']:.3f}, AP {measured['AP_coco']:.3f}, "
-              f"{measured['s_per_image_with_proposals']:.4f} s an image", flush=True)  # fmt: skip
-    report = {**stamp(), "data": args.data, "checkpoints": args.checkpoints, "test_images": len(dataset), "rows": rows}
+        print(
+            f"{label}: mAP@0.5 {measured['mAP50_voc07']:.3f}, AP {measured['AP_coco']:.3f}, "
+            f"{measured['s_per_image_with_proposals']:.4f} s an image",
+            flush=True,
+        )
+    report = {
+        **stamp(),
+        "data": args.data,
+        "checkpoints": args.checkpoints,
+        "test_images": len(dataset),
+        "rows": rows,
+    }
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0

@@ -56,13 +56,18 @@ def transforms() -> dict[str, v2.Transform]:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Photometric jitter: milliseconds an image", "", *header_lines(report),
+        "# Photometric jitter: milliseconds an image",
+        "",
+        *header_lines(report),
         f"Brightness, contrast and saturation by up to 30%, hue by up to 0.05 of a turn; float images in [0, 1], "
         f"one at a time, {report['torch_threads']} torch thread(s); {report['images']} images a transform a round, "
-        f"the transforms in turn, the order rotating, the median of {report['rounds']} rounds.", "",
-        "| image (H x W) | " + " | ".join(report["transforms"]) + " | speed-up against torchvision's ColorJitter |",
+        f"the transforms in turn, the order rotating, the median of {report['rounds']} rounds.",
+        "",
+        "| image (H x W) | "
+        + " | ".join(report["transforms"])
+        + " | speed-up against torchvision's ColorJitter |",
         "|---" * (len(report["transforms"]) + 2) + "|",
-    ]  # fmt: skip
+    ]
     for row in report["rows"]:
         times = " | ".join(f"{row['ms'][name]:.3f}" for name in report["transforms"])
         lines.append(f"| {row['height']} x {row['width']} | {times} | {row['speedup_vs_torchvision']:.1f}x |")
@@ -70,11 +75,15 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", nargs="+", default=["192x192", "416x312", "640x480"], help="HxW")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (a loader prepares a sample on one)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (a loader prepares a sample on one)"
+    )
     parser.add_argument("--results-name", default="transforms")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,18 +94,37 @@ def main() -> int:
     for size in args.sizes:
         height, width = (int(value) for value in size.lower().split("x"))
         images = [tv_tensors.Image(torch.rand(3, height, width)) for _ in range(args.images)]
-        passes = {name: (lambda transform=transform, images=images: [transform(image) for image in images])
-                  for name, transform in named.items()}  # fmt: skip
+        passes = {
+            name: (lambda transform=transform, images=images: [transform(image) for image in images])
+            for name, transform in named.items()
+        }
         timed = interleaved_ms(passes, 1, args.rounds)  # milliseconds a pass over the images
         medians = {name: row["ms"] / len(images) for name, row in timed.items()}
         speedup = medians[names[1]] / medians[names[0]]
-        rows.append({"height": height, "width": width, "ms": {k: round(v, 4) for k, v in medians.items()},
-                     "ms_rounds": {k: [round(v / len(images), 4) for v in row["ms_rounds"]] for k, row in timed.items()},
-                     "speedup_vs_torchvision": round(speedup, 2)})  # fmt: skip
+        rows.append(
+            {
+                "height": height,
+                "width": width,
+                "ms": {k: round(v, 4) for k, v in medians.items()},
+                "ms_rounds": {
+                    k: [round(v / len(images), 4) for v in row["ms_rounds"]] for k, row in timed.items()
+                },
+                "speedup_vs_torchvision": round(speedup, 2),
+            }
+        )
         print(f"{height} x {width}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in medians.items()), flush=True)
-    report = {**stamp(), "torch_threads": args.threads, "images": args.images, "rounds": args.rounds,
-              "ranges": RANGES, "transforms": names, "rows": rows,
-              "geometric_mean_speedup": round(math.prod(r["speedup_vs_torchvision"] for r in rows) ** (1 / len(rows)), 2)}  # fmt: skip
+    report = {
+        **stamp(),
+        "torch_threads": args.threads,
+        "images": args.images,
+        "rounds": args.rounds,
+        "ranges": RANGES,
+        "transforms": names,
+        "rows": rows,
+        "geometric_mean_speedup": round(
+            math.prod(r["speedup_vs_torchvision"] for r in rows) ** (1 / len(rows)), 2
+        ),
+    }
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0

@@ -41,7 +41,9 @@ def load_split(name: str, split: str):
     from detlab.data.loading import load_dataset
 
     data = DATA[name]
-    return load_dataset(data["spec"], split, root=data.get("root"), num_synthetic=data.get("synthetic_images", 600))
+    return load_dataset(
+        data["spec"], split, root=data.get("root"), num_synthetic=data.get("synthetic_images", 600)
+    )
 
 
 def test_split(name: str, images: int = 0):
@@ -53,7 +55,9 @@ def test_split(name: str, images: int = 0):
 def checkpoints_parser(description: str) -> argparse.ArgumentParser:
     """The options of a benchmark that reads trained checkpoints: ``--data``, ``--checkpoints``,
     ``--threads``, ``--results-name``."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", choices=tuple(DATA), default="bccd")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="run folders or checkpoint files")
     parser.add_argument("--threads", type=int, default=2)
@@ -66,9 +70,14 @@ def machine() -> dict:
     instructions torch uses: AVX2, AVX512, ...) and ``native_bf16`` (oneDNN has bfloat16 kernels:
     AVX512-BF16 or AMX) tell CPUs apart whose speed differs by several times for the same
     training run, so that runs of different machines are not read as one."""
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
 
 
 def machine_description(info: dict) -> str:
@@ -94,12 +103,21 @@ def command(prefix: str = "PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/p
 
 def stamp() -> dict:
     """``command``, ``date`` (UTC) and ``machine`` of this run."""
-    return {"command": command(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine()}
+    return {
+        "command": command(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+    }
 
 
 def header_lines(report: dict) -> list[str]:
     """The Markdown lines naming a report's command, date and machine."""
-    return [f"Command: `{report['command']}`  ", f"Date: {report['date']}  ", machine_line(report["machine"]), ""]
+    return [
+        f"Command: `{report['command']}`  ",
+        f"Date: {report['date']}  ",
+        machine_line(report["machine"]),
+        "",
+    ]
 
 
 def write_results(name: str, report: dict, markdown: str) -> None:
@@ -129,8 +147,10 @@ def interleaved_ms(functions: dict[str, Callable[[], object]], repeats: int, rou
             for _ in range(repeats):
                 functions[name]()
             times[name].append((time.perf_counter() - start) / repeats * 1e3)
-    return {name: {"ms": round(statistics.median(values), 3), "ms_rounds": [round(v, 3) for v in values]}
-            for name, values in times.items()}  # fmt: skip
+    return {
+        name: {"ms": round(statistics.median(values), 3), "ms_rounds": [round(v, 3) for v in values]}
+        for name, values in times.items()
+    }
 
 
 @torch.no_grad()
@@ -148,6 +168,8 @@ def score(predict, dataset) -> dict:
         seconds.append(time.perf_counter() - started)
         scores.update(output, target)
     found = scores.compute()
-    return {"s_per_image": round(statistics.median(seconds), 4),
-            **{key: round(value, 4) for key, value in found.items() if key != "per_class_AP50_voc07"},
-            "per_class_AP50_voc07": {name: round(ap, 4) for name, ap in found["per_class_AP50_voc07"].items()}}  # fmt: skip
+    return {
+        "s_per_image": round(statistics.median(seconds), 4),
+        **{key: round(value, 4) for key, value in found.items() if key != "per_class_AP50_voc07"},
+        "per_class_AP50_voc07": {name: round(ap, 4) for name, ap in found["per_class_AP50_voc07"].items()},
+    }

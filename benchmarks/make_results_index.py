@@ -126,14 +126,25 @@ def runs_of(report: dict, markdown: str) -> list[Run]:
         (name, value) for name, value in report.items() if isinstance(value, dict) and "command" in value
     ]
     if not parts:  # one level further: {"variants": {"joint": {...}, ...}}
-        parts = [(name, value) for group in report.values() if isinstance(group, dict)
-                 for name, value in group.items() if isinstance(value, dict) and "command" in value]  # fmt: skip
+        parts = [
+            (name, value)
+            for group in report.values()
+            if isinstance(group, dict)
+            for name, value in group.items()
+            if isinstance(value, dict) and "command" in value
+        ]
     if parts:
         return [run(name, value) for name, value in parts]
     command = re.search(r"`([^`]*(?:benchmarks/\w+\.py|detlab \w+)[^`]*)`", markdown)
     date = re.search(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", markdown)
-    return [Run("", command.group(1) if command else "", short_date(date.group(0)) if date else "",
-                describe_machine(report.get("machine")))]  # fmt: skip
+    return [
+        Run(
+            "",
+            command.group(1) if command else "",
+            short_date(date.group(0)) if date else "",
+            describe_machine(report.get("machine")),
+        )
+    ]
 
 
 def read_folder(folder: str) -> tuple[list[ResultsFile], list[str]]:
@@ -195,18 +206,24 @@ def render() -> str:
         "|---|---|---|---|",
     ]
     for entry in sorted(top, key=lambda entry: (entry.benchmark, entry.stem)):
-        lines.append(f"| {entry.link(entry.stem + '.md')} | {cell(entry.title)} | `{entry.benchmark}` | "
-                     f"{entry.newest.date} |")  # fmt: skip
+        lines.append(
+            f"| {entry.link(entry.stem + '.md')} | {cell(entry.title)} | `{entry.benchmark}` | "
+            f"{entry.newest.date} |"
+        )
     benchmarks = sorted({entry.benchmark for entry in top + archived})
     for benchmark in benchmarks:
         headline = [entry for entry in top if entry.benchmark == benchmark]
-        earlier = sorted((entry for entry in archived if entry.benchmark == benchmark),
-                         key=lambda entry: (entry.newest.date, entry.stem))  # fmt: skip
+        earlier = sorted(
+            (entry for entry in archived if entry.benchmark == benchmark),
+            key=lambda entry: (entry.newest.date, entry.stem),
+        )
         lines += [""] if lines[-1] else []
         lines += [f"## `{benchmark}`", ""]
         for entry in headline:
-            lines.append(f"**{entry.link(entry.stem + '.md')}**: {cell(entry.title)}. "
-                         f"Files: {', '.join(entry.link(name) for name in entry.files())}.")  # fmt: skip
+            lines.append(
+                f"**{entry.link(entry.stem + '.md')}**: {cell(entry.title)}. "
+                f"Files: {', '.join(entry.link(name) for name in entry.files())}."
+            )
             lines.append("")
             for run in entry.runs:
                 label = f"{run.part}: " if run.part else ""
@@ -214,18 +231,27 @@ def render() -> str:
                 lines.append(f"  {run.date or 'date not recorded'}; {run.machine}")
             lines.append("")
         if not headline:
-            lines += ["No headline file at the top: a secondary measurement, kept in the archive; its newest row "
-                      "is its current result.", ""]  # fmt: skip
+            lines += [
+                "No headline file at the top: a secondary measurement, kept in the archive; its newest row "
+                "is its current result.",
+                "",
+            ]
         if earlier:
-            lines += [f"In [`{ARCHIVE}/`]({ARCHIVE}/) ({len(earlier)}, oldest first):", "",
-                      "| results | date | arguments (of the newest run, when several) | machine |", "|---|---|---|---|"]  # fmt: skip
+            lines += [
+                f"In [`{ARCHIVE}/`]({ARCHIVE}/) ({len(earlier)}, oldest first):",
+                "",
+                "| results | date | arguments (of the newest run, when several) | machine |",
+                "|---|---|---|---|",
+            ]
             for entry in earlier:
                 run = entry.newest
                 many = f" ({len(entry.runs)} runs)" if len(entry.runs) > 1 else ""
                 links = ", ".join(entry.link(name) for name in entry.files()[1:])
                 arguments = f"`{cell(arguments_of(run.command))}`" if arguments_of(run.command) else "(none)"
-                lines.append(f"| {entry.link(entry.stem + '.json')}{', ' + links if links else ''} | {run.date}{many} "
-                             f"| {arguments} | {cell(run.machine)} |")  # fmt: skip
+                lines.append(
+                    f"| {entry.link(entry.stem + '.json')}{', ' + links if links else ''} | {run.date}{many} "
+                    f"| {arguments} | {cell(run.machine)} |"
+                )
     if top_loose or archive_loose:
         lines += [""] if lines[-1] else []
         lines += ["## Other files", ""]

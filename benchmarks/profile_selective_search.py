@@ -64,8 +64,13 @@ def profile_image(image: np.ndarray, strategy_name: str) -> tuple[dict, float]:
             labels = timed("segmentation", graph.segment, k, min_size=int(k))
             start = time.perf_counter()
             plane = converted[..., 0] if converted.shape[-1] == 1 else converted
-            reference = skimage_felzenszwalb(plane, scale=k, sigma=SEGMENTATION_SIGMA, min_size=int(k),
-                                             channel_axis=None if converted.shape[-1] == 1 else -1)  # fmt: skip
+            reference = skimage_felzenszwalb(
+                plane,
+                scale=k,
+                sigma=SEGMENTATION_SIGMA,
+                min_size=int(k),
+                channel_axis=None if converted.shape[-1] == 1 else -1,
+            )
             skimage_seconds += time.perf_counter() - start
             assert np.array_equal(reference, labels), "segmentations differ from skimage's"
             regions = timed("region description", describe_regions, labels, codes)
@@ -83,12 +88,17 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     report = {**stamp(), "images": args.images, "sets": {}}
-    lines = ["# Where Selective Search's time goes", "", *header_lines(report),
-             f"Mean seconds an image over the first {args.images} test images, one thread; each stage summed over "
-             "the strategy's hierarchies. The last column times scikit-image's segmentation on the same inputs "
-             "(what detlab ran before; labels checked identical), against detlab's pixel graph + segmentation.", "",
-             "| set | strategy | " + " | ".join(STAGES) + " | total | skimage segmentation |",
-             "|---|---|" + "---|" * (len(STAGES) + 2)]  # fmt: skip
+    lines = [
+        "# Where Selective Search's time goes",
+        "",
+        *header_lines(report),
+        f"Mean seconds an image over the first {args.images} test images, one thread; each stage summed over "
+        "the strategy's hierarchies. The last column times scikit-image's segmentation on the same inputs "
+        "(what detlab ran before; labels checked identical), against detlab's pixel graph + segmentation.",
+        "",
+        "| set | strategy | " + " | ".join(STAGES) + " | total | skimage segmentation |",
+        "|---|---|" + "---|" * (len(STAGES) + 2),
+    ]
     for data_name in ("bccd", "raccoon"):
         dataset = test_split(data_name, args.images)
         images = [image_to_array(record.image_path) for record in dataset.records[: args.images]]
@@ -100,11 +110,18 @@ def main() -> int:
                 for stage, value in seconds.items():
                     totals[stage] += value / len(images)
                 skimage_total += skimage_seconds / len(images)
-            entry = {"stages": dict(totals), "total": sum(totals.values()), "skimage_segmentation": skimage_total}
+            entry = {
+                "stages": dict(totals),
+                "total": sum(totals.values()),
+                "skimage_segmentation": skimage_total,
+            }
             report["sets"].setdefault(data_name, {})[strategy_name] = entry
             cells = [f"{totals[stage]:.3f} ({100 * totals[stage] / entry['total']:.0f}%)" for stage in STAGES]
-            lines.append(f"| {data_name} | ss-{strategy_name} | " + " | ".join(cells)
-                         + f" | {entry['total']:.3f} | {skimage_total:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {data_name} | ss-{strategy_name} | "
+                + " | ".join(cells)
+                + f" | {entry['total']:.3f} | {skimage_total:.3f} |"
+            )
             print(lines[-1], flush=True)
     write_results("proposals_profile", report, "\n".join(lines) + "\n")
     return 0

@@ -79,8 +79,11 @@ def run_without_torch():
     torch (``TORCH_MODULES`` is an expression listing the torch modules it loaded)."""
 
     def run(code: str) -> str:
-        completed = subprocess.run([sys.executable, "-c", NO_TORCH + code.replace("TORCH_MODULES", TORCH_MODULES)],
-                                   capture_output=True, text=True)  # fmt: skip
+        completed = subprocess.run(
+            [sys.executable, "-c", NO_TORCH + code.replace("TORCH_MODULES", TORCH_MODULES)],
+            capture_output=True,
+            text=True,
+        )
         assert completed.returncode == 0, completed.stderr[-2000:]
         return completed.stdout.strip().splitlines()[-1]
 

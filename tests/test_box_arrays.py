@@ -43,13 +43,16 @@ def test_class_wise_nms_keeps_what_torchvision_keeps():
     found = box_arrays.class_wise_nms(found_boxes.numpy(), scores.numpy(), labels.numpy(), 0.5)
     assert found.tolist() == expected.tolist()
     assert 0 < len(found) < 300
-    assert box_arrays.nms(found_boxes.numpy(), scores.numpy(), 0.5).tolist() == torchvision.ops.nms(
-        found_boxes, scores, 0.5
-    ).tolist()
+    assert (
+        box_arrays.nms(found_boxes.numpy(), scores.numpy(), 0.5).tolist()
+        == torchvision.ops.nms(found_boxes, scores, 0.5).tolist()
+    )
 
 
 def test_clip_equals_the_tensor_clip_and_xywh_is_its_corner_and_size():
     found_boxes = random_boxes(50, 5) - 20
-    np.testing.assert_array_equal(box_arrays.clip(found_boxes.numpy(), (60, 80)), boxes.clip(found_boxes, (60, 80)).numpy())
+    np.testing.assert_array_equal(
+        box_arrays.clip(found_boxes.numpy(), (60, 80)), boxes.clip(found_boxes, (60, 80)).numpy()
+    )
     xywh = box_arrays.xyxy_to_xywh(found_boxes)
     np.testing.assert_allclose(xywh, boxes.convert(found_boxes, "xyxy", "xywh").numpy())

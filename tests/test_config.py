@@ -17,8 +17,12 @@ class Example:
 def test_defaults_preset_values_overrides_in_order(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("train:\n  lr: 0.5\n  epochs: 3\nname: from-preset\n")
-    resolved = config.resolve(Example, preset, ["train.lr=0.02", "ratios=[1, 2]", "limit=7", "data.horizontal_flip=false"],
-                              name="from-values")
+    resolved = config.resolve(
+        Example,
+        preset,
+        ["train.lr=0.02", "ratios=[1, 2]", "limit=7", "data.horizontal_flip=false"],
+        name="from-values",
+    )
     assert resolved.train.lr == 0.02 and resolved.train.epochs == 3
     assert resolved.name == "from-values"
     assert resolved.ratios == (1.0, 2.0) and resolved.limit == 7
@@ -27,7 +31,9 @@ def test_defaults_preset_values_overrides_in_order(tmp_path):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    original = config.resolve(Example, overrides=["train.optimizer=adamw", "ratios=[2, 3]", "data.cache_images=true"])
+    original = config.resolve(
+        Example, overrides=["train.optimizer=adamw", "ratios=[2, 3]", "data.cache_images=true"]
+    )
     config.save(original, tmp_path / "c.yaml")
     assert config.load(Example, tmp_path / "c.yaml") == original
 

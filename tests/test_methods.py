@@ -45,24 +45,39 @@ def tiny_config(name: str, data_root, out, recipe: str = "", **train):
     spec, overrides = TINY[name]
     extra = cache_settings(name, data_root)
     return resolve_run_config(
-        name, overrides=[*overrides, *extra],
+        name,
+        overrides=[*overrides, *extra],
         data={"spec": spec, "root": str(data_root / spec)},
-        train={"out_dir": str(out), "batch_size": 2, "device": "cpu", "log_every": 1, "recipe": recipe, **train},
-    )  # fmt: skip
+        train={
+            "out_dir": str(out),
+            "batch_size": 2,
+            "device": "cpu",
+            "log_every": 1,
+            "recipe": recipe,
+            **train,
+        },
+    )
 
 
 def test_every_method_is_registered():
-    assert set(MODELS) == {"localizer", "keypoints", "overfeat", "rcnn", "fast_rcnn", "faster_rcnn", "yolo",
-                           "yolov1"} == set(TINY)
+    assert (
+        set(MODELS)
+        == {"localizer", "keypoints", "overfeat", "rcnn", "fast_rcnn", "faster_rcnn", "yolo", "yolov1"}
+        == set(TINY)
+    )
 
 
 @pytest.mark.parametrize("name,recipe", [*((name, "") for name in TINY), ("localizer", "4step")])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, name, recipe):
     steps = 6 if recipe == "4step" else 4
     straight = train_run(tiny_config(name, tmp_path, tmp_path / "straight", recipe, max_steps=steps))
-    paused = train_run(tiny_config(name, tmp_path, tmp_path / "split", recipe, max_steps=steps), stop_at_step=1)
+    paused = train_run(
+        tiny_config(name, tmp_path, tmp_path / "split", recipe, max_steps=steps), stop_at_step=1
+    )
     assert paused.status == "paused"
-    resumed = train_run(tiny_config(name, tmp_path, tmp_path / "split", recipe, max_steps=steps), resume=tmp_path / "split")
+    resumed = train_run(
+        tiny_config(name, tmp_path, tmp_path / "split", recipe, max_steps=steps), resume=tmp_path / "split"
+    )
     assert resumed.status == "finished" and resumed.state.step == straight.state.step
     expected = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     found = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
@@ -78,14 +93,18 @@ def test_every_checkpoint_opens_in_load_predict_and_eval(tmp_path, name):
     data = ["--data", spec, "--data-root", str(tmp_path / spec)]
     extra = [item for setting in cache_settings(name, tmp_path) for item in ("--set", setting)]
     sets = [item for override in overrides for item in ("--set", override)] + extra
-    assert main(["train", name, *data, "--max-steps", "2", "--batch-size", "2", "--out", str(run), *sets]) == 0
+    assert (
+        main(["train", name, *data, "--max-steps", "2", "--batch-size", "2", "--out", str(run), *sets]) == 0
+    )
     stored = load_checkpoint(run / "last.pt")
     # DeepPose's cascade trains stage 2 last (1 of the 2 steps); R-CNN ends in a non-gradient step
     final_stage_steps = {"keypoints": 1, "rcnn": 0}.get(name, 2)
     assert stored["model_name"] == name and stored["progress"]["step"] == final_stage_steps
     assert stored["optimizer"] or name == "rcnn"
 
-    dataset = detlab_loading.load_dataset(spec, "test", root=tmp_path / spec, num_synthetic=20 if name in ("localizer", "keypoints") else 12)
+    dataset = detlab_loading.load_dataset(
+        spec, "test", root=tmp_path / spec, num_synthetic=20 if name in ("localizer", "keypoints") else 12
+    )
     image_path = dataset.records[0].image_path
     predictor = detlab.load(run, device="cpu")
     found = predictor.predict(image_path)
@@ -101,24 +120,64 @@ def test_every_checkpoint_opens_in_load_predict_and_eval(tmp_path, name):
 
     # An untrained OverFeat votes nowhere at its default threshold; --set changes a test-time setting.
     test_time = ["--set", "model.score_threshold=0"] if name == "overfeat" else []
-    assert main(["predict", "--checkpoint", str(run), "--input", str(image_path), "--out", str(tmp_path / "p"),
-                 *test_time]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run),
+                "--input",
+                str(image_path),
+                "--out",
+                str(tmp_path / "p"),
+                *test_time,
+            ]
+        )
+        == 0
+    )
     entries = json.loads((tmp_path / "p" / "detections.json").read_text())
     assert entries and ("keypoints" in entries[0]) == (name == "keypoints")
 
-    report, _ = evaluate_checkpoint(run, spec, "test", device="cpu", data_root=str(tmp_path / spec), max_images=3)
+    report, _ = evaluate_checkpoint(
+        run, spec, "test", device="cpu", data_root=str(tmp_path / spec), max_images=3
+    )
     expected_metric = {"localizer": "localization_top1", "keypoints": "pck@0.2"}.get(name, "AP50")
     assert expected_metric in report["metrics"] and report["num_images"] == min(3, len(dataset))
-    code = main(["eval", "--checkpoint", str(run), "--data", spec, "--data-root", str(tmp_path / spec),
-                 "--max-images", "2", "--out", str(tmp_path / "e")])  # fmt: skip
-    assert code == 0 and expected_metric in json.loads((tmp_path / "e" / "report.json").read_text())["metrics"]
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(run),
+            "--data",
+            spec,
+            "--data-root",
+            str(tmp_path / spec),
+            "--max-images",
+            "2",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert (
+        code == 0 and expected_metric in json.loads((tmp_path / "e" / "report.json").read_text())["metrics"]
+    )
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
     spec, overrides = TINY["faster_rcnn"]
     run = tmp_path / "run"
     sets = [item for override in overrides for item in ("--set", override)]
-    args = ["train", "faster_rcnn", "--data", spec, "--data-root", str(tmp_path / spec), "--max-steps", "2", *sets]
+    args = [
+        "train",
+        "faster_rcnn",
+        "--data",
+        spec,
+        "--data-root",
+        str(tmp_path / spec),
+        "--max-steps",
+        "2",
+        *sets,
+    ]
     assert main([*args, "--out", str(run)]) == 0
     before = load_checkpoint(run / "last.pt")
     assert main(["train", "--resume", str(run)]) == 0
@@ -132,7 +191,17 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
 def test_a_fresh_run_of_any_method_refuses_a_folder_holding_a_run(tmp_path, capsys):
     spec, overrides = TINY["localizer"]
     sets = [item for override in overrides for item in ("--set", override)]
-    args = ["train", "localizer", "--data-root", str(tmp_path / spec), "--max-steps", "1", "--out", str(tmp_path / "r"), *sets]
+    args = [
+        "train",
+        "localizer",
+        "--data-root",
+        str(tmp_path / spec),
+        "--max-steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        *sets,
+    ]
     assert main(args) == 0
     assert "localizer: training in" in capsys.readouterr().out  # it says where it writes
     assert main(args) == 2 and "--resume" in capsys.readouterr().err

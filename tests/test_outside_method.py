@@ -36,13 +36,31 @@ def registered():
 def trained(registered, tmp_path_factory):
     folder = tmp_path_factory.mktemp("outside")
     run = folder / "run"
-    assert main(["train", "outside", *DATA, "--data-root", str(folder / "data"), "--max-steps", "6", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "outside",
+                *DATA,
+                "--data-root",
+                str(folder / "data"),
+                "--max-steps",
+                "6",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return folder, run
 
 
 def config(folder: Path, out: Path, steps: int):
-    return resolve_run_config("outside", data={"spec": "synthetic", "root": str(folder / "data"), "synthetic_images": 12},
-                              train={"out_dir": str(out), "max_steps": steps, "device": "cpu"})  # fmt: skip
+    return resolve_run_config(
+        "outside",
+        data={"spec": "synthetic", "root": str(folder / "data"), "synthetic_images": 12},
+        train={"out_dir": str(out), "max_steps": steps, "device": "cpu"},
+    )
 
 
 def test_it_trains_through_the_command_line_and_resumes_exactly(trained):
@@ -56,18 +74,37 @@ def test_it_trains_through_the_command_line_and_resumes_exactly(trained):
     assert train_run(config(folder, folder / "split", 6), stop_at_step=3).status == "paused"
     resumed = train_run(config(folder, folder / "split", 6), resume=folder / "split")
     assert resumed.status == "finished" and resumed.state.step == straight.state.step == 6
-    expected, found = load_checkpoint(folder / "straight" / "last.pt")["model"], load_checkpoint(folder / "split" / "last.pt")["model"]
+    expected, found = (
+        load_checkpoint(folder / "straight" / "last.pt")["model"],
+        load_checkpoint(folder / "split" / "last.pt")["model"],
+    )
     for key, value in expected.items():
         torch.testing.assert_close(found[key], value, atol=1e-6, rtol=0)
 
 
 def test_it_evaluates_and_predicts(trained):
     folder, run = trained
-    code = main(["eval", "--checkpoint", str(run), "--data", "synthetic", "--data-root", str(folder / "data"),
-                 "--max-images", "3", "--out", str(folder / "eval")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(run),
+            "--data",
+            "synthetic",
+            "--data-root",
+            str(folder / "data"),
+            "--max-images",
+            "3",
+            "--out",
+            str(folder / "eval"),
+        ]
+    )
     assert code == 0 and "AP50" in json.loads((folder / "eval" / "report.json").read_text())["metrics"]
     image = sorted((folder / "data" / "JPEGImages").glob("*.jpg"))[0]
-    assert main(["predict", "--checkpoint", str(run), "--input", str(image), "--out", str(folder / "predicted")]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(run), "--input", str(image), "--out", str(folder / "predicted")])
+        == 0
+    )
     entries = json.loads((folder / "predicted" / "detections.json").read_text())
     assert len(entries) == 1 and entries[0]["category_id"] in range(1, 5)
 
@@ -87,16 +124,28 @@ def test_it_is_served_with_its_look_inside_view(trained):
     image = sorted((folder / "data" / "JPEGImages").glob("*.jpg"))[2]
     with TestClient(create_app([run], device="cpu")) as client:
         assert [model["method"] for model in client.get("/api/models").json()["models"]] == ["outside"]
-        answer = client.post("/api/detect", files={"image": ("image.jpg", image.read_bytes(), "image/jpeg")},
-                             data={"score_threshold": "0", "inside": "true"}).json()  # fmt: skip
-    assert [stage["name"] for stage in answer["inside"]["stages"]] == ["warp to 32 x 32", "conv stem", "class and box heads"]
+        answer = client.post(
+            "/api/detect",
+            files={"image": ("image.jpg", image.read_bytes(), "image/jpeg")},
+            data={"score_threshold": "0", "inside": "true"},
+        ).json()
+    assert [stage["name"] for stage in answer["inside"]["stages"]] == [
+        "warp to 32 x 32",
+        "conv stem",
+        "class and box heads",
+    ]
     assert [view["kind"] for view in answer["inside"]["views"]] == ["heatmap", "boxes"]
     assert len(answer["detections"]) == 1
 
 
 def test_it_takes_its_place_in_detlab_compare(registered, tmp_path):
-    report = detlab.compare(data="synthetic", methods="outside", budget_s=2, out=tmp_path / "compare",
-                            set=["data.synthetic_images=12", f"data.root={tmp_path / 'data'}"])  # fmt: skip
+    report = detlab.compare(
+        data="synthetic",
+        methods="outside",
+        budget_s=2,
+        out=tmp_path / "compare",
+        set=["data.synthetic_images=12", f"data.root={tmp_path / 'data'}"],
+    )
     (row,) = report["rows"]
     assert row["method"] == "outside" and row["status"] == "done" and 0 <= row["AP_coco"] <= 1
     assert "a method from outside" in (tmp_path / "compare" / "compare.md").read_text()

@@ -64,6 +64,11 @@ def test_a_benchmark_is_named_by_its_script_or_detlab_command():
         == script.short_date("2026-12-02 06:18 UTC")
         == "2026-12-02 06:18"
     )
-    parts = script.runs_of({"a": {"command": "python benchmarks/x.py --part a", "date": "2026-12-01T00:00:00Z"},
-                            "b": {"command": "python benchmarks/x.py --part b", "date": "2026-12-02T00:00:00Z"}}, "")  # fmt: skip
+    parts = script.runs_of(
+        {
+            "a": {"command": "python benchmarks/x.py --part a", "date": "2026-12-01T00:00:00Z"},
+            "b": {"command": "python benchmarks/x.py --part b", "date": "2026-12-02T00:00:00Z"},
+        },
+        "",
+    )
     assert [(run.part, run.date) for run in parts] == [("a", "2026-12-01 00:00"), ("b", "2026-12-02 00:00")]

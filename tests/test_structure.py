@@ -28,8 +28,10 @@ LAYERS = [
 
 
 def module_files() -> dict[str, Path]:
-    return {".".join(path.relative_to(SOURCE).with_suffix("").parts).removesuffix(".__init__"): path
-            for path in SOURCE.rglob("*.py")}  # fmt: skip
+    return {
+        ".".join(path.relative_to(SOURCE).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in SOURCE.rglob("*.py")
+    }
 
 
 def imported_names(name: str, path: Path, files: dict[str, Path]) -> list[tuple[str, int]]:
@@ -49,7 +51,9 @@ def imported_names(name: str, path: Path, files: dict[str, Path]) -> list[tuple[
                 base = ".".join(parts + ([base] if base else []))
             submodules = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in files]
             package_names = len(submodules) < len(node.names)
-            found += [(module, node.lineno) for module in submodules] + ([(base, node.lineno)] if package_names else [])
+            found += [(module, node.lineno) for module in submodules] + (
+                [(base, node.lineno)] if package_names else []
+            )
     return found
 
 
@@ -70,7 +74,9 @@ def layer_of(module: str) -> int:
     best = None
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+            if (module == prefix or module.startswith(prefix + ".")) and (
+                best is None or len(prefix) > best[1]
+            ):
                 best = (index, len(prefix))
     assert best is not None, f"{module} is in no layer of tests/test_structure.py"
     return best[0]
@@ -154,16 +160,28 @@ def test_export_serve_compare_and_the_engine_name_no_method():
 
     names = sorted(set(MODELS) - {"keypoints"})
     pattern = re.compile(r"\b(" + "|".join(names) + r")\b")
-    places = [*(PACKAGE / "export").rglob("*.py"), *(PACKAGE / "serve").rglob("*.py"), *(PACKAGE / "engine").rglob("*.py"),
-              PACKAGE / "comparison.py"]  # fmt: skip
-    found = [f"{path.relative_to(SOURCE)}:{number}: {line.strip()}" for path in places
-             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
+    places = [
+        *(PACKAGE / "export").rglob("*.py"),
+        *(PACKAGE / "serve").rglob("*.py"),
+        *(PACKAGE / "engine").rglob("*.py"),
+        PACKAGE / "comparison.py",
+    ]
+    found = [
+        f"{path.relative_to(SOURCE)}:{number}: {line.strip()}"
+        for path in places
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert found == []
 
 
 def test_the_engine_probes_no_model_with_getattr():
-    found = [f"{path.relative_to(SOURCE)}:{number}" for path in (PACKAGE / "engine").rglob("*.py")
-             for number, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\b(getattr|hasattr)\(", line)]  # fmt: skip
+    found = [
+        f"{path.relative_to(SOURCE)}:{number}"
+        for path in (PACKAGE / "engine").rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\b(getattr|hasattr)\(", line)
+    ]
     assert found == []
 
 
@@ -178,8 +196,14 @@ def functions(path: Path):
 
 
 def test_functions_are_short_and_the_training_loop_reads_top_to_bottom():
-    lengths = sorted(((length, f"{path.relative_to(SOURCE)}:{line} {name}") for path in PACKAGE.rglob("*.py")
-                      for name, length, _, line in functions(path)), reverse=True)  # fmt: skip
+    lengths = sorted(
+        (
+            (length, f"{path.relative_to(SOURCE)}:{line} {name}")
+            for path in PACKAGE.rglob("*.py")
+            for name, length, _, line in functions(path)
+        ),
+        reverse=True,
+    )
     print("the longest functions:", *lengths[:10], sep="\n  ")
     assert lengths[0][0] <= 80, lengths[:5]
     train = PACKAGE / "engine" / "train.py"
@@ -189,23 +213,36 @@ def test_functions_are_short_and_the_training_loop_reads_top_to_bottom():
 
 @pytest.mark.parametrize("folder", ["engine"])
 def test_no_engine_function_takes_more_than_eight_parameters(folder):
-    many = [f"{path.relative_to(SOURCE)}:{line} {name} ({count})" for path in (PACKAGE / folder).rglob("*.py")
-            for name, _, count, line in functions(path) if count > 8]  # fmt: skip
+    many = [
+        f"{path.relative_to(SOURCE)}:{line} {name} ({count})"
+        for path in (PACKAGE / folder).rglob("*.py")
+        for name, _, count, line in functions(path)
+        if count > 8
+    ]
     assert many == []
 
 
 def test_only_the_engine_runs_backward():
-    loops = [str(path.relative_to(SOURCE)) for path in PACKAGE.rglob("*.py")
-             if ".backward(" in path.read_text() and "engine" not in path.parts]  # fmt: skip
+    loops = [
+        str(path.relative_to(SOURCE))
+        for path in PACKAGE.rglob("*.py")
+        if ".backward(" in path.read_text() and "engine" not in path.parts
+    ]
     assert loops == []
 
 
 def test_one_feature_extractor_class_and_one_home_for_image_suffixes():
-    definitions = [str(path.relative_to(SOURCE)) for path in PACKAGE.rglob("*.py")
-                   if "class FeatureExtractor" in path.read_text()]  # fmt: skip
+    definitions = [
+        str(path.relative_to(SOURCE))
+        for path in PACKAGE.rglob("*.py")
+        if "class FeatureExtractor" in path.read_text()
+    ]
     assert definitions == ["detlab/models/backbones.py"]
-    suffixes = [str(path.relative_to(SOURCE)) for path in PACKAGE.rglob("*.py")
-                if re.search(r"^IMAGE_SUFFIXES\w* = ", path.read_text(), re.M)]  # fmt: skip
+    suffixes = [
+        str(path.relative_to(SOURCE))
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"^IMAGE_SUFFIXES\w* = ", path.read_text(), re.M)
+    ]
     assert suffixes == ["detlab/image_files.py"]
 
 

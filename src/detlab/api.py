@@ -152,14 +152,18 @@ def load(
     (its test-time settings were fixed at export: ``detlab export --set ...``)."""
     if Path(path).suffix.lower() == ".onnx":
         if set or ensemble or test_scales:
-            raise ValueError(f"{path}: an exported model's settings are fixed (no --set, --ensemble or --test-scales); "
-                             "pass --set to `detlab export`")  # fmt: skip
+            raise ValueError(
+                f"{path}: an exported model's settings are fixed (no --set, --ensemble or --test-scales); "
+                "pass --set to `detlab export`"
+            )
         from detlab.export.runtime import OnnxPredictor
 
         return OnnxPredictor(path)
     from detlab.engine.predict import Predictor
 
-    return Predictor.from_checkpoint(path, device=device, overrides=set, ensemble=ensemble, test_scales=test_scales)
+    return Predictor.from_checkpoint(
+        path, device=device, overrides=set, ensemble=ensemble, test_scales=test_scales
+    )
 
 
 def compare(

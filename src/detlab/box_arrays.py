@@ -65,7 +65,12 @@ def clip(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """xyxy boxes ``[N, 4]`` clipped to an image of ``(height, width)``."""
     height, width = size
     return np.stack(
-        [boxes[:, 0].clip(0, width), boxes[:, 1].clip(0, height), boxes[:, 2].clip(0, width), boxes[:, 3].clip(0, height)],
+        [
+            boxes[:, 0].clip(0, width),
+            boxes[:, 1].clip(0, height),
+            boxes[:, 2].clip(0, width),
+            boxes[:, 3].clip(0, height),
+        ],
         axis=1,
     )
 
@@ -80,8 +85,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     while order.size:
         best, rest = order[0], order[1:]
         kept.append(best)
-        width = np.clip(np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None)
-        height = np.clip(np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None)
+        width = np.clip(
+            np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None
+        )
+        height = np.clip(
+            np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None
+        )
         overlap = width * height
         with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: NaN, which suppresses nothing
             overlaps = overlap / (areas[best] + areas[rest] - overlap)
@@ -89,7 +98,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(kept, dtype=np.int64)
 
 
-def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+def class_wise_nms(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float
+) -> np.ndarray:
     """:func:`nms` per label (boxes of different labels never suppress each other), best first."""
     kept = [
         np.flatnonzero(labels == label)[nms(boxes[labels == label], scores[labels == label], iou_threshold)]

@@ -76,13 +76,17 @@ def parse_methods(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
     names = [name.strip() for name in (text.split(",") if isinstance(text, str) else text) if name.strip()]
     unknown = [name for name in names if name not in comparable]
     if unknown or not names:
-        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(comparable)}")
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(comparable)}"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"a method is named twice in {', '.join(names)}")
     return names
 
 
-def method_settings(settings: list[str] | tuple[str, ...], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+def method_settings(
+    settings: list[str] | tuple[str, ...], names: list[str]
+) -> tuple[list[str], dict[str, list[str]]]:
     """``key=value`` settings -> ``(those for every method, each method's own)``: one written
     ``METHOD:key=value`` is only for that method (``METHOD:model.window_size=227``) and wins over a
     plain one of the same key; a colon after the ``=`` belongs to the value (``data.spec=voc:DIR``);
@@ -112,14 +116,24 @@ def check_data(method_configs: dict) -> tuple[object, object]:
     first = next(iter(method_configs.values()))
     data = first.data
     images = ("spec", "root", "train_split", "test_split", "synthetic_images", "synthetic_seed", "on_bad")
-    splits = {tuple(str(getattr(config.data, field)) for field in images) for config in method_configs.values()}
+    splits = {
+        tuple(str(getattr(config.data, field)) for field in images) for config in method_configs.values()
+    }
     if len(splits) > 1:
-        raise ValueError(f"the methods would see different data or splits ({', '.join(images)}): {sorted(splits)}")
+        raise ValueError(
+            f"the methods would see different data or splits ({', '.join(images)}): {sorted(splits)}"
+        )
 
     def load(split: str):
-        return load_dataset(data.spec, split, root=data.root, num_synthetic=data.synthetic_images,
-                            allow_outside_root=data.allow_outside_root,
-                            seed=data.synthetic_seed, on_bad=data.on_bad)  # fmt: skip
+        return load_dataset(
+            data.spec,
+            split,
+            root=data.root,
+            num_synthetic=data.synthetic_images,
+            allow_outside_root=data.allow_outside_root,
+            seed=data.synthetic_seed,
+            on_bad=data.on_bad,
+        )
 
     train, test = load(data.train_split), load(data.test_split)
     if len(test) == 0:
@@ -131,11 +145,15 @@ def check_data(method_configs: dict) -> tuple[object, object]:
     missing = [name for name, count in zip(train.classes, counts) if count == 0]
     for method, config in method_configs.items():
         if len(train) < max(2, config.train.batch_size):
-            raise ValueError(f"{data.spec} [{data.train_split}]: {len(train)} training image(s), too few for {method} "
-                             f"(batch size {config.train.batch_size}, and at least 2)")  # fmt: skip
+            raise ValueError(
+                f"{data.spec} [{data.train_split}]: {len(train)} training image(s), too few for {method} "
+                f"(batch size {config.train.batch_size}, and at least 2)"
+            )
         if missing and MODELS[method].needs_every_class:
-            raise ValueError(f"{data.spec} [{data.train_split}]: no training box of class(es) {', '.join(missing)}: "
-                             f"{label(method)} needs positives of every class")  # fmt: skip
+            raise ValueError(
+                f"{data.spec} [{data.train_split}]: no training box of class(es) {', '.join(missing)}: "
+                f"{label(method)} needs positives of every class"
+            )
     if sum(counts) == 0:
         raise ValueError(f"{data.spec} [{data.train_split}]: no boxes to train on")
     return train, test
@@ -179,8 +197,12 @@ class TableScores:
 
     def compute(self) -> dict:
         summary, result = self.coco.compute().summary(), self.voc.compute()
-        return {"mAP50_voc07": result.mean_ap, "AP50_coco": summary["AP50"], "AP_coco": summary["AP"],
-                "per_class_AP50_voc07": {row["class"]: row["AP"] for row in result.per_class()}}  # fmt: skip
+        return {
+            "mAP50_voc07": result.mean_ap,
+            "AP50_coco": summary["AP50"],
+            "AP_coco": summary["AP"],
+            "per_class_AP50_voc07": {row["class"]: row["AP"] for row in result.per_class()},
+        }
 
 
 def score_and_time(model, dataset, device, amp: bool = True) -> dict:
@@ -234,8 +256,9 @@ def score_and_time_together(models: dict[str, Timed], dataset) -> dict[str, dict
             "s_per_image_with_proposals": statistics.median(with_proposals[name]),
             "s_per_image_without_proposals": statistics.median(network_only[name]),
             "external_proposals": models[name].model.proposal_method() is not None,
-            **scores[name].compute(), "figure_outputs": outputs[name],
-        }  # fmt: skip
+            **scores[name].compute(),
+            "figure_outputs": outputs[name],
+        }
 
     with torch.no_grad():
         for index in range(min(WARMUP_IMAGES, len(dataset))):
@@ -313,7 +336,9 @@ def started_with(run_dir: Path) -> dict | None:
         # {"data", "settings"}; a row (and the first version of the file) holds {"data", "overrides"}
         return record if "settings" in record else training_key(record["data"], record["overrides"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{source}: unreadable ({error}); move {run_dir} away or choose another --out") from error
+        raise ValueError(
+            f"{source}: unreadable ({error}); move {run_dir} away or choose another --out"
+        ) from error
 
 
 def compare(
@@ -336,17 +361,40 @@ def compare(
     names = parse_methods(methods)
     if budget_s <= 0:
         raise ValueError(f"the budget must be a positive number of seconds, got {budget_s}")
-    out = Path(out)
-    overrides = list(set or [])
+    out, overrides = Path(out), list(set or [])
     common, own = method_settings(overrides, names)
-    settings = CompareSettings(data, float(budget_s), {name: common + own[name] for name in names}, threads or usable_cpus(), device)
-    configs = {name: resolve_run_config(name, None, settings.overrides[name], data={"spec": data}) for name in names}
+    per_method = {name: common + own[name] for name in names}
+    settings = CompareSettings(data, float(budget_s), per_method, threads or usable_cpus(), device)
+    configs = {name: resolve_run_config(name, None, per_method[name], data={"spec": data}) for name in names}
     train_set, test_set = check_data(configs)
     torch.set_num_threads(settings.threads)
     out.mkdir(parents=True, exist_ok=True)
+    rows, figures, trained = train_methods(names, settings, out, test_set, progress)
+    if trained:
+        score_trained(trained, rows, figures, settings, out, test_set, progress)
+    rows = [{key: value for key, value in rows[name].items() if key != "reused"} for name in names]
+    add_speedups(rows)
+    first = configs[names[0]].data
+    report = {
+        "data": data, "train_split": first.train_split, "test_split": first.test_split,
+        "train_images": len(train_set), "test_images": len(test_set), "classes": list(test_set.classes),
+        "budget_s": settings.budget_s, "overrides": overrides, "method_settings": own,
+        "threads": settings.threads, "device": device, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_line(settings.threads), "rows": rows,
+    }  # fmt: skip
+    write_comparison(report, {name: figures[name] for name in names if name in figures}, test_set, out)
+    return report
+
+
+def train_methods(
+    names: list[str], settings: CompareSettings, out: Path, test_set, progress
+) -> tuple[dict, dict, dict]:
+    """Train (or resume, or find the stored row of) each method in turn: ``(rows, figures'
+    detections of reused rows, predictors of trained runs)``, by method name. A method that fails
+    gets its row with the error, and the others go on."""
     rows, figures, trained = {}, {}, {}
     for position, name in enumerate(names, 1):
-        progress(f"[{position}/{len(names)}] {name}: {budget_s:.0f} s of training in {out / name}")
+        progress(f"[{position}/{len(names)}] {name}: {settings.budget_s:.0f} s of training in {out / name}")
         started = time.perf_counter()
         try:
             rows[name], predictor, outputs = prepare_method(name, settings, out / name, test_set)
@@ -360,41 +408,47 @@ def compare(
             line = f"{row_line(rows[name])}; stored row reused, nothing trained"
         else:
             line = rows[name]["error"]
-        progress(f"[{position}/{len(names)}] {name}: {rows[name]['status']} ({line}; {time.perf_counter() - started:.0f} s)")
-    if trained:
-        progress(f"scoring and timing {', '.join(trained)} on the {len(test_set)} test images, every method on each image in turn")
-        started = time.perf_counter()
-        measured = score_and_time_together({name: Timed(predictor.model, predictor.device, predictor.amp)
-                                            for name, predictor in trained.items()}, test_set)  # fmt: skip
-        for name, result in measured.items():
-            if isinstance(result, Exception):
-                rows[name] = failed_row(name, result, out / name)
-            else:
-                figures[name] = result.pop("figure_outputs")
-                rows[name] = {**rows[name], "status": "done", **result, "settings": settings.key(name)}
-                (out / name / ROW_FILE).write_text(json.dumps(rows[name], indent=1) + "\n")
-            progress(f"{name}: {rows[name]['status']} ({row_line(rows[name])})")
-        progress(f"scored and timed in {time.perf_counter() - started:.0f} s")
-    rows = [{key: value for key, value in rows[name].items() if key != "reused"} for name in names]
-    figures = {name: figures[name] for name in names if name in figures}
-    add_speedups(rows)
-    report = {
-        "data": data, "train_split": configs[names[0]].data.train_split, "test_split": configs[names[0]].data.test_split,
-        "train_images": len(train_set), "test_images": len(test_set), "classes": list(test_set.classes),
-        "budget_s": settings.budget_s, "overrides": overrides, "method_settings": own, "threads": settings.threads, "device": device,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_line(settings.threads),
-        "rows": rows,
-    }  # fmt: skip
+        seconds = time.perf_counter() - started
+        progress(f"[{position}/{len(names)}] {name}: {rows[name]['status']} ({line}; {seconds:.0f} s)")
+    return rows, figures, trained
+
+
+def score_trained(
+    trained: dict, rows: dict, figures: dict, settings: CompareSettings, out: Path, test_set, progress
+):
+    """One pass over the test images, every trained method on each image in turn (:func:`score_and_time_together`);
+    each method's row completed (and stored) or replaced by its error, its detections added to ``figures``."""
+    progress(
+        f"scoring and timing {', '.join(trained)} on the {len(test_set)} test images, every method on each in turn"
+    )
+    started = time.perf_counter()
+    timed = {
+        name: Timed(predictor.model, predictor.device, predictor.amp) for name, predictor in trained.items()
+    }
+    for name, result in score_and_time_together(timed, test_set).items():
+        if isinstance(result, Exception):
+            rows[name] = failed_row(name, result, out / name)
+        else:
+            figures[name] = result.pop("figure_outputs")
+            rows[name] = {**rows[name], "status": "done", **result, "settings": settings.key(name)}
+            (out / name / ROW_FILE).write_text(json.dumps(rows[name], indent=1) + "\n")
+        progress(f"{name}: {rows[name]['status']} ({row_line(rows[name])})")
+    progress(f"scored and timed in {time.perf_counter() - started:.0f} s")
+
+
+def write_comparison(report: dict, figures: dict, test_set, out: Path) -> None:
+    """``compare.json``, ``compare.md`` and the two figures into ``out``."""
     (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "compare.md").write_text(markdown(report))
-    if any(row["status"] == "done" for row in rows):
-        plot_speed_vs_map(rows, out / "speed_vs_map.png")
+    if any(row["status"] == "done" for row in report["rows"]):
+        plot_speed_vs_map(report["rows"], out / "speed_vs_map.png")
     if figures:
         detections_figure(figures, test_set, out / "detections.png")
-    return report
 
 
-def prepare_method(name: str, settings: CompareSettings, run_dir: Path, test_set) -> tuple[dict, object, list | None]:
+def prepare_method(
+    name: str, settings: CompareSettings, run_dir: Path, test_set
+) -> tuple[dict, object, list | None]:
     """Train (or resume) one method, or find its stored row. Returns ``(row, predictor, None)``
     for a trained run, whose row the scoring and timing pass completes, or ``(stored row, None,
     the first test images' detections)`` for a row reused as it is."""
@@ -406,23 +460,36 @@ def prepare_method(name: str, settings: CompareSettings, run_dir: Path, test_set
             return {**row, "reused": True}, None, first_outputs(predictor, test_set)
     if (run_dir / "last.pt").is_file() or any(run_dir.glob("*/last.pt")):
         if before is not None and before != wanted:
-            raise ValueError(f"{run_dir} holds a run started with other data or settings ({json.dumps(before)}); "
-                             "move it away or choose another --out")  # fmt: skip
+            raise ValueError(
+                f"{run_dir} holds a run started with other data or settings ({json.dumps(before)}); "
+                "move it away or choose another --out"
+            )
         budget = {"train": {"time_budget_s": settings.budget_s}}
         result = train_run(run_config_for_resume(run_dir, budget), resume=run_dir)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / SETTINGS_FILE).write_text(json.dumps(wanted) + "\n")
-        run_config = resolve_run_config(name, None, list(settings.overrides[name]), data={"spec": settings.data},
-                                        train={"time_budget_s": settings.budget_s, "out_dir": str(run_dir)})  # fmt: skip
+        run_config = resolve_run_config(
+            name,
+            None,
+            list(settings.overrides[name]),
+            data={"spec": settings.data},
+            train={"time_budget_s": settings.budget_s, "out_dir": str(run_dir)},
+        )
         result = train_run(run_config)
     if not result.finished:
         raise RuntimeError(f"training stopped ({result.status}); run detlab compare again to continue it")
     seconds, steps = training_seconds(run_dir)
     predictor = Predictor.from_checkpoint(run_dir, device=settings.device)
     predictor.model.stop_disk_caches()  # timed as it computes, not as it reads its own cache
-    row = {"method": name, "status": "trained", "run_dir": str(run_dir), "training_s": seconds, "steps": steps,
-           "parameters": sum(parameter.numel() for parameter in predictor.model.parameters())}  # fmt: skip
+    row = {
+        "method": name,
+        "status": "trained",
+        "run_dir": str(run_dir),
+        "training_s": seconds,
+        "steps": steps,
+        "parameters": sum(parameter.numel() for parameter in predictor.model.parameters()),
+    }
     return row, predictor, None
 
 
@@ -443,13 +510,20 @@ def first_outputs(predictor, test_set) -> list:
     """The first test images' detections, run as the scoring pass runs a model (:func:`run_timed`)."""
     entry = Timed(predictor.model, predictor.device, predictor.amp)
     with torch.no_grad():
-        return [on_cpu(run_timed(entry, test_set[index][0])[0]) for index in range(min(FIGURE_IMAGES, len(test_set)))]
+        return [
+            on_cpu(run_timed(entry, test_set[index][0])[0])
+            for index in range(min(FIGURE_IMAGES, len(test_set)))
+        ]
 
 
 def add_speedups(rows: list[dict]) -> None:
     """Each finished row's speed-up against the test time (with proposals and without) of the
     slowest method of the lecture's table among them (R-CNN's, as the lecture compares them)."""
-    done = [row for row in rows if row["status"] == "done" and row["method"] in MODELS and MODELS[row["method"]].lecture]
+    done = [
+        row
+        for row in rows
+        if row["status"] == "done" and row["method"] in MODELS and MODELS[row["method"]].lecture
+    ]
     reference = max(done, key=lambda row: MODELS[row["method"]].lecture.seconds_per_image, default=None)
     for row in rows:
         if reference is None or row["status"] != "done":
@@ -473,32 +547,50 @@ def markdown(report: dict) -> str:
     rows = report["rows"]
     done = [row for row in rows if row["status"] == "done"]
     lines = [
-        f"# detlab compare on {report['data']}", "",
+        f"# detlab compare on {report['data']}",
+        "",
         f"Train split `{report['train_split']}` ({report['train_images']} images), test split `{report['test_split']}` "
         f"({report['test_images']} images); {report['budget_s']:.0f} s of training budget a method; "
         f"{report['threads']} thread(s); {report['date']}; {report['machine']}."
-        + (f" Settings (one written `METHOD:key=value` is for that method only): `{' '.join(report['overrides'])}`."
-           if report["overrides"] else ""), "",
+        + (
+            f" Settings (one written `METHOD:key=value` is for that method only): `{' '.join(report['overrides'])}`."
+            if report["overrides"]
+            else ""
+        ),
+        "",
         "| method | training s | test s/image without proposals | with proposals | speed-up vs R-CNN (with) | "
         "mAP@0.5 (VOC07) | mAP@[.5:.95] | parameters |",
         "|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for row in rows:
         label = method_label(row["method"], report)
         if row["status"] != "done":
             lines.append(f"| {label} | failed: {row['error'].splitlines()[0][:200]} | | | | | | |")
             continue
         speedup = f"{row['speedup_with_proposals']:.1f}x" if "speedup_with_proposals" in row else "-"
-        without = f"{row['s_per_image_without_proposals']:.4f}" if row["external_proposals"] else "(no proposal step)"
-        lines.append(f"| {label} | {row['training_s']:.0f} | {without} | {row['s_per_image_with_proposals']:.4f} | "
-                     f"{speedup} | {row['mAP50_voc07']:.3f} | {row['AP_coco']:.3f} | {row['parameters'] / 1e6:.2f} M |")  # fmt: skip
+        without = (
+            f"{row['s_per_image_without_proposals']:.4f}"
+            if row["external_proposals"]
+            else "(no proposal step)"
+        )
+        lines.append(
+            f"| {label} | {row['training_s']:.0f} | {without} | {row['s_per_image_with_proposals']:.4f} | "
+            f"{speedup} | {row['mAP50_voc07']:.3f} | {row['AP_coco']:.3f} | {row['parameters'] / 1e6:.2f} M |"
+        )
     if done:
         classes = report["classes"]
-        lines += ["", "Per-class AP@0.5 (VOC07):", "", "| method | " + " | ".join(classes) + " |",
-                  "|---|" + "---|" * len(classes)]  # fmt: skip
+        lines += [
+            "",
+            "Per-class AP@0.5 (VOC07):",
+            "",
+            "| method | " + " | ".join(classes) + " |",
+            "|---|" + "---|" * len(classes),
+        ]
         for row in done:
             values = [row["per_class_AP50_voc07"].get(name, float("nan")) for name in classes]
-            lines.append(f"| {method_label(row['method'], report)} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+            lines.append(
+                f"| {method_label(row['method'], report)} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+            )
     lines += ["", lecture_line()]
     return "\n".join(lines) + "\n"
 
@@ -506,16 +598,21 @@ def markdown(report: dict) -> str:
 def lecture_line() -> str:
     """The lecture's own table in one sentence, from the methods' :class:`~detlab.models.contract.LectureRow`:
     seconds a test image with proposals (speed-ups against the slowest) and mAP."""
-    rows = sorted(((MODELS[name].label, MODELS[name].lecture) for name in MODELS if MODELS[name].lecture),
-                  key=lambda item: -item[1].seconds_per_image)  # fmt: skip
+    rows = sorted(
+        ((MODELS[name].label, MODELS[name].lecture) for name in MODELS if MODELS[name].lecture),
+        key=lambda item: -item[1].seconds_per_image,
+    )
     if not rows:
         return ""
     slowest = rows[0][1].seconds_per_image
     times = ", ".join(f"{name} {row.seconds_per_image:g} s" for name, row in rows)
     speedups = " and ".join(f"{slowest / row.seconds_per_image:g}x" for _, row in rows[1:])
     maps = " / ".join(f"{row.mean_ap:g}" for _, row in rows)
-    return (f"The lecture (VOC 2007, VGG-16, a GPU): {times} a test image with proposals"
-            + (f" ({speedups})" if speedups else "") + f"; mAP {maps}.")
+    return (
+        f"The lecture (VOC 2007, VGG-16, a GPU): {times} a test image with proposals"
+        + (f" ({speedups})" if speedups else "")
+        + f"; mAP {maps}."
+    )
 
 
 def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
@@ -531,8 +628,13 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
         if row["status"] != "done":
             continue
         axes.scatter(row["s_per_image_with_proposals"], row["mAP50_voc07"], s=40)
-        axes.annotate(label(row["method"]), (row["s_per_image_with_proposals"], row["mAP50_voc07"]),
-                      textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
+        axes.annotate(
+            label(row["method"]),
+            (row["s_per_image_with_proposals"], row["mAP50_voc07"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("test time per image with proposals (s, log scale)")
@@ -553,8 +655,13 @@ def detections_figure(figures: dict[str, list], test_set, path: Path, top: int =
     for name, outputs in figures.items():
         for index, output in enumerate(outputs):
             best = output["scores"].argsort(descending=True)[:top]
-            tile = draw_detections(test_set[index][0], output["boxes"][best], output["labels"][best],
-                                   list(test_set.classes), output["scores"][best])  # fmt: skip
+            tile = draw_detections(
+                test_set[index][0],
+                output["boxes"][best],
+                output["labels"][best],
+                list(test_set.classes),
+                output["scores"][best],
+            )
             if index == 0:
                 picture = Image.fromarray(tile.permute(1, 2, 0).numpy())
                 ImageDraw.Draw(picture).rectangle([0, 0, 8 + 7 * len(label(name)), 16], fill="white")

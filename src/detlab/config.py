@@ -165,7 +165,9 @@ def merge(config: T, data: dict, where: str = "") -> T:
     unknown = sorted(set(data) - set(types_by_name))
     if unknown:
         keys = ", ".join(f"{where}.{key}" if where else key for key in unknown)
-        raise ValueError(f"unknown config key {keys}; {type(config).__name__} has: {', '.join(types_by_name)}")
+        raise ValueError(
+            f"unknown config key {keys}; {type(config).__name__} has: {', '.join(types_by_name)}"
+        )
     values = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -207,7 +209,9 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
-def resolve(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None, **values) -> T:
+def resolve(
+    cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None, **values
+) -> T:
     """Defaults of ``cls``, then ``preset`` (a YAML path or the name of a bundled preset), then
     keyword ``values`` (nested dicts allowed), then ``overrides`` (``key=value`` strings)."""
     config = cls()

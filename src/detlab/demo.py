@@ -22,7 +22,9 @@ from detlab.data.stats import dataset_stats, format_stats
 from detlab.machine import usable_cpus
 
 
-def run_demo(out: str | Path, images: int = 2000, train_seconds: float = 300, processes: int = 1) -> dict | None:
+def run_demo(
+    out: str | Path, images: int = 2000, train_seconds: float = 300, processes: int = 1
+) -> dict | None:
     """The whole demo in ``out``: the synthetic set (``images`` of them) generated and shown, then,
     unless ``train_seconds`` is 0, the detector trained and scored on its test split (the summary
     of :func:`detector_demo`)."""
@@ -66,9 +68,18 @@ def train_data_parallel(run_config, processes: int) -> dict:
     preset = run_dir.with_name(f"{run_dir.name}_config.yaml")
     config_io.save(run_config, preset)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-        "-m", "detlab", "train", run_config.model_name, "--preset", str(preset),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "detlab",
+        "train",
+        run_config.model_name,
+        "--preset",
+        str(preset),
+    ]
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process(processes)))
     print(" ".join(command), flush=True)
     completed = subprocess.run(command, env=environment)
@@ -111,7 +122,9 @@ def detector_demo(
     lines = results_table(summary)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"\nPR curves {out}/pr_*.png, detections on test images {out / 'test_detections.png'}, run {run_dir}")
+    print(
+        f"\nPR curves {out}/pr_*.png, detections on test images {out / 'test_detections.png'}, run {run_dir}"
+    )
     return summary
 
 
@@ -165,12 +178,21 @@ def draw_demo_figures(out: Path, result, test, predictions: list[dict], num_show
 
     for index, row in enumerate(result.per_class()):
         recall, precision = result.pr_curve(index, 0.5)
-        plot_precision_recall(recall, precision, out / f"pr_{row['class']}.png", f"{row['class']} (IoU 0.5)", row["AP50"])
+        plot_precision_recall(
+            recall, precision, out / f"pr_{row['class']}.png", f"{row['class']} (IoU 0.5)", row["AP50"]
+        )
     shown = []
     for index, prediction in enumerate(predictions[:num_shown]):
         keep = prediction["scores"] >= 0.5
-        shown.append(draw_detections(test[index][0], prediction["boxes"][keep], prediction["labels"][keep],
-                                     test.classes, prediction["scores"][keep]))  # fmt: skip
+        shown.append(
+            draw_detections(
+                test[index][0],
+                prediction["boxes"][keep],
+                prediction["labels"][keep],
+                test.classes,
+                prediction["scores"][keep],
+            )
+        )
     save_grid(shown, out / "test_detections.png")
 
 
@@ -183,6 +205,9 @@ def results_table(summary: dict) -> list[str]:
         "",
         "| class | AP@0.5 | AP@[.5:.95] | objects |",
         "|---|---|---|---|",
-        *(f"| {row['class']} | {row['AP50']:.3f} | {row['AP']:.3f} | {row['num_gt']} |" for row in summary["per_class"]),
+        *(
+            f"| {row['class']} | {row['AP50']:.3f} | {row['AP']:.3f} | {row['num_gt']} |"
+            for row in summary["per_class"]
+        ),
         f"| **all (mAP)** | **{metrics['AP50']:.3f}** | **{metrics['AP']:.3f}** | |",
     ]

@@ -35,4 +35,6 @@ def progress_bar(iterable=None, *, stream: TextIO | None = None, **options) -> t
     if stream.isatty():
         return tqdm(iterable, file=stream, dynamic_ncols=True, **options)
     options.pop("leave", None)  # a finished bar stays as its last line
-    return tqdm(iterable, file=LineWriter(stream), mininterval=LINE_INTERVAL_S, ascii=True, leave=True, **options)
+    return tqdm(
+        iterable, file=LineWriter(stream), mininterval=LINE_INTERVAL_S, ascii=True, leave=True, **options
+    )

@@ -35,8 +35,13 @@ NUM_FAULTS = 10
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     clean = make_synthetic(root / "clean", num_images=NUM_IMAGES, seed=3)
-    plan = FaultPlan(num_copies=10, num_reencoded=5, num_duplicate_boxes=NUM_FAULTS, num_swapped=NUM_FAULTS,
-                     num_deleted=NUM_FAULTS)  # fmt: skip
+    plan = FaultPlan(
+        num_copies=10,
+        num_reencoded=5,
+        num_duplicate_boxes=NUM_FAULTS,
+        num_swapped=NUM_FAULTS,
+        num_deleted=NUM_FAULTS,
+    )
     planted = plant_faults(clean, root / "faulty", seed=1, plan=plan)
     return {"root": root, "clean": clean, "faulty": root / "faulty", "planted": planted}
 
@@ -74,8 +79,12 @@ def simulated_predictions(sets, seed: int = 0, miss_rate: float = 0.05) -> dict:
 @pytest.fixture(scope="module")
 def audits(sets):
     clean = audit(f"voc:{sets['clean']}", progress=False)
-    faulty = audit(f"voc:{sets['faulty']}", predictions=simulated_predictions(sets), out_dir=sets["root"] / "report",
-                   progress=False)  # fmt: skip
+    faulty = audit(
+        f"voc:{sets['faulty']}",
+        predictions=simulated_predictions(sets),
+        out_dir=sets["root"] / "report",
+        progress=False,
+    )
     return clean, faulty
 
 
@@ -115,8 +124,12 @@ def test_swapped_and_deleted_boxes_rank_first(sets, audits):
     missing = [s for s in top if s.kind == MISSING]
     assert len(missing) == NUM_FAULTS
     for entry in planted.deleted:
-        on_it = [s for s in missing if s.image_id == entry["image_id"]
-                 and pairwise_iou(np.array([s.det_box]), np.array([entry["box"]]))[0, 0] > 0.5]  # fmt: skip
+        on_it = [
+            s
+            for s in missing
+            if s.image_id == entry["image_id"]
+            and pairwise_iou(np.array([s.det_box]), np.array([entry["box"]]))[0, 0] > 0.5
+        ]
         assert len(on_it) == 1, entry
     # The model's own misses (5% of the objects) come after, as weaker spurious-box suspects.
     rest = faulty.suspects[2 * NUM_FAULTS :]
@@ -230,15 +243,19 @@ def test_image_suspects_by_hand():
     det_labels = np.array([1, 2, 1, 1, 1, 1, 2])
     found = image_suspects(gt_boxes, gt_labels, det_boxes, det_scores, det_labels)
     assert sorted((item["kind"], item["gt"], item["det"]) for item in found) == [
-        (MISSING, None, 3), (MISSING, None, 6),  # the class-2 detection on box 3 is a second object
-        (SPURIOUS, 2, None), (SWAPPED, 1, 1)]  # fmt: skip
+        (MISSING, None, 3),
+        (MISSING, None, 6),  # the class-2 detection on box 3 is a second object
+        (SPURIOUS, 2, None),
+        (SWAPPED, 1, 1),
+    ]
     scores = {(item["kind"], item["det"]): item["score"] for item in found}
     assert scores[(SWAPPED, 1)] == pytest.approx(0.8 * (1 - 0.3)) and scores[(MISSING, 3)] == pytest.approx(
         0.7
     )
     assert scores[(SPURIOUS, None)] == pytest.approx(0.5)  # nothing touches box 2
-    difficult = image_suspects(gt_boxes, gt_labels, det_boxes, det_scores, det_labels,
-                               gt_difficult=np.array([0, 1, 1, 0]))  # fmt: skip
+    difficult = image_suspects(
+        gt_boxes, gt_labels, det_boxes, det_scores, det_labels, gt_difficult=np.array([0, 1, 1, 0])
+    )
     assert sorted((item["kind"], item["det"]) for item in difficult) == [(MISSING, 3), (MISSING, 6)]
 
 

@@ -29,8 +29,10 @@ def voc_xml(file_name, objects, size=(64, 48)):
         f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
         for name, b in objects
     )
-    return (f"<annotation><filename>{file_name}</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
-            f"<depth>3</depth></size>{body}</annotation>")
+    return (
+        f"<annotation><filename>{file_name}</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
+        f"<depth>3</depth></size>{body}</annotation>"
+    )
 
 
 def make_voc(root, items):
@@ -134,7 +136,9 @@ def test_annotation_whose_image_is_missing(tmp_path):
 
 
 def test_malformed_xml_names_file_and_line(tmp_path):
-    root = make_voc(tmp_path / "voc", {"bad": ("<annotation>\n<object><name>cat</name>\n</annotation>", True)})
+    root = make_voc(
+        tmp_path / "voc", {"bad": ("<annotation>\n<object><name>cat</name>\n</annotation>", True)}
+    )
     with pytest.raises(BadInputError, match=r"bad.xml:3: malformed XML") as info:
         read_voc(root)
     assert info.value.line == 3
@@ -159,10 +163,14 @@ def test_entity_attacks_are_refused(tmp_path, payload):
 
 def test_coco_unknown_ids(tmp_path):
     write_jpeg(tmp_path / "images" / "a.jpg")
-    base = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
-            "categories": [{"id": 7, "name": "cat"}]}
-    for bad, message in (({"image_id": 99, "category_id": 7}, "unknown image_id 99"),
-                         ({"image_id": 1, "category_id": 3}, "unknown category_id 3")):
+    base = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+        "categories": [{"id": 7, "name": "cat"}],
+    }
+    for bad, message in (
+        ({"image_id": 99, "category_id": 7}, "unknown image_id 99"),
+        ({"image_id": 1, "category_id": 3}, "unknown category_id 3"),
+    ):
         path = tmp_path / "ann.json"
         path.write_text(json.dumps({**base, "annotations": [{"id": 5, "bbox": [1, 1, 10, 10], **bad}]}))
         with pytest.raises(BadInputError, match=f"ann.json: annotations\\[0\\] \\(id 5\\): {message}"):
@@ -177,9 +185,14 @@ def test_coco_unknown_ids(tmp_path):
 
 @pytest.mark.parametrize(
     "line, message",
-    [("0 0.5 0.5 0.2", "expected 5 fields"), ("0 0.5 0.5 0.2 0.2 0.9", "expected 5 fields"),
-     ("0 1.5 0.5 0.2 0.2", r"coordinates .* outside \[0, 1\]"), ("0 0.5 -0.1 0.2 0.2", r"coordinates .* outside \[0, 1\]"),
-     ("3 0.5 0.5 0.2 0.2", "class index 3 outside"), ("x 0.5 0.5 0.2 0.2", "non-numeric")],
+    [
+        ("0 0.5 0.5 0.2", "expected 5 fields"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "expected 5 fields"),
+        ("0 1.5 0.5 0.2 0.2", r"coordinates .* outside \[0, 1\]"),
+        ("0 0.5 -0.1 0.2 0.2", r"coordinates .* outside \[0, 1\]"),
+        ("3 0.5 0.5 0.2 0.2", "class index 3 outside"),
+        ("x 0.5 0.5 0.2 0.2", "non-numeric"),
+    ],
 )
 def test_yolo_bad_lines_name_file_and_line(tmp_path, line, message):
     write_jpeg(tmp_path / "images" / "a.jpg")
@@ -191,7 +204,12 @@ def test_yolo_bad_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_zero_size_and_out_of_image_boxes_are_repaired_with_warnings(tmp_path):
-    objects = [("cat", [5, 5, 30, 30]), ("cat", [10, 10, 10, 20]), ("cat", [50, 40, 90, 70]), ("cat", [100, 100, 120, 120])]
+    objects = [
+        ("cat", [5, 5, 30, 30]),
+        ("cat", [10, 10, 10, 20]),
+        ("cat", [50, 40, 90, 70]),
+        ("cat", [100, 100, 120, 120]),
+    ]
     root = make_voc(tmp_path / "voc", {"a": (voc_xml("a.jpg", objects), True)})
     problems = ProblemLog()
     with pytest.warns(BadInputWarning) as caught:
@@ -211,7 +229,9 @@ def test_inverted_box_and_unknown_class_are_errors(tmp_path):
 
 
 def test_class_names_with_stray_whitespace(tmp_path):
-    root = make_voc(tmp_path / "voc", {"a": (voc_xml("a.jpg", [(" cat\t", [5, 5, 30, 30]), ("cat", [1, 1, 9, 9])]), True)})
+    root = make_voc(
+        tmp_path / "voc", {"a": (voc_xml("a.jpg", [(" cat\t", [5, 5, 30, 30]), ("cat", [1, 1, 9, 9])]), True)}
+    )
     with pytest.warns(BadInputWarning, match="stripped"):
         dataset = read_voc(root)
     assert dataset.classes == ["cat"]

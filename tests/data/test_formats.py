@@ -76,10 +76,14 @@ def test_coco_category_ids_kept(tmp_path):
 
     (tmp_path / "images").mkdir()
     Image.new("RGB", (50, 40)).save(tmp_path / "images" / "x.jpg")
-    data = {"images": [{"id": 10, "file_name": "x.jpg", "width": 50, "height": 40}],
-            "categories": [{"id": 90, "name": "b"}, {"id": 3, "name": "a"}],
-            "annotations": [{"id": 1, "image_id": 10, "category_id": 90, "bbox": [1, 2, 10, 20], "iscrowd": 1},
-                            {"id": 2, "image_id": 10, "category_id": 3, "bbox": [5, 5, 5, 5]}]}
+    data = {
+        "images": [{"id": 10, "file_name": "x.jpg", "width": 50, "height": 40}],
+        "categories": [{"id": 90, "name": "b"}, {"id": 3, "name": "a"}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 90, "bbox": [1, 2, 10, 20], "iscrowd": 1},
+            {"id": 2, "image_id": 10, "category_id": 3, "bbox": [5, 5, 5, 5]},
+        ],
+    }
     (tmp_path / "ann.json").write_text(json.dumps(data))
     dataset = read_coco(tmp_path / "ann.json")
     assert dataset.classes == ["a", "b"] and dataset.category_ids == [3, 90]
@@ -104,7 +108,12 @@ def test_format_detection_and_specs(synthetic_root, tmp_path):
 
 
 def test_convert_command(synthetic_root, tmp_path, capsys):
-    assert cli_main(["convert", f"voc:{synthetic_root}", f"coco:{tmp_path / 'c' / 'ann.json'}", "--split", "train"]) == 0
+    assert (
+        cli_main(
+            ["convert", f"voc:{synthetic_root}", f"coco:{tmp_path / 'c' / 'ann.json'}", "--split", "train"]
+        )
+        == 0
+    )
     assert cli_main(["convert", str(tmp_path / "c" / "ann.json"), f"yolo:{tmp_path / 'y'}"]) == 0
     assert cli_main(["convert", f"yolo:{tmp_path / 'y'}", str(tmp_path / "v"), "--to", "voc"]) == 0
     assert_same_annotations(read_voc(synthetic_root, "train"), read_voc(tmp_path / "v"))

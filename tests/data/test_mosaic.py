@@ -75,14 +75,16 @@ def labelled(specs):
 
 
 # Sizes above and below the mosaic's 64, tall and wide; objects touching image edges too.
-SHAPES = labelled([
-    (48, 80, [(4, 6, 30, 40), (40, 0, 80, 20)]),
-    (100, 60, [(0, 10, 25, 45), (30, 60, 58, 97)]),
-    (64, 64, [(20, 20, 44, 44)]),
-    (30, 120, [(2, 2, 40, 28), (70, 10, 120, 30)]),
-    (90, 90, [(5, 50, 45, 88), (55, 5, 85, 35)]),
-    (40, 40, []),
-])  # fmt: skip
+SHAPES = labelled(
+    [
+        (48, 80, [(4, 6, 30, 40), (40, 0, 80, 20)]),
+        (100, 60, [(0, 10, 25, 45), (30, 60, 58, 97)]),
+        (64, 64, [(20, 20, 44, 44)]),
+        (30, 120, [(2, 2, 40, 28), (70, 10, 120, 30)]),
+        (90, 90, [(5, 50, 45, 88), (55, 5, 85, 35)]),
+        (40, 40, []),
+    ]
+)
 
 
 def near(image, rgb, tolerance):
@@ -152,8 +154,13 @@ def crop_scene(min_side=2.0, min_visible=0.25):
         "difficult": torch.tensor([False, True, False, True, False, True]),
         "iscrowd": torch.tensor([0, 0, 1, 0, 1, 1]),
     }
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "image_id": 9,
-             "difficult": torch.zeros(0, dtype=torch.bool), "iscrowd": torch.zeros(0, dtype=torch.int64)}  # fmt: skip
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "image_id": 9,
+        "difficult": torch.zeros(0, dtype=torch.bool),
+        "iscrowd": torch.zeros(0, dtype=torch.int64),
+    }
     samples = [(torch.zeros(3, 64, 64), target)] + [(torch.zeros(3, 64, 64), empty)] * 3
     dataset = MosaicDataset(Rectangles([]), size=64, min_side=min_side, min_visible=min_visible)
     return dataset.compose(samples, (64, 64), 1.0)[1]
@@ -279,7 +286,12 @@ def test_passes_the_data_set_through():
     ):
         assert isinstance(derived, MosaicDataset)
         assert (derived.size, derived.probability, derived.scale, derived.off_after, derived.min_side) == (
-            64, 0.7, (0.8, 1.2), 0.5, 3.0)  # fmt: skip
+            64,
+            0.7,
+            (0.8, 1.2),
+            0.5,
+            3.0,
+        )
         assert derived.progress == 0.25
     assert mosaic.with_transforms(transforms).dataset.transforms is transforms
     assert mosaic.with_options(cache_images=True).dataset.options == {"cache_images": True}

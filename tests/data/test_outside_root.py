@@ -58,8 +58,11 @@ def coco_set(tmp_path):
 def test_coco_file_name_outside_the_image_folder(coco_set, file_name):
     file_name = str(coco_set.outside) if file_name == "ABSOLUTE" else file_name
     path = coco_set(file_name)
-    with pytest.raises(OutsideRootError, match=r"ann.json: images\[1\] \(id 2\) 'file_name' .* leads outside the data "
-                                               r"set's folder .*allow_outside_root=true"):  # fmt: skip
+    with pytest.raises(
+        OutsideRootError,
+        match=r"ann.json: images\[1\] \(id 2\) 'file_name' .* leads outside the data "
+        r"set's folder .*allow_outside_root=true",
+    ):
         read_coco(path)
     dataset = quietly(read_coco, path, on_bad="skip")
     assert [r.image_id for r in dataset.records] == [1]
@@ -100,8 +103,10 @@ def voc_set(tmp_path):
     """A VOC folder ``tmp_path/voc`` with image ``a``, and ``tmp_path/x.xml`` + ``tmp_path/x.png``
     outside it; ``make(ids)`` writes the split file ``evil.txt``."""
     root = tmp_path / "voc"
-    xml = "<annotation><filename>{0}.png</filename><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>" \
-          "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"  # fmt: skip
+    xml = (
+        "<annotation><filename>{0}.png</filename><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
     (root / "Annotations").mkdir(parents=True)
     (root / "ImageSets" / "Main").mkdir(parents=True)
     (root / "Annotations" / "a.xml").write_text(xml.format("a"))

@@ -24,11 +24,17 @@ def write_png(path, size=(40, 20)):
 
 def coco_document():
     """Two images, one box each; the second image and its box are the ones the cases spoil."""
-    return {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 20},
-                       {"id": 2, "file_name": "b.png", "width": 40, "height": 20}],
-            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 8]},
-                            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [3, 4, 10, 8]}]}  # fmt: skip
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 20},
+            {"id": 2, "file_name": "b.png", "width": 40, "height": 20},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 8]},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [3, 4, 10, 8]},
+        ],
+    }
 
 
 def write_coco_set(root, document=None, text=None):
@@ -100,11 +106,13 @@ def test_coco_width_1e999(tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
-     ('{"images": [], "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
-     ('{"images": [{"id": ' + "9" * 5000 + "}]}", "not valid JSON"),
-     ('{"images": [], "annotations": {}}', "'annotations' must be a list")],
-)  # fmt: skip
+    [
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+        ('{"images": [], "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+        ('{"images": [{"id": ' + "9" * 5000 + "}]}", "not valid JSON"),
+        ('{"images": [], "annotations": {}}', "'annotations' must be a list"),
+    ],
+)
 def test_coco_unreadable_file_is_one_line(tmp_path, text, message):
     path = write_coco_set(tmp_path, text=text)
     with pytest.raises(BadInputError, match=f"ann.json: .*{message}") as raised:
@@ -136,11 +144,14 @@ def voc_set(root, width="40", difficult="0"):
 
 @pytest.mark.parametrize(
     "width, difficult, message",
-    [("1e999", "0", r"<size><width> must be a whole number from 0 to 1,000,000, got '1e999'"),
-     ("-40", "0", r"<size><width> must be a whole number"), ("40.5", "0", "<size><width> must be a whole number"),
-     ("forty", "0", "<size><width> must be a whole number"),
-     ("40", "maybe", r"object 0 \('cat'\) <difficult> must be a whole number from 0 to 1, got 'maybe'")],
-)  # fmt: skip
+    [
+        ("1e999", "0", r"<size><width> must be a whole number from 0 to 1,000,000, got '1e999'"),
+        ("-40", "0", r"<size><width> must be a whole number"),
+        ("40.5", "0", "<size><width> must be a whole number"),
+        ("forty", "0", "<size><width> must be a whole number"),
+        ("40", "maybe", r"object 0 \('cat'\) <difficult> must be a whole number from 0 to 1, got 'maybe'"),
+    ],
+)
 def test_voc_bad_field_names_file_and_field(tmp_path, width, difficult, message):
     root = voc_set(tmp_path / "voc", width, difficult)
     with pytest.raises(BadInputError, match=f"b.xml: {message}"):
@@ -183,8 +194,11 @@ def test_yolo_non_utf8_label_file(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"cat\n\xffdog\n", "classes.txt: not UTF-8 text"), (b"cat\ncat\n", r"classes.txt: class names repeated: \[\"'cat'\"\]")],
-)  # fmt: skip
+    [
+        (b"cat\n\xffdog\n", "classes.txt: not UTF-8 text"),
+        (b"cat\ncat\n", r"classes.txt: class names repeated: \[\"'cat'\"\]"),
+    ],
+)
 def test_yolo_bad_class_file(tmp_path, content, message):
     root = yolo_set(tmp_path / "yolo")
     (root / "classes.txt").write_bytes(content)
@@ -209,16 +223,30 @@ def data_yaml_set(root, **fields):
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"names": ["cat", None]}, r"'names'\[1\] must be a non-empty name, got None \(quote such names in YAML\)"),
-     ({"names": ["cat", True]}, r"'names'\[1\] must be a non-empty name, got True"),
-     ({"names": ["cat", ["dog"]]}, r"'names'\[1\] must be a non-empty name, got \['dog'\]"),
-     ({"names": {0: "cat", 1: {"x": 1}}}, r"'names'\[1\] must be a non-empty name, got an object of 1 fields"),
-     ({"names": {0: "cat", 1.5: "dog"}}, r"'names' map keys must be class indices 0, 1, ..., got 1.5"),
-     ({"nc": 10**9, "names": None}, r"'nc' must be a positive whole number \(at most 100,000\), got 1000000000"),
-     ({"path": 5}, r"'path' must be a file or folder name, got 5"),
-     ({"path": ["a"]}, r"'path' must be a file or folder name, got \['a'\]"),
-     ({"train": {"a": 1}}, r"'train': expected a folder, a .txt list of images or a list of those, got an object")],
-)  # fmt: skip
+    [
+        (
+            {"names": ["cat", None]},
+            r"'names'\[1\] must be a non-empty name, got None \(quote such names in YAML\)",
+        ),
+        ({"names": ["cat", True]}, r"'names'\[1\] must be a non-empty name, got True"),
+        ({"names": ["cat", ["dog"]]}, r"'names'\[1\] must be a non-empty name, got \['dog'\]"),
+        (
+            {"names": {0: "cat", 1: {"x": 1}}},
+            r"'names'\[1\] must be a non-empty name, got an object of 1 fields",
+        ),
+        ({"names": {0: "cat", 1.5: "dog"}}, r"'names' map keys must be class indices 0, 1, ..., got 1.5"),
+        (
+            {"nc": 10**9, "names": None},
+            r"'nc' must be a positive whole number \(at most 100,000\), got 1000000000",
+        ),
+        ({"path": 5}, r"'path' must be a file or folder name, got 5"),
+        ({"path": ["a"]}, r"'path' must be a file or folder name, got \['a'\]"),
+        (
+            {"train": {"a": 1}},
+            r"'train': expected a folder, a .txt list of images or a list of those, got an object",
+        ),
+    ],
+)
 def test_data_yaml_bad_field_names_file_and_field(tmp_path, fields, message):
     root = data_yaml_set(tmp_path / "ds", **fields)
     with pytest.raises(BadInputError, match=f"data.yaml: {message}"):
@@ -231,11 +259,13 @@ def test_data_yaml_names_may_be_numbers(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"names: [cat]\ntrain: images/train\n\xff", "not UTF-8 text"),
-     (b"names: " + b"[" * 5000 + b"]" * 5000, r"not valid YAML \(nested too deeply\)"),
-     (b"nc: " + b"9" * 5000, "not valid YAML"),
-     (b"names: [cat]\ntrain: 2001-13-45\n", "not valid YAML")],
-)  # fmt: skip
+    [
+        (b"names: [cat]\ntrain: images/train\n\xff", "not UTF-8 text"),
+        (b"names: " + b"[" * 5000 + b"]" * 5000, r"not valid YAML \(nested too deeply\)"),
+        (b"nc: " + b"9" * 5000, "not valid YAML"),
+        (b"names: [cat]\ntrain: 2001-13-45\n", "not valid YAML"),
+    ],
+)
 def test_data_yaml_unreadable_is_one_line(tmp_path, content, message):
     root = data_yaml_set(tmp_path / "ds")
     (root / "data.yaml").write_bytes(content)

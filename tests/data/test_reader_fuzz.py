@@ -49,13 +49,19 @@ WEIRD_STRINGS = ["", " ", "x", "0", "1", "-1", "2", "40", "640.0", "1e999", "-1e
                  "images/train", "../../outside.png", "../outside.png", "../outside", OUTSIDE, "/", ".", "..",
                  "~", "~nosuchuser/x", "C:\\x.png", "yes", "null"]  # fmt: skip
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.sampled_from([10**400, -(10**400), 2**63, 2**64, 10**6 + 1]),
-    st.floats(), st.text(max_size=12), st.sampled_from(WEIRD_STRINGS),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([10**400, -(10**400), 2**63, 2**64, 10**6 + 1]),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(WEIRD_STRINGS),
+)
 VALUES = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=8,
-)  # fmt: skip
+)
 
 
 @functools.cache
@@ -109,9 +115,13 @@ def corrupted(data: bytes):
     return st.one_of(
         st.binary(max_size=300),
         st.integers(0, size).map(lambda cut: data[:cut]),
-        st.tuples(st.integers(0, size - 1), st.integers(0, 255)).map(lambda c: data[: c[0]] + bytes([c[1]]) + data[c[0] + 1 :]),
-        st.tuples(st.integers(0, size), st.binary(min_size=1, max_size=20)).map(lambda c: data[: c[0]] + c[1] + data[c[0] :]),
-    )  # fmt: skip
+        st.tuples(st.integers(0, size - 1), st.integers(0, 255)).map(
+            lambda c: data[: c[0]] + bytes([c[1]]) + data[c[0] + 1 :]
+        ),
+        st.tuples(st.integers(0, size), st.binary(min_size=1, max_size=20)).map(
+            lambda c: data[: c[0]] + c[1] + data[c[0] :]
+        ),
+    )
 
 
 def deep(opening: str, closing: str, before: str = "", after: str = ""):
@@ -149,10 +159,15 @@ VOC_TEMPLATE = {
                {"name": "dog", "difficult": "1", "bndbox": {"xmin": "0.5", "ymin": "0", "xmax": "40", "ymax": "20"}}],
 }  # fmt: skip
 XML_VALUES = st.recursive(
-    st.one_of(st.sampled_from(WEIRD_STRINGS), st.text(max_size=12), st.integers().map(str), st.floats().map(repr)),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["name", "bndbox", "xmin", "x"]), inner, max_size=3),
+    st.one_of(
+        st.sampled_from(WEIRD_STRINGS), st.text(max_size=12), st.integers().map(str), st.floats().map(repr)
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["name", "bndbox", "xmin", "x"]), inner, max_size=3)
+    ),
     max_leaves=6,
-)  # fmt: skip
+)
 
 
 def to_xml(value, tag: str = "annotation", raw: bool = False) -> str:
@@ -167,17 +182,28 @@ def to_xml(value, tag: str = "annotation", raw: bool = False) -> str:
     return f"<{tag}>{inner}</{tag}>"
 
 
-SPLIT_IDS = st.one_of(st.sampled_from(["a", "b", "../outside", "../../outside", OUTSIDE, "/", "..", "a/../b", "sub/a"]),
-                      st.text(max_size=10))  # fmt: skip
+SPLIT_IDS = st.one_of(
+    st.sampled_from(["a", "b", "../outside", "../../outside", OUTSIDE, "/", "..", "a/../b", "sub/a"]),
+    st.text(max_size=10),
+)
 VOC_CASES = st.one_of(
-    st.tuples(st.just("xml"), st.builds(lambda document, raw: to_xml(document, raw=raw).encode(),
-                                        mutated(VOC_TEMPLATE, XML_VALUES), st.booleans())),
+    st.tuples(
+        st.just("xml"),
+        st.builds(
+            lambda document, raw: to_xml(document, raw=raw).encode(),
+            mutated(VOC_TEMPLATE, XML_VALUES),
+            st.booleans(),
+        ),
+    ),
     st.tuples(st.just("xml"), corrupted(to_xml(VOC_TEMPLATE).encode())),
     st.tuples(st.just("xml"), deep("<a>", "</a>", "<annotation>", "</annotation>").map(str.encode)),
-    st.tuples(st.just("split"), st.lists(SPLIT_IDS, max_size=4).map(lambda ids: "".join(f"{i}\n" for i in ids).encode())),
+    st.tuples(
+        st.just("split"),
+        st.lists(SPLIT_IDS, max_size=4).map(lambda ids: "".join(f"{i}\n" for i in ids).encode()),
+    ),
     st.tuples(st.just("split"), corrupted(b"a\nb\n")),
     st.tuples(st.just("classes"), corrupted(b"cat\ndog\n")),
-)  # fmt: skip
+)
 
 
 def write_voc(folder: Path, case: tuple[str, bytes], outside: Path) -> None:
@@ -195,17 +221,48 @@ def write_voc(folder: Path, case: tuple[str, bytes], outside: Path) -> None:
 # YOLO label files ------------------------------------------------------------------------------
 
 TOKENS = st.one_of(
-    st.sampled_from(["0", "1", "2", "-1", "0.5", "0.25", "0.0", "1.0", "1.5", "-0.1", "nan", "inf", "1e999", "x", "0x10",
-                     "1_0", "\u0663", "9" * 5000, "\ufeff0"]),
-    st.floats().map(repr), st.integers().map(str), st.text(min_size=1, max_size=8).map(lambda t: "".join(t.split()) or "x"),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "2",
+            "-1",
+            "0.5",
+            "0.25",
+            "0.0",
+            "1.0",
+            "1.5",
+            "-0.1",
+            "nan",
+            "inf",
+            "1e999",
+            "x",
+            "0x10",
+            "1_0",
+            "\u0663",
+            "9" * 5000,
+            "\ufeff0",
+        ]
+    ),
+    st.floats().map(repr),
+    st.integers().map(str),
+    st.text(min_size=1, max_size=8).map(lambda t: "".join(t.split()) or "x"),
+)
 LABEL_TEXT = b"0 0.5 0.5 0.5 0.5\n1 0.25 0.25 0.2 0.2\n"
 YOLO_LABEL_CASES = st.one_of(
-    st.tuples(st.just("label"), st.lists(st.lists(TOKENS, max_size=7).map(" ".join), max_size=4).map(lambda lines: "\n".join(lines).encode())),
+    st.tuples(
+        st.just("label"),
+        st.lists(st.lists(TOKENS, max_size=7).map(" ".join), max_size=4).map(
+            lambda lines: "\n".join(lines).encode()
+        ),
+    ),
     st.tuples(st.just("label"), corrupted(LABEL_TEXT)),
     st.tuples(st.just("classes"), corrupted(b"cat\ndog\n")),
-    st.tuples(st.just("classes"), st.lists(st.text(max_size=6), max_size=4).map(lambda names: "\n".join(names).encode())),
-)  # fmt: skip
+    st.tuples(
+        st.just("classes"),
+        st.lists(st.text(max_size=6), max_size=4).map(lambda names: "\n".join(names).encode()),
+    ),
+)
 
 
 def write_yolo_labels(folder: Path, case: tuple[str, bytes], outside: Path) -> None:
@@ -221,13 +278,27 @@ def write_yolo_labels(folder: Path, case: tuple[str, bytes], outside: Path) -> N
 
 DATA_YAML_TEMPLATE = {"path": ".", "train": "images/train", "val": ["images/val"], "test": "test.txt", "nc": 2,
                       "names": {0: "cat", 1: "dog"}}  # fmt: skip
-LIST_LINES = st.one_of(st.sampled_from(["images/train/a.png", "./images/val/b.png", "../outside.png", OUTSIDE, "/",
-                                        "~/x.png", "# a comment", "images/train", "a\x00b"]), st.text(max_size=10))  # fmt: skip
+LIST_LINES = st.one_of(
+    st.sampled_from(
+        [
+            "images/train/a.png",
+            "./images/val/b.png",
+            "../outside.png",
+            OUTSIDE,
+            "/",
+            "~/x.png",
+            "# a comment",
+            "images/train",
+            "a\x00b",
+        ]
+    ),
+    st.text(max_size=10),
+)
 DATA_YAML_CASES = st.one_of(
     st.tuples(st.just("yaml"), mutated(DATA_YAML_TEMPLATE)),
     st.tuples(st.just("yaml"), corrupted(yaml.safe_dump(DATA_YAML_TEMPLATE).encode())),
     st.tuples(st.just("list"), st.lists(LIST_LINES, max_size=4).map(lambda lines: "\n".join(lines).encode())),
-)  # fmt: skip
+)
 # PyYAML takes time quadratic in the nesting before it gives up (about 1 s at 1,000 levels, 2 s at
 # any depth beyond), so only the benchmark draws these; test_reader_fields has one.
 DEEP_DATA_YAML = st.tuples(st.just("yaml"), deep("[", "]", "names: ").map(str.encode))
@@ -239,8 +310,11 @@ def inside_example(folder: Path, value) -> bool:
     if not isinstance(value, str) or "\0" in value:
         return True  # refused by the reader
     expanded = os.path.expanduser(value)
-    return (not os.path.isabs(expanded) and is_inside(folder / expanded, folder)
-            and ((folder / expanded).is_dir() or not Path(expanded).is_dir()))  # fmt: skip
+    return (
+        not os.path.isabs(expanded)
+        and is_inside(folder / expanded, folder)
+        and ((folder / expanded).is_dir() or not Path(expanded).is_dir())
+    )
 
 
 def write_data_yaml(folder: Path, case: tuple[str, bytes], outside: Path) -> None:
@@ -317,8 +391,14 @@ def outcome(read: Callable[[], object], folder: Path) -> Counter:
     for message in dataset.problems.skipped:
         named_file(message, folder)
     problems = dataset.problems
-    return Counter({"read": 1, "items skipped": len(problems.skipped), "items repaired": len(problems.fixed),
-                    **{f"kind: {kind}": n for kind, n in problems.kinds.items()}})  # fmt: skip
+    return Counter(
+        {
+            "read": 1,
+            "items skipped": len(problems.skipped),
+            "items repaired": len(problems.fixed),
+            **{f"kind: {kind}": n for kind, n in problems.kinds.items()},
+        }
+    )
 
 
 def check(reader: str, case) -> Counter:
@@ -345,8 +425,13 @@ def check(reader: str, case) -> Counter:
 
 @pytest.mark.parametrize("reader", READERS)
 def test_reader_fuzz(reader):
-    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(case=READERS[reader].cases)
     def never_a_traceback(case):
         check(reader, case)

@@ -27,7 +27,11 @@ def test_stats_show_box_sizes_after_the_default_resize_and_anchor_coverage(synth
 
     assert cli_main(["data", "stats", str(synthetic_root), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
-    assert "With Faster R-CNN's defaults" in out and "fixed anchors:" in out and "anchors train would use:" in out
+    assert (
+        "With Faster R-CNN's defaults" in out
+        and "fixed anchors:" in out
+        and "anchors train would use:" in out
+    )
     fit = json.loads((tmp_path / "s.json").read_text())["faster_rcnn_defaults"]
     stats = dataset_stats(read_voc(synthetic_root))
     assert sum(fit["resized_box_sizes"].values()) == stats["objects"]

@@ -21,7 +21,9 @@ def test_written_set_is_identical_for_a_seed(tmp_path):
         files = sorted(p for p in root.rglob("*") if p.is_file())
         return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
 
-    assert digest(make_synthetic(tmp_path / "a", 12, seed=1)) == digest(make_synthetic(tmp_path / "b", 12, seed=1))
+    assert digest(make_synthetic(tmp_path / "a", 12, seed=1)) == digest(
+        make_synthetic(tmp_path / "b", 12, seed=1)
+    )
 
 
 def test_content_matches_the_specification():

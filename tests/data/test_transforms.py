@@ -8,7 +8,11 @@ def block_image(height=60, width=80, box=(10, 20, 30, 50)):
     image = torch.zeros(3, height, width)
     x1, y1, x2, y2 = box
     image[:, y1:y2, x1:x2] = 1.0
-    return image, {"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([2]), "image_id": "a"}
+    return image, {
+        "boxes": torch.tensor([box], dtype=torch.float32),
+        "labels": torch.tensor([2]),
+        "image_id": "a",
+    }
 
 
 def bright_box(image):
@@ -107,8 +111,12 @@ def test_colour_jitter_matches_torchvisions_steps_where_nothing_clips():
     torch.manual_seed(0)
     image = 0.35 + 0.3 * torch.rand(3, 24, 20)  # mid-range values: no step clips
     for brightness, contrast, saturation in ((1.1, 0.9, 1.2), (0.8, 1.25, 0.7), (1.0, 1.0, 1.0)):
-        reference = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(image, brightness), contrast), saturation)
-        torch.testing.assert_close(jitter_colours(image, brightness, contrast, saturation), reference, atol=2e-5, rtol=0)
+        reference = TF.adjust_saturation(
+            TF.adjust_contrast(TF.adjust_brightness(image, brightness), contrast), saturation
+        )
+        torch.testing.assert_close(
+            jitter_colours(image, brightness, contrast, saturation), reference, atol=2e-5, rtol=0
+        )
     # Clipped once, at the end: far out factors stay in [0, 1].
     extreme = jitter_colours(torch.rand(3, 8, 8), 1.9, 1.9, 1.9, 0.3)
     assert extreme.min() >= 0 and extreme.max() <= 1

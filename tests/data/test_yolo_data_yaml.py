@@ -63,8 +63,14 @@ def make_roboflow(root, entries="../{}/images", **extra):
     for folder, items in SPLITS.items():
         for stem, lines in items.items():
             write_labelled(root / folder / "images", root / folder / "labels", stem, lines)
-    data = {"train": entries.format("train"), "val": entries.format("valid"), "test": entries.format("test"),
-            "nc": len(CLASSES), "names": CLASSES, **extra}  # fmt: skip
+    data = {
+        "train": entries.format("train"),
+        "val": entries.format("valid"),
+        "test": entries.format("test"),
+        "nc": len(CLASSES),
+        "names": CLASSES,
+        **extra,
+    }
     write_yaml(root / "data.yaml", data)
     return root
 
@@ -104,16 +110,24 @@ def test_roboflow_export_given_as_its_yaml(tmp_path):
 def test_ultralytics_yaml_with_path(tmp_path):
     root = make_ultralytics(tmp_path / "ds")
     # The YAML elsewhere; ``path`` relative to the YAML's folder.
-    yaml_file = write_yaml(tmp_path / "configs" / "mine.yaml", {
-        "path": "../ds", "train": "images/train", "val": "images/val", "test": "images/test",
-        "names": {0: "cat", 1: "dog", 2: "bird"},
-    })  # fmt: skip
+    yaml_file = write_yaml(
+        tmp_path / "configs" / "mine.yaml",
+        {
+            "path": "../ds",
+            "train": "images/train",
+            "val": "images/val",
+            "test": "images/test",
+            "names": {0: "cat", 1: "dog", 2: "bird"},
+        },
+    )
     assert_split(read_yolo(yaml_file, "train"), "train")
     assert_split(read_yolo(yaml_file, "val"), "valid")
     assert_split(read_yolo(yaml_file, "valid"), "valid")
     # An absolute ``path``, the YAML given as its folder (dataset.yaml).
-    write_yaml(root / "dataset.yaml", {"path": str(root), "train": "images/train", "val": "images/val",
-                                       "names": CLASSES})  # fmt: skip
+    write_yaml(
+        root / "dataset.yaml",
+        {"path": str(root), "train": "images/train", "val": "images/val", "names": CLASSES},
+    )
     assert_split(load_dataset(f"yolo:{root}", "train"), "train")
     assert by_id(load_dataset(f"yolo:{root}")) == {s: EXPECTED[s] for s in ("t1", "t2", "v1")}
 
@@ -133,8 +147,15 @@ def test_moved_data_set_and_validation_key(tmp_path):
     """A ``path`` that no longer exists (the set was moved): entries are found beside the YAML;
     ``validation:`` is the ``val`` split."""
     root = make_ultralytics(tmp_path / "ds")
-    write_yaml(root / "data.yaml", {"path": str(tmp_path / "elsewhere"), "train": "images/train",
-                                    "validation": "images/val", "names": CLASSES})  # fmt: skip
+    write_yaml(
+        root / "data.yaml",
+        {
+            "path": str(tmp_path / "elsewhere"),
+            "train": "images/train",
+            "validation": "images/val",
+            "names": CLASSES,
+        },
+    )
     assert_split(read_yolo(root, "val"), "valid")
     assert_split(read_yolo(root, "train"), "train")
 
@@ -144,8 +165,15 @@ def test_list_file_splits(tmp_path):
     (root / "train.txt").write_text("./images/train/t1.png\nimages/train/t2.png\n\n")
     (root / "lists").mkdir()
     (root / "lists" / "val.txt").write_text(f"{root / 'images' / 'val' / 'v1.png'}\n")  # absolute
-    write_yaml(root / "data.yaml", {"train": "train.txt", "val": ["lists/val.txt"],
-                                    "test": ["images/test", "lists/val.txt"], "names": CLASSES})  # fmt: skip
+    write_yaml(
+        root / "data.yaml",
+        {
+            "train": "train.txt",
+            "val": ["lists/val.txt"],
+            "test": ["images/test", "lists/val.txt"],
+            "names": CLASSES,
+        },
+    )
     assert_split(read_yolo(root, "train"), "train")
     assert_split(read_yolo(root, "val"), "valid")
     test = read_yolo(root, "test")  # a list of a folder and a list file
@@ -166,8 +194,11 @@ def test_undefined_split_lists_the_available_ones(tmp_path):
     root = tmp_path / "rf"
     make_roboflow(root)
     write_yaml(root / "data.yaml", {"train": "../train/images", "val": "../valid/images", "names": CLASSES})
-    with pytest.raises(BadInputError, match=r"data.yaml: split 'test' is not defined "
-                                            r"\(available: \['train', 'trainval', 'val'\]\)"):  # fmt: skip
+    with pytest.raises(
+        BadInputError,
+        match=r"data.yaml: split 'test' is not defined "
+        r"\(available: \['train', 'trainval', 'val'\]\)",
+    ):
         read_yolo(root, "test")
 
 
@@ -180,12 +211,17 @@ def test_missing_split_folder_names_the_yaml(tmp_path):
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"nc": 2, "names": CLASSES}, r"'nc: 2' does not match the 3 class names"),
-     ({"names": {0: "cat", 2: "bird"}}, r"'names' map keys must be the class indices 0\.\.1, got \[0, 2\]"),
-     ({"names": "cat"}, "'names' must be a list"),
-     ({"names": ["cat", "cat"]}, "class names repeated"),
-     ({"nc": "three"}, "'nc' must be a positive whole number"),
-     ({"names": None, "nc": None}, "no 'names' list or map")],
+    [
+        ({"nc": 2, "names": CLASSES}, r"'nc: 2' does not match the 3 class names"),
+        (
+            {"names": {0: "cat", 2: "bird"}},
+            r"'names' map keys must be the class indices 0\.\.1, got \[0, 2\]",
+        ),
+        ({"names": "cat"}, "'names' must be a list"),
+        ({"names": ["cat", "cat"]}, "class names repeated"),
+        ({"nc": "three"}, "'nc' must be a positive whole number"),
+        ({"names": None, "nc": None}, "no 'names' list or map"),
+    ],
 )
 def test_bad_names_name_the_yaml(tmp_path, fields, message):
     root = make_roboflow(tmp_path / "rf")
@@ -202,7 +238,9 @@ def test_folder_layouts_without_a_yaml(tmp_path):
     (rf / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     assert_split(read_yolo(rf, "val"), "valid")
     assert by_id(read_yolo(rf, "trainval")) == {s: EXPECTED[s] for s in ("t1", "t2", "v1")}
-    with pytest.raises(FileNotFoundError, match=r"split 'minival' not found \(available: \['test', 'train', 'valid'\]\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"split 'minival' not found \(available: \['test', 'train', 'valid'\]\)"
+    ):
         read_yolo(rf, "minival")
     # images/<split>/ with a data.yaml that only names the classes (the layout detlab writes).
     ul = make_ultralytics(tmp_path / "ul")
@@ -221,7 +259,11 @@ def test_layouts_detlab_writes_still_read(tmp_path):
     assert detect_format(split) == "yolo"
     assert_split(read_yolo(split, "val"), "valid")
     assert_split(load_dataset(f"yolo:{split}", "train"), "train")
-    assert by_id(read_yolo(split)) == by_id(read_yolo(split, "trainval")) == {s: EXPECTED[s] for s in ("t1", "t2", "v1")}
+    assert (
+        by_id(read_yolo(split))
+        == by_id(read_yolo(split, "trainval"))
+        == {s: EXPECTED[s] for s in ("t1", "t2", "v1")}
+    )
 
 
 def test_data_stats_command_reads_a_roboflow_export(tmp_path, capsys):

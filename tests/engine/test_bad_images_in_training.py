@@ -22,8 +22,22 @@ def broken_voc(tmp_path):
 
 
 def command(root, out, *extra):
-    return ["train", "faster_rcnn", "--data", f"voc:{root}", "--set", "data.train_split=trainval",
-            "--set", "data.val_split=test", "--max-steps", "2", "--out", str(out), *SMALL, *extra]  # fmt: skip
+    return [
+        "train",
+        "faster_rcnn",
+        "--data",
+        f"voc:{root}",
+        "--set",
+        "data.train_split=trainval",
+        "--set",
+        "data.val_split=test",
+        "--max-steps",
+        "2",
+        "--out",
+        str(out),
+        *SMALL,
+        *extra,
+    ]
 
 
 def test_bad_images_stop_the_run_before_the_first_step_naming_every_one(broken_voc, tmp_path, capsys):

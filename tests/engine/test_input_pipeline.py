@@ -30,8 +30,12 @@ def test_auto_workers_depend_on_the_device_and_the_cpus_of_each_process(monkeypa
     assert loader_workers(None, torch.device("cuda", 0)) == GPU_WORKERS
     # batches for a GPU come in pinned memory (its copies then overlap the computation)
     dataset = SquaresDataset(4)
-    assert make_loader(dataset, 2, torch.utils.data.SequentialSampler(dataset), 0, device=torch.device("cuda", 0)).pin_memory
-    assert not make_loader(dataset, 2, torch.utils.data.SequentialSampler(dataset), 0, device="cpu").pin_memory
+    assert make_loader(
+        dataset, 2, torch.utils.data.SequentialSampler(dataset), 0, device=torch.device("cuda", 0)
+    ).pin_memory
+    assert not make_loader(
+        dataset, 2, torch.utils.data.SequentialSampler(dataset), 0, device="cpu"
+    ).pin_memory
 
 
 class Draws(torch.utils.data.Dataset):
@@ -58,7 +62,9 @@ def samples_per_epoch(num_workers: int, epochs: int = 3, dataset=None):
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         seeded.set_epoch(epoch)
-        per_epoch.append([(target["index"], image) for images, targets in loader for image, target in zip(images, targets)])
+        per_epoch.append(
+            [(target["index"], image) for images, targets in loader for image, target in zip(images, targets)]
+        )
     return loader, per_epoch
 
 
@@ -79,19 +85,32 @@ def test_persistent_workers_draw_each_epochs_augmentation_as_the_training_proces
 
 def train_logging_every(run_dir, log_every: int) -> list[dict]:
     torch.manual_seed(0)
-    config = TrainConfig(epochs=2, batch_size=2, lr=0.05, warmup_steps=3, log_every=log_every, eval_every=0,
-                         device="cpu")  # fmt: skip
-    fit(TinyDetector(), SquaresDataset(10), config, run_dir, header=RunHeader("tiny", ["red", "green"]),
-        options=FitOptions(num_workers=0))  # fmt: skip
+    config = TrainConfig(
+        epochs=2, batch_size=2, lr=0.05, warmup_steps=3, log_every=log_every, eval_every=0, device="cpu"
+    )
+    fit(
+        TinyDetector(),
+        SquaresDataset(10),
+        config,
+        run_dir,
+        header=RunHeader("tiny", ["red", "green"]),
+        options=FitOptions(num_workers=0),
+    )
     return [record for record in read_metrics(run_dir) if record["kind"] == "train"]
 
 
-def test_the_log_averages_the_steps_since_the_last_record_reducing_the_losses_only_then(tmp_path, monkeypatch):
+def test_the_log_averages_the_steps_since_the_last_record_reducing_the_losses_only_then(
+    tmp_path, monkeypatch
+):
     every_step = train_logging_every(tmp_path / "every", 1)
     reductions = []
     counted = step.average_across_processes
     for module in (step, metrics_log):  # a step's flags (step), a record's means (metrics_log)
-        monkeypatch.setattr(module, "average_across_processes", lambda values, context: reductions.append(1) or counted(values, context))
+        monkeypatch.setattr(
+            module,
+            "average_across_processes",
+            lambda values, context: reductions.append(1) or counted(values, context),
+        )
     every_other = train_logging_every(tmp_path / "other", 2)
     assert [record["step"] for record in every_other] == [1, 2, 4, 6, 8, 10]
     # one small reduction a step (the stop flag, the clock, finiteness), one more a record
@@ -106,5 +125,7 @@ def test_the_log_averages_the_steps_since_the_last_record_reducing_the_losses_on
         previous = record["step"]
         spans.append(len(window))
         for name in names:
-            assert record[name] == pytest.approx(sum(r[name] for r in window) / len(window), rel=1e-12, abs=1e-15)
+            assert record[name] == pytest.approx(
+                sum(r[name] for r in window) / len(window), rel=1e-12, abs=1e-15
+            )
     assert spans == [1, 1, 2, 1, 2, 2]  # step 6 opens epoch 2: step 5 was never logged (as before)

@@ -26,17 +26,32 @@ def refuse_downloads(monkeypatch):
     monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_network)
 
 
-def test_a_checkpoint_of_a_pretrained_resnet_loads_without_downloading_its_imagenet_weights(tmp_path, monkeypatch):
-    model_values = {"backbone": "resnet18", "pretrained_backbone": True, "backbone_weights": str(tmp_path / "gone.pt"),
-                    "fpn": True, "fpn_channels": 16, "min_size": 64, "max_size": 64}  # fmt: skip
+def test_a_checkpoint_of_a_pretrained_resnet_loads_without_downloading_its_imagenet_weights(
+    tmp_path, monkeypatch
+):
+    model_values = {
+        "backbone": "resnet18",
+        "pretrained_backbone": True,
+        "backbone_weights": str(tmp_path / "gone.pt"),
+        "fpn": True,
+        "fpn_channels": 16,
+        "min_size": 64,
+        "max_size": 64,
+    }
     run_config = resolve_run_config("faster_rcnn", model=model_values)
     torch.manual_seed(0)
-    trained = build_model(dataclasses.replace(run_config, model=without_backbone_weights(run_config.model)), 2)
+    trained = build_model(
+        dataclasses.replace(run_config, model=without_backbone_weights(run_config.model)), 2
+    )
     path = checkpoints.save_checkpoint(
-        {"model_name": "faster_rcnn", "classes": ["a", "b"], "config": config_io.to_dict(run_config),
-         "model": trained.state_dict()},
+        {
+            "model_name": "faster_rcnn",
+            "classes": ["a", "b"],
+            "config": config_io.to_dict(run_config),
+            "model": trained.state_dict(),
+        },
         tmp_path / "run" / "last.pt",
-    )  # fmt: skip
+    )
     refuse_downloads(monkeypatch)
     with pytest.raises(ValueError, match="could not get torchvision's ImageNet weights"):
         build_model(run_config, 2)  # what loading used to do
@@ -80,8 +95,11 @@ def test_the_training_seed_does_not_regenerate_the_synthetic_set(tmp_path):
     from detlab.engine.run import load_split, resolve_run_config
 
     def generated(**data) -> tuple[int, list]:
-        config = resolve_run_config("faster_rcnn", data={"spec": "synthetic", "root": str(tmp_path / "set"),
-                                                         "synthetic_images": 6, **data}, train={"seed": 3})  # fmt: skip
+        config = resolve_run_config(
+            "faster_rcnn",
+            data={"spec": "synthetic", "root": str(tmp_path / "set"), "synthetic_images": 6, **data},
+            train={"seed": 3},
+        )
         dataset, _ = load_split(config, "train", check=False)
         seed = json.loads((tmp_path / "set" / "synthetic.json").read_text())["seed"]
         return seed, [record.boxes.tolist() for record in dataset.records]
@@ -104,12 +122,14 @@ def test_an_overfeat_checkpoint_saved_before_strided_blocks_rebuilds_its_max_poo
     path = checkpoints.save_checkpoint(
         {"model_name": "overfeat", "classes": ["a", "b"], "config": stored, "model": trained.state_dict()},
         tmp_path / "old" / "last.pt",
-    )  # fmt: skip
+    )
     model, _, loaded = model_from_checkpoint(path)
     assert loaded.model.strided_blocks == 0
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.localizer.features.modules()) == 3
     windows = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model.localizer.raw_outputs(windows), trained.localizer.raw_outputs(windows))
+        torch.testing.assert_close(
+            model.localizer.raw_outputs(windows), trained.localizer.raw_outputs(windows)
+        )
     # A config that names the field keeps it; a new run gets the strided default.
     assert run_config_from_dict(config_io.to_dict(resolve_run_config("overfeat"))).model.strided_blocks == 2

@@ -96,10 +96,17 @@ def test_predict_files_keeps_same_named_images_apart_and_never_overwrites_the_in
         predict_files(predictor, folder / "a.png", folder)
     assert (folder / "a.png").read_bytes() == before
     predict_files(predictor, folder, tmp_path / "out")
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.bmp.png", "a.png", "detections.json", "images.json"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "a.bmp.png",
+        "a.png",
+        "detections.json",
+        "images.json",
+    ]
 
 
-def test_predict_command_batches_images_as_asked_with_the_same_detections(tmp_path, tiny_run, capsys, monkeypatch):
+def test_predict_command_batches_images_as_asked_with_the_same_detections(
+    tmp_path, tiny_run, capsys, monkeypatch
+):
     folder = tmp_path / "images"
     for index in range(5):
         save_image(SquaresDataset(10, flip=False)[index][0], folder / f"image{index}.png")
@@ -115,17 +122,49 @@ def test_predict_command_batches_images_as_asked_with_the_same_detections(tmp_pa
     found = {}
     for batch_size in (1, 2):
         out = tmp_path / f"batch{batch_size}"
-        assert main(["predict", "--checkpoint", str(tiny_run), "--input", str(folder), "--out", str(out),
-                     "--device", "cpu", "--batch-size", str(batch_size)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(tiny_run),
+                    "--input",
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--batch-size",
+                    str(batch_size),
+                ]
+            )
+            == 0
+        )
         found[batch_size] = json.loads((out / "detections.json").read_text())
     assert batches == [1] * 5 + [2, 2, 1]
     assert len(found[1]) == len(found[2]) > 0
     for one, two in zip(found[1], found[2]):
         assert one["image_id"] == two["image_id"] and one["category_id"] == two["category_id"]
-        assert one["bbox"] == pytest.approx(two["bbox"], abs=1e-3) and one["score"] == pytest.approx(two["score"], abs=1e-4)
+        assert one["bbox"] == pytest.approx(two["bbox"], abs=1e-3) and one["score"] == pytest.approx(
+            two["score"], abs=1e-4
+        )
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(tiny_run), "--input", str(folder), "--out", str(tmp_path / "x"),
-                 "--batch-size", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_run),
+                "--input",
+                str(folder),
+                "--out",
+                str(tmp_path / "x"),
+                "--batch-size",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
 
 
@@ -248,14 +287,18 @@ def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
 
 def test_train_takes_each_methods_own_options_and_refuses_others(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:  # --attach is the localizer's, not Faster R-CNN's
-        main(["train", "faster_rcnn", "--attach", "conv", "--data", "synthetic", "--out", str(tmp_path / "r")])
+        main(
+            ["train", "faster_rcnn", "--attach", "conv", "--data", "synthetic", "--out", str(tmp_path / "r")]
+        )
     assert stopped.value.code == 2 and "--attach" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "localizer", "--pool", "mean"])  # not one of the config's choices... parsed as str
     with pytest.raises(SystemExit) as stopped:
         main(["train", "localizer", "--help"])
     shown = capsys.readouterr().out
-    assert stopped.value.code == 0 and "--pool" in shown and "--window-size" in shown and "default 64" in shown
+    assert (
+        stopped.value.code == 0 and "--pool" in shown and "--window-size" in shown and "default 64" in shown
+    )
     assert "--anchor-sizes" not in shown
 
 
@@ -277,9 +320,13 @@ def test_four_step_training_trains_the_parts_of_each_step_and_resumes_exactly(tm
     args = ["train", "faster_rcnn", "--recipe", "4step", "--data", f"voc:{synthetic_voc}", "--max-steps", "8"]
     small = ["--set", "model.min_size=96", "--set", "model.max_size=96", "--set", "model.backbone_width=8"]
     assert main([*args, "--out", str(run), *small]) == 0
-    step_weights = [_weights(run / name / "last.pt") for name in ("step1_rpn", "step2_detector", "step3_rpn_shared")]
+    step_weights = [
+        _weights(run / name / "last.pt") for name in ("step1_rpn", "step2_detector", "step3_rpn_shared")
+    ]
     final = _weights(run / "last.pt")
-    assert all((run / name / "stage_done").is_file() for name in ("step1_rpn", "step2_detector", "step3_rpn_shared"))
+    assert all(
+        (run / name / "stage_done").is_file() for name in ("step1_rpn", "step2_detector", "step3_rpn_shared")
+    )
     assert _parts_changed(step_weights[1], step_weights[2]) == {"rpn"}
     assert _parts_changed(step_weights[2], final) == {"roi_head"}
     assert "backbone" in _parts_changed(step_weights[0], step_weights[1])

@@ -103,13 +103,23 @@ def _fit_worker(rank: int, world_size: int, folder: str, resume: bool, stop_at_s
 
     torch.set_num_threads(1)
     if world_size > 1:
-        dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous-{resume}", rank=rank, world_size=world_size)
+        dist.init_process_group(
+            "gloo", init_method=f"file://{folder}/rendezvous-{resume}", rank=rank, world_size=world_size
+        )
     try:
-        config = TrainConfig(epochs=2, batch_size=2, lr=0.05, warmup_steps=2, log_every=1, eval_every=0, device="cpu")
+        config = TrainConfig(
+            epochs=2, batch_size=2, lr=0.05, warmup_steps=2, log_every=1, eval_every=0, device="cpu"
+        )
         dataset = RecordingSquares(12, f"{folder}/seen-{world_size}-{rank}.txt")
-        fit(TinyDetector(), dataset, config, f"{folder}/run", header=RunHeader(classes=["red", "green"]),
+        fit(
+            TinyDetector(),
+            dataset,
+            config,
+            f"{folder}/run",
+            header=RunHeader(classes=["red", "green"]),
             resume=f"{folder}/run" if resume else None,
-            options=FitOptions(context=init_distributed("cpu"), stop_at_step=stop_at_step))  # fmt: skip
+            options=FitOptions(context=init_distributed("cpu"), stop_at_step=stop_at_step),
+        )
     finally:
         if world_size > 1:
             dist.destroy_process_group()
@@ -119,12 +129,16 @@ def _run(world_size: int, folder: Path, resume: bool, stop_at_step: int | None =
     if world_size == 1:
         _fit_worker(0, 1, str(folder), resume, stop_at_step)
     else:
-        mp.spawn(_fit_worker, args=(world_size, str(folder), resume, stop_at_step), nprocs=world_size, join=True)
+        mp.spawn(
+            _fit_worker, args=(world_size, str(folder), resume, stop_at_step), nprocs=world_size, join=True
+        )
 
 
 def _seen(folder: Path, world_size: int) -> list[list[int]]:
-    return [[int(line) for line in (folder / f"seen-{world_size}-{rank}.txt").read_text().split()]
-            for rank in range(world_size)]  # fmt: skip
+    return [
+        [int(line) for line in (folder / f"seen-{world_size}-{rank}.txt").read_text().split()]
+        for rank in range(world_size)
+    ]
 
 
 @pytest.mark.parametrize(("first", "then", "pause_at"), [(2, 1, 2), (1, 2, 2)])
@@ -137,7 +151,11 @@ def test_a_run_resumed_on_another_number_of_processes_continues_exactly(tmp_path
 
     _run(first, tmp_path, resume=False, stop_at_step=pause_at)
     # the warning about the random states is this process's only when it is the one resuming
-    with pytest.warns(UserWarning, match=f"written by {first} process") if then == 1 else contextlib.nullcontext():
+    with (
+        pytest.warns(UserWarning, match=f"written by {first} process")
+        if then == 1
+        else contextlib.nullcontext()
+    ):
         _run(then, tmp_path, resume=True)
     before = [index for rank in _seen(tmp_path, first) for index in rank]
     used = pause_at * 2 * first  # places of epoch 0's order used before the pause
@@ -153,7 +171,9 @@ def test_a_run_resumed_on_another_number_of_processes_continues_exactly(tmp_path
     schedule = LearningRateSchedule(base_lr=0.05, total_steps=2 * steps_per_epoch, warmup_steps=2)
     positions = [float(step) for step in range(pause_at)]
     positions += [pause_at + k * then / first for k in range(len(records) - pause_at)]
-    assert [r["lr"] for r in records] == pytest.approx([0.05 * schedule.factor(p) for p in positions], rel=1e-6)
+    assert [r["lr"] for r in records] == pytest.approx(
+        [0.05 * schedule.factor(p) for p in positions], rel=1e-6
+    )
     assert positions[-1] + then / first == pytest.approx(2 * steps_per_epoch)  # the horizon reached exactly
     progress = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (progress["world_size"], progress["start_world_size"], progress["epoch"]) == (then, first, 2)
@@ -171,26 +191,42 @@ def _detector_worker(rank: int, world_size: int, folder: str, data: str, overrid
     from detlab.engine.run import build_model, resolve_run_config
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size
+    )
     try:
         run_config = resolve_run_config("faster_rcnn", overrides=overrides)
         dataset = load_dataset(f"voc:{data}", "trainval").with_transforms(build_transforms(train=True))
         model = build_model(run_config, len(dataset.classes))
         config = dataclasses.replace(run_config.train, max_steps=3, batch_size=1, device="cpu", eval_every=0)
-        result = fit(model, dataset, config, f"{folder}/run", header=RunHeader(classes=dataset.classes),
-                     options=FitOptions(context=init_distributed("cpu")))  # fmt: skip
+        result = fit(
+            model,
+            dataset,
+            config,
+            f"{folder}/run",
+            header=RunHeader(classes=dataset.classes),
+            options=FitOptions(context=init_distributed("cpu")),
+        )
         Path(f"{folder}/steps{rank}.txt").write_text(str(result.state.step))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.backbone=resnet18", "model.fpn=false"],  # torchvision's ResNet: its classifier and C5 are not built
-    ["model.backbone=resnet18", "model.fpn=true"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "model.backbone=resnet18",
+            "model.fpn=false",
+        ],  # torchvision's ResNet: its classifier and C5 are not built
+        ["model.backbone=resnet18", "model.fpn=true"],
+    ],
+)
 def test_ddp_trains_a_resnet_backbone_with_and_without_fpn(tmp_path, synthetic_root, overrides):
     small = ["model.min_size=96", "model.max_size=128", "model.pretrained_backbone=false"]
-    mp.spawn(_detector_worker, args=(2, str(tmp_path), str(synthetic_root), overrides + small), nprocs=2, join=True)
+    mp.spawn(
+        _detector_worker, args=(2, str(tmp_path), str(synthetic_root), overrides + small), nprocs=2, join=True
+    )
     assert [(tmp_path / f"steps{rank}.txt").read_text() for rank in range(2)] == ["3", "3"]
 
 
@@ -210,17 +246,60 @@ def test_two_machines_without_a_shared_disk_train_checkpoint_and_resume(tmp_path
         processes = []
         for node_rank, folder in enumerate(machines):
             folder.mkdir(exist_ok=True)
-            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                       f"--node_rank={node_rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                       "-m", "detlab", "train", *arguments]  # fmt: skip
-            processes.append(subprocess.Popen(command, cwd=folder, env=environment, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True))  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={node_rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m",
+                "detlab",
+                "train",
+                *arguments,
+            ]
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    cwd=folder,
+                    env=environment,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [process.communicate(timeout=240)[0] for process in processes]
-        assert [process.returncode for process in processes] == [0, 0], "\n".join(output[-3000:] for output in outputs)
+        assert [process.returncode for process in processes] == [0, 0], "\n".join(
+            output[-3000:] for output in outputs
+        )
 
-    launch(["faster_rcnn", "--data", "synthetic", "--data-root", "data/shapes", "--set", "data.synthetic_images=12",
-            "--set", "data.val_split=", "--set", "model.min_size=96", "--set", "model.max_size=128",
-            "--batch-size", "1", "--max-steps", "1", "--device", "cpu", "--out", "runs/two"])  # fmt: skip
+    launch(
+        [
+            "faster_rcnn",
+            "--data",
+            "synthetic",
+            "--data-root",
+            "data/shapes",
+            "--set",
+            "data.synthetic_images=12",
+            "--set",
+            "data.val_split=",
+            "--set",
+            "model.min_size=96",
+            "--set",
+            "model.max_size=128",
+            "--batch-size",
+            "1",
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            "runs/two",
+        ]
+    )
     assert (machines[0] / "runs/two/last.pt").is_file() and not (machines[1] / "runs/two").exists()
     assert all(len(list((folder / "data/shapes/JPEGImages").glob("*.jpg"))) == 12 for folder in machines)
     launch(["--resume", "runs/two", "--max-steps", "2", "--device", "cpu"])
@@ -309,10 +388,22 @@ def test_sigterm_during_the_evaluation_keeps_the_epoch_and_the_run_resumes_exact
 
     def run(folder, resume=None, epochs=2, marker=None):
         script = tmp_path / f"fit-{folder.name}.py"
-        script.write_text(EVALUATION_SIGTERM_SCRIPT.format(here=str(HERE), run=str(folder), resume=repr(resume),
-                                                           epochs=epochs, marker=str(marker or tmp_path / "unused")))  # fmt: skip
-        return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=environment, text=True)  # fmt: skip
+        script.write_text(
+            EVALUATION_SIGTERM_SCRIPT.format(
+                here=str(HERE),
+                run=str(folder),
+                resume=repr(resume),
+                epochs=epochs,
+                marker=str(marker or tmp_path / "unused"),
+            )
+        )
+        return subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment,
+            text=True,
+        )
 
     marker = tmp_path / "evaluating"
     process = run(tmp_path / "split", marker=marker)

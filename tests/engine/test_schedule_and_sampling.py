@@ -85,7 +85,9 @@ def test_the_sampler_skips_places_of_the_epoch_order_whatever_the_number_of_proc
             for rank in range(world_size):
                 sampler = ResumableSampler(11, rank, world_size, seed=5)
                 sampler.set_epoch(0, skip=steps * world_size)
-                assert list(sampler) == uninterrupted[rank][steps:] and len(sampler) == len(uninterrupted[rank][steps:])
+                assert list(sampler) == uninterrupted[rank][steps:] and len(sampler) == len(
+                    uninterrupted[rank][steps:]
+                )
     order = list(ResumableSampler(11, 0, 1, seed=5))
     for world_size in (2, 3):  # another number: the rest of the order, dealt out evenly
         shares = []

@@ -26,7 +26,9 @@ def train_tiny(run_dir, config, resume=None, stop_at_step=None, model=None, eval
         config,
         run_dir,
         val_dataset=SquaresDataset(10, flip=False) if evaluate else None,
-        header=RunHeader("tiny", ["red", "green"], {"model_name": "tiny", "train": {"epochs": config.epochs}}),
+        header=RunHeader(
+            "tiny", ["red", "green"], {"model_name": "tiny", "train": {"epochs": config.epochs}}
+        ),
         resume=resume,
         options=FitOptions(stop_at_step=stop_at_step),
     )
@@ -120,7 +122,9 @@ def test_an_error_after_the_first_step_saves_last_pt_and_resuming_continues_exac
 def test_resuming_a_finished_run_trains_nothing_unless_the_budget_grows(tmp_path):
     model, first = train_tiny(tmp_path / "run", small_config(epochs=2), evaluate=False)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    again, second = train_tiny(tmp_path / "run", small_config(epochs=2), resume=tmp_path / "run", evaluate=False)
+    again, second = train_tiny(
+        tmp_path / "run", small_config(epochs=2), resume=tmp_path / "run", evaluate=False
+    )
     assert second.status == "already_finished" and second.state.step == first.state.step == 10
     for name, value in before.items():
         torch.testing.assert_close(again.state_dict()[name], value, atol=0, rtol=0)
@@ -193,7 +197,9 @@ def test_weight_average_follows_the_formula_and_copies_integer_buffers():
     model[0].weight.data = model[0].weight.data + 2.0
     average.update(model)
     decay = 0.9 * (1 - torch.exp(torch.tensor(-2.0)))
-    torch.testing.assert_close(average.model[0].weight, first + (1 - decay) * (model[0].weight.detach() - first))
+    torch.testing.assert_close(
+        average.model[0].weight, first + (1 - decay) * (model[0].weight.detach() - first)
+    )
     assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
     with pytest.raises(ValueError, match="ema_decay"):
         WeightAverage(model, decay=1.0)
@@ -230,10 +236,18 @@ def test_a_training_set_and_a_model_with_set_progress_hear_the_share_of_the_budg
             self.heard.append((fraction, self.training))
 
     torch.manual_seed(0)
-    fit(ProgressingDetector(), Progressing(10), small_config(epochs=4, eval_every=0), tmp_path / "run", header=RunHeader("tiny"))
+    fit(
+        ProgressingDetector(),
+        Progressing(10),
+        small_config(epochs=4, eval_every=0),
+        tmp_path / "run",
+        header=RunHeader("tiny"),
+    )
     # 4 epochs of 5 steps: before the first step, then after every step (an epoch's end twice: after
     # its last step and before the next epoch's first)
-    expected = [0.0] + [step / 20 for step in range(1, 21) for _ in range(2 if step % 5 == 0 and step < 20 else 1)]
+    expected = [0.0] + [
+        step / 20 for step in range(1, 21) for _ in range(2 if step % 5 == 0 and step < 20 else 1)
+    ]
     assert Progressing.heard == pytest.approx(expected)
     assert [fraction for fraction, _ in ProgressingDetector.heard] == pytest.approx(expected)
     assert all(training for _, training in ProgressingDetector.heard)

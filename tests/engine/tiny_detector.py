@@ -122,7 +122,11 @@ class CountingEvaluator:
 
     def compute(self):
         # mean_iou depends on every prediction: a distributed evaluation must reproduce it exactly
-        return {"AP50": self.hits / max(self.total, 1), "images": self.total, "mean_iou": self.iou_sum / max(self.total, 1)}
+        return {
+            "AP50": self.hits / max(self.total, 1),
+            "images": self.total,
+            "mean_iou": self.iou_sum / max(self.total, 1),
+        }
 
 
 @dataclass

@@ -249,9 +249,15 @@ def test_evaluator_on_tensors_equals_pycocotools_on_the_same_json():
         for box, label, is_crowd in zip(gt_boxes, gt_labels, crowd):
             width, height = box[2] - box[0], box[3] - box[1]
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label), "iscrowd": int(is_crowd),
-                 "bbox": [box[0], box[1], width, height], "area": width * height}
-            )  # fmt: skip
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "iscrowd": int(is_crowd),
+                    "bbox": [box[0], box[1], width, height],
+                    "area": width * height,
+                }
+            )
         shifted = np.concatenate(
             [gt_boxes, gt_boxes[: len(gt_boxes) // 2] + rng.integers(-3, 4, (len(gt_boxes) // 2, 4))]
         )
@@ -259,17 +265,28 @@ def test_evaluator_on_tensors_equals_pycocotools_on_the_same_json():
         scores = rng.integers(1, 5, len(shifted)) / 4
         for box, label, score in zip(shifted, det_labels, scores):
             results.append(
-                {"image_id": image_id, "category_id": int(label), "score": float(score),
-                 "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
-            )  # fmt: skip
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "score": float(score),
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                }
+            )
         targets.append(
-            {"image_id": image_id, "boxes": torch.tensor(gt_boxes).float().reshape(-1, 4),
-             "labels": torch.tensor(gt_labels), "iscrowd": torch.tensor(crowd)}
-        )  # fmt: skip
+            {
+                "image_id": image_id,
+                "boxes": torch.tensor(gt_boxes).float().reshape(-1, 4),
+                "labels": torch.tensor(gt_labels),
+                "iscrowd": torch.tensor(crowd),
+            }
+        )
         predictions.append(
-            {"boxes": torch.tensor(shifted).float().reshape(-1, 4), "scores": torch.tensor(scores).float(),
-             "labels": torch.tensor(det_labels)}
-        )  # fmt: skip
+            {
+                "boxes": torch.tensor(shifted).float().reshape(-1, 4),
+                "scores": torch.tensor(scores).float(),
+                "labels": torch.tensor(det_labels),
+            }
+        )
     ground_truth = {
         "images": images,
         "annotations": annotations,

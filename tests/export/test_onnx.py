@@ -49,7 +49,9 @@ def write_checkpoint(method: str, path: Path, overrides: list[str]) -> Path:
         if method == "yolo":  # an untrained head scores every point near its prior: ties everywhere
             for branch in model.head.cls:
                 branch[-1].weight.mul_(20)
-    save_checkpoint({"config": config_io.to_dict(run_config), "classes": CLASSES, "model": model.state_dict()}, path)
+    save_checkpoint(
+        {"config": config_io.to_dict(run_config), "classes": CLASSES, "model": model.state_dict()}, path
+    )
     return path
 
 
@@ -72,10 +74,15 @@ def sample_images(synthetic_root: Path) -> list[Path]:
     first, second = sorted((synthetic_root / "JPEGImages").glob("*.jpg"))[:2]
     rng = np.random.default_rng(0)
     made = []
-    for name, image in (("a", Image.open(first)), ("b", Image.open(second)),
-                        ("portrait", Image.open(first).transpose(Image.Transpose.ROTATE_90).resize((150, 233))),
-                        ("small", Image.open(first).resize((97, 61)))):  # fmt: skip
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int16) + rng.integers(-12, 13, (image.height, image.width, 3))
+    for name, image in (
+        ("a", Image.open(first)),
+        ("b", Image.open(second)),
+        ("portrait", Image.open(first).transpose(Image.Transpose.ROTATE_90).resize((150, 233))),
+        ("small", Image.open(first).resize((97, 61))),
+    ):
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16) + rng.integers(
+            -12, 13, (image.height, image.width, 3)
+        )
         path = synthetic_root.parent / f"{synthetic_root.name}_noisy_{name}.png"
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
         made.append(path)
@@ -127,9 +134,11 @@ def test_detections_match_pytorch_on_real_photos(method, exported, bccd_root):
 
 def test_raw_comparison_pairs_reordered_proposals_and_scales_coordinates():
     rng = np.random.default_rng(0)
-    expected = {"proposals": rng.uniform(0, 400, (6, 4)).astype(np.float32),
-                "probabilities": rng.uniform(0, 1, (6, 3)).astype(np.float32),
-                "boxes": rng.uniform(0, 400, (6, 2, 4)).astype(np.float32)}  # fmt: skip
+    expected = {
+        "proposals": rng.uniform(0, 400, (6, 4)).astype(np.float32),
+        "probabilities": rng.uniform(0, 1, (6, 3)).astype(np.float32),
+        "boxes": rng.uniform(0, 400, (6, 2, 4)).astype(np.float32),
+    }
     order = np.array([1, 0, 2, 3, 5, 4])  # two pairs of tied proposals kept in the other order
     found = {name: value[order] for name, value in expected.items()}
     found["boxes"] = found["boxes"] + np.float32(3e-5)  # float32 spacing at 400 px
@@ -145,12 +154,15 @@ def test_raw_comparison_pairs_reordered_proposals_and_scales_coordinates():
 
 
 @pytest.mark.parametrize("antialias", [False, True])
-@pytest.mark.parametrize("sizes", [((37, 53), (20, 31)), ((37, 53), (64, 97)), ((480, 640), (320, 427)), ((9, 9), (9, 4))])
+@pytest.mark.parametrize(
+    "sizes", [((37, 53), (20, 31)), ((37, 53), (64, 97)), ((480, 640), (320, 427)), ((9, 9), (9, 4))]
+)
 def test_numpy_resize_is_torchs(antialias, sizes):
     source, target = sizes
     image = torch.rand(3, *source)
-    expected = torch.nn.functional.interpolate(image[None], size=target, mode="bilinear", align_corners=False,
-                                               antialias=antialias)[0]  # fmt: skip
+    expected = torch.nn.functional.interpolate(
+        image[None], size=target, mode="bilinear", align_corners=False, antialias=antialias
+    )[0]
     found = runtime.resize(image.numpy(), target, antialias)
     np.testing.assert_allclose(found, expected.numpy(), atol=1e-5)
 
@@ -190,13 +202,43 @@ def test_a_yolov1_whose_grid_does_not_divide_its_features_says_so():
 def test_export_and_predict_commands(exported, synthetic_root, tmp_path, capsys):
     checkpoint, _ = exported["faster_rcnn"]
     onnx_file = tmp_path / "model.onnx"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(onnx_file), "--set", "model.score_threshold=0.2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(onnx_file),
+                "--set",
+                "model.score_threshold=0.2",
+            ]
+        )
+        == 0
+    )
     assert "faster_rcnn -> " in capsys.readouterr().out
     assert runtime.OnnxPredictor(onnx_file).metadata["postprocess"]["score_threshold"] == 0.2
     images = synthetic_root / "JPEGImages"
-    assert main(["predict", "--model", str(onnx_file), "--input", str(images), "--out", str(tmp_path / "onnx")]) == 0
-    assert main(["predict", "--checkpoint", str(checkpoint), "--set", "model.score_threshold=0.2", "--input", str(images),
-                 "--out", str(tmp_path / "torch")]) == 0  # fmt: skip
+    assert (
+        main(["predict", "--model", str(onnx_file), "--input", str(images), "--out", str(tmp_path / "onnx")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--set",
+                "model.score_threshold=0.2",
+                "--input",
+                str(images),
+                "--out",
+                str(tmp_path / "torch"),
+            ]
+        )
+        == 0
+    )
     found = json.loads((tmp_path / "onnx" / "detections.json").read_text())
     expected = json.loads((tmp_path / "torch" / "detections.json").read_text())
     assert len(found) == len(expected) > 0

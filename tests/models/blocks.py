@@ -23,8 +23,10 @@ class Blocks(torch.utils.data.Dataset):
                 x = int(torch.randint(0, size - width, (1,), generator=generator))
                 y = int(torch.randint(0, size - height, (1,), generator=generator))
                 image[label - 1, y : y + height, x : x + width] = 1.0
-                target = {"boxes": torch.tensor([[x, y, x + width, y + height]], dtype=torch.float32),
-                          "labels": torch.tensor([label])}  # fmt: skip
+                target = {
+                    "boxes": torch.tensor([[x, y, x + width, y + height]], dtype=torch.float32),
+                    "labels": torch.tensor([label]),
+                }
             self.items.append((image, {**target, "image_id": index}))
 
     def __len__(self) -> int:

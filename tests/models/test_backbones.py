@@ -28,7 +28,9 @@ def test_without_a_pyramid_only_the_layers_used_are_built():
     compact = build_feature_extractor("compact", width=8)
     assert len(compact.body.stages) == 2 and compact.strides == [16.0]
     with_fpn = build_feature_extractor("resnet18", fpn=True, fpn_channels=16)
-    assert with_fpn.strides == [8.0, 16.0, 32.0] and "layer4" in {n.split(".")[1] for n, _ in with_fpn.named_parameters()}
+    assert with_fpn.strides == [8.0, 16.0, 32.0] and "layer4" in {
+        n.split(".")[1] for n, _ in with_fpn.named_parameters()
+    }
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

@@ -39,7 +39,9 @@ def test_coverage_on_hand_made_boxes_and_anchors():
     batcher = ImageBatcher(64, 64, size_divisible=16)
     exact = [8, 8, 40, 40]  # the anchor centred at (24, 24): IoU 1
     quarter = [0, 0, 16, 16]  # best: the anchor centred at (8, 8), [-8, -8, 24, 24]: IoU 256 / 1024
-    result = anchor_coverage([record([exact, quarter], labels=[1, 2])], generator, [16], batcher, positive_iou=0.7)
+    result = anchor_coverage(
+        [record([exact, quarter], labels=[1, 2])], generator, [16], batcher, positive_iou=0.7
+    )
     assert result["boxes"] == 2
     assert result["best_possible_recall"] == pytest.approx(0.5)
     assert result["mean_best_iou"] == pytest.approx((1 + 0.25) / 2)
@@ -82,13 +84,17 @@ def test_auto_anchors_cover_large_boxes_where_the_fixed_defaults_fall_short():
 
 def test_small_objects_raise_the_input_size_and_fixed_anchors_that_miss_warn():
     rng = np.random.default_rng(1)
-    small = [record([[x, y, x + 12, y + 12] for x, y in rng.uniform(0, 600, (5, 2))], height=800, width=800)
-             for _ in range(20)]  # fmt: skip
+    small = [
+        record([[x, y, x + 12, y + 12] for x, y in rng.uniform(0, 600, (5, 2))], height=800, width=800)
+        for _ in range(20)
+    ]
     fitted, report = fit_to_data(resolve_run_config("faster_rcnn"), small, build, 1)
     assert fitted.model.min_size == 512  # the CPU bound; the objects would want more
     assert report["input_size"]["wanted_side"] > 512
-    hand_set = resolve_run_config("faster_rcnn", overrides=["model.anchor_sizes=[200,300,400]", "model.min_size=320",
-                                                            "model.aspect_ratios=[1.0]"])  # fmt: skip
+    hand_set = resolve_run_config(
+        "faster_rcnn",
+        overrides=["model.anchor_sizes=[200,300,400]", "model.min_size=320", "model.aspect_ratios=[1.0]"],
+    )
     with pytest.warns(UserWarning, match="cover the training boxes poorly"):
         kept, report = fit_to_data(hand_set, small, build, 1)
     assert kept.model.anchor_sizes == (200.0, 300.0, 400.0) and report["anchors"]["chosen"] == "fixed"
@@ -98,7 +104,10 @@ def test_auto_values_parse_and_fall_back_without_data():
     config = config_io.merge(FasterRCNNConfig(), {"anchor_sizes": "16,32,64", "aspect_ratios": "auto"})
     assert config.anchor_sizes == (16.0, 32.0, 64.0) and config.aspect_ratios == "auto"
     plain = concrete(FasterRCNNConfig())
-    assert plain.anchor_sizes == (16.0, 24.0, 40.0, 64.0, 96.0, 144.0) and (plain.min_size, plain.max_size) == (320, 427)
+    assert plain.anchor_sizes == (16.0, 24.0, 40.0, 64.0, 96.0, 144.0) and (
+        plain.min_size,
+        plain.max_size,
+    ) == (320, 427)
     model = build(FasterRCNNConfig(backbone_width=8), 1)  # builds without data: the fallbacks
     assert model.batcher.min_size == 320
     with pytest.raises(ValueError, match="or auto"):
@@ -109,8 +118,14 @@ def test_held_out_validation_is_disjoint_seeded_and_small_sets_are_used_whole(sy
     from detlab.data.loading import load_dataset
 
     def run_config(seed):
-        return resolve_run_config("faster_rcnn", overrides=[f"data.spec={synthetic_root}", f"train.seed={seed}",
-                                                            f"train.out_dir={tmp_path / str(seed)}"])  # fmt: skip
+        return resolve_run_config(
+            "faster_rcnn",
+            overrides=[
+                f"data.spec={synthetic_root}",
+                f"train.seed={seed}",
+                f"train.out_dir={tmp_path / str(seed)}",
+            ],
+        )
 
     trainval = load_dataset(str(synthetic_root), "trainval")  # contains the val split: not usable as it is
     test_ids = {record.image_id for record in load_dataset(str(synthetic_root), "test").records}
@@ -118,7 +133,9 @@ def test_held_out_validation_is_disjoint_seeded_and_small_sets_are_used_whole(sy
     train_ids, val_ids = {r.image_id for r in train.records}, {r.image_id for r in validation.records}
     assert report["held_out"] == len(val_ids) == round(0.15 * len(trainval)) > 0
     assert not train_ids & val_ids and not val_ids & test_ids and len(train_ids | val_ids) == len(trainval)
-    assert (tmp_path / "0" / "val_held_out.txt").read_text().split() == [str(r.image_id) for r in validation.records]
+    assert (tmp_path / "0" / "val_held_out.txt").read_text().split() == [
+        str(r.image_id) for r in validation.records
+    ]
     again = automatic_validation(run_config(0), trainval, Context())[1]
     assert [r.image_id for r in again.records] == [r.image_id for r in validation.records]
     other = automatic_validation(run_config(1), trainval, Context())[1]
@@ -126,7 +143,9 @@ def test_held_out_validation_is_disjoint_seeded_and_small_sets_are_used_whole(sy
     # A train split apart from the data set's val split uses that split.
     train_only = load_dataset(str(synthetic_root), "train")
     _, val_split, _ = automatic_validation(run_config(0), train_only, Context())
-    assert {r.image_id for r in val_split.records} == {r.image_id for r in load_dataset(str(synthetic_root), "val").records}
+    assert {r.image_id for r in val_split.records} == {
+        r.image_id for r in load_dataset(str(synthetic_root), "val").records
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         last_six = trainval.subset(range(len(trainval) - 6, len(trainval)))  # val images among them
@@ -136,16 +155,28 @@ def test_held_out_validation_is_disjoint_seeded_and_small_sets_are_used_whole(sy
 
 def test_a_run_stores_the_fitted_values_and_a_resumed_run_reuses_them(synthetic_root, tmp_path):
     out = tmp_path / "run"
-    run_config = resolve_run_config("faster_rcnn", overrides=[
-        f"data.spec={synthetic_root}", "data.train_split=trainval", f"train.out_dir={out}", "train.max_steps=2",
-        "train.eval_every=0", "model.backbone_width=8", "model.rpn_post_nms_top_n_train=50"])  # fmt: skip
+    run_config = resolve_run_config(
+        "faster_rcnn",
+        overrides=[
+            f"data.spec={synthetic_root}",
+            "data.train_split=trainval",
+            f"train.out_dir={out}",
+            "train.max_steps=2",
+            "train.eval_every=0",
+            "model.backbone_width=8",
+            "model.rpn_post_nms_top_n_train=50",
+        ],
+    )
     torch.manual_seed(0)
     train_run(run_config)
     stored = yaml.safe_load((out / "config.yaml").read_text())["model"]
     assert isinstance(stored["min_size"], int) and all(isinstance(v, float) for v in stored["anchor_sizes"])
     assert (out / "data_fit.json").is_file() and (out / "val_held_out.txt").is_file()
     resumed = run_config_for_resume(out, overrides=["train.max_steps=3"])
-    assert resumed.model.min_size == stored["min_size"] and list(resumed.model.anchor_sizes) == stored["anchor_sizes"]
+    assert (
+        resumed.model.min_size == stored["min_size"]
+        and list(resumed.model.anchor_sizes) == stored["anchor_sizes"]
+    )
     assert list(resumed.model.aspect_ratios) == stored["aspect_ratios"]
 
 

@@ -22,8 +22,15 @@ def test_building_or_loading_creates_no_file_even_in_a_read_only_folder(tmp_path
     monkeypatch.chdir(working)
     os.chmod(working, 0o555)  # a read-only working folder
     try:
-        build_model("fast_rcnn", FastRCNNConfig(backbone_width=8, proposal_method="sliding"), 2, weights_from_checkpoint=True)
-        build_model("rcnn", RCNNConfig(backbone_width=8, proposal_method="sliding"), 2, weights_from_checkpoint=True)
+        build_model(
+            "fast_rcnn",
+            FastRCNNConfig(backbone_width=8, proposal_method="sliding"),
+            2,
+            weights_from_checkpoint=True,
+        )
+        build_model(
+            "rcnn", RCNNConfig(backbone_width=8, proposal_method="sliding"), 2, weights_from_checkpoint=True
+        )
     finally:
         os.chmod(working, 0o755)
     assert files_under(working) == [] and not cache.exists()
@@ -31,8 +38,16 @@ def test_building_or_loading_creates_no_file_even_in_a_read_only_folder(tmp_path
 
 def test_two_proposal_settings_share_one_cache_folder_without_clashing(tmp_path):
     models = [
-        build_model("fast_rcnn", FastRCNNConfig(backbone_width=8, proposal_method="sliding", max_proposals=count,
-                                                proposal_cache_dir=str(tmp_path)), 2)  # fmt: skip
+        build_model(
+            "fast_rcnn",
+            FastRCNNConfig(
+                backbone_width=8,
+                proposal_method="sliding",
+                max_proposals=count,
+                proposal_cache_dir=str(tmp_path),
+            ),
+            2,
+        )
         for count in (50, 80)
     ]
     image = torch.rand(3, 64, 64)

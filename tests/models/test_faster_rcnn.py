@@ -159,7 +159,10 @@ def test_alternating_training_changes_only_the_parts_of_each_step():
         changed.append(parts)
 
     stages = model.recipe("4step")
-    assert [stage.budget for stage in stages] == [0.25] * 4 and [s.evaluate for s in stages] == [False, True] * 2
+    assert [stage.budget for stage in stages] == [0.25] * 4 and [s.evaluate for s in stages] == [
+        False,
+        True,
+    ] * 2
     for index, stage in enumerate(stages):
         stage.prepare(model)
         train_step(model, index)

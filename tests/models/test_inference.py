@@ -18,10 +18,13 @@ def detections(model, images):
     return model(images)[0]
 
 
-@pytest.mark.parametrize(("method", "overrides", "outputs"), [
-    ("yolo", ["model.input_size=160"], yolo_raw),
-    ("faster_rcnn", ["model.min_size=128", "model.max_size=160"], detections),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "overrides", "outputs"),
+    [
+        ("yolo", ["model.input_size=160"], yolo_raw),
+        ("faster_rcnn", ["model.min_size=128", "model.max_size=160"], detections),
+    ],
+)
 def test_folded_batchnorm_computes_the_same(method, overrides, outputs):
     torch.manual_seed(0)
     model = build_model(resolve_run_config(method, overrides=overrides), 3)
@@ -40,7 +43,10 @@ def test_folded_batchnorm_computes_the_same(method, overrides, outputs):
         batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
         folded = fold_batchnorm(model)
         found = outputs(model, images)
-    assert folded > 10 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == batchnorms - folded
+    assert (
+        folded > 10
+        and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == batchnorms - folded
+    )
     assert len(found["boxes"]) == len(expected["boxes"]) > 0
     torch.testing.assert_close(found["scores"], expected["scores"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(found["boxes"], expected["boxes"], rtol=1e-4, atol=1e-3)

@@ -23,7 +23,9 @@ def test_synthetic_pose_set_is_coco_keypoints_and_matches_the_renderer(tmp_path)
     rendered, joints = render_figure(3, index, 96)
     assert target["keypoints"].shape == (1, len(JOINTS), 2)
     torch.testing.assert_close(target["keypoints"][0], torch.from_numpy(joints).float())
-    torch.testing.assert_close(image, torch.from_numpy(__import__("numpy").asarray(rendered).copy()).permute(2, 0, 1).float() / 255)
+    torch.testing.assert_close(
+        image, torch.from_numpy(__import__("numpy").asarray(rendered).copy()).permute(2, 0, 1).float() / 255
+    )
     x, y = target["keypoints"][0, 0].round().long().tolist()
     assert (image[:, y, x] * 255).round().tolist() == [40, 200, 80]  # the head joint is in the head colour
 
@@ -67,11 +69,20 @@ def test_first_pose_names_a_joint_count_mismatch():
 
 def test_cascade_recipe_measures_errors_then_trains_each_stage_on_its_own(tmp_path):
     run_config = resolve_run_config(
-        "keypoints", data={"root": str(tmp_path / "pose"), "synthetic_images": 40},
-        train={"out_dir": str(tmp_path / "run"), "max_steps": 60, "batch_size": 8, "lr": 2e-3, "warmup_steps": 0, "log_every": 1,
-               "schedule": "constant", "device": "cpu"},
+        "keypoints",
+        data={"root": str(tmp_path / "pose"), "synthetic_images": 40},
+        train={
+            "out_dir": str(tmp_path / "run"),
+            "max_steps": 60,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "warmup_steps": 0,
+            "log_every": 1,
+            "schedule": "constant",
+            "device": "cpu",
+        },
         model={"hidden_dim": 32, "dropout": 0.0},
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = build_keypoints(run_config.model, 1)
     stages = recipe_of(model, "")

@@ -46,7 +46,9 @@ def test_eval_mode_returns_top_k_guesses_in_each_images_pixels():
     assert len(detections) == 2
     for detection, (height, width) in zip(detections, [(50, 200), (120, 90)]):
         assert detection["boxes"].shape == (2, 4) and detection["labels"].dtype == torch.int64
-        assert torch.all(detection["boxes"][:, [0, 2]] <= width) and torch.all(detection["boxes"][:, [1, 3]] <= height)
+        assert torch.all(detection["boxes"][:, [0, 2]] <= width) and torch.all(
+            detection["boxes"][:, [1, 3]] <= height
+        )
         assert detection["scores"][0] >= detection["scores"][1]
     # the same image at another size gives the same guesses, scaled: boxes are normalised inside
     image = torch.rand(3, 64, 64)
@@ -78,14 +80,19 @@ def test_specific_loss_uses_the_box_of_the_true_class():
     # Class 0's box is off by (0.1, 0.1, 0.5, 0.5): squared error 0.01 + 0.01 + 0.25 + 0.25.
     assert localizer_loss(outputs, torch.tensor([0]), target)["loss_box"].item() == pytest.approx(0.52)
     # Uniform logits over 2 classes: cross-entropy log 2.
-    assert localizer_loss(outputs, torch.tensor([0]), target)["loss_classifier"].item() == pytest.approx(0.6931, abs=1e-4)
+    assert localizer_loss(outputs, torch.tensor([0]), target)["loss_classifier"].item() == pytest.approx(
+        0.6931, abs=1e-4
+    )
     # With a background class, background windows teach the class head only.
     with_background = localizer_loss(outputs, torch.tensor([0]), target, background=True)
     assert with_background["loss_box"] == 0
 
 
 def test_guesses_agnostic_repeat_the_one_box():
-    outputs = {"class_logits": torch.tensor([[0.0, 2.0, 1.0]]), "boxes": torch.tensor([[[0.1, 0.2, 0.3, 0.4]]])}
+    outputs = {
+        "class_logits": torch.tensor([[0.0, 2.0, 1.0]]),
+        "boxes": torch.tensor([[[0.1, 0.2, 0.3, 0.4]]]),
+    }
     guesses = guesses_from_outputs(outputs, top_k=5)
     assert guesses["labels"].tolist() == [[2, 3, 1]]
     assert torch.equal(guesses["boxes"][0], torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 3))
@@ -96,11 +103,23 @@ def test_training_learns_classes_and_boxes_at_positions_it_never_saw(tmp_path):
     # the conv box head must generalise to new positions, not memorise the training ones.
     torch.manual_seed(0)
     model = build_localizer(small(), 2)
-    config = TrainConfig(max_steps=100, batch_size=16, optimizer="adamw", lr=3e-3, warmup_steps=5, device="cpu")
-    fit(model, Blocks(64, seed=0, empty_every=9), config, tmp_path / "run", header=RunHeader(classes=["red", "green"]))
+    config = TrainConfig(
+        max_steps=100, batch_size=16, optimizer="adamw", lr=3e-3, warmup_steps=5, device="cpu"
+    )
+    fit(
+        model,
+        Blocks(64, seed=0, empty_every=9),
+        config,
+        tmp_path / "run",
+        header=RunHeader(classes=["red", "green"]),
+    )
     test = Blocks(32, seed=1)
-    metrics = evaluate(model, make_loader(test, 16, torch.utils.data.SequentialSampler(test)),
-                       LocalizationEvaluator(test.classes), "cpu")  # fmt: skip
+    metrics = evaluate(
+        model,
+        make_loader(test, 16, torch.utils.data.SequentialSampler(test)),
+        LocalizationEvaluator(test.classes),
+        "cpu",
+    )
     assert metrics["classification_top1"] >= 0.9
     assert metrics["mean_iou"] >= 0.5 and metrics["localization_top1"] >= 0.5
 
@@ -116,9 +135,17 @@ def test_background_only_batches_give_a_zero_loss_that_trains():
 def test_four_step_recipe_freezes_features_and_trains_a_new_head(tmp_path):
     torch.manual_seed(0)
     run_config = resolve_run_config(
-        "localizer", train={"out_dir": str(tmp_path / "run"), "max_steps": 10, "batch_size": 8, "recipe": "4step",
-                            "device": "cpu", "warmup_steps": 0}, model={"hidden_dim": 32, "classifier_fraction": 0.5},
-    )  # fmt: skip
+        "localizer",
+        train={
+            "out_dir": str(tmp_path / "run"),
+            "max_steps": 10,
+            "batch_size": 8,
+            "recipe": "4step",
+            "device": "cpu",
+            "warmup_steps": 0,
+        },
+        model={"hidden_dim": 32, "classifier_fraction": 0.5},
+    )
     model = build_localizer(run_config.model, 2)
     stages = recipe_of(model, "4step")
     assert [stage.name for stage in stages] == ["step1_classifier", "step2_new_box_head", "step3_regressor"]
@@ -133,7 +160,9 @@ def test_four_step_recipe_freezes_features_and_trains_a_new_head(tmp_path):
     assert result.status == "finished" and final["progress"]["step"] == 5
     changed = {name for name in after_step1 if not torch.equal(after_step1[name], final["model"][name])}
     # Step 2 replaced the regression head; step 3 trained only it (BatchNorm statistics included).
-    assert any(not torch.equal(after_step1[n], after_step2[n]) for n in after_step1 if n.startswith("box_head"))
+    assert any(
+        not torch.equal(after_step1[n], after_step2[n]) for n in after_step1 if n.startswith("box_head")
+    )
     assert changed and all(name.startswith("box_head") for name in changed)
     assert final["optimizer"]["param_groups"][0]["momentum"] == 0.9  # step 3 uses SGD
     assert all(parameter.requires_grad for parameter in model.box_head.parameters())

@@ -88,8 +88,15 @@ def test_max_pooled_net_converts_to_a_sliding_max_pool(attach, strided_blocks):
     # The default localizer: 4 blocks (stride 8), class evidence max-pooled over its 4x4 grid; the
     # first blocks may downsample with a stride-2 conv instead of a max-pool (same stride, same grid).
     torch.manual_seed(0)
-    config = LocalizerConfig(window_size=64, attach=attach, hidden_dim=24, pool="max", blocks=4, padding=0,
-                             strided_blocks=strided_blocks)  # fmt: skip
+    config = LocalizerConfig(
+        window_size=64,
+        attach=attach,
+        hidden_dim=24,
+        pool="max",
+        blocks=4,
+        padding=0,
+        strided_blocks=strided_blocks,
+    )
     model = settle_batchnorm(build_localizer_module(config, 3), 64)
     strided = [m for m in model.features.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
     pools = [m for m in model.features.modules() if isinstance(m, nn.MaxPool2d)]
@@ -146,7 +153,9 @@ def test_detector_contract():
         assert result["boxes"].ndim == 2 and result["boxes"].shape[1] == 4
         assert len(result["boxes"]) >= 1
         assert torch.all(result["labels"] == 2) and result["labels"].dtype == torch.int64
-        assert torch.all(result["boxes"][:, 2] <= image.shape[2]) and torch.all(result["boxes"][:, 3] <= image.shape[1])
+        assert torch.all(result["boxes"][:, 2] <= image.shape[2]) and torch.all(
+            result["boxes"][:, 3] <= image.shape[1]
+        )
         assert torch.all((result["scores"] > 0) & (result["scores"] <= 1))
     # Background everywhere: nothing is detected (the converted net follows the changed weights).
     with torch.no_grad():
@@ -170,8 +179,9 @@ def test_alexnet_localizer_converts_at_its_224_window():
 def test_training_windows_hold_their_object_and_test_like_windows_are_labelled_by_content():
     torch.manual_seed(0)
     boxes, labels = torch.tensor([[40.0, 30.0, 90.0, 70.0]]), torch.tensor([2])
-    windows, window_labels, targets = sample_windows((120, 160), boxes, labels, count=400, positive_fraction=0.25,
-                                                     side_range=(20.0, 150.0))  # fmt: skip
+    windows, window_labels, targets = sample_windows(
+        (120, 160), boxes, labels, count=400, positive_fraction=0.25, side_range=(20.0, 150.0)
+    )
     assert set(window_labels[:100].tolist()) == {2}  # the object-centred quarter
     for window, target in zip(windows[:100], targets[:100]):
         side = window[2] - window[0]
@@ -182,15 +192,28 @@ def test_training_windows_hold_their_object_and_test_like_windows_are_labelled_b
         torch.testing.assert_close(window[:2] + target[2:] * side, boxes[0, 2:])
     rest, rest_labels, rest_targets = windows[100:], window_labels[100:], targets[100:]
     sides = rest[:, 2] - rest[:, 0]
-    assert sides.min() >= 20 and sides.max() <= 120 and (rest[:, 2] <= 160 + 1e-4).all() and (rest[:, 3] <= 120 + 1e-4).all()
-    inside = (torch.minimum(rest[:, 2:], boxes[0, 2:]) - torch.maximum(rest[:, :2], boxes[0, :2])).clamp(min=0).prod(dim=1)
+    assert (
+        sides.min() >= 20
+        and sides.max() <= 120
+        and (rest[:, 2] <= 160 + 1e-4).all()
+        and (rest[:, 3] <= 120 + 1e-4).all()
+    )
+    inside = (
+        (torch.minimum(rest[:, 2:], boxes[0, 2:]) - torch.maximum(rest[:, :2], boxes[0, :2]))
+        .clamp(min=0)
+        .prod(dim=1)
+    )
     whole = (inside >= 0.9 * 50 * 40) & (50 / sides >= 0.35) & (50 / sides <= 0.9)
     assert torch.equal(rest_labels == 2, whole) and whole.any() and (~whole).any()
     # Background among them includes parts of the object (test windows cutting through it).
     assert ((rest_labels == 0) & (inside > 0.2 * 50 * 40)).any()
     for window, target in zip(rest[whole], rest_targets[whole]):
-        torch.testing.assert_close(window[:2] + target[:2] * (window[2] - window[0]), boxes[0, :2].clamp(min=window[:2]))
-    assert torch.equal(rest_targets[~whole], torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(int((~whole).sum()), 4))
+        torch.testing.assert_close(
+            window[:2] + target[:2] * (window[2] - window[0]), boxes[0, :2].clamp(min=window[:2])
+        )
+    assert torch.equal(
+        rest_targets[~whole], torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(int((~whole).sum()), 4)
+    )
 
 
 def test_a_training_step_crops_the_windows_from_the_images():
@@ -209,8 +232,15 @@ def test_cut_windows_samples_as_torchvision_roi_align(samples):
     # Windows inside the image (as training draws them), touching its borders, shrunk and enlarged.
     torch.manual_seed(0)
     image = torch.rand(3, 90, 130)
-    windows = torch.tensor([[0.0, 0.0, 90.0, 90.0], [40.0, 0.0, 130.0, 90.0], [10.3, 20.7, 31.1, 41.5],
-                            [55.5, 12.25, 119.5, 76.25], [100.0, 60.0, 130.0, 90.0]])  # fmt: skip
+    windows = torch.tensor(
+        [
+            [0.0, 0.0, 90.0, 90.0],
+            [40.0, 0.0, 130.0, 90.0],
+            [10.3, 20.7, 31.1, 41.5],
+            [55.5, 12.25, 119.5, 76.25],
+            [100.0, 60.0, 130.0, 90.0],
+        ]
+    )
     crops = cut_windows(image, windows, 24, samples)
     rois = torch.cat([torch.zeros(len(windows), 1), windows], dim=1)
     expected = roi_align(image[None], rois, 24, 1.0, sampling_ratio=samples, aligned=True)
@@ -249,7 +279,9 @@ def test_hard_negatives_replace_half_the_background_with_the_windows_scored_most
     targets = torch.tensor([[0.1, 0.1, 0.9, 0.9]] + [[0.0, 0.0, 1.0, 1.0]] * 4)
     candidates = torch.tensor([[0.0, 0.0, 60.0, 60.0], [100.0, 10.0, 150.0, 60.0]])
     model.object_scores = lambda pool: pool.mean(dim=(1, 2, 3))  # the network "scores" a crop by its value
-    new_crops, new_labels, new_targets = model.with_hard_negatives(image, (crops, labels, targets), candidates)
+    new_crops, new_labels, new_targets = model.with_hard_negatives(
+        image, (crops, labels, targets), candidates
+    )
     assert new_labels.tolist() == [2, 0, 0, 0, 0]  # as many windows, the positive first and untouched
     assert torch.equal(new_crops[0], crops[0]) and torch.equal(new_targets[0], targets[0])
     # Windows 0.8 and 0.9 stay as drawn; the replaced half (0.0, 0.7) competes with the candidates
@@ -272,7 +304,9 @@ def test_a_training_step_with_hard_negative_mining_trains():
 
 def test_object_cover_is_the_largest_share_of_an_object_a_window_holds():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
-    windows = torch.tensor([[0.0, 0.0, 5.0, 10.0], [30.0, 30.0, 60.0, 60.0], [50.0, 0.0, 60.0, 10.0], [0.0, 0.0, 50.0, 50.0]])
+    windows = torch.tensor(
+        [[0.0, 0.0, 5.0, 10.0], [30.0, 30.0, 60.0, 60.0], [50.0, 0.0, 60.0, 10.0], [0.0, 0.0, 50.0, 50.0]]
+    )
     assert torch.allclose(object_cover(windows, boxes), torch.tensor([0.5, 0.25, 0.0, 1.0]))
     assert torch.equal(object_cover(windows, torch.zeros(0, 4)), torch.zeros(4))
 
@@ -280,18 +314,22 @@ def test_object_cover_is_the_largest_share_of_an_object_a_window_holds():
 def test_windows_are_labelled_by_the_object_they_hold_whole_at_a_fitting_size():
     boxes = torch.tensor([[10.0, 10.0, 30.0, 20.0], [50.0, 50.0, 90.0, 90.0]])
     labels = torch.tensor([1, 2])
-    windows = torch.tensor([
-        [0.0, 0.0, 40.0, 40.0],  # holds box 0 whole, its 20-px side fills 0.5: label 1
-        [15.0, 0.0, 55.0, 40.0],  # half of box 0: background
-        [0.0, 0.0, 100.0, 100.0],  # both whole; box 1 fills 0.4, box 0 only 0.2: label 2
-        [0.0, 0.0, 22.0, 22.0],  # box 0 fills 0.91 of it and is not whole: background
-        [45.0, 45.0, 95.0, 95.0],  # box 1 fills 0.8: label 2
-    ])
+    windows = torch.tensor(
+        [
+            [0.0, 0.0, 40.0, 40.0],  # holds box 0 whole, its 20-px side fills 0.5: label 1
+            [15.0, 0.0, 55.0, 40.0],  # half of box 0: background
+            [0.0, 0.0, 100.0, 100.0],  # both whole; box 1 fills 0.4, box 0 only 0.2: label 2
+            [0.0, 0.0, 22.0, 22.0],  # box 0 fills 0.91 of it and is not whole: background
+            [45.0, 45.0, 95.0, 95.0],  # box 1 fills 0.8: label 2
+        ]
+    )
     window_labels, targets = label_windows(windows, boxes, labels, (0.35, 0.9))
     assert window_labels.tolist() == [1, 0, 2, 0, 2]
     torch.testing.assert_close(targets[0], torch.tensor([0.25, 0.25, 0.75, 0.5]))
     torch.testing.assert_close(targets[2], torch.tensor([0.5, 0.5, 0.9, 0.9]))
     torch.testing.assert_close(targets[4], torch.tensor([0.1, 0.1, 0.9, 0.9]))
     assert torch.equal(targets[[1, 3]], torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2))
-    empty_labels, _ = label_windows(windows, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), (0.35, 0.9))
+    empty_labels, _ = label_windows(
+        windows, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), (0.35, 0.9)
+    )
     assert torch.equal(empty_labels, torch.zeros(5, dtype=torch.int64))

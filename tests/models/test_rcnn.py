@@ -14,8 +14,16 @@ from detlab.models.rcnn_training import (
     train_linear_svm,
 )
 
-TINY = RCNNConfig(backbone_width=8, window_size=32, pool_size=2, representation_size=16, windows_per_batch=16,
-                  proposal_method="sliding", max_proposals=50, proposal_cache_dir="")  # fmt: skip
+TINY = RCNNConfig(
+    backbone_width=8,
+    window_size=32,
+    pool_size=2,
+    representation_size=16,
+    windows_per_batch=16,
+    proposal_method="sliding",
+    max_proposals=50,
+    proposal_cache_dir="",
+)
 
 
 def test_context_padding_gives_16_pixels_of_context_at_the_warped_size():
@@ -46,7 +54,9 @@ def test_hard_negative_mining_adds_hard_negatives_evicts_easy_ones_and_separates
     positives = torch.randn(40, 2, generator=generator) * 0.3 + torch.tensor([2.0, 0.0])
     easy = [torch.randn(30, 2, generator=generator) * 0.3 + torch.tensor([-4.0, 0.0]) for _ in range(3)]
     hard = [torch.randn(30, 2, generator=generator) * 0.3 + torch.tensor([0.3, 0.0]) for _ in range(3)]
-    miner = HardNegativeMiner(positives, lambda p, n: train_linear_svm(p, n, 1.0, 2.0, 10.0), retrain_after=20)
+    miner = HardNegativeMiner(
+        positives, lambda p, n: train_linear_svm(p, n, 1.0, 2.0, 10.0), retrain_after=20
+    )
     miner.add_image(easy[0], [("e0", i) for i in range(30)])  # first image: all its negatives enter
     assert len(miner.keys) <= 30 and miner.retrainings == 1
     easy_kept_after_first = sum(key[0] == "e0" for key in miner.keys)
@@ -157,11 +167,25 @@ def test_a_tiny_run_on_the_synthetic_set_detects_objects(tmp_path):
     run_config = resolve_run_config(
         "rcnn",
         data={"root": str(tmp_path / "data"), "synthetic_images": 60, "val_split": "test"},
-        train={"out_dir": str(tmp_path / "run"), "max_steps": 400, "batch_size": 4, "warmup_steps": 5, "device": "cpu"},
-        model={"backbone_width": 16, "window_size": 48, "pool_size": 3, "representation_size": 64,
-               "windows_per_batch": 64, "proposal_method": "sliding", "max_proposals": 200,
-               "proposal_cache_dir": str(tmp_path / "proposals"), "feature_cache_dir": str(tmp_path / "features")},
-    )  # fmt: skip
+        train={
+            "out_dir": str(tmp_path / "run"),
+            "max_steps": 400,
+            "batch_size": 4,
+            "warmup_steps": 5,
+            "device": "cpu",
+        },
+        model={
+            "backbone_width": 16,
+            "window_size": 48,
+            "pool_size": 3,
+            "representation_size": 64,
+            "windows_per_batch": 64,
+            "proposal_method": "sliding",
+            "max_proposals": 200,
+            "proposal_cache_dir": str(tmp_path / "proposals"),
+            "feature_cache_dir": str(tmp_path / "features"),
+        },
+    )
     torch.manual_seed(0)
     result = train_run(run_config)
     assert result.status == "finished"
@@ -188,7 +212,6 @@ def tiny_voc(tmp_path, num_images=8):
 def test_feature_extraction_resumes_after_an_interruption_and_skips_finished_images(tmp_path, monkeypatch):
     import numpy as np
 
-
     torch.manual_seed(0)
     model = build_rcnn(dataclasses.replace(TINY, feature_cache_dir=str(tmp_path / "features")), 4)
     dataset = tiny_voc(tmp_path, 12)  # 8 training images
@@ -214,7 +237,9 @@ def test_feature_extraction_resumes_after_an_interruption_and_skips_finished_ima
 def test_a_class_without_training_boxes_gets_an_svm_that_scores_nothing(tmp_path):
 
     torch.manual_seed(0)
-    model = build_rcnn(dataclasses.replace(TINY, feature_cache_dir=str(tmp_path / "features")), 5)  # class 5: none
+    model = build_rcnn(
+        dataclasses.replace(TINY, feature_cache_dir=str(tmp_path / "features")), 5
+    )  # class 5: none
     dataset = tiny_voc(tmp_path, 12)
     extract_features(model, dataset)
     with pytest.warns(UserWarning, match="class 5 has no ground-truth box"):
@@ -222,5 +247,7 @@ def test_a_class_without_training_boxes_gets_an_svm_that_scores_nothing(tmp_path
     assert bool(model.svm_trained) and model.svm_bias[4] < -1e5
     model.eval()
     with torch.no_grad():
-        found = model([dataset[0][0]], proposals=[torch.tensor([[10.0, 10.0, 60.0, 60.0], [0.0, 0.0, 100.0, 90.0]])])[0]
+        found = model(
+            [dataset[0][0]], proposals=[torch.tensor([[10.0, 10.0, 60.0, 60.0], [0.0, 0.0, 100.0, 90.0]])]
+        )[0]
     assert (found["labels"] == 5).sum() == 0 or found["scores"][found["labels"] == 5].max() < -1e5

@@ -23,8 +23,14 @@ class ZeroPooler(nn.Module):
 
 def shifting_head(box_refinement: bool) -> RoIHead:
     """A head whose every RoI scores class 1 and whose box moves right by half its width."""
-    head = RoIHead(ZeroPooler(), 1, num_classes=1, representation_size=4, box_refinement=box_refinement,
-                   score_threshold=0.0)  # fmt: skip
+    head = RoIHead(
+        ZeroPooler(),
+        1,
+        num_classes=1,
+        representation_size=4,
+        box_refinement=box_refinement,
+        score_threshold=0.0,
+    )
     with torch.no_grad():
         head.classifier.weight.zero_()
         head.box_regressor.weight.zero_()
@@ -59,8 +65,14 @@ class SizeReporter(DetectorModule):
 
     def forward(self, images, targets=None, trace=None):
         side = float(self.batcher.min_size)
-        return [{"boxes": torch.tensor([[0.0, 0.0, side, side]]), "scores": torch.tensor([side / 1000]),
-                 "labels": torch.tensor([1])} for _ in images]  # fmt: skip
+        return [
+            {
+                "boxes": torch.tensor([[0.0, 0.0, side, side]]),
+                "scores": torch.tensor([side / 1000]),
+                "labels": torch.tensor([1]),
+            }
+            for _ in images
+        ]
 
 
 def test_multi_scale_testing_runs_every_scale_and_restores_the_model():
@@ -82,9 +94,11 @@ def test_multi_scale_testing_runs_every_scale_and_restores_the_model():
 
 def test_merging_is_per_class_nms_over_the_union():
     box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    parts = [{"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
-             {"boxes": box + 1, "scores": torch.tensor([0.8]), "labels": torch.tensor([1])},
-             {"boxes": box, "scores": torch.tensor([0.7]), "labels": torch.tensor([2])}]  # fmt: skip
+    parts = [
+        {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
+        {"boxes": box + 1, "scores": torch.tensor([0.8]), "labels": torch.tensor([1])},
+        {"boxes": box, "scores": torch.tensor([0.7]), "labels": torch.tensor([2])},
+    ]
     merged = merge_detections(parts, 0.5, 100)
     assert merged["scores"].tolist() == pytest.approx([0.9, 0.7]) and merged["labels"].tolist() == [1, 2]
     assert len(merge_detections(parts, 0.5, 1)["boxes"]) == 1
@@ -94,9 +108,18 @@ def test_an_ensemble_of_checkpoints_and_test_scales_through_the_predictor(synthe
     runs = []
     for seed in (0, 1):
         out = tmp_path / f"run{seed}"
-        run_config = resolve_run_config("faster_rcnn", overrides=[
-            f"data.spec={synthetic_root}", f"train.out_dir={out}", "train.max_steps=2", "train.eval_every=0",
-            f"train.seed={seed}", "model.backbone_width=8", "model.score_threshold=0.0"])  # fmt: skip
+        run_config = resolve_run_config(
+            "faster_rcnn",
+            overrides=[
+                f"data.spec={synthetic_root}",
+                f"train.out_dir={out}",
+                "train.max_steps=2",
+                "train.eval_every=0",
+                f"train.seed={seed}",
+                "model.backbone_width=8",
+                "model.score_threshold=0.0",
+            ],
+        )
         train_run(run_config)
         runs.append(out)
     image = torch.rand(3, 64, 80)
@@ -105,7 +128,9 @@ def test_an_ensemble_of_checkpoints_and_test_scales_through_the_predictor(synthe
     assert isinstance(both.model, TestTimeCombination) and len(both.model.models) == 2
     merged = both.model([image])[0]
     expected = merge_detections(single, 0.5, 100)
-    assert torch.allclose(merged["boxes"], expected["boxes"], atol=1e-4) and torch.equal(merged["labels"], expected["labels"])
+    assert torch.allclose(merged["boxes"], expected["boxes"], atol=1e-4) and torch.equal(
+        merged["labels"], expected["labels"]
+    )
     scaled = Predictor.from_checkpoint(runs[0], test_scales=[0.75, 1.25])
     assert scaled.model.scales == (0.75, 1.25) and scaled.predict(image)["boxes"].shape[1] == 4
     refined = Predictor.from_checkpoint(runs[0], overrides=["model.box_refinement=true"])

@@ -15,7 +15,9 @@ def assign(pred_boxes, gt_boxes, gt_labels, topk=10, mask=None):
     scores = torch.full((1, 4, 2), 0.5)
     gt = torch.tensor([gt_boxes])
     mask = torch.ones(1, len(gt_boxes), dtype=torch.bool) if mask is None else torch.tensor([mask])
-    return task_aligned_assign(scores, torch.tensor([pred_boxes]), POINTS, torch.tensor([gt_labels]), gt, mask, topk=topk)
+    return task_aligned_assign(
+        scores, torch.tensor([pred_boxes]), POINTS, torch.tensor([gt_labels]), gt, mask, topk=topk
+    )
 
 
 def test_assignment_takes_the_best_aligned_points_inside_the_box_and_scales_targets_by_iou():
@@ -44,16 +46,29 @@ def test_a_point_inside_two_boxes_goes_to_the_box_its_prediction_overlaps_more()
 def test_assignment_with_no_boxes_or_only_padding_is_all_background():
     predictions = [BOX_A] * 4
     scores = torch.full((1, 4, 2), 0.5)
-    empty = task_aligned_assign(scores, torch.tensor([predictions]), POINTS, torch.zeros(1, 0, dtype=torch.long),
-                                torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool))  # fmt: skip
+    empty = task_aligned_assign(
+        scores,
+        torch.tensor([predictions]),
+        POINTS,
+        torch.zeros(1, 0, dtype=torch.long),
+        torch.zeros(1, 0, 4),
+        torch.zeros(1, 0, dtype=torch.bool),
+    )
     padded = assign(predictions, [BOX_A], [1], mask=[False])
     for foreground, _, _, target_scores in (empty, padded):
         assert not foreground.any() and target_scores.abs().max() == 0
 
 
 def test_yolov1_targets_put_each_object_in_the_cell_of_its_centre_and_keep_the_largest():
-    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0], [5.0, 5.0, 15.0, 15.0]]), "labels": torch.tensor([2, 1])}]
-    encoded = encode_yolov1_targets(targets, torch.tensor([[100.0, 100.0, 100.0, 100.0]]), grid=2, num_classes=2)
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0], [5.0, 5.0, 15.0, 15.0]]),
+            "labels": torch.tensor([2, 1]),
+        }
+    ]
+    encoded = encode_yolov1_targets(
+        targets, torch.tensor([[100.0, 100.0, 100.0, 100.0]]), grid=2, num_classes=2
+    )
     # Both centres, (25, 30) and (10, 10), fall in cell (0, 0): the larger box (label 2) is kept.
     expected = torch.tensor([1.0, 0.5, 0.6, 0.3**0.5, 0.4**0.5, 0.0, 1.0])
     torch.testing.assert_close(encoded[0, 0, 0], expected)
@@ -75,16 +90,26 @@ def test_yolov1_loss_matches_the_hand_computed_terms_of_equation_3():
 def bad_batches():
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
     tiny = {"boxes": torch.tensor([[30.0, 30.0, 32.0, 31.0]]), "labels": torch.tensor([1])}  # below stride 8
-    edge = {"boxes": torch.tensor([[0.0, 0.0, 20.0, 96.0], [70.0, 80.0, 96.0, 96.0]]), "labels": torch.tensor([1, 2])}
+    edge = {
+        "boxes": torch.tensor([[0.0, 0.0, 20.0, 96.0], [70.0, 80.0, 96.0, 96.0]]),
+        "labels": torch.tensor([1, 2]),
+    }
     # 60 objects on a 7x7 grid: more objects than cells
     corners = torch.rand(60, 2) * 80
     crowd = {"boxes": torch.cat([corners, corners + 8], 1), "labels": torch.randint(1, 3, (60,))}
-    return {"all empty": [empty, empty], "some empty": [empty, edge], "tiny": [tiny, edge], "crowd": [crowd, tiny]}
+    return {
+        "all empty": [empty, empty],
+        "some empty": [empty, edge],
+        "tiny": [tiny, edge],
+        "crowd": [crowd, tiny],
+    }
 
 
 def test_coarse_to_fine_training_scales_batches_and_boxes_until_its_share_of_the_budget():
     torch.manual_seed(0)
-    config = YOLOConfig(input_size=96, backbone_width=8, neck_channels=(16, 32, 64), coarse_size=64, coarse_until=0.5)
+    config = YOLOConfig(
+        input_size=96, backbone_width=8, neck_channels=(16, 32, 64), coarse_size=64, coarse_until=0.5
+    )
     model = build_yolo(config, 2)
     seen, given = [], []
     model.body.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
@@ -105,7 +130,9 @@ def test_coarse_to_fine_training_scales_batches_and_boxes_until_its_share_of_the
     torch.testing.assert_close(given[2][0]["boxes"], targets[0]["boxes"])
 
 
-@pytest.mark.parametrize("changes", [{"coarse_size": 96}, {"coarse_size": 16}, {"coarse_size": 64, "coarse_until": 1.5}])
+@pytest.mark.parametrize(
+    "changes", [{"coarse_size": 96}, {"coarse_size": 16}, {"coarse_size": 64, "coarse_until": 1.5}]
+)
 def test_a_coarse_size_not_below_the_input_size_or_a_share_outside_0_1_is_refused(changes):
     with pytest.raises(ValueError, match="model.coarse_"):
         build_yolo(YOLOConfig(input_size=96, backbone_width=8, neck_channels=(16, 32, 64), **changes), 2)
@@ -133,7 +160,11 @@ def test_bad_batches_give_finite_losses_and_a_step_that_trains(name, case):
         found = model([torch.rand(3, 50, 70)])[0]
     assert found["boxes"].shape[1] == 4 and found["labels"].dtype == torch.int64
     if len(found["boxes"]):
-        assert found["boxes"][:, 2].max() <= 70 and found["boxes"][:, 3].max() <= 50 and found["boxes"].min() >= 0
+        assert (
+            found["boxes"][:, 2].max() <= 70
+            and found["boxes"][:, 3].max() <= 50
+            and found["boxes"].min() >= 0
+        )
 
 
 def test_a_tiny_yolo_run_on_the_synthetic_set_learns(tmp_path):
@@ -148,10 +179,17 @@ def test_a_tiny_yolo_run_on_the_synthetic_set_learns(tmp_path):
     run_config = resolve_run_config(
         "yolo",
         data={"root": str(tmp_path / "data"), "synthetic_images": 60, "val_split": "test"},
-        train={"out_dir": str(tmp_path / "run"), "max_steps": 150, "batch_size": 8, "warmup_steps": 20, "device": "cpu",
-               "eval_every": 0, "ema_ramp_steps": 50},
+        train={
+            "out_dir": str(tmp_path / "run"),
+            "max_steps": 150,
+            "batch_size": 8,
+            "warmup_steps": 20,
+            "device": "cpu",
+            "eval_every": 0,
+            "ema_ramp_steps": 50,
+        },
         model={"input_size": 128, "backbone_width": 8, "neck_channels": [32, 64, 128]},
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     result = train_run(run_config)
     assert result.status == "finished"

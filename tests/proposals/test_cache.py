@@ -136,7 +136,9 @@ def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_
     for record in dataset.records:
         torch.testing.assert_close(proposals(record), method.propose(record.image_path))
     # Attached by the data set before the transforms, the boxes follow a flip with the image.
-    flipped = dataset.with_options(proposals=proposals).with_transforms(build_transforms(True, horizontal_flip=True))
+    flipped = dataset.with_options(proposals=proposals).with_transforms(
+        build_transforms(True, horizontal_flip=True)
+    )
     plain = dataset.with_options(proposals=proposals)
     for index in range(len(dataset)):
         torch.manual_seed(index)
@@ -146,7 +148,9 @@ def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_
             torch.testing.assert_close(target["proposals"], original_target["proposals"])
         else:
             width = image.shape[-1]
-            mirrored = original_target["proposals"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor([width, 0, width, 0])
+            mirrored = original_target["proposals"][:, [2, 1, 0, 3]] * torch.tensor(
+                [-1, 1, -1, 1]
+            ) + torch.tensor([width, 0, width, 0])
             torch.testing.assert_close(target["proposals"], mirrored)
     # Two data sets with the same image ids do not share boxes: the key holds the image's path.
     other = load_dataset("synthetic", "train", root=tmp_path / "other", num_synthetic=8)
@@ -155,8 +159,10 @@ def test_record_proposals_fill_in_processes_and_move_with_the_augmentations(tmp_
 
 def test_two_processes_filling_one_cache_at_once_leave_it_whole(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "c"), "0.02"], env=environment)
-               for _ in range(2)]  # fmt: skip
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "c"), "0.02"], env=environment)
+        for _ in range(2)
+    ]
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     cache = ProposalCache(tmp_path / "c", UniformBoxes(max_proposals=20))
     assert len(cache) == 40 and not list((tmp_path / "c").rglob("*.tmp"))

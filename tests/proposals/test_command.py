@@ -64,8 +64,15 @@ def test_eval_in_two_processes_equals_one_and_resumes_from_its_cache(synthetic_r
     for record in dataset.records[:2]:
         cache.get_or_compute(record.image_id, record.image_path)
     done = []
-    parallel = evaluate_method(method, dataset, num_proposals=(100, 300), limit=6, cache=cache, workers=2,
-                               progress=lambda count, total: done.append((count, total)))  # fmt: skip
+    parallel = evaluate_method(
+        method,
+        dataset,
+        num_proposals=(100, 300),
+        limit=6,
+        cache=cache,
+        workers=2,
+        progress=lambda count, total: done.append((count, total)),
+    )
     assert parallel["recall"] == alone["recall"] and parallel["mabo"] == alone["mabo"]
     assert parallel["workers"] == 2 and alone["workers"] == 1 and parallel["wall_seconds"] > 0
     assert done == [(count, 6) for count in range(1, 7)] and len(cache) == 6

@@ -17,12 +17,12 @@ def textured_scene(height: int, width: int, seed: int, levels: int | None = None
     ties decides the result)."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack(
-        [cols / width, rows / height, 0.5 + 0.3 * np.sin(rows / 7.0) * np.cos(cols / 5.0)], -1
-    )
+    image = np.stack([cols / width, rows / height, 0.5 + 0.3 * np.sin(rows / 7.0) * np.cos(cols / 5.0)], -1)
     for _ in range(6):
         top, left = rng.integers(0, height - 8), rng.integers(0, width - 8)
-        image[top : top + rng.integers(5, height // 2), left : left + rng.integers(5, width // 2)] = rng.random(3)
+        image[top : top + rng.integers(5, height // 2), left : left + rng.integers(5, width // 2)] = (
+            rng.random(3)
+        )
     image = (image + rng.normal(0, 0.05, image.shape)).clip(0, 1).astype(np.float32)
     if levels:
         image = np.round(image * levels) / levels

@@ -36,8 +36,14 @@ def trained_run(synthetic_root, tmp_path_factory):
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("runs") / "shapes"
-    detlab.train("faster_rcnn", data=f"voc:{synthetic_root}", max_steps=2, out=str(out), device="cpu",
-                 set=["model.min_size=128", "model.max_size=160", "train.batch_size=2"])  # fmt: skip
+    detlab.train(
+        "faster_rcnn",
+        data=f"voc:{synthetic_root}",
+        max_steps=2,
+        out=str(out),
+        device="cpu",
+        set=["model.min_size=128", "model.max_size=160", "train.batch_size=2"],
+    )
     torch.set_num_threads(previous)
     assert (out / "best.pt").is_file()
     return out
@@ -53,7 +59,7 @@ def untrained():
     for method, overrides in UNTRAINED.items():
         torch.manual_seed(0)
         run_config = resolve_run_config(method, overrides=overrides)
-        predictors[method] = Predictor(build_model(run_config, len(CLASSES)), CLASSES, run_config, device="cpu")
+        predictors[method] = Predictor(
+            build_model(run_config, len(CLASSES)), CLASSES, run_config, device="cpu"
+        )
     return predictors
-
-

@@ -34,7 +34,9 @@ def post(client, data: bytes, **fields):
 
 
 def xyxy(detections: list[dict]) -> torch.Tensor:
-    return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in detections)]).reshape(-1, 4)
+    return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in detections)]).reshape(
+        -1, 4
+    )
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.2])
@@ -50,14 +52,22 @@ def test_detect_answers_what_the_predictor_finds(client, trained_run, threshold)
     assert [d["category_name"] for d in answer["detections"]] == expected["names"]
     assert [d["category_id"] for d in answer["detections"]] == expected["labels"].tolist()
     assert all(d["score"] >= threshold for d in answer["detections"])
-    assert set(answer["timings"]) == {"queue_ms", "decode_ms", "model_ms", "total_ms"} and "inside" not in answer
+    assert (
+        set(answer["timings"]) == {"queue_ms", "decode_ms", "model_ms", "total_ms"} and "inside" not in answer
+    )
 
 
 def test_models_health_page_and_samples(client, trained_run):
     assert client.get("/healthz").json()["status"] == "ok"
     listed = client.get("/api/models").json()
-    assert listed["models"] == [{"name": "shapes", "method": "faster_rcnn", "classes": CLASSES,
-                                 "checkpoint": str(trained_run / "best.pt")}]  # fmt: skip
+    assert listed["models"] == [
+        {
+            "name": "shapes",
+            "method": "faster_rcnn",
+            "classes": CLASSES,
+            "checkpoint": str(trained_run / "best.pt"),
+        }
+    ]
     assert listed["limits"]["max_upload_bytes"] == Limits().max_upload_bytes
     page = client.get("/")
     assert page.status_code == 200 and '<tbody id="detections">' in page.text
@@ -117,7 +127,9 @@ def test_every_method_shows_its_stages_with_times(every_method, untrained, metho
     assert {view["kind"] for view in views} == VIEW_KINDS[method]
     for view in views:
         if view["kind"] == "heatmap":
-            assert all(0 <= value <= 1 for row in view["values"] for value in row) and len(view["region"]) == 4
+            assert (
+                all(0 <= value <= 1 for row in view["values"] for value in row) and len(view["region"]) == 4
+            )
         if view["kind"] == "window":
             assert view["src"].startswith("data:image/png;base64,")
     # Looking inside changes nothing: the same detections as the predictor's.
@@ -155,10 +167,30 @@ def test_models_are_named_after_their_runs(trained_run, untrained):
 
 
 def test_the_serve_command_line():
-    args = build_parser().parse_args(["serve", "--checkpoint", "runs/a/best", "--checkpoint", "runs/b", "--port", "9000",
-                                      "--max-upload-bytes", "1000", "--time-limit-s", "5", "--queue-size", "0"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--checkpoint",
+            "runs/a/best",
+            "--checkpoint",
+            "runs/b",
+            "--port",
+            "9000",
+            "--max-upload-bytes",
+            "1000",
+            "--time-limit-s",
+            "5",
+            "--queue-size",
+            "0",
+        ]
+    )
     assert args.checkpoint == ["runs/a/best", "runs/b"] and args.host == "127.0.0.1" and args.port == 9000
-    assert (args.max_upload_bytes, args.time_limit_s, args.queue_size, args.max_concurrent) == (1000, 5.0, 0, 1)
+    assert (args.max_upload_bytes, args.time_limit_s, args.queue_size, args.max_concurrent) == (
+        1000,
+        5.0,
+        0,
+        1,
+    )
     with pytest.raises(ValueError, match="queue_size"):
         Limits(queue_size=-1)
 
@@ -173,8 +205,20 @@ def test_detlab_serve_runs_a_server(trained_run):
     from serving import free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "detlab", "serve", "--checkpoint", str(trained_run / "best"), "--port", str(port),
-               "--device", "cpu", "--log-level", "warning"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "detlab",
+        "serve",
+        "--checkpoint",
+        str(trained_run / "best"),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -185,8 +229,12 @@ def test_detlab_serve_runs_a_server(trained_run):
             except httpx.TransportError:
                 assert time.monotonic() < deadline and server.poll() is None, "detlab serve did not start"
                 time.sleep(0.2)
-        answer = httpx.post(f"http://127.0.0.1:{port}/api/detect", files={"image": ("a.png", image_bytes(), "image/png")},
-                            data={"score_threshold": "0"}, timeout=60)  # fmt: skip
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/api/detect",
+            files={"image": ("a.png", image_bytes(), "image/png")},
+            data={"score_threshold": "0"},
+            timeout=60,
+        )
         assert answer.status_code == 200 and answer.json()["model"] == "shapes"
     finally:
         server.terminate()

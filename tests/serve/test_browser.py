@@ -20,7 +20,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: the browser test needs Debian's Chromium (sudo apt-get install -y chromium)")
+        pytest.fail(
+            f"{CHROMIUM} not found: the browser test needs Debian's Chromium (sudo apt-get install -y chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -48,11 +50,17 @@ def test_the_page_detects_draws_and_looks_inside(browser, trained_run, tmp_path)
         with page.expect_response("**/api/detect"):
             page.set_input_files("#file", str(upload))
         page.wait_for_selector('body[data-state="ready"][data-pending="0"]')
-        answer = httpx.post(server.url + "/api/detect", files={"image": ("shapes.png", upload.read_bytes(), "image/png")},
-                            data={"score_threshold": "0"}, timeout=60).json()  # fmt: skip
+        answer = httpx.post(
+            server.url + "/api/detect",
+            files={"image": ("shapes.png", upload.read_bytes(), "image/png")},
+            data={"score_threshold": "0"},
+            timeout=60,
+        ).json()
         rows = page.locator("#detections tr")
         assert rows.count() == len(answer["detections"]) > 0
-        assert rows.first.locator("td").nth(1).inner_text().strip() == answer["detections"][0]["category_name"]
+        assert (
+            rows.first.locator("td").nth(1).inner_text().strip() == answer["detections"][0]["category_name"]
+        )
         assert page.locator("#status").inner_text().startswith(f"{len(answer['detections'])} detection")
         assert "160 × 120 px" in page.locator("#timing").inner_text()
         assert page.locator("#canvas").evaluate("canvas => canvas.width") > 0
@@ -62,11 +70,18 @@ def test_the_page_detects_draws_and_looks_inside(browser, trained_run, tmp_path)
         page.wait_for_selector("#stages li")
         stages = page.locator("#stages li").all_inner_texts()
         assert len(stages) == 5 and all(" ms" in stage for stage in stages) and "RPN" in " ".join(stages)
-        assert page.locator("#views button").count() == 1 and "proposals" in page.locator("#view-title").inner_text()
+        assert (
+            page.locator("#views button").count() == 1
+            and "proposals" in page.locator("#view-title").inner_text()
+        )
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
 
         assert not errors, errors
         # Every request went to this server; the rest are the page's own blob: and data: URLs.
-        assert {url.hostname for url in requests if url.scheme in ("http", "https", "ws", "wss")} == {"127.0.0.1"}
-        assert {url.scheme for url in requests} <= {"http", "blob", "data"}, [url.geturl()[:80] for url in requests]
+        assert {url.hostname for url in requests if url.scheme in ("http", "https", "ws", "wss")} == {
+            "127.0.0.1"
+        }
+        assert {url.scheme for url in requests} <= {"http", "blob", "data"}, [
+            url.geturl()[:80] for url in requests
+        ]
     assert (tmp_path / "serve.png").stat().st_size > 10_000

@@ -40,7 +40,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` pixels, with almost no pixel data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def encoded(width: int, height: int, format: str) -> bytes:
@@ -65,22 +70,34 @@ def test_named_bad_requests(client):
     assert_refused(post(client, png_header_only(30000, 30000)), 413, "pixels")
     assert_refused(post(client, png_header_only(2000, 1000)), 413, "limit of 1000000")
     assert_refused(post(client, png_header_only(0, 0)), (400, 415))  # PIL does not recognise a 0 x 0 PNG
-    assert_refused(post(client, png_header_only(64, 64)), 400, "corrupt or truncated")  # a valid header, no pixels
+    assert_refused(
+        post(client, png_header_only(64, 64)), 400, "corrupt or truncated"
+    )  # a valid header, no pixels
     assert_refused(post(client, jpeg[: len(jpeg) // 2], "cut.jpg", "image/jpeg"), 400, "truncated")
     assert_refused(post(client, png[: len(png) // 2]), 400)
-    assert_refused(post(client, b"hello, I am a text file\n" * 10, "notes.jpg", "image/jpeg"), 415, "not an image")
+    assert_refused(
+        post(client, b"hello, I am a text file\n" * 10, "notes.jpg", "image/jpeg"), 415, "not an image"
+    )
     assert_refused(post(client, b""), 400, "empty")
     assert_refused(post(client, encoded(400, 10, "PNG")), 400, "times longer")
     assert_refused(post(client, png, model="nope"), 400, "unknown model")
     assert_refused(post(client, png, score_threshold="high"), 400, "score_threshold")
     assert_refused(post(client, png, score_threshold="nan"), 400, "finite")
     assert_refused(post(client, png, inside="maybe"), 400, "inside")
-    misnamed = client.post("/api/detect", files={"picture": ("a.png", png, "image/png")}, data={"model": "yolov1"})
+    misnamed = client.post(
+        "/api/detect", files={"picture": ("a.png", png, "image/png")}, data={"model": "yolov1"}
+    )
     assert_refused(misnamed, 400, "no 'image' field")
-    as_text = client.post("/api/detect", files={"other": ("a.txt", b"x", "text/plain")}, data={"image": "not a file"})
+    as_text = client.post(
+        "/api/detect", files={"other": ("a.txt", b"x", "text/plain")}, data={"image": "not a file"}
+    )
     assert_refused(as_text, 400, "file upload")
-    assert_refused(client.post("/api/detect", data={"model": "yolov1"}), 415, "multipart")  # a urlencoded form
-    assert_refused(client.post("/api/detect", content=png, headers={"content-type": "image/png"}), 415, "multipart")
+    assert_refused(
+        client.post("/api/detect", data={"model": "yolov1"}), 415, "multipart"
+    )  # a urlencoded form
+    assert_refused(
+        client.post("/api/detect", content=png, headers={"content-type": "image/png"}), 415, "multipart"
+    )
     assert_refused(client.post("/api/detect", json={"image": "x"}), 415, "multipart")
     assert_refused(post(client, encoded(8, 8, "ICO"), "icon.ico", "image/x-icon"), 415, "not accepted")
     assert_refused(client.get("/api/detect"), 405)
@@ -91,11 +108,13 @@ def test_named_bad_requests(client):
 
 def test_an_oversized_body_without_a_length_is_refused_as_it_arrives(client):
     def chunks():
-        yield b"--boundary\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        yield b'--boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
         for _ in range(40):
             yield b"\0" * 10_000
 
-    response = client.post("/api/detect", content=chunks(), headers={"content-type": "multipart/form-data; boundary=boundary"})
+    response = client.post(
+        "/api/detect", content=chunks(), headers={"content-type": "multipart/form-data; boundary=boundary"}
+    )
     assert_refused(response, 413, "larger than")
 
 
@@ -117,24 +136,45 @@ def test_small_and_odd_images_are_answered(client):
             assert isinstance(response.json()["detections"], list)
 
 
-REQUEST_PARTS = st.fixed_dictionaries({
-    "image": st.one_of(
-        st.binary(max_size=2000),
-        st.builds(lambda cut, fmt: encoded(23, 17, fmt)[:cut], st.integers(0, 400), st.sampled_from(["PNG", "JPEG", "GIF", "BMP"])),
-        st.builds(lambda data, at, byte: data[:at] + bytes([byte]) + data[at + 1 :], st.just(image_bytes(24, 16, "JPEG")),
-                  st.integers(0, 600), st.integers(0, 255)),
-        st.builds(png_header_only, st.integers(0, 40000), st.integers(0, 40000)),
-        st.builds(encoded, st.integers(1, 48), st.integers(1, 48), st.sampled_from(["PNG", "JPEG", "BMP", "WEBP", "TIFF"])),
-    ),
-    "filename": st.sampled_from(["a.png", "a.jpg", "notes.txt", "", "../../etc/passwd"]),
-    "content_type": st.sampled_from(["image/png", "image/jpeg", "text/plain", "application/octet-stream"]),
-    "fields": st.dictionaries(
-        st.sampled_from(["model", "score_threshold", "inside", "extra"]),
-        st.one_of(st.sampled_from(["yolov1", "faster_rcnn", "0", "0.5", "-3", "1e309", "true", "no", "", "../best.pt"]),
-                  st.text(max_size=12)),
-        max_size=3,
-    ),
-})  # fmt: skip
+REQUEST_PARTS = st.fixed_dictionaries(
+    {
+        "image": st.one_of(
+            st.binary(max_size=2000),
+            st.builds(
+                lambda cut, fmt: encoded(23, 17, fmt)[:cut],
+                st.integers(0, 400),
+                st.sampled_from(["PNG", "JPEG", "GIF", "BMP"]),
+            ),
+            st.builds(
+                lambda data, at, byte: data[:at] + bytes([byte]) + data[at + 1 :],
+                st.just(image_bytes(24, 16, "JPEG")),
+                st.integers(0, 600),
+                st.integers(0, 255),
+            ),
+            st.builds(png_header_only, st.integers(0, 40000), st.integers(0, 40000)),
+            st.builds(
+                encoded,
+                st.integers(1, 48),
+                st.integers(1, 48),
+                st.sampled_from(["PNG", "JPEG", "BMP", "WEBP", "TIFF"]),
+            ),
+        ),
+        "filename": st.sampled_from(["a.png", "a.jpg", "notes.txt", "", "../../etc/passwd"]),
+        "content_type": st.sampled_from(
+            ["image/png", "image/jpeg", "text/plain", "application/octet-stream"]
+        ),
+        "fields": st.dictionaries(
+            st.sampled_from(["model", "score_threshold", "inside", "extra"]),
+            st.one_of(
+                st.sampled_from(
+                    ["yolov1", "faster_rcnn", "0", "0.5", "-3", "1e309", "true", "no", "", "../best.pt"]
+                ),
+                st.text(max_size=12),
+            ),
+            max_size=3,
+        ),
+    }
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -164,8 +204,14 @@ class HeldModel(DetectorModule):
     def forward(self, images, targets=None, trace=None):
         self.started.set()
         self.release.wait(timeout=30)
-        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-                for _ in images]  # fmt: skip
+        return [
+            {
+                "boxes": torch.zeros(0, 4),
+                "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.int64),
+            }
+            for _ in images
+        ]
 
 
 def test_a_full_queue_answers_503_at_once_and_health_stays_up():
@@ -191,7 +237,9 @@ def test_a_full_queue_answers_503_at_once_and_health_stays_up():
 
 def test_a_request_over_the_time_limit_is_answered_504():
     model = HeldModel()
-    app = create_app({"held": Predictor(model, CLASSES)}, Limits(time_limit_s=0.5, max_concurrent=1, queue_size=2))
+    app = create_app(
+        {"held": Predictor(model, CLASSES)}, Limits(time_limit_s=0.5, max_concurrent=1, queue_size=2)
+    )
     with TestClient(app) as client:
         started = time.monotonic()
         assert_refused(post(client, image_bytes(32, 32)), 504, "time limit")
@@ -216,12 +264,18 @@ class FailingModel(DetectorModule):
 
 
 def test_an_image_the_model_refuses_is_422_and_a_bug_is_a_json_500():
-    models = {"refuses": Predictor(FailingModel(ValueError("expected images as Tensor[3, H, W]")), CLASSES),
-              "broken": Predictor(FailingModel(RuntimeError("a bug")), CLASSES)}  # fmt: skip
+    models = {
+        "refuses": Predictor(FailingModel(ValueError("expected images as Tensor[3, H, W]")), CLASSES),
+        "broken": Predictor(FailingModel(RuntimeError("a bug")), CLASSES),
+    }
     with TestClient(create_app(models), raise_server_exceptions=False) as client:
-        assert_refused(post(client, image_bytes(32, 32), model="refuses"), 422, "refuses cannot use this image")
+        assert_refused(
+            post(client, image_bytes(32, 32), model="refuses"), 422, "refuses cannot use this image"
+        )
         broken = post(client, image_bytes(32, 32), model="broken")
-        assert broken.status_code == 500 and broken.json() == {"error": "internal error (RuntimeError); see the server's log"}
+        assert broken.status_code == 500 and broken.json() == {
+            "error": "internal error (RuntimeError); see the server's log"
+        }
         assert client.get("/healthz").status_code == 200
 
 
@@ -229,12 +283,16 @@ def test_an_upload_slower_than_the_time_limit_is_answered_408():
     app = create_app({"held": Predictor(HeldModel(), CLASSES)}, Limits(time_limit_s=0.5))
 
     def slow_body():
-        yield b"--boundary\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        yield b'--boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
         for _ in range(10):
             time.sleep(0.2)
             yield b"\0" * 100
 
     with TestClient(app) as client:
-        response = client.post("/api/detect", content=slow_body(), headers={"content-type": "multipart/form-data; boundary=boundary"})
+        response = client.post(
+            "/api/detect",
+            content=slow_body(),
+            headers={"content-type": "multipart/form-data; boundary=boundary"},
+        )
         assert_refused(response, 408, "upload took longer")
         assert client.get("/healthz").json()["requests_in_flight"] == 0

@@ -20,15 +20,28 @@ from detlab.data.yolo import write_yolo
 def _add_on_bad(parser: argparse.ArgumentParser) -> None:
     """The options every command that reads a data set takes: the bad-input policy, and whether
     paths in its files may lead outside its folder."""
-    parser.add_argument("--on-bad", choices=ON_BAD_CHOICES, default="error",
-                        help="bad input: stop with an error naming the file (default) or skip it with a warning")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="read files its annotations name outside the data set's folder (refused by default)")
+    parser.add_argument(
+        "--on-bad",
+        choices=ON_BAD_CHOICES,
+        default="error",
+        help="bad input: stop with an error naming the file (default) or skip it with a warning",
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read files its annotations name outside the data set's folder (refused by default)",
+    )
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    out = make_synthetic(args.out, num_images=args.images, seed=args.seed, single=args.single,
-                         image_size=args.size, progress=True)
+    out = make_synthetic(
+        args.out,
+        num_images=args.images,
+        seed=args.seed,
+        single=args.single,
+        image_size=args.size,
+        progress=True,
+    )
     dataset = load_dataset(f"voc:{out}")
     print(format_stats(dataset_stats(dataset)))
     print(f"\nwrote {len(dataset)} images to {out} (splits: train/val/test/trainval in ImageSets/Main)")
@@ -37,8 +50,13 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_stats(args: argparse.Namespace) -> int:
     problems = ProblemLog(args.on_bad)
-    dataset = load_dataset(args.data, args.split, on_bad=args.on_bad, problems=problems,
-                           allow_outside_root=args.allow_outside_root)
+    dataset = load_dataset(
+        args.data,
+        args.split,
+        on_bad=args.on_bad,
+        problems=problems,
+        allow_outside_root=args.allow_outside_root,
+    )
     stats = dataset_stats(dataset)
     print(format_stats(stats))
     if dataset.records and any(len(record.boxes) for record in dataset.records):
@@ -86,8 +104,13 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     problems = ProblemLog(args.on_bad)
-    dataset = load_dataset(args.source, args.split, on_bad=args.on_bad, problems=problems,
-                           allow_outside_root=args.allow_outside_root)
+    dataset = load_dataset(
+        args.source,
+        args.split,
+        on_bad=args.on_bad,
+        problems=problems,
+        allow_outside_root=args.allow_outside_root,
+    )
     kind, location = parse_spec(args.target) if ":" in args.target else (args.to, args.target)
     if kind not in ("voc", "coco", "yolo"):
         raise ValueError(f"target {args.target!r}: say voc:DIR, coco:FILE.json or yolo:DIR (or use --to)")
@@ -99,8 +122,10 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         json_path = Path(location)
         write_coco(dataset, json_path, image_dir=json_path.parent / "images", copy_images=copy)
-    print(f"converted {dataset.name} ({len(dataset)} images, {sum(len(r.boxes) for r in dataset.records)} "
-          f"objects) to {kind}:{location}; {problems.summary()}")
+    print(
+        f"converted {dataset.name} ({len(dataset)} images, {sum(len(r.boxes) for r in dataset.records)} "
+        f"objects) to {kind}:{location}; {problems.summary()}"
+    )
     return 0
 
 
@@ -114,18 +139,30 @@ def audit_command(args: argparse.Namespace) -> int:
         from detlab.engine.predict import Predictor, detections_by_image
 
         predictor = Predictor.from_checkpoint(args.checkpoint)
-        datasets = load_splits(args.data, args.splits, on_bad=args.on_bad, allow_outside_root=args.allow_outside_root)
+        datasets = load_splits(
+            args.data, args.splits, on_bad=args.on_bad, allow_outside_root=args.allow_outside_root
+        )
         records = [record for dataset in datasets.values() for record in dataset.records]
         predictions, classes = detections_by_image(predictor, records, min_score=0.05), predictor.classes
-    _, failed = run_audit(args.data, args.out, args.splits, args.fail_on, predictions, classes, on_bad=args.on_bad,
-                          allow_outside_root=args.allow_outside_root)  # fmt: skip
+    _, failed = run_audit(
+        args.data,
+        args.out,
+        args.splits,
+        args.fail_on,
+        predictions,
+        classes,
+        on_bad=args.on_bad,
+        allow_outside_root=args.allow_outside_root,
+    )
     return 1 if failed else 0
 
 
 def run_show(args: argparse.Namespace) -> int:
     from detlab.data.drawing import show_dataset
 
-    dataset = load_dataset(args.data, args.split, on_bad=args.on_bad, allow_outside_root=args.allow_outside_root)
+    dataset = load_dataset(
+        args.data, args.split, on_bad=args.on_bad, allow_outside_root=args.allow_outside_root
+    )
     path = show_dataset(dataset, args.out, num=args.num, seed=args.seed)
     print(f"wrote {path} ({min(args.num, len(dataset))} samples of {dataset.name})")
     return 0
@@ -140,7 +177,9 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--images", type=int, default=600, help="number of images (default 600)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    synth.add_argument("--single", action="store_true", help="one object an image (for classification + localization)")
+    synth.add_argument(
+        "--single", action="store_true", help="one object an image (for classification + localization)"
+    )
     synth.set_defaults(handler=run_synth)
 
     stats = data_commands.add_parser("stats", help="classes, images, objects, sizes of a data set")
@@ -156,24 +195,47 @@ def add_commands(subparsers) -> None:
     check.set_defaults(handler=run_check)
 
     convert = subparsers.add_parser("convert", help="convert between VOC, COCO and YOLO")
-    convert.add_argument("source", help="voc:DIR, coco:FILE.json, yolo:DIR (or a path whose format is detected)")
+    convert.add_argument(
+        "source", help="voc:DIR, coco:FILE.json, yolo:DIR (or a path whose format is detected)"
+    )
     convert.add_argument("target", help="voc:DIR, coco:FILE.json or yolo:DIR")
-    convert.add_argument("--to", choices=("voc", "coco", "yolo"), default=None, help="target format for a bare path")
-    convert.add_argument("--split", default=None, help="convert only this split (and name it so in the output)")
+    convert.add_argument(
+        "--to", choices=("voc", "coco", "yolo"), default=None, help="target format for a bare path"
+    )
+    convert.add_argument(
+        "--split", default=None, help="convert only this split (and name it so in the output)"
+    )
     convert.add_argument("--link", action="store_true", help="symlink images instead of copying them")
     _add_on_bad(convert)
     convert.set_defaults(handler=run_convert)
 
     audit = data_commands.add_parser(
-        "audit", help="find what is wrong with the data: duplicate images and leaks between splits, duplicate and "
+        "audit",
+        help="find what is wrong with the data: duplicate images and leaks between splits, duplicate and "
         "outlier boxes, and (with --checkpoint) likely label mistakes",
-    )  # fmt: skip
+    )
     audit.add_argument("data", help="VOC/YOLO folder, COCO .json, voc:DIR, coco:FILE, yolo:DIR or synthetic")
-    audit.add_argument("--out", default="audit", help="folder for audit.md, audit.json, suspects.csv and the contact sheets")
-    audit.add_argument("--splits", nargs="+", default=None, help="the splits to audit (default: every split the data set has)")
-    audit.add_argument("--checkpoint", default=None, help="a trained run: its detections on every image rank likely label mistakes")
-    audit.add_argument("--fail-on", nargs="+", default=[], metavar="FINDING",
-                       help="exit with 1 when any of these is found: leaks, duplicates, boxes, suspects (for CI)")  # fmt: skip
+    audit.add_argument(
+        "--out", default="audit", help="folder for audit.md, audit.json, suspects.csv and the contact sheets"
+    )
+    audit.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="the splits to audit (default: every split the data set has)",
+    )
+    audit.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a trained run: its detections on every image rank likely label mistakes",
+    )
+    audit.add_argument(
+        "--fail-on",
+        nargs="+",
+        default=[],
+        metavar="FINDING",
+        help="exit with 1 when any of these is found: leaks, duplicates, boxes, suspects (for CI)",
+    )
     _add_on_bad(audit)
     audit.set_defaults(handler=audit_command)
 

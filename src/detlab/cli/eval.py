@@ -20,10 +20,18 @@ def run_eval(args: argparse.Namespace) -> int:
             from detlab.engine.predict import evaluate_checkpoint
 
             report, _ = evaluate_checkpoint(
-                args.checkpoint, args.gt, args.split, overrides=args.set, ensemble=args.ensemble,
-                test_scales=args.test_scales, protocol=args.protocol, iou_threshold=args.iou,
-                max_detections=args.max_dets, max_images=args.max_images, data_root=args.data_root,
-            )  # fmt: skip
+                args.checkpoint,
+                args.gt,
+                args.split,
+                overrides=args.set,
+                ensemble=args.ensemble,
+                test_scales=args.test_scales,
+                protocol=args.protocol,
+                iou_threshold=args.iou,
+                max_detections=args.max_dets,
+                max_images=args.max_images,
+                data_root=args.data_root,
+            )
         elif args.pred:
             report, _ = evaluate_detections(
                 args.gt,
@@ -73,9 +81,16 @@ def add_commands(subparsers) -> None:
         help="instead of --pred: a trained model of any method (RUN/best, RUN/last, .pt) to predict with; "
         "the localizer is scored by ILSVRC localization error, DeepPose by PCK",
     )
-    parser.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
-                        help="with --checkpoint: a test-time setting, e.g. model.scales=[1,2]")  # fmt: skip
-    parser.add_argument("--max-images", type=int, default=0, help="with --checkpoint: the first N images (0: all)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="model.FIELD=VALUE",
+        help="with --checkpoint: a test-time setting, e.g. model.scales=[1,2]",
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=0, help="with --checkpoint: the first N images (0: all)"
+    )
     add_test_time_options(parser)
     parser.add_argument("--data-root", help="where a synthetic set is (default: the run's own)")
     parser.add_argument(
@@ -91,7 +106,8 @@ def add_commands(subparsers) -> None:
         "--max-dets", type=int, default=100, help="COCO per-image detection limit (default 100)"
     )
     parser.add_argument(
-        "--split", help="split of a VOC/YOLO data set (default: with --checkpoint the run's data.test_split, else test)"
+        "--split",
+        help="split of a VOC/YOLO data set (default: with --checkpoint the run's data.test_split, else test)",
     )
     parser.add_argument("--out", help="folder for report.json, report.md and pr_curves/*.png")
     parser.add_argument("--no-plots", action="store_true", help="skip the PR-curve PNGs")
@@ -100,7 +116,18 @@ def add_commands(subparsers) -> None:
 
 def add_test_time_options(parser: argparse.ArgumentParser) -> None:
     """``--ensemble`` and ``--test-scales`` (``detlab eval --checkpoint`` and ``detlab predict``)."""
-    parser.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
-                        help="more checkpoints of the same classes whose detections are merged with --checkpoint's")  # fmt: skip
-    parser.add_argument("--test-scales", nargs="+", type=float, default=[], metavar="FACTOR",
-                        help="multi-scale testing: run at these input size factors (e.g. 0.8 1 1.2), merge the detections")  # fmt: skip
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="CHECKPOINT",
+        help="more checkpoints of the same classes whose detections are merged with --checkpoint's",
+    )
+    parser.add_argument(
+        "--test-scales",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="FACTOR",
+        help="multi-scale testing: run at these input size factors (e.g. 0.8 1 1.2), merge the detections",
+    )

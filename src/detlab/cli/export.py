@@ -14,8 +14,13 @@ def add_commands(subparsers) -> None:
     export.add_argument("--checkpoint", required=True, help="RUN/best, RUN/last, a .pt file or a run folder")
     export.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (the only one)")
     export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
-    export.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
-                        help="test-time settings to store in the file (e.g. model.score_threshold=0.3)")  # fmt: skip
+    export.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="model.FIELD=VALUE",
+        help="test-time settings to store in the file (e.g. model.score_threshold=0.3)",
+    )
     export.set_defaults(handler=run_export)
 
 

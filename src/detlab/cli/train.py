@@ -36,12 +36,23 @@ def add_commands(subparsers) -> None:
     source.add_argument("--model", help="an ONNX file from `detlab export` (run with onnxruntime, no torch)")
     predict.add_argument("--input", required=True, help="an image file or a folder of images")
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
-    predict.add_argument("--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)")
+    predict.add_argument(
+        "--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)"
+    )
     predict.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
-    predict.add_argument("--batch-size", type=int, default=None,
-                         help="images a forward pass (default: the run's training batch on a GPU, 1 on a CPU)")  # fmt: skip
-    predict.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
-                         help="test-time setting of the model, e.g. model.score_threshold=0.3")  # fmt: skip
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images a forward pass (default: the run's training batch on a GPU, 1 on a CPU)",
+    )
+    predict.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="model.FIELD=VALUE",
+        help="test-time setting of the model, e.g. model.score_threshold=0.3",
+    )
     add_test_time_options(predict)
     predict.set_defaults(handler=run_predict)
 
@@ -74,18 +85,36 @@ def build_train_parser(model: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detlab train",
         description="Train a method on a data set; every option is also a config key (--set section.field=value).",
-        epilog=None if model else f"methods: {', '.join(MODELS)}; `detlab train MODEL --help` lists a method's options",
+        epilog=None
+        if model
+        else f"methods: {', '.join(MODELS)}; `detlab train MODEL --help` lists a method's options",
     )
-    parser.add_argument("model", nargs="?", choices=list(MODELS), metavar="MODEL",
-                        help=f"{' | '.join(MODELS)} (default faster_rcnn, or the resumed run's)")  # fmt: skip
+    parser.add_argument(
+        "model",
+        nargs="?",
+        choices=list(MODELS),
+        metavar="MODEL",
+        help=f"{' | '.join(MODELS)} (default faster_rcnn, or the resumed run's)",
+    )
     parser.add_argument("--preset", help="a bundled preset name or a YAML file (sections data, train, model)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config value, e.g. train.lr=0.02 or model.fpn=false")  # fmt: skip
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config value, e.g. train.lr=0.02 or model.fpn=false",
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped"
+    )
     defaults = config_io.to_dict(default_run_config(model)) if model else None
     for name, (key, kind, text) in SHARED_OPTIONS.items():
         section, field = key.split(".")
-        shown = f", default {defaults[section][field]}" if defaults and defaults[section][field] not in ("", 0, 0.0) else ""
+        shown = (
+            f", default {defaults[section][field]}"
+            if defaults and defaults[section][field] not in ("", 0, 0.0)
+            else ""
+        )
         parser.add_argument(_flag(name), dest=name, type=kind, help=f"{text} ({key}{shown})")
     if model is not None:
         group = parser.add_argument_group(f"{model} options (model section)")
@@ -120,8 +149,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = vars(build_train_parser(model).parse_args(args.argv))
     try:
-        result = api.train(options.pop("model"), preset=options.pop("preset"), set=options.pop("set"),
-                           resume=options.pop("resume"), **options)  # fmt: skip
+        result = api.train(
+            options.pop("model"),
+            preset=options.pop("preset"),
+            set=options.pop("set"),
+            resume=options.pop("resume"),
+            **options,
+        )
     finally:
         shutdown_distributed()
     return report_training(result)
@@ -133,13 +167,20 @@ def report_training(result) -> int:
         return EXIT_CODES.get(result.signal_name or "", 0)
     state = result.state
     if result.status == "already_finished":
-        print(f"{result.run_dir} is finished ({state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s); "
-              "nothing trained. To train it further, resume with a larger --epochs, --max-steps or --time-budget.")  # fmt: skip
+        print(
+            f"{result.run_dir} is finished ({state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s); "
+            "nothing trained. To train it further, resume with a larger --epochs, --max-steps or --time-budget."
+        )
         return 0
-    print(f"{result.status}: {state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s of training in {result.run_dir}")
+    print(
+        f"{result.status}: {state.step} steps, {state.epoch} epochs, {state.elapsed_s:.0f} s of training in {result.run_dir}"
+    )
     if result.metrics:
         print("last evaluation: " + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
-    print(f"checkpoints: last {result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
+    print(
+        f"checkpoints: last {result.last_checkpoint}"
+        + (f", best {result.best_checkpoint}" if result.best_checkpoint else "")
+    )
     if result.status in ("interrupted", "paused"):
         print(f"resume with: detlab train --resume {result.run_dir}", file=sys.stderr)
         return EXIT_CODES.get(result.signal_name or "", 130)
@@ -151,15 +192,23 @@ def run_predict(args: argparse.Namespace) -> int:
     from detlab.engine.predict import predict_files
 
     if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
-        raise ValueError(f"--model takes an .onnx file from `detlab export`, got {args.model}; use --checkpoint for runs")
+        raise ValueError(
+            f"--model takes an .onnx file from `detlab export`, got {args.model}; use --checkpoint for runs"
+        )
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    predictor = api.load(args.checkpoint or args.model, device=args.device, set=args.set, ensemble=args.ensemble,
-                         test_scales=args.test_scales)  # fmt: skip
-    summary = predict_files(predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size)
+    predictor = api.load(
+        args.checkpoint or args.model,
+        device=args.device,
+        set=args.set,
+        ensemble=args.ensemble,
+        test_scales=args.test_scales,
+    )
+    summary = predict_files(
+        predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size
+    )
     print(
         f"{summary['detections']} detections in {summary['images']} images; annotated images, "
         f"detections.json (COCO results) and images.json in {summary['out_dir']}"
     )
     return 0
-

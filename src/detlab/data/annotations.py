@@ -57,7 +57,10 @@ def check_objects(
         for obj in objects:
             name = obj.name.strip()
             if name != obj.name:
-                problems.fix(f"{source}: {obj.where}: class name {obj.name!r} stripped to {name!r}", "stripped class name")
+                problems.fix(
+                    f"{source}: {obj.where}: class name {obj.name!r} stripped to {name!r}",
+                    "stripped class name",
+                )
             if name not in label_of:
                 raise BadInputError(source, f"{obj.where}: unknown class {name!r} (known: {classes})")
             x1, y1, x2, y2 = obj.box
@@ -68,12 +71,23 @@ def check_objects(
             if x2 == x1 or y2 == y1:
                 problems.fix(f"{source}: {obj.where}: zero-size box {obj.box} dropped", "zero-size box")
                 continue
-            clipped = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+            clipped = [
+                min(max(x1, 0.0), width),
+                min(max(y1, 0.0), height),
+                min(max(x2, 0.0), width),
+                min(max(y2, 0.0), height),
+            ]
             if clipped != [x1, y1, x2, y2]:
                 if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                    problems.fix(f"{source}: {obj.where}: box {obj.box} lies outside the {width}x{height} image, dropped", "box outside image")
+                    problems.fix(
+                        f"{source}: {obj.where}: box {obj.box} lies outside the {width}x{height} image, dropped",
+                        "box outside image",
+                    )
                     continue
-                problems.fix(f"{source}: {obj.where}: box {obj.box} clipped to the {width}x{height} image", "box clipped to image")
+                problems.fix(
+                    f"{source}: {obj.where}: box {obj.box} clipped to the {width}x{height} image",
+                    "box clipped to image",
+                )
             boxes.append(clipped)
             labels.append(label_of[name])
             difficult.append(obj.difficult)
@@ -84,8 +98,10 @@ def check_objects(
         return None
     with_points = [points for points in keypoints if points is not None]
     if with_points and (len(with_points) != len(keypoints) or len({len(p) for p in with_points}) != 1):
-        problems.bad(BadInputError(source, "objects of one image must all have the same number of keypoints"),
-                     "bad annotation")  # fmt: skip
+        problems.bad(
+            BadInputError(source, "objects of one image must all have the same number of keypoints"),
+            "bad annotation",
+        )
         return None
     return CheckedObjects(boxes, labels, difficult, iscrowd, keypoints if with_points else None)
 
@@ -105,8 +121,13 @@ class AnnotatedImage:
 
     def target(self) -> dict:
         """The target dict of the detector contract, with numpy arrays (copies)."""
-        return {"boxes": self.boxes.copy(), "labels": self.labels.copy(), "image_id": self.image_id,
-                "difficult": self.difficult.copy(), "iscrowd": self.iscrowd.copy()}  # fmt: skip
+        return {
+            "boxes": self.boxes.copy(),
+            "labels": self.labels.copy(),
+            "image_id": self.image_id,
+            "difficult": self.difficult.copy(),
+            "iscrowd": self.iscrowd.copy(),
+        }
 
 
 @dataclass

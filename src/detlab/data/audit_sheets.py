@@ -101,8 +101,12 @@ def _crop_around(image: Image.Image, boxes: list[Sequence[float]], context: floa
     half_width = max((x2 - x1) * (0.5 + context), min_side / 2)
     half_height = max((y2 - y1) * (0.5 + context), min_side / 2)
     centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
-    return (max(0, int(centre_x - half_width)), max(0, int(centre_y - half_height)),
-            min(image.width, int(centre_x + half_width) + 1), min(image.height, int(centre_y + half_height) + 1))  # fmt: skip
+    return (
+        max(0, int(centre_x - half_width)),
+        max(0, int(centre_y - half_height)),
+        min(image.width, int(centre_x + half_width) + 1),
+        min(image.height, int(centre_y + half_height) + 1),
+    )
 
 
 def _box_cell(
@@ -121,8 +125,12 @@ def _box_cell(
     offset_x = (tile - crop.width) // 2
     draw = ImageDraw.Draw(cell)
     for index, (box, text, colour) in enumerate(drawn):
-        corners = [offset_x + (box[0] - left) * scale, (box[1] - top) * scale,
-                   offset_x + (box[2] - left) * scale, (box[3] - top) * scale]  # fmt: skip
+        corners = [
+            offset_x + (box[0] - left) * scale,
+            (box[1] - top) * scale,
+            offset_x + (box[2] - left) * scale,
+            (box[3] - top) * scale,
+        ]
         draw.rectangle(corners, outline=colour, width=2)
         # The first box's text above it, the second's below: a swapped class has both on one spot.
         above = corners[1] - CAPTION_LINE if corners[1] >= CAPTION_LINE else corners[1] + 1
@@ -167,7 +175,9 @@ def suspect_sheet(suspects: Sequence, path: str | Path, max_items: int = 24, til
             drawn.append(
                 (suspect.det_box, f"model {suspect.det_class} {suspect.det_score:.2f}", DETECTION_COLOUR)
             )
-        captions = [f"#{suspect.rank} {suspect.kind} {suspect.score:.2f}",
-                    f"{'+'.join(suspect.splits)}: {Path(suspect.path).name}"]  # fmt: skip
+        captions = [
+            f"#{suspect.rank} {suspect.kind} {suspect.score:.2f}",
+            f"{'+'.join(suspect.splits)}: {Path(suspect.path).name}",
+        ]
         cells.append(_box_cell(suspect.path, drawn, captions, tile))
     return _grid(cells, 4, Path(path))

@@ -221,8 +221,10 @@ class AuditResult:
         """One line: ``"3 test images duplicate train images; 12 duplicate boxes; 41 suspects"``."""
         parts = []
         for (split, earlier), number in self.leaked_images().items():
-            parts.append(f"{number} {split} image{'s' if number != 1 else ''} duplicate{'' if number != 1 else 's'} "
-                         f"{earlier} images")  # fmt: skip
+            parts.append(
+                f"{number} {split} image{'s' if number != 1 else ''} duplicate{'' if number != 1 else 's'} "
+                f"{earlier} images"
+            )
         within = len(self.duplicates) - len(self.leaks)
         if within:
             parts.append(f"{within} duplicate image pair{'s' if within != 1 else ''} within a split")
@@ -257,8 +259,10 @@ class AuditResult:
         data = asdict(self)
         data["summary"] = self.summary()
         data["counts"] = self.counts()
-        data["leaked_images"] = [{"split": split, "duplicates_of": earlier, "images": number}
-                                 for (split, earlier), number in self.leaked_images().items()]  # fmt: skip
+        data["leaked_images"] = [
+            {"split": split, "duplicates_of": earlier, "images": number}
+            for (split, earlier), number in self.leaked_images().items()
+        ]
         for pair_list in ("duplicates", "rejected_candidates"):
             for pair, record in zip(getattr(self, pair_list), data[pair_list]):
                 record["across_splits"] = pair.across_splits
@@ -342,7 +346,9 @@ def load_splits(
             raise ValueError("no data sets to audit (an empty mapping)")
         return dict(data)
     if not isinstance(data, str):
-        raise TypeError(f"data: expected a spec string, a DetectionDataset or a {{split: DetectionDataset}} mapping, got {type(data).__name__}")  # fmt: skip
+        raise TypeError(
+            f"data: expected a spec string, a DetectionDataset or a {{split: DetectionDataset}} mapping, got {type(data).__name__}"
+        )
     with warnings.catch_warnings():
         # The readers warn once per repaired box; the audit's own findings are what matter here.
         warnings.simplefilter("ignore", BadInputWarning)
@@ -422,16 +428,28 @@ def audit_duplicates(
         warnings.warn(f"skipped {error}", BadInputWarning, stacklevel=2)
 
     paths = [image.path for image in images]
-    hashes, readable = image_hashes(paths, workers=workers or usable_cpus(), on_bad=skip if on_bad == "skip" else None,
-                                    progress=_progress(progress, "audit: hashing images"))  # fmt: skip
+    hashes, readable = image_hashes(
+        paths,
+        workers=workers or usable_cpus(),
+        on_bad=skip if on_bad == "skip" else None,
+        progress=_progress(progress, "audit: hashing images"),
+    )
     found, rejected = find_duplicates(paths, hashes, readable, config.hash_distance, config.pixel_similarity)
 
     def pair(i: int, j: int, distance: int, similarity: float) -> DuplicatePair:
         a, b = images[i], images[j]
         if _split_rank(b.splits) < _split_rank(a.splits):  # the earlier split first, as leaks are told
             a, b = b, a
-        return DuplicatePair(a.image_id, str(a.path), list(a.splits), b.image_id, str(b.path), list(b.splits),
-                             int(distance), float(similarity))  # fmt: skip
+        return DuplicatePair(
+            a.image_id,
+            str(a.path),
+            list(a.splits),
+            b.image_id,
+            str(b.path),
+            list(b.splits),
+            int(distance),
+            float(similarity),
+        )
 
     duplicates = [pair(*item) for item in found]
     duplicates.sort(key=lambda p: (not p.across_splits, -p.pixel_similarity, p.path_a, p.path_b))
@@ -455,10 +473,18 @@ def audit_boxes(images: list[AuditImage], classes: list[str], config: AuditConfi
         kind: str, index: int, value: float, other: int | None = None, z: float | None = None
     ) -> BoxFinding:
         image = images[owner[index]]
-        return BoxFinding(kind=kind, image_id=image.image_id, path=str(image.path), splits=list(image.splits),
-                          box=_box_list(boxes[index]), label=classes[labels[index] - 1], value=round(float(value), 4),
-                          other_box=None if other is None else _box_list(boxes[other]),
-                          other_label=None if other is None else classes[labels[other] - 1], z=z)  # fmt: skip
+        return BoxFinding(
+            kind=kind,
+            image_id=image.image_id,
+            path=str(image.path),
+            splits=list(image.splits),
+            box=_box_list(boxes[index]),
+            label=classes[labels[index] - 1],
+            value=round(float(value), 4),
+            other_box=None if other is None else _box_list(boxes[other]),
+            other_label=None if other is None else classes[labels[other] - 1],
+            z=z,
+        )
 
     first, second, iou = overlapping_pairs(boxes, owner, config.duplicate_iou)
     duplicate_boxes, conflicts = [], []
@@ -467,8 +493,12 @@ def audit_boxes(images: list[AuditImage], classes: list[str], config: AuditConfi
             duplicate_boxes.append(finding("duplicate_box", j, value, other=i))
         else:
             conflicts.append(finding("class_conflict", j, value, other=i))
-    outliers = [finding(f"{feature}_outlier", index, value, z=z)
-                for index, feature, value, z in size_and_aspect_outliers(boxes, labels, sizes, config.outlier_z, config.outlier_min_boxes)]  # fmt: skip
+    outliers = [
+        finding(f"{feature}_outlier", index, value, z=z)
+        for index, feature, value, z in size_and_aspect_outliers(
+            boxes, labels, sizes, config.outlier_z, config.outlier_min_boxes
+        )
+    ]
     by_split: dict[str, list[np.ndarray]] = defaultdict(list)
     for image in images:
         by_split["+".join(image.splits)].append(image.labels)
@@ -513,59 +543,134 @@ def audit_predictions(
     labels index (default: the audit's class list). Images without an entry are not judged.
     """
     prediction_classes = list(prediction_classes or classes)
+    relabel = _class_map(prediction_classes, classes)
+    by_key = _predictions_by_key(predictions)
+    judged = 0
+    suspects = []
+    iterator = images if not progress else _progress(True, "audit: label suspects")(images)
+    for image in iterator:
+        prediction = _prediction_of(image, by_key)
+        if prediction is None:
+            continue
+        judged += 1
+        det_boxes, det_scores, det_labels = _detections(prediction, image.image_id, len(prediction_classes))
+        suspects += _suspects_on_image(image, classes, det_boxes, det_scores, relabel[det_labels], config)
+    if judged == 0 and images:
+        example = next(iter(predictions), None)
+        raise ValueError(
+            f"predictions match none of the {len(images)} images (keys are image ids such as "
+            f"{images[0].image_id!r} or image paths; got keys such as {example!r})"
+        )
+    return _ranked(suspects)
+
+
+def _class_map(prediction_classes: list[str], classes: list[str]) -> np.ndarray:
+    """int ``[1 + len(prediction_classes)]``: a prediction's label (``1..``, in
+    ``prediction_classes``) -> the audit's label (``1..C``, in ``classes``); a ``ValueError`` for a
+    class the data set does not have."""
     unknown = sorted(set(prediction_classes) - set(classes))
     if unknown:
         raise ValueError(
             f"predictions name classes the data set does not have: {unknown} (data set: {classes})"
         )
-    relabel = np.array([0] + [classes.index(name) + 1 for name in prediction_classes], dtype=np.int64)
+    return np.array([0] + [classes.index(name) + 1 for name in prediction_classes], dtype=np.int64)
+
+
+def _predictions_by_key(predictions: Mapping) -> dict:
+    """``predictions`` under every key an image may be looked up by: the key as a string and, for a
+    key that may be a path (not an int), that path resolved, so that a path relative to the working
+    directory finds its image. A key as given wins over another key's resolved path."""
     by_key = {}
     for key, value in predictions.items():
         by_key[str(key)] = value
         if not isinstance(key, int):
             by_key.setdefault(str(Path(str(key)).resolve()), value)
-    judged = 0
+    return by_key
+
+
+def _prediction_of(image: AuditImage, by_key: dict) -> Mapping | None:
+    """The prediction for ``image`` (by image id, else by its path as given or resolved), or None."""
+    prediction = by_key.get(image.image_id)
+    if prediction is None:
+        prediction = by_key.get(str(image.path), by_key.get(str(image.path.resolve())))
+    return prediction
+
+
+def _detections(
+    prediction: Mapping, image_id: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's prediction checked and as arrays: ``(boxes`` float ``[K, 4]`` ``(x1, y1, x2, y2)``
+    pixels, ``scores`` float ``[K]``, ``labels`` int ``[K]`` in ``1..num_classes)``; a
+    ``ValueError`` naming the image for a missing key, a wrong shape, unequal lengths or a label
+    out of range."""
+    missing_keys = {"boxes", "scores", "labels"} - set(prediction)
+    if missing_keys:
+        raise ValueError(f"predictions for image {image_id}: missing {sorted(missing_keys)}")
+    det_boxes = _as_array(prediction["boxes"], "boxes", image_id, (4,))
+    det_scores = _as_array(prediction["scores"], "scores", image_id, ())
+    det_labels = _as_array(prediction["labels"], "labels", image_id, ()).astype(np.int64)
+    if not len(det_boxes) == len(det_scores) == len(det_labels):
+        raise ValueError(
+            f"predictions for image {image_id}: {len(det_boxes)} boxes, {len(det_scores)} "
+            f"scores and {len(det_labels)} labels; they must be equally many"
+        )
+    if len(det_labels) and (det_labels.min() < 1 or det_labels.max() > num_classes):
+        raise ValueError(
+            f"predictions for image {image_id}: labels must be in 1..{num_classes}, "
+            f"got {det_labels.min()}..{det_labels.max()}"
+        )
+    return det_boxes, det_scores, det_labels
+
+
+def _suspects_on_image(
+    image: AuditImage,
+    classes: list[str],
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    det_labels: np.ndarray,
+    config: AuditConfig,
+) -> list[Suspect]:
+    """The suspects (unranked: ``rank`` 0) of one image, given its detections: ``det_boxes`` float
+    ``[K, 4]`` ``(x1, y1, x2, y2)`` pixels, ``det_scores`` ``[K]``, ``det_labels`` int ``[K]`` in
+    ``1..C`` of ``classes`` (already mapped from the prediction's classes)."""
+    found = image_suspects(
+        image.boxes,
+        image.labels,
+        det_boxes,
+        det_scores,
+        det_labels,
+        image.difficult,
+        confident=config.confident_score,
+        found=config.found_score,
+        match_iou=config.match_iou,
+        spurious_weight=config.spurious_weight,
+    )
     suspects = []
-    iterator = images if not progress else _progress(True, "audit: label suspects")(images)
-    for image in iterator:
-        prediction = by_key.get(image.image_id)
-        if prediction is None:
-            prediction = by_key.get(str(image.path), by_key.get(str(image.path.resolve())))
-        if prediction is None:
-            continue
-        judged += 1
-        missing_keys = {"boxes", "scores", "labels"} - set(prediction)
-        if missing_keys:
-            raise ValueError(f"predictions for image {image.image_id}: missing {sorted(missing_keys)}")
-        det_boxes = _as_array(prediction["boxes"], "boxes", image.image_id, (4,))
-        det_scores = _as_array(prediction["scores"], "scores", image.image_id, ())
-        det_labels = _as_array(prediction["labels"], "labels", image.image_id, ()).astype(np.int64)
-        if not len(det_boxes) == len(det_scores) == len(det_labels):
-            raise ValueError(f"predictions for image {image.image_id}: {len(det_boxes)} boxes, {len(det_scores)} "
-                             f"scores and {len(det_labels)} labels; they must be equally many")  # fmt: skip
-        if len(det_labels) and (det_labels.min() < 1 or det_labels.max() > len(prediction_classes)):
-            raise ValueError(f"predictions for image {image.image_id}: labels must be in 1..{len(prediction_classes)}, "
-                             f"got {det_labels.min()}..{det_labels.max()}")  # fmt: skip
-        det_labels = relabel[det_labels]
-        for item in image_suspects(image.boxes, image.labels, det_boxes, det_scores, det_labels, image.difficult,
-                                   confident=config.confident_score, found=config.found_score,
-                                   match_iou=config.match_iou,
-                                   spurious_weight=config.spurious_weight):  # fmt: skip
-            gt, det = item["gt"], item["det"]
-            suspects.append(Suspect(
-                rank=0, kind=item["kind"], score=round(item["score"], 4), image_id=image.image_id,
-                path=str(image.path), splits=list(image.splits),
+    for item in found:
+        gt, det = item["gt"], item["det"]
+        suspects.append(
+            Suspect(
+                rank=0,
+                kind=item["kind"],
+                score=round(item["score"], 4),
+                image_id=image.image_id,
+                path=str(image.path),
+                splits=list(image.splits),
                 label_box=None if gt is None else _box_list(image.boxes[gt]),
                 label_class=None if gt is None else classes[image.labels[gt] - 1],
                 det_box=None if det is None else _box_list(det_boxes[det]),
                 det_class=None if det is None else classes[det_labels[det] - 1],
                 det_score=None if det is None else round(float(det_scores[det]), 4),
-                labelled_class_score=None if item["labelled_class_score"] is None else round(item["labelled_class_score"], 4),
-            ))  # fmt: skip
-    if judged == 0 and images:
-        example = next(iter(predictions), None)
-        raise ValueError(f"predictions match none of the {len(images)} images (keys are image ids such as "
-                         f"{images[0].image_id!r} or image paths; got keys such as {example!r})")  # fmt: skip
+                labelled_class_score=None
+                if item["labelled_class_score"] is None
+                else round(item["labelled_class_score"], 4),
+            )
+        )
+    return suspects
+
+
+def _ranked(suspects: list[Suspect]) -> list[Suspect]:
+    """``suspects`` sorted worst first (equal scores by image path), ranks numbered from 1."""
     suspects.sort(key=lambda suspect: (-suspect.score, suspect.path))
     for rank, suspect in enumerate(suspects, start=1):
         suspect.rank = rank
@@ -656,9 +761,22 @@ def write_suspects_csv(suspects: list[Suspect], path: str | Path) -> Path:
         for s in suspects:
             label_box = s.label_box or [""] * 4
             det_box = s.det_box or [""] * 4
-            writer.writerow([s.rank, s.kind, s.score, s.image_id, s.path, "+".join(s.splits), s.label_class or "",
-                             *label_box, s.det_class or "", "" if s.det_score is None else s.det_score, *det_box,
-                             "" if s.labelled_class_score is None else s.labelled_class_score])  # fmt: skip
+            writer.writerow(
+                [
+                    s.rank,
+                    s.kind,
+                    s.score,
+                    s.image_id,
+                    s.path,
+                    "+".join(s.splits),
+                    s.label_class or "",
+                    *label_box,
+                    s.det_class or "",
+                    "" if s.det_score is None else s.det_score,
+                    *det_box,
+                    "" if s.labelled_class_score is None else s.labelled_class_score,
+                ]
+            )
     return path
 
 
@@ -677,72 +795,222 @@ def _name(path: str) -> str:
 
 def format_report(result: AuditResult) -> str:
     """``audit.md``: the summary, the counts, every finding (first 50 of each) and the settings."""
-    counts = result.counts()
-    lines = [f"# Data audit: {result.name}", "", f"**{result.summary()}**", "",
-             f"{result.num_images} images, {result.num_boxes} boxes, {len(result.classes)} classes; splits: "
-             + ", ".join(f"{split} {number}" for split, number in result.splits.items()), ""]  # fmt: skip
-    lines += ["## Counts", ""] + _table(["finding", "count"], [[key, value] for key, value in counts.items()])
-    lines += ["## Duplicate images", "",
-              f"Perceptual hash within {result.config.hash_distance} bits of 64, then a pixel check (similarity >= "
-              f"{result.config.pixel_similarity}). Contact sheet: `duplicates.png`.", ""]  # fmt: skip
-    if result.duplicates:
-        lines += _table(["leak", "split", "image", "split", "image", "hash bits", "pixels"],
-                        [["yes" if p.across_splits else "", "+".join(p.splits_a), _name(p.path_a), "+".join(p.splits_b),
-                          _name(p.path_b), p.hash_distance, f"{p.pixel_similarity:.3f}"] for p in result.duplicates])  # fmt: skip
-    else:
-        lines += ["None found.", ""]
-    if result.rejected_candidates:
-        lines += ["Closest candidates the pixel check turned down:", ""]
-        lines += _table(["image", "image", "hash bits", "pixels"],
-                        [[_name(p.path_a), _name(p.path_b), p.hash_distance, f"{p.pixel_similarity:.3f}"]
-                         for p in result.rejected_candidates])  # fmt: skip
-    if result.shared_files:
-        lines += ["## Images listed in several splits", ""]
-        lines += _table(
-            ["image", "splits"],
-            [[_name(ref["path"]), "+".join(ref["splits"])] for ref in result.shared_files],
-        )
-    box_rows = [
-        ("duplicate_boxes", f"## Duplicate boxes (one class, IoU > {result.config.duplicate_iou})"),
-        ("class_conflicts", f"## Boxes of two classes on one object (IoU > {result.config.duplicate_iou})"),
+    sections = (
+        _title_section,
+        _counts_section,
+        _duplicate_images_section,
+        _rejected_candidates_section,
+        _shared_files_section,
+        _duplicate_boxes_section,
+        _class_conflicts_section,
+        _outliers_section,
+        _empty_images_section,
+        _classes_section,
+        _suspects_section,
+        _unreadable_section,
+        _settings_section,
+    )
+    return "\n".join(line for section in sections for line in section(result))
+
+
+def _title_section(result: AuditResult) -> list[str]:
+    """The title, the one-line summary and the size of the data set."""
+    return [
+        f"# Data audit: {result.name}",
+        "",
+        f"**{result.summary()}**",
+        "",
+        f"{result.num_images} images, {result.num_boxes} boxes, {len(result.classes)} classes; splits: "
+        + ", ".join(f"{split} {number}" for split, number in result.splits.items()),
+        "",
     ]
-    for attribute, heading in box_rows:
-        findings = getattr(result, attribute)
-        lines += [heading, ""]
-        lines += _table(["image", "split", "box", "class", "other box", "other class", "IoU"],
-                        [[_name(f.path), "+".join(f.splits), f.box, f.label, f.other_box, f.other_label, f"{f.value:.3f}"]
-                         for f in findings]) if findings else ["None found.", ""]  # fmt: skip
-    lines += [f"## Size and aspect outliers (|robust z| > {result.config.outlier_z} within the class)", "",
-              "Size: sqrt(box area / image area); aspect: width / height; z on a log scale. Boxes cut by the image "
-              "border are flagged only for being too large.", ""]  # fmt: skip
-    lines += _table(["image", "split", "box", "class", "what", "value", "z"],
-                    [[_name(f.path), "+".join(f.splits), f.box, f.label, f.kind.removesuffix("_outlier"), f"{f.value:.3g}",
-                      f.z] for f in result.outliers]) if result.outliers else ["None found.", ""]  # fmt: skip
-    lines += ["## Images without objects", ""]
-    lines += _table(["image", "split"], [[_name(ref["path"]), "+".join(ref["splits"])] for ref in result.empty_images]) \
-        if result.empty_images else ["None.", ""]  # fmt: skip
-    lines += ["## Classes", ""]
-    if result.class_table:
-        split_keys = [
-            key for key in result.class_table[0] if key not in ("class", "total", "share", "vs_largest")
-        ]
-        lines += _table(["class", *split_keys, "total", "share", "largest / this"],
-                        [[row["class"], *(row[key] for key in split_keys), row["total"], f"{100 * row['share']:.1f}%",
-                          "-" if math.isinf(row["vs_largest"]) else f"{row['vs_largest']:.1f}"]
-                         for row in result.class_table])  # fmt: skip
-    if result.suspects is not None:
-        lines += ["## Likely label mistakes (top of `suspects.csv`)", "",
-                  "Score: how strongly the model contradicts the label (see `docs/data.md`). Contact sheet: "
-                  "`suspects.png`.", ""]  # fmt: skip
-        lines += _table(["rank", "kind", "score", "image", "label", "label box", "model", "model box"],
-                        [[s.rank, s.kind, f"{s.score:.3f}", _name(s.path), s.label_class or "", s.label_box or "",
-                          f"{s.det_class} {s.det_score:.2f}" if s.det_class else "", s.det_box or ""]
-                         for s in result.suspects])  # fmt: skip
-    if result.unreadable:
-        lines += ["## Unreadable images (skipped)", ""] + [f"- {item}" for item in result.unreadable] + [""]
-    lines += ["## Settings", "", "```", *(f"{key}: {value}" for key, value in asdict(result.config).items()), "```", "",
-              "Seconds: " + ", ".join(f"{key} {value:.2f}" for key, value in result.seconds.items()), ""]  # fmt: skip
-    return "\n".join(lines)
+
+
+def _counts_section(result: AuditResult) -> list[str]:
+    return ["## Counts", ""] + _table(
+        ["finding", "count"], [[key, value] for key, value in result.counts().items()]
+    )
+
+
+def _duplicate_images_section(result: AuditResult) -> list[str]:
+    """The duplicate image pairs, leaks first."""
+    lines = [
+        "## Duplicate images",
+        "",
+        f"Perceptual hash within {result.config.hash_distance} bits of 64, then a pixel check (similarity >= "
+        f"{result.config.pixel_similarity}). Contact sheet: `duplicates.png`.",
+        "",
+    ]
+    if not result.duplicates:
+        return lines + ["None found.", ""]
+    return lines + _table(
+        ["leak", "split", "image", "split", "image", "hash bits", "pixels"],
+        [
+            [
+                "yes" if p.across_splits else "",
+                "+".join(p.splits_a),
+                _name(p.path_a),
+                "+".join(p.splits_b),
+                _name(p.path_b),
+                p.hash_distance,
+                f"{p.pixel_similarity:.3f}",
+            ]
+            for p in result.duplicates
+        ],
+    )
+
+
+def _rejected_candidates_section(result: AuditResult) -> list[str]:
+    """Under the duplicate images (no heading of its own): the closest calls the pixel check
+    turned down, to judge its threshold by; nothing when there are none."""
+    if not result.rejected_candidates:
+        return []
+    return ["Closest candidates the pixel check turned down:", ""] + _table(
+        ["image", "image", "hash bits", "pixels"],
+        [
+            [_name(p.path_a), _name(p.path_b), p.hash_distance, f"{p.pixel_similarity:.3f}"]
+            for p in result.rejected_candidates
+        ],
+    )
+
+
+def _shared_files_section(result: AuditResult) -> list[str]:
+    """Image files listed in several splits; no section when there are none."""
+    if not result.shared_files:
+        return []
+    return ["## Images listed in several splits", ""] + _table(
+        ["image", "splits"],
+        [[_name(ref["path"]), "+".join(ref["splits"])] for ref in result.shared_files],
+    )
+
+
+def _duplicate_boxes_section(result: AuditResult) -> list[str]:
+    heading = f"## Duplicate boxes (one class, IoU > {result.config.duplicate_iou})"
+    return _box_pairs_section(heading, result.duplicate_boxes)
+
+
+def _class_conflicts_section(result: AuditResult) -> list[str]:
+    heading = f"## Boxes of two classes on one object (IoU > {result.config.duplicate_iou})"
+    return _box_pairs_section(heading, result.class_conflicts)
+
+
+def _box_pairs_section(heading: str, findings: list[BoxFinding]) -> list[str]:
+    """A section of box pairs on one object (``findings``: duplicate boxes or class conflicts)."""
+    if not findings:
+        return [heading, "", "None found.", ""]
+    return [heading, ""] + _table(
+        ["image", "split", "box", "class", "other box", "other class", "IoU"],
+        [
+            [_name(f.path), "+".join(f.splits), f.box, f.label, f.other_box, f.other_label, f"{f.value:.3f}"]
+            for f in findings
+        ],
+    )
+
+
+def _outliers_section(result: AuditResult) -> list[str]:
+    lines = [
+        f"## Size and aspect outliers (|robust z| > {result.config.outlier_z} within the class)",
+        "",
+        "Size: sqrt(box area / image area); aspect: width / height; z on a log scale. Boxes cut by the image "
+        "border are flagged only for being too large.",
+        "",
+    ]
+    if not result.outliers:
+        return lines + ["None found.", ""]
+    return lines + _table(
+        ["image", "split", "box", "class", "what", "value", "z"],
+        [
+            [
+                _name(f.path),
+                "+".join(f.splits),
+                f.box,
+                f.label,
+                f.kind.removesuffix("_outlier"),
+                f"{f.value:.3g}",
+                f.z,
+            ]
+            for f in result.outliers
+        ],
+    )
+
+
+def _empty_images_section(result: AuditResult) -> list[str]:
+    if not result.empty_images:
+        return ["## Images without objects", "", "None.", ""]
+    return ["## Images without objects", ""] + _table(
+        ["image", "split"], [[_name(ref["path"]), "+".join(ref["splits"])] for ref in result.empty_images]
+    )
+
+
+def _classes_section(result: AuditResult) -> list[str]:
+    """The class-imbalance table: boxes of each class per split, in all, and against the largest."""
+    if not result.class_table:
+        return ["## Classes", ""]
+    split_keys = [
+        key for key in result.class_table[0] if key not in ("class", "total", "share", "vs_largest")
+    ]
+    return ["## Classes", ""] + _table(
+        ["class", *split_keys, "total", "share", "largest / this"],
+        [
+            [
+                row["class"],
+                *(row[key] for key in split_keys),
+                row["total"],
+                f"{100 * row['share']:.1f}%",
+                "-" if math.isinf(row["vs_largest"]) else f"{row['vs_largest']:.1f}",
+            ]
+            for row in result.class_table
+        ],
+    )
+
+
+def _suspects_section(result: AuditResult) -> list[str]:
+    """The top of the ranked label suspects; no section without predictions."""
+    if result.suspects is None:
+        return []
+    lines = [
+        "## Likely label mistakes (top of `suspects.csv`)",
+        "",
+        "Score: how strongly the model contradicts the label (see `docs/data.md`). Contact sheet: "
+        "`suspects.png`.",
+        "",
+    ]
+    return lines + _table(
+        ["rank", "kind", "score", "image", "label", "label box", "model", "model box"],
+        [
+            [
+                s.rank,
+                s.kind,
+                f"{s.score:.3f}",
+                _name(s.path),
+                s.label_class or "",
+                s.label_box or "",
+                f"{s.det_class} {s.det_score:.2f}" if s.det_class else "",
+                s.det_box or "",
+            ]
+            for s in result.suspects
+        ],
+    )
+
+
+def _unreadable_section(result: AuditResult) -> list[str]:
+    if not result.unreadable:
+        return []
+    return ["## Unreadable images (skipped)", ""] + [f"- {item}" for item in result.unreadable] + [""]
+
+
+def _settings_section(result: AuditResult) -> list[str]:
+    """The thresholds the audit ran with and the seconds each part took."""
+    return [
+        "## Settings",
+        "",
+        "```",
+        *(f"{key}: {value}" for key, value in asdict(result.config).items()),
+        "```",
+        "",
+        "Seconds: " + ", ".join(f"{key} {value:.2f}" for key, value in result.seconds.items()),
+        "",
+    ]
 
 
 def write_report(result: AuditResult, out_dir: str | Path) -> dict[str, str]:
@@ -754,9 +1022,11 @@ def write_report(result: AuditResult, out_dir: str | Path) -> dict[str, str]:
     limit = result.config.sheet_items
     sheets = {
         "duplicates.png": lambda path: audit_sheets.duplicate_sheet(result.duplicates, path, limit),
-        "boxes.png": lambda path: audit_sheets.box_sheet(result.duplicate_boxes + result.class_conflicts + result.outliers, path, limit),
+        "boxes.png": lambda path: audit_sheets.box_sheet(
+            result.duplicate_boxes + result.class_conflicts + result.outliers, path, limit
+        ),
         "suspects.png": lambda path: audit_sheets.suspect_sheet(result.suspects or [], path, limit),
-    }  # fmt: skip
+    }
     for file_name, draw in sheets.items():
         if draw(out_dir / file_name) is not None:
             files[file_name] = str(out_dir / file_name)
@@ -786,10 +1056,21 @@ def run_audit(
     failed)``; ``failed`` is :meth:`AuditResult.should_fail` for ``fail_on`` (the caller turns it
     into the exit code)."""
     fail_on = check_fail_on(fail_on)  # an unknown name fails now, not after the audit
-    result = audit(data, predictions=predictions, out_dir=out_dir, splits=splits, config=config,
-                   prediction_classes=prediction_classes, on_bad=on_bad, progress=True, **load_options)  # fmt: skip
-    print(f"{result.name}: {result.num_images} images, {result.num_boxes} boxes audited in "
-          f"{sum(result.seconds.values()):.1f} s; report in {Path(out_dir) / 'audit.md'}")  # fmt: skip
+    result = audit(
+        data,
+        predictions=predictions,
+        out_dir=out_dir,
+        splits=splits,
+        config=config,
+        prediction_classes=prediction_classes,
+        on_bad=on_bad,
+        progress=True,
+        **load_options,
+    )
+    print(
+        f"{result.name}: {result.num_images} images, {result.num_boxes} boxes audited in "
+        f"{sum(result.seconds.values()):.1f} s; report in {Path(out_dir) / 'audit.md'}"
+    )
     failed = result.should_fail(fail_on)
     if failed:
         found = ", ".join(name for name in fail_on if result.should_fail([name]))

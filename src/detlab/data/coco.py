@@ -38,7 +38,9 @@ def _load_json(path: Path) -> dict:
     except OSError as error:
         raise BadInputError(path, f"cannot read the file ({error.strerror or error})") from None
     except json.JSONDecodeError as error:
-        raise BadInputError(path, f"not valid JSON ({error.msg} at line {error.lineno})", line=error.lineno) from None
+        raise BadInputError(
+            path, f"not valid JSON ({error.msg} at line {error.lineno})", line=error.lineno
+        ) from None
     except UnicodeDecodeError:
         raise BadInputError(path, "not a text JSON file") from None
     except RecursionError:
@@ -67,7 +69,9 @@ def read_coco(
     problems = problems or ProblemLog(on_bad)
     data = _load_json(json_path)
     if image_dir is None:
-        image_dir = json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
+        image_dir = (
+            json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
+        )
     image_dir = Path(image_dir)
     categories = _categories(data.get("categories", []), json_path, problems)
     category_ids = list(categories)
@@ -86,7 +90,9 @@ def read_coco(
     records = []
     for image_id, (image_path, width, height) in images.items():
         if not image_path.is_file():
-            problems.bad(BadInputError(json_path, f"image {image_id}: file {image_path} is missing"), "missing image")
+            problems.bad(
+                BadInputError(json_path, f"image {image_id}: file {image_path} is missing"), "missing image"
+            )
             continue
         if width == 0 or height == 0:  # not given: read from the image
             try:
@@ -94,7 +100,9 @@ def read_coco(
             except BadInputError as error:
                 problems.bad(error, "bad image")
                 continue
-        record = build_record(image_id, image_path, width, height, objects_by_image[image_id], classes, json_path, problems)
+        record = build_record(
+            image_id, image_path, width, height, objects_by_image[image_id], classes, json_path, problems
+        )
         if record is not None:
             records.append(record)
     dataset = DetectionDataset(records, classes, name=f"coco:{json_path}")
@@ -115,8 +123,12 @@ def _categories(entries: list, path: Path, problems: ProblemLog) -> dict[int, tu
         where = f"categories[{index}]"
         try:
             if not isinstance(entry, dict):
-                raise BadInputError(path, f"{where} must be an object with 'id' and 'name', got {fields.describe(entry)}")
-            category_id = fields.whole_number(entry.get("id", fields.MISSING), path, f"{where} 'id'", 0, fields.MAX_ID)
+                raise BadInputError(
+                    path, f"{where} must be an object with 'id' and 'name', got {fields.describe(entry)}"
+                )
+            category_id = fields.whole_number(
+                entry.get("id", fields.MISSING), path, f"{where} 'id'", 0, fields.MAX_ID
+            )
             name = fields.name(entry.get("name", fields.MISSING), path, f"{where} 'name'")
             if category_id in found:
                 raise BadInputError(path, f"{where}: category id {category_id} repeated")
@@ -125,14 +137,20 @@ def _categories(entries: list, path: Path, problems: ProblemLog) -> dict[int, tu
             keypoint_names = entry.get("keypoints")
             if keypoint_names is not None:
                 if not isinstance(keypoint_names, list):
-                    raise BadInputError(path, f"{where} 'keypoints' must be a list of names, "
-                                              f"got {fields.describe(keypoint_names)}")  # fmt: skip
-                keypoint_names = [fields.name(v, path, f"{where} 'keypoints'[{i}]") for i, v in enumerate(keypoint_names)]
+                    raise BadInputError(
+                        path,
+                        f"{where} 'keypoints' must be a list of names, got {fields.describe(keypoint_names)}",
+                    )
+                keypoint_names = [
+                    fields.name(v, path, f"{where} 'keypoints'[{i}]") for i, v in enumerate(keypoint_names)
+                ]
         except BadInputError as error:
             problems.bad(error, "bad category")
             continue
         if name != entry["name"]:
-            problems.fix(f"{path}: {where}: class name {entry['name']!r} stripped to {name!r}", "stripped class name")
+            problems.fix(
+                f"{path}: {where}: class name {entry['name']!r} stripped to {name!r}", "stripped class name"
+            )
         found[category_id] = (name, keypoint_names)
         names.add(name)
     return dict(sorted(found.items()))
@@ -149,7 +167,9 @@ def _images(
         image_id = None
         try:
             if not isinstance(entry, dict):
-                raise BadInputError(path, f"{where} must be an object with 'id' and 'file_name', got {fields.describe(entry)}")
+                raise BadInputError(
+                    path, f"{where} must be an object with 'id' and 'file_name', got {fields.describe(entry)}"
+                )
             image_id = fields.identifier(entry.get("id", fields.MISSING), path, f"{where} 'id'")
             where = f"{where} (id {fields.describe(image_id)})"
             if image_id in images or image_id in skipped:
@@ -157,19 +177,27 @@ def _images(
             file_name = fields.path_text(entry.get("file_name", fields.MISSING), path, f"{where} 'file_name'")
             image_path = fields.inside(image_dir, file_name, path, f"{where} 'file_name'", allow_outside_root)
             # absent, null or 0: unknown, read from the image
-            width, height = (0 if entry.get(key) is None else
-                             fields.whole_number(entry[key], path, f"{where} '{key}'", 0, fields.MAX_SIDE)
-                             for key in ("width", "height"))  # fmt: skip
+            width, height = (
+                0
+                if entry.get(key) is None
+                else fields.whole_number(entry[key], path, f"{where} '{key}'", 0, fields.MAX_SIDE)
+                for key in ("width", "height")
+            )
         except BadInputError as error:
             if image_id is not None and image_id not in images:
                 skipped.add(image_id)
-            problems.bad(error, fields.OUTSIDE_KIND if isinstance(error, fields.OutsideRootError) else "bad image entry")
+            problems.bad(
+                error,
+                fields.OUTSIDE_KIND if isinstance(error, fields.OutsideRootError) else "bad image entry",
+            )
             continue
         images[image_id] = (image_path, width, height)
     return images, skipped
 
 
-def _annotation(annotation, index: int, image_ids: set, categories: dict, path: Path) -> tuple[int | str, RawObject]:
+def _annotation(
+    annotation, index: int, image_ids: set, categories: dict, path: Path
+) -> tuple[int | str, RawObject]:
     """``(image id, object)`` of one entry of ``annotations``, every field it uses checked."""
     where = f"annotations[{index}]"
     if not isinstance(annotation, dict):
@@ -181,11 +209,18 @@ def _annotation(annotation, index: int, image_ids: set, categories: dict, path: 
             raise BadInputError(path, f"{where}: unknown {key} {fields.describe(value)}")
     bbox = annotation.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4:
-        raise BadInputError(path, f"{where}: 'bbox' must be [x, y, width, height], got {fields.describe(bbox)}")
+        raise BadInputError(
+            path, f"{where}: 'bbox' must be [x, y, width, height], got {fields.describe(bbox)}"
+        )
     x, y, w, h = (fields.number(v, path, f"{where} 'bbox'[{i}]") for i, v in enumerate(bbox))
     iscrowd = fields.whole_number(annotation.get("iscrowd", 0), path, f"{where} 'iscrowd'", 0, 1)
-    obj = RawObject(name=categories[category_id][0], box=[x, y, x + w, y + h], iscrowd=bool(iscrowd), where=where,
-                    keypoints=_keypoints(annotation, path, where))  # fmt: skip
+    obj = RawObject(
+        name=categories[category_id][0],
+        box=[x, y, x + w, y + h],
+        iscrowd=bool(iscrowd),
+        where=where,
+        keypoints=_keypoints(annotation, path, where),
+    )
     return image_id, obj
 
 
@@ -195,7 +230,10 @@ def _keypoints(annotation: dict, json_path: Path, where: str) -> list[list[float
     if values is None:
         return None
     if not isinstance(values, list) or len(values) % 3:
-        raise BadInputError(json_path, f"{where}: 'keypoints' must be a list of x, y, v triples, got {fields.describe(values)}")
+        raise BadInputError(
+            json_path,
+            f"{where}: 'keypoints' must be a list of x, y, v triples, got {fields.describe(values)}",
+        )
     points = []
     for start in range(0, len(values), 3):
         field = f"{where} 'keypoints'[{start}:{start + 3}]"
@@ -211,18 +249,32 @@ def to_coco_dict(dataset: DetectionDataset, image_root: Path | None = None) -> d
     images, annotations = [], []
     for coco_id, record in zip(coco_image_ids(dataset), dataset.records):
         file_name = str(record.image_path.relative_to(image_root)) if image_root else record.image_path.name
-        images.append({"id": coco_id, "file_name": file_name, "width": record.width, "height": record.height,
-                       "detlab_image_id": str(record.image_id)})
+        images.append(
+            {
+                "id": coco_id,
+                "file_name": file_name,
+                "width": record.width,
+                "height": record.height,
+                "detlab_image_id": str(record.image_id),
+            }
+        )
         for index, (box, label, crowd) in enumerate(
             zip(record.boxes.tolist(), record.labels.tolist(), record.iscrowd.tolist())
         ):
             width, height = box[2] - box[0], box[3] - box[1]
-            annotation = {"id": len(annotations) + 1, "image_id": coco_id, "category_id": category_ids[label - 1],
-                          "bbox": [box[0], box[1], width, height], "area": width * height, "iscrowd": int(crowd)}
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": coco_id,
+                "category_id": category_ids[label - 1],
+                "bbox": [box[0], box[1], width, height],
+                "area": width * height,
+                "iscrowd": int(crowd),
+            }
             if record.keypoints is not None:
                 points = record.keypoints[index].tolist()
-                annotation["keypoints"] = [value for x, y in points for value in
-                                           ((0.0, 0.0, 0) if x != x else (x, y, 2))]  # NaN != NaN: not labelled
+                annotation["keypoints"] = [
+                    value for x, y in points for value in ((0.0, 0.0, 0) if x != x else (x, y, 2))
+                ]  # NaN != NaN: not labelled
                 annotation["num_keypoints"] = sum(1 for x, _ in points if x == x)
             annotations.append(annotation)
     categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, dataset.classes)]
@@ -233,7 +285,9 @@ def to_coco_dict(dataset: DetectionDataset, image_root: Path | None = None) -> d
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def write_coco(dataset: DetectionDataset, path: str | Path, image_dir: str | Path | None = None, copy_images: bool = True) -> Path:
+def write_coco(
+    dataset: DetectionDataset, path: str | Path, image_dir: str | Path | None = None, copy_images: bool = True
+) -> Path:
     """Write COCO ground truth JSON. With ``image_dir`` the images are copied (or linked) there and
     ``file_name`` is relative to it; otherwise ``file_name`` is the image's absolute path's name and
     the images stay where they are (pass ``image_dir`` to :func:`read_coco` to read them back)."""

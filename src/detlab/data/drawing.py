@@ -41,15 +41,22 @@ def draw_detections(
         return image
     if keypoints is not None and len(keypoints):
         visible = torch.isfinite(keypoints).all(dim=-1)
-        image = draw_keypoints(image, torch.nan_to_num(keypoints.float()), colors="yellow", radius=max(2, width),
-                               visibility=visible)  # fmt: skip
+        image = draw_keypoints(
+            image,
+            torch.nan_to_num(keypoints.float()),
+            colors="yellow",
+            radius=max(2, width),
+            visibility=visible,
+        )
     colours = class_colours(len(classes))
     names = []
     for index, label in enumerate(labels.tolist()):
         name = classes[label - 1] if 1 <= label <= len(classes) else f"class {label}"
         names.append(f"{name} {scores[index]:.2f}" if scores is not None else name)
     box_colours = [colours[(label - 1) % len(colours)] for label in labels.tolist()]
-    return draw_bounding_boxes(image, boxes.float(), labels=names, colors=box_colours, width=width, font_size=font_size)
+    return draw_bounding_boxes(
+        image, boxes.float(), labels=names, colors=box_colours, width=width, font_size=font_size
+    )
 
 
 def _fit(image: Tensor, tile_height: int, tile_width: int) -> Tensor:
@@ -87,6 +94,13 @@ def show_dataset(dataset, path: str | Path, num: int = 8, seed: int = 0, tile: i
     drawn = []
     for index in indices:
         image, target = dataset[index]
-        drawn.append(draw_detections(image, target["boxes"], target["labels"], dataset.classes,
-                                     width=max(2, round(max(image.shape[-2:]) / 200))))
+        drawn.append(
+            draw_detections(
+                image,
+                target["boxes"],
+                target["labels"],
+                dataset.classes,
+                width=max(2, round(max(image.shape[-2:]) / 200)),
+            )
+        )
     return save_grid(drawn, path, tile=tile)

@@ -148,5 +148,6 @@ def inside(folder: Path, relative: str, path: Path, field: str, allow_outside: b
     joined = folder / relative
     if allow_outside or is_inside(joined, folder):
         return joined
-    raise OutsideRootError(path, f"{field} {describe(relative)} leads outside the data set's folder {folder}; "
-                                 f"{ALLOW_HINT}")  # fmt: skip
+    raise OutsideRootError(
+        path, f"{field} {describe(relative)} leads outside the data set's folder {folder}; {ALLOW_HINT}"
+    )

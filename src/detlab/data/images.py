@@ -162,7 +162,9 @@ def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     side) and test images resized by the model look alike."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return torch.nn.functional.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return torch.nn.functional.interpolate(
+        image[None], size=tuple(size), mode="bilinear", align_corners=False
+    )[0]
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -119,11 +119,18 @@ def _coco_split(ids: list[int], joints: dict[int, np.ndarray], size: int) -> dic
         x1, y1 = np.maximum(low - margin, 0.0)
         x2, y2 = np.minimum(high + margin, float(size))
         images.append({"id": index + 1, "file_name": f"pose_{index:06d}.png", "width": size, "height": size})
-        annotations.append({
-            "id": index + 1, "image_id": index + 1, "category_id": 1, "iscrowd": 0,
-            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "area": float((x2 - x1) * (y2 - y1)),
-            "keypoints": [value for x, y in points.tolist() for value in (x, y, 2)], "num_keypoints": len(points),
-        })  # fmt: skip
+        annotations.append(
+            {
+                "id": index + 1,
+                "image_id": index + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "area": float((x2 - x1) * (y2 - y1)),
+                "keypoints": [value for x, y in points.tolist() for value in (x, y, 2)],
+                "num_keypoints": len(points),
+            }
+        )
     categories = [{"id": 1, "name": CLASS_NAME, "keypoints": list(JOINTS)}]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -134,7 +141,12 @@ def ensure_synthetic_pose(out_dir: str | Path, num_images: int = 3000, seed: int
     same set is already there; returns ``out_dir``."""
     out_dir = Path(out_dir)
     marker = out_dir / "synthetic.json"
-    wanted = {"num_images": num_images, "seed": seed, "size": size, "generator_version": POSE_GENERATOR_VERSION}
+    wanted = {
+        "num_images": num_images,
+        "seed": seed,
+        "size": size,
+        "generator_version": POSE_GENERATOR_VERSION,
+    }
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return out_dir
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -144,8 +156,12 @@ def ensure_synthetic_pose(out_dir: str | Path, num_images: int = 3000, seed: int
         image.save(out_dir / "images" / f"pose_{index:06d}.png")
     num_train = int(round(num_images * SPLIT_FRACTIONS["train"]))
     num_val = int(round(num_images * SPLIT_FRACTIONS["val"]))
-    splits = {"train": range(num_train), "val": range(num_train, num_train + num_val),
-              "test": range(num_train + num_val, num_images), "trainval": range(num_train + num_val)}  # fmt: skip
+    splits = {
+        "train": range(num_train),
+        "val": range(num_train, num_train + num_val),
+        "test": range(num_train + num_val, num_images),
+        "trainval": range(num_train + num_val),
+    }
     for split, ids in splits.items():
         (out_dir / f"{split}.json").write_text(json.dumps(_coco_split(list(ids), joints, size)))
     marker.write_text(json.dumps(wanted, indent=2))

@@ -70,8 +70,9 @@ def load_dataset(
         from detlab.data.keypoint_synthetic import ensure_synthetic_pose
 
         root = ensure_synthetic_pose(Path(root or f"data/{kind}"), num_images=num_synthetic, seed=seed)
-        dataset = read_coco(root / f"{split or 'trainval'}.json", image_dir=root / "images", on_bad=on_bad,
-                            problems=problems)  # fmt: skip
+        dataset = read_coco(
+            root / f"{split or 'trainval'}.json", image_dir=root / "images", on_bad=on_bad, problems=problems
+        )
         dataset.name = f"{kind} [{split}]" if split else kind
         return dataset
     if kind in SYNTHETIC:
@@ -81,7 +82,11 @@ def load_dataset(
         dataset.name = f"{kind} [{split}]" if split else kind
         return dataset
     if kind == "voc":
-        return read_voc(location, split, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root)
+        return read_voc(
+            location, split, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root
+        )
     if kind == "yolo":
-        return read_yolo(location, split, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root)
+        return read_yolo(
+            location, split, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root
+        )
     return read_coco(location, on_bad=on_bad, problems=problems, allow_outside_root=allow_outside_root)

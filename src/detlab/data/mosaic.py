@@ -121,9 +121,12 @@ class MosaicDataset(Dataset):
             new_height, new_width = max(1, round(height * ratio)), max(1, round(width * ratio))
             if (new_height, new_width) != (height, width):
                 image = F.interpolate(
-                    image[None].float(), size=(new_height, new_width), mode="bilinear", antialias=True,
+                    image[None].float(),
+                    size=(new_height, new_width),
+                    mode="bilinear",
+                    antialias=True,
                     align_corners=False,
-                )[0]  # fmt: skip
+                )[0]
             left = xc - new_width if quadrant in (0, 2) else xc
             top = yc - new_height if quadrant in (0, 1) else yc
             x1, y1 = max(left, 0), max(top, 0)
@@ -153,14 +156,7 @@ class MosaicDataset(Dataset):
                 canvas[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )[0].clamp_(0.0, 1.0)
 
-        boxes = torch.cat(moved["boxes"])
-        clipped = boxes.clamp(0.0, float(size))
-        widths, heights = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-        area_before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        keep = (
-            (widths > 0) & (heights > 0) & (widths >= self.min_side) & (heights >= self.min_side)
-            & (widths * heights >= self.min_visible * area_before)
-        )  # fmt: skip
+        clipped, keep = self.clip_boxes(torch.cat(moved["boxes"]))
         first = samples[0][1]
         result = {"boxes": clipped[keep], "labels": torch.cat(objects["labels"]).to(torch.int64)[keep]}
         result["image_id"] = first.get("image_id")
@@ -174,6 +170,21 @@ class MosaicDataset(Dataset):
             sizes = proposals[:, 2:] - proposals[:, :2]
             result["proposals"] = proposals[(sizes > 0).all(dim=1)]
         return output, result
+
+    def clip_boxes(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """``boxes`` (output pixels) clipped to the output, and which of them to keep: those
+        still at least ``min_side`` wide and high with ``min_visible`` of their area left."""
+        clipped = boxes.clamp(0.0, float(self.size))
+        widths, heights = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+        area_before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = (
+            (widths > 0)
+            & (heights > 0)
+            & (widths >= self.min_side)
+            & (heights >= self.min_side)
+            & (widths * heights >= self.min_visible * area_before)
+        )
+        return clipped, keep
 
     def with_transforms(self, transforms) -> MosaicDataset:
         """The wrapped data set's ``with_transforms(transforms)``, in the same mosaic."""
@@ -192,8 +203,9 @@ class MosaicDataset(Dataset):
         return self._wrap(self.dataset.subset(indices))
 
     def _wrap(self, dataset: Dataset) -> MosaicDataset:
-        copy = MosaicDataset(dataset, self.size, self.probability, self.scale, self.off_after,
-                             self.min_side, self.min_visible)  # fmt: skip
+        copy = MosaicDataset(
+            dataset, self.size, self.probability, self.scale, self.off_after, self.min_side, self.min_visible
+        )
         copy.progress = self.progress
         return copy
 

@@ -39,5 +39,7 @@ def build_record(
         labels=torch.tensor(checked.labels, dtype=torch.int64),
         difficult=torch.tensor(checked.difficult, dtype=torch.bool),
         iscrowd=torch.tensor(checked.iscrowd, dtype=torch.bool),
-        keypoints=torch.tensor(keypoints, dtype=torch.float32).reshape(len(keypoints), -1, 2) if keypoints else None,
+        keypoints=torch.tensor(keypoints, dtype=torch.float32).reshape(len(keypoints), -1, 2)
+        if keypoints
+        else None,
     )

@@ -93,7 +93,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.transforms = transforms
         self.name = name
-        self.resize_to = (resize_to if isinstance(resize_to, int) else tuple(resize_to)) if resize_to else None
+        self.resize_to = (
+            (resize_to if isinstance(resize_to, int) else tuple(resize_to)) if resize_to else None
+        )
         self.cache_images = cache_images
         self.proposals = proposals
         self._decoded: dict[int, tuple[Tensor, tuple[int, int]]] = {}
@@ -163,8 +165,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         return self._copy([self.records[i] for i in indices])
 
     def _copy(self, records: list[Record], **changes) -> DetectionDataset:
-        options = {"transforms": self.transforms, "name": self.name, "resize_to": self.resize_to,
-                   "cache_images": self.cache_images, "proposals": self.proposals, **changes}  # fmt: skip
+        options = {
+            "transforms": self.transforms,
+            "name": self.name,
+            "resize_to": self.resize_to,
+            "cache_images": self.cache_images,
+            "proposals": self.proposals,
+            **changes,
+        }
         copy = DetectionDataset(records, self.classes, **options)
         for attribute in ("category_ids", "problems", "keypoint_names"):
             if hasattr(self, attribute):

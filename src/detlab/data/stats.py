@@ -73,8 +73,12 @@ def format_stats(stats: dict) -> str:
         rows.append((f"class {name}", f"{count} ({100 * count / num_objects:.1f}%)"))
     label_width = max(len(label) for label, _ in rows)
     value_width = max(len(str(value)) for _, value in rows)
-    lines = [f"## {stats['name']}", "", f"| {'':<{label_width}} | {'value':<{value_width}} |",
-             f"|{'-' * (label_width + 2)}|{'-' * (value_width + 2)}|"]
+    lines = [
+        f"## {stats['name']}",
+        "",
+        f"| {'':<{label_width}} | {'value':<{value_width}} |",
+        f"|{'-' * (label_width + 2)}|{'-' * (value_width + 2)}|",
+    ]
     lines += [f"| {label:<{label_width}} | {value!s:<{value_width}} |" for label, value in rows]
     if stats["fixed"] or stats["skipped"]:
         lines += ["", f"Repaired ({len(stats['fixed'])}):"] + [f"- {item}" for item in stats["fixed"]]

@@ -52,7 +52,7 @@ def image_suspects(
 ) -> list[dict]:
     """The contradictions on one image (see the module doc): a list of ``{"kind", "score",
     "gt": labelled box index or None, "det": detection index or None, "labelled_class_score":
-    s_c for a swapped class}``.
+    s_c for a swapped class}``, swapped classes first, then missing labels, then spurious boxes.
 
     ``gt_boxes`` float ``[G, 4]``, ``gt_labels`` int ``[G]``, ``det_boxes`` float ``[D, 4]``,
     ``det_scores`` ``[D]``, ``det_labels`` int ``[D]``; ``gt_difficult`` bool ``[G]`` (default none).
@@ -77,32 +77,67 @@ def image_suspects(
     on_difficult = (covering & gt_difficult[None, :]).any(axis=1)
     # [D]: the detections that contradict some label
     confident_free = (det_scores >= confident) & ~belongs & ~on_difficult
-    found_here = []
-
     swap_votes = confident_free[:, None] & covering & ~same_class & (own < confident)[None, :]  # [D, G]
+    # The rest are objects without a label.
+    lonely = np.flatnonzero(confident_free & ~swap_votes.any(axis=1))
+    # [G]: the labelled boxes the model sees at all (of any class)
+    seen = (covering & (det_scores >= found)[:, None]).any(axis=0)  # [G]
+    return (
+        _swapped_classes(swap_votes, det_scores, own)
+        + _missing_labels(lonely, det_boxes, det_scores)
+        + _spurious_boxes(np.flatnonzero(~seen & ~gt_difficult), iou, det_scores, spurious_weight)
+    )
+
+
+def _suspect(
+    kind: str, score: float, gt: int | None, det: int | None, labelled_class_score: float | None
+) -> dict:
+    """One entry of :func:`image_suspects`' list."""
+    return {"kind": kind, "score": score, "gt": gt, "det": det, "labelled_class_score": labelled_class_score}
+
+
+def _swapped_classes(swap_votes: np.ndarray, det_scores: np.ndarray, own: np.ndarray) -> list[dict]:
+    """``swapped_class`` suspects: one per labelled box that some detection votes swapped.
+
+    ``swap_votes`` bool ``[D, G]``: detection d, confident and contradicting some label, is of
+    another class than box g and covers it, and the model does not see g's class there confidently;
+    ``det_scores`` ``[D]``; ``own`` ``[G]``: s_c of each box. A box's best voter is its suspect's
+    detection."""
+    found_here = []
     for gt in np.flatnonzero(swap_votes.any(axis=0)).tolist():
         voters = np.flatnonzero(swap_votes[:, gt])
         best = int(voters[np.argmax(det_scores[voters])])
-        found_here.append({"kind": SWAPPED, "score": float(det_scores[best] * (1.0 - own[gt])), "gt": gt, "det": best,
-                           "labelled_class_score": float(own[gt])})  # fmt: skip
+        found_here.append(
+            _suspect(SWAPPED, float(det_scores[best] * (1.0 - own[gt])), gt, best, float(own[gt]))
+        )
+    return found_here
 
-    # The rest are objects without a label. Highest first, so a second detection of the same
-    # unlabelled object is dropped in favour of the best one.
-    lonely = np.flatnonzero(confident_free & ~swap_votes.any(axis=1))
+
+def _missing_labels(lonely: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray) -> list[dict]:
+    """``missing_label`` suspects among ``lonely`` (int ``[K]``: indices of the confident detections
+    that belong to no label and vote no swap); ``det_boxes`` float ``[D, 4]`` ``(x1, y1, x2, y2)``,
+    ``det_scores`` ``[D]``. Of detections on one spot (IoU >= ``SAME_SPOT_IOU``) only the highest."""
+    # Highest first, so a second detection of the same unlabelled object is dropped in favour of
+    # the best one.
     lonely = lonely[np.argsort(-det_scores[lonely], kind="stable")]
     between = pairwise_iou(det_boxes[lonely], det_boxes[lonely])
     kept: list[int] = []  # positions in `lonely`
     for position in range(len(lonely)):
         if all(between[position, earlier] < SAME_SPOT_IOU for earlier in kept):
             kept.append(position)
-    for det in lonely[kept].tolist():
-        found_here.append({"kind": MISSING, "score": float(det_scores[det]), "gt": None, "det": det,
-                           "labelled_class_score": None})  # fmt: skip
+    return [_suspect(MISSING, float(det_scores[det]), None, det, None) for det in lonely[kept].tolist()]
 
-    seen = (covering & (det_scores >= found)[:, None]).any(axis=0)  # [G]
-    for gt in np.flatnonzero(~seen & ~gt_difficult).tolist():
+
+def _spurious_boxes(
+    unseen: np.ndarray, iou: np.ndarray, det_scores: np.ndarray, spurious_weight: float
+) -> list[dict]:
+    """``spurious_box`` suspects: one per box of ``unseen`` (int ``[K]``: indices of the labelled
+    boxes, not difficult, that no detection finds); ``iou`` ``[D, G]`` detections against labelled
+    boxes, ``det_scores`` ``[D]``. The closer the model looked at the box (its best score on a
+    detection touching it), the weaker the evidence that nothing is there."""
+    found_here = []
+    for gt in unseen.tolist():
         touching = iou[:, gt] >= TOUCHING_IOU
         near = float(det_scores[touching].max()) if touching.any() else 0.0
-        found_here.append({"kind": SPURIOUS, "score": spurious_weight * (1.0 - near), "gt": gt, "det": None,
-                           "labelled_class_score": None})  # fmt: skip
+        found_here.append(_suspect(SPURIOUS, spurious_weight * (1.0 - near), gt, None, None))
     return found_here

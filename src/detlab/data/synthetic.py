@@ -47,7 +47,15 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     array = base[0] * (1 - t) + base[1] * t
     # Low-frequency blotches, then fine grain: texture a detector must learn to ignore.
     coarse = rng.normal(0, 1, (size // 16 + 1, size // 16 + 1, 3)).astype(np.float32)
-    coarse = np.asarray(Image.fromarray(((coarse * 30) + 128).clip(0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32) - 128
+    coarse = (
+        np.asarray(
+            Image.fromarray(((coarse * 30) + 128).clip(0, 255).astype(np.uint8)).resize(
+                (size, size), Image.BILINEAR
+            ),
+            np.float32,
+        )
+        - 128
+    )
     array = array + coarse * rng.uniform(0.3, 1.0) + rng.normal(0, rng.uniform(3, 12), (size, size, 3))
     image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
@@ -75,7 +83,9 @@ def _shape_mask(kind: str, size: int, cx: float, cy: float, radius: float, angle
     return mask
 
 
-def render_image(seed: int, index: int, size: int = 256, single: bool = False) -> tuple[Image.Image, list[dict]]:
+def render_image(
+    seed: int, index: int, size: int = 256, single: bool = False
+) -> tuple[Image.Image, list[dict]]:
     """One image and its objects ``[{"name", "box": [x1, y1, x2, y2], "truncated"}]``.
 
     Multi-object images hold 0 to 8 shapes; a shape drawn later may hide part of an earlier one,
@@ -132,7 +142,9 @@ def render_image(seed: int, index: int, size: int = 256, single: bool = False) -
 
 
 def _annotation_xml(file_name: str, size: int, objects: list[dict]) -> str:
-    parts = [f"<annotation>\n  <filename>{file_name}</filename>\n  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>\n"]
+    parts = [
+        f"<annotation>\n  <filename>{file_name}</filename>\n  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>\n"
+    ]
     for obj in objects:
         x1, y1, x2, y2 = obj["box"]
         parts.append(
@@ -168,16 +180,27 @@ def make_synthetic(
         image, objects = render_image(seed, index, image_size, single)
         file_name = f"{ids[index]}.jpg"
         image.save(out_dir / "JPEGImages" / file_name, quality=92)
-        (out_dir / "Annotations" / f"{ids[index]}.xml").write_text(_annotation_xml(file_name, image_size, objects))
+        (out_dir / "Annotations" / f"{ids[index]}.xml").write_text(
+            _annotation_xml(file_name, image_size, objects)
+        )
     num_train = int(round(num_images * SPLIT_FRACTIONS["train"]))
     num_val = int(round(num_images * SPLIT_FRACTIONS["val"]))
-    splits = {"train": ids[:num_train], "val": ids[num_train : num_train + num_val], "test": ids[num_train + num_val :]}
+    splits = {
+        "train": ids[:num_train],
+        "val": ids[num_train : num_train + num_val],
+        "test": ids[num_train + num_val :],
+    }
     splits["trainval"] = splits["train"] + splits["val"]
     for split, split_ids in splits.items():
         (out_dir / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
-    parameters = {"num_images": num_images, "seed": seed, "single": single, "image_size": image_size,
-                  "generator_version": GENERATOR_VERSION}
+    parameters = {
+        "num_images": num_images,
+        "seed": seed,
+        "single": single,
+        "image_size": image_size,
+        "generator_version": GENERATOR_VERSION,
+    }
     (out_dir / "synthetic.json").write_text(json.dumps(parameters, indent=2))
     return out_dir
 
@@ -188,8 +211,13 @@ def ensure_synthetic(
     """Generate the synthetic set under ``out_dir`` unless the same one is already there."""
     out_dir = Path(out_dir)
     marker = out_dir / "synthetic.json"
-    wanted = {"num_images": num_images, "seed": seed, "single": single, "image_size": image_size,
-              "generator_version": GENERATOR_VERSION}
+    wanted = {
+        "num_images": num_images,
+        "seed": seed,
+        "single": single,
+        "image_size": image_size,
+        "generator_version": GENERATOR_VERSION,
+    }
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return out_dir
     if marker.is_file():

@@ -74,7 +74,9 @@ class RandomColourJitter(v2.Transform):
 
     _transformed_types = (tv_tensors.Image,)
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+    def __init__(
+        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0
+    ):
         super().__init__()
         for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             if not 0.0 <= value <= 1.0:
@@ -87,7 +89,12 @@ class RandomColourJitter(v2.Transform):
     def make_params(self, flat_inputs: list) -> dict:
         draws = (torch.rand(4) * 2.0 - 1.0).tolist()
         brightness, contrast, saturation = (1.0 + spread * draw for spread, draw in zip(self.ranges, draws))
-        return {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": self.hue * draws[3]}
+        return {
+            "brightness": brightness,
+            "contrast": contrast,
+            "saturation": saturation,
+            "hue": self.hue * draws[3],
+        }
 
     def transform(self, inpt: Tensor, params: dict) -> Tensor:
         return tv_tensors.wrap(jitter_colours(inpt.as_subclass(Tensor), **params), like=inpt)

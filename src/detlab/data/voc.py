@@ -36,8 +36,9 @@ def read_voc(
     allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read a VOC directory into a :class:`DetectionDataset` (arguments as :func:`scan_voc`)."""
-    parsed, classes, problems = scan_voc(root, split, classes, verify_images, problems or ProblemLog(on_bad),
-                                         allow_outside_root)  # fmt: skip
+    parsed, classes, problems = scan_voc(
+        root, split, classes, verify_images, problems or ProblemLog(on_bad), allow_outside_root
+    )
     records = []
     for image_id, image_path, (width, height), objects, xml_path in parsed:
         record = build_record(image_id, image_path, width, height, objects, classes, xml_path, problems)
@@ -48,7 +49,9 @@ def read_voc(
     return dataset
 
 
-def write_voc(dataset: DetectionDataset, out_dir: str | Path, split: str = "all", copy_images: bool = True) -> Path:
+def write_voc(
+    dataset: DetectionDataset, out_dir: str | Path, split: str = "all", copy_images: bool = True
+) -> Path:
     """Write ``dataset`` as a VOC directory (images copied unless ``copy_images=False``, then linked).
 
     Appends the image ids to ``ImageSets/Main/<split>.txt`` and writes ``classes.txt``.
@@ -67,7 +70,9 @@ def write_voc(dataset: DetectionDataset, out_dir: str | Path, split: str = "all"
         size = StdET.SubElement(annotation, "size")
         for key, value in (("width", record.width), ("height", record.height), ("depth", 3)):
             StdET.SubElement(size, key).text = str(value)
-        for box, label, difficult in zip(record.boxes.tolist(), record.labels.tolist(), record.difficult.tolist()):
+        for box, label, difficult in zip(
+            record.boxes.tolist(), record.labels.tolist(), record.difficult.tolist()
+        ):
             obj = StdET.SubElement(annotation, "object")
             StdET.SubElement(obj, "name").text = dataset.classes[label - 1]
             StdET.SubElement(obj, "difficult").text = str(int(difficult))
@@ -88,7 +93,9 @@ def export_stems(dataset: DetectionDataset) -> list[str]:
     stems = [record.image_path.stem for record in dataset.records]
     if len(set(stems)) != len(stems):
         duplicates = sorted({s for s in stems if stems.count(s) > 1})[:5]
-        raise ValueError(f"{dataset.name}: several images share a file name ({duplicates}); rename them first")
+        raise ValueError(
+            f"{dataset.name}: several images share a file name ({duplicates}); rename them first"
+        )
     return stems
 
 

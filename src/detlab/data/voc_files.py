@@ -72,7 +72,9 @@ def parse_annotation(path: Path) -> tuple[str | None, tuple[int, int] | None, li
     except OSError as error:
         raise BadInputError(path, f"cannot read the file ({error.strerror or error})") from None
     except defusedxml.DefusedXmlException as error:
-        raise BadInputError(path, f"refused unsafe XML ({type(error).__name__}: entities are not expanded)") from None
+        raise BadInputError(
+            path, f"refused unsafe XML ({type(error).__name__}: entities are not expanded)"
+        ) from None
     except StdET.ParseError as error:
         line = error.position[0] if getattr(error, "position", None) else None
         raise BadInputError(path, f"malformed XML ({error})", line=line) from None
@@ -96,9 +98,13 @@ def parse_annotation(path: Path) -> tuple[str | None, tuple[int, int] | None, li
             try:
                 box.append(float(text))
             except ValueError:
-                raise BadInputError(path, f"{where} <{key}>: non-numeric coordinate {fields.describe(text)}") from None
+                raise BadInputError(
+                    path, f"{where} <{key}>: non-numeric coordinate {fields.describe(text)}"
+                ) from None
         difficult = (node.findtext("difficult") or "").strip()
-        difficult = fields.whole_number_text(difficult, path, f"{where} <difficult>", 0, 1) if difficult else 0
+        difficult = (
+            fields.whole_number_text(difficult, path, f"{where} <difficult>", 0, 1) if difficult else 0
+        )
         objects.append(RawObject(name=name, box=box, difficult=bool(difficult), where=f"object {index}"))
     return file_name, _size(root, path), objects
 
@@ -161,9 +167,12 @@ def scan_voc(
         try:
             # Inside Annotations/ means the id does not climb out, so <id>.<suffix> is inside JPEGImages/ too.
             if not allow_outside_root and not fields.is_inside(xml_path, annotation_dir):
-                raise fields.OutsideRootError(split_file_path(root, split), f"id {fields.describe(image_id)} leads "
-                                              f"outside the data set's folder {root}; {fields.ALLOW_HINT}",
-                                              line=line_number)  # fmt: skip
+                raise fields.OutsideRootError(
+                    split_file_path(root, split),
+                    f"id {fields.describe(image_id)} leads "
+                    f"outside the data set's folder {root}; {fields.ALLOW_HINT}",
+                    line=line_number,
+                )
             if not xml_path.is_file():
                 raise BadInputError(xml_path, "annotation file listed in the split is missing")
             file_name, size, objects = parse_annotation(xml_path)
@@ -175,7 +184,11 @@ def scan_voc(
             elif size is None:
                 size = image_size(image_path)
         except BadInputError as error:
-            kind = fields.OUTSIDE_KIND if isinstance(error, fields.OutsideRootError) else "bad annotation or image"
+            kind = (
+                fields.OUTSIDE_KIND
+                if isinstance(error, fields.OutsideRootError)
+                else "bad annotation or image"
+            )
             problems.bad(error, kind)
             continue
         parsed.append((image_id, image_path, size, objects, xml_path))
@@ -199,8 +212,9 @@ def read_voc_annotations(
 ) -> AnnotationSet:
     """The checked annotations of a VOC folder (as :func:`detlab.data.voc.read_voc` checks them)
     as numpy arrays, without torch; see :func:`scan_voc` for the arguments."""
-    parsed, classes, problems = scan_voc(root, split, classes, problems=ProblemLog(on_bad),
-                                         allow_outside_root=allow_outside_root)  # fmt: skip
+    parsed, classes, problems = scan_voc(
+        root, split, classes, problems=ProblemLog(on_bad), allow_outside_root=allow_outside_root
+    )
     records = []
     for image_id, image_path, (width, height), objects, xml_path in parsed:
         checked = check_objects(objects, width, height, classes, xml_path, problems)

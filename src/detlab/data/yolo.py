@@ -86,9 +86,14 @@ def read_data_yaml(path: Path) -> dict:
 def names_from_yaml(data: dict, path: Path) -> list[str]:
     """``names`` (a list or an ``{index: name}`` map with indices 0..n-1), checked against ``nc``."""
     names, nc = data.get("names"), data.get("nc")
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= fields.MAX_CLASSES):
-        raise BadInputError(path, f"'nc' must be a positive whole number (at most {fields.MAX_CLASSES:,}), "
-                                  f"got {fields.describe(nc)}")  # fmt: skip
+    if nc is not None and (
+        isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= fields.MAX_CLASSES
+    ):
+        raise BadInputError(
+            path,
+            f"'nc' must be a positive whole number (at most {fields.MAX_CLASSES:,}), "
+            f"got {fields.describe(nc)}",
+        )
     if names is None:
         if nc is None:
             raise BadInputError(path, "no 'names' list or map (and no 'nc')")
@@ -99,18 +104,28 @@ def names_from_yaml(data: dict, path: Path) -> list[str]:
             if isinstance(key, str) and key.strip().isdecimal() and len(key.strip()) <= 6:
                 key = int(key)
             if isinstance(key, bool) or not isinstance(key, int):
-                raise BadInputError(path, f"'names' map keys must be class indices 0, 1, ..., got {fields.describe(key)}")
+                raise BadInputError(
+                    path, f"'names' map keys must be class indices 0, 1, ..., got {fields.describe(key)}"
+                )
             by_index[key] = value
         if sorted(by_index) != list(range(len(by_index))):
             keys = sorted(by_index)
             shown = f"{keys}" if len(keys) <= 10 else f"{keys[:10]} ... ({len(keys)} keys)"
-            raise BadInputError(path, f"'names' map keys must be the class indices 0..{len(by_index) - 1}, "
-                                      f"got {shown}")  # fmt: skip
-        classes = [fields.name(by_index[index], path, f"'names'[{index}]", numbers=True) for index in range(len(by_index))]
+            raise BadInputError(
+                path, f"'names' map keys must be the class indices 0..{len(by_index) - 1}, got {shown}"
+            )
+        classes = [
+            fields.name(by_index[index], path, f"'names'[{index}]", numbers=True)
+            for index in range(len(by_index))
+        ]
     elif isinstance(names, list):
-        classes = [fields.name(value, path, f"'names'[{index}]", numbers=True) for index, value in enumerate(names)]
+        classes = [
+            fields.name(value, path, f"'names'[{index}]", numbers=True) for index, value in enumerate(names)
+        ]
     else:
-        raise BadInputError(path, f"'names' must be a list or an {{index: name}} map, got {fields.describe(names)}")
+        raise BadInputError(
+            path, f"'names' must be a list or an {{index: name}} map, got {fields.describe(names)}"
+        )
     if not classes:
         raise BadInputError(path, "'names' is empty")
     if nc is not None and nc != len(classes):
@@ -128,13 +143,17 @@ def read_yolo_names(root: Path) -> list[str]:
             names = [line.strip() for line in fields.text_file(path).splitlines() if line.strip()]
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
-                raise BadInputError(path, f"class names repeated: {[fields.describe(n) for n in duplicates[:5]]}")
+                raise BadInputError(
+                    path, f"class names repeated: {[fields.describe(n) for n in duplicates[:5]]}"
+                )
             return names
     for file_name in YAML_FILES:
         path = root / file_name
         if path.is_file():
             return names_from_yaml(read_data_yaml(path), path)
-    raise FileNotFoundError(f"{root}: no class names file ({', '.join(NAME_FILES)} or {' / '.join(YAML_FILES)})")
+    raise FileNotFoundError(
+        f"{root}: no class names file ({', '.join(NAME_FILES)} or {' / '.join(YAML_FILES)})"
+    )
 
 
 def label_path_for(image_path: Path) -> Path:
@@ -205,14 +224,19 @@ class YoloDataYaml:
             values = value if isinstance(value, list) else [value]
             for entry in values:
                 if not isinstance(entry, str) or not entry.strip() or "\0" in entry:
-                    raise BadInputError(self.path, f"'{key}': expected a folder, a .txt list of images or a list "
-                                                   f"of those, got {fields.describe(entry)}")  # fmt: skip
+                    raise BadInputError(
+                        self.path,
+                        f"'{key}': expected a folder, a .txt list of images or a list "
+                        f"of those, got {fields.describe(entry)}",
+                    )
                 pairs.append((key, entry.strip()))
         return pairs
 
     def inside(self, path: Path) -> bool:
         """Whether ``path`` may be read: it lies in the root or the YAML's folder, or that is allowed."""
-        return self.allow_outside_root or any(fields.is_inside(path, folder) for folder in (self.root, self.path.parent))
+        return self.allow_outside_root or any(
+            fields.is_inside(path, folder) for folder in (self.root, self.path.parent)
+        )
 
     def locate(self, key: str, entry: str) -> Path:
         """Where ``entry`` of ``key`` is: relative to the root, then to the YAML's folder, then (for
@@ -227,8 +251,11 @@ class YoloDataYaml:
             if self.inside(candidate):
                 return candidate
         if existing:
-            raise fields.OutsideRootError(self.path, f"'{key}' entry {fields.describe(entry)} leads outside the data "
-                                                     f"set's folder {self.root}; {fields.ALLOW_HINT}")  # fmt: skip
+            raise fields.OutsideRootError(
+                self.path,
+                f"'{key}' entry {fields.describe(entry)} leads outside the data "
+                f"set's folder {self.root}; {fields.ALLOW_HINT}",
+            )
         tried = ", ".join(str(c) for c in candidates)
         raise BadInputError(self.path, f"'{key}: {entry}' not found (tried {tried})")
 
@@ -238,12 +265,17 @@ class YoloDataYaml:
         for key, entry in self.entries(split):
             location = self.locate(key, entry)
             if location.is_dir():
-                images += sorted(p for p in location.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                images += sorted(
+                    p for p in location.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                )
             elif location.suffix.lower() == ".txt":
                 images += self._listed(location, problems)
             else:
-                raise BadInputError(self.path, f"'{key}: {entry}': {location} is neither a folder of images nor "
-                                               "a .txt list of image paths")  # fmt: skip
+                raise BadInputError(
+                    self.path,
+                    f"'{key}: {entry}': {location} is neither a folder of images nor "
+                    "a .txt list of image paths",
+                )
         return list(dict.fromkeys(images))
 
     def _listed(self, list_file: Path, problems: ProblemLog) -> list[Path]:
@@ -256,14 +288,22 @@ class YoloDataYaml:
             candidates = [path] if path.is_absolute() else [self.root / path, list_file.parent / path]
             candidates = [candidate for candidate in candidates if self.inside(candidate)]
             if not candidates:
-                problems.bad(fields.OutsideRootError(list_file, f"image {fields.describe(line)} leads outside the data "
-                                                                f"set's folder {self.root}; {fields.ALLOW_HINT}",
-                                                     line=line_number), fields.OUTSIDE_KIND)  # fmt: skip
+                problems.bad(
+                    fields.OutsideRootError(
+                        list_file,
+                        f"image {fields.describe(line)} leads outside the data "
+                        f"set's folder {self.root}; {fields.ALLOW_HINT}",
+                        line=line_number,
+                    ),
+                    fields.OUTSIDE_KIND,
+                )
                 continue
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
-                problems.bad(BadInputError(list_file, f"image {fields.describe(line)} not found", line=line_number),
-                             "missing image")  # fmt: skip
+                problems.bad(
+                    BadInputError(list_file, f"image {fields.describe(line)} not found", line=line_number),
+                    "missing image",
+                )
                 continue
             images.append(_absolute(found))
         return images
@@ -273,7 +313,9 @@ def _split_folders(root: Path) -> dict[str, tuple[Path, Path]]:
     """``{folder name: (image dir, label dir)}`` of ``images/<split>/`` and ``<split>/images/``."""
     found = {}
     if (root / "images").is_dir():
-        found.update((p.name, (p, root / "labels" / p.name)) for p in sorted((root / "images").iterdir()) if p.is_dir())
+        found.update(
+            (p.name, (p, root / "labels" / p.name)) for p in sorted((root / "images").iterdir()) if p.is_dir()
+        )
     for p in sorted(root.iterdir()) if root.is_dir() else []:
         if p.name not in ("images", "labels") and (p / "images").is_dir():
             found.setdefault(p.name, (p / "images", p / "labels"))
@@ -284,7 +326,9 @@ def _folders(root: Path, split: str | None) -> list[tuple[Path, Path]]:
     """``(image dir, label dir)`` pairs of ``split`` in a folder layout (no data set YAML)."""
     splits = _split_folders(root)
     if split is None:
-        flat = (root / "images").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / "images").iterdir())
+        flat = (root / "images").is_dir() and any(
+            p.suffix.lower() in IMAGE_SUFFIXES for p in (root / "images").iterdir()
+        )
         if splits and not flat:
             return list(splits.values())  # every split
         if (root / "images").is_dir():
@@ -294,7 +338,10 @@ def _folders(root: Path, split: str | None) -> list[tuple[Path, Path]]:
             if name in splits:
                 return [splits[name]]
         if split == "trainval":
-            parts = [next((splits[n] for n in split_aliases(part) if n in splits), None) for part in ("train", "val")]
+            parts = [
+                next((splits[n] for n in split_aliases(part) if n in splits), None)
+                for part in ("train", "val")
+            ]
             if all(parts):
                 return parts
         if splits:
@@ -308,26 +355,44 @@ def _folders(root: Path, split: str | None) -> list[tuple[Path, Path]]:
     )
 
 
-def parse_label_file(path: Path, num_classes: int, width: int, height: int, classes: list[str]) -> list[RawObject]:
+def parse_label_file(
+    path: Path, num_classes: int, width: int, height: int, classes: list[str]
+) -> list[RawObject]:
     objects = []
     for line_number, line in enumerate(fields.text_file(path).splitlines(), start=1):
         words = line.split()
         if not words:
             continue
         if len(words) != 5:
-            raise BadInputError(path, f"expected 5 fields 'class cx cy w h', got {len(words)}", line=line_number)
+            raise BadInputError(
+                path, f"expected 5 fields 'class cx cy w h', got {len(words)}", line=line_number
+            )
         try:
             class_index = int(words[0])
             cx, cy, w, h = (float(v) for v in words[1:])
         except ValueError:
-            raise BadInputError(path, f"non-numeric field in {fields.describe(line.strip(), 80)}", line=line_number) from None
+            raise BadInputError(
+                path, f"non-numeric field in {fields.describe(line.strip(), 80)}", line=line_number
+            ) from None
         if not 0 <= class_index < num_classes:
-            raise BadInputError(path, f"class index {class_index} outside 0..{num_classes - 1}", line=line_number)
+            raise BadInputError(
+                path, f"class index {class_index} outside 0..{num_classes - 1}", line=line_number
+            )
         values = (cx, cy, w, h)
         if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
-            raise BadInputError(path, f"coordinates {values} outside [0, 1] (YOLO labels are normalised)", line=line_number)
+            raise BadInputError(
+                path, f"coordinates {values} outside [0, 1] (YOLO labels are normalised)", line=line_number
+            )
         # Rounded to 1/1000 px so that 6-decimal normalised text does not fake boxes leaving the image.
-        box = [round(v, 3) for v in ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)]
+        box = [
+            round(v, 3)
+            for v in (
+                (cx - w / 2) * width,
+                (cy - h / 2) * height,
+                (cx + w / 2) * width,
+                (cy + h / 2) * height,
+            )
+        ]
         objects.append(RawObject(name=classes[class_index], box=box, where=f"line {line_number}"))
     return objects
 
@@ -378,7 +443,11 @@ def read_yolo(
     for (image_path, label_path), image_id in zip(pairs, _image_ids([p for p, _ in pairs], base)):
         try:
             width, height = image_size(image_path)
-            objects = parse_label_file(label_path, len(classes), width, height, classes) if label_path.is_file() else []
+            objects = (
+                parse_label_file(label_path, len(classes), width, height, classes)
+                if label_path.is_file()
+                else []
+            )
         except BadInputError as error:
             problems.bad(error, "bad label file or image")
             continue
@@ -390,7 +459,9 @@ def read_yolo(
     return dataset
 
 
-def write_yolo(dataset: DetectionDataset, out_dir: str | Path, split: str | None = None, copy_images: bool = True) -> Path:
+def write_yolo(
+    dataset: DetectionDataset, out_dir: str | Path, split: str | None = None, copy_images: bool = True
+) -> Path:
     """Write ``dataset`` as a YOLO folder (``images[/split]``, ``labels[/split]``, ``classes.txt``)."""
     out_dir = Path(out_dir)
     image_dir = out_dir / "images" / split if split else out_dir / "images"
@@ -398,7 +469,9 @@ def write_yolo(dataset: DetectionDataset, out_dir: str | Path, split: str | None
     label_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
     for record, stem in zip(dataset.records, export_stems(dataset)):
-        transfer_image(record.image_path, image_dir / f"{stem}{record.image_path.suffix.lower()}", copy_images)
+        transfer_image(
+            record.image_path, image_dir / f"{stem}{record.image_path.suffix.lower()}", copy_images
+        )
         lines = []
         for (x1, y1, x2, y2), label in zip(record.boxes.tolist(), record.labels.tolist()):
             cx, cy = (x1 + x2) / 2 / record.width, (y1 + y2) / 2 / record.height

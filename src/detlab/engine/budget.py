@@ -48,7 +48,9 @@ class Budget:
         processes (the run's first number)."""
         steps_per_epoch = math.ceil(math.ceil(dataset_size / world_size) / config.batch_size)
         by_steps = config.max_steps > 0 or config.time_budget_s > 0
-        horizon = config.max_steps if config.max_steps > 0 else 0 if by_steps else config.epochs * steps_per_epoch
+        horizon = (
+            config.max_steps if config.max_steps > 0 else 0 if by_steps else config.epochs * steps_per_epoch
+        )
         return cls(config.epochs, config.max_steps, config.time_budget_s, horizon)
 
     @property

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from detlab.engine.distributed import Context, gather_to_main, read_on_main
-from detlab.engine.state import TrainingState
+from detlab.engine.state import FitResult, TrainingState
 
 FORMAT = "detlab-checkpoint"
 VERSION = 1
@@ -56,7 +56,9 @@ def capture_rng_state() -> dict:
             "gauss": float(numpy_state["gauss"]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "cuda": [torch.cuda.get_rng_state()]
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else [],
     }
 
 
@@ -78,8 +80,11 @@ def restore_rng_state(state: dict) -> None:
         # this process's device; a checkpoint of an older detlab held every visible device's state
         torch.cuda.set_rng_state(state["cuda"][min(torch.cuda.current_device(), len(state["cuda"]) - 1)])
     elif state["cuda"]:
-        warnings.warn("the checkpoint holds a CUDA random state but CUDA is not available here: the GPU's "
-                      "random numbers are not restored (the CPU's are)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            "the checkpoint holds a CUDA random state but CUDA is not available here: the GPU's "
+            "random numbers are not restored (the CPU's are)",
+            stacklevel=2,
+        )
 
 
 def rank_rng_state(checkpoint: dict, rank: int, world_size: int) -> dict | None:
@@ -89,9 +94,12 @@ def rank_rng_state(checkpoint: dict, rank: int, world_size: int) -> dict | None:
     or from before per-rank states, hold rank 0's only."""
     states = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
     if len(states) != world_size and rank == 0:
-        warnings.warn(f"the checkpoint was written by {len(states)} process(es), this run has {world_size}: "
-                      f"ranks below {len(states)} keep their random state, the others are seeded afresh; the data "
-                      "order and augmentations still continue exactly", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"the checkpoint was written by {len(states)} process(es), this run has {world_size}: "
+            f"ranks below {len(states)} keep their random state, the others are seeded afresh; the data "
+            "order and augmentations still continue exactly",
+            stacklevel=2,
+        )
     return states[rank] if rank < len(states) else None
 
 
@@ -178,13 +186,23 @@ def existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def already_finished(run_dir: Path, stored: dict, state: TrainingState) -> FitResult:
+    """The result of resuming a run whose budget is spent (``stored``: its ``last.pt``): nothing trained."""
+    metrics = dict(stored.get("metrics") or {})
+    return FitResult(
+        run_dir, "already_finished", state, run_dir / LAST_NAME, existing(run_dir / BEST_NAME), metrics
+    )
+
+
 class Checkpointer:
     """Writes a run's ``last.pt`` (and ``best.pt``) on rank 0: the weights (the averaged ones as
     ``model`` when the run keeps an average, the trained ones as ``training_model``), optimiser,
     schedule, scaler, progress and random state, with the run's ``header`` (model name, classes,
     config) and the latest evaluation ``metrics``."""
 
-    def __init__(self, run_dir: Path, context: Context, state: TrainingState, header: dict, resumed: dict | None):
+    def __init__(
+        self, run_dir: Path, context: Context, state: TrainingState, header: dict, resumed: dict | None
+    ):
         self.run_dir, self.context, self.state, self.header = Path(run_dir), context, state, header
         self.metrics = dict(resumed.get("metrics") or {}) if resumed else {}
         self.last_path = self.run_dir / LAST_NAME if resumed and context.is_main else None
@@ -202,8 +220,11 @@ class Checkpointer:
             return
         weights = {"model": model.state_dict()}
         if training.average is not None:  # "model" is what evaluation uses; the trained weights resume
-            weights = {"model": training.average.model.state_dict(), "training_model": model.state_dict(),
-                       "ema_updates": training.average.updates}  # fmt: skip
+            weights = {
+                "model": training.average.model.state_dict(),
+                "training_model": model.state_dict(),
+                "ema_updates": training.average.updates,
+            }
         data = serialize(
             {
                 "format": FORMAT,
@@ -223,6 +244,12 @@ class Checkpointer:
         if include_best:
             self.best_path = write_atomically(data, self.run_dir / BEST_NAME)
 
+    def result(self, status: str, signal_name: str | None = None) -> FitResult:
+        """What ``fit`` returns when the run ends with ``status``: its checkpoints and last metrics."""
+        return FitResult(
+            self.run_dir, status, self.state, self.last_path, self.best_path, self.metrics, signal_name
+        )
+
     def save_after_error(self, model: torch.nn.Module, training) -> None:
         """After an error in training: save the last finished step, this rank's alone (the error
         may be this rank's only: no collective), and say how to resume."""
@@ -230,8 +257,11 @@ class Checkpointer:
             return
         self.save(model, training, include_best=False, gather=False)
         if self.context.is_main:
-            print(f"\ntraining stopped by an error after step {self.state.step}; {self.run_dir / LAST_NAME} holds "
-                  f"that step: fix the cause, then resume with: detlab train --resume {self.run_dir}", file=sys.stderr)  # fmt: skip
+            print(
+                f"\ntraining stopped by an error after step {self.state.step}; {self.run_dir / LAST_NAME} holds "
+                f"that step: fix the cause, then resume with: detlab train --resume {self.run_dir}",
+                file=sys.stderr,
+            )
 
 
 def read_resume_point(resume: str | Path | None, run_dir: Path) -> dict | None:
@@ -248,7 +278,9 @@ def read_resume_point(resume: str | Path | None, run_dir: Path) -> dict | None:
     return load_checkpoint(resume / LAST_NAME if resume.is_dir() else resume)
 
 
-def load_resume_point(resume, run_dir: Path, model: torch.nn.Module, training, context: Context) -> dict | None:
+def load_resume_point(
+    resume, run_dir: Path, model: torch.nn.Module, training, context: Context
+) -> dict | None:
     """The checkpoint to continue from, its weights and optimiser state loaded into ``model`` and
     ``training`` (the run's :class:`~detlab.engine.train.Optimisation`); ``None`` for a fresh run.
     Rank 0 reads the run folder and sends what it found to the other ranks (their machines may not

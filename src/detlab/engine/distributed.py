@@ -76,7 +76,9 @@ def init_distributed(device_name: str = "auto", timeout_s: float = 1800.0) -> Co
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend=backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s)
+        )
         _CREATED_HERE.append(True)
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
@@ -108,7 +110,9 @@ def wrap_model(model: torch.nn.Module, context: Context) -> torch.nn.Module:
     # Gradients as views of DDP's communication buckets: the weight gradients of channels-last
     # convolutions then take the buckets' layout (no "grad strides do not match bucket view
     # strides" warning, no copy into the buckets each step).
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, gradient_as_bucket_view=True
+    )
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

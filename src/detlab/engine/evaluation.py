@@ -27,7 +27,9 @@ SCORING_CHUNK = 64  # predictions handed to the evaluator at a time when scoring
 
 
 @torch.no_grad()
-def predictions(model: torch.nn.Module, data_loader, device: torch.device, amp: bool = True) -> Iterator[tuple[list, list]]:
+def predictions(
+    model: torch.nn.Module, data_loader, device: torch.device, amp: bool = True
+) -> Iterator[tuple[list, list]]:
     """``(predictions, targets)`` a batch: ``model`` in eval mode on ``device`` (under float16
     autocast on a GPU unless ``amp`` is off), predictions moved to the CPU as float32. The model's
     training mode is restored afterwards."""
@@ -38,12 +40,20 @@ def predictions(model: torch.nn.Module, data_loader, device: torch.device, amp: 
             images, _ = move_to_device(images, None, device)
             with inference_autocast(device, amp):
                 outputs = model(images)
-            yield [{key: full_precision(value.detach().cpu()) for key, value in output.items()} for output in outputs], list(targets)
+            yield (
+                [
+                    {key: full_precision(value.detach().cpu()) for key, value in output.items()}
+                    for output in outputs
+                ],
+                list(targets),
+            )
     finally:
         model.train(was_training)
 
 
-def evaluate_across_processes(model: Detector, shard_loader, classes: list[str], context: Context, amp: bool = True) -> dict:
+def evaluate_across_processes(
+    model: Detector, shard_loader, classes: list[str], context: Context, amp: bool = True
+) -> dict:
     """``model``'s :meth:`~detlab.models.contract.Detector.make_evaluator` result on the validation
     set, each rank predicting its shard; the scalar metrics (:func:`plain_metrics`), on every rank."""
     if not context.distributed:
@@ -51,7 +61,11 @@ def evaluate_across_processes(model: Detector, shard_loader, classes: list[str],
         for outputs, targets in predictions(model, shard_loader, context.device, amp):
             evaluator.update(outputs, targets)
         return plain_metrics(evaluator.compute())
-    local = [pair for outputs, targets in predictions(model, shard_loader, context.device, amp) for pair in zip(outputs, targets)]
+    local = [
+        pair
+        for outputs, targets in predictions(model, shard_loader, context.device, amp)
+        for pair in zip(outputs, targets)
+    ]
     shards = gather_to_main(local, context)
     result = None
     if context.is_main:

@@ -51,7 +51,9 @@ class MetricsLog:
         if self.board is not None:
             for name, value in record.items():
                 if name not in ("kind", "epoch", "step") and _is_number(value):
-                    self.board.add_scalar(f"{record.get('kind', 'train')}/{name}", value, record.get("step", 0))
+                    self.board.add_scalar(
+                        f"{record.get('kind', 'train')}/{name}", value, record.get("step", 0)
+                    )
             self.board.flush()
 
     def records(self) -> list[dict]:
@@ -130,7 +132,9 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def open_run_log(run_dir: Path, run_config: dict | None, resume_step: int | None, context: Context) -> MetricsLog | None:
+def open_run_log(
+    run_dir: Path, run_config: dict | None, resume_step: int | None, context: Context
+) -> MetricsLog | None:
     """The metrics log (rank 0; ``None`` elsewhere), and ``config.yaml`` written beside it."""
     if not context.is_main:
         return None

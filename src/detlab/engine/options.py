@@ -21,8 +21,11 @@ class RunHeader:
     run_config: dict | None = None
 
     def fields(self, config: TrainConfig) -> dict:
-        return {"model_name": self.model_name, "classes": list(self.classes),
-                "config": self.run_config or {"train": config_io.to_dict(config)}}  # fmt: skip
+        return {
+            "model_name": self.model_name,
+            "classes": list(self.classes),
+            "config": self.run_config or {"train": config_io.to_dict(config)},
+        }
 
 
 @dataclass

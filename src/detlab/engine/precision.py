@@ -18,7 +18,9 @@ def cpu_has_fast_bf16() -> bool:
     (once a process)."""
     supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if not supported:
-        warnings.warn("train.amp_cpu_bf16 is set but this CPU has no native bfloat16; training in float32", stacklevel=2)
+        warnings.warn(
+            "train.amp_cpu_bf16 is set but this CPU has no native bfloat16; training in float32", stacklevel=2
+        )
     return supported
 
 
@@ -31,7 +33,9 @@ def training_autocast(device: torch.device, config: TrainConfig, scaler: torch.a
     """The training forward's autocast: float16 with loss scaling on CUDA (``train.amp``); on a
     CPU, bfloat16 when asked for (``train.amp_cpu_bf16``) and the CPU has native bfloat16."""
     cpu_bf16 = device.type == "cpu" and config.amp_cpu_bf16 and cpu_has_fast_bf16()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=scaler.is_enabled() or cpu_bf16)
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=scaler.is_enabled() or cpu_bf16
+    )
 
 
 def inference_autocast(device: torch.device, amp: bool = True):

@@ -69,9 +69,12 @@ class Predictor:
     run config turned ``train.amp`` off."""
 
     def __init__(
-        self, model: torch.nn.Module, classes: list[str], run_config: RunConfig | None = None,
+        self,
+        model: torch.nn.Module,
+        classes: list[str],
+        run_config: RunConfig | None = None,
         device: torch.device | str = "auto",
-    ):  # fmt: skip
+    ):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
@@ -79,9 +82,15 @@ class Predictor:
         self.amp = run_config.train.amp if run_config is not None else True
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None,
-                        fold: bool = True, ensemble: Iterable[str | Path] = (),
-                        test_scales: Iterable[float] = ()) -> Predictor:  # fmt: skip
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        overrides: list[str] | None = None,
+        fold: bool = True,
+        ensemble: Iterable[str | Path] = (),
+        test_scales: Iterable[float] = (),
+    ) -> Predictor:
         """Load a checkpoint safely (see :func:`detlab.engine.checkpoint.load_checkpoint`);
         ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder. ``fold``: fold
         BatchNorm into the convolutions (faster; the outputs change in the last float digits, so
@@ -96,8 +105,10 @@ class Predictor:
         for other in ensemble:
             other_model, other_classes, _ = model_from_checkpoint(other, overrides)
             if other_classes != classes:
-                raise ValueError(f"{other} detects {other_classes}, {path} detects {classes}: an ensemble needs the "
-                                 "same classes in the same order")  # fmt: skip
+                raise ValueError(
+                    f"{other} detects {other_classes}, {path} detects {classes}: an ensemble needs the "
+                    "same classes in the same order"
+                )
             models.append(other_model)
         if fold:
             for member in models:
@@ -158,13 +169,17 @@ def detections_by_image(predictor: Predictor, records, min_score: float = 0.05) 
     found = {}
     for record in progress_bar(records, desc="detections", unit="image"):
         prediction = predictor.predict(record.image_path, score_threshold=min_score)
-        found[str(record.image_path)] = {key: prediction[key].numpy() for key in ("boxes", "scores", "labels")}
+        found[str(record.image_path)] = {
+            key: prediction[key].numpy() for key in ("boxes", "scores", "labels")
+        }
     return found
 
 
 def result_entries(prediction: dict, image_id: int) -> list[dict]:
     """One image's prediction as COCO result entries (2 decimals; keypoints as COCO triples)."""
-    entries = coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], image_id, decimals=2)
+    entries = coco_result_entries(
+        prediction["boxes"], prediction["scores"], prediction["labels"], image_id, decimals=2
+    )
     if "keypoints" in prediction:
         for entry, points in zip(entries, prediction["keypoints"].tolist()):
             entry["keypoints"] = [round(value, 2) for x, y in points for value in (x, y, 2)]
@@ -206,20 +221,25 @@ def predict_files(
     source, out_dir = Path(source), Path(out_dir)
     files = find_images(source)
     if out_dir.resolve() == (source if source.is_dir() else source.parent).resolve():
-        raise ValueError(f"--out {out_dir} is the input folder: the annotated images would overwrite the originals; "
-                         "choose another folder")  # fmt: skip
+        raise ValueError(
+            f"--out {out_dir} is the input folder: the annotated images would overwrite the originals; "
+            "choose another folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(predictor.device)
     if batch_size is None:
         run_config = predictor.run_config
         batch_size = run_config.train.batch_size if device.type == "cuda" and run_config is not None else 1
-    loader = make_loader(ImageFiles(files), batch_size, SequentialSampler(files), num_workers,
-                         collate=list, device=device)  # fmt: skip
+    loader = make_loader(
+        ImageFiles(files), batch_size, SequentialSampler(files), num_workers, collate=list, device=device
+    )
     decoded = (item for batch in loader for item in zip(batch, predictor.predict_batch(batch)))
     images_info, detections = [], []
     progress = progress_bar(decoded, total=len(files), desc="predict", unit="image")
     for image_id, (path, (pixels, found)) in enumerate(zip(files, progress), start=1):
-        prediction = {key: torch.as_tensor(value) if key != "names" else value for key, value in found.items()}
+        prediction = {
+            key: torch.as_tensor(value) if key != "names" else value for key, value in found.items()
+        }
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         detections.extend(result_entries(prediction, image_id))
         relative = path.relative_to(source) if source.is_dir() else Path(path.name)
@@ -228,9 +248,13 @@ def predict_files(
         )
         shown = prediction["scores"] >= draw_threshold
         annotated = draw_detections(
-            image, prediction["boxes"][shown], prediction["labels"][shown], predictor.classes, prediction["scores"][shown],
+            image,
+            prediction["boxes"][shown],
+            prediction["labels"][shown],
+            predictor.classes,
+            prediction["scores"][shown],
             keypoints=prediction["keypoints"][shown] if "keypoints" in prediction else None,
-        )  # fmt: skip
+        )
         target = out_dir / annotated_name(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_image(annotated, target)
@@ -265,12 +289,15 @@ def evaluate_checkpoint(
     ``max_detections``). ``ensemble``, ``test_scales``: test-time combinations (see
     :meth:`Predictor.from_checkpoint`). Returns ``(report dict, result)``."""
     ensemble, test_scales = list(ensemble), list(test_scales)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides, fold=False,
-                                          ensemble=ensemble, test_scales=test_scales)  # fmt: skip
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, overrides=overrides, fold=False, ensemble=ensemble, test_scales=test_scales
+    )
     source = {"checkpoint": str(checkpoint)}
     if ensemble or test_scales:
         source.update({"ensemble": [str(path) for path in ensemble], "test_scales": list(test_scales)})
-    dataset = evaluation_split(predictor, data, split, scoring.pop("data_root", None), scoring.pop("max_images", 0))
+    dataset = evaluation_split(
+        predictor, data, split, scoring.pop("data_root", None), scoring.pop("max_images", 0)
+    )
     return evaluate_predictor(predictor, dataset, source=source, **scoring)
 
 
@@ -292,27 +319,42 @@ def evaluate_predictor(
         evaluator = detection_evaluator(predictor.classes, protocol, iou_threshold, max_detections)
     else:
         evaluator = predictor.model.make_evaluator(predictor.classes)
-    loader = make_loader(dataset, predictor.run_config.train.batch_size, SequentialSampler(dataset), device=predictor.device)
+    loader = make_loader(
+        dataset, predictor.run_config.train.batch_size, SequentialSampler(dataset), device=predictor.device
+    )
     result = evaluate(predictor.model, loader, evaluator, predictor.device, predictor.amp)
     settings = {"protocol": protocol if kind == "detection" else kind, **(source or {})}
     if kind != "detection":
         return metrics_report(kind, result, len(dataset), settings, dataset.name), result
     problem = evaluator.problem()
     problem.category_ids = coco_category_ids(dataset)
-    problem.source = {"ground_truth": dataset.name, "results": f"{settings.get('checkpoint', 'the model')} (detector outputs)"}
-    settings.update({"iou_threshold": iou_threshold} if protocol != "coco" else {"max_detections": max_detections})
+    problem.source = {
+        "ground_truth": dataset.name,
+        "results": f"{settings.get('checkpoint', 'the model')} (detector outputs)",
+    }
+    settings.update(
+        {"iou_threshold": iou_threshold} if protocol != "coco" else {"max_detections": max_detections}
+    )
     return build_report(result, problem, settings), result
 
 
-def evaluation_split(predictor: Predictor, data: str, split: str | None, data_root: str | None, max_images: int):
+def evaluation_split(
+    predictor: Predictor, data: str, split: str | None, data_root: str | None, max_images: int
+):
     """The images ``predictor`` is scored on: ``data`` at ``split`` (default: the run's test split;
     the run's own data root when ``data`` is the run's data), its first ``max_images`` (0: all),
     whose classes must be the model's, in the same order."""
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
-    dataset = load_dataset(data, split, root=root, num_synthetic=stored.synthetic_images, seed=stored.synthetic_seed,
-                           allow_outside_root=stored.allow_outside_root)  # fmt: skip
+    dataset = load_dataset(
+        data,
+        split,
+        root=root,
+        num_synthetic=stored.synthetic_images,
+        seed=stored.synthetic_seed,
+        allow_outside_root=stored.allow_outside_root,
+    )
     if list(dataset.classes) != predictor.classes:
         raise ValueError(
             f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "
@@ -333,7 +375,14 @@ def detection_evaluator(classes: list[str], protocol: str, iou_threshold: float,
 def metrics_report(kind: str, metrics: dict, num_images: int, settings: dict, source: str) -> dict:
     """A report (``detlab.eval.report`` layout) for a model scored by its own evaluator's metrics."""
     return {
-        "protocol": kind, "settings": settings, "num_images": num_images, "num_gt": num_images,
-        "num_detections": num_images, "metrics": dict(metrics), "per_class": [], "curves": {},
-        "curve_note": "", "source": {"ground_truth": source, "results": settings["checkpoint"]},
-    }  # fmt: skip
+        "protocol": kind,
+        "settings": settings,
+        "num_images": num_images,
+        "num_gt": num_images,
+        "num_detections": num_images,
+        "metrics": dict(metrics),
+        "per_class": [],
+        "curves": {},
+        "curve_note": "",
+        "source": {"ground_truth": source, "results": settings["checkpoint"]},
+    }

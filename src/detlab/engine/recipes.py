@@ -49,10 +49,14 @@ def recipe_of(model: Detector, name: str) -> list[Stage | Step]:
     """The recipe ``name`` of ``model`` (``""``: the model's default, the first of its ``recipes``)."""
     name = name or model.recipes[0]
     if name not in model.recipes:
-        raise ValueError(f"train.recipe={name!r} is not a recipe of {type(model).__name__}; choose one of {model.recipes}")
+        raise ValueError(
+            f"train.recipe={name!r} is not a recipe of {type(model).__name__}; choose one of {model.recipes}"
+        )
     stages = model.recipe(name)
     fractions = sum(stage.budget for stage in stages if isinstance(stage, Stage))
-    assert abs(fractions - 1.0) < 1e-6, f"the stages of recipe {name!r} share {fractions} of the budget, not 1"
+    assert abs(fractions - 1.0) < 1e-6, (
+        f"the stages of recipe {name!r} share {fractions} of the budget, not 1"
+    )
     return stages
 
 
@@ -99,18 +103,39 @@ def train_stages(
                 return read_on_main(functools.partial(finished_run, run_dir, result), context)
             continue
         if isinstance(item, Step):
-            run_step(item, model, data.train, folder, header.fields(run_config.train), run_config.train.seed + index, context)
+            run_step(
+                item,
+                model,
+                data.train,
+                folder,
+                header.fields(run_config.train),
+                run_config.train.seed + index,
+                context,
+            )
             if last:
                 return evaluate_final_step(model, run_config, data, result, context)
             continue
         if item.prepare is not None:
             item.prepare(model)
-        resume_stage = resume is not None and read_on_main(functools.partial(Path.is_file, folder / checkpoints.LAST_NAME), context)
-        options = FitOptions(context=context, num_workers=run_config.data.num_workers, stop_at_step=stop_at_step,
-                             data_report=data.report if index == 0 else None)  # fmt: skip
-        result = fit(model, data.train, stage_train_config(run_config.train, item), folder,
-                     val_dataset=data.validation if item.evaluate else None, header=header,
-                     resume=folder if resume_stage else None, options=options)  # fmt: skip
+        resume_stage = resume is not None and read_on_main(
+            functools.partial(Path.is_file, folder / checkpoints.LAST_NAME), context
+        )
+        options = FitOptions(
+            context=context,
+            num_workers=run_config.data.num_workers,
+            stop_at_step=stop_at_step,
+            data_report=data.report if index == 0 else None,
+        )
+        result = fit(
+            model,
+            data.train,
+            stage_train_config(run_config.train, item),
+            folder,
+            val_dataset=data.validation if item.evaluate else None,
+            header=header,
+            resume=folder if resume_stage else None,
+            options=options,
+        )
         if not result.finished:
             return result
         if not last and context.is_main:
@@ -130,11 +155,12 @@ def finished_run(run_dir: Path, result: FitResult | None) -> FitResult:
     """The result of resuming a run whose recipe ended in a step that is done: nothing trained."""
     stored = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
     state = result.state if result is not None else TrainingState(**stored["progress"])
-    return FitResult(run_dir, "already_finished", state, run_dir / checkpoints.LAST_NAME,
-                     checkpoints.existing(run_dir / checkpoints.BEST_NAME), dict(stored.get("metrics") or {}))  # fmt: skip
+    return checkpoints.already_finished(run_dir, stored, state)
 
 
-def evaluate_final_step(model: Detector, run_config: RunConfig, data: RunData, result: FitResult | None, context: Context) -> FitResult:
+def evaluate_final_step(
+    model: Detector, run_config: RunConfig, data: RunData, result: FitResult | None, context: Context
+) -> FitResult:
     """After a recipe's last step (R-CNN's SVMs and regressors): evaluate the model on the
     validation split, keep the metrics in ``last.pt`` (and ``best.pt``) and the run log."""
     run_dir = Path(run_config.train.out_dir)
@@ -142,19 +168,31 @@ def evaluate_final_step(model: Detector, run_config: RunConfig, data: RunData, r
     metrics: dict = {}
     if context.is_main and data.validation is not None:
         loader = make_loader(data.validation, run_config.train.batch_size, SequentialSampler(data.validation))
-        metrics = plain_metrics(evaluate(model, loader, model.make_evaluator(data.classes), context.device, run_config.train.amp))
+        metrics = plain_metrics(
+            evaluate(model, loader, model.make_evaluator(data.classes), context.device, run_config.train.amp)
+        )
         checkpoint = checkpoints.load_checkpoint(run_dir / checkpoints.LAST_NAME)
         checkpoint["metrics"] = metrics
         checkpoints.save_checkpoint(checkpoint, run_dir / checkpoints.LAST_NAME)
         checkpoints.save_checkpoint(checkpoint, run_dir / checkpoints.BEST_NAME)
         # resume_step: keep what the log holds (a step's folder has none yet), append this record
-        MetricsLog(run_dir, resume_step=state.step).write({"kind": "eval", "epoch": state.epoch, "step": state.step, **metrics})
+        MetricsLog(run_dir, resume_step=state.step).write(
+            {"kind": "eval", "epoch": state.epoch, "step": state.step, **metrics}
+        )
     barrier(context)
-    return FitResult(run_dir, "finished", state, run_dir / checkpoints.LAST_NAME,
-                     checkpoints.existing(run_dir / checkpoints.BEST_NAME), metrics)  # fmt: skip
+    return FitResult(
+        run_dir,
+        "finished",
+        state,
+        run_dir / checkpoints.LAST_NAME,
+        checkpoints.existing(run_dir / checkpoints.BEST_NAME),
+        metrics,
+    )
 
 
-def run_step(step: Step, model: Detector, train_dataset, folder: Path, header: dict, seed: int, context: Context) -> None:
+def run_step(
+    step: Step, model: Detector, train_dataset, folder: Path, header: dict, seed: int, context: Context
+) -> None:
     """One non-gradient step of a recipe, on every process alike (seeded, so a resumed run draws
     the same numbers), then its checkpoint and ``stage_done`` mark (rank 0)."""
     torch.manual_seed(seed)
@@ -162,10 +200,17 @@ def run_step(step: Step, model: Detector, train_dataset, folder: Path, header: d
     if context.is_main:
         print(f"{step.name}: {outcome}" if outcome else f"{step.name}: done", flush=True)
         checkpoints.save_checkpoint(
-            {**header, "model": model.state_dict(), "optimizer": None, "schedule": None, "scaler": None,
-             "progress": dataclasses.asdict(TrainingState()), "rng": checkpoints.capture_rng_state(),
-             "metrics": dict(outcome)},
+            {
+                **header,
+                "model": model.state_dict(),
+                "optimizer": None,
+                "schedule": None,
+                "scaler": None,
+                "progress": dataclasses.asdict(TrainingState()),
+                "rng": checkpoints.capture_rng_state(),
+                "metrics": dict(outcome),
+            },
             folder / checkpoints.LAST_NAME,
-        )  # fmt: skip
+        )
         (folder / STAGE_DONE).write_text("done\n")
     barrier(context)

@@ -75,7 +75,9 @@ def run_config_from_dict(data: dict) -> RunConfig:
     )
 
 
-def build_model(run_config: RunConfig, num_classes: int, weights_from_checkpoint: bool = False) -> DetectorModule:
+def build_model(
+    run_config: RunConfig, num_classes: int, weights_from_checkpoint: bool = False
+) -> DetectorModule:
     """The model ``run_config`` describes (:func:`detlab.models.build_model`)."""
     return models.build_model(run_config.model_name, run_config.model, num_classes, weights_from_checkpoint)
 
@@ -85,8 +87,15 @@ def load_split(run_config: RunConfig, split: str, check: bool = True):
     (:func:`detlab.data.validation.check_images`, cached by file, honouring ``data.on_bad``);
     returns ``(dataset, check report or None)``."""
     data = run_config.data
-    dataset = load_dataset(data.spec, split, root=data.root, on_bad=data.on_bad, allow_outside_root=data.allow_outside_root,
-                           num_synthetic=data.synthetic_images, seed=data.synthetic_seed)  # fmt: skip
+    dataset = load_dataset(
+        data.spec,
+        split,
+        root=data.root,
+        on_bad=data.on_bad,
+        allow_outside_root=data.allow_outside_root,
+        num_synthetic=data.synthetic_images,
+        seed=data.synthetic_seed,
+    )
     if not check:
         return dataset, None
     return check_images(dataset, on_bad=data.on_bad)
@@ -105,9 +114,14 @@ def build_datasets(run_config: RunConfig, context: Context | None = None):
         if (turn == "main") == context.is_node_main:
             train, report = load_split(run_config, data.train_split)
             train = train.with_options(cache_images=data.cache_images).with_transforms(
-                build_transforms(True, horizontal_flip=data.horizontal_flip, vertical_flip=data.vertical_flip,
-                                 rotate90=data.rotate90, photometric=data.photometric)
-            )  # fmt: skip
+                build_transforms(
+                    True,
+                    horizontal_flip=data.horizontal_flip,
+                    vertical_flip=data.vertical_flip,
+                    rotate90=data.rotate90,
+                    photometric=data.photometric,
+                )
+            )
             validation, reports = None, {"train": report.as_dict()}
             if parse_spec(data.spec)[0] == "coco":
                 warnings.warn("a COCO file is one split: no evaluation during training", stacklevel=2)
@@ -115,8 +129,11 @@ def build_datasets(run_config: RunConfig, context: Context | None = None):
                 train, validation, reports["val"] = automatic_validation(run_config, train, context)
             elif data.val_split:
                 if data.val_split == data.test_split:
-                    warnings.warn(f"data.val_split is the test split ({data.test_split!r}): best.pt is chosen on the "
-                                  "test images, so its test numbers are optimistic", stacklevel=2)  # fmt: skip
+                    warnings.warn(
+                        f"data.val_split is the test split ({data.test_split!r}): best.pt is chosen on the "
+                        "test images, so its test numbers are optimistic",
+                        stacklevel=2,
+                    )
                 validation, val_report = load_split(run_config, data.val_split)
                 reports["val"] = val_report.as_dict()
             if validation is not None:
@@ -145,25 +162,37 @@ def automatic_validation(run_config: RunConfig, train, context: Context):
             raise  # a val split that exists but is broken is reported, not silently replaced
         validation = None  # a data.yaml without a val entry
     train_images = {str(record.image_path) for record in train.records}
-    if validation is not None and len(validation) and not train_images & {str(r.image_path) for r in validation.records}:
+    if (
+        validation is not None
+        and len(validation)
+        and not train_images & {str(r.image_path) for r in validation.records}
+    ):
         if context.is_main:
             print(f"validation: the data set's val split ({len(validation)} images)", flush=True)
         return train, validation, check.as_dict()
     count = len(train)
     held = int(round(data.val_fraction * count))
     if count < MIN_IMAGES_TO_HOLD_OUT or held < 1 or held >= count:
-        warnings.warn(f"no validation split: the training split has {count} images, too few to hold some out "
-                      f"(data.val_fraction {data.val_fraction}); best.pt is the last checkpoint", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"no validation split: the training split has {count} images, too few to hold some out "
+            f"(data.val_fraction {data.val_fraction}); best.pt is the last checkpoint",
+            stacklevel=2,
+        )
         return train, None, {"held_out": 0}
     order = torch.randperm(count, generator=torch.Generator().manual_seed(run_config.train.seed)).tolist()
     held_out, kept = sorted(order[:held]), sorted(order[held:])
     validation, train = train.subset(held_out), train.subset(kept)
     if context.is_main:
-        print(f"validation: {held} of the training split's {count} images held out (seed {run_config.train.seed}; "
-              "data.val_split names a split instead)", flush=True)  # fmt: skip
+        print(
+            f"validation: {held} of the training split's {count} images held out (seed {run_config.train.seed}; "
+            "data.val_split names a split instead)",
+            flush=True,
+        )
         run_dir = Path(run_config.train.out_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "val_held_out.txt").write_text("".join(f"{record.image_id}\n" for record in validation.records))
+        (run_dir / "val_held_out.txt").write_text(
+            "".join(f"{record.image_id}\n" for record in validation.records)
+        )
     return train, validation, {"held_out": held, "seed": run_config.train.seed}
 
 
@@ -171,7 +200,9 @@ def fit_model_to_data(run_config: RunConfig, train_dataset, num_classes: int, co
     """``run_config`` with the model's ``"auto"`` settings chosen from the training split
     (:mod:`detlab.models.data_fit`); the choices and the anchor coverage are printed and written
     to ``data_fit.json`` in the run folder."""
-    run_config, report = fit_to_data(run_config, train_dataset.records, models.method(run_config.model_name), num_classes)
+    run_config, report = fit_to_data(
+        run_config, train_dataset.records, models.method(run_config.model_name), num_classes
+    )
     if report and context.is_main:
         run_dir = Path(run_config.train.out_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +233,9 @@ def train_run(
     # (which then work on fewer pixels).
     resize_to = model.training_resize()
     if resize_to is not None:
-        train_dataset = train_dataset.with_options(resize_to=resize_to, cache_images=run_config.data.cache_images)
+        train_dataset = train_dataset.with_options(
+            resize_to=resize_to, cache_images=run_config.data.cache_images
+        )
     proposals = model.training_proposals()
     if proposals is not None:  # computed once before training (not part of its time), then cached
         if context.is_node_main:  # into this machine's cache
@@ -235,13 +268,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     last = run_dir / checkpoints.LAST_NAME
     if last.is_file():
         return last
-    stages = sorted((path for path in run_dir.glob(f"*/{checkpoints.LAST_NAME}")), key=lambda p: p.stat().st_mtime)
+    stages = sorted(
+        (path for path in run_dir.glob(f"*/{checkpoints.LAST_NAME}")), key=lambda p: p.stat().st_mtime
+    )
     if not stages:
         raise FileNotFoundError(f"{run_dir}: no run to resume here (no {checkpoints.LAST_NAME})")
     return stages[-1]
 
 
-def run_config_for_resume(run_dir: str | Path, values: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
+def run_config_for_resume(
+    run_dir: str | Path, values: dict | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """The config stored with the run in ``run_dir``, with ``values`` (nested dicts) and
     ``overrides`` (``key=value``) applied, e.g. more epochs; the run stays in ``run_dir``."""
     checkpoint = checkpoints.load_checkpoint(latest_checkpoint(run_dir))

@@ -256,8 +256,15 @@ def make_training_loader(
     A training set that hears the share of the budget spent (``set_progress``: mosaics stop) hears
     it in the training process only; fresh workers copy that at each epoch's start, persistent
     ones never would, so for such a set they stay per-epoch."""
-    return make_loader(seeded, batch_size, EpochIndices(sampler), num_workers, collate, device,
-                       persistent_workers=not seeded.hears_progress)  # fmt: skip
+    return make_loader(
+        seeded,
+        batch_size,
+        EpochIndices(sampler),
+        num_workers,
+        collate,
+        device,
+        persistent_workers=not seeded.hears_progress,
+    )
 
 
 @dataclass
@@ -273,15 +280,23 @@ class TrainingData:
     best_metric: str | None = None
 
 
-def training_data(train_dataset, val_dataset, config: TrainConfig, context: Context, options: FitOptions, classes) -> TrainingData:
+def training_data(
+    train_dataset, val_dataset, config: TrainConfig, context: Context, options: FitOptions, classes
+) -> TrainingData:
     """The training loader in its resumable, seeded order, and each rank's shard of the validation set."""
     if len(train_dataset) == 0:
         raise ValueError("the training set is empty")
     seeded = SeededSamples(train_dataset, seed=config.seed)
-    sampler = ResumableSampler(len(train_dataset), context.rank, context.world_size, shuffle=True, seed=config.seed)
-    loader = make_training_loader(seeded, config.batch_size, sampler, options.num_workers, options.collate, context.device)
+    sampler = ResumableSampler(
+        len(train_dataset), context.rank, context.world_size, shuffle=True, seed=config.seed
+    )
+    loader = make_training_loader(
+        seeded, config.batch_size, sampler, options.num_workers, options.collate, context.device
+    )
     validation = None
     if val_dataset is not None:
         shard = ShardSampler(len(val_dataset), context.rank, context.world_size)
-        validation = make_loader(val_dataset, config.batch_size, shard, options.num_workers, options.collate, context.device)
+        validation = make_loader(
+            val_dataset, config.batch_size, shard, options.num_workers, options.collate, context.device
+        )
     return TrainingData(loader, sampler, seeded, validation, list(classes), options.best_metric)

@@ -28,6 +28,17 @@ class TrainingState:
     best_epoch: int = -1
 
     @classmethod
+    def starting(cls, resumed: dict | None, batch_size: int, world_size: int) -> TrainingState:
+        """Where a run starts on ``world_size`` processes: its resume point's progress, or the start."""
+        state = (
+            cls.from_progress(resumed["progress"], batch_size)
+            if resumed
+            else cls(start_world_size=world_size)
+        )
+        state.world_size = world_size
+        return state
+
+    @classmethod
     def from_progress(cls, progress: dict, batch_size: int) -> TrainingState:
         """A checkpoint's ``progress`` (one from before ``images_in_epoch`` and ``schedule_step``
         were kept was written by one process)."""

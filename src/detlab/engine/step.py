@@ -41,7 +41,9 @@ def keep_frozen_modules_fixed(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def share_step_flags(loss_values: torch.Tensor, stop: StopRequest, elapsed_s: float, context: Context) -> tuple[bool, bool, float]:
+def share_step_flags(
+    loss_values: torch.Tensor, stop: StopRequest, elapsed_s: float, context: Context
+) -> tuple[bool, bool, float]:
     """``(the losses are finite on every process, a stop was requested on one, mean elapsed
     seconds)``: one small all-reduce, so every rank takes the same decisions (stopping or raising
     alone would deadlock the others). ``loss_values``: this process's ``Tensor[1 + T]``."""

@@ -26,39 +26,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from detlab.config import TrainConfig
 from detlab.engine import checkpoint as checkpoints
+from detlab.engine import distributed, step
 from detlab.engine.budget import Budget
-from detlab.engine.distributed import (
-    Context,
-    any_process,
-    average_across_processes,
-    barrier,
-    init_distributed,
-    move_to_device,
-    unwrap_model,
-    wrap_model,
-)
+from detlab.engine.distributed import Context, barrier, unwrap_model
 from detlab.engine.ema import run_average
 from detlab.engine.evaluation import evaluate_across_processes, pick_best_metric, predictions
 from detlab.engine.metrics_log import CURVES_NAME, LossWindow, MetricsLog, open_run_log, plot_curves
 from detlab.engine.optimization import LearningRateSchedule, build_optimizer
 from detlab.engine.options import FitOptions, RunHeader
 from detlab.engine.precision import loss_scaler, training_autocast
-from detlab.engine.sampling import (
-    TrainingData,
-    resolve_device,
-    training_data,
-)
+from detlab.engine.sampling import TrainingData, resolve_device, training_data
 from detlab.engine.signals import StopRequest
 from detlab.engine.state import FitResult, TrainingState
-from detlab.engine.step import (
-    Optimisation,
-    advance,
-    backward,
-    check_finite,
-    keep_frozen_modules_fixed,
-    optimizer_step,
-    share_step_flags,
-)
+from detlab.engine.step import Optimisation
 from detlab.models.contract import Detector, Evaluator
 from detlab.progress import progress_bar
 
@@ -94,39 +74,52 @@ def train_one_epoch(
     Raises :class:`NonFiniteLossError` (on every rank at once) when the loss is NaN or infinite.
     """
     model.train()
-    keep_frozen_modules_fixed(model)
+    step.keep_frozen_modules_fixed(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    progress = progress_bar(total=state.batch_in_epoch + len(data_loader), initial=state.batch_in_epoch,
-                            desc=f"epoch {state.epoch + 1}", disable=not context.is_main, leave=False)  # fmt: skip
+    progress = progress_bar(
+        total=state.batch_in_epoch + len(data_loader),
+        initial=state.batch_in_epoch,
+        desc=f"epoch {state.epoch + 1}",
+        disable=not context.is_main,
+        leave=False,
+    )
     window, reason = LossWindow(), "epoch_end"
-    tell_progress(data_loader, model, supervisor.budget.fraction(state))  # before the loader starts its workers
-    last_tick = time.perf_counter()  # training time counts loading and augmenting the data, all but evaluation
+    tell_progress(
+        data_loader, model, supervisor.budget.fraction(state)
+    )  # before the loader starts its workers
+    last_tick = (
+        time.perf_counter()
+    )  # training time counts loading and augmenting the data, all but evaluation
     for images, targets in data_loader:
-        images, targets = move_to_device(images, targets, context.device)
+        images, targets = distributed.move_to_device(images, targets, context.device)
         learning_rate = training.schedule.apply(training.optimizer, state.schedule_step, state.elapsed_s)
         with training_autocast(context.device, config, training.scaler):
             losses = model(images, targets)
         names = sorted(losses)
         loss = sum(losses[name] for name in names)
         loss_values = torch.stack([loss.detach().float()] + [losses[name].detach().float() for name in names])
-        backward(loss, training)
+        step.backward(loss, training)
         # A step waits for the device once, after the backward pass is queued, for one small
         # all-reduce of flags; the losses stay on the device until a logging step.
         now = time.perf_counter()
         local_elapsed, last_tick = state.elapsed_s + (now - last_tick), now
-        finite, stop_flag, elapsed = share_step_flags(loss_values, supervisor.stop, local_elapsed, context)
+        finite, stop_flag, elapsed = step.share_step_flags(
+            loss_values, supervisor.stop, local_elapsed, context
+        )
         if not finite:  # every rank alike: the flag is shared
-            check_finite(average_across_processes(loss_values, context).cpu(), names, state)
-        optimizer_step(training, parameters, config)
+            step.check_finite(distributed.average_across_processes(loss_values, context).cpu(), names, state)
+        step.optimizer_step(training, parameters, config)
         if training.average is not None:
             training.average.update(unwrap_model(model))
-        advance(state, config, context, elapsed)
+        step.advance(state, config, context, elapsed)
         tell_progress(data_loader, model, supervisor.budget.fraction(state))  # for the next step
         window.add(["loss"] + names, loss_values, len(images) * context.world_size)
         progress.update(1)
         if state.step % max(config.log_every, 1) == 0 or state.step == 1:  # on every rank: an all-reduce
             record = window.record(state, learning_rate, context)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}", lr=f"{learning_rate:.2e}")
+            progress.set_postfix(
+                loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}", lr=f"{learning_rate:.2e}"
+            )
             if supervisor.log is not None:
                 supervisor.log.write(record)
             window = LossWindow()
@@ -137,14 +130,22 @@ def train_one_epoch(
     return reason
 
 
-def evaluate(model: torch.nn.Module, data_loader, evaluator: Evaluator, device: torch.device | str = "auto", amp: bool = True):
+def evaluate(
+    model: torch.nn.Module,
+    data_loader,
+    evaluator: Evaluator,
+    device: torch.device | str = "auto",
+    amp: bool = True,
+):
     """Run ``model`` in eval mode on ``device`` (``auto``: the GPU when there is one; the model is
     moved there) over ``data_loader`` and return ``evaluator.compute()``. On a GPU the forward
     passes run under float16 autocast unless ``amp`` is off (``train.amp``); on a CPU in float32.
     Predictions reach ``evaluator.update(predictions, targets)`` on the CPU, as float32."""
     device = resolve_device(device)
     model.to(device)
-    for outputs, targets in predictions(model, progress_bar(data_loader, desc="evaluate", leave=False), device, amp):
+    for outputs, targets in predictions(
+        model, progress_bar(data_loader, desc="evaluate", leave=False), device, amp
+    ):
         evaluator.update(outputs, targets)
     return evaluator.compute()
 
@@ -169,26 +170,28 @@ def fit(
     ``options.stop_at_step``. An error after training started first saves ``last.pt``, then propagates.
     """
     options, header, run_dir = options or FitOptions(), header or RunHeader(), Path(run_dir)
-    context = options.context or init_distributed(config.device, config.dist_timeout_s)
+    context = options.context or distributed.init_distributed(config.device, config.dist_timeout_s)
     model.to(context.device)
     training = Optimisation(build_optimizer(model, config), loss_scaler(config, context.device))
     resumed = checkpoints.load_resume_point(resume, run_dir, model, training, context)
-    state = TrainingState.from_progress(resumed["progress"], config.batch_size) if resumed else TrainingState()
-    state.world_size, state.start_world_size = context.world_size, state.start_world_size if resumed else context.world_size
+    state = TrainingState.starting(resumed, config.batch_size, context.world_size)
     budget = Budget.of(config, len(train_dataset), state.start_world_size)
     if resumed is None:
-        checkpoints.seed_model_randomness(config.seed + context.rank)  # each rank its own dropout; data seeded apart
-    elif budget.spent(state):
-        return already_finished(model, resumed, state, run_dir)
+        # each rank its own dropout; the data are seeded apart
+        checkpoints.seed_model_randomness(config.seed + context.rank)
+    elif budget.spent(state):  # nothing to train; the model holds what was saved (the average, if kept)
+        model.load_state_dict(resumed["model"])
+        return checkpoints.already_finished(run_dir, resumed, state)
     data = training_data(train_dataset, val_dataset, config, context, options, header.classes)
     training.schedule = LearningRateSchedule.from_config(config, budget)
     log = open_run_log(run_dir, header.run_config, state.step if resumed else None, context)
     if log is not None and resumed is None and options.data_report:
         log.write({"kind": "data", "step": 0, **options.data_report})
-    checkpoints.restore_random_state(resumed, state, config, context)  # last, after everything that may draw numbers
+    # last, after everything that may draw numbers
+    checkpoints.restore_random_state(resumed, state, config, context)
     training.average = run_average(model, config, resumed)
-    model.use_sync_batchnorm(context.world_size, context.device)  # model.batchnorm=sync, under torchrun
-    train_model = wrap_model(model, context)
+    model.use_sync_batchnorm(context.world_size, context.device)
+    train_model = distributed.wrap_model(model, context)
     checkpointer = checkpoints.Checkpointer(run_dir, context, state, header.fields(config), resumed)
     with StopRequest() as stop:
         supervisor = Supervisor(budget, stop, options.stop_at_step, log, checkpointer)
@@ -199,17 +202,10 @@ def fit(
             raise
     if log is not None:
         plot_curves(log.records(), run_dir / CURVES_NAME)
-    if training.average is not None:
-        model.load_state_dict(training.average.model.state_dict())  # the model left behind is what was saved
+    if training.average is not None:  # the model left behind is what was saved
+        model.load_state_dict(training.average.model.state_dict())
     barrier(context)
-    return FitResult(run_dir, status, state, checkpointer.last_path, checkpointer.best_path, checkpointer.metrics, stop.signal_name)
-
-
-def already_finished(model: torch.nn.Module, resumed: dict, state: TrainingState, run_dir: Path) -> FitResult:
-    """A resumed run whose budget is spent: nothing to train; the model holds what was saved."""
-    model.load_state_dict(resumed["model"])  # the averaged weights, when the run kept an average
-    return FitResult(run_dir, "already_finished", state, run_dir / checkpoints.LAST_NAME,
-                     checkpoints.existing(run_dir / checkpoints.BEST_NAME), dict(resumed.get("metrics") or {}))  # fmt: skip
+    return checkpointer.result(status, stop.signal_name)
 
 
 def train_until_done(
@@ -237,20 +233,30 @@ def train_until_done(
         state.batch_in_epoch = state.images_in_epoch = 0
         checkpointer.save(model, training, include_best=False)  # the epoch is safe before any evaluation
         if config.eval_every > 0 and state.epoch % config.eval_every == 0:
-            checkpointer.save(model, training, include_best=validate(model, data, training, state, config, context, supervisor))
-        if any_process(supervisor.stop.signal_name is not None, context):  # a signal during the evaluation
+            checkpointer.save(
+                model,
+                training,
+                include_best=validate(model, data, training, state, config, context, supervisor),
+            )
+        if distributed.any_process(
+            supervisor.stop.signal_name is not None, context
+        ):  # a signal during the evaluation
             return "interrupted"
     if reason in ("signal", "pause"):
         checkpointer.save(model, training, include_best=False)
         return "interrupted" if reason == "signal" else "paused"
     if checkpointer.evaluated_at_step != state.step:
-        checkpointer.save(model, training, include_best=validate(model, data, training, state, config, context, supervisor))
+        checkpointer.save(
+            model, training, include_best=validate(model, data, training, state, config, context, supervisor)
+        )
     elif checkpointer.saved_at_step != state.step:
         checkpointer.save(model, training, include_best=False)
     return "finished"
 
 
-def validate(model, data: TrainingData, training: Optimisation, state, config, context, supervisor: Supervisor) -> bool:
+def validate(
+    model, data: TrainingData, training: Optimisation, state, config, context, supervisor: Supervisor
+) -> bool:
     """Evaluate on the validation set (every rank its shard, scored on rank 0; the weights'
     average when the run keeps one), log the result; True when it is the best so far."""
     improved = False

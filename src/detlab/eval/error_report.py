@@ -51,6 +51,8 @@ TYPE_COLOURS = {
     "false_positive": "#7f7f7f",
     "false_negative": "#8c564b",
 }
+# the six error types and the two special ones, in the order of the report's columns
+_ALL_ERROR_TYPES = (*ERROR_TYPES, *SPECIAL_ERROR_TYPES)
 GT_COLOUR, DETECTION_COLOUR, TARGET_COLOUR = (40, 200, 60), (230, 30, 30), (250, 210, 0)
 # a problem this large shows a progress bar unless told otherwise
 PROGRESS_IMAGES = 1000
@@ -155,10 +157,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_error_markdown(report: dict) -> str:
     """``errors.md``: the dAP tables, the operating point, the confusion matrix and the galleries."""
+    sections = [
+        _markdown_introduction(report),
+        _markdown_overall(report),
+        _markdown_by_size(report),
+        _markdown_by_class(report),
+        _markdown_operating_point(report["operating_point"]),
+        _markdown_confusion_matrix(report["confusion_matrix"]),
+    ]
+    galleries = {kind: entry for kind, entry in report.get("galleries", {}).items() if entry["examples"]}
+    if galleries:
+        sections.append(_markdown_galleries(galleries))
+    # sections are separated by one empty line
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _markdown_introduction(report: dict) -> list[str]:
+    """The title, the problem's size and AP, and what each error type means."""
     settings = report["settings"]
-    kinds = [*ERROR_TYPES, *SPECIAL_ERROR_TYPES]
-    names = [TIDE_NAMES[kind] for kind in kinds]
-    lines = [
+    return [
         "# Error analysis (TIDE)",
         "",
         f"{report['num_images']} images, {report['num_gt']} objects, {report['num_detections']} detections. "
@@ -171,20 +188,31 @@ def format_error_markdown(report: dict) -> str:
         "wrong class and poor box; Dupe: a second detection of an object already found; Bkg: on background; "
         "Miss: objects nothing found. FalsePos / FalseNeg: all false positives / all false negatives fixed. "
         "Values are fractions of 1 (TIDE prints them x100); counts are errors of each type.",
-        "",
+    ]
+
+
+def _markdown_overall(report: dict) -> list[str]:
+    """The dAP and count of every error type, and the detections left out of the AP."""
+    return [
         "## Overall",
         "",
         *_table(
-            ["", *names],
+            ["", *[TIDE_NAMES[kind] for kind in _ALL_ERROR_TYPES]],
             [
-                ["dAP", *[_number(report["dap"][kind]) for kind in kinds]],
+                ["dAP", *[_number(report["dap"][kind]) for kind in _ALL_ERROR_TYPES]],
+                # the special errors are no errors of their own: no count
                 ["count", *[str(report["counts"][kind]) for kind in ERROR_TYPES], "", ""],
             ],
         ),
         "",
         f"Detections inside crowd regions (typed, not in the AP): {report['ignored_detections']}; beyond the "
         f"per-image limit: {report['not_evaluated_detections']}.",
-        "",
+    ]
+
+
+def _markdown_by_size(report: dict) -> list[str]:
+    """The dAP of the six error types with only the errors of one object size fixed."""
+    return [
         "## By object size",
         "",
         "Only the errors on objects of that size fixed (the object's size for Cls, Loc and Miss, the detection's "
@@ -202,28 +230,35 @@ def format_error_markdown(report: dict) -> str:
                 for size, entry in report["per_size"].items()
             ],
         ),
-        "",
+    ]
+
+
+def _markdown_by_class(report: dict) -> list[str]:
+    """Each class's AP and its own gain when the errors of each type are fixed."""
+    return [
         "## By class",
         "",
         "The class's own AP and its gain when the errors of each type are fixed.",
         "",
         *_table(
-            ["class", "objects", "detections", "AP", *names],
+            ["class", "objects", "detections", "AP", *[TIDE_NAMES[kind] for kind in _ALL_ERROR_TYPES]],
             [
                 [
                     str(row["class"]),
                     str(row["num_gt"]),
                     str(row["num_detections"]),
                     _number(row["ap"]),
-                    *[_number(row["dap"][kind]) for kind in kinds],
+                    *[_number(row["dap"][kind]) for kind in _ALL_ERROR_TYPES],
                 ]
                 for row in report["per_class"]
             ],
         ),
     ]
-    point = report["operating_point"]
-    lines += [
-        "",
+
+
+def _markdown_operating_point(point: dict) -> list[str]:
+    """The best-F1 confidence (``report["operating_point"]``) and each class's numbers there."""
+    return [
         "## Operating point",
         "",
         f"Best mean F1 {point['best_f1']:.4f} at confidence **{point['best_confidence']:.3f}** (IoU "
@@ -244,10 +279,12 @@ def format_error_markdown(report: dict) -> str:
             ],
         ),
     ]
-    confusion = report["confusion_matrix"]
+
+
+def _markdown_confusion_matrix(confusion: dict) -> list[str]:
+    """The confusion matrix (``report["confusion_matrix"]``) as a table, true class by row."""
     labels = confusion["labels"]
-    lines += [
-        "",
+    return [
         "## Confusion matrix",
         "",
         f"Detections scoring at least {confusion['score_threshold']:.3f}, IoU {confusion['iou_threshold']:g}. "
@@ -259,12 +296,14 @@ def format_error_markdown(report: dict) -> str:
             [[label, *[str(value) for value in row]] for label, row in zip(labels, confusion["matrix"])],
         ),
     ]
-    galleries = {kind: entry for kind, entry in report.get("galleries", {}).items() if entry["examples"]}
-    if galleries:
-        lines += ["", "## Worst examples", ""]
-        for kind, entry in galleries.items():
-            lines += [f"### {TIDE_NAMES[kind]} ({kind})", "", f"![{kind}]({entry['file']})", ""]
-    return "\n".join(lines) + "\n"
+
+
+def _markdown_galleries(galleries: dict) -> list[str]:
+    """A link to each non-empty gallery (``{kind: {"file", "examples"}}``), under its type's name."""
+    lines = ["## Worst examples", ""]
+    for kind, entry in galleries.items():
+        lines += [f"### {TIDE_NAMES[kind]} ({kind})", "", f"![{kind}]({entry['file']})", ""]
+    return lines
 
 
 def _pyplot():

@@ -40,6 +40,7 @@ height)`` as in :class:`~detlab.eval.problem.DetectionProblem`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -328,6 +329,17 @@ def _error_sizes(problem: DetectionProblem, det_error: np.ndarray, det_gt: np.nd
     return det_size
 
 
+class _TypedDetections(NamedTuple):
+    """TIDE's matching and the type of every detection (shapes as in :class:`ErrorAnalysis`)."""
+
+    matched_gt: np.ndarray  # int64 [D]: the object a detection found, -1 if none
+    gt_used: np.ndarray  # bool [G]: found by a detection
+    det_error: np.ndarray  # int8 [D]
+    det_gt: np.ndarray  # int64 [D]
+    det_iou: np.ndarray  # [D]
+    det_ignored: np.ndarray  # bool [D]
+
+
 def analyze_errors(
     problem: DetectionProblem,
     foreground_iou: float = 0.5,
@@ -343,69 +355,18 @@ def analyze_errors(
     one (intersection over its own area above ``foreground_iou``) is left out of the AP.
     """
     _check_ious(foreground_iou, background_iou)
-    num_dets, num_gt, num_classes = len(problem.det_scores), len(problem.gt_category), problem.num_classes
     score_order = _score_order(problem)
     rank = _rank_in_images(problem.det_image, score_order)
-    evaluated = rank < max_detections if max_detections is not None else np.ones(num_dets, bool)
     region = problem.gt_crowd | problem.gt_difficult
-
-    # the overlapping (evaluated detection, object) pairs of one image, any class: the error types
-    # need the IoU with objects of other classes too
-    pair_det, pair_gt, overlaps = _overlapping_pairs(
-        problem, np.flatnonzero(evaluated), np.flatnonzero(~region)
+    typed = _match_and_type(problem, rank, max_detections, region, foreground_iou, background_iou)
+    det_error, det_gt = typed.det_error, typed.det_gt
+    best_fixer = _best_fixers(typed, rank)
+    gt_error, gt_det = _object_errors(typed, best_fixer, region)
+    tables = _ApTables(problem, score_order, det_error, det_gt, typed.det_ignored, best_fixer, gt_error)
+    base_ap, base_map, dap, class_dap, size_dap = _fixed_daps(tables)
+    counts, class_counts, size_counts = _count_errors(
+        problem, det_error, det_gt, gt_error, problem.num_classes
     )
-    same_class = problem.det_category[pair_det] == problem.gt_category[pair_gt]
-
-    matched_gt = _tide_matching(problem, rank, pair_det, pair_gt, overlaps, same_class, foreground_iou)
-    true_positive = matched_gt >= 0
-    gt_used = np.zeros(num_gt, bool)
-    gt_used[matched_gt[true_positive]] = True
-    det_ignored = _inside_ignore_regions(problem, evaluated & ~true_positive, region, foreground_iou)
-
-    det_error, det_gt, det_iou = _error_types(
-        num_dets, pair_det, pair_gt, overlaps, same_class, gt_used, foreground_iou, background_iou
-    )
-    det_error[true_positive] = TRUE_POSITIVE
-    det_gt[true_positive] = matched_gt[true_positive]
-    det_error[~evaluated] = NOT_EVALUATED
-    det_gt[~evaluated] = -1
-
-    # TIDE's fix of a classification or localization error: among the errors that point at one unfound
-    # object, only the highest-scoring becomes a true positive (tidecv's BestGTMatch)
-    fixer = np.flatnonzero(
-        ((det_error == CLASSIFICATION) | (det_error == LOCALIZATION)) & ~gt_used[np.maximum(det_gt, 0)]
-    )
-    order = np.lexsort((rank[fixer], det_gt[fixer]))
-    _, first = np.unique(det_gt[fixer[order]], return_index=True)
-    best_fixer = fixer[order][first]
-    gt_det = np.full(num_gt, -1, np.int64)
-    gt_det[det_gt[best_fixer]] = best_fixer
-    gt_det[matched_gt[true_positive]] = np.flatnonzero(true_positive)
-    gt_error = np.full(num_gt, MISSED, np.int8)
-    gt_error[gt_det >= 0] = det_error[gt_det[gt_det >= 0]]
-    gt_error[gt_used] = TRUE_POSITIVE
-    gt_error[region] = IGNORED
-
-    tables = _ApTables(problem, score_order, det_error, det_gt, det_ignored, best_fixer, gt_error)
-    base_ap = tables.class_aps()
-    base_map = _mean_defined(base_ap)
-    dap, class_dap = {}, {}
-    size_dap: dict[str, dict[str, float]] = {size: {} for size in SIZE_RANGES}
-    for error_index, kind in enumerate(ERROR_TYPES):
-        fixed_ap = tables.class_aps(fix=error_index)
-        dap[kind] = max(_mean_defined(fixed_ap) - base_map, 0.0)
-        class_dap[kind] = np.maximum(fixed_ap - base_ap, 0.0)
-        for size_index, size in enumerate(SIZE_RANGES):
-            fixed_size_ap = tables.class_aps(fix=error_index, size=size_index)
-            size_dap[size][kind] = max(_mean_defined(fixed_size_ap) - base_map, 0.0)
-    false_positive_ap = tables.class_aps_without_false_positives()
-    false_negative_ap = tables.class_aps(num_gt=tables.num_true_positives)
-    dap["false_positive"] = _mean_defined(false_positive_ap) - base_map
-    dap["false_negative"] = _mean_defined(false_negative_ap) - base_map
-    class_dap["false_positive"] = false_positive_ap - base_ap
-    class_dap["false_negative"] = false_negative_ap - base_ap
-
-    counts, class_counts, size_counts = _count_errors(problem, det_error, det_gt, gt_error, num_classes)
     return ErrorAnalysis(
         class_names=list(problem.class_names),
         foreground_iou=foreground_iou,
@@ -420,12 +381,125 @@ def analyze_errors(
         class_counts=class_counts,
         size_counts=size_counts,
         det_error=det_error,
-        det_ignored=det_ignored,
+        det_ignored=typed.det_ignored,
         det_gt=det_gt,
-        det_iou=det_iou,
+        det_iou=typed.det_iou,
         gt_error=gt_error,
         gt_det=gt_det,
     )
+
+
+def _match_and_type(
+    problem: DetectionProblem,
+    rank: np.ndarray,
+    max_detections: int | None,
+    region: np.ndarray,
+    foreground_iou: float,
+    background_iou: float,
+) -> _TypedDetections:
+    """Match the detections within ``max_detections`` of their image by ``rank [D]`` (tidecv's greedy
+    rule) to the objects outside the ignore ``region [G]``, and give every detection its code of
+    ``det_error``: :data:`TRUE_POSITIVE`, an error type, or :data:`NOT_EVALUATED` beyond the limit."""
+    num_dets = len(problem.det_scores)
+    evaluated = rank < max_detections if max_detections is not None else np.ones(num_dets, bool)
+    # the overlapping (evaluated detection, object) pairs of one image, any class: the error types
+    # need the IoU with objects of other classes too
+    pair_det, pair_gt, overlaps = _overlapping_pairs(
+        problem, np.flatnonzero(evaluated), np.flatnonzero(~region)
+    )
+    same_class = problem.det_category[pair_det] == problem.gt_category[pair_gt]
+
+    matched_gt = _tide_matching(problem, rank, pair_det, pair_gt, overlaps, same_class, foreground_iou)
+    true_positive = matched_gt >= 0
+    gt_used = np.zeros(len(problem.gt_category), bool)
+    gt_used[matched_gt[true_positive]] = True
+    det_ignored = _inside_ignore_regions(problem, evaluated & ~true_positive, region, foreground_iou)
+
+    det_error, det_gt, det_iou = _error_types(
+        num_dets, pair_det, pair_gt, overlaps, same_class, gt_used, foreground_iou, background_iou
+    )
+    det_error[true_positive] = TRUE_POSITIVE
+    det_gt[true_positive] = matched_gt[true_positive]
+    det_error[~evaluated] = NOT_EVALUATED
+    det_gt[~evaluated] = -1
+    return _TypedDetections(matched_gt, gt_used, det_error, det_gt, det_iou, det_ignored)
+
+
+def _best_fixers(typed: _TypedDetections, rank: np.ndarray) -> np.ndarray:
+    """Int64 ``[F]``: the detections that TIDE's fix of a classification or localization error makes
+    true positives, one per unfound object such errors point at, sorted by that object."""
+    # among the errors that point at one unfound object, only the highest-scoring becomes a true
+    # positive (tidecv's BestGTMatch)
+    det_error, det_gt = typed.det_error, typed.det_gt
+    fixer = np.flatnonzero(
+        ((det_error == CLASSIFICATION) | (det_error == LOCALIZATION)) & ~typed.gt_used[np.maximum(det_gt, 0)]
+    )
+    order = np.lexsort((rank[fixer], det_gt[fixer]))
+    _, first = np.unique(det_gt[fixer[order]], return_index=True)
+    return fixer[order][first]
+
+
+def _object_errors(
+    typed: _TypedDetections, best_fixer: np.ndarray, region: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Int8 ``gt_error [G]`` and int64 ``gt_det [G]`` of every object (see :class:`ErrorAnalysis`):
+    found, missed, fixed by a classification or localization error's fix, or an ignore ``region``."""
+    num_gt = len(typed.gt_used)
+    true_positive = typed.matched_gt >= 0
+    gt_det = np.full(num_gt, -1, np.int64)
+    gt_det[typed.det_gt[best_fixer]] = best_fixer
+    gt_det[typed.matched_gt[true_positive]] = np.flatnonzero(true_positive)
+    gt_error = np.full(num_gt, MISSED, np.int8)
+    gt_error[gt_det >= 0] = typed.det_error[gt_det[gt_det >= 0]]
+    gt_error[typed.gt_used] = TRUE_POSITIVE
+    gt_error[region] = IGNORED
+    return gt_error, gt_det
+
+
+def _fixed_daps(
+    tables: _ApTables,
+) -> tuple[np.ndarray, float, dict[str, float], dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """``(class_ap [K], ap, dap, class_dap, size_dap)``: the AP before any fix, and the gain of fixing
+    each error type, the six and the two special ones (as :class:`ErrorAnalysis` holds them)."""
+    base_ap = tables.class_aps()
+    base_map = _mean_defined(base_ap)
+    dap, class_dap, size_dap = _main_error_daps(tables, base_ap, base_map)
+    special_dap, special_class_dap = _special_error_daps(tables, base_ap, base_map)
+    return base_ap, base_map, {**dap, **special_dap}, {**class_dap, **special_class_dap}, size_dap
+
+
+def _main_error_daps(
+    tables: _ApTables, base_ap: np.ndarray, base_map: float
+) -> tuple[dict[str, float], dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """``(dap, class_dap, size_dap)`` of the six :data:`ERROR_TYPES`, each type fixed alone (then only
+    its errors of one size). A gain below zero, possible only through tied scores, is 0, as tidecv
+    reports it."""
+    dap, class_dap = {}, {}
+    size_dap: dict[str, dict[str, float]] = {size: {} for size in SIZE_RANGES}
+    for error_index, kind in enumerate(ERROR_TYPES):
+        fixed_ap = tables.class_aps(fix=error_index)
+        dap[kind] = max(_mean_defined(fixed_ap) - base_map, 0.0)
+        class_dap[kind] = np.maximum(fixed_ap - base_ap, 0.0)
+        for size_index, size in enumerate(SIZE_RANGES):
+            fixed_size_ap = tables.class_aps(fix=error_index, size=size_index)
+            size_dap[size][kind] = max(_mean_defined(fixed_size_ap) - base_map, 0.0)
+    return dap, class_dap, size_dap
+
+
+def _special_error_daps(
+    tables: _ApTables, base_ap: np.ndarray, base_map: float
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``(dap, class_dap)`` of the two :data:`SPECIAL_ERROR_TYPES`: every false positive fixed (the
+    true positives ranked first), every false negative fixed (the unfound objects not counted).
+    Gains below zero are kept, as tidecv keeps them."""
+    false_positive_ap = tables.class_aps_without_false_positives()
+    false_negative_ap = tables.class_aps(num_gt=tables.num_true_positives)
+    dap = {
+        "false_positive": _mean_defined(false_positive_ap) - base_map,
+        "false_negative": _mean_defined(false_negative_ap) - base_map,
+    }
+    class_dap = {"false_positive": false_positive_ap - base_ap, "false_negative": false_negative_ap - base_ap}
+    return dap, class_dap
 
 
 def _overlapping_pairs(

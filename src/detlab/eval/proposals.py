@@ -44,9 +44,7 @@ def _as_array(boxes, name: str) -> np.ndarray:
     return array
 
 
-def best_overlaps(
-    proposals: ArrayLike, gt_boxes: ArrayLike, num_proposals: Sequence[int]
-) -> np.ndarray:
+def best_overlaps(proposals: ArrayLike, gt_boxes: ArrayLike, num_proposals: Sequence[int]) -> np.ndarray:
     """Best IoU of each ground-truth box with the first ``n`` proposals, for every ``n``.
 
     ``proposals``: ``[K, 4]`` xyxy, best first; ``gt_boxes``: ``[N, 4]`` xyxy.
@@ -66,7 +64,9 @@ def best_overlaps(
 
 
 def data_set_overlaps(
-    proposals: Sequence[ArrayLike], gt_boxes: Sequence[ArrayLike], gt_labels: Sequence[ArrayLike] | None,
+    proposals: Sequence[ArrayLike],
+    gt_boxes: Sequence[ArrayLike],
+    gt_labels: Sequence[ArrayLike] | None,
     curve_sizes: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Every ground-truth box of every image: ``(best overlap with the first n proposals, for each

@@ -96,7 +96,10 @@ def format_markdown_table(report: dict) -> str:
     header, rows = _table_rows(report)
     lines = []
     if rows:  # the localizer's and DeepPose's reports have no per-class table
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     metric_lines = ["| metric | value |", "|---|---:|"] + [
         f"| {name} | {'-' if value is None else f'{value:.4f}'} |"

@@ -49,15 +49,27 @@ def export_onnx(checkpoint: str | Path, out: str | Path, overrides: list[str] | 
             # the tracer warns about every Python number taken from a tensor; the parity test is the check
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                plan.graph, plan.example, temporary, dynamo=False, opset_version=OPSET,
-                input_names=list(plan.input_names), output_names=list(plan.output_names),
+                plan.graph,
+                plan.example,
+                temporary,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=list(plan.input_names),
+                output_names=list(plan.output_names),
                 dynamic_axes=plan.dynamic_axes,
-            )  # fmt: skip
+            )
         metadata = {
-            "format_version": FORMAT_VERSION, "detlab_version": __version__, "method": run_config.model_name,
-            "kind": plan.layout, "classes": classes, "preprocess": plan.preprocess, "postprocess": plan.postprocess,
-            "inputs": list(plan.input_names), "outputs": list(plan.output_names), "checkpoint": str(checkpoint),
-        }  # fmt: skip
+            "format_version": FORMAT_VERSION,
+            "detlab_version": __version__,
+            "method": run_config.model_name,
+            "kind": plan.layout,
+            "classes": classes,
+            "preprocess": plan.preprocess,
+            "postprocess": plan.postprocess,
+            "inputs": list(plan.input_names),
+            "outputs": list(plan.output_names),
+            "checkpoint": str(checkpoint),
+        }
         write_metadata(Path(temporary), metadata)
         os.replace(temporary, out)
     finally:

@@ -36,8 +36,13 @@ def raw_outputs(plan: ExportPlan, session: runtime.OnnxPredictor, image) -> tupl
     return expected, session.run(inputs), max(inputs["images"].shape[-2:])
 
 
-def raw_output_differences(expected: dict[str, np.ndarray], found: dict[str, np.ndarray], input_side: int,
-                           rtol: float = 1e-3, atol: float = 1e-5) -> dict:  # fmt: skip
+def raw_output_differences(
+    expected: dict[str, np.ndarray],
+    found: dict[str, np.ndarray],
+    input_side: int,
+    rtol: float = 1e-3,
+    atol: float = 1e-5,
+) -> dict:
     """``{"max_abs_diff", "within_tolerance", "unpaired_rows", "outputs": {name: max abs diff}}``;
     differences of coordinate outputs in units of ``input_side``."""
     found = dict(found)
@@ -67,8 +72,13 @@ def matched_detections(expected: dict, found: dict) -> dict:
     :class:`~detlab.export.runtime.OnnxPredictor` output (numpy). ``{"expected", "found",
     "good" (matches with IoU > 0.99 and score difference < 1e-3), "least_iou",
     "largest_score_diff"}``."""
-    report = {"expected": len(expected["boxes"]), "found": len(found["boxes"]), "good": 0, "least_iou": 1.0,
-              "largest_score_diff": 0.0}  # fmt: skip
+    report = {
+        "expected": len(expected["boxes"]),
+        "found": len(found["boxes"]),
+        "good": 0,
+        "least_iou": 1.0,
+        "largest_score_diff": 0.0,
+    }
     if not report["expected"] or not report["found"]:
         return report
     boxes = torch.from_numpy(found["boxes"])

@@ -47,15 +47,23 @@ class OnnxPredictor:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # onnxruntime raises its own exception types for every bad file
-            raise ValueError(f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+            raise ValueError(
+                f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})"
+            ) from None
         stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if stored is None:
-            raise ValueError(f"{self.path}: an ONNX file without detlab's metadata; export it with `detlab export`")
+            raise ValueError(
+                f"{self.path}: an ONNX file without detlab's metadata; export it with `detlab export`"
+            )
         self.metadata = json.loads(stored)
         if self.metadata.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{self.path}: written by a newer detlab (format {self.metadata['format_version']})")
+            raise ValueError(
+                f"{self.path}: written by a newer detlab (format {self.metadata['format_version']})"
+            )
         self.method = self.metadata["method"]
         self.kind = self.metadata["kind"]
         self.classes = list(self.metadata["classes"])
@@ -80,8 +88,11 @@ class OnnxPredictor:
         ran = time.perf_counter()
         result = POSTPROCESS[self.kind](outputs, frame, self.metadata["postprocess"])
         finished = time.perf_counter()
-        self.last_timings = {"preprocess_ms": 1000 * (prepared - started), "network_ms": 1000 * (ran - prepared),
-                             "postprocess_ms": 1000 * (finished - ran)}  # fmt: skip
+        self.last_timings = {
+            "preprocess_ms": 1000 * (prepared - started),
+            "network_ms": 1000 * (ran - prepared),
+            "postprocess_ms": 1000 * (finished - ran),
+        }
         if score_threshold is not None:
             keep = result["scores"] >= score_threshold
             result = {key: value[keep] for key, value in result.items()}
@@ -168,7 +179,9 @@ def preprocess(image: np.ndarray, settings: dict) -> tuple[dict[str, np.ndarray]
     new_size = (round(height * scale), round(width * scale))
     resized = (resize(image, new_size, antialias=False) - mean) / std
     divisor = settings["size_divisible"]
-    padded = np.zeros((1, 3, -(-new_size[0] // divisor) * divisor, -(-new_size[1] // divisor) * divisor), np.float32)
+    padded = np.zeros(
+        (1, 3, -(-new_size[0] // divisor) * divisor, -(-new_size[1] // divisor) * divisor), np.float32
+    )
     padded[0, :, : new_size[0], : new_size[1]] = resized
     inputs = {"images": padded, "image_size": np.asarray(new_size, dtype=np.int64)}
     return inputs, {"size": (height, width), "scale": scale}
@@ -177,12 +190,17 @@ def preprocess(image: np.ndarray, settings: dict) -> tuple[dict[str, np.ndarray]
 # --- post-processing: raw outputs -> detections in the image's pixels ---
 
 
-def detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, frame: dict) -> dict[str, np.ndarray]:
+def detections(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, frame: dict
+) -> dict[str, np.ndarray]:
     """Boxes in the network's frame -> the image's pixels (the batcher's ``restore``)."""
     if "scale" in frame:
         boxes = box_arrays.clip(boxes / np.float32(frame["scale"]), frame["size"])
-    return {"boxes": boxes.astype(np.float32).reshape(-1, 4), "scores": scores.astype(np.float32),
-            "labels": labels.astype(np.int64)}  # fmt: skip
+    return {
+        "boxes": boxes.astype(np.float32).reshape(-1, 4),
+        "scores": scores.astype(np.float32),
+        "labels": labels.astype(np.int64),
+    }
 
 
 def thresholded_nms(boxes, scores, labels, frame, settings, min_side: float = 0.0) -> dict[str, np.ndarray]:
@@ -195,7 +213,9 @@ def thresholded_nms(boxes, scores, labels, frame, settings, min_side: float = 0.
     if min_side:
         large = ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
         boxes, scores, labels = boxes[large], scores[large], labels[large]
-    kept = box_arrays.class_wise_nms(boxes, scores, labels, settings["nms_threshold"])[: settings["detections_per_image"]]
+    kept = box_arrays.class_wise_nms(boxes, scores, labels, settings["nms_threshold"])[
+        : settings["detections_per_image"]
+    ]
     return detections(boxes[kept], scores[kept], labels[kept], frame)
 
 
@@ -213,7 +233,9 @@ def one_stage_detections(outputs: dict, frame: dict, settings: dict) -> dict[str
     """YOLO: per anchor point a box ``[A, 4]`` and class scores ``[A, C]``."""
     scores = outputs["scores"]
     labels = np.tile(np.arange(1, scores.shape[1] + 1), scores.shape[0])
-    return thresholded_nms(np.repeat(outputs["boxes"], scores.shape[1], axis=0), scores.reshape(-1), labels, frame, settings)
+    return thresholded_nms(
+        np.repeat(outputs["boxes"], scores.shape[1], axis=0), scores.reshape(-1), labels, frame, settings
+    )
 
 
 def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
@@ -225,7 +247,9 @@ def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.
     rows, columns = np.arange(side)[:, None, None], np.arange(side)[None, :, None]
     centre_x, centre_y = (columns + values[..., 0]) / side, (rows + values[..., 1]) / side
     width, height = np.clip(values[..., 2], 0, None) ** 2, np.clip(values[..., 3], 0, None) ** 2
-    boxes = np.stack([centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2], -1)
+    boxes = np.stack(
+        [centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2], -1
+    )
     image_height, image_width = frame["size"]
     size = np.asarray([image_width, image_height] * 2, dtype=np.float32)
     boxes = np.minimum(np.clip(boxes.reshape(-1, 4) * size, 0, None), size)
@@ -233,7 +257,9 @@ def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.
     probabilities = np.clip(grid[..., 5 * predictors :], 0, 1)
     scores = (probabilities[:, :, None, :] * confidence[..., None]).reshape(-1, probabilities.shape[-1])
     labels = np.tile(np.arange(1, scores.shape[1] + 1), scores.shape[0])
-    return thresholded_nms(np.repeat(boxes, scores.shape[1], axis=0), scores.reshape(-1), labels, frame, settings)
+    return thresholded_nms(
+        np.repeat(boxes, scores.shape[1], axis=0), scores.reshape(-1), labels, frame, settings
+    )
 
 
 def window_guesses(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
@@ -242,7 +268,9 @@ def window_guesses(outputs: dict, frame: dict, settings: dict) -> dict[str, np.n
     probabilities, boxes = outputs["probabilities"][0], outputs["boxes"][0]
     k = min(settings["top_k"], probabilities.shape[0])
     top = np.argsort(-probabilities, kind="stable")[:k]
-    chosen = boxes[np.zeros(k, dtype=np.int64)] if boxes.shape[0] == 1 else boxes[top + settings["box_offset"]]
+    chosen = (
+        boxes[np.zeros(k, dtype=np.int64)] if boxes.shape[0] == 1 else boxes[top + settings["box_offset"]]
+    )
     height, width = frame["size"]
     chosen = np.clip(chosen, 0, 1) * np.asarray([width, height, width, height], dtype=np.float32)
     return detections(chosen, probabilities[top], top + 1, frame)

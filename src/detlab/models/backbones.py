@@ -86,7 +86,9 @@ class CompactBody(nn.Module):
 
     def __init__(self, width: int = 32, num_levels: int = 4):
         super().__init__()
-        self.stem = nn.Sequential(conv_bn(3, width // 2, 2), conv_bn(width // 2, width, 2), ResidualBlock(width, width))
+        self.stem = nn.Sequential(
+            conv_bn(3, width // 2, 2), conv_bn(width // 2, width, 2), ResidualBlock(width, width)
+        )
         channels = [width, width * 2, width * 4, width * 8][:num_levels]
         self.stages = nn.ModuleList(
             nn.Sequential(ResidualBlock(previous, current, 2), ResidualBlock(current, current))
@@ -174,8 +176,10 @@ class CSPBody(nn.Module):
         channels = [width * 2, width * 4, width * 8, width * 16][:num_levels]
         stages, previous = [], width
         for index, current in enumerate(channels):
-            layers = [conv_bn_silu(previous, current, 3, 2),
-                      CrossStageBlock(current, current, max(1, round(CSP_DEPTHS[index] * depth)))]  # fmt: skip
+            layers = [
+                conv_bn_silu(previous, current, 3, 2),
+                CrossStageBlock(current, current, max(1, round(CSP_DEPTHS[index] * depth))),
+            ]
             if index == 3:
                 layers.append(SpatialPyramidPooling(current))
             stages.append(nn.Sequential(*layers))
@@ -245,7 +249,9 @@ def torchvision_model(name: str, pretrained: bool) -> nn.Module:
         ) from error
 
 
-def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int, strided: bool = False) -> nn.Sequential:
+def _conv_block(
+    in_channels: int, out_channels: int, pool: bool, padding: int, strided: bool = False
+) -> nn.Sequential:
     """3x3 conv + BatchNorm + ReLU, then a 2x2 max-pool (``pool``), or instead the conv itself
     with stride 2 (``strided``)."""
     layers: list[nn.Module] = [
@@ -258,7 +264,9 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool, padding: int, s
     return nn.Sequential(*layers)
 
 
-def small_features(padding: int = 1, num_blocks: int = 5, strided_blocks: int = 0) -> tuple[nn.Sequential, int, int]:
+def small_features(
+    padding: int = 1, num_blocks: int = 5, strided_blocks: int = 0
+) -> tuple[nn.Sequential, int, int]:
     """``num_blocks`` (2-5) 3x3 conv + BatchNorm + ReLU blocks (widths 32-64-128-256-256); all but
     the last halve the map (a 2x2 max-pool, or see ``strided_blocks``). Returns ``(features,
     out_channels, stride)``: with five blocks the stride is 16 and a 128x128 image gives an 8x8x256
@@ -372,7 +380,6 @@ class BackboneConfig:
     backbone_weights: str | None = None
     channels_last: bool = False
     batchnorm: str = choice("train", BATCHNORM_MODES)
-
 
 
 def without_backbone_weights(config):
@@ -659,7 +666,9 @@ def build_classifier_net(
     if pool != "none":
         raise ValueError(f"pool={pool!r} is for the 'small' net; {name!r} keeps its own FC layers")
     if name not in ("alexnet", "vgg16"):
-        raise ValueError(f"backbone {name!r} has no fully-connected layers; use 'small', 'alexnet' or 'vgg16'")
+        raise ValueError(
+            f"backbone {name!r} has no fully-connected layers; use 'small', 'alexnet' or 'vgg16'"
+        )
     model = torchvision_model(name, pretrained)
     if weights_path is not None:
         load_weights_file(model, weights_path)
@@ -680,7 +689,9 @@ def backbone_body(config: BackboneConfig) -> nn.Module:
     """The body of ``config.backbone`` up to C5 (a single-map body: its one map), its weights file
     loaded, its BatchNorm as ``config.batchnorm`` says."""
     check_backbone_name(config.backbone)
-    return with_weights_file(BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4), config)
+    return with_weights_file(
+        BODIES[config.backbone](config.pretrained_backbone, config.backbone_width, 4), config
+    )
 
 
 def with_weights_file(body: nn.Module, config: BackboneConfig) -> nn.Module:

@@ -187,7 +187,9 @@ def proposals_title(kind: str, proposals: Tensor) -> str:
     """A proposals view's title: ``"RPN: all 300 proposals"``, ``"Selective Search: the first 300 of
     1873 proposals"`` (a view shows at most :data:`MAX_PROPOSALS_SHOWN`)."""
     shown = min(len(proposals), MAX_PROPOSALS_SHOWN)
-    return f"{kind}: {'all ' if shown == len(proposals) else f'the first {shown} of '}{len(proposals)} proposals"
+    return (
+        f"{kind}: {'all ' if shown == len(proposals) else f'the first {shown} of '}{len(proposals)} proposals"
+    )
 
 
 @dataclasses.dataclass
@@ -255,7 +257,9 @@ class Detector(Protocol):
     evaluation: str  # one of EVALUATIONS: how its eval outputs are scored
     recipes: tuple[str, ...]  # its recipes' names, the default first
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE) -> Any: ...
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE
+    ) -> Any: ...
 
     def recipe(self, name: str) -> list[Stage | Step]: ...
 
@@ -346,7 +350,9 @@ class DetectorModule(nn.Module):
         ``class_name(label)``: a label's name, for the views' texts."""
         started = time.perf_counter()
         output = self([image])[0]
-        return output, Inside([InsideStage("the whole model", round((time.perf_counter() - started) * 1000, 2))])
+        return output, Inside(
+            [InsideStage("the whole model", round((time.perf_counter() - started) * 1000, 2))]
+        )
 
     def stop_disk_caches(self) -> None:
         """Stop keeping anything on disk between test passes (a server, a timing pass)."""
@@ -392,7 +398,9 @@ class Method:
 
     def __call__(self, config: Any, num_classes: int) -> nn.Module:
         if not isinstance(config, self.config):
-            raise TypeError(f"{self.name} is built from a {self.config.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{self.name} is built from a {self.config.__name__}, got {type(config).__name__}"
+            )
         model = self.build(config, num_classes)
         if not isinstance(model, Detector):
             raise TypeError(f"{self.name}'s build returned a {type(model).__name__}, which is not a Detector")

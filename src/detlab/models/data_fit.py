@@ -32,7 +32,7 @@ import torch
 from torchvision.ops import box_iou
 
 from detlab.config import is_auto
-from detlab.models.contract import Method
+from detlab.models.contract import FitGeometry, Method
 from detlab.models.rpn import AnchorGenerator, RPNConfig, split_anchor_sizes
 from detlab.models.transform import InputSizeConfig, batcher_from_config, max_size_for
 
@@ -51,7 +51,11 @@ def concrete(config, fallbacks: dict | None = None):
     :class:`InputSizeConfig`), ``max_size`` following ``min_size``; unchanged when nothing is
     ``"auto"``. The one place an ``"auto"`` setting becomes a value without data: every build
     function of a method with ``"auto"`` fields calls it first."""
-    fallbacks = {**dataclasses.asdict(RPNConfig()), **dataclasses.asdict(InputSizeConfig()), **(fallbacks or {})}
+    fallbacks = {
+        **dataclasses.asdict(RPNConfig()),
+        **dataclasses.asdict(InputSizeConfig()),
+        **(fallbacks or {}),
+    }
     values = dataclasses.asdict(config)
     changes = {}
     for name, value in values.items():
@@ -84,7 +88,9 @@ def box_table(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(boxes), np.concatenate(owners), np.asarray(sizes, dtype=np.float64)
 
 
-def choose_side(records, finest_stride: float, which: str = "short", bounds: tuple[int, int] = MIN_SIZE_BOUNDS) -> tuple[int, dict]:
+def choose_side(
+    records, finest_stride: float, which: str = "short", bounds: tuple[int, int] = MIN_SIZE_BOUNDS
+) -> tuple[int, dict]:
     """The image side (``which``: ``"short"`` for ``min_size``, ``"long"`` for a one-stage
     detector's ``input_size``) for these training records (see the module docstring), and the
     numbers it came from."""
@@ -92,7 +98,9 @@ def choose_side(records, finest_stride: float, which: str = "short", bounds: tup
     if not len(sizes):
         raise ValueError("no training images to choose the input size from")
     native = float(np.median(sizes.min(1) if which == "short" else sizes.max(1)))
-    sides = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 1e-6, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1e-6, None))
+    sides = np.sqrt(
+        np.clip(boxes[:, 2] - boxes[:, 0], 1e-6, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1e-6, None)
+    )
     small = float(np.quantile(sides, 0.1)) if len(sides) else native
     wanted = native * SMALL_OBJECT_STRIDES * finest_stride / max(small, 1e-6)
     low, high = bounds
@@ -100,8 +108,14 @@ def choose_side(records, finest_stride: float, which: str = "short", bounds: tup
     side = int(np.clip(round(wanted / 32) * 32, low, high))
     if native < low:
         side = int(max(32, round(native / 32) * 32))  # small images stay as they are
-    return side, {f"median_{which}_side": native, "box_side_p10": small, "wanted_side": wanted,
-                  "bounds": [low, high], "side": side, "which": which}  # fmt: skip
+    return side, {
+        f"median_{which}_side": native,
+        "box_side_p10": small,
+        "wanted_side": wanted,
+        "bounds": [low, high],
+        "side": side,
+        "which": which,
+    }
 
 
 def choose_min_size(records, finest_stride: float) -> tuple[int, dict]:
@@ -136,13 +150,24 @@ def anchor_coverage(records, generator, strides, batcher, positive_iou: float = 
         labels.append(np.asarray(record.labels, dtype=np.int64).reshape(-1))
     values = np.concatenate(best) if best else np.zeros(0)
     if not len(values):
-        return {"boxes": 0, "best_possible_recall": float("nan"), "mean_best_iou": float("nan"),
-                "class_mean_best_iou": float("nan"), "best_iou_p10": float("nan"), "positive_iou": positive_iou}  # fmt: skip
+        return {
+            "boxes": 0,
+            "best_possible_recall": float("nan"),
+            "mean_best_iou": float("nan"),
+            "class_mean_best_iou": float("nan"),
+            "best_iou_p10": float("nan"),
+            "positive_iou": positive_iou,
+        }
     labels = np.concatenate(labels)
     per_class = [float(values[labels == label].mean()) for label in np.unique(labels)]
-    return {"boxes": int(len(values)), "best_possible_recall": float((values >= positive_iou).mean()),
-            "mean_best_iou": float(values.mean()), "class_mean_best_iou": float(np.mean(per_class)),
-            "best_iou_p10": float(np.quantile(values, 0.1)), "positive_iou": positive_iou}  # fmt: skip
+    return {
+        "boxes": int(len(values)),
+        "best_possible_recall": float((values >= positive_iou).mean()),
+        "mean_best_iou": float(values.mean()),
+        "class_mean_best_iou": float(np.mean(per_class)),
+        "best_iou_p10": float(np.quantile(values, 0.1)),
+        "positive_iou": positive_iou,
+    }
 
 
 def anchor_candidates(records, batcher, num_levels: int, sizes_per_level: int, num_ratios: int = 3) -> list:
@@ -163,8 +188,10 @@ def anchor_candidates(records, batcher, num_levels: int, sizes_per_level: int, n
     by_range = np.exp(np.linspace(low, high, count))
     ratios = np.exp(np.quantile(np.log(heights / widths), (np.arange(num_ratios) + 0.5) / num_ratios))
     ratios = tuple(sorted({float(round(value, 2)) for value in ratios}))
-    return [(tuple(float(round(value, 1)) for value in np.maximum.accumulate(sizes)), ratios)
-            for sizes in (by_quantile, by_range)]  # fmt: skip
+    return [
+        (tuple(float(round(value, 1)) for value in np.maximum.accumulate(sizes)), ratios)
+        for sizes in (by_quantile, by_range)
+    ]
 
 
 def fit_to_data(run_config, records, method: Method, num_classes: int) -> tuple[object, dict]:
@@ -176,7 +203,11 @@ def fit_to_data(run_config, records, method: Method, num_classes: int) -> tuple[
     values = dataclasses.asdict(config)
     report: dict = {}
     auto_input = is_auto(values.get("min_size"))
-    if not auto_input and "anchor_sizes" not in values and not any(is_auto(value) for value in values.values()):
+    if (
+        not auto_input
+        and "anchor_sizes" not in values
+        and not any(is_auto(value) for value in values.values())
+    ):
         return run_config, report
     geometry = method(config, num_classes).fit_geometry()
     if geometry is None:
@@ -191,54 +222,79 @@ def fit_to_data(run_config, records, method: Method, num_classes: int) -> tuple[
         config = dataclasses.replace(config, min_size=min_size, max_size=max_size)
     config = concrete(config)
     if geometry.anchor_positive_iou is not None and "anchor_sizes" in values:
-        batcher = batcher_from_config(config, strides)
-        positive_iou = geometry.anchor_positive_iou
-        fixed = concrete(run_config.model)
-        num_levels = len(strides)
-
-        measured_before: dict = {}
-
-        def coverage(sizes, ratios) -> dict:
-            """Measured once per anchor set: the chosen set's numbers are reused for the report."""
-            key = (tuple(sizes), tuple(ratios))
-            if key not in measured_before:
-                generator = AnchorGenerator(split_anchor_sizes(sizes, num_levels), ratios)
-                measured_before[key] = anchor_coverage(records, generator, strides, batcher, positive_iou)
-            return measured_before[key]
-
-        auto_sizes, auto_ratios = is_auto(run_config.model.anchor_sizes), is_auto(run_config.model.aspect_ratios)
-        sizes, ratios = fixed.anchor_sizes, fixed.aspect_ratios
-        report["anchors_fixed"] = {"anchor_sizes": list(sizes), "aspect_ratios": list(ratios), **coverage(sizes, ratios)}
-        if auto_sizes or auto_ratios:
-            # The candidate that covers every class best (mean over classes of the mean best IoU),
-            # if it beats the fixed defaults.
-            best_score = report["anchors_fixed"]["class_mean_best_iou"]
-            report["anchors_fitted"] = []
-            per_level = len(fixed.anchor_sizes) // num_levels
-            for candidate_sizes, candidate_ratios in anchor_candidates(records, batcher, num_levels, per_level):
-                candidate = (candidate_sizes if auto_sizes else sizes, candidate_ratios if auto_ratios else ratios)
-                measured = coverage(*candidate)
-                report["anchors_fitted"].append({"anchor_sizes": list(candidate[0]),
-                                                 "aspect_ratios": list(candidate[1]), **measured})  # fmt: skip
-                if measured["class_mean_best_iou"] > best_score:
-                    best_score, chosen = measured["class_mean_best_iou"], candidate
-            if best_score > report["anchors_fixed"]["class_mean_best_iou"]:
-                sizes, ratios = chosen
-        config = dataclasses.replace(config, anchor_sizes=tuple(sizes), aspect_ratios=tuple(ratios))
-        used = coverage(sizes, ratios)
-        report["anchors"] = {"anchor_sizes": list(sizes), "aspect_ratios": list(ratios),
-                             "chosen": "fitted" if (auto_sizes or auto_ratios) and (sizes, ratios) != (fixed.anchor_sizes, fixed.aspect_ratios)
-                             else "fixed", **used}  # fmt: skip
-        if not (auto_sizes or auto_ratios) and used["mean_best_iou"] < POOR_MEAN_IOU:
-            warnings.warn(
-                f"the anchors cover the training boxes poorly (mean best IoU {used['mean_best_iou']:.2f}, "
-                f"{100 * used['best_possible_recall']:.0f}% of boxes reach IoU {positive_iou}); "
-                "model.anchor_sizes=auto and model.aspect_ratios=auto fit them to the data",
-                stacklevel=2,
-            )
-    report["resolved"] = {key: (list(value) if isinstance(value, tuple) else value) for key, value in
-                          dataclasses.asdict(config).items() if key in ("min_size", "max_size", "input_size", "anchor_sizes", "aspect_ratios")}  # fmt: skip
+        config = fit_anchors(run_config.model, config, records, geometry, report)
+    report["resolved"] = {
+        key: (list(value) if isinstance(value, tuple) else value)
+        for key, value in dataclasses.asdict(config).items()
+        if key in ("min_size", "max_size", "input_size", "anchor_sizes", "aspect_ratios")
+    }
     return dataclasses.replace(run_config, model=config), report
+
+
+def fit_anchors(requested, config, records, geometry: FitGeometry, report: dict):
+    """``config`` with anchors chosen for ``records`` where ``requested`` (the model settings
+    as written) says ``"auto"``; the fixed, fitted and chosen anchor sets' coverage go to
+    ``report``."""
+    strides = list(geometry.strides)
+    batcher = batcher_from_config(config, strides)
+    positive_iou = geometry.anchor_positive_iou
+    fixed = concrete(requested)
+    num_levels = len(strides)
+
+    measured_before: dict = {}
+
+    def coverage(sizes, ratios) -> dict:
+        """Measured once per anchor set: the chosen set's numbers are reused for the report."""
+        key = (tuple(sizes), tuple(ratios))
+        if key not in measured_before:
+            generator = AnchorGenerator(split_anchor_sizes(sizes, num_levels), ratios)
+            measured_before[key] = anchor_coverage(records, generator, strides, batcher, positive_iou)
+        return measured_before[key]
+
+    auto_sizes, auto_ratios = is_auto(requested.anchor_sizes), is_auto(requested.aspect_ratios)
+    sizes, ratios = fixed.anchor_sizes, fixed.aspect_ratios
+    report["anchors_fixed"] = {
+        "anchor_sizes": list(sizes),
+        "aspect_ratios": list(ratios),
+        **coverage(sizes, ratios),
+    }
+    if auto_sizes or auto_ratios:
+        # The candidate that covers every class best (mean over classes of the mean best IoU),
+        # if it beats the fixed defaults.
+        best_score = report["anchors_fixed"]["class_mean_best_iou"]
+        report["anchors_fitted"] = []
+        per_level = len(fixed.anchor_sizes) // num_levels
+        for candidate_sizes, candidate_ratios in anchor_candidates(records, batcher, num_levels, per_level):
+            candidate = (
+                candidate_sizes if auto_sizes else sizes,
+                candidate_ratios if auto_ratios else ratios,
+            )
+            measured = coverage(*candidate)
+            report["anchors_fitted"].append(
+                {"anchor_sizes": list(candidate[0]), "aspect_ratios": list(candidate[1]), **measured}
+            )
+            if measured["class_mean_best_iou"] > best_score:
+                best_score, chosen = measured["class_mean_best_iou"], candidate
+        if best_score > report["anchors_fixed"]["class_mean_best_iou"]:
+            sizes, ratios = chosen
+    config = dataclasses.replace(config, anchor_sizes=tuple(sizes), aspect_ratios=tuple(ratios))
+    used = coverage(sizes, ratios)
+    report["anchors"] = {
+        "anchor_sizes": list(sizes),
+        "aspect_ratios": list(ratios),
+        "chosen": "fitted"
+        if (auto_sizes or auto_ratios) and (sizes, ratios) != (fixed.anchor_sizes, fixed.aspect_ratios)
+        else "fixed",
+        **used,
+    }
+    if not (auto_sizes or auto_ratios) and used["mean_best_iou"] < POOR_MEAN_IOU:
+        warnings.warn(
+            f"the anchors cover the training boxes poorly (mean best IoU {used['mean_best_iou']:.2f}, "
+            f"{100 * used['best_possible_recall']:.0f}% of boxes reach IoU {positive_iou}); "
+            "model.anchor_sizes=auto and model.aspect_ratios=auto fit them to the data",
+            stacklevel=3,
+        )
+    return config
 
 
 def describe(report: dict) -> str:
@@ -247,19 +303,25 @@ def describe(report: dict) -> str:
     if "input_size" in report:
         size = report["input_size"]
         which = size.get("which", "short")
-        lines.append(f"input size from the data: {which} side {size['side']} (images' median {which} side "
-                     f"{size[f'median_{which}_side']:.0f}, 10th-percentile box side {size['box_side_p10']:.0f} px)")  # fmt: skip
+        lines.append(
+            f"input size from the data: {which} side {size['side']} (images' median {which} side "
+            f"{size[f'median_{which}_side']:.0f}, 10th-percentile box side {size['box_side_p10']:.0f} px)"
+        )
     if "anchors" in report:
         anchors = report["anchors"]
         sizes = ", ".join(f"{value:g}" for value in anchors["anchor_sizes"])
         ratios = ", ".join(f"{value:g}" for value in anchors["aspect_ratios"])
-        lines.append(f"anchors ({anchors['chosen']}): sizes {sizes}; ratios {ratios}; cover "
-                     f"{100 * anchors['best_possible_recall']:.1f}% of the training boxes at IoU "
-                     f">= {anchors['positive_iou']} (mean best IoU {anchors['mean_best_iou']:.3f})")  # fmt: skip
+        lines.append(
+            f"anchors ({anchors['chosen']}): sizes {sizes}; ratios {ratios}; cover "
+            f"{100 * anchors['best_possible_recall']:.1f}% of the training boxes at IoU "
+            f">= {anchors['positive_iou']} (mean best IoU {anchors['mean_best_iou']:.3f})"
+        )
         if anchors["chosen"] == "fitted":
             fixed = report["anchors_fixed"]
-            lines[-1] += (f"; the fixed defaults: {100 * fixed['best_possible_recall']:.1f}%, "
-                          f"{fixed['mean_best_iou']:.3f}")  # fmt: skip
+            lines[-1] += (
+                f"; the fixed defaults: {100 * fixed['best_possible_recall']:.1f}%, "
+                f"{fixed['mean_best_iou']:.3f}"
+            )
         elif anchors["mean_best_iou"] < POOR_MEAN_IOU:
             lines[-1] += "; poor: model.anchor_sizes=auto would fit them to the data"
     return "\n".join(lines)
@@ -280,28 +342,42 @@ def detector_fit_summary(records, run_config, method: Method, num_classes: int) 
     percentiles = (5, 25, 50, 75, 95)
     return {
         **report,
-        "resized_box_side_percentiles": {f"p{q}": float(np.percentile(sides, q)) for q in percentiles} if len(sides) else {},
-        "resized_box_sizes": {"small": int((areas < 32**2).sum()), "medium": int(((areas >= 32**2) & (areas < 96**2)).sum()),
-                              "large": int((areas >= 96**2).sum())},
-    }  # fmt: skip
+        "resized_box_side_percentiles": {f"p{q}": float(np.percentile(sides, q)) for q in percentiles}
+        if len(sides)
+        else {},
+        "resized_box_sizes": {
+            "small": int((areas < 32**2).sum()),
+            "medium": int(((areas >= 32**2) & (areas < 96**2)).sum()),
+            "large": int((areas >= 96**2).sum()),
+        },
+    }
 
 
 def format_fit_summary(summary: dict) -> str:
     """Markdown lines of :func:`detector_fit_summary`."""
     resolved = summary.get("resolved", {})
-    lines = ["", f"### With Faster R-CNN's defaults (short side {resolved.get('min_size')}, long side at most "
-             f"{resolved.get('max_size')})", ""]  # fmt: skip
+    lines = [
+        "",
+        f"### With Faster R-CNN's defaults (short side {resolved.get('min_size')}, long side at most "
+        f"{resolved.get('max_size')})",
+        "",
+    ]
     percentiles = summary.get("resized_box_side_percentiles")
     if percentiles:
-        lines.append("box side after the resize, pixels (sqrt of the area): "
-                     + ", ".join(f"{key} {value:.0f}" for key, value in percentiles.items()))  # fmt: skip
+        lines.append(
+            "box side after the resize, pixels (sqrt of the area): "
+            + ", ".join(f"{key} {value:.0f}" for key, value in percentiles.items())
+        )
         sizes = summary["resized_box_sizes"]
-        lines.append(f"after the resize: {sizes['small']} small, {sizes['medium']} medium, {sizes['large']} large boxes")
+        lines.append(
+            f"after the resize: {sizes['small']} small, {sizes['medium']} medium, {sizes['large']} large boxes"
+        )
     for key, title in (("anchors_fixed", "fixed anchors"), ("anchors", "anchors train would use")):
         if key in summary:
             item = summary[key]
-            lines.append(f"{title}: sizes {', '.join(f'{v:g}' for v in item['anchor_sizes'])}; ratios "
-                         f"{', '.join(f'{v:g}' for v in item['aspect_ratios'])}: {100 * item['best_possible_recall']:.1f}% "
-                         f"of boxes reach IoU {item['positive_iou']}, mean best IoU {item['mean_best_iou']:.3f}")  # fmt: skip
+            lines.append(
+                f"{title}: sizes {', '.join(f'{v:g}' for v in item['anchor_sizes'])}; ratios "
+                f"{', '.join(f'{v:g}' for v in item['aspect_ratios'])}: {100 * item['best_possible_recall']:.1f}% "
+                f"of boxes reach IoU {item['positive_iou']}, mean best IoU {item['mean_best_iou']:.3f}"
+            )
     return "\n".join(lines)
-

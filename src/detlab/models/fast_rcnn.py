@@ -160,16 +160,19 @@ class FastRCNN(DetectorModule):
         return output, Inside(trace.stages(lambda name, values: titles[name]), views)
 
 
-
-
 def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:
     """The detector described by ``config`` for ``num_classes`` classes."""
     backbone = feature_extractor_from_config(config)
-    method, cache = proposal_source(config.proposal_method, config.max_proposals, config.max_size, config.proposal_cache_dir)
+    method, cache = proposal_source(
+        config.proposal_method, config.max_proposals, config.max_size, config.proposal_cache_dir
+    )
     return FastRCNN(
-        backbone, build_roi_head(config, backbone, num_classes), batcher_from_config(config, backbone.strides),
-        method, cache,
-    )  # fmt: skip
+        backbone,
+        build_roi_head(config, backbone, num_classes),
+        batcher_from_config(config, backbone.strides),
+        method,
+        cache,
+    )
 
 
 METHOD = Method(

@@ -142,8 +142,12 @@ class FasterRCNN(DetectorModule):
         if name == "joint":
             return [Stage("joint", lambda model: set_training_stage(model, "joint", False))]
         return [
-            Stage(folder, lambda model, stage=stage, frozen=frozen: set_training_stage(model, stage, frozen),
-                  budget=0.25, evaluate=stage == "detector")  # fmt: skip
+            Stage(
+                folder,
+                lambda model, stage=stage, frozen=frozen: set_training_stage(model, stage, frozen),
+                budget=0.25,
+                evaluate=stage == "detector",
+            )
             for folder, (stage, frozen) in zip(FOUR_STEP_FOLDERS, ALTERNATING_STEPS)
         ]
 
@@ -163,18 +167,30 @@ class FasterRCNN(DetectorModule):
         rest (:func:`detlab.export.runtime.two_stage_detections`)."""
         head = self.roi_head
         if head.box_refinement:
-            raise NotExportable("faster_rcnn with model.box_refinement=true cannot be exported to ONNX (the second "
-                                "pass of the box head is not in the graph); export with --set model.box_refinement=false")  # fmt: skip
+            raise NotExportable(
+                "faster_rcnn with model.box_refinement=true cannot be exported to ONNX (the second "
+                "pass of the box head is not in the graph); export with --set model.box_refinement=false"
+            )
         side = self.batcher.min_size
         return ExportPlan(
-            TwoStageGraph(self), ("images", "image_size"), ("proposals", "probabilities", "boxes"),
+            TwoStageGraph(self),
+            ("images", "image_size"),
+            ("proposals", "probabilities", "boxes"),
             (torch.rand(1, 3, side, side) - 0.5, torch.tensor([side, side], dtype=torch.int64)),
-            layout="two_stage", preprocess=self.batcher.export_settings(),
-            postprocess={"score_threshold": head.score_threshold, "nms_threshold": head.nms_threshold,
-                         "detections_per_image": head.detections_per_image},
-            dynamic_axes={"images": {2: "height", 3: "width"}, "proposals": {0: "proposals"},
-                          "probabilities": {0: "proposals"}, "boxes": {0: "proposals"}},
-        )  # fmt: skip
+            layout="two_stage",
+            preprocess=self.batcher.export_settings(),
+            postprocess={
+                "score_threshold": head.score_threshold,
+                "nms_threshold": head.nms_threshold,
+                "detections_per_image": head.detections_per_image,
+            },
+            dynamic_axes={
+                "images": {2: "height", 3: "width"},
+                "proposals": {0: "proposals"},
+                "probabilities": {0: "proposals"},
+                "boxes": {0: "proposals"},
+            },
+        )
 
     def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
         """Resize -> backbone (+ FPN) -> RPN proposals -> RoI head; the view: the RPN's proposals."""
@@ -237,7 +253,10 @@ METHOD = Method(
     # default), the learning rate the CPU presets use, and evaluation and checkpoints on an
     # exponential moving average of the weights (the same as yolo's): with a val split of a few
     # dozen images, the raw weights' validation AP swings by +-0.05 from one epoch to the next.
-    run_defaults={"data": {"photometric": True}, "train": {"lr": 0.02, "ema_decay": 0.9999, "ema_ramp_steps": 2000}},
+    run_defaults={
+        "data": {"photometric": True},
+        "train": {"lr": 0.02, "ema_decay": 0.9999, "ema_ramp_steps": 2000},
+    },
     lecture=LectureRow(seconds_per_image=0.2, mean_ap=66.9),
 )
 

@@ -41,8 +41,10 @@ def input_scale(model: DetectorModule, factor: float):
     with an :class:`~detlab.models.transform.ImageBatcher` (Fast and Faster R-CNN, yolo)."""
     batcher = model.image_batcher()
     if batcher is None:
-        raise ValueError(f"{type(model).__name__} does not resize its input: multi-scale testing needs a detector "
-                         "with an image batcher (fast_rcnn, faster_rcnn, yolo)")  # fmt: skip
+        raise ValueError(
+            f"{type(model).__name__} does not resize its input: multi-scale testing needs a detector "
+            "with an image batcher (fast_rcnn, faster_rcnn, yolo)"
+        )
     saved = batcher.min_size, batcher.max_size
     batcher.min_size, batcher.max_size = (max(1, round(side * factor)) for side in saved)
     try:
@@ -83,7 +85,9 @@ class TestTimeCombination(DetectorModule):
         if not all(isinstance(model, DetectorModule) for model in models):
             raise ValueError("a test-time combination combines detlab detectors (DetectorModule)")
         if any(model.evaluation != "detection" for model in models):
-            raise ValueError("ensembles and multi-scale testing combine detectors' boxes; this checkpoint is not a detector")
+            raise ValueError(
+                "ensembles and multi-scale testing combine detectors' boxes; this checkpoint is not a detector"
+            )
         if any(scale <= 0 for scale in scales) or not scales:
             raise ValueError(f"test scales must be positive factors, got {list(scales)}")
         self.models = nn.ModuleList(models)

@@ -79,9 +79,13 @@ class PoseRegressor(nn.Module):
     def __init__(self, num_joints: int, config: KeypointConfig):
         super().__init__()
         net = build_classifier_net(
-            config.backbone, config.window_size, config.pretrained_backbone, config.backbone_weights,
-            hidden_dim=config.hidden_dim, dropout=config.dropout,
-        )  # fmt: skip
+            config.backbone,
+            config.window_size,
+            config.pretrained_backbone,
+            config.backbone_weights,
+            hidden_dim=config.hidden_dim,
+            dropout=config.dropout,
+        )
         self.num_joints = num_joints
         self.window_size = config.window_size
         self.features, self.hidden = net.features, net.hidden
@@ -111,8 +115,14 @@ def crop_around(images: list[Tensor], image_index: Tensor, boxes: Tensor, window
     ``images[image_index]`` to ``Tensor[N, 3, W, W]`` (bilinear, ``roi_align``)."""
     if len({tuple(image.shape) for image in images}) == 1:
         rois = torch.cat([image_index[:, None].to(boxes), boxes], dim=1)
-        return roi_align(torch.stack(images), rois, output_size=window_size, spatial_scale=1.0,
-                         sampling_ratio=2, aligned=True)  # fmt: skip
+        return roi_align(
+            torch.stack(images),
+            rois,
+            output_size=window_size,
+            spatial_scale=1.0,
+            sampling_ratio=2,
+            aligned=True,
+        )
     crops = boxes.new_zeros(len(boxes), 3, window_size, window_size)
     for index, image in enumerate(images):
         chosen = torch.where(image_index == index)[0]
@@ -133,7 +143,13 @@ class DeepPose(DetectorModule):
     recipes = ("cascade",)
     evaluation = "keypoints"  # scored by PCK and the mean joint error
 
-    def __init__(self, initial: PoseRegressor, refiners: list[PoseRegressor], crop_factor: float, refine_fraction: float):
+    def __init__(
+        self,
+        initial: PoseRegressor,
+        refiners: list[PoseRegressor],
+        crop_factor: float,
+        refine_fraction: float,
+    ):
         super().__init__()
         self.initial = initial
         self.refiners = nn.ModuleList(refiners)
@@ -164,7 +180,9 @@ class DeepPose(DetectorModule):
         in_crop = refiner(crops)[rows, torch.arange(num_joints, device=estimate.device).repeat(batch)]
         return (boxes[:, :2] + in_crop * sides[:, None]).view(batch, num_joints, 2)
 
-    def estimates(self, images: list[Tensor], num_stages: int | None = None, trace: Trace = NO_TRACE) -> list[Tensor]:
+    def estimates(
+        self, images: list[Tensor], num_stages: int | None = None, trace: Trace = NO_TRACE
+    ) -> list[Tensor]:
         found = [self.initial_estimate(images, trace)]
         for refiner in list(self.refiners)[: None if num_stages is None else num_stages - 1]:
             found.append(self.refine(refiner, images, found[-1]))
@@ -202,10 +220,19 @@ class DeepPose(DetectorModule):
     def recipe(self, name: str) -> list[Stage | Step]:
         num_refiners = len(self.refiners)
         share = self.refine_fraction / num_refiners if num_refiners else 0.0
-        items: list[Stage | Step] = [Stage("stage1", lambda model: train_only(model, 0), budget=1 - share * num_refiners)]
+        items: list[Stage | Step] = [
+            Stage("stage1", lambda model: train_only(model, 0), budget=1 - share * num_refiners)
+        ]
         for stage in range(1, num_refiners + 1):
-            items.append(Step(f"stage{stage + 1}_errors", lambda model, data, stage=stage: measure_errors(model, data, stage)))
-            items.append(Stage(f"stage{stage + 1}", lambda model, stage=stage: train_only(model, stage), budget=share))
+            items.append(
+                Step(
+                    f"stage{stage + 1}_errors",
+                    lambda model, data, stage=stage: measure_errors(model, data, stage),
+                )
+            )
+            items.append(
+                Stage(f"stage{stage + 1}", lambda model, stage=stage: train_only(model, stage), budget=share)
+            )
         return items
 
     def make_evaluator(self, classes: list[str]) -> KeypointEvaluator:
@@ -230,13 +257,22 @@ class DeepPose(DetectorModule):
         titles = {
             "warp": lambda: f"warp the image to the {size} x {size} window",
             "stage1": lambda: "stage 1: joints regressed from the whole image",
-            "refinement": lambda: f"refinement {next(refinements)}: a crop around each joint, regressed again",
+            "refinement": lambda: (
+                f"refinement {next(refinements)}: a crop around each joint, regressed again"
+            ),
         }
         stages = trace.stages(lambda name, values: titles[name]())
-        views = [WindowView(f"the network's input: the image warped to {size} x {size}, with stage 1's joints",
-                            trace["warp"]["windows"][0], points=first_in_window)]  # fmt: skip
-        views += [PointsView("joints after stage 1" if index == 0 else f"joints after refinement {index}", joints)
-                  for index, joints in enumerate(per_stage)]  # fmt: skip
+        views = [
+            WindowView(
+                f"the network's input: the image warped to {size} x {size}, with stage 1's joints",
+                trace["warp"]["windows"][0],
+                points=first_in_window,
+            )
+        ]
+        views += [
+            PointsView("joints after stage 1" if index == 0 else f"joints after refinement {index}", joints)
+            for index, joints in enumerate(per_stage)
+        ]
         return output, Inside(stages, views)
 
 
@@ -302,10 +338,15 @@ def outputs_per_image(estimates: list[Tensor]) -> list[dict[str, Tensor]]:
     for index in range(stacked.shape[1]):
         final = stacked[-1, index]
         box = torch.cat([final.amin(dim=0), final.amax(dim=0)])[None]
-        results.append({
-            "keypoints": final[None], "keypoints_per_stage": stacked[:, index, None],
-            "scores": final.new_ones(1), "boxes": box, "labels": torch.ones(1, dtype=torch.int64, device=final.device),
-        })  # fmt: skip
+        results.append(
+            {
+                "keypoints": final[None],
+                "keypoints_per_stage": stacked[:, index, None],
+                "scores": final.new_ones(1),
+                "boxes": box,
+                "labels": torch.ones(1, dtype=torch.int64, device=final.device),
+            }
+        )
     return results
 
 
@@ -313,7 +354,9 @@ def build_keypoints(config: KeypointConfig, num_classes: int) -> DeepPose:
     """The DeepPose cascade ``config`` describes (``num_classes`` is the data's object classes; the
     joints are what DeepPose regresses)."""
     refiners = [PoseRegressor(config.num_joints, config) for _ in range(config.stages)]
-    return DeepPose(PoseRegressor(config.num_joints, config), refiners, config.crop_factor, config.refine_fraction)
+    return DeepPose(
+        PoseRegressor(config.num_joints, config), refiners, config.crop_factor, config.refine_fraction
+    )
 
 
 METHOD = Method(
@@ -324,10 +367,24 @@ METHOD = Method(
     # The stick-figure synthetic set (3,000 images in their own folder), no horizontal flips (a
     # flip would swap the left and right joints), decoded images kept in memory.
     run_defaults={
-        "data": {"spec": "synthetic-pose", "root": "data/synthetic-pose", "synthetic_images": 3000,
-                 "train_split": "trainval", "val_split": "test", "horizontal_flip": False, "cache_images": True},
-        "train": {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 20, "eval_every": 0},
-    },  # fmt: skip
+        "data": {
+            "spec": "synthetic-pose",
+            "root": "data/synthetic-pose",
+            "synthetic_images": 3000,
+            "train_split": "trainval",
+            "val_split": "test",
+            "horizontal_flip": False,
+            "cache_images": True,
+        },
+        "train": {
+            "epochs": 10,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "warmup_steps": 20,
+            "log_every": 20,
+            "eval_every": 0,
+        },
+    },
     compared=False,  # keypoints, scored by PCK, not beside the detectors
 )

@@ -96,7 +96,9 @@ class LocalizerConfig:
     top_k: int = 5
     classifier_fraction: float = 0.6
     head_lr: float = 0.01
-    channels_last: bool = True  # channels-last convolutions: a training step of the default net in 2/3 of the time on a CPU
+    channels_last: bool = (
+        True  # channels-last convolutions: a training step of the default net in 2/3 of the time on a CPU
+    )
 
 
 def conv_box_head(
@@ -148,8 +150,11 @@ class Localizer(DetectorModule):
         channels_last: bool = False,
     ):
         super().__init__()
-        for name, value, choices in (("regression", regression, REGRESSION_CHOICES),
-                                     ("attach", attach, ATTACH_CHOICES), ("box_loss", box_loss, BOX_LOSS_CHOICES)):  # fmt: skip
+        for name, value, choices in (
+            ("regression", regression, REGRESSION_CHOICES),
+            ("attach", attach, ATTACH_CHOICES),
+            ("box_loss", box_loss, BOX_LOSS_CHOICES),
+        ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.num_classes = num_classes
@@ -207,20 +212,31 @@ class Localizer(DetectorModule):
             return {name: self.class_head.weight.sum() * 0.0 for name in self.loss_names()}
         kept = [target for target in targets if len(target["boxes"])]
         chosen = [largest_object(target["boxes"]) for target in kept]
-        labels = torch.stack([target["labels"][index] for target, index in zip(kept, chosen)]).to(windows.device)
+        labels = torch.stack([target["labels"][index] for target, index in zip(kept, chosen)]).to(
+            windows.device
+        )
         boxes = torch.stack([target["boxes"][index].float() for target, index in zip(kept, chosen)])
         boxes = boxes.to(windows.device) / sizes[has_object]
         losses = self.losses(self.raw_outputs(windows[has_object]), labels, boxes)
         return {name: losses[name] for name in self.loss_names()}
 
     def loss_names(self) -> tuple[str, ...]:
-        return {"joint": ("loss_classifier", "loss_box"), "classifier": ("loss_classifier",),
-                "regressor": ("loss_box",)}[self.training_stage]  # fmt: skip
+        return {
+            "joint": ("loss_classifier", "loss_box"),
+            "classifier": ("loss_classifier",),
+            "regressor": ("loss_box",),
+        }[self.training_stage]
 
     def losses(self, outputs: dict[str, Tensor], labels: Tensor, boxes: Tensor) -> dict[str, Tensor]:
         """:func:`localizer_loss` with this model's label mapping and box settings."""
-        return localizer_loss(outputs, self.label_to_logit(labels), boxes, self.box_loss, self.box_weight,
-                              background=self.background)  # fmt: skip
+        return localizer_loss(
+            outputs,
+            self.label_to_logit(labels),
+            boxes,
+            self.box_loss,
+            self.box_weight,
+            background=self.background,
+        )
 
     def label_to_logit(self, labels: Tensor) -> Tensor:
         return labels if self.background else labels - 1
@@ -251,8 +267,12 @@ class Localizer(DetectorModule):
         object classes), ``boxes [1, R, 4]`` (normalised xyxy; R = 1 class-agnostic)."""
         size = self.window_size
         return ExportPlan(
-            WindowGraph(self), ("images",), ("probabilities", "boxes"), (torch.rand(1, 3, size, size) - 0.5,),
-            layout="window", preprocess={"resize": "warp", "size": size, "mean": [0.0] * 3, "std": [1.0] * 3},
+            WindowGraph(self),
+            ("images",),
+            ("probabilities", "boxes"),
+            (torch.rand(1, 3, size, size) - 0.5,),
+            layout="window",
+            preprocess={"resize": "warp", "size": size, "mean": [0.0] * 3, "std": [1.0] * 3},
             postprocess={"top_k": self.top_k, "box_offset": int(self.background)},
         )
 
@@ -263,8 +283,13 @@ class Localizer(DetectorModule):
         output = self([image], trace=trace)[0]
         size = self.window_size
         height, width = image.shape[-2:]
-        in_window = output["boxes"] * torch.tensor([size / width, size / height] * 2, device=output["boxes"].device)
-        labels = [f"{class_name(label)} {score:.2f}" for label, score in zip(output["labels"].tolist(), output["scores"].tolist())]
+        in_window = output["boxes"] * torch.tensor(
+            [size / width, size / height] * 2, device=output["boxes"].device
+        )
+        labels = [
+            f"{class_name(label)} {score:.2f}"
+            for label, score in zip(output["labels"].tolist(), output["scores"].tolist())
+        ]
         titles = {
             "warp": f"warp the image to the {size} x {size} window",
             "features": "conv features",
@@ -273,7 +298,9 @@ class Localizer(DetectorModule):
         views = [
             WindowView(
                 f"the network's input: the image warped to {size} x {size}, with its top {len(labels)} guesses",
-                trace["warp"]["windows"][0], boxes=in_window, labels=labels,
+                trace["warp"]["windows"][0],
+                boxes=in_window,
+                labels=labels,
             ),
             BoxesView(f"top {len(labels)} guesses", output["boxes"], labels, output["scores"]),
         ]
@@ -312,12 +339,19 @@ def four_step_recipe(get_localizer, classifier_fraction: float, head_lr: float) 
         localizer.box_head = localizer.new_box_head().to(localizer.class_head.weight.device)
 
     return [
-        Stage("step1_classifier", lambda model: set_localizer_stage(get_localizer(model), "classifier"),
-              budget=classifier_fraction),
+        Stage(
+            "step1_classifier",
+            lambda model: set_localizer_stage(get_localizer(model), "classifier"),
+            budget=classifier_fraction,
+        ),
         Step("step2_new_box_head", new_box_head),
-        Stage("step3_regressor", lambda model: set_localizer_stage(get_localizer(model), "regressor"),
-              budget=1 - classifier_fraction, train_changes={"optimizer": "sgd", "lr": head_lr}),
-    ]  # fmt: skip
+        Stage(
+            "step3_regressor",
+            lambda model: set_localizer_stage(get_localizer(model), "regressor"),
+            budget=1 - classifier_fraction,
+            train_changes={"optimizer": "sgd", "lr": head_lr},
+        ),
+    ]
 
 
 def largest_object(boxes: Tensor) -> int:
@@ -326,7 +360,9 @@ def largest_object(boxes: Tensor) -> int:
     return int(areas.argmax())
 
 
-def guesses_from_outputs(outputs: dict[str, Tensor], top_k: int = 5, skip_first: bool = False) -> dict[str, Tensor]:
+def guesses_from_outputs(
+    outputs: dict[str, Tensor], top_k: int = 5, skip_first: bool = False
+) -> dict[str, Tensor]:
     """The ``top_k`` (label, score, box) guesses of each window from :meth:`Localizer.raw_outputs`
     outputs, best first: ``{"labels": int64 Tensor[B, k] (1..C), "scores": Tensor[B, k] (softmax),
     "boxes": Tensor[B, k, 4]}`` normalised xyxy, ``k = min(top_k, C)``. ``skip_first``: logit 0 is
@@ -378,14 +414,31 @@ def localizer_loss(
 def build_localizer_module(config: LocalizerConfig, num_classes: int, background: bool = False) -> Localizer:
     """The :class:`Localizer` ``config`` describes (``background``: one more class, index 0)."""
     net = build_classifier_net(
-        config.backbone, config.window_size, config.pretrained_backbone, config.backbone_weights,
-        config.hidden_dim, config.dropout, config.pool if config.backbone == "small" else "none",
-        config.blocks, config.padding, config.strided_blocks,
-    )  # fmt: skip
+        config.backbone,
+        config.window_size,
+        config.pretrained_backbone,
+        config.backbone_weights,
+        config.hidden_dim,
+        config.dropout,
+        config.pool if config.backbone == "small" else "none",
+        config.blocks,
+        config.padding,
+        config.strided_blocks,
+    )
     return Localizer(
-        net, num_classes, config.window_size, config.regression, config.attach, config.box_loss,
-        config.box_weight, config.top_k, background, config.classifier_fraction, config.head_lr, config.channels_last,
-    )  # fmt: skip
+        net,
+        num_classes,
+        config.window_size,
+        config.regression,
+        config.attach,
+        config.box_loss,
+        config.box_weight,
+        config.top_k,
+        background,
+        config.classifier_fraction,
+        config.head_lr,
+        config.channels_last,
+    )
 
 
 def build_localizer(config: LocalizerConfig, num_classes: int) -> Localizer:
@@ -403,11 +456,25 @@ METHOD = Method(
     # them off for real data), decoded images kept in memory; no checkpoint is picked on a
     # validation split, so it trains on train + val and evaluates on test at the end.
     run_defaults={
-        "data": {"spec": "synthetic-single", "root": "data/localizer-single", "synthetic_images": 6000,
-                 "train_split": "trainval", "val_split": "test", "vertical_flip": True, "rotate90": True,
-                 "cache_images": True},
-        "train": {"epochs": 20, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 20, "eval_every": 0},
-    },  # fmt: skip
+        "data": {
+            "spec": "synthetic-single",
+            "root": "data/localizer-single",
+            "synthetic_images": 6000,
+            "train_split": "trainval",
+            "val_split": "test",
+            "vertical_flip": True,
+            "rotate90": True,
+            "cache_images": True,
+        },
+        "train": {
+            "epochs": 20,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "warmup_steps": 20,
+            "log_every": 20,
+            "eval_every": 0,
+        },
+    },
     compared=False,  # one object an image: scored by localization error, not beside the detectors
 )

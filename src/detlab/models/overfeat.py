@@ -181,7 +181,10 @@ def naive_sliding_window(localizer: Localizer, image: Tensor, batch_size: int = 
     localizer.eval()
     stride = localizer.stride
     windows, _ = crop_windows(image, localizer.window_size, stride)
-    outputs = [localizer.raw_outputs(windows[start : start + batch_size]) for start in range(0, len(windows), batch_size)]
+    outputs = [
+        localizer.raw_outputs(windows[start : start + batch_size])
+        for start in range(0, len(windows), batch_size)
+    ]
     logits = torch.cat([o["class_logits"] for o in outputs])
     boxes = torch.cat([o["boxes"] for o in outputs])
     map_height = (image.shape[1] - localizer.window_size) // stride + 1
@@ -216,7 +219,9 @@ class OverFeatConfig(LocalizerConfig):
 
     regression: str = choice("specific", REGRESSION_CHOICES)
     padding: int = 0
-    strided_blocks: int = 2  # stride-2 convs, not max-pools, in the first two blocks: cheaper steps (docs/localization.md)
+    strided_blocks: int = (
+        2  # stride-2 convs, not max-pools, in the first two blocks: cheaper steps (docs/localization.md)
+    )
     windows_per_image: int = 16
     positive_fraction: float = 0.35  # windows around an object; the rest as the test pass sees them
     min_fill: float = 0.35
@@ -234,7 +239,6 @@ class OverFeatConfig(LocalizerConfig):
     # (no gradient) and train on the highest-scoring half of the background windows, the other half
     # drawn as before (1: no mining)
     hard_negative_pool: int = 1
-
 
 
 class OverFeat(DetectorModule):
@@ -276,22 +280,43 @@ class OverFeat(DetectorModule):
         sides = (window / max(self.scales), window / min(self.scales))
         crops, labels, boxes = [], [], []
         for image, target in zip(images, targets):
-            image_size, object_boxes, object_labels = tuple(image.shape[-2:]), target["boxes"].float().cpu(), target["labels"].cpu()
+            image_size, object_boxes, object_labels = (
+                tuple(image.shape[-2:]),
+                target["boxes"].float().cpu(),
+                target["labels"].cpu(),
+            )
             windows, image_labels, image_boxes = sample_windows(
-                image_size, object_boxes, object_labels, self.windows_per_image, self.fill, self.positive_fraction, sides,
-            )  # fmt: skip
+                image_size,
+                object_boxes,
+                object_labels,
+                self.windows_per_image,
+                self.fill,
+                self.positive_fraction,
+                sides,
+            )
             image_crops = cut_windows(image, windows, window)
             if self.hard_negative_pool > 1:
-                candidates = sample_windows(image_size, object_boxes, object_labels,
-                                            int((image_labels == 0).sum()) * (self.hard_negative_pool - 1), self.fill, 0.0, sides)  # fmt: skip
+                candidates = sample_windows(
+                    image_size,
+                    object_boxes,
+                    object_labels,
+                    int((image_labels == 0).sum()) * (self.hard_negative_pool - 1),
+                    self.fill,
+                    0.0,
+                    sides,
+                )
                 clear = candidates[0][object_cover(candidates[0], object_boxes) < MINED_MAX_COVER]
-                image_crops, image_labels, image_boxes = self.with_hard_negatives(image, (image_crops, image_labels, image_boxes), clear)
+                image_crops, image_labels, image_boxes = self.with_hard_negatives(
+                    image, (image_crops, image_labels, image_boxes), clear
+                )
             crops.append(image_crops)
             labels.append(image_labels)
             boxes.append(image_boxes)
         device = images[0].device
         if not sum(len(crop) for crop in crops):  # no window could be placed in any image
-            return {name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()}
+            return {
+                name: self.localizer.class_head.weight.sum() * 0.0 for name in self.localizer.loss_names()
+            }
         outputs = self.localizer.raw_outputs(torch.cat(crops))
         losses = self.localizer.losses(outputs, torch.cat(labels).to(device), torch.cat(boxes).to(device))
         return {name: losses[name] for name in self.localizer.loss_names()}
@@ -307,7 +332,9 @@ class OverFeat(DetectorModule):
         finally:
             self.localizer.train(was_training)
 
-    def with_hard_negatives(self, image: Tensor, sampled: tuple, candidates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def with_hard_negatives(
+        self, image: Tensor, sampled: tuple, candidates: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``sampled`` (crops, labels, box targets) with the first half of its background windows
         replaced by the highest-scoring windows among them and the background ``candidates``
         (``Tensor[M, 4]`` windows): the windows the network most wrongly takes for objects."""
@@ -322,7 +349,9 @@ class OverFeat(DetectorModule):
         keep = torch.cat([torch.where(labels != 0)[0], background[half:]])
         crops = torch.cat([crops[keep], pool[hardest]])
         labels = torch.cat([labels[keep], labels.new_zeros(len(hardest))])
-        targets = torch.cat([targets[keep], targets.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(hardest), 4)])
+        targets = torch.cat(
+            [targets[keep], targets.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(hardest), 4)]
+        )
         return crops, labels, targets
 
     def dense_network(self) -> FullyConvolutionalLocalizer:
@@ -347,7 +376,11 @@ class OverFeat(DetectorModule):
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
         if not all_boxes:
-            return image.new_zeros(0, 4), image.new_zeros(0), torch.zeros(0, dtype=torch.int64, device=image.device)
+            return (
+                image.new_zeros(0, 4),
+                image.new_zeros(0),
+                torch.zeros(0, dtype=torch.int64, device=image.device),
+            )
         return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
 
     @staticmethod
@@ -361,10 +394,20 @@ class OverFeat(DetectorModule):
         _, height, width = image.shape
         scaled_height, scaled_width = max(window, round(height * scale)), max(window, round(width * scale))
         # antialiased when shrinking, as the training crops (RoIAlign, 2x2 samples a pixel) average
-        scaled = F.interpolate(image[None], size=(scaled_height, scaled_width), mode="bilinear", align_corners=False,
-                               antialias=scale < 1)  # fmt: skip
+        scaled = F.interpolate(
+            image[None],
+            size=(scaled_height, scaled_width),
+            mode="bilinear",
+            align_corners=False,
+            antialias=scale < 1,
+        )
         outputs = network(scaled)
-        trace("scale", scale=scale, class_logits=outputs["class_logits"], scaled_size=(scaled_height, scaled_width))
+        trace(
+            "scale",
+            scale=scale,
+            class_logits=outputs["class_logits"],
+            scaled_size=(scaled_height, scaled_width),
+        )
         probabilities = outputs["class_logits"][0].float().softmax(dim=0)[1:]  # drop background: [C, h', w']
         scores, indices = probabilities.max(dim=0)
         boxes = outputs["boxes"][0].float()  # [R, 4, h', w']
@@ -427,8 +470,12 @@ class OverFeat(DetectorModule):
             # Cell (i, j) is the window at (j, i) * stride of the scaled image; drawn as a
             # stride-sized tile around the window's centre.
             factor_x, factor_y, offset = scaled_width / width, scaled_height / height, (window - stride) / 2
-            region = (offset / factor_x, offset / factor_y, (offset + map_width * stride) / factor_x,
-                      (offset + map_height * stride) / factor_y)  # fmt: skip
+            region = (
+                offset / factor_x,
+                offset / factor_y,
+                (offset + map_width * stride) / factor_x,
+                (offset + map_height * stride) / factor_y,
+            )
             title = f"scale {values['scale']:g}: {map_height} x {map_width} windows, best class probability"
             views.append(HeatmapView(title, scores, region))
 
@@ -469,8 +516,13 @@ def cut_windows(image: Tensor, windows: Tensor, size: int, samples: int = 2) -> 
     xs = (windows[:, 0:1] + steps * (windows[:, 2:3] - windows[:, 0:1])) / width * 2 - 1  # [N, points]
     ys = (windows[:, 1:2] + steps * (windows[:, 3:4] - windows[:, 1:2])) / height * 2 - 1
     grid = torch.stack([xs[:, None, :].expand(-1, points, -1), ys[:, :, None].expand(-1, -1, points)], dim=-1)
-    spread = F.grid_sample(source[None].expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
-                           align_corners=False)  # fmt: skip
+    spread = F.grid_sample(
+        source[None].expand(count, -1, -1, -1),
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     return F.avg_pool2d(spread, samples).to(image.dtype)
 
 
@@ -526,11 +578,16 @@ def sample_windows(
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
     windows = torch.tensor(windows)
     drawn_labels, drawn_targets = label_windows(windows[len(targets) :], boxes, labels, fill)
-    return (windows, torch.cat([torch.tensor(window_labels, dtype=torch.int64), drawn_labels]),
-            torch.cat([torch.tensor(targets).view(-1, 4), drawn_targets]))  # fmt: skip
+    return (
+        windows,
+        torch.cat([torch.tensor(window_labels, dtype=torch.int64), drawn_labels]),
+        torch.cat([torch.tensor(targets).view(-1, 4), drawn_targets]),
+    )
 
 
-def label_windows(windows: Tensor, boxes: Tensor, labels: Tensor, fill: tuple[float, float]) -> tuple[Tensor, Tensor]:
+def label_windows(
+    windows: Tensor, boxes: Tensor, labels: Tensor, fill: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
     """What each square window (``Tensor[N, 4]`` xyxy pixels) should say: ``(logit labels int64
     Tensor[N], box targets Tensor[N, 4] normalised to the window)``. A window holding at least 90%
     of an object whose longer side fills ``fill`` of the window is that object (the largest such
@@ -564,9 +621,17 @@ METHOD = Method(
     # The multi-object synthetic set, whose shapes have no up and down; windows are small and many.
     run_defaults={
         "data": {"vertical_flip": True, "rotate90": True},
-        "train": {"epochs": 10, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 20,
-                  "log_every": 50, "eval_every": 0, "amp_cpu_bf16": True},
-    },  # fmt: skip
+        "train": {
+            "epochs": 10,
+            "batch_size": 4,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "warmup_steps": 20,
+            "log_every": 50,
+            "eval_every": 0,
+            "amp_cpu_bf16": True,
+        },
+    },
     # Checkpoints saved before strided_blocks existed were trained with max-pools in every block.
     stored_defaults={"strided_blocks": 0},
 )

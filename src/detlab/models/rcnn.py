@@ -96,7 +96,9 @@ class RCNNConfig(BackboneConfig):
     """
 
     window_size: int = 64
-    context_padding: float = 16.0  # pixels of context at the original's 227-pixel window, scaled to window_size
+    context_padding: float = (
+        16.0  # pixels of context at the original's 227-pixel window, scaled to window_size
+    )
     pool_size: int = 4
     representation_size: int = 256
     dropout: float = 0.0
@@ -135,7 +137,9 @@ def context_windows(boxes: Tensor, window_size: int, padding: float) -> Tensor:
     context on every side (R-CNN appendix A): each side of a box is scaled by
     ``window_size / (window_size - 2 * padding)`` about its centre. ``Tensor[K, 4] -> Tensor[K, 4]``."""
     if not 0 <= 2 * padding < window_size:
-        raise ValueError(f"context padding {padding} leaves no room for the box in a {window_size}-pixel window")
+        raise ValueError(
+            f"context padding {padding} leaves no room for the box in a {window_size}-pixel window"
+        )
     scale = window_size / (window_size - 2 * padding)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0) * scale / 2
@@ -159,7 +163,14 @@ class RCNN(DetectorModule):
 
     recipes = ("rcnn",)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: RCNNConfig, proposal_method=None, proposal_cache=None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        config: RCNNConfig,
+        proposal_method=None,
+        proposal_cache=None,
+    ):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
@@ -187,7 +198,9 @@ class RCNN(DetectorModule):
         self.training_stage = "finetune"
         # The original's 16 pixels of context at its 227-pixel warp, in this window's pixels.
         self.padding = config.context_padding * config.window_size / ORIGINAL_WINDOW
-        context_windows(torch.zeros(0, 4), config.window_size, self.padding)  # refuses a padding that does not fit
+        context_windows(
+            torch.zeros(0, 4), config.window_size, self.padding
+        )  # refuses a padding that does not fit
 
     # -- the network on windows ---------------------------------------------------------------
 
@@ -206,10 +219,12 @@ class RCNN(DetectorModule):
         normalised = (image - self.mean) / self.std
         regions = context_windows(boxes.to(image), self.config.window_size, self.padding)
         return torch.cat(
-            [self.pool5(warp_windows(normalised, regions[start : start + chunk], self.config.window_size))
-             for start in range(0, len(regions), chunk)]
+            [
+                self.pool5(warp_windows(normalised, regions[start : start + chunk], self.config.window_size))
+                for start in range(0, len(regions), chunk)
+            ]
             or [image.new_zeros(0, self.fc6.in_features)]
-        )  # fmt: skip
+        )
 
     # -- the detector contract ---------------------------------------------------------------
 
@@ -260,7 +275,9 @@ class RCNN(DetectorModule):
         pool5 = torch.cat(pool5)
         if len(pool5) == 0:
             return self.pretrain_classifier.weight.sum() * 0.0
-        return F.cross_entropy(self.pretrain_classifier(self.fc7_features(pool5)), torch.cat(labels).to(pool5.device))
+        return F.cross_entropy(
+            self.pretrain_classifier(self.fc7_features(pool5)), torch.cat(labels).to(pool5.device)
+        )
 
     def finetune_loss(self, images: list[Tensor], targets: list[dict], proposals: list[Tensor]) -> Tensor:
         """(C+1)-way classification of sampled proposal windows (section 2.3): IoU >= 0.5 with a
@@ -270,7 +287,10 @@ class RCNN(DetectorModule):
         per_image = max(1, self.config.windows_per_batch // len(images))
         for image, target, boxes in zip(images, targets, proposals):
             candidates, candidate_labels = label_windows(
-                boxes.float().to(image.device), target["boxes"].float(), target["labels"], self.config.foreground_iou
+                boxes.float().to(image.device),
+                target["boxes"].float(),
+                target["labels"],
+                self.config.foreground_iou,
             )
             positive, negative = sample_labels(candidate_labels, per_image, self.config.foreground_fraction)
             chosen = torch.cat([positive, negative])
@@ -302,8 +322,11 @@ class RCNN(DetectorModule):
             found_labels.append(torch.full((len(keep),), index + 1, dtype=torch.int64, device=image.device))
         order = torch.cat(found_scores).argsort(descending=True)
         trace("classify")
-        return {"boxes": torch.cat(found_boxes)[order], "scores": torch.cat(found_scores)[order],
-                "labels": torch.cat(found_labels)[order]}  # fmt: skip
+        return {
+            "boxes": torch.cat(found_boxes)[order],
+            "scores": torch.cat(found_scores)[order],
+            "labels": torch.cat(found_labels)[order],
+        }
 
     def test_feature_cache(self) -> FeatureCache | None:
         """Where test images' pool5 features are kept: the feature cache, once the SVMs are trained
@@ -347,7 +370,12 @@ class RCNN(DetectorModule):
     def recipe(self, name: str) -> list[Stage | Step]:
         fraction = self.config.pretrain_fraction
         return [
-            Stage("step1_pretrain", lambda model: set_rcnn_stage(model, "pretrain"), budget=fraction, evaluate=False),
+            Stage(
+                "step1_pretrain",
+                lambda model: set_rcnn_stage(model, "pretrain"),
+                budget=fraction,
+                evaluate=False,
+            ),
             Stage("step2_finetune", lambda model: set_rcnn_stage(model, "finetune"), budget=1 - fraction),
             Step("step3_features", extract_features),
             Step("step4_svms", fit_svms),
@@ -385,7 +413,9 @@ def set_rcnn_stage(model: RCNN, stage: str) -> None:
     set_trainable(model.classifier if stage == "pretrain" else model.pretrain_classifier, False)
 
 
-def label_windows(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, foreground_iou: float) -> tuple[Tensor, Tensor]:
+def label_windows(
+    proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, foreground_iou: float
+) -> tuple[Tensor, Tensor]:
     """Candidates (proposals and the ground-truth boxes) and their labels: the class of the
     best-overlapping ground-truth box at IoU >= ``foreground_iou``, else 0 (background)."""
     candidates = torch.cat([gt_boxes.to(proposals), proposals])
@@ -399,8 +429,9 @@ def label_windows(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, foregr
 def build_rcnn(config: RCNNConfig, num_classes: int) -> RCNN:
     """R-CNN ``config`` describes for ``num_classes`` classes."""
     backbone = feature_extractor_from_config(config)
-    method, cache = proposal_source(config.proposal_method, config.max_proposals, config.proposal_max_side,
-                                    config.proposal_cache_dir)  # fmt: skip
+    method, cache = proposal_source(
+        config.proposal_method, config.max_proposals, config.proposal_max_side, config.proposal_cache_dir
+    )
     return RCNN(backbone, num_classes, config, method, cache)
 
 
@@ -411,7 +442,9 @@ METHOD = Method(
     label="R-CNN",
     # From scratch on a CPU, AdamW as the other from-scratch runs here (the original fine-tuned an
     # ImageNet network with SGD at 0.001).
-    run_defaults={"train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 50, "eval_every": 0}},
+    run_defaults={
+        "train": {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 50, "eval_every": 0}
+    },
     lecture=LectureRow(seconds_per_image=50.0, mean_ap=66.0),
     needs_every_class=True,  # one SVM a class, which needs positives of every class
 )

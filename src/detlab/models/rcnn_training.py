@@ -86,7 +86,9 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     method = model.proposer.settings() if model.proposer is not None else {}
     config = model.config
-    digest.update(repr((config.window_size, config.context_padding, config.pool_size, sorted(method.items()))).encode())
+    digest.update(
+        repr((config.window_size, config.context_padding, config.pool_size, sorted(method.items()))).encode()
+    )
     return digest.hexdigest()[:16]
 
 
@@ -114,7 +116,12 @@ def extract_features(model: nn.Module, dataset) -> dict:
     to disk (finished images are skipped, so a killed run resumes)."""
     was_training = model.training
     model.eval()
-    cache, dataset, started, computed = feature_cache(model), dataset.without_augmentation(), time.perf_counter(), 0
+    cache, dataset, started, computed = (
+        feature_cache(model),
+        dataset.without_augmentation(),
+        time.perf_counter(),
+        0,
+    )
     device = model.fc6.weight.device
     for index in progress_bar(range(len(dataset)), desc="pool5 features", unit="image", leave=False):
         key = image_key(dataset.records[index])
@@ -126,11 +133,18 @@ def extract_features(model: nn.Module, dataset) -> dict:
         write_image_features(model, cache, key, image, target, proposals)
         computed += 1
     model.train(was_training)
-    return {"images": len(dataset), "extracted": computed, "seconds": round(time.perf_counter() - started, 1),
-            "cache_bytes": cache.size_bytes(), "cache": str(cache.path)}  # fmt: skip
+    return {
+        "images": len(dataset),
+        "extracted": computed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "cache_bytes": cache.size_bytes(),
+        "cache": str(cache.path),
+    }
 
 
-def write_image_features(model: nn.Module, cache: FeatureCache, key: str, image: Tensor, target: dict, proposals: Tensor) -> None:
+def write_image_features(
+    model: nn.Module, cache: FeatureCache, key: str, image: Tensor, target: dict, proposals: Tensor
+) -> None:
     gt_boxes, gt_labels = target["boxes"].float().to(image.device), target["labels"].to(image.device)
     boxes = torch.cat([gt_boxes, box_ops.clip(proposals.float().to(image.device), tuple(image.shape[-2:]))])
     labels = torch.cat([gt_labels, torch.zeros(len(proposals), dtype=torch.int64, device=image.device)])
@@ -142,8 +156,13 @@ def write_image_features(model: nn.Module, cache: FeatureCache, key: str, image:
             if of_class.any():
                 overlaps[:, index] = iou[:, of_class].max(dim=1).values
     features = model.window_pool5(image, boxes)
-    cache.save(key, features=features.half().cpu().numpy(), boxes=boxes.cpu().numpy(), labels=labels.cpu().numpy(),
-               overlaps=overlaps.cpu().numpy())  # fmt: skip
+    cache.save(
+        key,
+        features=features.half().cpu().numpy(),
+        boxes=boxes.cpu().numpy(),
+        labels=labels.cpu().numpy(),
+        overlaps=overlaps.cpu().numpy(),
+    )
 
 
 def cached_images(model: nn.Module, dataset):
@@ -152,7 +171,9 @@ def cached_images(model: nn.Module, dataset):
     for record in dataset.records:
         key = image_key(record)
         if key not in cache:
-            raise ValueError(f"{cache.path}: no features of {record.image_id}; run step 3 (resume the run) first")
+            raise ValueError(
+                f"{cache.path}: no features of {record.image_id}; run step 3 (resume the run) first"
+            )
         yield key, cache.load(key)
 
 
@@ -162,7 +183,9 @@ def mean_norm_scale(vectors: list[Tensor], target_norm: float) -> float:
     return target_norm / max(float(norms.mean()), 1e-12)
 
 
-def sample_for_scale(items: list[Tensor], seed: int = 0, images: int = 50, per_image: int = 200) -> list[Tensor]:
+def sample_for_scale(
+    items: list[Tensor], seed: int = 0, images: int = 50, per_image: int = 200
+) -> list[Tensor]:
     """A fixed random sample of windows from a fixed random sample of images (scale estimates)."""
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(items), generator=generator)[:images].tolist()
@@ -172,16 +195,30 @@ def sample_for_scale(items: list[Tensor], seed: int = 0, images: int = 50, per_i
 # -- SVMs with hard-negative mining ----------------------------------------------------------
 
 
-def train_linear_svm(positives: Tensor, negatives: Tensor, c: float, positive_weight: float, bias_scale: float,
-                     tolerance: float = 0.1) -> tuple[Tensor, float]:  # fmt: skip
+def train_linear_svm(
+    positives: Tensor,
+    negatives: Tensor,
+    c: float,
+    positive_weight: float,
+    bias_scale: float,
+    tolerance: float = 0.1,
+) -> tuple[Tensor, float]:
     """liblinear's L1-loss (hinge) linear SVM with a bias feature of ``bias_scale`` (as rcnn's
     ``-s 3 -B bias_scale -w1 positive_weight -c C``, with liblinear's default stopping tolerance
     0.1 for that solver; scikit-learn's default 1e-4 makes every retraining hundreds of times
     slower, docs/rcnn.md): returns ``(w Tensor[F], b)``."""
     features = torch.cat([positives, negatives]).double().numpy()
     labels = np.concatenate([np.ones(len(positives)), -np.ones(len(negatives))])
-    svm = LinearSVC(C=c, loss="hinge", dual=True, intercept_scaling=bias_scale,
-                    class_weight={1: positive_weight, -1: 1.0}, max_iter=20_000, tol=tolerance, random_state=0)  # fmt: skip
+    svm = LinearSVC(
+        C=c,
+        loss="hinge",
+        dual=True,
+        intercept_scaling=bias_scale,
+        class_weight={1: positive_weight, -1: 1.0},
+        max_iter=20_000,
+        tol=tolerance,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # liblinear's convergence note at tiny C: the solution is usable
         svm.fit(features, labels)
@@ -194,7 +231,14 @@ class HardNegativeMiner:
     yet; the SVM is retrained after the first image, after ``retrain_after`` new negatives and at
     the end; after each retraining, cached negatives scoring below ``easy_score`` are evicted."""
 
-    def __init__(self, positives: Tensor, train, hard_score: float = -1.0001, easy_score: float = -1.2, retrain_after: int = 2000):
+    def __init__(
+        self,
+        positives: Tensor,
+        train,
+        hard_score: float = -1.0001,
+        easy_score: float = -1.2,
+        retrain_after: int = 2000,
+    ):
         self.positives, self.train = positives, train
         self.hard_score, self.easy_score, self.retrain_after = hard_score, easy_score, retrain_after
         self.features = torch.zeros(0, positives.shape[1])
@@ -247,29 +291,49 @@ def fit_svms(model: nn.Module, dataset) -> dict:
     model.eval()
     device = model.fc6.weight.device
     # per image: its key, the labels and overlaps of its windows, their fc7 features (pool5 is not kept)
-    images = [(key, {name: arrays[name] for name in ("labels", "overlaps")},
-               model.fc7_features(torch.from_numpy(arrays["features"]).float().to(device)).cpu())
-              for key, arrays in cached_images(model, dataset)]  # fmt: skip
+    images = [
+        (
+            key,
+            {name: arrays[name] for name in ("labels", "overlaps")},
+            model.fc7_features(torch.from_numpy(arrays["features"]).float().to(device)).cpu(),
+        )
+        for key, arrays in cached_images(model, dataset)
+    ]
     scale = mean_norm_scale(sample_for_scale([fc7 for _, _, fc7 in images]), config.svm_feature_norm)
     svm = lambda positives, negatives: train_linear_svm(  # noqa: E731
-        positives, negatives, config.svm_c, config.svm_positive_weight, config.svm_bias_scale, config.svm_tolerance
+        positives,
+        negatives,
+        config.svm_c,
+        config.svm_positive_weight,
+        config.svm_bias_scale,
+        config.svm_tolerance,
     )
     outcome = {"fc7_scale": scale}
     for index in range(model.num_classes):
         positives = torch.cat([fc7[arrays["labels"] == index + 1] for _, arrays, fc7 in images]) * scale
         if len(positives) == 0:
-            warnings.warn(f"class {index + 1} has no ground-truth box in the training split: its SVM scores nothing", stacklevel=2)
+            warnings.warn(
+                f"class {index + 1} has no ground-truth box in the training split: its SVM scores nothing",
+                stacklevel=2,
+            )
             model.svm_weight[index], model.svm_bias[index] = 0.0, -1e6
             continue
-        miner = HardNegativeMiner(positives, svm, config.hard_negative_score, config.easy_negative_score, config.retrain_after)
+        miner = HardNegativeMiner(
+            positives, svm, config.hard_negative_score, config.easy_negative_score, config.retrain_after
+        )
         for key, arrays, fc7 in images:
-            negative = torch.from_numpy((arrays["labels"] == 0) & (arrays["overlaps"][:, index] < config.svm_negative_iou))
+            negative = torch.from_numpy(
+                (arrays["labels"] == 0) & (arrays["overlaps"][:, index] < config.svm_negative_iou)
+            )
             rows = torch.where(negative)[0]
             miner.add_image(fc7[rows] * scale, [(key, int(row)) for row in rows])
         weight, bias = miner.finish()
         model.svm_weight[index], model.svm_bias[index] = weight.to(device), bias
-        outcome[f"class{index + 1}"] = {"positives": len(positives), "negatives_kept": len(miner.keys),
-                                       "retrainings": miner.retrainings}  # fmt: skip
+        outcome[f"class{index + 1}"] = {
+            "positives": len(positives),
+            "negatives_kept": len(miner.keys),
+            "retrainings": miner.retrainings,
+        }
     model.fc7_scale.fill_(scale)
     model.svm_trained.fill_(True)
     model.train(was_training)

@@ -222,7 +222,9 @@ class RoIHead(nn.Module):
                 counts = [len(rois) for rois in proposals]
 
                 def union(first: Tensor, second: Tensor) -> Tensor:
-                    return torch.cat([part for pair in zip(first.split(counts), second.split(counts)) for part in pair])
+                    return torch.cat(
+                        [part for pair in zip(first.split(counts), second.split(counts)) for part in pair]
+                    )
 
                 logits, deltas = union(logits, again_logits), union(deltas, again_deltas)
                 proposals = [torch.cat(pair) for pair in zip(proposals, refined)]

@@ -276,7 +276,9 @@ class RegionProposalNetwork(nn.Module):
         """
         levels = list(features.values())
         objectness, deltas = self.head(levels)
-        anchors = self.anchor_generator([tuple(level.shape[-2:]) for level in levels], strides, levels[0].device)
+        anchors = self.anchor_generator(
+            [tuple(level.shape[-2:]) for level in levels], strides, levels[0].device
+        )
         mode = 0 if self.training else 1
         proposals = []
         for image_index, image_size in enumerate(image_sizes):
@@ -337,7 +339,9 @@ def split_anchor_sizes(anchor_sizes, num_levels: int) -> tuple[tuple[float, ...]
 def build_rpn(config: RPNConfig, backbone: nn.Module) -> RegionProposalNetwork:
     """The RPN ``config`` describes on ``backbone``'s levels (its ``strides`` and ``out_channels``);
     ``config`` holds numbers, no ``"auto"`` (:func:`detlab.models.data_fit.concrete`)."""
-    anchors = AnchorGenerator(split_anchor_sizes(config.anchor_sizes, len(backbone.strides)), config.aspect_ratios)
+    anchors = AnchorGenerator(
+        split_anchor_sizes(config.anchor_sizes, len(backbone.strides)), config.aspect_ratios
+    )
     return RegionProposalNetwork(
         anchors,
         RPNHead(backbone.out_channels, anchors.num_anchors_per_location),

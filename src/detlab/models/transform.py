@@ -118,9 +118,14 @@ class ImageBatcher(nn.Module):
 
     def export_settings(self) -> dict:
         """What :mod:`detlab.export.runtime` needs to resize, normalise and pad as this batcher does."""
-        return {"resize": "batcher", "min_size": self.min_size, "max_size": self.max_size,
-                "size_divisible": self.size_divisible, "mean": self.mean.flatten().tolist(),
-                "std": self.std.flatten().tolist()}  # fmt: skip
+        return {
+            "resize": "batcher",
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "size_divisible": self.size_divisible,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
 
     @staticmethod
     def restore(
@@ -136,7 +141,9 @@ class ImageBatcher(nn.Module):
 def batcher_from_config(config: InputSizeConfig, strides: list[float]) -> ImageBatcher:
     """An :class:`ImageBatcher` padding to a multiple of the largest of the backbone's ``strides``
     (``config`` holds numbers, no ``"auto"``: :func:`detlab.models.data_fit.concrete`)."""
-    return ImageBatcher(config.min_size, config.max_size, size_divisible=int(max(strides)), scale_jitter=config.scale_jitter)
+    return ImageBatcher(
+        config.min_size, config.max_size, size_divisible=int(max(strides)), scale_jitter=config.scale_jitter
+    )
 
 
 def max_size_for(min_size: int) -> int:
@@ -168,6 +175,8 @@ def warp_batch(images: list[Tensor], window_size: int) -> tuple[Tensor, Tensor]:
     ``(W, H, W, H)`` of each original image: multiply normalised xyxy boxes by it to get pixels."""
     windows = torch.stack([resize_to_window(image, window_size) for image in images])
     sizes = torch.tensor(
-        [[image.shape[-1], image.shape[-2]] * 2 for image in images], dtype=windows.dtype, device=windows.device
+        [[image.shape[-1], image.shape[-2]] * 2 for image in images],
+        dtype=windows.dtype,
+        device=windows.device,
     )
     return windows, sizes

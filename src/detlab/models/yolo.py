@@ -106,7 +106,6 @@ class YOLOConfig(BackboneConfig):
     channels_last: bool = True
 
 
-
 def scaled(channels: int, multiple: float) -> int:
     """``channels * multiple`` rounded to a multiple of 8 (at least 8)."""
     return max(8, int(math.ceil(channels * multiple / 8) * 8))
@@ -141,18 +140,28 @@ class DecoupledHead(nn.Module):
     """Per level, two branches of two 3x3 conv-BN-SiLU layers and a 1x1 output: ``4 * R`` box
     values (``R`` = 1 without DFL) and ``C`` class logits."""
 
-    def __init__(self, channels: list[int], num_classes: int, bins: int, strides: list[float], input_size: int):
+    def __init__(
+        self, channels: list[int], num_classes: int, bins: int, strides: list[float], input_size: int
+    ):
         super().__init__()
         box_width = max(16, channels[0] // 4, 4 * bins)
         cls_width = max(channels[0], min(num_classes, 100))
         self.box = nn.ModuleList(
-            nn.Sequential(conv_bn_silu(c, box_width), conv_bn_silu(box_width, box_width), nn.Conv2d(box_width, 4 * bins, 1))
+            nn.Sequential(
+                conv_bn_silu(c, box_width),
+                conv_bn_silu(box_width, box_width),
+                nn.Conv2d(box_width, 4 * bins, 1),
+            )
             for c in channels
-        )  # fmt: skip
+        )
         self.cls = nn.ModuleList(
-            nn.Sequential(conv_bn_silu(c, cls_width), conv_bn_silu(cls_width, cls_width), nn.Conv2d(cls_width, num_classes, 1))
+            nn.Sequential(
+                conv_bn_silu(c, cls_width),
+                conv_bn_silu(cls_width, cls_width),
+                nn.Conv2d(cls_width, num_classes, 1),
+            )
             for c in channels
-        )  # fmt: skip
+        )
         for branch, stride in zip(self.cls, strides):
             # Prior: about 5 objects an image among the level's cells (so early scores are small).
             nn.init.constant_(branch[-1].bias, math.log(5 / num_classes / (input_size / stride) ** 2))
@@ -186,9 +195,16 @@ def distances_to_boxes(points: Tensor, distances: Tensor) -> Tensor:
 
 @torch.no_grad()
 def task_aligned_assign(
-    scores: Tensor, pred_boxes: Tensor, points: Tensor, gt_labels: Tensor, gt_boxes: Tensor, gt_mask: Tensor,
-    topk: int = 10, alpha: float = 0.5, beta: float = 6.0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    scores: Tensor,
+    pred_boxes: Tensor,
+    points: Tensor,
+    gt_labels: Tensor,
+    gt_boxes: Tensor,
+    gt_mask: Tensor,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Task-aligned assignment, for a batch at once.
 
     ``scores`` ``[B, A, C]`` (probabilities), ``pred_boxes`` ``[B, A, 4]``, ``points`` ``[A, 2]``,
@@ -203,9 +219,15 @@ def task_aligned_assign(
     batch, num_points, num_classes = scores.shape
     num_boxes = gt_boxes.shape[1]
     if num_boxes == 0:
-        return (scores.new_zeros(batch, num_points, dtype=torch.bool), scores.new_zeros(batch, num_points, dtype=torch.long),
-                scores.new_zeros(batch, num_points, 4), torch.zeros_like(scores))  # fmt: skip
-    inside = (points[None, None] > gt_boxes[:, :, None, :2]).all(-1) & (points[None, None] < gt_boxes[:, :, None, 2:]).all(-1)
+        return (
+            scores.new_zeros(batch, num_points, dtype=torch.bool),
+            scores.new_zeros(batch, num_points, dtype=torch.long),
+            scores.new_zeros(batch, num_points, 4),
+            torch.zeros_like(scores),
+        )
+    inside = (points[None, None] > gt_boxes[:, :, None, :2]).all(-1) & (
+        points[None, None] < gt_boxes[:, :, None, 2:]
+    ).all(-1)
     inside &= gt_mask[:, :, None]  # [B, M, A]
     overlaps = box_ops.iou(gt_boxes, pred_boxes) * inside  # [B, M, A]
     labels = (gt_labels.clamp(min=1) - 1).long()
@@ -299,7 +321,9 @@ class YOLO(DetectorModule):
         probabilities = box_values.float().view(*shape, 4, self.bins).softmax(-1)
         return (probabilities * self.bin_values).sum(-1)  # element-wise: float32 under bf16 autocast too
 
-    def raw_outputs(self, batch: Tensor, trace: Trace = NO_TRACE) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def raw_outputs(
+        self, batch: Tensor, trace: Trace = NO_TRACE
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """A normalised, padded batch ``Tensor[B, 3, H, W]`` -> ``(box values [B, A, 4 R], class
         logits [B, A, C], boxes [B, A, 4] xyxy in the batch's pixels, points [A, 2], strides [A])``."""
         box_values, logits, levels = self.features(batch, trace)
@@ -316,7 +340,9 @@ class YOLO(DetectorModule):
         box_values, logits, pred_boxes, points, strides = self.raw_outputs(batch, trace)
         if self.training:
             return self.losses(box_values.float(), logits.float(), pred_boxes, points, strides, targets)
-        detections = [self.postprocess(boxes, scores) for boxes, scores in zip(pred_boxes, logits.float().sigmoid())]
+        detections = [
+            self.postprocess(boxes, scores) for boxes, scores in zip(pred_boxes, logits.float().sigmoid())
+        ]
         detections = self.batcher.restore(detections, scales, original_sizes)
         trace("postprocess")
         return detections
@@ -324,24 +350,44 @@ class YOLO(DetectorModule):
     def losses(self, box_values, logits, pred_boxes, points, strides, targets) -> dict[str, Tensor]:
         gt_labels, gt_boxes, gt_mask = pad_targets(targets, logits.device)
         foreground, _, target_boxes, target_scores = task_aligned_assign(
-            logits.detach().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes, gt_mask,
-            self.config.topk, self.config.alpha, self.config.beta,
-        )  # fmt: skip
+            logits.detach().sigmoid(),
+            pred_boxes.detach(),
+            points,
+            gt_labels,
+            gt_boxes,
+            gt_mask,
+            self.config.topk,
+            self.config.alpha,
+            self.config.beta,
+        )
         normaliser = target_scores.sum().clamp(min=1.0)
-        loss_classifier = F.binary_cross_entropy_with_logits(logits, target_scores, reduction="sum") / normaliser
+        loss_classifier = (
+            F.binary_cross_entropy_with_logits(logits, target_scores, reduction="sum") / normaliser
+        )
         weight = target_scores.sum(-1)[foreground]  # [F]
         if foreground.any():
             ciou = complete_box_iou_loss(pred_boxes[foreground], target_boxes[foreground], reduction="none")
             loss_box = (ciou * weight).sum() / normaliser
         else:
             loss_box = pred_boxes.sum() * 0.0
-        losses = {"loss_box": loss_box * self.config.box_gain, "loss_classifier": loss_classifier * self.config.cls_gain}
+        losses = {
+            "loss_box": loss_box * self.config.box_gain,
+            "loss_classifier": loss_classifier * self.config.cls_gain,
+        }
         if self.config.dfl:
             if foreground.any():
                 anchor = points[None].expand(len(logits), -1, -1)[foreground]
                 stride = strides[None].expand(len(logits), -1)[foreground][:, None]
-                target = torch.cat([anchor - target_boxes[foreground][:, :2], target_boxes[foreground][:, 2:] - anchor], 1) / stride
-                dfl = distribution_focal_loss(box_values[foreground].view(-1, 4, self.bins), target, self.bins)
+                target = (
+                    torch.cat(
+                        [anchor - target_boxes[foreground][:, :2], target_boxes[foreground][:, 2:] - anchor],
+                        1,
+                    )
+                    / stride
+                )
+                dfl = distribution_focal_loss(
+                    box_values[foreground].view(-1, 4, self.bins), target, self.bins
+                )
                 losses["loss_dfl"] = (dfl * weight).sum() / normaliser * self.config.dfl_gain
             else:
                 losses["loss_dfl"] = box_values.sum() * 0.0
@@ -365,12 +411,24 @@ class YOLO(DetectorModule):
         frame), ``scores [A, C]`` (sigmoid); the runtime thresholds them and runs NMS."""
         config, side = self.config, self.config.input_size
         return ExportPlan(
-            OneStageGraph(self), ("images",), ("boxes", "scores"), (torch.rand(1, 3, side, side) - 0.5,),
-            layout="one_stage", preprocess=self.batcher.export_settings(),
-            postprocess={"score_threshold": config.score_threshold, "nms_threshold": config.nms_threshold,
-                         "detections_per_image": config.detections_per_image, "pre_nms_top_k": config.pre_nms_top_k},
-            dynamic_axes={"images": {2: "height", 3: "width"}, "boxes": {0: "points"}, "scores": {0: "points"}},
-        )  # fmt: skip
+            OneStageGraph(self),
+            ("images",),
+            ("boxes", "scores"),
+            (torch.rand(1, 3, side, side) - 0.5,),
+            layout="one_stage",
+            preprocess=self.batcher.export_settings(),
+            postprocess={
+                "score_threshold": config.score_threshold,
+                "nms_threshold": config.nms_threshold,
+                "detections_per_image": config.detections_per_image,
+                "pre_nms_top_k": config.pre_nms_top_k,
+            },
+            dynamic_axes={
+                "images": {2: "height", 3: "width"},
+                "boxes": {0: "points"},
+                "scores": {0: "points"},
+            },
+        )
 
     def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
         """Letterbox -> backbone -> neck -> head at strides 8, 16, 32 -> NMS; the views: each
@@ -386,11 +444,15 @@ class YOLO(DetectorModule):
             grid = scores[start : start + rows * columns].view(rows, columns)
             start += rows * columns
             region = (0.0, 0.0, columns * stride / scale, rows * stride / scale)
-            views.append(HeatmapView(f"stride {stride:g}: {rows} x {columns} cells, best class score", grid, region))
+            views.append(
+                HeatmapView(f"stride {stride:g}: {rows} x {columns} cells, best class score", grid, region)
+            )
         top = scores.topk(min(TOP_POINTS, len(scores)))
         points = anchor_points(levels, self.strides)[0][top.indices] / scale
         names = [class_name(index + 1) for index in classes[top.indices].tolist()]
-        views.append(PointsView(f"the {len(top.indices)} best anchor points (cell centres)", points, names, top.values))
+        views.append(
+            PointsView(f"the {len(top.indices)} best anchor points (cell centres)", points, names, top.values)
+        )
         titles = {
             "batcher": f"letterbox: resize (x{scale:.2f}), normalise, pad",
             "body": "backbone",
@@ -448,7 +510,9 @@ def yolo_body(config: YOLOConfig) -> nn.Module:
     if config.backbone == "csp" and config.pretrained_backbone:
         raise ValueError("the csp backbone has no pretrained weights; use a resnet for ImageNet weights")
     if config.backbone == "csp":
-        return with_weights_file(CSPBody(scaled(config.backbone_width, config.width_multiple), 4, config.depth_multiple), config)
+        return with_weights_file(
+            CSPBody(scaled(config.backbone_width, config.width_multiple), 4, config.depth_multiple), config
+        )
     return backbone_body(config)
 
 
@@ -460,8 +524,10 @@ def build_yolo(config: YOLOConfig, num_classes: int) -> YOLO:
     """The detector ``config`` describes for ``num_classes`` classes."""
     config = concrete(config, AUTO_FALLBACKS)
     if config.coarse_size and not 32 <= config.coarse_size < config.input_size:
-        raise ValueError(f"model.coarse_size={config.coarse_size}: the coarse training size must be at least 32 and "
-                         f"below model.input_size ({config.input_size}); 0 turns coarse-to-fine training off")  # fmt: skip
+        raise ValueError(
+            f"model.coarse_size={config.coarse_size}: the coarse training size must be at least 32 and "
+            f"below model.input_size ({config.input_size}); 0 turns coarse-to-fine training off"
+        )
     if not 0.0 <= config.coarse_until <= 1.0:
         raise ValueError(f"model.coarse_until={config.coarse_until}: a share of the budget, in [0, 1]")
     return YOLO(yolo_body(config), num_classes, config)
@@ -474,8 +540,17 @@ METHOD = Method(
     label="yolo (anchor-free)",
     # AdamW, an average of the weights, mosaic on half the images (docs/yolo.md measures each).
     run_defaults={
-        "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 8, "warmup_steps": 100,
-                  "clip_grad_norm": 10.0, "ema_decay": 0.9999, "ema_ramp_steps": 2000, "amp_cpu_bf16": True},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 2e-3,
+            "weight_decay": 0.05,
+            "batch_size": 8,
+            "warmup_steps": 100,
+            "clip_grad_norm": 10.0,
+            "ema_decay": 0.9999,
+            "ema_ramp_steps": 2000,
+            "amp_cpu_bf16": True,
+        },
         "data": {"mosaic": 0.5, "photometric": True},
-    },  # fmt: skip
+    },
 )

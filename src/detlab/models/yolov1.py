@@ -63,13 +63,19 @@ class YOLOv1(DetectorModule):
         super().__init__()
         self.config, self.num_classes, self.body = config, num_classes, body
         self.outputs = 5 * config.boxes_per_cell + num_classes
-        self.reduce = nn.Sequential(nn.Conv2d(body.channels[-1], config.grid_channels, 1, bias=False),
-                                    nn.BatchNorm2d(config.grid_channels), nn.LeakyReLU(0.1, inplace=True))  # fmt: skip
+        self.reduce = nn.Sequential(
+            nn.Conv2d(body.channels[-1], config.grid_channels, 1, bias=False),
+            nn.BatchNorm2d(config.grid_channels),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
         self.pool = nn.AdaptiveAvgPool2d(config.grid)
         self.fc = nn.Sequential(
-            nn.Flatten(), nn.Linear(config.grid_channels * config.grid**2, config.hidden), nn.LeakyReLU(0.1, inplace=True),
-            nn.Dropout(config.dropout), nn.Linear(config.hidden, config.grid**2 * self.outputs),
-        )  # fmt: skip
+            nn.Flatten(),
+            nn.Linear(config.grid_channels * config.grid**2, config.hidden),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.grid**2 * self.outputs),
+        )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -87,7 +93,9 @@ class YOLOv1(DetectorModule):
         grid = self.config.grid
         features = self.body(windows)[-1]
         trace("body")
-        output = self.fc(self.pool(self.reduce(features))).view(len(windows), grid, grid, self.outputs).float()
+        output = (
+            self.fc(self.pool(self.reduce(features))).view(len(windows), grid, grid, self.outputs).float()
+        )
         trace("fc", grid=output)
         return output
 
@@ -96,8 +104,13 @@ class YOLOv1(DetectorModule):
             raise ValueError("training mode needs targets; call model.eval() for inference")
         output, sizes = self.grid_output(images, trace)
         if self.training:
-            return yolov1_loss(output, encode_yolov1_targets(targets, sizes, self.config.grid, self.num_classes),
-                               self.config.boxes_per_cell, self.config.lambda_coord, self.config.lambda_noobj)  # fmt: skip
+            return yolov1_loss(
+                output,
+                encode_yolov1_targets(targets, sizes, self.config.grid, self.num_classes),
+                self.config.boxes_per_cell,
+                self.config.lambda_coord,
+                self.config.lambda_noobj,
+            )
         detections = [self.postprocess(prediction, size) for prediction, size in zip(output, sizes)]
         trace("postprocess")
         return detections
@@ -122,11 +135,24 @@ class YOLOv1(DetectorModule):
             )
         size = config.input_size
         return ExportPlan(
-            GridGraph(self), ("images",), ("grid",), (torch.rand(1, 3, size, size) - 0.5,), layout="grid",
-            preprocess={"resize": "warp", "size": size, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()},
-            postprocess={"score_threshold": config.score_threshold, "nms_threshold": config.nms_threshold,
-                         "detections_per_image": config.detections_per_image, "boxes_per_cell": config.boxes_per_cell},
-        )  # fmt: skip
+            GridGraph(self),
+            ("images",),
+            ("grid",),
+            (torch.rand(1, 3, size, size) - 0.5,),
+            layout="grid",
+            preprocess={
+                "resize": "warp",
+                "size": size,
+                "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(),
+            },
+            postprocess={
+                "score_threshold": config.score_threshold,
+                "nms_threshold": config.nms_threshold,
+                "detections_per_image": config.detections_per_image,
+                "boxes_per_cell": config.boxes_per_cell,
+            },
+        )
 
     def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:
         """Warp -> backbone -> FC layers to the S x S grid -> boxes, NMS; the view: the grid, each
@@ -137,11 +163,18 @@ class YOLOv1(DetectorModule):
         grid = trace["fc"]["grid"][0]
         confidence = grid[..., 4 : 5 * predictors : 5].clamp(0, 1).amax(dim=-1)  # [S, S]
         probability, best = grid[..., 5 * predictors :].clamp(0, 1).max(dim=-1)
-        labels = [[f"{class_name(c + 1)} {p:.2f}" for c, p in zip(row_classes, row_probabilities)]
-                  for row_classes, row_probabilities in zip(best.tolist(), probability.tolist())]  # fmt: skip
+        labels = [
+            [f"{class_name(c + 1)} {p:.2f}" for c, p in zip(row_classes, row_probabilities)]
+            for row_classes, row_probabilities in zip(best.tolist(), probability.tolist())
+        ]
         height, width = image.shape[-2:]
-        view = HeatmapView(f"{side} x {side} grid: cell confidence (shading), most likely class and its probability",
-                           confidence, (0.0, 0.0, float(width), float(height)), labels, grid=True)  # fmt: skip
+        view = HeatmapView(
+            f"{side} x {side} grid: cell confidence (shading), most likely class and its probability",
+            confidence,
+            (0.0, 0.0, float(width), float(height)),
+            labels,
+            grid=True,
+        )
         titles = {
             "warp": f"warp to {input_size} x {input_size}, normalise",
             "body": "backbone",
@@ -154,16 +187,22 @@ class YOLOv1(DetectorModule):
         """One image's ``[S, S, 5P + C]`` -> detections in its pixels (class-specific confidence =
         class probability x box confidence, both clipped to [0, 1]; NMS a class)."""
         grid, predictors = self.config.grid, self.config.boxes_per_cell
-        boxes = cell_boxes(prediction[..., : 5 * predictors].view(grid, grid, predictors, 5), grid)  # [S, S, P, 4]
+        boxes = cell_boxes(
+            prediction[..., : 5 * predictors].view(grid, grid, predictors, 5), grid
+        )  # [S, S, P, 4]
         confidence = prediction[..., 4 : 5 * predictors : 5].clamp(0, 1)  # [S, S, P]
         probabilities = prediction[..., 5 * predictors :].clamp(0, 1)  # [S, S, C]
-        scores = (probabilities[:, :, None, :] * confidence[..., None]).reshape(-1, self.num_classes)  # [S*S*P, C]
+        scores = (probabilities[:, :, None, :] * confidence[..., None]).reshape(
+            -1, self.num_classes
+        )  # [S*S*P, C]
         boxes = (boxes.reshape(-1, 4) * size).clamp(min=0)
         boxes = torch.minimum(boxes, size)
         candidates = torch.where(scores.flatten() > self.config.score_threshold)[0]
         index, label = candidates // self.num_classes, candidates % self.num_classes
         found_boxes, found_scores = boxes[index], scores.flatten()[candidates]
-        kept = box_ops.batched_nms(found_boxes, found_scores, label, self.config.nms_threshold)[: self.config.detections_per_image]
+        kept = box_ops.batched_nms(found_boxes, found_scores, label, self.config.nms_threshold)[
+            : self.config.detections_per_image
+        ]
         return {"boxes": found_boxes[kept], "scores": found_scores[kept], "labels": label[kept] + 1}
 
 
@@ -175,7 +214,9 @@ def cell_boxes(values: Tensor, grid: int) -> Tensor:
     centre_x = (columns + values[..., 0]) / grid
     centre_y = (rows + values[..., 1]) / grid
     width, height = values[..., 2].clamp(min=0) ** 2, values[..., 3].clamp(min=0) ** 2
-    return torch.stack([centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2], -1)
+    return torch.stack(
+        [centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2], -1
+    )
 
 
 def encode_yolov1_targets(targets: list[dict], sizes: Tensor, grid: int, num_classes: int) -> Tensor:
@@ -199,7 +240,9 @@ def encode_yolov1_targets(targets: list[dict], sizes: Tensor, grid: int, num_cla
     return encoded
 
 
-def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: float, lambda_noobj: float) -> dict[str, Tensor]:
+def yolov1_loss(
+    output: Tensor, encoded: Tensor, predictors: int, lambda_coord: float, lambda_noobj: float
+) -> dict[str, Tensor]:
     """The sum-squared error of the paper's equation 3, summed over the grid and averaged over the
     images, as four named terms: ``loss_box`` (x, y, sqrt w, sqrt h of responsible predictors,
     times ``lambda_coord``), ``loss_object`` (their confidence against the IoU of their box with
@@ -211,8 +254,12 @@ def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: 
     target_box = encoded[..., 1:5]  # x, y, sqrt w, sqrt h
     with torch.no_grad():
         predicted = cell_boxes(values, grid)  # [B, S, S, P, 4]
-        truth = cell_boxes(torch.cat([target_box, target_box.new_zeros(batch, grid, grid, 1)], -1)[..., None, :], grid)
-        iou = box_ops.iou(predicted[..., None, :], truth.expand_as(predicted)[..., None, :])[..., 0, 0]  # [B, S, S, P]
+        truth = cell_boxes(
+            torch.cat([target_box, target_box.new_zeros(batch, grid, grid, 1)], -1)[..., None, :], grid
+        )
+        iou = box_ops.iou(predicted[..., None, :], truth.expand_as(predicted)[..., None, :])[
+            ..., 0, 0
+        ]  # [B, S, S, P]
     coordinates = values[..., :4]
     box_error = ((coordinates - target_box[..., None, :]) ** 2).sum(-1)  # [B, S, S, P]
     with torch.no_grad():
@@ -226,8 +273,15 @@ def yolov1_loss(output: Tensor, encoded: Tensor, predictors: int, lambda_coord: 
     loss_noobject = lambda_noobj * ((confidence**2) * ~responsible).sum()
     class_error = ((output[..., 5 * predictors :] - encoded[..., 5:]) ** 2).sum(-1)
     loss_classifier = (class_error * has_object).sum()
-    return {name: value / batch for name, value in (("loss_box", loss_box), ("loss_object", loss_object),
-            ("loss_noobject", loss_noobject), ("loss_classifier", loss_classifier))}  # fmt: skip
+    return {
+        name: value / batch
+        for name, value in (
+            ("loss_box", loss_box),
+            ("loss_object", loss_object),
+            ("loss_noobject", loss_noobject),
+            ("loss_classifier", loss_classifier),
+        )
+    }
 
 
 class GridGraph(nn.Module):
@@ -252,7 +306,13 @@ METHOD = Method(
     build=build_yolov1,
     label="YOLO v1",
     run_defaults={
-        "train": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "batch_size": 8, "warmup_steps": 100},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 5e-4,
+            "batch_size": 8,
+            "warmup_steps": 100,
+        },
         "data": {"photometric": True},
-    },  # fmt: skip
+    },
 )

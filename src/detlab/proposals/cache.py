@@ -89,7 +89,9 @@ class ProposalCache:
         (self.path / "boxes").mkdir(parents=True, exist_ok=True)
         settings_file = self.path / "method.json"
         if self.method is not None and not settings_file.exists():
-            temporary = settings_file.with_name(f"method.json.{os.getpid()}.tmp")  # own name: processes may race
+            temporary = settings_file.with_name(
+                f"method.json.{os.getpid()}.tmp"
+            )  # own name: processes may race
             temporary.write_text(json.dumps(self.method.settings(), indent=1))
             os.replace(temporary, settings_file)
 
@@ -127,7 +129,9 @@ class ProposalCache:
         name = _file_name(image_id)
         self._create()
         final = self.path / "boxes" / name
-        temporary = final.with_name(f"{name}.{os.getpid()}.tmp")  # two processes filling one cache never share it
+        temporary = final.with_name(
+            f"{name}.{os.getpid()}.tmp"
+        )  # two processes filling one cache never share it
         with open(temporary, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
             handle.flush()
@@ -193,7 +197,9 @@ class RecordProposals:
     @staticmethod
     def key(record) -> str:
         text = str(record.image_id)
-        return f"{text}-{hashlib.sha1(f'{text}|{Path(record.image_path).resolve()}'.encode()).hexdigest()[:10]}"
+        return (
+            f"{text}-{hashlib.sha1(f'{text}|{Path(record.image_path).resolve()}'.encode()).hexdigest()[:10]}"
+        )
 
     def __call__(self, record) -> Tensor:
         return self.cache.get_or_compute(self.key(record), record.image_path)
@@ -206,8 +212,13 @@ class RecordProposals:
             return 0
         if self.cache.method is None:
             raise KeyError(f"{len(missing)} images are not in the read-only proposal cache {self.cache.path}")
-        bar = progress_bar(total=len(missing), desc=f"{self.cache.method.name} proposals", unit="image", disable=not progress,
-                           leave=False)  # fmt: skip
+        bar = progress_bar(
+            total=len(missing),
+            desc=f"{self.cache.method.name} proposals",
+            unit="image",
+            disable=not progress,
+            leave=False,
+        )
         try:
             paths = [record.image_path for record in missing]
             for position, boxes, _ in propose_files(self.cache.method, paths, workers or usable_cpus()):

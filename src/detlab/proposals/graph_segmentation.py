@@ -132,7 +132,9 @@ class PixelGraph:
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-            raise ValueError(f"graph segmentation needs an [H, W] or [H, W, C] image, got shape {image.shape}")
+            raise ValueError(
+                f"graph segmentation needs an [H, W] or [H, W, C] image, got shape {image.shape}"
+            )
         smoothed = np.empty_like(image)
         for channel in range(image.shape[2]):
             ndimage.gaussian_filter(image[..., channel], sigma, output=smoothed[..., channel], mode="reflect")

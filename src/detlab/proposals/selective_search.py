@@ -242,8 +242,12 @@ class RegionTable:
         if "size" in use:
             total += 1.0 - (sizes[region] + sizes[others]) / self.image_area
         if "fill" in use:
-            joint_width = np.maximum(boxes[region, 2], boxes[others, 2]) - np.minimum(boxes[region, 0], boxes[others, 0])
-            joint_height = np.maximum(boxes[region, 3], boxes[others, 3]) - np.minimum(boxes[region, 1], boxes[others, 1])
+            joint_width = np.maximum(boxes[region, 2], boxes[others, 2]) - np.minimum(
+                boxes[region, 0], boxes[others, 0]
+            )
+            joint_height = np.maximum(boxes[region, 3], boxes[others, 3]) - np.minimum(
+                boxes[region, 1], boxes[others, 1]
+            )
             total += 1.0 - (joint_width * joint_height - sizes[region] - sizes[others]) / self.image_area
         return total
 

@@ -53,9 +53,71 @@ def create_app(models, limits: Limits | None = None, device: str = "auto") -> Fa
     limits = limits or Limits()
     served = served_models(models, device=device)
     queue = WorkQueue(limits.max_concurrent, limits.queue_size)
-    app = FastAPI(title="detlab serve", docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
+    app = FastAPI(
+        title="detlab serve", docs_url=None, redoc_url=None
+    )  # the docs pages load scripts from a CDN
     app.add_middleware(UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
     app.state.models, app.state.limits, app.state.queue = served, limits, queue
+    add_answers_to_errors(app)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "models": len(served), "requests_in_flight": queue.admitted}
+
+    @app.get("/api/models")
+    async def list_models() -> dict:
+        return {
+            "models": [model.describe() for model in served.values()],
+            "limits": dataclasses.asdict(limits),
+        }
+
+    @app.get("/api/samples")
+    async def list_samples() -> dict:
+        files = sorted((STATIC_DIR / "samples").glob("*.png"))
+        return {"samples": [{"name": path.stem, "url": f"/static/samples/{path.name}"} for path in files]}
+
+    @app.post("/api/detect")
+    async def detect_route(request: Request) -> JSONResponse:
+        if not queue.admit():
+            raise RequestRefused(
+                503, f"busy: {queue.capacity} requests are already running or waiting; try again shortly"
+            )
+        started = time.perf_counter()
+        try:
+            try:  # a client sending its upload slowly holds a place in the queue: not for ever
+                form = await asyncio.wait_for(read_detect_form(request, served, limits), limits.time_limit_s)
+            except TimeoutError:
+                raise RequestRefused(
+                    408, f"the upload took longer than the time limit of {limits.time_limit_s:g} s"
+                ) from None
+            model, data, score_threshold, inside = form
+            check_upload(data, limits)  # the header only: refuse before waiting for a slot
+
+            def work() -> dict:
+                waited = time.perf_counter() - started  # reading the form, then waiting for a slot
+                answer = detect(model, data, score_threshold, inside, limits)
+                answer["timings"] = {"queue_ms": round(waited * 1000, 2), **answer["timings"]}
+                return answer
+
+            deadline = (
+                asyncio.get_running_loop().time() + limits.time_limit_s - (time.perf_counter() - started)
+            )
+            answer = await queue.run(work, deadline, limits.time_limit_s)
+            answer["timings"]["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            return JSONResponse(answer)
+        finally:
+            queue.leave()
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def add_answers_to_errors(app: FastAPI) -> None:
+    """Every answer carries the security headers; every error is a JSON ``{"error": ...}``."""
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -70,58 +132,16 @@ def create_app(models, limits: Limits | None = None, device: str = "auto") -> Fa
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+        return JSONResponse(
+            {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         # A bug, not bad input (that is RequestRefused): answered as JSON, then logged by the server.
-        return JSONResponse({"error": f"internal error ({type(error).__name__}); see the server's log"}, status_code=500)
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "models": len(served), "requests_in_flight": queue.admitted}
-
-    @app.get("/api/models")
-    async def list_models() -> dict:
-        return {"models": [model.describe() for model in served.values()], "limits": dataclasses.asdict(limits)}
-
-    @app.get("/api/samples")
-    async def list_samples() -> dict:
-        files = sorted((STATIC_DIR / "samples").glob("*.png"))
-        return {"samples": [{"name": path.stem, "url": f"/static/samples/{path.name}"} for path in files]}
-
-    @app.post("/api/detect")
-    async def detect_route(request: Request) -> JSONResponse:
-        if not queue.admit():
-            raise RequestRefused(503, f"busy: {queue.capacity} requests are already running or waiting; try again shortly")
-        started = time.perf_counter()
-        try:
-            try:  # a client sending its upload slowly holds a place in the queue: not for ever
-                form = await asyncio.wait_for(read_detect_form(request, served, limits), limits.time_limit_s)
-            except TimeoutError:
-                raise RequestRefused(408, f"the upload took longer than the time limit of {limits.time_limit_s:g} s") from None
-            model, data, score_threshold, inside = form
-            check_upload(data, limits)  # the header only: refuse before waiting for a slot
-
-            def work() -> dict:
-                waited = time.perf_counter() - started  # reading the form, then waiting for a slot
-                answer = detect(model, data, score_threshold, inside, limits)
-                answer["timings"] = {"queue_ms": round(waited * 1000, 2), **answer["timings"]}
-                return answer
-
-            deadline = asyncio.get_running_loop().time() + limits.time_limit_s - (time.perf_counter() - started)
-            answer = await queue.run(work, deadline, limits.time_limit_s)
-            answer["timings"]["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
-            return JSONResponse(answer)
-        finally:
-            queue.leave()
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
+        return JSONResponse(
+            {"error": f"internal error ({type(error).__name__}); see the server's log"}, status_code=500
+        )
 
 
 async def read_detect_form(request: Request, models: dict[str, ServedModel], limits: Limits):
@@ -130,7 +150,9 @@ async def read_detect_form(request: Request, models: dict[str, ServedModel], lim
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         sent = content_type or "no content type"
-        raise RequestRefused(415, f"send a multipart/form-data form (fields image, model, score_threshold, inside), not {sent}")
+        raise RequestRefused(
+            415, f"send a multipart/form-data form (fields image, model, score_threshold, inside), not {sent}"
+        )
     form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
     try:
         upload = form.get("image")
@@ -144,7 +166,12 @@ async def read_detect_form(request: Request, models: dict[str, ServedModel], lim
     name = form.get("model") or next(iter(models))
     if name not in models:
         raise RequestRefused(400, f"unknown model {str(name)[:80]!r}; loaded models: {', '.join(models)}")
-    return models[name], data, parse_threshold(form.get("score_threshold")), parse_flag(form.get("inside"), "inside")
+    return (
+        models[name],
+        data,
+        parse_threshold(form.get("score_threshold")),
+        parse_flag(form.get("inside"), "inside"),
+    )
 
 
 def parse_threshold(value) -> float:
@@ -167,8 +194,14 @@ def parse_flag(value, field: str) -> bool:
     raise RequestRefused(400, f"{field} must be true or false, got {str(value)[:40]!r}")
 
 
-def serve(models, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, device: str = "auto",
-          log_level: str = "info") -> None:  # fmt: skip
+def serve(
+    models,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    device: str = "auto",
+    log_level: str = "info",
+) -> None:
     """Load ``models`` (as :func:`create_app` takes them) and serve them with uvicorn until
     interrupted. Binds to ``host`` (127.0.0.1: this machine only)."""
     import sys

@@ -60,18 +60,36 @@ def score_list(scores: Tensor | None, limit: int | None = None) -> list[float] |
 def view_json(view: View) -> dict:
     """One view as the page reads it."""
     if isinstance(view, BoxesView):
-        return {"kind": "boxes", "title": view.title, "boxes": box_list(view.boxes, MAX_BOXES), "labels": view.labels,
-                "scores": score_list(view.scores, MAX_BOXES)}  # fmt: skip
+        return {
+            "kind": "boxes",
+            "title": view.title,
+            "boxes": box_list(view.boxes, MAX_BOXES),
+            "labels": view.labels,
+            "scores": score_list(view.scores, MAX_BOXES),
+        }
     if isinstance(view, PointsView):
-        return {"kind": "points", "title": view.title, "points": point_list(view.points), "labels": view.labels,
-                "scores": score_list(view.scores)}  # fmt: skip
+        return {
+            "kind": "points",
+            "title": view.title,
+            "points": point_list(view.points),
+            "labels": view.labels,
+            "scores": score_list(view.scores),
+        }
     if isinstance(view, HeatmapView):
         values = view.values.detach().float().cpu()
         if max(values.shape) > MAX_CELLS:
-            values = F.adaptive_max_pool2d(values[None], tuple(min(side, MAX_CELLS) for side in values.shape))[0]
+            values = F.adaptive_max_pool2d(
+                values[None], tuple(min(side, MAX_CELLS) for side in values.shape)
+            )[0]
         rows = [[round(value, 3) for value in row] for row in values.clamp(0, 1).tolist()]
-        return {"kind": "heatmap", "title": view.title, "values": rows, "region": [round(v, 1) for v in view.region],
-                "labels": view.labels, "grid": view.grid}  # fmt: skip
+        return {
+            "kind": "heatmap",
+            "title": view.title,
+            "values": rows,
+            "region": [round(v, 1) for v in view.region],
+            "labels": view.labels,
+            "grid": view.grid,
+        }
     if isinstance(view, WindowView):
         pixels = (view.window.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
         buffer = io.BytesIO()
@@ -82,12 +100,21 @@ def view_json(view: View) -> dict:
         if view.points is not None:
             drawn["points"] = point_list(view.points)
         source = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        return {"kind": "window", "title": view.title, "src": source, "size": int(view.window.shape[-1]), **drawn}
+        return {
+            "kind": "window",
+            "title": view.title,
+            "src": source,
+            "size": int(view.window.shape[-1]),
+            **drawn,
+        }
     raise TypeError(f"not a view: {type(view).__name__}")
 
 
 def inside_json(inside: Inside) -> dict:
-    return {"stages": [dataclasses.asdict(stage) for stage in inside.stages], "views": [view_json(v) for v in inside.views]}
+    return {
+        "stages": [dataclasses.asdict(stage) for stage in inside.stages],
+        "views": [view_json(v) for v in inside.views],
+    }
 
 
 @torch.no_grad()

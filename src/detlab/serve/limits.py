@@ -150,13 +150,17 @@ class WorkQueue:
         try:
             await asyncio.wait_for(slots.acquire(), max(deadline - loop.time(), 0.0))
         except TimeoutError:
-            raise RequestRefused(504, f"no worker became free within the time limit of {time_limit_s:g} s") from None
+            raise RequestRefused(
+                504, f"no worker became free within the time limit of {time_limit_s:g} s"
+            ) from None
         task = asyncio.ensure_future(run_in_threadpool(work))
         task.add_done_callback(lambda finished: self._finished(finished, slots))
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(deadline - loop.time(), 0.0))
         except TimeoutError:
-            raise RequestRefused(504, f"the request took longer than the time limit of {time_limit_s:g} s") from None
+            raise RequestRefused(
+                504, f"the request took longer than the time limit of {time_limit_s:g} s"
+            ) from None
 
     @staticmethod
     def _finished(task: asyncio.Future, slots: asyncio.Semaphore) -> None:

@@ -26,8 +26,12 @@ class ServedModel:
 
     def describe(self) -> dict:
         """What ``GET /api/models`` says about it."""
-        return {"name": self.name, "method": self.method, "classes": list(self.predictor.classes),
-                "checkpoint": self.checkpoint}  # fmt: skip
+        return {
+            "name": self.name,
+            "method": self.method,
+            "classes": list(self.predictor.classes),
+            "checkpoint": self.checkpoint,
+        }
 
 
 def run_name(path: str | Path) -> str:
@@ -46,7 +50,9 @@ def served_models(sources, device: str = "auto") -> dict[str, ServedModel]:
 
     items = list(sources.items()) if isinstance(sources, dict) else [(None, source) for source in sources]
     if not items:
-        raise ValueError("no model to serve: give at least one checkpoint (detlab serve --checkpoint RUN/best)")
+        raise ValueError(
+            "no model to serve: give at least one checkpoint (detlab serve --checkpoint RUN/best)"
+        )
     models: dict[str, ServedModel] = {}
     for name, source in items:
         if isinstance(source, Predictor):
@@ -98,7 +104,9 @@ def detect(model: ServedModel, data: bytes, score_threshold: float, inside: bool
         raise RequestRefused(422, f"{model.name} cannot use this image: {error}") from None
     finished = time.perf_counter()
     # Boxes to a thousandth of a pixel: x + w is then within 0.002 px of the model's x2.
-    entries = coco_result_entries(prediction["boxes"], prediction["scores"], prediction["labels"], 0, decimals=3)
+    entries = coco_result_entries(
+        prediction["boxes"], prediction["scores"], prediction["labels"], 0, decimals=3
+    )
     detections = []
     for index, (entry, name) in enumerate(zip(entries, prediction["names"])):
         detection = {**{key: entry[key] for key in ("bbox", "score", "category_id")}, "category_name": name}
@@ -110,8 +118,10 @@ def detect(model: ServedModel, data: bytes, score_threshold: float, inside: bool
         "model": model.name,
         "image": {"width": int(image.shape[-1]), "height": int(image.shape[-2])},
         "detections": detections,
-        "timings": {"decode_ms": round((decoded - started) * 1000, 2),
-                    "model_ms": round((finished - decoded) * 1000, 2)},  # fmt: skip
+        "timings": {
+            "decode_ms": round((decoded - started) * 1000, 2),
+            "model_ms": round((finished - decoded) * 1000, 2),
+        },
     }
     if inside_view is not None:
         answer["inside"] = inside_view

@@ -41,33 +41,45 @@ def check_upload(data: bytes, limits: Limits) -> ImageHeader:
     if not data:
         raise RequestRefused(400, "the uploaded image file is empty")
     if len(data) > limits.max_upload_bytes:
-        raise RequestRefused(413, f"the image file has {len(data)} bytes, more than the limit of {limits.max_upload_bytes}")
+        raise RequestRefused(
+            413, f"the image file has {len(data)} bytes, more than the limit of {limits.max_upload_bytes}"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's warnings about odd headers: the checks below decide
             with Image.open(io.BytesIO(data)) as image:
                 header = ImageHeader(image.format or "", *image.size)
     except UnidentifiedImageError:
-        raise RequestRefused(415, f"the upload is not an image (accepted formats: {', '.join(FORMATS)})") from None
+        raise RequestRefused(
+            415, f"the upload is not an image (accepted formats: {', '.join(FORMATS)})"
+        ) from None
     except Image.DecompressionBombError:
-        raise RequestRefused(413, f"the image claims more pixels than the limit of {limits.max_pixels}") from None
+        raise RequestRefused(
+            413, f"the image claims more pixels than the limit of {limits.max_pixels}"
+        ) from None
     except Exception as error:  # noqa: BLE001 - PIL's header parsers raise many kinds on hostile bytes
         raise RequestRefused(400, f"unreadable image header ({type(error).__name__}: {error})") from None
     if header.format not in FORMATS:
-        raise RequestRefused(415, f"{header.format or 'this'} images are not accepted; send one of {', '.join(FORMATS)}")
+        raise RequestRefused(
+            415, f"{header.format or 'this'} images are not accepted; send one of {', '.join(FORMATS)}"
+        )
     if header.width < 1 or header.height < 1:
-        raise RequestRefused(400, f"the image is {header.width} x {header.height} pixels: it has no pixels to detect in")
+        raise RequestRefused(
+            400, f"the image is {header.width} x {header.height} pixels: it has no pixels to detect in"
+        )
     if header.width * header.height > limits.max_pixels:
         raise RequestRefused(
-            413, f"the image is {header.width} x {header.height} = {header.width * header.height} pixels, more than "
+            413,
+            f"the image is {header.width} x {header.height} = {header.width * header.height} pixels, more than "
             f"the limit of {limits.max_pixels}; send a smaller image",
-        )  # fmt: skip
+        )
     longer, shorter = max(header.width, header.height), min(header.width, header.height)
     if longer / shorter > limits.max_aspect_ratio:
         raise RequestRefused(
-            400, f"the image is {header.width} x {header.height} pixels, more than {limits.max_aspect_ratio:g} times "
+            400,
+            f"the image is {header.width} x {header.height} pixels, more than {limits.max_aspect_ratio:g} times "
             "longer than wide: the detectors would resize its short side to nothing",
-        )  # fmt: skip
+        )
     return header
 
 
