@@ -67,7 +67,7 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path, tiny_r
     (folder / "notes.txt").write_text("not an image")
     predictor = detlab.load(tiny_run, device="cpu")
     summary = predict_files(predictor, folder, tmp_path / "out", draw_threshold=0.0)
-    assert summary == {"images": 3, "detections": 3, "out_dir": str(tmp_path / "out")}
+    assert summary == {"images": 3, "detections": 3, "out_dir": str(tmp_path / "out"), "draw_threshold": 0.0}
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
         "image0.png",
         "image1.png",
@@ -235,7 +235,7 @@ def test_api_train_then_resume_with_more_epochs(tmp_path, synthetic_voc, reorder
         )
 
 
-def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
+def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc, capsys):
     run = tmp_path / "frcnn"
     small = ["--set", "model.min_size=128", "--set", "model.max_size=160", "--set", "train.log_every=1"]
     code = main(
@@ -268,6 +268,17 @@ def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
         ]
     )
     assert code == 0 and (tmp_path / "p" / "detections.json").is_file()
+    # the evaluation recorded the best-F1 score threshold with the checkpoint; auto draws from it
+    stored = torch.load(run / "best.pt", weights_only=True)["metrics"]["best_f1_confidence"]
+    capsys.readouterr()
+    command = ["predict", "--checkpoint", str(run / "best"), "--out", str(tmp_path / "q")]
+    image = str(synthetic_voc / "JPEGImages" / "synth_000000.jpg")
+    assert main([*command, "--input", image, "--score-threshold", "auto"]) == 0
+    assert f"drawn from score {stored:.3g})" in capsys.readouterr().out
+    assert main([*command, "--input", image, "--score-threshold", "0.25"]) == 0
+    assert "drawn from score 0.25)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*command, "--input", image, "--score-threshold", "high"])
     code = main(
         [
             "eval",
@@ -279,9 +290,12 @@ def test_cli_trains_faster_rcnn_and_predicts(tmp_path, synthetic_voc):
             "test",
             "--out",
             str(tmp_path / "e"),
+            "--errors",
         ]
     )
     assert code == 0 and "AP50" in json.dumps(json.loads((tmp_path / "e" / "report.json").read_text()))
+    errors = json.loads((tmp_path / "e" / "errors.json").read_text())
+    assert errors["num_images"] == len((synthetic_voc / "ImageSets/Main/test.txt").read_text().split())
     assert main(["train", "nothing", "--data", "synthetic", "--out", str(tmp_path / "n")]) == 2
 
 

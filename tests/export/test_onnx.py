@@ -245,6 +245,25 @@ def test_export_and_predict_commands(exported, synthetic_root, tmp_path, capsys)
     assert len(list((tmp_path / "onnx").glob("*.jpg"))) == len(list(images.glob("*.jpg")))
 
 
+def test_the_best_f1_confidence_travels_into_the_onnx_file(exported, tmp_path, capsys):
+    checkpoint, onnx_file = exported["faster_rcnn"]
+    assert runtime.OnnxPredictor(onnx_file).best_confidence is None  # its checkpoint recorded none
+    stored = torch.load(checkpoint, weights_only=True)
+    save_checkpoint(
+        {**stored, "metrics": {"AP50": 0.5, "best_f1_confidence": 0.37}}, tmp_path / "evaluated.pt"
+    )
+    export_onnx(tmp_path / "evaluated.pt", tmp_path / "evaluated.onnx")
+    assert runtime.OnnxPredictor(tmp_path / "evaluated.onnx").best_confidence == 0.37
+    image = tmp_path / "image.png"
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(image)
+    command = ["predict", "--input", str(image), "--score-threshold", "auto", "--out"]
+    assert main([*command, str(tmp_path / "a"), "--model", str(tmp_path / "evaluated.onnx")]) == 0
+    assert "drawn from score 0.37)" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="records no best-F1 confidence"):
+        assert main([*command, str(tmp_path / "b"), "--model", str(onnx_file)]) == 0
+    assert "drawn from score 0.5)" in capsys.readouterr().out
+
+
 def test_bad_model_files_get_clear_errors(exported, tmp_path, capsys):
     checkpoint, _ = exported["yolo"]
     assert main(["predict", "--model", str(checkpoint), "--input", ".", "--out", str(tmp_path / "p")]) == 2

@@ -9,8 +9,16 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from detlab.eval.coco import CocoResult
+from detlab.eval.error_report import (
+    build_error_report,
+    format_error_console,
+    study_errors,
+    write_error_report,
+)
 from detlab.eval.evaluate import PROTOCOLS, evaluate_detections
 from detlab.eval.report import format_console_table, write_report
+from detlab.eval.voc import VocResult
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -19,7 +27,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.checkpoint:  # predict over the data set first (detlab.engine), then score
             from detlab.engine.predict import evaluate_checkpoint
 
-            report, _ = evaluate_checkpoint(
+            report, result = evaluate_checkpoint(
                 args.checkpoint,
                 args.gt,
                 args.split,
@@ -33,7 +41,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 data_root=args.data_root,
             )
         elif args.pred:
-            report, _ = evaluate_detections(
+            report, result = evaluate_detections(
                 args.gt,
                 args.pred,
                 protocol=args.protocol,
@@ -54,7 +62,32 @@ def run_eval(args: argparse.Namespace) -> int:
             f"wrote {written['json']}, {written['markdown']}"
             + ("" if args.no_plots else f" and {len(written) - 2} PR curves")
         )
+    if args.errors:
+        if not isinstance(result, CocoResult | VocResult):
+            raise ValueError("--errors analyses a detector's boxes; this model is scored by its own metric")
+        report_errors(result.problem, args)
     return 0
+
+
+def report_errors(problem, args: argparse.Namespace) -> None:
+    """``--errors``: TIDE's error breakdown of what was just scored, printed, and with ``--out`` its
+    report (errors.md, errors.json, figures and, when the ground truth is a data set, galleries)."""
+    settings = {
+        "foreground_iou": args.foreground_iou,
+        "background_iou": args.background_iou,
+        "max_detections": args.max_dets,
+    }
+    if args.out:
+        report = write_error_report(problem, args.out, image_paths=problem.image_paths or None, **settings)
+    else:
+        report = build_error_report(problem, *study_errors(problem, **settings))
+    print(format_error_console(report))
+    if args.out:
+        galleries = sum(1 for name in report["files"] if name.startswith("gallery_"))
+        print(
+            f"wrote {report['files']['errors_md']}, errors.json, errors.png, confusion_matrix.png, "
+            f"f1_confidence.png and {galleries} galleries"
+        )
 
 
 def add_commands(subparsers) -> None:
@@ -111,6 +144,21 @@ def add_commands(subparsers) -> None:
     )
     parser.add_argument("--out", help="folder for report.json, report.md and pr_curves/*.png")
     parser.add_argument("--no-plots", action="store_true", help="skip the PR-curve PNGs")
+    parser.add_argument(
+        "--errors",
+        action="store_true",
+        help="TIDE's error breakdown (the AP gained by fixing each kind of mistake), a confusion matrix, "
+        "the best-F1 confidence; with --out also errors.md/json, figures and galleries of the worst mistakes",
+    )
+    parser.add_argument(
+        "--foreground-iou", type=float, default=0.5, help="--errors: IoU of a correct box (0.5)"
+    )
+    parser.add_argument(
+        "--background-iou",
+        type=float,
+        default=0.1,
+        help="--errors: below this IoU a false positive is on background (0.1)",
+    )
     parser.set_defaults(handler=run_eval)
 
 

@@ -37,7 +37,11 @@ def add_commands(subparsers) -> None:
     predict.add_argument("--input", required=True, help="an image file or a folder of images")
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
     predict.add_argument(
-        "--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)"
+        "--score-threshold",
+        type=score_threshold_argument,
+        default=None,
+        help="draw boxes scoring at least this (default 0.5); auto: the score with the best F1 on the "
+        "run's validation images, recorded with the checkpoint",
     )
     predict.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
     predict.add_argument(
@@ -55,6 +59,19 @@ def add_commands(subparsers) -> None:
     )
     add_test_time_options(predict)
     predict.set_defaults(handler=run_predict)
+
+
+def score_threshold_argument(text: str) -> float | str:
+    """``--score-threshold``: a finite number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, not {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"a finite number or auto, not {text!r}")
+    return value
 
 
 def _flag(name: str) -> str:
@@ -204,11 +221,11 @@ def run_predict(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         test_scales=args.test_scales,
     )
-    summary = predict_files(
-        predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size
-    )
+    threshold = {} if args.score_threshold is None else {"draw_threshold": args.score_threshold}
+    summary = predict_files(predictor, args.input, args.out, batch_size=args.batch_size, **threshold)
     print(
-        f"{summary['detections']} detections in {summary['images']} images; annotated images, "
-        f"detections.json (COCO results) and images.json in {summary['out_dir']}"
+        f"{summary['detections']} detections in {summary['images']} images (drawn from score "
+        f"{summary['draw_threshold']:.3g}); annotated images, detections.json (COCO results) and "
+        f"images.json in {summary['out_dir']}"
     )
     return 0

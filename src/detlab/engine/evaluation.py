@@ -18,6 +18,7 @@ import torch
 
 from detlab.engine.distributed import Context, broadcast_object, gather_to_main, move_to_device
 from detlab.engine.precision import full_precision, inference_autocast
+from detlab.eval.coco import CocoResult
 from detlab.models.contract import Detector
 
 # Metrics tried in order to pick the best checkpoint when the caller names none: COCO's AP50 for
@@ -92,9 +93,13 @@ def pick_best_metric(metrics: dict, name: str | None) -> tuple[str | None, float
 
 
 def plain_metrics(metrics) -> dict:
-    """The scalar part of an evaluator's result (tables stay out of the log and checkpoint); a
-    result object with ``summary()`` (``detlab.eval.coco.CocoResult``) gives its summary numbers."""
-    if not isinstance(metrics, dict):
+    """The scalar part of an evaluator's result (tables stay out of the log and checkpoint): a
+    :class:`~detlab.eval.coco.CocoResult` gives its summary numbers and its operating point (the
+    best-F1 confidence, which ``predict --score-threshold auto`` reads from the checkpoint), another
+    result object its ``summary()``."""
+    if isinstance(metrics, CocoResult):
+        metrics = metrics.scalars()
+    elif not isinstance(metrics, dict):
         metrics = metrics.summary()
     return {
         key: float(value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from detlab.engine.run import build_model, run_config_from_dict
 from detlab.engine.sampling import make_loader, resolve_device
 from detlab.engine.train import evaluate
 from detlab.eval.coco import COCOEvaluator
-from detlab.eval.evaluate import PROTOCOLS
+from detlab.eval.evaluate import PROTOCOLS, dataset_image_paths
 from detlab.eval.report import build_report
 from detlab.eval.results import coco_result_entries
 from detlab.eval.voc import VOCEvaluator
@@ -42,12 +43,18 @@ from detlab.models.inference import TestTimeCombination, fold_batchnorm
 from detlab.progress import progress_bar
 
 OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
+# the score a drawn or served detection needs when the checkpoint recorded no best-F1 confidence
+DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
     """``(model in eval mode, classes, run config)`` from a checkpoint of any method;
     ``overrides``: ``model.FIELD=VALUE`` changes to the stored config (test-time settings)."""
-    checkpoint = checkpoints.load_checkpoint(path)
+    return model_from_stored(checkpoints.load_checkpoint(path), path, overrides)
+
+
+def model_from_stored(checkpoint: dict, path: str | Path, overrides: list[str] | None = None):
+    """:func:`model_from_checkpoint` of a checkpoint already loaded from ``path``."""
     run_config = run_config_from_dict(checkpoint["config"])
     if overrides:
         run_config = config_io.merge(run_config, config_io.parse_overrides(overrides))
@@ -80,6 +87,9 @@ class Predictor:
         self.classes = list(classes)
         self.run_config = run_config
         self.amp = run_config.train.amp if run_config is not None else True
+        # the score threshold with the best mean F1 on the run's validation images, when the
+        # checkpoint's evaluation recorded one: what ``score_threshold="auto"`` means
+        self.best_confidence: float | None = None
 
     @classmethod
     def from_checkpoint(
@@ -100,7 +110,8 @@ class Predictor:
         ``ensemble``: more checkpoints of detectors of the same classes, whose detections are
         merged with this one's; ``test_scales``: input size factors (e.g. ``0.8, 1, 1.2``) each
         model runs at, detections merged. ``overrides`` apply to every checkpoint."""
-        model, classes, run_config = model_from_checkpoint(path, overrides)
+        stored = checkpoints.load_checkpoint(path)
+        model, classes, run_config = model_from_stored(stored, path, overrides)
         models = [model]
         for other in ensemble:
             other_model, other_classes, _ = model_from_checkpoint(other, overrides)
@@ -116,7 +127,9 @@ class Predictor:
         scales = tuple(test_scales)
         if len(models) > 1 or scales:
             model = TestTimeCombination(models, scales or (1.0,)).eval()
-        return cls(model, classes, run_config, device)
+        predictor = cls(model, classes, run_config, device)
+        predictor.best_confidence = (stored.get("metrics") or {}).get("best_f1_confidence")
+        return predictor
 
     @torch.no_grad()
     def predict(self, image, score_threshold: float | None = None) -> dict:
@@ -175,6 +188,22 @@ def detections_by_image(predictor: Predictor, records, min_score: float = 0.05) 
     return found
 
 
+def score_threshold_for(predictor, value: float | str) -> float:
+    """``value`` as a number: ``"auto"`` is ``predictor.best_confidence`` (a :class:`Predictor`'s or an
+    ONNX one's: the score threshold with the best mean F1 on the run's validation images), or
+    :data:`DEFAULT_SCORE_THRESHOLD` with a warning for a checkpoint that recorded none."""
+    if value != "auto":
+        return float(value)
+    if predictor.best_confidence is None:
+        warnings.warn(
+            f"the model records no best-F1 confidence (its run evaluated no detections, or predates "
+            f"it); --score-threshold auto uses {DEFAULT_SCORE_THRESHOLD}",
+            stacklevel=2,
+        )
+        return DEFAULT_SCORE_THRESHOLD
+    return float(predictor.best_confidence)
+
+
 def result_entries(prediction: dict, image_id: int) -> list[dict]:
     """One image's prediction as COCO result entries (2 decimals; keypoints as COCO triples)."""
     entries = coco_result_entries(
@@ -204,19 +233,19 @@ def predict_files(
     predictor: Predictor,
     source: str | Path,
     out_dir: str | Path,
-    draw_threshold: float = 0.5,
+    draw_threshold: float | str = DEFAULT_SCORE_THRESHOLD,
     batch_size: int | None = None,
     num_workers: int | None = None,
 ) -> dict:
     """Predict every image of ``source`` (a file or folder); write annotated images (boxes with
-    score >= ``draw_threshold``, and their keypoints), ``detections.json`` (all detections) and
+    score >= ``draw_threshold``, ``"auto"``: :func:`score_threshold_for`, and their keypoints), ``detections.json`` (all detections) and
     ``images.json``. ``predictor``: a :class:`Predictor` or an ONNX one
     (:class:`detlab.export.runtime.OnnxPredictor`); both take the decoded pixels.
     The images are decoded by a loader (``num_workers`` processes; ``None``: chosen by device,
     :func:`~detlab.engine.sampling.loader_workers`) and predicted ``batch_size`` at a time
     (``None``: the run's training batch size on a GPU; one on a CPU, where a batch gains nothing
     and padding images of different sizes to one would change detections near their borders).
-    Returns ``{"images": N, "detections": M, "out_dir": str}``.
+    Returns ``{"images": N, "detections": M, "out_dir": str, "draw_threshold": the score drawn from}``.
     """
     source, out_dir = Path(source), Path(out_dir)
     files = find_images(source)
@@ -225,6 +254,7 @@ def predict_files(
             f"--out {out_dir} is the input folder: the annotated images would overwrite the originals; "
             "choose another folder"
         )
+    draw_threshold = score_threshold_for(predictor, draw_threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(predictor.device)
     if batch_size is None:
@@ -260,7 +290,12 @@ def predict_files(
         save_image(annotated, target)
     (out_dir / "detections.json").write_text(json.dumps(detections))
     (out_dir / "images.json").write_text(json.dumps(images_info, indent=1))
-    return {"images": len(files), "detections": len(detections), "out_dir": str(out_dir)}
+    return {
+        "images": len(files),
+        "detections": len(detections),
+        "out_dir": str(out_dir),
+        "draw_threshold": draw_threshold,
+    }
 
 
 def annotated_name(relative: Path) -> Path:
@@ -326,8 +361,9 @@ def evaluate_predictor(
     settings = {"protocol": protocol if kind == "detection" else kind, **(source or {})}
     if kind != "detection":
         return metrics_report(kind, result, len(dataset), settings, dataset.name), result
-    problem = evaluator.problem()
+    problem = result.problem  # the evaluator's, scored: the report adds what it was
     problem.category_ids = coco_category_ids(dataset)
+    problem.image_paths = dataset_image_paths(dataset)
     problem.source = {
         "ground_truth": dataset.name,
         "results": f"{settings.get('checkpoint', 'the model')} (detector outputs)",

@@ -17,11 +17,12 @@ D detections, G ground-truth boxes, P candidate (detection, ground truth) pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from detlab.box_arrays import group_pairs, xywh_iou
+from detlab.eval.errors import f1_curves
 from detlab.eval.matching import match_coco, rank_within_groups
 from detlab.eval.problem import DetectionAccumulator, DetectionProblem, problem_from_coco_files
 
@@ -45,6 +46,9 @@ class CocoResult:
     ``precision``: ``[T, R, K, A, M]`` interpolated precision at each recall point, -1 where a class
     has no (non-ignored) ground truth; ``recall``: ``[T, K, A, M]`` final recall, -1 likewise.
     ``stats``: the 12 summary numbers in the COCO API's order (-1 when undefined).
+    ``operating_point``: from :class:`COCOEvaluator` (not part of the COCO API's numbers), the
+    score threshold with the best mean F1 at IoU 0.5 (:func:`detlab.eval.errors.f1_curves`):
+    ``{"best_f1_confidence", "best_f1"}``; empty from :func:`evaluate_coco` alone.
     """
 
     precision: np.ndarray
@@ -58,9 +62,15 @@ class CocoResult:
     category_ids: list
     num_gt: np.ndarray
     num_detections: np.ndarray
+    operating_point: dict[str, float] = field(default_factory=dict)
+    problem: DetectionProblem | None = field(default=None, repr=False)  # what was scored
 
     def summary(self) -> dict[str, float]:
         return {name: float(value) for name, value in zip(self.stat_names, self.stats)}
+
+    def scalars(self) -> dict[str, float]:
+        """:meth:`summary` and the operating point: the numbers a training run logs and stores."""
+        return {**self.summary(), **self.operating_point}
 
     def per_class(self) -> list[dict]:
         """AP, AP50, AP75 and AR of each class (area ``all``, the largest max-detections)."""
@@ -186,6 +196,7 @@ def evaluate_coco(
             problem.gt_category[~_ignored_in_every_area(problem)], minlength=problem.num_classes
         ),
         num_detections=np.bincount(detections.category, minlength=problem.num_classes),
+        problem=problem,
     )
 
 
@@ -445,4 +456,8 @@ class COCOEvaluator(DetectionAccumulator):
         self.area_ranges = area_ranges
 
     def compute(self) -> CocoResult:
-        return evaluate_coco(self.problem(), self.max_detections, self.iou_thresholds, self.area_ranges)
+        problem = self.problem()
+        result = evaluate_coco(problem, self.max_detections, self.iou_thresholds, self.area_ranges)
+        curves = f1_curves(problem, iou_threshold=0.5)
+        result.operating_point = {"best_f1_confidence": curves.best_confidence, "best_f1": curves.best_f1}
+        return result

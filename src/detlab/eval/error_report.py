@@ -88,14 +88,10 @@ def write_error_report(
         progress = len(problem.image_ids) >= PROGRESS_IMAGES
     steps = 5 + (len(ERROR_TYPES) * gallery_size if image_paths is not None else 0)
     with tqdm(total=steps, desc="error report", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        analysis = analyze_errors(problem, foreground_iou, background_iou, max_detections)
-        bar.update()
-        curves = f1_curves(problem, iou_threshold)
-        bar.update()
-        if score_threshold is None:
-            score_threshold = curves.best_confidence
-        matrix = confusion_matrix(problem, score_threshold, iou_threshold)
-        bar.update()
+        analysis, curves, matrix = study_errors(
+            problem, foreground_iou, background_iou, max_detections, score_threshold, iou_threshold
+        )
+        bar.update(3)
         report = build_error_report(problem, analysis, curves, matrix)
         files = {
             "errors_png": plot_error_bars(analysis, out_dir / "errors.png"),
@@ -120,6 +116,37 @@ def write_error_report(
         bar.update()
     files.update(errors_json=out_dir / "errors.json", errors_md=out_dir / "errors.md")
     return {**report, "files": files}
+
+
+def study_errors(
+    problem: DetectionProblem,
+    foreground_iou: float = 0.5,
+    background_iou: float = 0.1,
+    max_detections: int | None = 100,
+    score_threshold: float | None = None,
+    iou_threshold: float = 0.5,
+) -> tuple[ErrorAnalysis, F1Curves, ConfusionMatrix]:
+    """TIDE's analysis, the F1 curves and the confusion matrix of ``problem`` (settings as
+    :func:`write_error_report`'s; the matrix at the best-F1 confidence when ``score_threshold`` is None)."""
+    analysis = analyze_errors(problem, foreground_iou, background_iou, max_detections)
+    curves = f1_curves(problem, iou_threshold)
+    if score_threshold is None:
+        score_threshold = curves.best_confidence
+    return analysis, curves, confusion_matrix(problem, score_threshold, iou_threshold)
+
+
+def format_error_console(report: dict) -> str:
+    """Two lines for a terminal: the dAP of each error type and the best-F1 operating point."""
+    daps = "  ".join(f"{TIDE_NAMES[kind]} {_number(report['dap'][kind], 3)}" for kind in ERROR_TYPES)
+    special = "  ".join(
+        f"{TIDE_NAMES[kind]} {_number(report['dap'][kind], 3)}" for kind in SPECIAL_ERROR_TYPES
+    )
+    point = report["operating_point"]
+    return (
+        f"errors (TIDE dAP: AP{round(100 * report['settings']['foreground_iou'])} gained if fixed; "
+        f"AP {_number(report['ap'], 3)}): {daps} | {special}\n"
+        f"best mean F1 {point['best_f1']:.3f} at score {point['best_confidence']:.3f}"
+    )
 
 
 def build_error_report(

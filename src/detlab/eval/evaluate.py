@@ -81,7 +81,13 @@ def problem_from_dataset(
         det_boxes=det_boxes,
         det_scores=det_scores,
         source={"ground_truth": dataset.name, "results": str(results_path)},
+        image_paths=dataset_image_paths(dataset),
     )
+
+
+def dataset_image_paths(dataset: DetectionDataset) -> dict:
+    """``{image id: image file}`` of a data set's records."""
+    return {record.image_id: record.image_path for record in dataset.records}
 
 
 def load_ground_truth(gt: str | Path | DetectionDataset, split: str | None = None):
@@ -156,6 +162,7 @@ def evaluate_detections(
 
         problem.category_ids = coco_category_ids(truth)
         problem.source = {"ground_truth": truth.name, "results": "detector outputs"}
+        problem.image_paths = dataset_image_paths(truth)
     else:
         problem = problem_from_dataset(truth, predictions, results_path)
     settings = {"protocol": protocol}

@@ -35,6 +35,8 @@ class DetectionProblem:
     int64 index into ``category_ids``. ``gt_area`` is the area used for COCO's size ranges (the
     annotation's ``area`` field when it has one). ``gt_crowd``: COCO crowd regions; ``gt_difficult``:
     VOC difficult objects. Arrays are in file order; that order breaks ties as in the COCO API.
+    ``image_paths``: ``{image id: image file}`` where the ground truth is a data set (for pictures
+    of the errors; scoring never reads images).
     """
 
     image_ids: list
@@ -51,6 +53,7 @@ class DetectionProblem:
     det_boxes: np.ndarray
     det_scores: np.ndarray
     source: dict = field(default_factory=dict)
+    image_paths: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

@@ -15,7 +15,7 @@ IoU is computed on continuous coordinates (no "+1" pixel convention), as for eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class VocResult:
     class_names: list[str]
     per_class_rows: list[dict]
     curves: dict[str, tuple[list[float], list[float]]]
+    problem: DetectionProblem | None = field(default=None, repr=False)  # what was scored
 
     @property
     def mean_ap(self) -> float:
@@ -117,6 +118,7 @@ def evaluate_voc(
         class_names=list(problem.class_names),
         per_class_rows=rows,
         curves=curves,
+        problem=problem,
     )
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from detlab.engine.predict import model_from_checkpoint
+from detlab.engine.checkpoint import load_checkpoint
+from detlab.engine.predict import model_from_stored
 from detlab.export.runtime import FORMAT_VERSION, METADATA_KEY
 from detlab.models.contract import NotExportable
 from detlab.version import __version__
@@ -34,7 +35,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, overrides: list[str] | 
     detlab's metadata; ``overrides``: ``model.FIELD=VALUE`` test-time settings stored with it.
     The file is written under a temporary name beside ``out`` and renamed into place, so an
     interrupted export never leaves a truncated model. Returns the metadata."""
-    model, classes, run_config = model_from_checkpoint(checkpoint, overrides)
+    stored = load_checkpoint(checkpoint)
+    model, classes, run_config = model_from_stored(stored, checkpoint, overrides)
     model = model.float().eval()
     try:
         plan = model.export_plan()
@@ -69,6 +71,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, overrides: list[str] | 
             "inputs": list(plan.input_names),
             "outputs": list(plan.output_names),
             "checkpoint": str(checkpoint),
+            # the best-F1 score threshold of the run's last evaluation (None when it recorded none)
+            "best_confidence": (stored.get("metrics") or {}).get("best_f1_confidence"),
         }
         write_metadata(Path(temporary), metadata)
         os.replace(temporary, out)

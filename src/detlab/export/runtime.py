@@ -67,6 +67,7 @@ class OnnxPredictor:
         self.method = self.metadata["method"]
         self.kind = self.metadata["kind"]
         self.classes = list(self.metadata["classes"])
+        self.best_confidence = self.metadata.get("best_confidence")  # see Predictor.best_confidence
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"  # onnxruntime's CPU provider
