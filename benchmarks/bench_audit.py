@@ -17,8 +17,10 @@
 4. Simulated detections (NOT a trained model): the clean labels as detections, moved by up to 2 px,
    scored 0.6-0.99, 5% of the objects without a planted fault missed, two low-score false
    detections an image. Precision and recall of the suspect list at 50 and 100 for the 40 swapped
-   or deleted boxes, and the time of the suspects part. The number the issue asks for, with a
-   checkpoint trained on the faulty copy, is measured separately.
+   or deleted boxes, and the time of the suspects part.
+5. The number the issue asks for: a detector (``--model``, default ``yolo``) trained on the faulty
+   copy for ``--train-seconds`` (default 300) with its defaults, and the audit with its checkpoint:
+   precision and recall of the suspect list at 50 and 100, and the audit's time with the model.
 
     PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_audit.py
 """
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import REPO, RESULTS, header_lines, in_turn, stamp, write_results
 from PIL import Image
 
@@ -278,6 +281,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed audits of each set")
     parser.add_argument("--hash-rounds", type=int, default=9)
     parser.add_argument("--results-name", default="audit_bccd")
+    parser.add_argument(
+        "--train-seconds", type=float, default=300, help="part 5's training budget (0: skip part 5)"
+    )
+    parser.add_argument("--model", default="yolo", help="part 5's method")
     args = parser.parse_args()
     work = Path(args.work_dir)
     faulty_dir = work / "bccd_faulty"
@@ -342,9 +349,44 @@ def main() -> int:
         "suspects": len(simulated.suspects),
         **suspect_scores(simulated.suspects, planted),
     }
+    if args.train_seconds > 0:
+        report["trained_model"] = trained_model_part(
+            work, faulty_dir, planted, args.train_seconds, args.model
+        )
     write_results(args.results_name, report, markdown(report))
     print(markdown(report))
     return 0
+
+
+def trained_model_part(work: Path, faulty_dir: Path, planted, train_seconds: float, model: str) -> dict:
+    """Part 5: ``model`` trained on the faulty copy's train split (val for best.pt) for
+    ``train_seconds`` with its defaults, then the audit with that checkpoint: where the 40 swapped
+    or deleted boxes rank among the suspects, and the audit's time with the model's detections."""
+    import detlab
+
+    run = work / f"{model}_on_faulty_{train_seconds:g}s"
+    if (run / "last.pt").is_file():  # trained by an earlier run of this benchmark: nothing to add
+        fitted = detlab.train(resume=str(run))
+    else:
+        fitted = detlab.train(model, data=f"voc:{faulty_dir}", time_budget=train_seconds, out=str(run))
+    checkpoint = fitted.best_checkpoint or fitted.last_checkpoint
+    progress = torch.load(fitted.last_checkpoint, weights_only=True)["progress"]
+    out = work / "out_bccd_checkpoint"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    result = detlab.audit(f"voc:{faulty_dir}", checkpoint, out=out, progress=False)
+    seconds = time.perf_counter() - started
+    return {
+        "model": model,
+        "train_seconds": round(progress["elapsed_s"], 1),
+        "steps": progress["step"],
+        "val_metrics": {key: round(value, 4) for key, value in fitted.metrics.items()},
+        "checkpoint": str(checkpoint),
+        "seconds_whole_audit_with_checkpoint": round(seconds, 2),
+        "seconds_parts": {key: round(value, 3) for key, value in result.seconds.items()},
+        "suspects": len(result.suspects),
+        **suspect_scores(result.suspects, planted),
+    }
 
 
 def markdown(report: dict) -> str:
@@ -390,7 +432,7 @@ def markdown(report: dict) -> str:
         "The clean labels as detections, moved by up to 2 px, scored 0.6-0.99, 5% of the objects without a planted "
         "fault missed, two false detections an image below 0.3: how the suspect list ranks the 40 swapped or deleted "
         "boxes when the model is right about them. The issue's number, with a checkpoint trained on the faulty copy, "
-        "is measured separately.",
+        "is in the next section.",
         "",
         "| | @50 | @100 |",
         "|---|---|---|",
@@ -401,6 +443,7 @@ def markdown(report: dict) -> str:
         f"{sim['suspects']} suspects; the suspects part took {sim['seconds_suspects']} s, the whole audit "
         f"{sim['seconds_whole_audit'][0]} s.",
         "",
+        *trained_model_lines(report.get("trained_model")),
     ]
     for name in ("bccd", "raccoon"):
         data = report["sets"][name]
@@ -431,6 +474,30 @@ def markdown(report: dict) -> str:
         if data.get("sheet"):
             lines += [f"Contact sheet: [{data['sheet']}]({data['sheet']}).", ""]
     return "\n".join(lines) + "\n"
+
+
+def trained_model_lines(part: dict | None) -> list[str]:
+    if part is None:
+        return []
+    return [
+        "## With a checkpoint trained on the faulty copy",
+        "",
+        f"`{part['model']}` with its defaults, trained on the faulty copy's train split (best.pt chosen on val) for "
+        f"{part['train_seconds']:.0f} s, {part['steps']} steps (validation: AP50 {part['val_metrics'].get('AP50', float('nan')):.3f}); "
+        "then `detlab data audit voc:FAULTY --checkpoint RUN/best`: its detections on all 374 images held against "
+        "the labels.",
+        "",
+        "| | @50 | @100 | goal |",
+        "|---|---|---|---|",
+        f"| precision | {part['precision@50']} | {part['precision@100']} | |",
+        f"| recall (of the 40 swapped or deleted boxes) | {part['recall@50']} | {part['recall@100']} | >= 0.7 at 100 |",
+        f"| kinds in the top | {part['kinds@50']} | {part['kinds@100']} | |",
+        "",
+        f"{part['suspects']} suspects. The whole audit with the checkpoint took "
+        f"{part['seconds_whole_audit_with_checkpoint']} s (parts, s: {part['seconds_parts']}; the model's "
+        "detections on every image are the rest).",
+        "",
+    ]
 
 
 if __name__ == "__main__":

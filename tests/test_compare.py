@@ -11,6 +11,7 @@ import yaml
 
 from detlab import comparison
 from detlab.cli import main as cli_main
+from detlab.eval.errors import ERROR_TYPES, SPECIAL_ERROR_TYPES
 
 TINY = ["model.backbone_width=8", "train.eval_every=0", "train.batch_size=2"]
 
@@ -39,6 +40,10 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
         assert 0 < row["training_s"] < 60 and row["steps"] > 0 and row["parameters"] > 1000
         assert 0 <= row["mAP50_voc07"] <= 1 and 0 <= row["AP_coco"] <= 1
         assert set(row["per_class_AP50_voc07"]) == set(report["classes"])
+        # TIDE's dAP: fixing one kind of error gains AP, and never beyond a perfect AP50
+        assert set(row["dap"]) == {*ERROR_TYPES, *SPECIAL_ERROR_TYPES}
+        for kind in ERROR_TYPES:
+            assert 0 <= row["dap"][kind] <= 1 - row["AP50_coco"] + 1e-6, (kind, row)
         assert not row["external_proposals"]
         assert row["s_per_image_with_proposals"] == row["s_per_image_without_proposals"] > 0
     assert report["test_images"] > 0 and report["threads"] == 2
@@ -58,6 +63,7 @@ def test_a_tiny_comparison_writes_the_tables_and_a_second_run_trains_nothing(syn
         and "| yolo (anchor-free) (`train.seed=3`) |" in table
         and "Per-class AP@0.5" in table
     )
+    assert "Where the AP is lost" in table and "| method | Cls | Loc | Both | Dupe | Bkg | Miss |" in table
     assert json.loads((out / "compare.json").read_text())["rows"][0]["method"] == "faster_rcnn"
     assert (out / "speed_vs_map.png").stat().st_size > 1000 and (out / "detections.png").stat().st_size > 1000
     assert len([line for line in lines if "s of training in" in line]) == 2

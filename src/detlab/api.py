@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 if typing.TYPE_CHECKING:  # torch is imported when a function needs it: load("model.onnx") never does
+    from detlab.data.auditing import AuditResult
     from detlab.engine.predict import Predictor
     from detlab.engine.state import FitResult
     from detlab.export.runtime import OnnxPredictor
@@ -181,3 +182,58 @@ def compare(
     from detlab.comparison import compare as compare_methods
 
     return compare_methods(data, methods, budget_s, out, set, threads, device)
+
+
+def audit(
+    data: str,
+    checkpoint: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    splits: list[str] | None = None,
+    on_bad: str = "error",
+    allow_outside_root: bool = False,
+    min_score: float = 0.05,
+    **options,
+) -> AuditResult:
+    """``detlab data audit``: duplicate images and leaks across ``splits`` (default: every split of
+    ``data``), box problems and, given a ``checkpoint`` of a detector trained on these classes, the
+    likely label mistakes: its detections (scoring at least ``min_score``) on every audited image,
+    held against the labels. ``out``: the folder for ``audit.md``, ``audit.json``, ``suspects.csv``
+    and the contact sheets. ``options``: the rest of :func:`detlab.data.auditing.audit`'s (``config``,
+    ``workers``, ``progress``)."""
+    from detlab.data.auditing import audit as audit_data
+
+    predictions, classes = None, None
+    if checkpoint is not None:
+        predictions, classes = checkpoint_detections(
+            checkpoint, data, splits, on_bad, allow_outside_root, min_score
+        )
+    return audit_data(
+        data,
+        predictions=predictions,
+        prediction_classes=classes,
+        out_dir=out,
+        splits=splits,
+        on_bad=on_bad,
+        allow_outside_root=allow_outside_root,
+        **options,
+    )
+
+
+def checkpoint_detections(
+    checkpoint: str | Path,
+    data: str,
+    splits: list[str] | None,
+    on_bad: str = "error",
+    allow_outside_root: bool = False,
+    min_score: float = 0.05,
+) -> tuple[dict, list[str]]:
+    """``({image path: {"boxes", "scores", "labels"}}, the model's classes)``: ``checkpoint``'s
+    detections on every image of ``data``'s ``splits`` (test-time only: no augmentation)."""
+    from detlab.data.auditing import load_splits
+    from detlab.engine.predict import Predictor, detections_by_image
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    datasets = load_splits(data, splits, on_bad=on_bad, allow_outside_root=allow_outside_root)
+    records = [record for dataset in datasets.values() for record in dataset.records]
+    return detections_by_image(predictor, records, min_score=min_score), predictor.classes

@@ -48,6 +48,9 @@ from detlab.engine.checkpoint import load_checkpoint
 from detlab.engine.precision import full_precision, inference_autocast
 from detlab.engine.predict import Predictor
 from detlab.engine.run import resolve_run_config, run_config_for_resume, train_run
+from detlab.eval.coco import COCOEvaluator
+from detlab.eval.errors import ERROR_TYPES, SPECIAL_ERROR_TYPES, TIDE_NAMES, analyze_errors
+from detlab.eval.voc import VOCEvaluator
 from detlab.machine import usable_cpus
 from detlab.models import MODELS
 
@@ -186,9 +189,6 @@ class TableScores:
     mAP@[.5:.95]."""
 
     def __init__(self, classes):
-        from detlab.eval.coco import COCOEvaluator
-        from detlab.eval.voc import VOCEvaluator
-
         self.voc, self.coco = VOCEvaluator(classes, 0.5, use_11_point=True), COCOEvaluator(classes)
 
     def update(self, output: dict, target: dict) -> None:
@@ -196,12 +196,16 @@ class TableScores:
         self.coco.update([output], [target])
 
     def compute(self) -> dict:
-        summary, result = self.coco.compute().summary(), self.voc.compute()
+        coco, result = self.coco.compute(), self.voc.compute()
+        summary = coco.summary()
+        # where the AP50 is lost: TIDE's dAP of each error type (Bolya et al., ECCV 2020)
+        errors = analyze_errors(coco.problem)
         return {
             "mAP50_voc07": result.mean_ap,
             "AP50_coco": summary["AP50"],
             "AP_coco": summary["AP"],
             "per_class_AP50_voc07": {row["class"]: row["AP"] for row in result.per_class()},
+            "dap": {kind: float(value) for kind, value in errors.dap.items()},
         }
 
 
@@ -591,8 +595,29 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {method_label(row['method'], report)} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
             )
+        lines += dap_table(done, report)
     lines += ["", lecture_line()]
     return "\n".join(lines) + "\n"
+
+
+def dap_table(rows: list[dict], report: dict) -> list[str]:
+    """Markdown lines: each method's TIDE dAP (the AP50 gained if that error alone were fixed)."""
+    kinds = [*ERROR_TYPES, *SPECIAL_ERROR_TYPES]
+    lines = [
+        "",
+        "Where the AP is lost: TIDE's dAP at IoU 0.5, the AP gained if that error alone were fixed "
+        "(Cls: wrong class, Loc: poor box, Dupe: duplicate, Bkg: on background, Miss: object not found; "
+        "`detlab eval --errors` shows one model's in full):",
+        "",
+        "| method | " + " | ".join(TIDE_NAMES[kind] for kind in kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for row in rows:
+        values = [row.get("dap", {}).get(kind, float("nan")) for kind in kinds]
+        lines.append(
+            f"| {method_label(row['method'], report)} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+        )
+    return lines
 
 
 def lecture_line() -> str:

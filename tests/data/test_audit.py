@@ -279,3 +279,53 @@ def test_bad_input_names_the_file_or_image(sets, tmp_path):
         audit(f"voc:{sets['clean']}", predictions={"nope": wrong[image_id]}, progress=False)
     with pytest.raises(ValueError, match="unknown.*leaks, duplicates"):
         AuditResult("x", [], {}, 0, 0).should_fail(["leak"])
+
+
+def test_a_checkpoint_audits_through_its_detections_from_the_api_and_the_command(sets, tmp_path):
+    """``detlab.audit(DATA, CHECKPOINT)`` and ``detlab data audit --checkpoint``: the model's detections
+    on every audited image become the suspects (an untrained detector: many confident misses)."""
+    import torch
+
+    import detlab
+    from detlab import config as config_io
+    from detlab.cli import main
+    from detlab.engine.checkpoint import save_checkpoint
+    from detlab.engine.run import build_model, resolve_run_config
+
+    torch.manual_seed(0)
+    classes = load_dataset(f"voc:{sets['faulty']}", "train").classes
+    run_config = resolve_run_config("yolo", overrides=["model.input_size=128"])
+    model = build_model(run_config, len(classes))
+    checkpoint = tmp_path / "yolo.pt"
+    save_checkpoint(
+        {"config": config_io.to_dict(run_config), "classes": classes, "model": model.state_dict()}, checkpoint
+    )
+    result = detlab.audit(f"voc:{sets['faulty']}", checkpoint, splits=["test"], progress=False)
+    assert result.suspects and {suspect.kind for suspect in result.suspects} <= {MISSING, SWAPPED, SPURIOUS}
+    code = main(
+        [
+            "data",
+            "audit",
+            f"voc:{sets['faulty']}",
+            "--splits",
+            "test",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    with open(tmp_path / "out" / "suspects.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert code == 0 and len(rows) == len(result.suspects)
+    # a model of other classes is refused before anything is matched
+    save_checkpoint(
+        {
+            "config": config_io.to_dict(run_config),
+            "classes": ["a", "b"],
+            "model": build_model(run_config, 2).state_dict(),
+        },
+        tmp_path / "other.pt",
+    )
+    with pytest.raises(ValueError, match="class"):
+        detlab.audit(f"voc:{sets['faulty']}", tmp_path / "other.pt", splits=["test"], progress=False)

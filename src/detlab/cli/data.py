@@ -132,18 +132,15 @@ def run_convert(args: argparse.Namespace) -> int:
 def audit_command(args: argparse.Namespace) -> int:
     """``detlab data audit``: duplicate images and leaks, box problems and, with ``--checkpoint``,
     the images' likely label mistakes (the model's detections held against the labels)."""
-    from detlab.data.auditing import load_splits, run_audit
+    from detlab.data.auditing import run_audit
 
     predictions, classes = None, None
     if args.checkpoint:
-        from detlab.engine.predict import Predictor, detections_by_image
+        from detlab.api import checkpoint_detections
 
-        predictor = Predictor.from_checkpoint(args.checkpoint)
-        datasets = load_splits(
-            args.data, args.splits, on_bad=args.on_bad, allow_outside_root=args.allow_outside_root
+        predictions, classes = checkpoint_detections(
+            args.checkpoint, args.data, args.splits, args.on_bad, args.allow_outside_root
         )
-        records = [record for dataset in datasets.values() for record in dataset.records]
-        predictions, classes = detections_by_image(predictor, records, min_score=0.05), predictor.classes
     _, failed = run_audit(
         args.data,
         args.out,
