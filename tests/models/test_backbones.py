@@ -129,3 +129,25 @@ def test_classifier_net_alexnet_needs_224_window():
         build_classifier_net("alexnet", window_size=128)
     net = build_classifier_net("alexnet", window_size=224)
     assert net.grid == (6, 6) and net.hidden_dim == 4096
+
+
+@pytest.mark.parametrize("method", ["yolo", "faster_rcnn"])
+def test_a_channels_last_model_gets_gradients_in_its_parameters_layout(method):
+    """What DDP's gradient buckets need (else it warns 'Grad strides do not match bucket view
+    strides' on every 1 x 1 kernel): each 4-D parameter's gradient has the parameter's strides."""
+    from detlab.engine.run import build_model, resolve_run_config
+
+    overrides = ["model.channels_last=true", "model.backbone_width=8"]
+    overrides += ["model.input_size=64"] if method == "yolo" else ["model.min_size=64", "model.max_size=64"]
+    model = build_model(resolve_run_config(method, overrides=overrides), 2)
+    kernels = [parameter for parameter in model.parameters() if parameter.dim() == 4]
+    assert kernels and all(
+        parameter.is_contiguous(memory_format=torch.channels_last) for parameter in kernels
+    )
+    assert any(parameter.shape[-2:] == (1, 1) for parameter in kernels)
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}
+    losses = model.train()([torch.rand(3, 64, 64)], [target])
+    sum(losses.values()).backward()
+    for parameter in kernels:
+        if parameter.grad is not None:
+            assert parameter.grad.stride() == parameter.stride(), parameter.shape

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from detlab.models import fast_rcnn, faster_rcnn, keypoints, localizer, overfeat, rcnn, yolo, yolov1
-from detlab.models.backbones import without_backbone_weights
+from detlab.models.backbones import channels_last_parameters, without_backbone_weights
 from detlab.models.contract import Method
 
 MODELS: dict[str, Method] = {
@@ -40,4 +40,7 @@ def build_model(name: str, config, num_classes: int, weights_from_checkpoint: bo
     weights file's (no download, no file that may be gone)."""
     if weights_from_checkpoint:
         config = without_backbone_weights(config)
-    return method(name)(config, num_classes)
+    model = method(name)(config, num_classes)
+    if getattr(config, "channels_last", False):
+        channels_last_parameters(model)
+    return model

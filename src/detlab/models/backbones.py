@@ -382,6 +382,24 @@ class BackboneConfig:
     batchnorm: str = choice("train", BATCHNORM_MODES)
 
 
+def channels_last_parameters(module: nn.Module) -> nn.Module:
+    """Lay out every 4-D parameter of ``module`` channels-last (in place), for a model that runs its
+    convolutions channels-last: their gradients then come out in the parameters' own layout. A
+    1 x 1 kernel counts as already channels-last to PyTorch (its strides on size-1 sides do not
+    matter to it), but not to DDP's gradient buckets, which then warn that the strides do not match;
+    the gradients of larger kernels would be copied into the parameters' layout at every step."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() == 4:
+                _, channels, height, width = parameter.shape
+                strides = (channels * height * width, 1, width * channels, channels)
+                laid_out = torch.empty_strided(
+                    parameter.shape, strides, dtype=parameter.dtype, device=parameter.device
+                )
+                parameter.data = laid_out.copy_(parameter.data)
+    return module
+
+
 def without_backbone_weights(config):
     """A copy of a method's config (any dataclass with ``pretrained_backbone`` / ``backbone_weights``
     fields: every detector's, the localizer's, OverFeat's, DeepPose's) that builds the backbone
