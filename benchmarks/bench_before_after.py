@@ -104,12 +104,12 @@ def markdown(report: dict) -> str:
         "scored on the test split by `detlab eval --checkpoint RUN/best`; the demo is `detlab demo` (its own "
         "5-minute budget, 2 processes). Each pair ran back to back, before first.",
         "",
-        "| run | tree | steps | training s | AP50 | AP | AP75 |",
+        "| run | tree (commit) | steps | training s | AP50 | AP | AP75 |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         lines.append(
-            f"| {row['model']} | {row['tree']} | {row['steps']} | {row['train_s']:.0f} | {row['AP50']:.3f} | "
+            f"| {row['model']} | {row['tree']} ({row['commit']}) | {row['steps']} | {row['train_s']:.0f} | {row['AP50']:.3f} | "
             f"{row['AP']:.3f} | {row['AP75']:.3f} |"
         )
     warnings = {row["tree"]: row["stride_warnings"] for row in report["rows"] if "stride_warnings" in row}
@@ -137,6 +137,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=300)
     parser.add_argument("--models", default="yolo,faster_rcnn")
     parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument("--demo-after", help="the new tree for the demo rows (default: --after)")
+    parser.add_argument("--demo-work-dir", help="where the demo rows run (default: --work-dir)")
     parser.add_argument("--work-dir", default="/tmp/bench/before_after")
     parser.add_argument("--note", default="", help="a sentence for the results file")
     parser.add_argument("--results-name", default="structure_before_after")
@@ -149,13 +151,22 @@ def main() -> int:
         for model in args.models.split(",")
         for tree in TREES
     ]
+    for row in rows:
+        row["commit"] = commit_of(sources[row["tree"]])
     if not args.no_demo:
-        rows += [demo_row(sources[tree], tree, work) for tree in TREES]
+        demo_sources = {**sources, "after": Path(args.demo_after or args.after)}
+        demo_work = Path(args.demo_work_dir or work)
+        demo_work.mkdir(parents=True, exist_ok=True)
+        for tree in TREES:
+            rows.append(
+                {**demo_row(demo_sources[tree], tree, demo_work), "commit": commit_of(demo_sources[tree])}
+            )
     report = {
         **stamp(),
         "before": args.before,
         "after": args.after,
         "commits": {tree: commit_of(sources[tree]) for tree in TREES},
+        "demo_after": args.demo_after,
         "data": args.data,
         "budget_s": args.budget_s,
         "rows": rows,
