@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serving import CLASSES, decoded, image_bytes
+from serving import CLASSES, LOCAL, decoded, image_bytes
 
 from detlab.cli import build_parser
 from detlab.engine.predict import Predictor
@@ -19,13 +19,13 @@ from detlab.serve.served import served_models
 
 @pytest.fixture(scope="module")
 def client(trained_run):
-    with TestClient(create_app([trained_run / "best"], device="cpu")) as client:
+    with TestClient(create_app([trained_run / "best"], device="cpu"), base_url=LOCAL) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def every_method(untrained):
-    with TestClient(create_app(untrained)) as client:
+    with TestClient(create_app(untrained), base_url=LOCAL) as client:
         yield client
 
 
