@@ -112,9 +112,8 @@ def create_app(
     )
     for name, model in served.items():
         model.max_pixels = memory.max_pixels[name]
-    app = ServeApp(
-        title="detlab serve", docs_url=None, redoc_url=None
-    )  # the docs pages load scripts from a CDN
+    # FastAPI's docs pages load scripts from a CDN: off.
+    app = ServeApp(title="detlab serve", docs_url=None, redoc_url=None)
     app.state.answered = Counter()
     # Outermost last: who may call first, then the body's size.
     app.add_middleware(UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
