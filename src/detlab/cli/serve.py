@@ -21,7 +21,7 @@ LIMIT_HELP = {
     "max_upload_bytes": "largest image file accepted, in bytes (413 above)",
     "max_pixels": "most pixels an image may have, read from its header before decoding (413 above)",
     "max_aspect_ratio": "longest side over shortest side (400 above)",
-    "time_limit_s": "seconds a request may take, waiting for a slot included (504 after)",
+    "time_limit_s": "seconds a request may take, its upload and waiting included (408 while uploading, 504 after)",
     "max_concurrent": "inferences at a time",
     "queue_size": "requests that may wait for a slot; beyond them the server answers 503",
     "max_uploads": "uploads that may be arriving at a time; beyond them the server answers 503",
