@@ -122,7 +122,7 @@ def test_it_exports_and_the_runtime_gives_the_same_guess(trained):
 def test_it_is_served_with_its_look_inside_view(trained):
     folder, run = trained
     image = sorted((folder / "data" / "JPEGImages").glob("*.jpg"))[2]
-    with TestClient(create_app([run], device="cpu")) as client:
+    with TestClient(create_app([run], device="cpu"), base_url="http://127.0.0.1") as client:
         assert [model["method"] for model in client.get("/api/models").json()["models"]] == ["outside"]
         answer = client.post(
             "/api/detect",

@@ -98,12 +98,14 @@ def merge_boxes(
         class_boxes, class_scores = boxes[mask].float(), scores[mask].float()
         order = class_scores.argsort(descending=True)
         class_boxes, class_scores = class_boxes[order], class_scores[order]
-        overlaps = iou(class_boxes, class_boxes)
         remaining = torch.ones(len(class_boxes), dtype=torch.bool)
         for index in range(len(class_boxes)):
             if not remaining[index]:
                 continue
-            group = remaining & (overlaps[index] >= iou_threshold)
+            # One row of overlaps a group, not the whole V x V matrix: V votes take O(V) memory
+            # (OverFeat's votes of a large image would need gigabytes for the matrix).
+            overlaps = iou(class_boxes[index : index + 1], class_boxes)[0]
+            group = remaining & (overlaps >= iou_threshold)
             group[index] = True
             remaining &= ~group
             weights = class_scores[group]

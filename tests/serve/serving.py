@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 CLASSES = ["circle", "square", "triangle", "star"]
+LOCAL = "http://127.0.0.1"  # the base URL of test clients: a Host the server answers (not "testserver")
 
 
 def image_bytes(width: int = 64, height: int = 48, format: str = "PNG", seed: int = 0) -> bytes:

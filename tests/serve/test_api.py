@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serving import CLASSES, decoded, image_bytes
+from serving import CLASSES, LOCAL, decoded, image_bytes
 
 from detlab.cli import build_parser
 from detlab.engine.predict import Predictor
@@ -19,13 +19,13 @@ from detlab.serve.served import served_models
 
 @pytest.fixture(scope="module")
 def client(trained_run):
-    with TestClient(create_app([trained_run / "best"], device="cpu")) as client:
+    with TestClient(create_app([trained_run / "best"], device="cpu"), base_url=LOCAL) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def every_method(untrained):
-    with TestClient(create_app(untrained)) as client:
+    with TestClient(create_app(untrained), base_url=LOCAL) as client:
         yield client
 
 
@@ -60,14 +60,14 @@ def test_detect_answers_what_the_predictor_finds(client, trained_run, threshold)
 def test_models_health_page_and_samples(client, trained_run):
     assert client.get("/healthz").json()["status"] == "ok"
     listed = client.get("/api/models").json()
-    assert listed["models"] == [
-        {
-            "name": "shapes",
-            "method": "faster_rcnn",
-            "classes": CLASSES,
-            "checkpoint": str(trained_run / "best.pt"),
-        }
-    ]
+    (model,) = listed["models"]
+    assert {key: model[key] for key in ("name", "method", "classes", "checkpoint")} == {
+        "name": "shapes",
+        "method": "faster_rcnn",
+        "classes": CLASSES,
+        "checkpoint": "shapes/best.pt",  # the run folder and file, never the server's absolute path
+    }
+    assert 0 < model["max_pixels"] <= Limits().max_pixels
     assert listed["limits"]["max_upload_bytes"] == Limits().max_upload_bytes
     page = client.get("/")
     assert page.status_code == 200 and '<tbody id="detections">' in page.text

@@ -85,3 +85,25 @@ def test_the_page_detects_draws_and_looks_inside(browser, trained_run, tmp_path)
             url.geturl()[:80] for url in requests
         ]
     assert (tmp_path / "serve.png").stat().st_size > 10_000
+
+
+def test_the_page_works_with_a_token_from_the_url_fragment_or_its_form(browser, untrained):
+    from detlab.serve.access import Access
+
+    token = "page-token-1"
+    app = create_app({"yolov1": untrained["yolov1"]}, access=Access(token=token))
+    with ServerThread(app) as server:
+        page = browser.new_page()
+        page.goto(f"{server.url}/#token={token}")
+        page.wait_for_selector('body[data-drawn][data-pending="0"]')  # the first sample, detected
+        assert "#" not in page.url  # the token left the address bar
+        assert page.locator("#token-form").is_hidden()
+
+        asked = browser.new_page()  # a tab without the token: the page asks for it
+        asked.goto(server.url + "/")
+        asked.wait_for_selector("#token-form:not([hidden])")
+        assert "token" in asked.locator("#status").inner_text()
+        asked.fill("#token", token)
+        asked.click("#token-form button")
+        asked.wait_for_selector('body[data-drawn][data-pending="0"]')
+        assert asked.locator("#model option").all_inner_texts() == ["yolov1 (yolov1)"]

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serving import CLASSES, image_bytes
+from serving import CLASSES, LOCAL, image_bytes
 
 from detlab.engine.predict import Predictor
-from detlab.models.contract import DetectorModule
+from detlab.models.contract import NO_TRACE, DetectorModule
 from detlab.serve.app import create_app
 from detlab.serve.limits import Limits
 
@@ -29,7 +29,7 @@ LIMITS = Limits(max_upload_bytes=MAX_UPLOAD, max_pixels=1_000_000, max_aspect_ra
 @pytest.fixture(scope="module")
 def client(untrained):
     models = {"faster_rcnn": untrained["faster_rcnn"], "yolov1": untrained["yolov1"]}
-    with TestClient(create_app(models, LIMITS)) as client:
+    with TestClient(create_app(models, LIMITS), base_url=LOCAL) as client:
         yield client
 
 
@@ -218,7 +218,7 @@ def test_a_full_queue_answers_503_at_once_and_health_stays_up():
     model = HeldModel()
     app = create_app({"held": Predictor(model, CLASSES)}, Limits(max_concurrent=1, queue_size=0))
     data = image_bytes(32, 32)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         first = {}
         thread = threading.Thread(target=lambda: first.update(response=post(client, data)))
         thread.start()
@@ -240,7 +240,7 @@ def test_a_request_over_the_time_limit_is_answered_504():
     app = create_app(
         {"held": Predictor(model, CLASSES)}, Limits(time_limit_s=0.5, max_concurrent=1, queue_size=2)
     )
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         started = time.monotonic()
         assert_refused(post(client, image_bytes(32, 32)), 504, "time limit")
         assert time.monotonic() - started < 5
@@ -263,36 +263,130 @@ class FailingModel(DetectorModule):
         raise self.error
 
 
-def test_an_image_the_model_refuses_is_422_and_a_bug_is_a_json_500():
+def test_an_image_the_model_fails_on_is_422_and_a_server_bug_is_a_json_500_with_the_headers(monkeypatch):
     models = {
         "refuses": Predictor(FailingModel(ValueError("expected images as Tensor[3, H, W]")), CLASSES),
-        "broken": Predictor(FailingModel(RuntimeError("a bug")), CLASSES),
+        "broken": Predictor(FailingModel(RuntimeError("a bug\nmore lines")), CLASSES),
     }
-    with TestClient(create_app(models), raise_server_exceptions=False) as client:
+    with TestClient(create_app(models), raise_server_exceptions=False, base_url=LOCAL) as client:
         assert_refused(
             post(client, image_bytes(32, 32), model="refuses"), 422, "refuses cannot use this image"
         )
-        broken = post(client, image_bytes(32, 32), model="broken")
+        # Any error of the model on one image is that image's answer, not the server's failure.
+        assert_refused(post(client, image_bytes(32, 32), model="broken"), 422, "(RuntimeError: a bug)")
+        import detlab.serve.app as app_module
+
+        def server_bug(*args, **kwargs):
+            raise KeyError("a bug of the server")
+
+        monkeypatch.setattr(app_module, "detect", server_bug)
+        broken = post(client, image_bytes(32, 32), model="refuses")
         assert broken.status_code == 500 and broken.json() == {
-            "error": "internal error (RuntimeError); see the server's log"
+            "error": "internal error (KeyError); see the server's log"
         }
+        assert broken.headers["content-security-policy"].startswith("default-src 'self'")
+        assert broken.headers["x-content-type-options"] == "nosniff"
         assert client.get("/healthz").status_code == 200
+        assert client.app.state.answered[500] == 1
 
 
 def test_an_upload_slower_than_the_time_limit_is_answered_408():
+    """A real server (the test client reads a streamed body before the app sees it): 8 bytes
+    every 0.2 s, answered 408 at the time limit, holding no place afterwards."""
+    import socket
+
+    from serving import ServerThread
+
     app = create_app({"held": Predictor(HeldModel(), CLASSES)}, Limits(time_limit_s=0.5))
-
-    def slow_body():
-        yield b'--boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
-        for _ in range(10):
-            time.sleep(0.2)
-            yield b"\0" * 100
-
-    with TestClient(app) as client:
-        response = client.post(
-            "/api/detect",
-            content=slow_body(),
-            headers={"content-type": "multipart/form-data; boundary=boundary"},
+    with (
+        ServerThread(app) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as upload,
+    ):
+        upload.sendall(
+            f"POST /api/detect HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 10000\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n".encode()
+            + b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
         )
-        assert_refused(response, 408, "upload took longer")
+        started, answer = time.monotonic(), b""
+        upload.settimeout(0.2)
+        while not answer and time.monotonic() - started < 5:
+            upload.sendall(b"\0" * 8)
+            try:
+                answer = upload.recv(4096)
+            except TimeoutError:
+                continue
+        assert answer.startswith(b"HTTP/1.1 408") and b"upload took longer" in answer, answer
+        assert time.monotonic() - started < 2
+        assert app.state.uploads.taken == 0 and app.state.queue.admitted == 0
+
+
+class StagedModel(DetectorModule):
+    """Five stages of ``seconds`` each, marked like a detlab model's; counts the stages it ran."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.stages_run, self.calls = seconds, 0, 0
+
+    def forward(self, images, targets=None, trace=NO_TRACE):
+        self.calls += 1
+        for stage in range(5):
+            time.sleep(self.seconds)
+            self.stages_run += 1
+            trace(f"stage {stage}")
+        return [
+            {
+                "boxes": torch.zeros(0, 4),
+                "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.int64),
+            }
+            for _ in images
+        ]
+
+
+def test_a_pass_past_its_deadline_stops_at_its_next_stage_mark():
+    model = StagedModel(0.4)
+    app = create_app({"staged": Predictor(model, CLASSES)}, Limits(time_limit_s=0.6))
+    with TestClient(app, base_url=LOCAL) as client:
+        assert_refused(post(client, image_bytes(32, 32)), 504, "time limit")
+        time.sleep(2.5)  # the five stages would end 2 s after the start; the pass stopped at 0.8 s
+        assert model.stages_run == 2
         assert client.get("/healthz").json()["requests_in_flight"] == 0
+
+
+def test_work_whose_deadline_passed_while_decoding_never_starts(monkeypatch):
+    import detlab.serve.served as served_module
+
+    model = StagedModel(0.0)
+    decode = served_module.decode_upload
+
+    def slow_decode(data, limits):
+        time.sleep(0.7)
+        return decode(data, limits)
+
+    monkeypatch.setattr(served_module, "decode_upload", slow_decode)
+    app = create_app({"staged": Predictor(model, CLASSES)}, Limits(time_limit_s=0.5))
+    with TestClient(app, base_url=LOCAL) as client:
+        assert_refused(post(client, image_bytes(32, 32)), 504, "time")
+        time.sleep(0.5)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize(
+    "method", ["faster_rcnn", "fast_rcnn", "rcnn", "overfeat", "yolov1", "localizer", "keypoints"]
+)
+def test_every_method_looks_inside_in_several_threads_at_once(untrained, method):
+    """As the YOLO test above, for the other methods: a server with --max-concurrent 4 runs
+    looks inside one model from several threads; each pass keeps its own trace."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detlab.serve.inside import look_inside
+
+    predictor = untrained[method]
+    image = torch.rand(3, 56, 64, generator=torch.Generator().manual_seed(0))
+    alone_output, alone = look_inside(predictor, image)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: look_inside(predictor, image), range(4)))
+    for output, inside in results:
+        assert [stage["name"] for stage in inside["stages"]] == [stage["name"] for stage in alone["stages"]]
+        assert [view["title"] for view in inside["views"]] == [view["title"] for view in alone["views"]]
+        torch.testing.assert_close(output["boxes"], alone_output["boxes"])

@@ -15,7 +15,9 @@ The forward pass (ARCHITECTURE.md): ``model(images, targets)`` in training mode 
 ``{"loss_<name>": scalar}``; in eval mode ``model(images, trace=...)`` returns one dict an image,
 ``{"boxes": Tensor[K, 4] (x1, y1, x2, y2) pixels of the image as given, "scores": Tensor[K],
 "labels": int64 Tensor[K] (1..C)}`` (DeepPose adds ``"keypoints"``), and records named
-intermediate outputs in ``trace`` (a :class:`Trace`) for the look-inside view.
+intermediate outputs in ``trace`` (a :class:`Trace`) for the look-inside view; each of those stage
+marks is also where a pass stops once a :func:`stop_at` deadline has passed. A model states what a
+pass costs in memory (:class:`MemoryCost`), so a server can bound it.
 
 Recipes (how a method trains) are plain data the engine runs: a list of :class:`Stage` (one
 ``engine.fit`` call) and :class:`Step` (one non-gradient step).
@@ -25,9 +27,11 @@ Shape letters: K detections or boxes, S a window side, h x w a map.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -76,6 +80,35 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 # -- the look-inside view: named intermediate outputs, and what the page draws -------------------
 
 
+class PassCancelled(Exception):
+    """A test pass stopped at a stage mark because its deadline (:func:`stop_at`) had passed."""
+
+
+# The monotonic time (``time.monotonic()``) after which a pass stops at its next stage mark; one
+# value a thread (a context variable), so concurrent passes each keep their own.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("detlab_deadline", default=None)
+
+
+@contextlib.contextmanager
+def stop_at(deadline: float | None) -> Iterator[None]:
+    """Within the block, every stage mark of a test pass in this thread (``trace(name, ...)``,
+    :data:`NO_TRACE`'s included) raises :class:`PassCancelled` once ``time.monotonic()`` passes
+    ``deadline`` (``None``: never), so work nobody waits for any more stops at the end of its
+    current stage instead of running to the end (``detlab serve``'s time limit)."""
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_deadline(stage: str) -> None:
+    """:class:`PassCancelled` if this thread's :func:`stop_at` deadline has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise PassCancelled(f"stopped after stage {stage!r}: the deadline had passed")
+
+
 class Trace:
     """Named intermediate outputs of one eval forward pass, each with the time it was ready.
 
@@ -83,7 +116,8 @@ class Trace:
     :meth:`Detector.look_inside` reads ``trace[name]`` (the values of the last mark of that name),
     :meth:`all` (of every mark of that name: a stage run once a scale) and :meth:`stages` (how
     long each stage took). :data:`NO_TRACE` records nothing, for ordinary inference. A trace
-    belongs to one call, so concurrent requests never share one.
+    belongs to one call, so concurrent requests never share one. Every mark is also where a pass
+    whose :func:`stop_at` deadline has passed stops.
     """
 
     def __init__(self):
@@ -92,6 +126,7 @@ class Trace:
 
     def __call__(self, name: str, **values: Any) -> None:
         self.marks.append((name, time.perf_counter(), values))
+        check_deadline(name)
 
     def all(self, name: str) -> list[dict[str, Any]]:
         return [values for mark, _, values in self.marks if mark == name]
@@ -120,7 +155,7 @@ class Trace:
 
 class _NoTrace(Trace):
     def __call__(self, name: str, **values: Any) -> None:
-        pass
+        check_deadline(name)
 
 
 NO_TRACE: Trace = _NoTrace()
@@ -198,6 +233,36 @@ class Inside:
 
     stages: list[InsideStage]
     views: list[View] = dataclasses.field(default_factory=list)
+
+
+# -- memory: what one test pass costs, so a server can bound it ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryCost:
+    """Peak memory one eval pass over one image of ``P`` pixels adds to a process, beyond the input
+    ``float32 Tensor[3, H, W]`` itself: ``fixed_bytes + bytes_per_input_pixel * P``.
+
+    A method states it from measurements (``benchmarks/bench_serve_memory.py`` measures every
+    method's peak at several image sizes and checks that the stated cost covers each with a
+    margin); ``detlab serve`` derives from it the most pixels an image may have so that its
+    inferences fit the server's memory budget. ``fixed_bytes`` is what an image of any size costs
+    (a method that resizes every image to its working size spends it there);
+    ``bytes_per_input_pixel`` what grows with the image (its copies before the resize; OverFeat's
+    largest scale)."""
+
+    bytes_per_input_pixel: float
+    fixed_bytes: float = 0.0
+
+    def bytes_for(self, pixels: int) -> float:
+        return self.fixed_bytes + self.bytes_per_input_pixel * pixels
+
+    def pixels_within(self, budget_bytes: float) -> int:
+        """The most pixels an image may have for a pass to fit ``budget_bytes`` (0: none fits)."""
+        return max(0, int((budget_bytes - self.fixed_bytes) // self.bytes_per_input_pixel))
+
+
+MIB = 1024 * 1024
 
 
 # -- export, data fitting, evaluation ------------------------------------------------------------
@@ -287,6 +352,8 @@ class Detector(Protocol):
 
     def stop_disk_caches(self) -> None: ...
 
+    def memory_cost(self) -> MemoryCost | None: ...
+
     def use_sync_batchnorm(self, world_size: int, device: Any) -> bool: ...
 
 
@@ -356,6 +423,11 @@ class DetectorModule(nn.Module):
 
     def stop_disk_caches(self) -> None:
         """Stop keeping anything on disk between test passes (a server, a timing pass)."""
+
+    def memory_cost(self) -> MemoryCost | None:
+        """What one eval pass costs in memory (:class:`MemoryCost`), or ``None``: not measured
+        (``detlab serve`` then assumes a cautious cost, its ``UNMEASURED_COST``)."""
+        return None
 
     def use_sync_batchnorm(self, world_size: int, device) -> bool:
         """Before data-parallel training: BatchNorm layers of a backbone built with

@@ -20,12 +20,14 @@ from detlab import boxes as box_ops
 from detlab.config import choice
 from detlab.models.backbones import BackboneConfig, FeatureExtractor, feature_extractor_from_config
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     BoxesView,
     DetectorModule,
     ExportPlan,
     Inside,
     LectureRow,
+    MemoryCost,
     Method,
     NotExportable,
     Trace,
@@ -137,6 +139,13 @@ class FastRCNN(DetectorModule):
         detections = self.batcher.restore(detections, scales, original_sizes)
         trace("restore")
         return detections
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for the default configuration (``benchmarks/bench_serve_memory.py``), with a
+        margin: Selective Search's copies of the image grow with it, its segmentation (of the image
+        shrunk to ``proposal_max_side``) and the network's pass do not, beyond the resized area."""
+        area = self.batcher.min_size * self.batcher.max_size / (320 * 427)
+        return MemoryCost(bytes_per_input_pixel=144, fixed_bytes=192 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
         raise NotExportable(

@@ -21,6 +21,7 @@ from detlab import boxes as box_ops
 from detlab.config import choice
 from detlab.models.backbones import BackboneConfig, FeatureExtractor, feature_extractor_from_config
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     BoxesView,
     DetectorModule,
@@ -28,6 +29,7 @@ from detlab.models.contract import (
     FitGeometry,
     Inside,
     LectureRow,
+    MemoryCost,
     Method,
     NotExportable,
     Stage,
@@ -159,6 +161,12 @@ class FasterRCNN(DetectorModule):
 
     def fit_geometry(self) -> FitGeometry:
         return FitGeometry(tuple(self.backbone.strides), self.rpn.positive_iou)
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for the default input of 320 x 427 pixels (``benchmarks/bench_serve_memory.py``),
+        with a margin; the network's part grows with the area images are resized to."""
+        area = self.batcher.min_size * self.batcher.max_size / (320 * 427)
+        return MemoryCost(bytes_per_input_pixel=40, fixed_bytes=64 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
         """``images [1, 3, H, W]`` (normalised, padded), ``image_size int64[2]`` (the resized image

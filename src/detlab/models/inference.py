@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detlab import boxes as box_ops
-from detlab.models.contract import NO_TRACE, DetectorModule, Trace
+from detlab.models.contract import NO_TRACE, DetectorModule, MemoryCost, Trace
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -103,6 +103,18 @@ class TestTimeCombination(DetectorModule):
 
     def merge_settings(self) -> tuple[float, int]:
         return self.nms_threshold, self.detections_per_image
+
+    def memory_cost(self) -> MemoryCost | None:
+        """The costliest member's, its fixed part at the largest scale (the passes run one after
+        another; a scale resizes the working size of a member, so its area)."""
+        costs = [model.memory_cost() for model in self.models]
+        if any(cost is None for cost in costs):
+            return None
+        largest = max(self.scales) ** 2
+        return MemoryCost(
+            max(cost.bytes_per_input_pixel for cost in costs),
+            max(cost.fixed_bytes for cost in costs) * max(largest, 1.0),
+        )
 
     def forward(
         self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE

@@ -34,10 +34,12 @@ from torchvision.ops import roi_align
 from detlab.eval.keypoints import KeypointEvaluator
 from detlab.models.backbones import build_classifier_net
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     DetectorModule,
     ExportPlan,
     Inside,
+    MemoryCost,
     Method,
     NotExportable,
     PointsView,
@@ -237,6 +239,12 @@ class DeepPose(DetectorModule):
 
     def make_evaluator(self, classes: list[str]) -> KeypointEvaluator:
         return KeypointEvaluator()  # PCK and the mean joint error
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for the default 96-pixel window (``benchmarks/bench_serve_memory.py``), with a
+        margin: the warp's copies of the image; the windows' passes are small."""
+        area = (self.initial.window_size / 96) ** 2
+        return MemoryCost(bytes_per_input_pixel=56, fixed_bytes=64 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
         raise NotExportable(

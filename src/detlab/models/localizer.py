@@ -41,11 +41,13 @@ from detlab.config import choice
 from detlab.eval.localization import LocalizationEvaluator
 from detlab.models.backbones import POOL_CHOICES, ClassifierNet, build_classifier_net
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     BoxesView,
     DetectorModule,
     ExportPlan,
     Inside,
+    MemoryCost,
     Method,
     Stage,
     Step,
@@ -261,6 +263,12 @@ class Localizer(DetectorModule):
 
     def make_evaluator(self, classes: list[str]) -> LocalizationEvaluator:
         return LocalizationEvaluator(classes, top_k=max(5, self.top_k))
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for the default 64-pixel window (``benchmarks/bench_serve_memory.py``), with a
+        margin: the warp's copies of the image; the window's pass is small."""
+        area = (self.window_size / 64) ** 2
+        return MemoryCost(bytes_per_input_pixel=56, fixed_bytes=16 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
         """``images [1, 3, S, S]`` (warped, [0, 1]) -> ``probabilities [1, K]`` (softmax over the

@@ -35,11 +35,13 @@ from torch import Tensor, nn
 from detlab.boxes import area, batched_nms, intersection, merge_boxes
 from detlab.config import choice
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     DetectorModule,
     ExportPlan,
     HeatmapView,
     Inside,
+    MemoryCost,
     Method,
     NotExportable,
     Stage,
@@ -54,8 +56,19 @@ from detlab.models.localizer import (
     four_step_recipe,
     set_localizer_stage,
 )
+from detlab.models.tensor_memory import peak_tensor_bytes
 
 MAX_MERGE_ROUNDS = 10
+# Votes merged at most (the best-scoring ones): a large image at the large scales has millions of
+# cells, and merging is a loop over groups, so a crowd of confident cells would otherwise hold a
+# server for minutes. An image of the test sets casts a few hundred.
+MAX_VOTES_MERGED = 10_000
+# A pass's resident memory is up to 1.3 times its tensors' (oneDNN's scratch space, the
+# allocator), plus a part that does not grow with the image (kernels' buffers, threads' arenas):
+# measured on the default network at 256 to 1024 pixels a side, and on the tests' small one;
+# stated with a margin (benchmarks/results/robustness_serve.md).
+TENSOR_MEMORY_MARGIN = 1.75
+FIXED_PASS_BYTES = 128 * MIB
 # A mined hard negative holds under this share of every object's area: clearly background (the
 # windows that hold part of an object or one at the wrong size are labelled background too, but
 # mining them teaches the classifier to doubt every object window).
@@ -270,6 +283,7 @@ class OverFeat(DetectorModule):
         self.classifier_fraction, self.head_lr = config.classifier_fraction, config.head_lr
         self.hard_negative_pool = config.hard_negative_pool
         self._dense: tuple[int, FullyConvolutionalLocalizer] | None = None  # (weights version, net)
+        self._memory_cost: MemoryCost | None = None  # measured once (the maps' sizes never change)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE):
         if not self.training:
@@ -381,7 +395,11 @@ class OverFeat(DetectorModule):
                 image.new_zeros(0),
                 torch.zeros(0, dtype=torch.int64, device=image.device),
             )
-        return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        boxes, scores, labels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        if len(scores) > MAX_VOTES_MERGED:
+            best = scores.topk(MAX_VOTES_MERGED).indices
+            boxes, scores, labels = boxes[best], scores[best], labels[best]
+        return boxes, scores, labels
 
     @staticmethod
     def scale_pass(
@@ -447,6 +465,24 @@ class OverFeat(DetectorModule):
         if name == "joint":
             return [Stage("joint", lambda model: set_localizer_stage(model.localizer, "joint"))]
         return four_step_recipe(lambda model: model.localizer, self.classifier_fraction, self.head_lr)
+
+    def memory_cost(self) -> MemoryCost:
+        """The network runs on the whole image at every scale, so its memory grows with the image
+        times the largest scale's area, by what its maps hold (fewer downsampling blocks: larger
+        maps). Measured on its own network once: the tensors of a pass over a probe image
+        (:func:`~detlab.models.tensor_memory.peak_tensor_bytes`), per pixel, times
+        :data:`TENSOR_MEMORY_MARGIN` for what kernels and the allocator hold beside them, plus
+        :data:`FIXED_PASS_BYTES` (``benchmarks/bench_robustness_serve.py`` checks both against
+        the resident memory of the default network on images up to 1024 x 1024)."""
+        if self._memory_cost is None:
+            side = 3 * self.localizer.window_size
+            device = next(self.localizer.parameters()).device
+            probe = torch.rand(3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+            with torch.no_grad():
+                self.detect(probe)  # converts the network once, outside the count
+                peak = peak_tensor_bytes(lambda: self.detect(probe))
+            self._memory_cost = MemoryCost(TENSOR_MEMORY_MARGIN * peak / side**2, FIXED_PASS_BYTES)
+        return self._memory_cost
 
     def export_plan(self) -> ExportPlan:
         raise NotExportable(

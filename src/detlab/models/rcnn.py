@@ -44,12 +44,14 @@ from detlab import boxes as box_ops
 from detlab.config import choice
 from detlab.models.backbones import BackboneConfig, feature_extractor_from_config
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     BoxesView,
     DetectorModule,
     ExportPlan,
     Inside,
     LectureRow,
+    MemoryCost,
     Method,
     NotExportable,
     Stage,
@@ -381,6 +383,12 @@ class RCNN(DetectorModule):
             Step("step4_svms", fit_svms),
             Step("step5_box_regression", fit_box_regressors),
         ]
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for the default configuration (``benchmarks/bench_serve_memory.py``), with a
+        margin: Selective Search's copies of the image grow with it; its segmentation (of the image
+        shrunk to ``proposal_max_side``) and the warped windows do not."""
+        return MemoryCost(bytes_per_input_pixel=128, fixed_bytes=192 * MIB)
 
     def export_plan(self) -> ExportPlan:
         raise NotExportable(

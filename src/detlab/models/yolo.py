@@ -41,12 +41,14 @@ from detlab.models.backbones import (
     with_weights_file,
 )
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     DetectorModule,
     ExportPlan,
     FitGeometry,
     HeatmapView,
     Inside,
+    MemoryCost,
     Method,
     PointsView,
     Trace,
@@ -405,6 +407,12 @@ class YOLO(DetectorModule):
         kept = box_ops.batched_nms(found_boxes, found_scores, class_index, self.config.nms_threshold)
         kept = kept[: self.config.detections_per_image]
         return {"boxes": found_boxes[kept], "scores": found_scores[kept], "labels": class_index[kept] + 1}
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for a 320-pixel input (``benchmarks/bench_serve_memory.py``), with a margin; the
+        network's part (the look-inside maps included) grows with the input's area."""
+        area = (self.batcher.max_size / 320) ** 2
+        return MemoryCost(bytes_per_input_pixel=48, fixed_bytes=160 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
         """``images [1, 3, H, W]`` (normalised, padded) -> ``boxes [A, 4]`` (xyxy in the resized

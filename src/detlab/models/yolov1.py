@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from detlab import boxes as box_ops
 from detlab.models.backbones import BackboneConfig, backbone_body
 from detlab.models.contract import (
+    MIB,
     NO_TRACE,
     DetectorModule,
     ExportPlan,
     HeatmapView,
     Inside,
+    MemoryCost,
     Method,
     NotExportable,
     Trace,
@@ -120,6 +122,12 @@ class YOLOv1(DetectorModule):
 
     def merge_settings(self) -> tuple[float, int]:
         return self.config.nms_threshold, self.config.detections_per_image
+
+    def memory_cost(self) -> MemoryCost:
+        """Measured for the default 448-pixel input (``benchmarks/bench_serve_memory.py``), with a
+        margin; the network's part grows with the input's area."""
+        area = (self.config.input_size / 448) ** 2
+        return MemoryCost(bytes_per_input_pixel=80, fixed_bytes=48 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
         """``images [1, 3, S_in, S_in]`` (warped, normalised) -> ``grid [1, S, S, 5B + C]``; the

@@ -25,8 +25,14 @@ from torch import Tensor
 
 from detlab.serve.limits import Limits, RequestRefused
 
-# What browsers upload and PIL decodes safely; no vector, multi-layer or exotic formats.
-FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+# What browsers upload and PIL decodes safely; no vector, multi-layer or exotic formats. MPO is
+# the JPEG of phone cameras that store a second (depth or preview) picture: its first frame is a
+# plain JPEG.
+FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+# Peak memory of decode_upload a pixel of the image: PIL's decoded image, its RGB conversion and
+# the float32 tensor (12 bytes) that lives on through the pass. Measured 28 to 40 bytes
+# (benchmarks/bench_serve_memory.py, PNG in five modes); stated with a margin.
+DECODE_BYTES_PER_PIXEL = 64.0
 
 
 @dataclasses.dataclass

@@ -31,8 +31,38 @@ function classColour(categoryId, alpha = 1) {
   return `hsla(${hue.toFixed(0)}, 90%, 45%, ${alpha})`;
 }
 
+// ---- the token -------------------------------------------------------------------------------
+// A server started with --token answers /api/ requests that carry it only. The page takes it once
+// from the URL fragment (http://HOST:PORT/#token=..., which browsers never send to a server), or
+// from the form it shows when the server asks; it keeps it in this tab's session storage and
+// removes it from the address bar.
+
+const TOKEN_KEY = "detlab-serve-token";
+
+class NeedsToken extends Error {}
+
+function takeTokenFromUrl() {
+  const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!match) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+function withToken(options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return options;
+  return { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${token}` } };
+}
+
+function askForToken() {
+  $("token-form").hidden = false;
+  $("token").focus();
+  setStatus("This server needs its token.", "error");
+}
+
 async function getJson(url) {
-  const response = await fetch(url);
+  const response = await fetch(url, withToken());
+  if (response.status === 401) throw new NeedsToken("this server needs its token");
   if (!response.ok) throw new Error(`${url}: ${response.status}`);
   return response.json();
 }
@@ -70,7 +100,8 @@ async function init() {
     setStatus("Choose an image, or a sample.", "ready");
     if (samples.samples.length) await chooseSample(samples.samples[0], $("samples").firstElementChild);
   } catch (error) {
-    setStatus(`Cannot reach the server: ${error.message}`, "error");
+    if (error instanceof NeedsToken) askForToken();
+    else setStatus(`Cannot reach the server: ${error.message}`, "error");
   }
 }
 
@@ -88,7 +119,8 @@ function fillModels() {
 
 function showModelInfo() {
   const model = page.models.find((m) => m.name === $("model").value);
-  $("model-info").textContent = model ? `${model.method}; classes: ${model.classes.join(", ")}` : "";
+  $("model-info").textContent = model ? `${model.method}; classes: ${model.classes.join(", ")}; ` +
+    `images of at most ${(model.max_pixels / 1e6).toFixed(2)} Mpixels` : "";
   $("inside-method").textContent = model ? model.method : "";
 }
 
@@ -142,9 +174,13 @@ async function detect() {
   setStatus("Detecting…", "busy");
   const sent = performance.now();
   try {
-    const response = await fetch("/api/detect", { method: "POST", body: form });
+    const response = await fetch("/api/detect", withToken({ method: "POST", body: form }));
     const answer = await response.json();
     if (number !== page.requests) return;  // a newer request was sent meanwhile: it will draw
+    if (response.status === 401) {
+      askForToken();
+      return;
+    }
     if (!response.ok) {
       showError(answer.error || `error ${response.status}`);
       return;
@@ -449,5 +485,13 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("box-count").addEventListener("input", () => { if (page.last) drawInside(page.last); });
   $("inside-toggle").addEventListener("click", toggleInside);
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token-form").hidden = true;
+    if (page.models.length) detect();
+    else init();
+  });
+  takeTokenFromUrl();
   init();
 });
