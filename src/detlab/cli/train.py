@@ -18,7 +18,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def add_commands(subparsers) -> None:
-    from detlab.cli.eval import add_test_time_options
+    from detlab.cli.eval import add_on_bad_option, add_test_time_options
 
     train = subparsers.add_parser(
         "train",
@@ -54,6 +54,7 @@ def add_commands(subparsers) -> None:
         help="test-time setting of the model, e.g. model.score_threshold=0.3",
     )
     add_test_time_options(predict)
+    add_on_bad_option(predict)
     predict.set_defaults(handler=run_predict)
 
 
@@ -205,10 +206,19 @@ def run_predict(args: argparse.Namespace) -> int:
         test_scales=args.test_scales,
     )
     summary = predict_files(
-        predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size
+        predictor,
+        args.input,
+        args.out,
+        draw_threshold=args.score_threshold,
+        batch_size=args.batch_size,
+        on_bad=args.on_bad,
     )
     print(
         f"{summary['detections']} detections in {summary['images']} images; annotated images, "
         f"detections.json (COCO results) and images.json in {summary['out_dir']}"
     )
+    from detlab.eval.report import skipped_lines
+
+    for line in skipped_lines(summary):  # every one: the output folder holds no other list of them
+        print(line)
     return 0
