@@ -168,3 +168,24 @@ def test_the_digest_is_of_the_contents_not_of_torchs_layout():
         path = Path(temporary) / "other_layout.pt"
         torch.save(stamped, path, _use_new_zipfile_serialization=False)
         assert checkpoints.load_checkpoint(path)[checkpoints.DIGEST_KEY] == stamped[checkpoints.DIGEST_KEY]
+
+
+def test_a_flip_where_torchs_reader_does_not_look_loads_the_same_contents():
+    """What the fuzz counts as ``identical``: fields of the zip file that torch's reader does not
+    use (a local header's timestamp, CRC-32, copies of the sizes, the alignment padding before a
+    tensor's bytes; the central directory's timestamp and checksum). The file loads as written."""
+    data, digest = fuzzed_file("yolo", "version2")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        local = next(info for info in archive.infolist() if "/data/" in info.filename).header_offset
+    name_length, extra_length = struct.unpack("<HH", data[local + 26 : local + 30])
+    central = data.rfind(b"PK\x01\x02")
+    unused = [
+        local + 10,
+        local + 12,
+        local + 14,
+        local + 18,
+        local + 22,
+        local + 30 + name_length + extra_length - 1,
+    ]
+    for position in [*unused, central + 12, central + 16]:
+        assert check(flipped(data, position, 0), digest) == "identical", position

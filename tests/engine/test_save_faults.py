@@ -181,3 +181,22 @@ def test_temporary_files_of_a_killed_run_are_removed_when_it_resumes(tmp_path, c
     assert sorted(path.name for path in run.glob(".*.tmp")) == [".unrelated.tmp"]
     assert result.state.step == 15
     assert_same_weights(resumed, straight)
+
+
+def test_resuming_from_a_checkpoint_whose_weights_do_not_fit_ends_in_one_line(tmp_path):
+    train_tiny(tmp_path / "run")
+    header = RunHeader("tiny", ["red", "green"], {"model_name": "tiny"})
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        fit(
+            TinyDetector(width=4),
+            SquaresDataset(10),
+            CONFIG,
+            tmp_path / "run",
+            header=header,
+            resume=tmp_path / "run",
+        )
+    message = str(error.value)
+    assert message.startswith(
+        f"{tmp_path / 'run' / 'last.pt'}: its model cannot be built or does not take its weights"
+    )
+    assert "size mismatch" in message and "\n" not in message

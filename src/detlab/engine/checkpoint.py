@@ -296,7 +296,8 @@ def short_reason(error: BaseException) -> str:
     text = _ANSI.sub("", str(error))
     match = _INFORMATIVE.search(text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0] if lines else ""
+    # "Error(s) in loading state_dict for X:" says what follows; the next line says what is wrong
+    first = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
     line = next((group for group in match.groups() if group and group.strip()), first) if match else first
     if len(line) > MAX_REASON // 2:  # torch's long messages say what failed first, then give advice
         line = line.split(". ")[0]
@@ -414,7 +415,9 @@ def put_to_use(checkpoint: dict, path: str | Path):
         if verified and not isinstance(error, (RuntimeError, KeyError, ValueError)):
             raise
         note = "" if verified else "; it has no digest (version 1), so damage may be the cause"
-        raise CheckpointError(path, f"cannot rebuild its model ({short_reason(error)}){note}") from None
+        raise CheckpointError(
+            path, f"its model cannot be built or does not take its weights ({short_reason(error)}){note}"
+        ) from None
 
 
 def existing(path: Path) -> Path | None:
