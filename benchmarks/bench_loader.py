@@ -12,7 +12,7 @@ result sets the CPU default of ``data.num_workers: null`` (auto,
 
 Usage (from the repository root, under the shared CPU lock):
   PYTHONPATH=src flock /tmp/detlab-cpu.lock .venv/bin/python benchmarks/bench_loader.py
-Writes benchmarks/results/loader_bccd.{json,md}.
+Writes benchmarks/results/archive/loader_bccd.{json,md}.
 """
 
 from __future__ import annotations

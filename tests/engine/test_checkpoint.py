@@ -126,3 +126,109 @@ def test_a_gpu_random_state_on_a_machine_without_one_restores_the_rest_and_warns
     with pytest.warns(UserWarning, match="CUDA is not available"):
         restore_rng_state(state)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_a_checkpoint_carries_the_digest_of_its_contents_and_a_changed_value_is_refused(tmp_path):
+    path = checkpoints.save_checkpoint(
+        {"model": {"w": torch.arange(4.0)}, "classes": ["a"]}, tmp_path / "c.pt"
+    )
+    stored = torch.load(path, weights_only=True)
+    assert stored["version"] == 2 and stored["sha256"] == checkpoints.content_digest(stored)
+    assert torch.equal(checkpoints.load_checkpoint(path)["model"]["w"], torch.arange(4.0))
+    for change in (
+        {"w": torch.tensor([0.0, 1.0, 2.0, 3.5])},
+        {"w": torch.arange(4)},
+        {"v": torch.arange(4.0)},
+    ):
+        torch.save({**stored, "model": change}, path)  # the old digest, other contents
+        with pytest.raises(checkpoints.CheckpointError, match="do not match the SHA-256 digest") as error:
+            checkpoints.load_checkpoint(path)
+        assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_saved_again_is_stamped_anew():
+    first = checkpoints.stamped({"metrics": {}, "version": 1})
+    again = checkpoints.stamped({**first, "metrics": {"AP": 0.5}})  # what a recipe's last step does
+    assert again["version"] == checkpoints.VERSION
+    assert again["sha256"] == checkpoints.content_digest(again) != first["sha256"]
+
+
+def test_the_digest_tells_apart_what_pickle_tells_apart():
+    digest = checkpoints.content_digest
+    assert digest({"a": 1}) != digest({"a": True}) != digest({"a": 1.0})
+    assert digest({"a": [1, 2]}) != digest({"a": (1, 2)})
+    assert digest({"a": ["ab", "c"]}) != digest({"a": ["a", "bc"]})
+    assert (
+        digest({"a": torch.zeros(2, 3)}) != digest({"a": torch.zeros(3, 2)}) != digest({"a": torch.zeros(6)})
+    )
+    assert digest({"a": torch.zeros(2)}) != digest({"a": torch.zeros(2, dtype=torch.float64)})
+    state = torch.nn.BatchNorm2d(2).state_dict()
+    older = state.copy()
+    older._metadata = {"": {"version": 1}}  # steers load_state_dict: it counts
+    assert digest({"model": state}) != digest({"model": older})
+    with pytest.raises(TypeError, match="set"):
+        digest({"a": {1, 2}})
+
+
+def test_a_version_1_checkpoint_without_a_digest_loads_unverified(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": checkpoints.FORMAT, "version": 1, "model": {"w": torch.ones(2)}}, path)
+    assert torch.equal(checkpoints.load_checkpoint(path)["model"]["w"], torch.ones(2))
+    torch.save({"format": checkpoints.FORMAT, "version": 2, "model": {"w": torch.ones(2)}}, path)
+    with pytest.raises(checkpoints.CheckpointError, match="without its digest"):
+        checkpoints.load_checkpoint(path)
+
+
+def zip_without(data: bytes, dropped: str) -> bytes:
+    """A torch zip file without its entries whose names end in ``dropped``."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            if not info.filename.endswith(dropped):
+                target.writestr(info, source.read(info.filename))
+    return buffer.getvalue()
+
+
+def damaged_files(good: bytes) -> dict:
+    """Every kind of file that is not a usable checkpoint, by what it is."""
+    plain = {"format": checkpoints.FORMAT, "version": 1}
+    return {
+        "empty": b"",
+        "text": b"hello world\n",
+        "random bytes": bytes(range(256)) * 8,
+        "truncated": good[: len(good) // 2],
+        "zip without a tensor": zip_without(good, "data/0"),
+        "zip without its pickle": zip_without(good, "data.pkl"),
+        "not a dict": checkpoints.serialize([1, 2, 3]),
+        "version is text": checkpoints.serialize({**plain, "version": "2"}),
+        "classes is a number": checkpoints.serialize({**plain, "classes": 3}),
+        "a class name is a number": checkpoints.serialize({**plain, "classes": ["a", 7]}),
+        "weights hold text": checkpoints.serialize({**plain, "model": {"w": "x"}}),
+        "progress holds text": checkpoints.serialize({**plain, "progress": {"step": "x"}}),
+        "progress holds an unknown field": checkpoints.serialize({**plain, "progress": {"steps": 1}}),
+        "digest is a number": checkpoints.serialize({**plain, "version": 2, "sha256": 7}),
+    }
+
+
+GOOD_FILE = checkpoints.serialize(checkpoints.stamped({"model": {"w": torch.arange(50.0)}}))
+
+
+@pytest.mark.parametrize("kind", list(damaged_files(GOOD_FILE)))
+def test_every_kind_of_damaged_checkpoint_ends_in_one_line_naming_it(tmp_path, kind, capsys):
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(damaged_files(GOOD_FILE)[kind])
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        checkpoints.load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    from detlab.cli import main
+
+    assert (
+        main(["predict", "--checkpoint", str(path), "--input", str(tmp_path), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    printed = capsys.readouterr().err.strip()
+    assert printed == f"detlab predict: error: {message}"

@@ -67,7 +67,13 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path, tiny_r
     (folder / "notes.txt").write_text("not an image")
     predictor = detlab.load(tiny_run, device="cpu")
     summary = predict_files(predictor, folder, tmp_path / "out", draw_threshold=0.0)
-    assert summary == {"images": 3, "detections": 3, "out_dir": str(tmp_path / "out"), "draw_threshold": 0.0}
+    assert summary == {
+        "images": 3,
+        "detections": 3,
+        "out_dir": str(tmp_path / "out"),
+        "draw_threshold": 0.0,
+        "skipped": [],
+    }
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
         "image0.png",
         "image1.png",

@@ -422,10 +422,21 @@ def test_sigterm_during_the_evaluation_keeps_the_epoch_and_the_run_resumes_exact
     for process in (resumed, straight):
         stdout, stderr = process.communicate(timeout=120)
         assert "STATUS finished 2 10" in stdout, stderr
-    expected = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
-    found = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
-    for key, value in expected.items():
-        torch.testing.assert_close(found[key], value, atol=1e-6, rtol=0, msg=key)
+    expected = load_checkpoint(tmp_path / "straight" / "last.pt")
+    found = load_checkpoint(tmp_path / "split" / "last.pt")
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(found["model"][key], value, atol=1e-6, rtol=0, msg=key)
+    # the evaluation the signal arrived in finished before the run stopped: the scores, the best epoch and
+    # the log of evaluations are those of the uninterrupted run
+    assert (
+        found["metrics"] == pytest.approx(expected["metrics"], abs=1e-6) and found["metrics"]["images"] == 8
+    )
+    assert found["progress"]["best_epoch"] == expected["progress"]["best_epoch"]
+    evaluations = [
+        [record["epoch"] for record in read_metrics(tmp_path / folder) if record["kind"] == "eval"]
+        for folder in ("split", "straight")
+    ]
+    assert evaluations[0] == evaluations[1] == [1, 2]
 
 
 @pytest.mark.parametrize("processes", [1, 2])

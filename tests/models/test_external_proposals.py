@@ -36,6 +36,40 @@ def test_building_or_loading_creates_no_file_even_in_a_read_only_folder(tmp_path
     assert files_under(working) == [] and not cache.exists()
 
 
+def test_loading_a_fast_rcnn_or_rcnn_checkpoint_creates_no_file_in_the_working_folder(tmp_path, monkeypatch):
+    """Through the loader users call (``detlab.load``, what predict, eval and serve do): its
+    caches go to the user cache folder (``$DETLAB_CACHE_DIR``), and loading writes none yet."""
+    import detlab
+    from detlab import config as config_io
+    from detlab.engine.checkpoint import save_checkpoint
+    from detlab.engine.run import resolve_run_config
+    from detlab.models import build_model as build
+
+    cache, working = tmp_path / "cache", tmp_path / "working"
+    monkeypatch.setenv("DETLAB_CACHE_DIR", str(cache))
+    paths = []
+    for method in ("fast_rcnn", "rcnn"):
+        run_config = resolve_run_config(
+            method, overrides=["model.backbone_width=8", "model.proposal_method=sliding"]
+        )
+        model = build(method, run_config.model, 2)
+        paths.append(
+            save_checkpoint(
+                {"config": config_io.to_dict(run_config), "classes": ["a", "b"], "model": model.state_dict()},
+                tmp_path / "runs" / f"{method}.pt",
+            )
+        )
+    working.mkdir()
+    monkeypatch.chdir(working)
+    os.chmod(working, 0o555)  # a read-only working folder: a write there would fail loudly
+    try:
+        predictors = [detlab.load(path, device="cpu") for path in paths]
+    finally:
+        os.chmod(working, 0o755)
+    assert [predictor.classes for predictor in predictors] == [["a", "b"], ["a", "b"]]
+    assert files_under(working) == [] and not cache.exists()
+
+
 def test_two_proposal_settings_share_one_cache_folder_without_clashing(tmp_path):
     models = [
         build_model(

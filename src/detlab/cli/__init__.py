@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from detlab.cli import eval as eval_command
+from detlab.errors import SaveError, is_disk_full
 
 
 def command_groups() -> list:
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, SaveError) as error:
+        print(f"detlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if not is_disk_full(error):  # a full disk is the machine's state, not a fault of detlab
+            raise
         print(f"detlab {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from detlab.data.errors import ON_BAD_CHOICES
 from detlab.eval.coco import CocoResult
 from detlab.eval.error_report import (
     build_error_report,
@@ -39,6 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 max_detections=args.max_dets,
                 max_images=args.max_images,
                 data_root=args.data_root,
+                on_bad=args.on_bad,
             )
         elif args.pred:
             report, result = evaluate_detections(
@@ -125,6 +127,7 @@ def add_commands(subparsers) -> None:
         "--max-images", type=int, default=0, help="with --checkpoint: the first N images (0: all)"
     )
     add_test_time_options(parser)
+    add_on_bad_option(parser)
     parser.add_argument("--data-root", help="where a synthetic set is (default: the run's own)")
     parser.add_argument(
         "--protocol",
@@ -178,4 +181,15 @@ def add_test_time_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FACTOR",
         help="multi-scale testing: run at these input size factors (e.g. 0.8 1 1.2), merge the detections",
+    )
+
+
+def add_on_bad_option(parser: argparse.ArgumentParser) -> None:
+    """``--on-bad`` (``detlab eval --checkpoint`` and ``detlab predict``): training's ``data.on_bad``."""
+    parser.add_argument(
+        "--on-bad",
+        choices=ON_BAD_CHOICES,
+        default="error",
+        help="an unreadable image or annotation: stop naming every one (error, the default), or leave it "
+        "out and list it in the summary and report (skip); training's data.on_bad",
     )

@@ -18,7 +18,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def add_commands(subparsers) -> None:
-    from detlab.cli.eval import add_test_time_options
+    from detlab.cli.eval import add_on_bad_option, add_test_time_options
 
     train = subparsers.add_parser(
         "train",
@@ -58,6 +58,7 @@ def add_commands(subparsers) -> None:
         help="test-time setting of the model, e.g. model.score_threshold=0.3",
     )
     add_test_time_options(predict)
+    add_on_bad_option(predict)
     predict.set_defaults(handler=run_predict)
 
 
@@ -207,6 +208,7 @@ def report_training(result) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from detlab import api
     from detlab.engine.predict import predict_files
+    from detlab.eval.report import skipped_lines
 
     if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
         raise ValueError(
@@ -222,10 +224,14 @@ def run_predict(args: argparse.Namespace) -> int:
         test_scales=args.test_scales,
     )
     threshold = {} if args.score_threshold is None else {"draw_threshold": args.score_threshold}
-    summary = predict_files(predictor, args.input, args.out, batch_size=args.batch_size, **threshold)
+    summary = predict_files(
+        predictor, args.input, args.out, batch_size=args.batch_size, on_bad=args.on_bad, **threshold
+    )
     print(
         f"{summary['detections']} detections in {summary['images']} images (drawn from score "
         f"{summary['draw_threshold']:.3g}); annotated images, detections.json (COCO results) and "
         f"images.json in {summary['out_dir']}"
     )
+    for line in skipped_lines(summary):  # every one: the output folder holds no other list of them
+        print(line)
     return 0

@@ -29,6 +29,7 @@ class ProblemLog:
     skipped: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
     kinds: Counter = field(default_factory=Counter)
+    skipped_errors: list[BadInputError] = field(default_factory=list)  # the errors of ``skipped``
 
     def __post_init__(self):
         if self.on_bad not in ON_BAD_CHOICES:
@@ -39,6 +40,7 @@ class ProblemLog:
         if self.on_bad == "error":
             raise error
         self.skipped.append(str(error))
+        self.skipped_errors.append(error)
         self.kinds[kind] += 1
         warnings.warn(f"skipped {error}", BadInputWarning, stacklevel=3)
 

@@ -248,6 +248,7 @@ def check_images(
     on_bad: str = "error",
     cache_path: str | Path | None = None,
     progress: bool = True,
+    hint: str = SKIP_HINT,
 ) -> tuple[DetectionDataset, ImageCheckReport]:
     """Decode every image of ``dataset`` once (answers cached across runs); apply ``on_bad``.
 
@@ -258,22 +259,47 @@ def check_images(
     applied) differs from the record's ``width``/``height`` is a warning, not an error.
 
     ``cache_path``: the cache file, or a folder to hold ``image_checks.sqlite3`` (default
-    ``$DETLAB_CACHE_DIR`` or ``~/.cache/detlab``). Returns ``(dataset, report)``; the data set is
-    the one given when nothing was skipped.
+    ``$DETLAB_CACHE_DIR`` or ``~/.cache/detlab``); ``hint``: the error's last line, how to get
+    past it. Returns ``(dataset, report)``; the data set is the one given when nothing was skipped.
     """
-    if on_bad not in ON_BAD_CHOICES:
-        raise ValueError(f"on_bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
-    start = time.perf_counter()
     paths = list(dict.fromkeys(Path(record.image_path) for record in dataset.records))
-    report = ImageCheckReport(checked=len(paths))
-    answers = _answers(paths, cache_path, progress, report)
-    report.bad = [(str(path), answers[path].problem) for path in paths if answers[path].problem is not None]
+    answers, report = _check(paths, on_bad, cache_path, progress)
     report.size_mismatches = _size_mismatches(dataset.records, answers)
-    report.seconds = time.perf_counter() - start
     _warn_size_mismatches(report.size_mismatches)
     if not report.bad:
         return dataset, report
-    return _without_bad_images(dataset, paths, report, on_bad), report
+    _apply_policy(dataset.name or "the data set", len(paths), report, on_bad, hint)
+    bad_paths = {Path(path) for path, _ in report.bad}
+    keep = [index for index, record in enumerate(dataset.records) if Path(record.image_path) not in bad_paths]
+    return dataset.subset(keep), report
+
+
+def check_image_files(
+    paths: list[Path],
+    on_bad: str = "error",
+    cache_path: str | Path | None = None,
+    progress: bool = True,
+    hint: str = SKIP_HINT,
+) -> tuple[list[Path], ImageCheckReport]:
+    """:func:`check_images` for image files without annotations (what ``detlab predict`` reads):
+    ``(the files that decode, report)``, the same policy and cache."""
+    paths = list(dict.fromkeys(Path(path) for path in paths))
+    answers, report = _check(paths, on_bad, cache_path, progress)
+    if report.bad:
+        _apply_policy("the input", len(paths), report, on_bad, hint)
+    return [path for path in paths if answers[path].problem is None], report
+
+
+def _check(paths: list[Path], on_bad: str, cache_path, progress: bool) -> tuple[dict, ImageCheckReport]:
+    """Every path's answer (cached or decoded) and the report of the bad ones and the time."""
+    if on_bad not in ON_BAD_CHOICES:
+        raise ValueError(f"on_bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
+    start = time.perf_counter()
+    report = ImageCheckReport(checked=len(paths))
+    answers = _answers(paths, cache_path, progress, report)
+    report.bad = [(str(path), answers[path].problem) for path in paths if answers[path].problem is not None]
+    report.seconds = time.perf_counter() - start
+    return answers, report
 
 
 def _cache_keys(paths: list[Path]) -> dict[Path, tuple[str, tuple[int, int]]]:
@@ -344,32 +370,29 @@ def _warn_size_mismatches(lines: list[str]) -> None:
         )
 
 
-def _without_bad_images(dataset: DetectionDataset, paths: list[Path], report: ImageCheckReport, on_bad: str):
-    """``on_bad="skip"``: the data set without the records of unusable files (one warning naming
-    them); ``"error"``, or no usable image at all: :class:`BadImagesError` listing every one."""
-    name = dataset.name or "the data set"
+def _apply_policy(name: str, total: int, report: ImageCheckReport, on_bad: str, hint: str) -> None:
+    """The bad images of ``report`` (of ``total`` of ``name``'s): under ``on_bad="skip"`` one
+    warning naming them; under ``"error"``, or when no image is usable, :class:`BadImagesError`
+    listing every one, ending with ``hint``."""
     listing = "\n".join(f"  {path}: {problem}" for path, problem in report.bad)
-    bad_paths = {Path(path) for path, _ in report.bad}
-    keep = [index for index, record in enumerate(dataset.records) if Path(record.image_path) not in bad_paths]
-    if not keep:
+    if len(report.bad) == total:
         raise BadImagesError(
-            f"{name}: none of its {len(paths)} images can be decoded:\n{listing}\nfix or replace them",
+            f"{name}: none of its {total} images can be decoded:\n{listing}\nfix or replace them",
             report.bad,
             report,
         )
     if on_bad == "error":
         raise BadImagesError(
-            f"{name}: {len(report.bad)} of {len(paths)} images cannot be decoded:\n{listing}\n{SKIP_HINT}",
+            f"{name}: {len(report.bad)} of {total} images cannot be decoded:\n{listing}\n{hint}",
             report.bad,
             report,
         )
     named = report.bad[:MAX_NAMED_IN_WARNING]
     more = len(report.bad) - len(named)
     warnings.warn(
-        f"skipped {len(report.bad)} of {len(paths)} images of {name} that cannot be decoded:\n"
+        f"skipped {len(report.bad)} of {total} images of {name} that cannot be decoded:\n"
         + "\n".join(f"  {path}: {problem}" for path, problem in named)
         + (f"\n  ... and {more} more (listed in the check report)" if more else ""),
         BadInputWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
-    return dataset.subset(keep)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from detlab.engine.checkpoint import write_atomically
+from detlab.engine.checkpoint import remove_temporaries, write_atomically
 from detlab.engine.distributed import Context, average_across_processes
 from detlab.engine.state import TrainingState
 
@@ -38,6 +38,7 @@ class MetricsLog:
     def __init__(self, run_dir: str | Path, resume_step: int | None = None):
         self.path = Path(run_dir) / METRICS_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.path)  # of a rewrite a killed run left unfinished
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():

@@ -26,8 +26,10 @@ from detlab import config as config_io
 from detlab.config import RunConfig
 from detlab.data.coco import coco_category_ids
 from detlab.data.drawing import draw_detections
+from detlab.data.errors import ProblemLog
 from detlab.data.images import save_image, to_image_tensor
 from detlab.data.loading import load_dataset
+from detlab.data.validation import check_image_files, check_images
 from detlab.engine import checkpoint as checkpoints
 from detlab.engine.precision import full_precision, inference_autocast
 from detlab.engine.run import build_model, run_config_from_dict
@@ -45,6 +47,7 @@ from detlab.progress import progress_bar
 OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
 # the score a drawn or served detection needs when the checkpoint recorded no best-F1 confidence
 DEFAULT_SCORE_THRESHOLD = 0.5
+ON_BAD_HINT = "fix or remove them, or leave them out with --on-bad skip (on_bad='skip')"
 
 
 def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
@@ -55,18 +58,22 @@ def model_from_checkpoint(path: str | Path, overrides: list[str] | None = None):
 
 def model_from_stored(checkpoint: dict, path: str | Path, overrides: list[str] | None = None):
     """:func:`model_from_checkpoint` of a checkpoint already loaded from ``path``."""
-    run_config = run_config_from_dict(checkpoint["config"])
+    source = checkpoints.resolve_checkpoint_path(path)
+    with checkpoints.put_to_use(checkpoint, source):
+        run_config = run_config_from_dict(checkpoint["config"])
     if overrides:
         run_config = config_io.merge(run_config, config_io.parse_overrides(overrides))
-    classes = list(checkpoint["classes"])
-    model = build_model(run_config, len(classes), weights_from_checkpoint=True)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise ValueError(
-            f"{checkpoints.resolve_checkpoint_path(path)}: the weights do not fit the {run_config.model_name} the "
-            f"config describes ({str(error).splitlines()[0]}); --set may change test-time settings only"
-        ) from None
+    with checkpoints.put_to_use(checkpoint, source):
+        classes = list(checkpoint["classes"])
+        model = build_model(run_config, len(classes), weights_from_checkpoint=True)
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            raise checkpoints.CheckpointError(
+                source,
+                f"the weights do not fit the {run_config.model_name} the config describes "
+                f"({str(error).splitlines()[0]}); --set may change test-time settings only",
+            ) from None
     return model.eval(), classes, run_config
 
 
@@ -236,6 +243,7 @@ def predict_files(
     draw_threshold: float | str = DEFAULT_SCORE_THRESHOLD,
     batch_size: int | None = None,
     num_workers: int | None = None,
+    on_bad: str = "error",
 ) -> dict:
     """Predict every image of ``source`` (a file or folder); write annotated images (boxes with
     score >= ``draw_threshold``, ``"auto"``: :func:`score_threshold_for`, and their keypoints), ``detections.json`` (all detections) and
@@ -245,10 +253,13 @@ def predict_files(
     :func:`~detlab.engine.sampling.loader_workers`) and predicted ``batch_size`` at a time
     (``None``: the run's training batch size on a GPU; one on a CPU, where a batch gains nothing
     and padding images of different sizes to one would change detections near their borders).
-    Returns ``{"images": N, "detections": M, "out_dir": str, "draw_threshold": the score drawn from}``.
+    ``on_bad``: an image that cannot be decoded stops prediction naming it (``"error"``), or is
+    left out (``"skip"``: every image is checked first, :func:`usable_images`).
+    Returns ``{"images": N, "detections": M, "out_dir": str, "draw_threshold": the score drawn
+    from, "skipped": [{"path", "reason"}]}``.
     """
     source, out_dir = Path(source), Path(out_dir)
-    files = find_images(source)
+    files, skipped = usable_images(find_images(source), on_bad)
     if out_dir.resolve() == (source if source.is_dir() else source.parent).resolve():
         raise ValueError(
             f"--out {out_dir} is the input folder: the annotated images would overwrite the originals; "
@@ -295,7 +306,19 @@ def predict_files(
         "detections": len(detections),
         "out_dir": str(out_dir),
         "draw_threshold": draw_threshold,
+        "skipped": skipped,
     }
+
+
+def usable_images(files: list[Path], on_bad: str) -> tuple[list[Path], list[dict]]:
+    """``(the files to predict, [{"path", "reason"}] for those left out)``. ``on_bad="skip"``: every
+    file is decoded once first (:func:`~detlab.data.validation.check_image_files`, cached across
+    runs) and the unreadable ones are left out; ``"error"``: all of them, unchecked (an unreadable
+    one stops prediction when its turn comes, naming it), so a folder is not decoded twice."""
+    if on_bad == "error":
+        return files, []
+    usable, report = check_image_files(files, on_bad, hint=ON_BAD_HINT)
+    return usable, [{"path": path, "reason": reason} for path, reason in report.bad]
 
 
 def annotated_name(relative: Path) -> Path:
@@ -322,7 +345,9 @@ def evaluate_checkpoint(
     ``scoring["max_images"]`` (0: all), read from ``scoring["data_root"]`` for a synthetic set:
     :func:`evaluate_predictor` with the rest of ``scoring`` (``protocol``, ``iou_threshold``,
     ``max_detections``). ``ensemble``, ``test_scales``: test-time combinations (see
-    :meth:`Predictor.from_checkpoint`). Returns ``(report dict, result)``."""
+    :meth:`Predictor.from_checkpoint`). ``scoring["on_bad"]``: the bad-input policy (``data.on_bad``:
+    ``"error"``, the default, or ``"skip"``; see :func:`evaluation_split`), whose skipped images the
+    report lists under ``"skipped"``. Returns ``(report dict, result)``."""
     ensemble, test_scales = list(ensemble), list(test_scales)
     predictor = Predictor.from_checkpoint(
         checkpoint, device=device, overrides=overrides, fold=False, ensemble=ensemble, test_scales=test_scales
@@ -330,10 +355,17 @@ def evaluate_checkpoint(
     source = {"checkpoint": str(checkpoint)}
     if ensemble or test_scales:
         source.update({"ensemble": [str(path) for path in ensemble], "test_scales": list(test_scales)})
-    dataset = evaluation_split(
-        predictor, data, split, scoring.pop("data_root", None), scoring.pop("max_images", 0)
+    dataset, skipped = evaluation_split(
+        predictor,
+        data,
+        split,
+        scoring.pop("data_root", None),
+        scoring.pop("max_images", 0),
+        scoring.pop("on_bad", "error"),
     )
-    return evaluate_predictor(predictor, dataset, source=source, **scoring)
+    report, result = evaluate_predictor(predictor, dataset, source=source, **scoring)
+    report["skipped"] = skipped
+    return report, result
 
 
 def evaluate_predictor(
@@ -375,18 +407,24 @@ def evaluate_predictor(
 
 
 def evaluation_split(
-    predictor: Predictor, data: str, split: str | None, data_root: str | None, max_images: int
+    predictor: Predictor, data: str, split: str | None, data_root: str | None, max_images: int, on_bad: str
 ):
-    """The images ``predictor`` is scored on: ``data`` at ``split`` (default: the run's test split;
-    the run's own data root when ``data`` is the run's data), its first ``max_images`` (0: all),
-    whose classes must be the model's, in the same order."""
+    """``(the images predictor is scored on, [{"path", "line", "reason"}] of those skipped)``:
+    ``data`` at ``split`` (default: the run's test split; the run's own data root when ``data`` is
+    the run's data), its first ``max_images`` (0: all), whose classes must be the model's, in the
+    same order. Every image is checked before scoring, as training checks its data
+    (:func:`~detlab.data.validation.check_images`, cached): under ``on_bad="error"`` a bad
+    annotation or image stops it naming every bad file; under ``"skip"`` they are left out."""
     stored = predictor.run_config.data
     root = data_root or (stored.root if data == stored.spec else None)
     split = split or stored.test_split
+    problems = ProblemLog(on_bad)
     dataset = load_dataset(
         data,
         split,
         root=root,
+        on_bad=on_bad,
+        problems=problems,
         num_synthetic=stored.synthetic_images,
         seed=stored.synthetic_seed,
         allow_outside_root=stored.allow_outside_root,
@@ -396,7 +434,13 @@ def evaluation_split(
             f"{data} [{split}] has classes {dataset.classes}, the checkpoint was trained on {predictor.classes}; "
             "evaluate on data with the same classes"
         )
-    return dataset.subset(range(min(max_images, len(dataset)))) if max_images > 0 else dataset
+    if max_images > 0:
+        dataset = dataset.subset(range(min(max_images, len(dataset))))
+    dataset, check = check_images(dataset, on_bad, hint=ON_BAD_HINT)
+    skipped = [
+        {"path": error.path, "line": error.line, "reason": error.problem} for error in problems.skipped_errors
+    ]
+    return dataset, skipped + [{"path": path, "line": None, "reason": reason} for path, reason in check.bad]
 
 
 def detection_evaluator(classes: list[str], protocol: str, iou_threshold: float, max_detections: int):

@@ -281,8 +281,10 @@ def run_config_for_resume(
 ) -> RunConfig:
     """The config stored with the run in ``run_dir``, with ``values`` (nested dicts) and
     ``overrides`` (``key=value``) applied, e.g. more epochs; the run stays in ``run_dir``."""
-    checkpoint = checkpoints.load_checkpoint(latest_checkpoint(run_dir))
-    config = run_config_from_dict(checkpoint["config"])
+    latest = latest_checkpoint(run_dir)
+    checkpoint = checkpoints.load_checkpoint(latest)
+    with checkpoints.put_to_use(checkpoint, latest):
+        config = run_config_from_dict(checkpoint["config"])
     if values:
         config = config_io.merge(config, values)
     if overrides:

@@ -197,8 +197,8 @@ def fit(
         supervisor = Supervisor(budget, stop, options.stop_at_step, log, checkpointer)
         try:
             status = train_until_done(train_model, data, training, state, config, context, supervisor)
-        except Exception:
-            checkpointer.save_after_error(model, training)
+        except Exception as error:
+            checkpointer.save_after_error(model, training, error)
             raise
     if log is not None:
         plot_curves(log.records(), run_dir / CURVES_NAME)

@@ -4,6 +4,8 @@ A report is a plain dict (so it can be saved, read back and compared):
 ``{"protocol", "settings", "num_images", "num_gt", "num_detections", "metrics": {name: value},
 "per_class": [{"class", "num_gt", "num_detections", "AP", ...}], "curves": {class: {"recall",
 "precision"}}, "source"}``. Undefined values (a class without ground truth) are ``None`` in JSON.
+A report of a model scored on a data set (``detlab eval --checkpoint``) also says which images
+were left out under ``--on-bad skip``: ``"skipped": [{"path", "line", "reason"}]``.
 """
 
 from __future__ import annotations
@@ -73,12 +75,33 @@ def _headline(report: dict) -> str:
     return ", ".join(parts)
 
 
+MAX_SKIPPED_SHOWN = 20  # in the console; the JSON and Markdown list them all
+
+
+def skipped_lines(report: dict, limit: int | None = None) -> list[str]:
+    """``skipped N images (bad input):`` and a line for each (its path, line and reason)."""
+    skipped = report.get("skipped") or []
+    if not skipped:
+        return []
+    shown = skipped if limit is None else skipped[:limit]
+    lines = [f"skipped {len(skipped)} image{'' if len(skipped) == 1 else 's'} (bad input, --on-bad skip):"]
+    lines += [
+        f"  {item['path']}{'' if item.get('line') is None else ':' + str(item['line'])}: {item['reason']}"
+        for item in shown
+    ]
+    if len(shown) < len(skipped):
+        lines.append(f"  ... and {len(skipped) - len(shown)} more (all in report.json)")
+    return lines
+
+
 def format_console_table(report: dict) -> str:
-    """A fixed-width per-class table (when the report has one) followed by the summary metrics."""
+    """A fixed-width per-class table (when the report has one) followed by the summary metrics
+    and the images skipped as bad input (the first ``MAX_SKIPPED_SHOWN``)."""
     header, rows = _table_rows(report)
     summary = f"{report['protocol']}: {report['num_images']} images, {report['num_gt']} ground-truth boxes, {report['num_detections']} detections"
+    skipped = skipped_lines(report, MAX_SKIPPED_SHOWN)
     if not rows:
-        return "\n".join([summary, _headline(report)])
+        return "\n".join([summary, _headline(report), *skipped])
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
     lines = [
         "  ".join(
@@ -88,7 +111,7 @@ def format_console_table(report: dict) -> str:
         for line in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join([summary, *lines, _headline(report)])
+    return "\n".join([summary, *lines, _headline(report), *skipped])
 
 
 def format_markdown_table(report: dict) -> str:
@@ -109,7 +132,10 @@ def format_markdown_table(report: dict) -> str:
         f"Protocol `{report['protocol']}`, {report['num_images']} images, {report['num_gt']} ground-truth boxes, "
         f"{report['num_detections']} detections."
     )
-    return "\n".join([intro, "", *metric_lines, "", *lines, ""])
+    skipped = skipped_lines(report)
+    if skipped:  # as a list: each a path and a reason
+        skipped = [skipped[0], "", *(f"- `{line.strip()}`" for line in skipped[1:]), ""]
+    return "\n".join([intro, "", *metric_lines, "", *lines, "", *skipped])
 
 
 def _file_name(class_name: str) -> str:

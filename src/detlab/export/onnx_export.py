@@ -23,7 +23,14 @@ import torch
 
 from detlab.engine.checkpoint import load_checkpoint
 from detlab.engine.predict import model_from_stored
-from detlab.export.runtime import FORMAT_VERSION, METADATA_KEY
+from detlab.export.runtime import (
+    DIGEST_FIELD,
+    DIGEST_PLACEHOLDER,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    digest_entry,
+    file_digest,
+)
 from detlab.models.contract import NotExportable
 from detlab.version import __version__
 
@@ -82,9 +89,16 @@ def export_onnx(checkpoint: str | Path, out: str | Path, overrides: list[str] | 
 
 
 def write_metadata(path: Path, metadata: dict) -> None:
-    """Store ``metadata`` (JSON) in the ONNX file ``path`` under the key the runtime reads."""
+    """Store ``metadata`` (JSON) in the ONNX file ``path`` under the key the runtime reads, with the
+    SHA-256 of the file's bytes (:func:`detlab.export.runtime.file_digest`): computed with a
+    placeholder of the digest's length in its place, which the digest then replaces, so the bytes
+    the runtime hashes are the bytes hashed here."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(model, str(path))
+    entry.key, entry.value = METADATA_KEY, json.dumps({**metadata, DIGEST_FIELD: DIGEST_PLACEHOLDER})
+    data = model.SerializeToString()
+    placeholder = digest_entry(DIGEST_PLACEHOLDER)
+    assert data.count(placeholder) == 1, "the digest's placeholder must stand once in the file"
+    digest = file_digest(data, DIGEST_PLACEHOLDER)
+    path.write_bytes(data.replace(placeholder, digest_entry(digest)))

@@ -10,13 +10,20 @@ deployed detector needs neither torch nor detlab's training code:
     predictor = detlab.load("model.onnx")        # an OnnxPredictor
     detections = predictor.predict("photo.jpg")  # {"boxes", "scores", "labels", "names"} as numpy
 
+The file is verified before onnxruntime reads it: the metadata holds the SHA-256 of the file's
+bytes (:func:`file_digest`), so a changed byte anywhere is refused with one line naming the file.
+Files of format 1 (before the digest) load unverified.
+
 Shape letters: H x W image size, P proposals, A anchor points, C classes, S window or grid side.
 Boxes are ``(x1, y1, x2, y2)`` pixels of the image as given, as everywhere in detlab.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import time
 from pathlib import Path
 
@@ -24,10 +31,23 @@ import numpy as np
 from PIL import Image
 
 from detlab import box_arrays
+from detlab.errors import BadInputError
 from detlab.image_files import open_rgb, to_rgb
 
 METADATA_KEY = "detlab"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the metadata holds the file's SHA-256 (DIGEST_FIELD); 1: it does not
+DIGEST_FIELD = "file_sha256"
+DIGEST_PLACEHOLDER = "0" * 64  # stands for the digest while it is computed (the same length)
+DIGEST_IN_FILE = re.compile(rb'"' + DIGEST_FIELD.encode() + rb'": "([0-9a-f]{64})"')
+# The metadata every file holds, and the type of each entry.
+METADATA_FIELDS = {
+    "format_version": int,
+    "method": str,
+    "kind": str,
+    "classes": list,
+    "preprocess": dict,
+    "postprocess": dict,
+}
 
 
 class OnnxPredictor:
@@ -40,6 +60,8 @@ class OnnxPredictor:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
+        data = self.path.read_bytes()
+        verified = verify_file(data, self.path)
         options = onnxruntime.SessionOptions()
         # no busy-waiting between runs: the CPU goes back to the rest of the process (and a server's
         # other requests) at once
@@ -47,23 +69,11 @@ class OnnxPredictor:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for every bad file
-            raise ValueError(
-                f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})"
-            ) from None
-        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if stored is None:
-            raise ValueError(
-                f"{self.path}: an ONNX file without detlab's metadata; export it with `detlab export`"
-            )
-        self.metadata = json.loads(stored)
-        if self.metadata.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{self.path}: written by a newer detlab (format {self.metadata['format_version']})"
-            )
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise BadInputError(self.path, f"not a loadable ONNX model ({first_line})") from None
+        self.metadata = read_metadata(self.session, self.path, verified)
         self.method = self.metadata["method"]
         self.kind = self.metadata["kind"]
         self.classes = list(self.metadata["classes"])
@@ -110,6 +120,65 @@ class OnnxPredictor:
 
     def class_name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class {label}"
+
+
+def file_digest(data: bytes, digest: str) -> str:
+    """The SHA-256 (hex) of an exported file's bytes ``data``, in which its metadata holds
+    ``digest``: computed with the placeholder in the digest's place, as the exporter computed it
+    before writing the digest in (the same length, so the protobuf around it is unchanged)."""
+    stored = digest_entry(digest)
+    return hashlib.sha256(data.replace(stored, digest_entry(DIGEST_PLACEHOLDER), 1)).hexdigest()
+
+
+def digest_entry(digest: str) -> bytes:
+    """The digest as it stands in the file: inside the metadata's JSON, which the file keeps as it is."""
+    return f'"{DIGEST_FIELD}": "{digest}"'.encode()
+
+
+def verify_file(data: bytes, path: Path) -> bool:
+    """Check the digest of an exported file's bytes ``data``, before any parser reads them: True when
+    it matches, False when the file holds no digest (format 1, or damage to the digest itself, which
+    :func:`read_metadata` tells apart), :class:`BadInputError` naming ``path`` otherwise."""
+    found = DIGEST_IN_FILE.findall(data)
+    if not found:
+        return False
+    if len(found) > 1 or not hmac.compare_digest(file_digest(data, found[0].decode()), found[0].decode()):
+        raise BadInputError(
+            path,
+            "damaged: its bytes do not match the SHA-256 digest saved in it (changed bytes or an incomplete "
+            "copy); use another copy or export it again",
+        )
+    return True
+
+
+def read_metadata(session, path: Path, verified: bool) -> dict:
+    """The detlab metadata of a loaded file, every entry :func:`OnnxPredictor` reads checked (a file
+    without a digest is not verified, so damage may have changed it)."""
+    stored = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if stored is None:
+        raise BadInputError(path, "an ONNX file without detlab's metadata; export it with `detlab export`")
+    try:
+        metadata = json.loads(stored)
+    except ValueError:
+        raise BadInputError(path, "damaged: its detlab metadata is not JSON") from None
+    if not isinstance(metadata, dict):
+        raise BadInputError(path, f"damaged: its detlab metadata is a {type(metadata).__name__}")
+    version = metadata.get("format_version", 0)
+    if type(version) is int and version > FORMAT_VERSION:
+        raise BadInputError(path, f"written by a newer detlab (format {version})")
+    legacy = type(version) is int and version < 2  # exported before files held their digest
+    if not verified and (DIGEST_FIELD in metadata or not legacy):
+        raise BadInputError(path, "damaged: its digest is missing or unreadable")
+    wrong = [name for name, kind in METADATA_FIELDS.items() if type(metadata.get(name)) is not kind]
+    if not wrong and metadata["kind"] not in POSTPROCESS:
+        wrong = ["kind"]
+    if not wrong and not all(type(name) is str for name in metadata["classes"]):
+        wrong = ["classes"]
+    if wrong:
+        raise BadInputError(
+            path, f"damaged or not written by detlab: its metadata's {wrong[0]!r} is unusable"
+        )
+    return metadata
 
 
 def image_array(image) -> np.ndarray:
