@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from detlab.cli.inputs import add_tiling_options
 from detlab.eval.evaluate import PROTOCOLS, evaluate_detections
 from detlab.eval.report import format_console_table, write_report
 
@@ -17,6 +18,7 @@ def run_eval(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.checkpoint:  # predict over the data set first (detlab.engine), then score
+            from detlab.cli.inputs import tiling_from_args
             from detlab.engine.predict import evaluate_checkpoint
 
             report, _ = evaluate_checkpoint(
@@ -26,6 +28,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 overrides=args.set,
                 ensemble=args.ensemble,
                 test_scales=args.test_scales,
+                tiling=tiling_from_args(args),
                 protocol=args.protocol,
                 iou_threshold=args.iou,
                 max_detections=args.max_dets,
@@ -92,6 +95,7 @@ def add_commands(subparsers) -> None:
         "--max-images", type=int, default=0, help="with --checkpoint: the first N images (0: all)"
     )
     add_test_time_options(parser)
+    add_tiling_options(parser)
     parser.add_argument("--data-root", help="where a synthetic set is (default: the run's own)")
     parser.add_argument(
         "--protocol",

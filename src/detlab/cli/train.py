@@ -19,6 +19,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 def add_commands(subparsers) -> None:
     from detlab.cli.eval import add_test_time_options
+    from detlab.cli.inputs import add_tiling_options
 
     train = subparsers.add_parser(
         "train",
@@ -34,7 +35,11 @@ def add_commands(subparsers) -> None:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="RUN/best, RUN/last, a .pt file or a run folder")
     source.add_argument("--model", help="an ONNX file from `detlab export` (run with onnxruntime, no torch)")
-    predict.add_argument("--input", required=True, help="an image file or a folder of images")
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="an image file, a folder of images, a video file, a camera number (0) or a stream URL (rtsp://...)",
+    )
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
     predict.add_argument(
         "--score-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0.5)"
@@ -54,6 +59,7 @@ def add_commands(subparsers) -> None:
         help="test-time setting of the model, e.g. model.score_threshold=0.3",
     )
     add_test_time_options(predict)
+    add_tiling_options(predict)
     predict.set_defaults(handler=run_predict)
 
 
@@ -203,6 +209,10 @@ def run_predict(args: argparse.Namespace) -> int:
         set=args.set,
         ensemble=args.ensemble,
         test_scales=args.test_scales,
+        tile=args.tile,
+        overlap=args.overlap,
+        tile_full_image=args.tile_full_image,
+        tile_merge=args.tile_merge,
     )
     summary = predict_files(
         predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size
