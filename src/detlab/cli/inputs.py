@@ -1,6 +1,6 @@
-"""Options of ``detlab predict`` and ``detlab eval --checkpoint`` about the inputs: tiled
-inference (``--tile``, ``--overlap``, ``--tile-full-image``, ``--tile-merge``), the same names
-as :func:`detlab.load`'s keywords."""
+"""``detlab predict`` and ``detlab eval --checkpoint`` on the inputs users have: tiled inference
+(``--tile``, ``--overlap``, ``--tile-full-image``, ``--tile-merge``: the names of
+:func:`detlab.load`'s keywords) and ``detlab predict`` on a video file, a camera or a stream."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
 
 def tiling_from_args(args: argparse.Namespace) -> Tiling | None:
     return tiling_of(args.tile, args.overlap, args.tile_full_image, args.tile_merge)
+
+
+def run_predict_video(predictor, args: argparse.Namespace) -> int:
+    """``detlab predict --input VIDEO | CAMERA | URL`` (:func:`detlab.engine.predict_video.predict_video`)."""
+    from detlab.engine.predict_video import predict_video
+
+    summary = predict_video(
+        predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size
+    )
+    print(
+        f"{summary['frames']} frames at {summary['fps']:.1f} frames/s, {summary['detections']} detections; "
+        f"{summary['video']} (annotated) and {summary['detections_file']} (one line a frame)"
+    )
+    return 0

@@ -195,7 +195,9 @@ def report_training(result) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from detlab import api
+    from detlab.cli.inputs import run_predict_video
     from detlab.engine.predict import predict_files
+    from detlab.video_files import is_video_source
 
     if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
         raise ValueError(
@@ -214,6 +216,8 @@ def run_predict(args: argparse.Namespace) -> int:
         tile_full_image=args.tile_full_image,
         tile_merge=args.tile_merge,
     )
+    if is_video_source(args.input):
+        return run_predict_video(predictor, args)
     summary = predict_files(
         predictor, args.input, args.out, draw_threshold=args.score_threshold, batch_size=args.batch_size
     )
