@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from detlab.serve.limits import FORM_OVERHEAD_BYTES, Limits, RequestRefused, UploadSizeLimit, WorkQueue
 from detlab.serve.served import ServedModel, detect, served_models
 from detlab.serve.upload import check_upload
+from detlab.tiles import Tiling, tiling_of
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -94,12 +95,12 @@ def create_app(models, limits: Limits | None = None, device: str = "auto") -> Fa
                 raise RequestRefused(
                     408, f"the upload took longer than the time limit of {limits.time_limit_s:g} s"
                 ) from None
-            model, data, score_threshold, inside = form
+            model, data, score_threshold, inside, tiling = form
             check_upload(data, limits)  # the header only: refuse before waiting for a slot
 
             def work() -> dict:
                 waited = time.perf_counter() - started  # reading the form, then waiting for a slot
-                answer = detect(model, data, score_threshold, inside, limits)
+                answer = detect(model, data, score_threshold, inside, limits, tiling)
                 answer["timings"] = {"queue_ms": round(waited * 1000, 2), **answer["timings"]}
                 return answer
 
@@ -145,7 +146,7 @@ def add_answers_to_errors(app: FastAPI) -> None:
 
 
 async def read_detect_form(request: Request, models: dict[str, ServedModel], limits: Limits):
-    """``(model, image bytes, score threshold, inside)`` from the multipart form of ``POST
+    """``(model, image bytes, score threshold, inside, tiling)`` from the multipart form of ``POST
     /api/detect``; :class:`RequestRefused` naming the field at fault."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
@@ -171,6 +172,7 @@ async def read_detect_form(request: Request, models: dict[str, ServedModel], lim
         data,
         parse_threshold(form.get("score_threshold")),
         parse_flag(form.get("inside"), "inside"),
+        parse_tiling(form.get("tile"), form.get("overlap")),
     )
 
 
@@ -184,6 +186,16 @@ def parse_threshold(value) -> float:
     if not math.isfinite(threshold):
         raise RequestRefused(400, f"score_threshold must be a finite number, got {value!r}")
     return threshold
+
+
+def parse_tiling(tile, overlap) -> Tiling | None:
+    """The ``tile`` and ``overlap`` fields -> a :class:`~detlab.tiles.Tiling`, or ``None``."""
+    try:
+        side = int(tile) if tile not in (None, "") else 0
+        share = float(overlap) if overlap not in (None, "") else 0.2
+        return tiling_of(side, share)
+    except (TypeError, ValueError) as error:
+        raise RequestRefused(400, f"tile and overlap: {str(error)[:120]}") from None
 
 
 def parse_flag(value, field: str) -> bool:

@@ -15,6 +15,7 @@ from detlab.engine.predict import Predictor
 from detlab.serve.inside import look_inside
 from detlab.serve.limits import Limits, RequestRefused
 from detlab.serve.upload import decode_upload
+from detlab.tiles import Tiling
 
 
 @dataclasses.dataclass
@@ -76,7 +77,14 @@ def unique_name(name: str, taken: dict) -> str:
     return candidate
 
 
-def detect(model: ServedModel, data: bytes, score_threshold: float, inside: bool, limits: Limits) -> dict:
+def detect(
+    model: ServedModel,
+    data: bytes,
+    score_threshold: float,
+    inside: bool,
+    limits: Limits,
+    tiling: Tiling | None = None,
+) -> dict:
     """Decode an uploaded image and run ``model`` on it (blocking: the app runs it in a worker
     thread). Returns the ``POST /api/detect`` answer without ``"timings"["queue_ms"]``::
 
@@ -85,8 +93,13 @@ def detect(model: ServedModel, data: bytes, score_threshold: float, inside: bool
          "model_ms"}, "inside": {"stages", "views"} (with ``inside`` only)}
 
     Detections are COCO results (best first, ``score >= score_threshold``) with class names;
-    category ids are the labels (1..C). A model that refuses the image raises
+    category ids are the labels (1..C). ``tiling``: tiled inference (not with ``inside``, whose
+    view is one pass of the model: 400). A model that refuses the image raises
     :class:`RequestRefused` (422)."""
+    if inside and tiling is not None:
+        raise RequestRefused(
+            400, "inside and tile cannot be combined: the look-inside view shows one pass of the model"
+        )
     from detlab.eval.results import coco_result_entries
 
     started = time.perf_counter()
@@ -99,7 +112,7 @@ def detect(model: ServedModel, data: bytes, score_threshold: float, inside: bool
             output, inside_view = look_inside(predictor, image)
             prediction = predictor.select(output, score_threshold)
         else:
-            prediction = predictor.predict(image, score_threshold)
+            prediction = predictor.predict(image, score_threshold, tiling=tiling)
     except ValueError as error:  # detlab's models raise ValueError for input they cannot use
         raise RequestRefused(422, f"{model.name} cannot use this image: {error}") from None
     finished = time.perf_counter()
