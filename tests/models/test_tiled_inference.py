@@ -96,3 +96,43 @@ def test_tiling_refuses_what_is_not_a_detector():
         TiledDetector(Classifier(), Tiling(64))
     with pytest.raises(ValueError, match="does not train"):
         TiledDetector(ColourRegions(), Tiling(64)).train()([torch.zeros(3, 8, 8)])
+
+
+def test_eval_checkpoint_scores_tiled_inference_and_says_so(synthetic_root, tmp_path, monkeypatch):
+    import json
+
+    from detlab import config as config_io
+    from detlab.cli import main
+    from detlab.data.synthetic import CLASSES
+    from detlab.engine.checkpoint import save_checkpoint
+    from detlab.engine.run import build_model, resolve_run_config
+
+    torch.manual_seed(0)
+    overrides = [
+        "model.min_size=64",
+        "model.max_size=96",
+        "model.backbone_width=8",
+        "model.score_threshold=0.3",
+    ]
+    run_config = resolve_run_config("faster_rcnn", overrides=overrides)
+    model = build_model(run_config, len(CLASSES))
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(
+        {"config": config_io.to_dict(run_config), "classes": list(CLASSES), "model": model.state_dict()},
+        checkpoint,
+    )
+    tiles_seen = []
+    real_detect = TiledDetector.detect
+    monkeypatch.setattr(
+        TiledDetector,
+        "detect",
+        lambda self, image: tiles_seen.append(self.tiling) or real_detect(self, image),
+    )
+    command = ["eval", "--checkpoint", str(checkpoint), "--data", f"voc:{synthetic_root}", "--split", "test"]
+    command += ["--max-images", "2", "--no-plots", "--out", str(tmp_path / "eval")]
+    assert main([*command, "--tile", "192", "--overlap", "0.25", "--tile-merge", "nms"]) == 0
+    assert tiles_seen == [Tiling(192, 0.25, merge="nms")] * 2  # each test image, tiled
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["settings"]["tiling"] == {
+        "size": 192, "overlap": 0.25, "full_image": False, "merge": "nms", "match_threshold": 0.5, "batch_size": 8,
+    }  # fmt: skip
