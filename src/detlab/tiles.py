@@ -210,6 +210,30 @@ def merge_detections(
     return np.stack(kept_boxes).astype(np.float32), scores[kept], labels[kept], np.asarray(members, np.int64)
 
 
+def merge_tiles(
+    windows: np.ndarray,
+    image_size: tuple[int, int],
+    outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    whole: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    tiling: Tiling,
+    iou_threshold: float,
+    limit: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's detections from its tiles -> ``(boxes float32[K, 4], scores float32[K], labels
+    int64[K])`` in the image's pixels (:func:`merge_detections`). ``outputs``: ``(boxes [K_t, 4] in
+    the tile's pixels, scores, labels)`` of each of ``windows`` ``[T, 4]``; ``whole``: the full
+    image's, or ``None``; ``image_size``: ``(height, width)``."""
+    margin = edge_margin(int((windows[0, 2:] - windows[0, :2]).max()))
+    parts = []
+    for window, (boxes, scores, labels) in zip(windows, outputs):
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4) + window[[0, 1, 0, 1]].astype(np.float32)
+        parts.append((boxes, scores, labels, cut_by_tile(boxes, window, image_size, margin)))
+    if whole is not None:  # uncut: the whole image holds every object whole
+        parts.append((*whole, np.zeros(len(whole[1]), dtype=bool)))
+    boxes, scores, labels, _ = merge_detections(PassDetections.gather(parts), tiling, iou_threshold, limit)
+    return boxes, scores, labels
+
+
 def clip_to_window(
     boxes: np.ndarray, window, min_visible: float, min_side: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

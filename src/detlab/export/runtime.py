@@ -137,33 +137,20 @@ class OnnxPredictor:
 
     def tiled(self, pixels: np.ndarray, tiling: Tiling) -> dict[str, np.ndarray]:
         """One image ``float32[3, H, W]`` on tiles (and whole, with ``tiling.full_image``), the
-        passes merged by :func:`detlab.tiles.merge_detections`."""
+        passes merged by :func:`detlab.tiles.merge_tiles`, as the PyTorch path merges them."""
         height, width = pixels.shape[-2:]
         windows = tiles.tile_windows(height, width, tiling.size, tiling.overlap)
         crops = [pixels[:, y1:y2, x1:x2] for x1, y1, x2, y2 in windows.tolist()]
         outputs = self.detect(crops, tiling.batch_size)
         if len(windows) == 1:
             return outputs[0]
-        margin = tiles.edge_margin(max(crops[0].shape[-2:]))
-        parts = []
-        for window, output in zip(windows, outputs):
-            boxes = output["boxes"] + window[[0, 1, 0, 1]].astype(np.float32)
-            parts.append(
-                (
-                    boxes,
-                    output["scores"],
-                    output["labels"],
-                    tiles.cut_by_tile(boxes, window, (height, width), margin),
-                )
-            )
-        if tiling.full_image:  # uncut: the whole image holds every object whole
-            whole = self.detect([pixels], 1)[0]
-            parts.append(
-                (whole["boxes"], whole["scores"], whole["labels"], np.zeros(len(whole["scores"]), bool))
-            )
+        whole = self.detect([pixels], 1)[0] if tiling.full_image else None
         settings = self.metadata["postprocess"]
-        boxes, scores, labels, _ = tiles.merge_detections(
-            tiles.PassDetections.gather(parts),
+        boxes, scores, labels = tiles.merge_tiles(
+            windows,
+            (height, width),
+            [(found["boxes"], found["scores"], found["labels"]) for found in outputs],
+            (whole["boxes"], whole["scores"], whole["labels"]) if whole is not None else None,
             tiling,
             settings["nms_threshold"],
             settings["detections_per_image"],

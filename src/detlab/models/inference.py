@@ -155,28 +155,28 @@ class TiledDetector(DetectorModule):
             outputs += self.model(crops[start : start + self.tiling.batch_size])
         if len(windows) == 1:
             return outputs[0]
-        margin = tiles.edge_margin(max(crops[0].shape[-2:]))
-        parts = []
-        for window, output in zip(windows, outputs):
-            boxes = output["boxes"].float().cpu().numpy() + window[[0, 1, 0, 1]].astype(np.float32)
-            cut = tiles.cut_by_tile(boxes, window, (height, width), margin)
-            parts.append((boxes, output["scores"].float().cpu().numpy(), output["labels"].cpu().numpy(), cut))
-        if self.tiling.full_image:  # uncut: the whole image holds every object whole
-            whole = self.model([image])[0]
-            parts.append(
-                (
-                    whole["boxes"].float().cpu().numpy(),
-                    whole["scores"].float().cpu().numpy(),
-                    whole["labels"].cpu().numpy(),
-                    np.zeros(len(whole["scores"]), dtype=bool),
-                )
-            )
+        whole = self.model([image])[0] if self.tiling.full_image else None
         nms_threshold, limit = self.model.merge_settings()
-        boxes, scores, labels, _ = tiles.merge_detections(
-            tiles.PassDetections.gather(parts), self.tiling, nms_threshold, limit
+        boxes, scores, labels = tiles.merge_tiles(
+            windows,
+            (height, width),
+            [as_arrays(output) for output in outputs],
+            as_arrays(whole) if whole is not None else None,
+            self.tiling,
+            nms_threshold,
+            limit,
         )
         return {
             "boxes": torch.from_numpy(boxes).to(image.device),
             "scores": torch.from_numpy(scores).to(image.device),
             "labels": torch.from_numpy(labels).to(image.device),
         }
+
+
+def as_arrays(output: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A detector's output -> ``(boxes float32[K, 4], scores float32[K], labels int64[K])`` on the CPU."""
+    return (
+        output["boxes"].float().cpu().numpy(),
+        output["scores"].float().cpu().numpy(),
+        output["labels"].cpu().numpy(),
+    )
