@@ -29,7 +29,7 @@ DEFAULT_MODEL = "faster_rcnn"
 # The options every method takes, on the command line (``--data-root``) and here (``data_root``):
 # name -> (the config key it sets, type, help).
 SHARED_OPTIONS: dict[str, tuple[str, type, str]] = {
-    "data": ("data.spec", str, "synthetic | synthetic-single | synthetic-pose | voc:DIR | coco:FILE | yolo:DIR"),
+    "data": ("data.spec", str, "synthetic | synthetic-single | synthetic-pose | synthetic-small | voc:DIR | coco:FILE | yolo:DIR"),
     "data_root": ("data.root", str, "where a synthetic set is generated"),
     "recipe": ("train.recipe", str, "the method's training stages: joint, 4step (localizer, overfeat, "
                "faster_rcnn), cascade (keypoints); default: the method's first"),
@@ -141,16 +141,26 @@ def load(
     set: list[str] | None = None,  # noqa: A002
     ensemble: list[str | Path] | tuple = (),
     test_scales: list[float] | tuple = (),
+    tile: int = 0,
+    overlap: float = 0.2,
+    tile_full_image: bool = False,
+    tile_merge: str = "fusion",
 ) -> Predictor | OnnxPredictor:
     """A :class:`Predictor` from a checkpoint of any method (``RUN/best``, ``RUN/last``, a ``.pt``
     file or a run folder); ``set``: ``model.FIELD=VALUE`` test-time changes (e.g.
     ``model.score_threshold=0.3``, or ``model.box_refinement=true`` for Fast/Faster R-CNN);
     ``ensemble``: more checkpoints whose detections are merged with this one's; ``test_scales``:
     input size factors for multi-scale testing. Loading never runs code from the file.
+    ``tile``: tiled inference on ``tile`` x ``tile`` tiles sharing ``overlap`` of their side, plus
+    the whole image with ``tile_full_image``, merged by ``tile_merge`` (``fusion`` or ``nms``;
+    :mod:`detlab.tiles`, docs/inference.md); 0: none.
 
     A ``.onnx`` file from ``detlab export`` gives an :class:`~detlab.export.runtime.OnnxPredictor`
     instead: the same ``predict``, run by onnxruntime with numpy outputs, without importing torch
-    (its test-time settings were fixed at export: ``detlab export --set ...``)."""
+    (its test-time settings were fixed at export: ``detlab export --set ...``; tiling is not)."""
+    from detlab.tiles import tiling_of
+
+    tiling = tiling_of(tile, overlap, tile_full_image, tile_merge)
     if Path(path).suffix.lower() == ".onnx":
         if set or ensemble or test_scales:
             raise ValueError(
@@ -159,11 +169,11 @@ def load(
             )
         from detlab.export.runtime import OnnxPredictor
 
-        return OnnxPredictor(path)
+        return OnnxPredictor(path, tiling=tiling)
     from detlab.engine.predict import Predictor
 
     return Predictor.from_checkpoint(
-        path, device=device, overrides=set, ensemble=ensemble, test_scales=test_scales
+        path, device=device, overrides=set, ensemble=ensemble, test_scales=test_scales, tiling=tiling
     )
 
 

@@ -63,6 +63,17 @@ def clip(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     return ops.clip_boxes_to_image(boxes, image_size)
 
 
+def clip_each(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Clip xyxy ``boxes`` ``Tensor[..., 4]``, each to its own image of ``sizes`` ``Tensor[..., 2]``
+    ``(height, width)`` (broadcast against the boxes' leading axes): :func:`clip` of a batch of
+    images at once, in tensor operations only (so ONNX export keeps the batch size free)."""
+    sizes = sizes.to(boxes.dtype)
+    widths, heights = sizes[..., 1:2], sizes[..., 0:1]
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), widths)
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), heights)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
 def remove_small(boxes: Tensor, min_size: float) -> Tensor:
     """Indices (``Tensor[K]`` int64) of boxes whose width and height are both at least ``min_size``."""
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]

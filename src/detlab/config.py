@@ -34,7 +34,8 @@ class DataConfig:
 
     ``spec``: ``synthetic`` (the built-in set, ``synthetic_images`` images generated on first use
     under ``root`` from ``synthetic_seed``), ``synthetic-single`` (one object an image), ``synthetic-pose`` (stick figures
-    with 7 keypoints), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``. Models resize images
+    with 7 keypoints), ``synthetic-small`` (1024-pixel images of many small shapes; under
+    ``data/synthetic-small`` unless ``root`` names another folder), ``voc:DIR``, ``coco:FILE.json`` or ``yolo:DIR``. Models resize images
     themselves (their ``model.min_size``/``max_size`` or window), so the data keeps its size.
     ``on_bad``: ``error`` stops before training on an unreadable image or annotation (naming every
     one), ``skip`` drops them with a warning. ``allow_outside_root``: read files that a data set's

@@ -56,3 +56,42 @@ def test_synth_command(tmp_path, capsys):
     assert "| images" in out and "wrote 10 images" in out
     image, target = read_voc(tmp_path / "s")[0]
     assert image.shape == (3, 256, 256) and target["boxes"].dtype == torch.float32
+
+
+def test_the_small_object_set_has_many_small_shapes_and_a_few_large_ones():
+    from detlab.data.synthetic import LARGE_SIDES, SMALL_SIDES, render_small_image
+
+    sides, counts = [], []
+    for index in range(3):
+        image, objects = render_small_image(seed=0, index=index, size=512)
+        assert image.size == (512, 512)
+        counts.append(len(objects))
+        boxes = np.array([obj["box"] for obj in objects])
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 512).all()
+        for a in range(len(boxes)):  # none overlaps another
+            for b in range(a + 1, len(boxes)):
+                assert min(boxes[a, 2], boxes[b, 2]) <= max(boxes[a, 0], boxes[b, 0]) or min(
+                    boxes[a, 3], boxes[b, 3]
+                ) <= max(boxes[a, 1], boxes[b, 1])
+        sides += (boxes[:, 2:] - boxes[:, :2]).max(1).tolist()
+    sides = np.array(sides)
+    assert min(counts) >= 15 and (sides <= SMALL_SIDES[1] + 1).mean() > 0.9
+    assert sides.min() >= 4 and sides.max() <= LARGE_SIDES[1] + 1
+    again, objects = render_small_image(seed=0, index=0, size=512)
+    assert objects == render_small_image(seed=0, index=0, size=512)[1]
+
+
+def test_the_small_spec_is_generated_apart_from_the_shared_set(tmp_path, monkeypatch):
+    from detlab.data.loading import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    shared = make_synthetic(tmp_path / "data" / "synthetic", 4, seed=0)
+    before = sorted(path.name for path in (shared / "JPEGImages").iterdir())
+    dataset = load_dataset("synthetic-small", "train", root="data/synthetic", num_synthetic=3)
+    assert (
+        len(dataset) == 2 and dataset.classes == list(CLASSES) and dataset.name == "synthetic-small [train]"
+    )
+    image, target = dataset[0]
+    assert image.shape == (3, 1024, 1024) and len(target["boxes"]) >= 15
+    assert (tmp_path / "data" / "synthetic-small" / "JPEGImages").is_dir()
+    assert sorted(path.name for path in (shared / "JPEGImages").iterdir()) == before

@@ -132,10 +132,60 @@ def test_detections_match_pytorch_on_real_photos(method, exported, bccd_root):
         assert_same_detections(expected_predictor.predict(path, 0.05), found_predictor.predict(path, 0.05))
 
 
+def same_size_images(synthetic_root: Path) -> list[Path]:
+    """Four noisy images of one size: the two synthetic ones and their mirror images."""
+    first, second = sample_images(synthetic_root)[:2]
+    mirrored = []
+    for path in (first, second):
+        target = path.with_name(path.stem + "_mirrored.png")
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target)
+        mirrored.append(target)
+    return [first, second, *mirrored]
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_a_batch_of_four_is_one_run_that_finds_what_pytorch_finds_image_by_image(
+    method, exported, synthetic_root, monkeypatch
+):
+    checkpoint, onnx_file = exported[method]
+    expected_predictor, found_predictor = detlab.load(checkpoint, device="cpu"), detlab.load(onnx_file)
+    images = same_size_images(synthetic_root)
+    plan = expected_predictor.model.export_plan()
+    for batch in (images, sample_images(synthetic_root)):  # one size; four sizes padded to one
+        expected, found, side = parity.raw_outputs(plan, found_predictor, batch)
+        assert len(found[found_predictor.session.get_outputs()[0].name]) > 0
+        report = parity.raw_output_differences(expected, found, side)
+        assert report["within_tolerance"] and report["unpaired_rows"] == 0, report
+    runs = []
+    real_run = found_predictor.run
+    monkeypatch.setattr(
+        found_predictor, "run", lambda inputs: runs.append(len(inputs["images"])) or real_run(inputs)
+    )
+    batch = found_predictor.predict(images)
+    assert runs == [4]
+    for path, found_one in zip(images, batch):
+        assert_same_detections(expected_predictor.predict(path), found_one)
+
+
+@pytest.mark.parametrize("method", ["faster_rcnn", "yolo"])
+def test_tiled_inference_from_the_file_is_pytorchs_on_real_photos(method, exported, bccd_root):
+    checkpoint, onnx_file = exported[method]
+    options = {"tile": 256, "overlap": 0.25, "tile_full_image": True}
+    expected_predictor = detlab.load(checkpoint, device="cpu", **options)
+    found_predictor = detlab.load(onnx_file, **options)
+    path = real_images(bccd_root, 1)[0]
+    found = found_predictor.predict(path, 0.05)
+    assert_same_detections(expected_predictor.predict(path, 0.05), found)
+    assert len(found["boxes"]) > 0
+    untiled = detlab.load(checkpoint, device="cpu").predict(path, 0.05)
+    assert not parity.all_matched(parity.matched_detections(untiled, found))  # the tiles changed them
+
+
 def test_raw_comparison_pairs_reordered_proposals_and_scales_coordinates():
     rng = np.random.default_rng(0)
     expected = {
         "proposals": rng.uniform(0, 400, (6, 4)).astype(np.float32),
+        "proposal_image": np.array([0, 0, 0, 1, 1, 1]),
         "probabilities": rng.uniform(0, 1, (6, 3)).astype(np.float32),
         "boxes": rng.uniform(0, 400, (6, 2, 4)).astype(np.float32),
     }
@@ -151,6 +201,9 @@ def test_raw_comparison_pairs_reordered_proposals_and_scales_coordinates():
     found = {name: value.copy() for name, value in expected.items()}
     found["probabilities"][3, 1] += 2e-3
     assert not parity.raw_output_differences(expected, found, input_side=416)["within_tolerance"]
+    found = {name: value.copy() for name, value in expected.items()}
+    found["proposal_image"] = expected["proposal_image"][::-1].copy()  # the same boxes, other images
+    assert parity.raw_output_differences(expected, found, input_side=416)["unpaired_rows"] == 6
 
 
 @pytest.mark.parametrize("antialias", [False, True])

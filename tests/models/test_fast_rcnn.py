@@ -9,7 +9,13 @@ import torch
 
 from detlab import boxes as box_ops
 from detlab.models.fast_rcnn import FastRCNN, FastRCNNConfig, build_fast_rcnn
-from detlab.models.roi_heads import RoIHead, SingleLevelRoIPool, sample_rois
+from detlab.models.roi_heads import (
+    RoIHead,
+    SingleLevelRoIPool,
+    build_roi_pooler,
+    pool_with_image_index,
+    sample_rois,
+)
 from detlab.models.transform import ImageBatcher
 
 
@@ -173,6 +179,26 @@ def test_fast_rcnn_uses_its_proposal_method_at_test_time_and_explains_missing_pr
     model.proposer = None
     with pytest.raises(ValueError, match="proposals"):
         model([torch.rand(3, 64, 80)])
+
+
+@pytest.mark.parametrize("strides", [[16.0], [8.0, 16.0, 32.0]])
+def test_pooling_rois_with_their_image_index_is_pooling_a_list_an_image(strides):
+    """What ONNX export pools (one tensor of RoIs with image indices, no loop over the images) is
+    what the detector pools (a list of RoIs an image), with one level and with an FPN's three."""
+    torch.manual_seed(0)
+    names = [f"p{index}" for index in range(len(strides))]
+    features = OrderedDict(
+        (name, torch.randn(2, 4, int(128 // stride), int(96 // stride)))
+        for name, stride in zip(names, strides)
+    )
+    pooler = build_roi_pooler(7, strides, names, "align", canonical_size=64)
+    corners = torch.rand(2, 30, 2) * torch.tensor([80.0, 110.0])
+    rois = [torch.cat([corners[index], corners[index] + torch.rand(30, 2) * 90 + 2], 1) for index in range(2)]
+    expected = pooler(features, rois, [(128, 96), (128, 96)])
+    flat = torch.cat(
+        [torch.cat([torch.full((30, 1), float(index)), boxes], 1) for index, boxes in enumerate(rois)]
+    )
+    torch.testing.assert_close(pool_with_image_index(pooler, features, flat, strides), expected)
 
 
 def test_single_level_pooler_rejects_unknown_method():

@@ -15,6 +15,7 @@ from detlab.models.rpn import (
     RPNHead,
     label_anchors,
     sample_labels,
+    select_batch_proposals,
     select_proposals,
 )
 
@@ -142,6 +143,33 @@ def test_select_proposals_clips_and_does_not_suppress_across_levels():
     )
     assert boxes.shape == (2, 4)
     torch.testing.assert_close(boxes[0], torch.tensor([0.0, 0.0, 25.0, 20.0]))
+
+
+def test_batch_proposal_selection_is_each_images_own():
+    """The loop-free selection ONNX export traces gives every image the proposals the per-image
+    selection gives it: the same top-k, clipping to each image's own size, NMS within each image
+    and level only, and each image's post-NMS limit."""
+    torch.manual_seed(0)
+    anchors = [AnchorGenerator(((16.0,), (40.0,)), (0.5, 1.0, 2.0)).grid_anchors(level, size, stride)
+               for level, size, stride in ((0, (8, 10), 8.0), (1, (4, 5), 16.0))]  # fmt: skip
+    objectness = [torch.randn(3, len(level)) for level in anchors]
+    deltas = [torch.randn(3, len(level), 4) * 0.3 for level in anchors]
+    sizes = torch.tensor([[64, 80], [50, 70], [64, 33]])
+    coder = box_ops.BoxCoder()
+    boxes, images = select_batch_proposals(anchors, objectness, deltas, sizes, coder, 60, 25, 0.6)
+    for index in range(3):
+        expected, _ = select_proposals(
+            anchors,
+            [scores[index] for scores in objectness],
+            [values[index] for values in deltas],
+            tuple(sizes[index].tolist()),
+            coder,
+            60,
+            25,
+            0.6,
+        )
+        assert len(expected) == 25  # the limit binds
+        torch.testing.assert_close(boxes[images == index], expected)
 
 
 def _rpn() -> RegionProposalNetwork:

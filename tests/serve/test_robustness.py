@@ -190,7 +190,8 @@ def test_broken_multipart_framing_and_headers_are_never_a_5xx(
     response = client.post("/api/detect", content=body, headers=sent)
     assert_answered(response)
     if headers.get("content-length", "").startswith("9" * 100):  # absurd, and refused before any reading
-        assert response.status_code == 413
+        # (a foreign Origin beside it is refused first, also unread)
+        assert response.status_code in ((413, 403) if "origin" in headers else (413,))
 
 
 def with_non_finite_outputs(forward):

@@ -11,7 +11,7 @@ from detlab.data.coco import write_coco
 from detlab.data.errors import ON_BAD_CHOICES, BadInputWarning, ProblemLog
 from detlab.data.loading import load_dataset, parse_spec
 from detlab.data.stats import dataset_stats, format_stats
-from detlab.data.synthetic import make_synthetic
+from detlab.data.synthetic import SMALL_IMAGE_SIZE, make_synthetic
 from detlab.data.validation import BadImagesError, check_images
 from detlab.data.voc import write_voc
 from detlab.data.yolo import write_yolo
@@ -39,8 +39,9 @@ def run_synth(args: argparse.Namespace) -> int:
         num_images=args.images,
         seed=args.seed,
         single=args.single,
-        image_size=args.size,
+        image_size=args.size or (SMALL_IMAGE_SIZE if args.small else 256),
         progress=True,
+        small=args.small,
     )
     dataset = load_dataset(f"voc:{out}")
     print(format_stats(dataset_stats(dataset)))
@@ -114,6 +115,8 @@ def run_convert(args: argparse.Namespace) -> int:
     kind, location = parse_spec(args.target) if ":" in args.target else (args.to, args.target)
     if kind not in ("voc", "coco", "yolo"):
         raise ValueError(f"target {args.target!r}: say voc:DIR, coco:FILE.json or yolo:DIR (or use --to)")
+    if args.tile:
+        return convert_to_tiles(dataset, kind, location, args, problems)
     copy = not args.link
     if kind == "voc":
         write_voc(dataset, location, split=args.split or "all", copy_images=copy)
@@ -125,6 +128,27 @@ def run_convert(args: argparse.Namespace) -> int:
     print(
         f"converted {dataset.name} ({len(dataset)} images, {sum(len(r.boxes) for r in dataset.records)} "
         f"objects) to {kind}:{location}; {problems.summary()}"
+    )
+    return 0
+
+
+def convert_to_tiles(
+    dataset, kind: str, location: str, args: argparse.Namespace, problems: ProblemLog
+) -> int:
+    """``detlab convert --tile``: the tiled copy (:func:`detlab.data.tiling.tile_dataset`), a VOC folder."""
+    from detlab.data.tiling import MIN_SIDE, MIN_VISIBLE, tile_dataset
+    from detlab.tiles import Tiling
+
+    if kind != "voc":
+        raise ValueError(
+            f"--tile writes a VOC folder (voc:DIR), not {kind}; convert the tiled copy afterwards"
+        )
+    Tiling(args.tile, args.overlap)  # the same limits as tiled inference's
+    summary = tile_dataset(dataset, location, args.tile, args.overlap, split=args.split or "all")
+    print(
+        f"tiled {dataset.name} ({summary['images']} images) into {summary['tiles']} tiles of {args.tile} px "
+        f"(overlap {args.overlap:g}) in voc:{location}: {summary['boxes']} boxes, {summary['dropped']} slivers "
+        f"dropped (under {MIN_VISIBLE:.0%} of a box's area, or {MIN_SIDE:g} px, in a tile); {problems.summary()}"
     )
     return 0
 
@@ -173,9 +197,17 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--images", type=int, default=600, help="number of images (default 600)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    synth.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help=f"image side in pixels (default 256; {SMALL_IMAGE_SIZE} with --small)",
+    )
     synth.add_argument(
         "--single", action="store_true", help="one object an image (for classification + localization)"
+    )
+    synth.add_argument(
+        "--small", action="store_true", help="many small shapes (8-32 px) on large images (tiled inference)"
     )
     synth.set_defaults(handler=run_synth)
 
@@ -191,20 +223,7 @@ def add_commands(subparsers) -> None:
     check.add_argument("--split", default=None)
     check.set_defaults(handler=run_check)
 
-    convert = subparsers.add_parser("convert", help="convert between VOC, COCO and YOLO")
-    convert.add_argument(
-        "source", help="voc:DIR, coco:FILE.json, yolo:DIR (or a path whose format is detected)"
-    )
-    convert.add_argument("target", help="voc:DIR, coco:FILE.json or yolo:DIR")
-    convert.add_argument(
-        "--to", choices=("voc", "coco", "yolo"), default=None, help="target format for a bare path"
-    )
-    convert.add_argument(
-        "--split", default=None, help="convert only this split (and name it so in the output)"
-    )
-    convert.add_argument("--link", action="store_true", help="symlink images instead of copying them")
-    _add_on_bad(convert)
-    convert.set_defaults(handler=run_convert)
+    add_convert_command(subparsers)
 
     audit = data_commands.add_parser(
         "audit",
@@ -244,3 +263,36 @@ def add_commands(subparsers) -> None:
     show.add_argument("--out", default="grid.png")
     _add_on_bad(show)
     show.set_defaults(handler=run_show)
+
+
+def add_convert_command(subparsers) -> None:
+    """``detlab convert`` (and its tiled copies)."""
+    convert = subparsers.add_parser(
+        "convert", help="convert between VOC, COCO and YOLO, or write a tiled copy (--tile)"
+    )
+    convert.add_argument(
+        "source", help="voc:DIR, coco:FILE.json, yolo:DIR (or a path whose format is detected)"
+    )
+    convert.add_argument("target", help="voc:DIR, coco:FILE.json or yolo:DIR")
+    convert.add_argument(
+        "--to", choices=("voc", "coco", "yolo"), default=None, help="target format for a bare path"
+    )
+    convert.add_argument(
+        "--split", default=None, help="convert only this split (and name it so in the output)"
+    )
+    convert.add_argument("--link", action="store_true", help="symlink images instead of copying them")
+    convert.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="write a tiled copy (VOC): every image cut into SIZE x SIZE tiles, boxes clipped, slivers dropped",
+    )
+    convert.add_argument(
+        "--overlap",
+        type=float,
+        default=0.2,
+        help="with --tile: the share of a tile's side neighbours share (0.2)",
+    )
+    _add_on_bad(convert)
+    convert.set_defaults(handler=run_convert)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from detlab.cli.inputs import add_tiling_options
 from detlab.data.errors import ON_BAD_CHOICES
 from detlab.eval.coco import CocoResult
 from detlab.eval.error_report import (
@@ -26,6 +27,7 @@ def run_eval(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.checkpoint:  # predict over the data set first (detlab.engine), then score
+            from detlab.cli.inputs import tiling_from_args
             from detlab.engine.predict import evaluate_checkpoint
 
             report, result = evaluate_checkpoint(
@@ -35,6 +37,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 overrides=args.set,
                 ensemble=args.ensemble,
                 test_scales=args.test_scales,
+                tiling=tiling_from_args(args),
                 protocol=args.protocol,
                 iou_threshold=args.iou,
                 max_detections=args.max_dets,
@@ -128,6 +131,7 @@ def add_commands(subparsers) -> None:
     )
     add_test_time_options(parser)
     add_on_bad_option(parser)
+    add_tiling_options(parser)
     parser.add_argument("--data-root", help="where a synthetic set is (default: the run's own)")
     parser.add_argument(
         "--protocol",

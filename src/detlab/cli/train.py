@@ -19,6 +19,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 def add_commands(subparsers) -> None:
     from detlab.cli.eval import add_on_bad_option, add_test_time_options
+    from detlab.cli.inputs import add_tiling_options
 
     train = subparsers.add_parser(
         "train",
@@ -34,7 +35,11 @@ def add_commands(subparsers) -> None:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="RUN/best, RUN/last, a .pt file or a run folder")
     source.add_argument("--model", help="an ONNX file from `detlab export` (run with onnxruntime, no torch)")
-    predict.add_argument("--input", required=True, help="an image file or a folder of images")
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="an image file, a folder of images, a video file, a camera number (0) or a stream URL (rtsp://...)",
+    )
     predict.add_argument("--out", required=True, help="folder for annotated images and detections.json")
     predict.add_argument(
         "--score-threshold",
@@ -59,6 +64,7 @@ def add_commands(subparsers) -> None:
     )
     add_test_time_options(predict)
     add_on_bad_option(predict)
+    add_tiling_options(predict)
     predict.set_defaults(handler=run_predict)
 
 
@@ -207,8 +213,10 @@ def report_training(result) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from detlab import api
+    from detlab.cli.inputs import run_predict_video
     from detlab.engine.predict import predict_files
     from detlab.eval.report import skipped_lines
+    from detlab.video_files import is_video_source
 
     if args.model is not None and Path(args.model).suffix.lower() != ".onnx":
         raise ValueError(
@@ -222,7 +230,13 @@ def run_predict(args: argparse.Namespace) -> int:
         set=args.set,
         ensemble=args.ensemble,
         test_scales=args.test_scales,
+        tile=args.tile,
+        overlap=args.overlap,
+        tile_full_image=args.tile_full_image,
+        tile_merge=args.tile_merge,
     )
+    if is_video_source(args.input):
+        return run_predict_video(predictor, args)
     threshold = {} if args.score_threshold is None else {"draw_threshold": args.score_threshold}
     summary = predict_files(
         predictor, args.input, args.out, batch_size=args.batch_size, on_bad=args.on_bad, **threshold

@@ -4,7 +4,7 @@ Import each name from the module that defines it (this package re-exports nothin
 graph is what the imports say, and the torch-free readers stay torch-free):
 
 - :mod:`~detlab.data.loading`: ``load_dataset(spec, split)``, the one entry point commands use;
-  ``spec`` is ``synthetic``, ``synthetic-single``, ``synthetic-pose``, ``voc:DIR``,
+  ``spec`` is ``synthetic``, ``synthetic-single``, ``synthetic-pose``, ``synthetic-small``, ``voc:DIR``,
   ``coco:FILE.json``, ``yolo:DIR`` or a bare path whose format is detected;
 - :mod:`~detlab.data.schema`: ``DetectionDataset``, ``Record``;
 - :mod:`~detlab.data.voc`, :mod:`~detlab.data.coco`, :mod:`~detlab.data.yolo`: ``read_*`` / ``write_*``;

@@ -298,7 +298,7 @@ def discover_splits(spec: str, root: str | Path | None = None) -> list[str]:
     ``ImageSets/Main`` less per-class files (``<class>_<split>.txt``); YOLO and synthetic sets:
     train, val and test where they exist; COCO: none."""
     kind, location = parse_spec(spec)
-    if kind in ("synthetic", "synthetic-single"):
+    if kind in ("synthetic", "synthetic-single", "synthetic-small"):
         return ["train", "val", "test"]
     if kind == "voc":
         names = sorted(path.stem for path in (Path(location) / "ImageSets" / "Main").glob("*.txt"))

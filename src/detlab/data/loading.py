@@ -7,13 +7,14 @@ from pathlib import Path
 from detlab.data.coco import read_coco
 from detlab.data.errors import ProblemLog
 from detlab.data.schema import DetectionDataset
-from detlab.data.synthetic import ensure_synthetic
+from detlab.data.synthetic import SMALL_IMAGE_SIZE, ensure_synthetic
 from detlab.data.voc import read_voc
 from detlab.data.yolo import YAML_FILES, YAML_SUFFIXES, read_yolo
 
 FORMATS = ("voc", "coco", "yolo")
 SYNTHETIC = {"synthetic": False, "synthetic-single": True}
 SYNTHETIC_POSE = "synthetic-pose"
+SYNTHETIC_SMALL = "synthetic-small"
 DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
 
 
@@ -39,7 +40,7 @@ def detect_format(path: str | Path) -> str:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"voc:DIR"`` -> ``("voc", "DIR")``; a bare path gets its detected format."""
-    if spec in SYNTHETIC or spec == SYNTHETIC_POSE:
+    if spec in SYNTHETIC or spec in (SYNTHETIC_POSE, SYNTHETIC_SMALL):
         return spec, ""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in FORMATS:
@@ -59,8 +60,10 @@ def load_dataset(
 ) -> DetectionDataset:
     """Load ``spec`` (see module doc) at ``split``.
 
-    For ``synthetic``/``synthetic-single``/``synthetic-pose`` the set (``num_synthetic`` images) is
-    generated under ``root`` on first use (default ``data/<spec>``) and reused afterwards.
+    For ``synthetic``/``synthetic-single``/``synthetic-pose``/``synthetic-small`` the set
+    (``num_synthetic`` images) is generated under ``root`` on first use (default ``data/<spec>``)
+    and reused afterwards; ``synthetic-small`` never takes the shared set's default root
+    (``data/synthetic``, the ``data.root`` default): it would replace that set.
     For COCO, ``split`` is ignored (one file is one split). ``allow_outside_root``
     (``data.allow_outside_root``): read files that the data set's own files name outside its
     folder (a COCO ``file_name`` of ``../x.jpg``, a VOC split id ``/abs/x``); refused by default.
@@ -73,6 +76,12 @@ def load_dataset(
         dataset = read_coco(
             root / f"{split or 'trainval'}.json", image_dir=root / "images", on_bad=on_bad, problems=problems
         )
+        dataset.name = f"{kind} [{split}]" if split else kind
+        return dataset
+    if kind == SYNTHETIC_SMALL:
+        root = Path(root if root and Path(root) != Path(DEFAULT_SYNTHETIC_ROOT) else f"data/{kind}")
+        ensure_synthetic(root, num_images=num_synthetic, seed=seed, image_size=SMALL_IMAGE_SIZE, small=True)
+        dataset = read_voc(root, split, on_bad=on_bad, problems=problems)
         dataset.name = f"{kind} [{split}]" if split else kind
         return dataset
     if kind in SYNTHETIC:

@@ -7,6 +7,11 @@ and distractor clutter in the background, overlap and partial occlusion, and 0 t
 image. Written in VOC layout (``Annotations``, ``JPEGImages``, ``ImageSets/Main/{train,val,test,
 trainval}.txt``, ``classes.txt``) so every reader and tool treats it like real data.
 
+The small-object variant (``synthetic-small``, :func:`render_small_image`): 1024-pixel canvases
+with 20 to 60 shapes 8 to 32 pixels across and 0 to 2 large ones (100 to 260 pixels), none
+overlapping: resized whole to a detector's input the small ones shrink to a few pixels, so tiled
+inference and training on tiles have something to show.
+
 Deterministic: image ``i`` depends only on ``(seed, i)`` and the generator version.
 """
 
@@ -24,6 +29,9 @@ from detlab.progress import progress_bar
 CLASSES = ("circle", "square", "triangle", "star")
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 GENERATOR_VERSION = 1
+SMALL_IMAGE_SIZE = 1024
+SMALL_SIDES = (8.0, 32.0)  # the small shapes' diameters, pixels
+LARGE_SIDES = (100.0, 260.0)
 
 
 def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -141,6 +149,67 @@ def render_image(
     return image, objects
 
 
+def _place(rng: np.random.Generator, size: int, side: float, placed: list[tuple]) -> tuple | None:
+    """A centre for a shape of diameter ``side`` inside the canvas, clear (by 2 pixels) of every
+    placed box ``(x1, y1, x2, y2)``; ``None`` after 20 tries."""
+    radius = side / 2
+    for _attempt in range(20):
+        cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+        box = (cx - radius - 2, cy - radius - 2, cx + radius + 2, cy + radius + 2)
+        if all(box[2] <= x1 or x2 <= box[0] or box[3] <= y1 or y2 <= box[1] for x1, y1, x2, y2 in placed):
+            placed.append(box)
+            return float(cx), float(cy)
+    return None
+
+
+def _paste_shape(
+    image: Image.Image, rng: np.random.Generator, kind: str, cx: float, cy: float, side: float
+) -> list[int] | None:
+    """Draw one shape (a noisy colour, striped when large) centred at ``(cx, cy)``, in a patch
+    around it (a canvas-sized mask an object would cost the small set's 40 objects a second an
+    image); returns its tight box, or ``None`` when it has under 16 pixels."""
+    left, top = int(cx - side / 2) - 2, int(cy - side / 2) - 2
+    patch = int(side) + 6
+    angle = float(rng.uniform(0, 2 * math.pi))
+    mask = np.asarray(_shape_mask(kind, patch, cx - left, cy - top, side / 2, angle)) > 0
+    if mask.sum() < 16:
+        return None
+    colour = rng.integers(0, 256, 3)
+    pattern = np.zeros((patch, patch, 3), np.float32) + colour
+    if side >= LARGE_SIDES[0] and rng.random() < 0.5:
+        yy, xx = np.mgrid[0:patch, 0:patch]
+        phase = (xx * math.cos(angle) + yy * math.sin(angle)) / rng.uniform(6, 16)
+        pattern = np.where(((phase % 1.0) < 0.5)[..., None], pattern, rng.integers(0, 256, 3)).astype(
+            np.float32
+        )
+    pattern += rng.normal(0, 8, pattern.shape)
+    fill = Image.fromarray(np.clip(pattern, 0, 255).astype(np.uint8))
+    blurred = Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    image.paste(fill, (left, top), blurred)
+    ys, xs = np.nonzero(mask)
+    return [left + int(xs.min()), top + int(ys.min()), left + int(xs.max()) + 1, top + int(ys.max()) + 1]
+
+
+def render_small_image(seed: int, index: int, size: int = SMALL_IMAGE_SIZE) -> tuple[Image.Image, list[dict]]:
+    """One image of the small-object set and its objects ``[{"name", "box", "truncated"}]``: 20 to
+    60 shapes of diameter :data:`SMALL_SIDES` and 0 to 2 of :data:`LARGE_SIDES` (large first, so
+    they find room), on the textured, cluttered background of :func:`render_image`, none
+    overlapping another and none cut by the border."""
+    rng = np.random.default_rng([seed, index, GENERATOR_VERSION, 1])  # 1: not the other sets' stream
+    image = _background(rng, size)
+    sides = [rng.uniform(*LARGE_SIDES) for _ in range(int(rng.integers(0, 3)))]
+    sides += [rng.uniform(*SMALL_SIDES) for _ in range(int(rng.integers(20, 61)))]
+    placed: list[tuple] = []
+    objects = []
+    for side in sides:
+        kind = CLASSES[int(rng.integers(len(CLASSES)))]
+        centre = _place(rng, size, side, placed)
+        box = _paste_shape(image, rng, kind, *centre, side) if centre is not None else None
+        if box is not None:
+            objects.append({"name": kind, "box": box, "truncated": False})
+    return image, objects
+
+
 def _annotation_xml(file_name: str, size: int, objects: list[dict]) -> str:
     parts = [
         f"<annotation>\n  <filename>{file_name}</filename>\n  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>\n"
@@ -162,8 +231,10 @@ def make_synthetic(
     single: bool = False,
     image_size: int = 256,
     progress: bool = False,
+    small: bool = False,
 ) -> Path:
-    """Write the synthetic set in VOC layout under ``out_dir`` and return it.
+    """Write the synthetic set in VOC layout under ``out_dir`` and return it (``small``: the
+    small-object set, :func:`render_small_image`, whose ``image_size`` is the canvas side).
 
     Splits: 70% train, 15% val, 15% test (``trainval`` = train + val), by image index.
     A ``synthetic.json`` records the parameters, so :func:`ensure_synthetic` can tell whether an
@@ -172,12 +243,16 @@ def make_synthetic(
     out_dir = Path(out_dir)
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    ids = [f"{'single' if single else 'synth'}_{index:06d}" for index in range(num_images)]
+    prefix = "small" if small else "single" if single else "synth"
+    ids = [f"{prefix}_{index:06d}" for index in range(num_images)]
     indices = range(num_images)
     if progress:
         indices = progress_bar(indices, desc="synthetic images", unit="img")
     for index in indices:
-        image, objects = render_image(seed, index, image_size, single)
+        if small:
+            image, objects = render_small_image(seed, index, image_size)
+        else:
+            image, objects = render_image(seed, index, image_size, single)
         file_name = f"{ids[index]}.jpg"
         image.save(out_dir / "JPEGImages" / file_name, quality=92)
         (out_dir / "Annotations" / f"{ids[index]}.xml").write_text(
@@ -194,6 +269,15 @@ def make_synthetic(
     for split, split_ids in splits.items():
         (out_dir / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
+    (out_dir / "synthetic.json").write_text(
+        json.dumps(_parameters(num_images, seed, single, image_size, small), indent=2)
+    )
+    return out_dir
+
+
+def _parameters(num_images: int, seed: int, single: bool, image_size: int, small: bool) -> dict:
+    """What ``synthetic.json`` records (``small`` only for the small set, so the markers of sets
+    made before it existed still match)."""
     parameters = {
         "num_images": num_images,
         "seed": seed,
@@ -201,23 +285,21 @@ def make_synthetic(
         "image_size": image_size,
         "generator_version": GENERATOR_VERSION,
     }
-    (out_dir / "synthetic.json").write_text(json.dumps(parameters, indent=2))
-    return out_dir
+    return {**parameters, "small": True} if small else parameters
 
 
 def ensure_synthetic(
-    out_dir: str | Path, num_images: int = 600, seed: int = 0, single: bool = False, image_size: int = 256
+    out_dir: str | Path,
+    num_images: int = 600,
+    seed: int = 0,
+    single: bool = False,
+    image_size: int = 256,
+    small: bool = False,
 ) -> Path:
     """Generate the synthetic set under ``out_dir`` unless the same one is already there."""
     out_dir = Path(out_dir)
     marker = out_dir / "synthetic.json"
-    wanted = {
-        "num_images": num_images,
-        "seed": seed,
-        "single": single,
-        "image_size": image_size,
-        "generator_version": GENERATOR_VERSION,
-    }
+    wanted = _parameters(num_images, seed, single, image_size, small)
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return out_dir
     if marker.is_file():
@@ -225,4 +307,4 @@ def ensure_synthetic(
         for sub in ("Annotations", "JPEGImages"):
             for path in (out_dir / sub).glob("*"):
                 path.unlink()
-    return make_synthetic(out_dir, num_images, seed, single, image_size)
+    return make_synthetic(out_dir, num_images, seed, single, image_size, small=small)

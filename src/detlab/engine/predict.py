@@ -12,6 +12,7 @@ writes, per image, an annotated copy, and for all of them ``detections.json`` (C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -41,8 +42,9 @@ from detlab.eval.report import build_report
 from detlab.eval.results import coco_result_entries
 from detlab.eval.voc import VOCEvaluator
 from detlab.image_files import IMAGE_SUFFIXES, open_rgb
-from detlab.models.inference import TestTimeCombination, fold_batchnorm
+from detlab.models.inference import TestTimeCombination, TiledDetector, fold_batchnorm
 from detlab.progress import progress_bar
+from detlab.tiles import Tiling
 
 OUTPUT_KEYS = ("boxes", "scores", "labels", "keypoints")
 # the score a drawn or served detection needs when the checkpoint recorded no best-F1 confidence
@@ -80,7 +82,8 @@ def model_from_stored(checkpoint: dict, path: str | Path, overrides: list[str] |
 class Predictor:
     """A trained model with its class names, ready for inference (eval mode, no gradients) on
     ``device`` (``auto``: the GPU when there is one), under float16 autocast on a GPU unless the
-    run config turned ``train.amp`` off."""
+    run config turned ``train.amp`` off; ``tiling``: run it on tiles of each image
+    (:class:`~detlab.models.inference.TiledDetector`), ``None``: on the whole image."""
 
     def __init__(
         self,
@@ -88,6 +91,7 @@ class Predictor:
         classes: list[str],
         run_config: RunConfig | None = None,
         device: torch.device | str = "auto",
+        tiling: Tiling | None = None,
     ):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -97,6 +101,7 @@ class Predictor:
         # the score threshold with the best mean F1 on the run's validation images, when the
         # checkpoint's evaluation recorded one: what ``score_threshold="auto"`` means
         self.best_confidence: float | None = None
+        self.tiling = tiling
 
     @classmethod
     def from_checkpoint(
@@ -107,6 +112,7 @@ class Predictor:
         fold: bool = True,
         ensemble: Iterable[str | Path] = (),
         test_scales: Iterable[float] = (),
+        tiling: Tiling | None = None,
     ) -> Predictor:
         """Load a checkpoint safely (see :func:`detlab.engine.checkpoint.load_checkpoint`);
         ``path`` may be a ``.pt`` file, ``RUN/best``, ``RUN/last`` or a run folder. ``fold``: fold
@@ -116,7 +122,8 @@ class Predictor:
         Test-time combinations (:class:`detlab.models.inference.TestTimeCombination`):
         ``ensemble``: more checkpoints of detectors of the same classes, whose detections are
         merged with this one's; ``test_scales``: input size factors (e.g. ``0.8, 1, 1.2``) each
-        model runs at, detections merged. ``overrides`` apply to every checkpoint."""
+        model runs at, detections merged. ``overrides`` apply to every checkpoint. ``tiling``:
+        tiled inference (:class:`detlab.tiles.Tiling`), over the combination when there is one."""
         stored = checkpoints.load_checkpoint(path)
         model, classes, run_config = model_from_stored(stored, path, overrides)
         models = [model]
@@ -134,26 +141,48 @@ class Predictor:
         scales = tuple(test_scales)
         if len(models) > 1 or scales:
             model = TestTimeCombination(models, scales or (1.0,)).eval()
-        predictor = cls(model, classes, run_config, device)
+        if tiling is not None:
+            TiledDetector(model, tiling)  # refuses a model that is not a detector now, not at the first image
+        predictor = cls(model, classes, run_config, device, tiling)
         predictor.best_confidence = (stored.get("metrics") or {}).get("best_f1_confidence")
         return predictor
 
+    def detector(self, tiling: Tiling | None = None) -> torch.nn.Module:
+        """The module that runs: the model, or the model on tiles (``tiling``, else the predictor's own)."""
+        tiling = tiling or self.tiling
+        return TiledDetector(self.model, tiling).eval() if tiling is not None else self.model
+
     @torch.no_grad()
-    def predict(self, image, score_threshold: float | None = None) -> dict:
+    def predict(self, image, score_threshold: float | None = None, tiling: Tiling | None = None):
         """What the model finds in one image: a path, a PIL image, an ``H x W x 3`` uint8 (RGB)
-        numpy array or a ``Tensor[3, H, W]`` in [0, 1].
+        numpy array or a ``Tensor[3, H, W]`` in [0, 1]; or, given a list of them, in each
+        (:meth:`predict_batch`).
 
         Returns ``{"boxes", "scores", "labels", "names"}`` (and ``"keypoints"`` for a keypoint
         model) on the CPU, best first, with ``scores >= score_threshold`` (``None``: all; R-CNN's
         scores are SVM margins, which may be negative); ``names`` are the class names of ``labels``.
+        ``tiling``: tiles for this call (default: the predictor's own ``tiling``).
         """
-        return self.predict_batch([image], score_threshold)[0]
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image, score_threshold, tiling)
+        return self.predict_batch([image], score_threshold, tiling)[0]
 
     @torch.no_grad()
-    def predict_batch(self, images: Iterable, score_threshold: float | None = None) -> list[dict]:
+    def predict_batch(
+        self, images: Iterable, score_threshold: float | None = None, tiling: Tiling | None = None
+    ) -> list[dict]:
+        """:meth:`predict` of each image, in order. Images of one size go through the model in one
+        forward pass; images of different sizes in one pass a size, since padding an image to a
+        larger one's size would change its detections near the padding. So a batch finds what one
+        image at a time finds, up to float rounding."""
         tensors = [to_image_tensor(image).to(self.device) for image in images]
-        with inference_autocast(self.device, self.amp):
-            outputs = self.model(tensors)
+        model = self.detector(tiling)
+        outputs: list[dict] = [{} for _ in tensors]
+        for indices in same_size_groups(tensors):
+            with inference_autocast(self.device, self.amp):
+                found = model([tensors[index] for index in indices])
+            for index, output in zip(indices, found):
+                outputs[index] = output
         return [self.select(output, score_threshold) for output in outputs]
 
     def select(self, output: dict, score_threshold: float | None = None) -> dict:
@@ -168,6 +197,15 @@ class Predictor:
 
     def class_name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class {label}"
+
+
+def same_size_groups(images: list) -> list[list[int]]:
+    """Indices of ``images`` (``[..., H, W]`` arrays or tensors) grouped by size, in order of each
+    size's first image."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(index)
+    return list(groups.values())
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -251,8 +289,9 @@ def predict_files(
     (:class:`detlab.export.runtime.OnnxPredictor`); both take the decoded pixels.
     The images are decoded by a loader (``num_workers`` processes; ``None``: chosen by device,
     :func:`~detlab.engine.sampling.loader_workers`) and predicted ``batch_size`` at a time
-    (``None``: the run's training batch size on a GPU; one on a CPU, where a batch gains nothing
-    and padding images of different sizes to one would change detections near their borders).
+    (``None``: the run's training batch size on a GPU; one on a CPU, where a batch gains little;
+    images of different sizes in one batch go through the model a size at a time, see
+    :meth:`Predictor.predict_batch`).
     ``on_bad``: an image that cannot be decoded stops prediction naming it (``"error"``), or is
     left out (``"skip"``: every image is checked first, :func:`usable_images`).
     Returns ``{"images": N, "detections": M, "out_dir": str, "draw_threshold": the score drawn
@@ -344,17 +383,26 @@ def evaluate_checkpoint(
     on the data set ``data`` (a spec) at ``split`` (default: the run's test split), its first
     ``scoring["max_images"]`` (0: all), read from ``scoring["data_root"]`` for a synthetic set:
     :func:`evaluate_predictor` with the rest of ``scoring`` (``protocol``, ``iou_threshold``,
-    ``max_detections``). ``ensemble``, ``test_scales``: test-time combinations (see
-    :meth:`Predictor.from_checkpoint`). ``scoring["on_bad"]``: the bad-input policy (``data.on_bad``:
-    ``"error"``, the default, or ``"skip"``; see :func:`evaluation_split`), whose skipped images the
-    report lists under ``"skipped"``. Returns ``(report dict, result)``."""
-    ensemble, test_scales = list(ensemble), list(test_scales)
+    ``max_detections``). ``ensemble``, ``test_scales`` and ``scoring["tiling"]`` (a
+    :class:`~detlab.tiles.Tiling`): test-time combinations and tiled inference (see
+    :meth:`Predictor.from_checkpoint`). ``scoring["on_bad"]``: the bad-input policy
+    (``data.on_bad``: ``"error"``, the default, or ``"skip"``; see :func:`evaluation_split`), whose
+    skipped images the report lists under ``"skipped"``. Returns ``(report dict, result)``."""
+    ensemble, test_scales, tiling = list(ensemble), list(test_scales), scoring.pop("tiling", None)
     predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, overrides=overrides, fold=False, ensemble=ensemble, test_scales=test_scales
+        checkpoint,
+        device=device,
+        overrides=overrides,
+        fold=False,
+        ensemble=ensemble,
+        test_scales=test_scales,
+        tiling=tiling,
     )
     source = {"checkpoint": str(checkpoint)}
     if ensemble or test_scales:
         source.update({"ensemble": [str(path) for path in ensemble], "test_scales": list(test_scales)})
+    if tiling is not None:
+        source["tiling"] = dataclasses.asdict(tiling)
     dataset, skipped = evaluation_split(
         predictor,
         data,
@@ -389,7 +437,7 @@ def evaluate_predictor(
     loader = make_loader(
         dataset, predictor.run_config.train.batch_size, SequentialSampler(dataset), device=predictor.device
     )
-    result = evaluate(predictor.model, loader, evaluator, predictor.device, predictor.amp)
+    result = evaluate(predictor.detector(), loader, evaluator, predictor.device, predictor.amp)
     settings = {"protocol": protocol if kind == "detection" else kind, **(source or {})}
     if kind != "detection":
         return metrics_report(kind, result, len(dataset), settings, dataset.name), result

@@ -21,14 +21,17 @@ from detlab.export import runtime
 from detlab.models.contract import ExportPlan
 
 COORDINATE_OUTPUTS = ("proposals", "boxes")
-ROW_OUTPUTS = ("proposals", "probabilities", "boxes")  # one row a proposal (Faster R-CNN)
+ROW_OUTPUTS = ("proposals", "proposal_image", "probabilities", "boxes")  # one row a proposal (Faster R-CNN)
 
 
-def raw_outputs(plan: ExportPlan, session: runtime.OnnxPredictor, image) -> tuple[dict, dict, int]:
-    """One image through the runtime's pre-processing, then through the graph of ``plan`` (a
-    model's :meth:`~detlab.models.contract.Detector.export_plan`) in PyTorch and through ``session``:
-    ``(PyTorch's outputs, onnxruntime's, the input's longer side)``, numpy arrays by output name."""
-    inputs, _ = runtime.preprocess(runtime.image_array(image), session.metadata["preprocess"])
+def raw_outputs(plan: ExportPlan, session: runtime.OnnxPredictor, images) -> tuple[dict, dict, int]:
+    """An image, or a list of images (one batch), through the runtime's pre-processing, then
+    through the graph of ``plan`` (a model's :meth:`~detlab.models.contract.Detector.export_plan`)
+    in PyTorch and through ``session``: ``(PyTorch's outputs, onnxruntime's, the input's longer
+    side)``, numpy arrays by output name."""
+    images = images if isinstance(images, list) else [images]
+    arrays = [runtime.image_array(image) for image in images]
+    inputs, _ = runtime.preprocess_batch(arrays, session.metadata["preprocess"])
     with torch.no_grad():
         expected = plan.graph(*[torch.from_numpy(inputs[name]) for name in plan.input_names])
     expected = expected if isinstance(expected, tuple) else (expected,)
@@ -49,6 +52,8 @@ def raw_output_differences(
     unpaired = 0
     if "proposals" in expected and found["proposals"].shape == expected["proposals"].shape:
         distance = np.abs(expected["proposals"][:, None] - found["proposals"][None]).max(-1)
+        # a batch's images may share proposals: only rows of the same image pair
+        distance += 1e6 * (expected["proposal_image"][:, None] != found["proposal_image"][None])
         rows, columns = linear_sum_assignment(distance)
         unpaired = int((distance[rows, columns] > 1e-2).sum())
         order = columns[np.argsort(rows)]

@@ -30,12 +30,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detlab import box_arrays
+from detlab import box_arrays, tiles
 from detlab.errors import BadInputError
 from detlab.image_files import open_rgb, to_rgb
+from detlab.tiles import Tiling
 
 METADATA_KEY = "detlab"
-FORMAT_VERSION = 2  # 2: the metadata holds the file's SHA-256 (DIGEST_FIELD); 1: it does not
+# 2: the metadata holds the file's SHA-256 (DIGEST_FIELD), and the batch axis is free (the outputs
+# of a one-stage graph gain it; a two-stage graph's outputs name each proposal's image,
+# ``proposal_image``; ``image_size`` is ``[B, 2]``); 1: neither, one image a run
+FORMAT_VERSION = 2
 DIGEST_FIELD = "file_sha256"
 DIGEST_PLACEHOLDER = "0" * 64  # stands for the digest while it is computed (the same length)
 DIGEST_IN_FILE = re.compile(rb'"' + DIGEST_FIELD.encode() + rb'": "([0-9a-f]{64})"')
@@ -52,9 +56,10 @@ METADATA_FIELDS = {
 
 class OnnxPredictor:
     """An exported detector ready for inference: the same ``predict`` as
-    :class:`detlab.engine.predict.Predictor`, with numpy arrays instead of tensors."""
+    :class:`detlab.engine.predict.Predictor`, with numpy arrays instead of tensors. ``tiling``:
+    tiled inference (:mod:`detlab.tiles`, the same rule as the PyTorch path)."""
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int = 0, tiling: Tiling | None = None):
         import onnxruntime
 
         self.path = Path(path)
@@ -79,31 +84,93 @@ class OnnxPredictor:
         self.classes = list(self.metadata["classes"])
         self.best_confidence = self.metadata.get("best_confidence")  # see Predictor.best_confidence
         self.input_names = [node.name for node in self.session.get_inputs()]
+        self.batched = self.metadata.get("format_version", 1) >= 2  # older files take one image a run
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"  # onnxruntime's CPU provider
         self.run_config = None  # the training run's settings stay in the checkpoint
+        self.tiling = self.checked_tiling(tiling)
 
-    def predict_batch(self, images, score_threshold: float | None = None) -> list[dict]:
-        """:meth:`predict` of every image, in order."""
-        return [self.predict(image, score_threshold) for image in images]
+    def checked_tiling(self, tiling: Tiling | None) -> Tiling | None:
+        if tiling is not None and self.kind == "window":
+            raise ValueError(
+                f"{self.path}: a window classifier's top-k guesses cannot be tiled; tiled inference merges detectors' boxes"
+            )
+        return tiling
 
-    def predict(self, image, score_threshold: float | None = None) -> dict:
+    def predict(self, image, score_threshold: float | None = None, tiling: Tiling | None = None):
         """What the model finds in one image (a path, a PIL image or an ``H x W x 3`` uint8 RGB
         array): ``{"boxes": float32[K, 4], "scores": float32[K], "labels": int64[K] (1..C),
-        "names": [str]}``, best first, ``scores >= score_threshold`` (``None``: all)."""
-        pixels = image_array(image)
-        started = time.perf_counter()
-        inputs, frame = preprocess(pixels, self.metadata["preprocess"])
-        prepared = time.perf_counter()
-        outputs = self.run(inputs)
-        ran = time.perf_counter()
-        result = POSTPROCESS[self.kind](outputs, frame, self.metadata["postprocess"])
-        finished = time.perf_counter()
-        self.last_timings = {
-            "preprocess_ms": 1000 * (prepared - started),
-            "network_ms": 1000 * (ran - prepared),
-            "postprocess_ms": 1000 * (finished - ran),
-        }
+        "names": [str]}``, best first, ``scores >= score_threshold`` (``None``: all); given a list
+        of images, a list of those (:meth:`predict_batch`). ``tiling``: tiles for this call
+        (default: the predictor's own)."""
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image, score_threshold, tiling)
+        return self.predict_batch([image], score_threshold, tiling)[0]
+
+    def predict_batch(
+        self, images, score_threshold: float | None = None, tiling: Tiling | None = None
+    ) -> list[dict]:
+        """:meth:`predict` of every image, in order: images of one size in one run of the network
+        (as :meth:`detlab.engine.predict.Predictor.predict_batch` does; a file exported before the
+        batch axis was free runs one image at a time)."""
+        arrays = [image_array(image) for image in images]
+        tiling = self.checked_tiling(tiling) or self.tiling
+        if tiling is not None:
+            found = [self.tiled(array, tiling) for array in arrays]
+        else:
+            found = self.detect(arrays, len(arrays))
+        return [self.finish(result, score_threshold) for result in found]
+
+    def detect(self, arrays: list[np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+        """Images ``float32[3, H, W]`` -> each one's detections (unsorted, every score), at most
+        ``batch_size`` images of one size a run."""
+        found: list[dict] = [{} for _ in arrays]
+        timings = dict.fromkeys(("preprocess_ms", "network_ms", "postprocess_ms"), 0.0)
+        chunk = batch_size if self.batched else 1
+        for group in same_size_groups(arrays):
+            for start in range(0, len(group), chunk):
+                indices = group[start : start + chunk]
+                started = time.perf_counter()
+                inputs, frames = preprocess_batch(
+                    [arrays[index] for index in indices], self.metadata["preprocess"]
+                )
+                prepared = time.perf_counter()
+                outputs = self.run(inputs)
+                ran = time.perf_counter()
+                for position, (index, frame) in enumerate(zip(indices, frames)):
+                    found[index] = POSTPROCESS[self.kind](
+                        image_outputs(outputs, position, self.kind), frame, self.metadata["postprocess"]
+                    )
+                finished = time.perf_counter()
+                for key, spent in zip(timings, (prepared - started, ran - prepared, finished - ran)):
+                    timings[key] += 1000 * spent
+        self.last_timings = timings
+        return found
+
+    def tiled(self, pixels: np.ndarray, tiling: Tiling) -> dict[str, np.ndarray]:
+        """One image ``float32[3, H, W]`` on tiles (and whole, with ``tiling.full_image``), the
+        passes merged by :func:`detlab.tiles.merge_tiles`, as the PyTorch path merges them."""
+        height, width = pixels.shape[-2:]
+        windows = tiles.tile_windows(height, width, tiling.size, tiling.overlap)
+        crops = [pixels[:, y1:y2, x1:x2] for x1, y1, x2, y2 in windows.tolist()]
+        outputs = self.detect(crops, tiling.batch_size)
+        if len(windows) == 1:
+            return outputs[0]
+        whole = self.detect([pixels], 1)[0] if tiling.full_image else None
+        settings = self.metadata["postprocess"]
+        boxes, scores, labels = tiles.merge_tiles(
+            windows,
+            (height, width),
+            [(found["boxes"], found["scores"], found["labels"]) for found in outputs],
+            (whole["boxes"], whole["scores"], whole["labels"]) if whole is not None else None,
+            tiling,
+            settings["nms_threshold"],
+            settings["detections_per_image"],
+        )
+        return {"boxes": boxes, "scores": scores, "labels": labels}
+
+    def finish(self, result: dict[str, np.ndarray], score_threshold: float | None) -> dict:
+        """Detections -> what :meth:`predict` returns: thresholded, best first, with names."""
         if score_threshold is not None:
             keep = result["scores"] >= score_threshold
             result = {key: value[keep] for key, value in result.items()}
@@ -113,7 +180,9 @@ class OnnxPredictor:
         return result
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The network alone: named inputs (as :func:`preprocess` makes them) -> named raw outputs."""
+        """The network alone: named inputs (as :func:`preprocess_batch` makes them) -> named raw outputs."""
+        if not self.batched and "image_size" in inputs:  # format 1: the one image's size, [2]
+            inputs = {**inputs, "image_size": inputs["image_size"][0]}
         names = [node.name for node in self.session.get_outputs()]
         values = self.session.run(names, {name: inputs[name] for name in self.input_names})
         return dict(zip(names, values))
@@ -181,6 +250,25 @@ def read_metadata(session, path: Path, verified: bool) -> dict:
     return metadata
 
 
+def image_outputs(outputs: dict[str, np.ndarray], position: int, kind: str) -> dict[str, np.ndarray]:
+    """The raw outputs of the ``position``-th image of a batch run, without the batch axis."""
+    if kind == "two_stage":  # the rows of the image's proposals (a format-1 file: all rows)
+        rows = outputs["proposal_image"] == position if "proposal_image" in outputs else slice(None)
+        return {"probabilities": outputs["probabilities"][rows], "boxes": outputs["boxes"][rows]}
+    if kind == "one_stage" and outputs["scores"].ndim == 2:  # a format-1 file: no batch axis
+        return outputs
+    return {name: value[position] for name, value in outputs.items()}
+
+
+def same_size_groups(images: list) -> list[list[int]]:
+    """Indices of ``images`` (``[..., H, W]`` arrays) grouped by size, in order of each size's
+    first image: a batch of one size needs no padding, so it finds what one image at a time finds."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(index)
+    return list(groups.values())
+
+
 def image_array(image) -> np.ndarray:
     """A path, PIL image or ``H x W x 3`` uint8 RGB array -> ``float32[3, H, W]`` in [0, 1]."""
     if isinstance(image, (str, Path)):
@@ -235,26 +323,39 @@ def resize(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndar
 
 
 def preprocess(image: np.ndarray, settings: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """``float32[3, H, W]`` in [0, 1] -> (the network's named inputs, the frame: what maps its
-    outputs back to the image's pixels)."""
-    height, width = image.shape[-2:]
+    """``float32[3, H, W]`` in [0, 1] -> (the network's named inputs for a batch of one, the frame:
+    what maps its outputs back to the image's pixels)."""
+    inputs, frames = preprocess_batch([image], settings)
+    return inputs, frames[0]
+
+
+def preprocess_batch(images: list[np.ndarray], settings: dict) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Images ``float32[3, H, W]`` in [0, 1] -> (the network's named inputs for all of them, one
+    frame an image). The detectors' batcher: each image resized (short side ``min_size``, long side
+    at most ``max_size``), normalised, and padded at the bottom and right to the batch's largest
+    size rounded up to a multiple of ``size_divisible``; ``image_size`` ``int64[B, 2]``: each
+    resized image's size inside the padding. The fixed-window nets: each image warped to S x S."""
     mean = np.asarray(settings["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(settings["std"], dtype=np.float32)[:, None, None]
-    if settings["resize"] == "warp":  # the fixed-window nets: the whole image to S x S
+    if settings["resize"] == "warp":
         side = settings["size"]
-        window = (resize(image, (side, side), antialias=True) - mean) / std
-        return {"images": window[None]}, {"size": (height, width)}
-    # the detectors' batcher: short side min_size, long side at most max_size, padded to a multiple
-    scale = min(settings["min_size"] / min(height, width), settings["max_size"] / max(height, width))
-    new_size = (round(height * scale), round(width * scale))
-    resized = (resize(image, new_size, antialias=False) - mean) / std
+        windows = [(resize(image, (side, side), antialias=True) - mean) / std for image in images]
+        return {"images": np.stack(windows)}, [{"size": image.shape[-2:]} for image in images]
+    resized, frames = [], []
+    for image in images:
+        height, width = image.shape[-2:]
+        scale = min(settings["min_size"] / min(height, width), settings["max_size"] / max(height, width))
+        new_size = (round(height * scale), round(width * scale))
+        resized.append((resize(image, new_size, antialias=False) - mean) / std)
+        frames.append({"size": (height, width), "scale": scale})
     divisor = settings["size_divisible"]
-    padded = np.zeros(
-        (1, 3, -(-new_size[0] // divisor) * divisor, -(-new_size[1] // divisor) * divisor), np.float32
-    )
-    padded[0, :, : new_size[0], : new_size[1]] = resized
-    inputs = {"images": padded, "image_size": np.asarray(new_size, dtype=np.int64)}
-    return inputs, {"size": (height, width), "scale": scale}
+    padded_height = -(-max(image.shape[1] for image in resized) // divisor) * divisor
+    padded_width = -(-max(image.shape[2] for image in resized) // divisor) * divisor
+    batch = np.zeros((len(resized), 3, padded_height, padded_width), np.float32)
+    for index, image in enumerate(resized):
+        batch[index, :, : image.shape[1], : image.shape[2]] = image
+    sizes = np.asarray([image.shape[1:] for image in resized], dtype=np.int64).reshape(-1, 2)
+    return {"images": batch, "image_size": sizes}, frames
 
 
 # --- post-processing: raw outputs -> detections in the image's pixels ---
@@ -311,7 +412,7 @@ def one_stage_detections(outputs: dict, frame: dict, settings: dict) -> dict[str
 def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
     """YOLO v1: the ``[S, S, 5 B + C]`` grid -> B boxes a cell, scored class probability x box
     confidence (both clipped to [0, 1])."""
-    grid = outputs["grid"][0]
+    grid = outputs["grid"]
     side, predictors = grid.shape[0], settings["boxes_per_cell"]
     values = grid[..., : 5 * predictors].reshape(side, side, predictors, 5)
     rows, columns = np.arange(side)[:, None, None], np.arange(side)[None, :, None]
@@ -335,7 +436,7 @@ def grid_detections(outputs: dict, frame: dict, settings: dict) -> dict[str, np.
 def window_guesses(outputs: dict, frame: dict, settings: dict) -> dict[str, np.ndarray]:
     """A window classifier with a box head: the ``top_k`` classes of the window, each with its box (class-specific
     regression) or the one box (class-agnostic), in the image's pixels."""
-    probabilities, boxes = outputs["probabilities"][0], outputs["boxes"][0]
+    probabilities, boxes = outputs["probabilities"], outputs["boxes"]
     k = min(settings["top_k"], probabilities.shape[0])
     top = np.argsort(-probabilities, kind="stable")[:k]
     chosen = (
@@ -355,7 +456,7 @@ POSTPROCESS = {
 }
 
 
-def load(path: str | Path, threads: int = 0) -> OnnxPredictor:
+def load(path: str | Path, threads: int = 0, tiling: Tiling | None = None) -> OnnxPredictor:
     """An :class:`OnnxPredictor` for an exported ``.onnx`` file (``threads``: onnxruntime's
-    intra-op threads, 0 = its default)."""
-    return OnnxPredictor(path, threads)
+    intra-op threads, 0 = its default; ``tiling``: tiled inference)."""
+    return OnnxPredictor(path, threads, tiling)

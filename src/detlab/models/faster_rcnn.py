@@ -38,8 +38,8 @@ from detlab.models.contract import (
     set_trainable,
 )
 from detlab.models.data_fit import concrete
-from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head
-from detlab.models.rpn import RegionProposalNetwork, RPNConfig, build_rpn
+from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head, pool_with_image_index
+from detlab.models.rpn import RegionProposalNetwork, RPNConfig, build_rpn, select_batch_proposals
 from detlab.models.transform import ImageBatcher, InputSizeConfig, batcher_from_config
 
 
@@ -169,10 +169,11 @@ class FasterRCNN(DetectorModule):
         return MemoryCost(bytes_per_input_pixel=40, fixed_bytes=64 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
-        """``images [1, 3, H, W]`` (normalised, padded), ``image_size int64[2]`` (the resized image
-        inside the padding) -> ``proposals [P, 4]``, ``probabilities [P, C + 1]``, ``boxes [P, C,
-        4]`` (each class's box, decoded and clipped, in the resized frame); the runtime does the
-        rest (:func:`detlab.export.runtime.two_stage_detections`)."""
+        """``images [B, 3, H, W]`` (normalised, padded), ``image_size int64[B, 2]`` (each resized
+        image inside the padding) -> ``proposals [P, 4]`` and ``proposal_image int64[P]`` (the
+        image of each; every image's proposals together), ``probabilities [P, C + 1]``, ``boxes
+        [P, C, 4]`` (each class's box, decoded and clipped, in the resized frame); the runtime does
+        the rest (:func:`detlab.export.runtime.two_stage_detections`). The batch size is free."""
         head = self.roi_head
         if head.box_refinement:
             raise NotExportable(
@@ -180,11 +181,15 @@ class FasterRCNN(DetectorModule):
                 "pass of the box head is not in the graph); export with --set model.box_refinement=false"
             )
         side = self.batcher.min_size
+        # two images: traced with one, a graph may take the batch axis for a constant
         return ExportPlan(
             TwoStageGraph(self),
             ("images", "image_size"),
-            ("proposals", "probabilities", "boxes"),
-            (torch.rand(1, 3, side, side) - 0.5, torch.tensor([side, side], dtype=torch.int64)),
+            ("proposals", "proposal_image", "probabilities", "boxes"),
+            (
+                torch.rand(2, 3, side, side) - 0.5,
+                torch.tensor([[side, side], [side - 32, side]], dtype=torch.int64),
+            ),
             layout="two_stage",
             preprocess=self.batcher.export_settings(),
             postprocess={
@@ -193,8 +198,10 @@ class FasterRCNN(DetectorModule):
                 "detections_per_image": head.detections_per_image,
             },
             dynamic_axes={
-                "images": {2: "height", 3: "width"},
+                "images": {0: "batch", 2: "height", 3: "width"},
+                "image_size": {0: "batch"},
                 "proposals": {0: "proposals"},
+                "proposal_image": {0: "proposals"},
                 "probabilities": {0: "proposals"},
                 "boxes": {0: "proposals"},
             },
@@ -218,21 +225,37 @@ class FasterRCNN(DetectorModule):
 
 
 class TwoStageGraph(nn.Module):
-    """What ONNX export traces of Faster R-CNN (:meth:`FasterRCNN.export_plan`)."""
+    """What ONNX export traces of Faster R-CNN (:meth:`FasterRCNN.export_plan`): the RPN and the
+    RoI head over every image of the batch at once (:func:`~detlab.models.rpn.select_batch_proposals`,
+    :func:`~detlab.models.roi_heads.pool_with_image_index`), so the batch size stays free."""
 
     def __init__(self, model: FasterRCNN):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor, image_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        model = self.model
-        size = (image_size[0], image_size[1])
+    def forward(self, images: Tensor, image_size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        model, rpn, head = self.model, self.model.rpn, self.model.roi_head
+        strides = model.backbone.strides
         features = model.backbone(images)
-        proposals, _ = model.rpn(features, [size], model.backbone.strides)
-        logits, deltas = model.roi_head.raw_outputs(features, proposals, [size])
-        boxes = model.roi_head.box_coder.decode(deltas, proposals[0]).reshape(-1, 4)
-        boxes = box_ops.clip(boxes, size).reshape(len(proposals[0]), -1, 4)
-        return proposals[0], logits.softmax(-1), boxes
+        levels = list(features.values())
+        objectness, deltas = rpn.head(levels)
+        anchors = rpn.anchor_generator([tuple(level.shape[-2:]) for level in levels], strides, images.device)
+        proposals, proposal_image = select_batch_proposals(
+            anchors,
+            objectness,
+            deltas,
+            image_size,
+            rpn.box_coder,
+            rpn.pre_nms_top_n[1],
+            rpn.post_nms_top_n[1],
+            rpn.nms_threshold,
+            rpn.min_size,
+        )
+        rois = torch.cat([proposal_image[:, None].to(proposals.dtype), proposals], 1)
+        logits, box_deltas = head.classify(pool_with_image_index(head.pooler, features, rois, strides))
+        boxes = head.box_coder.decode(box_deltas, proposals).reshape(proposals.shape[0], -1, 4)
+        boxes = box_ops.clip_each(boxes, image_size[proposal_image][:, None, :])
+        return proposals, proposal_image, logits.softmax(-1), boxes
 
 
 def build_faster_rcnn(config: FasterRCNNConfig, num_classes: int) -> FasterRCNN:

@@ -1,15 +1,18 @@
 """Inference-only rewrites of a trained model that keep its outputs (up to float rounding), and
-test-time combinations that change them: multi-scale testing and ensembles of checkpoints."""
+test-time combinations that change them: multi-scale testing, ensembles of checkpoints and tiled
+inference."""
 
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detlab import boxes as box_ops
+from detlab import tiles
 from detlab.models.contract import NO_TRACE, DetectorModule, MemoryCost, Trace
 
 
@@ -128,3 +131,64 @@ class TestTimeCombination(DetectorModule):
                     for index, output in enumerate(model(images)):
                         passes[index].append(output)
         return [merge_detections(parts, self.nms_threshold, self.detections_per_image) for parts in passes]
+
+
+class TiledDetector(DetectorModule):
+    """A detector run on overlapping tiles of each image (:func:`detlab.tiles.tile_windows`), each
+    tile at the resolution the detector gives its input, and with ``tiling.full_image`` on the
+    whole image too; the passes' detections merged by :func:`detlab.tiles.merge_detections` (the
+    rule is written there) with the detector's own NMS threshold and detection limit. Tiles of one
+    image have one size, so they go ``tiling.batch_size`` a forward pass. An image that is one tile
+    gets the detector's own output. Obeys the detector contract in eval mode."""
+
+    def __init__(self, model: DetectorModule, tiling: tiles.Tiling):
+        super().__init__()
+        if not isinstance(model, DetectorModule) or model.evaluation != "detection":
+            raise ValueError("tiled inference merges detectors' boxes; this checkpoint is not a detector")
+        self.model, self.tiling = model, tiling
+
+    def merge_settings(self) -> tuple[float, int]:
+        return self.model.merge_settings()
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE
+    ) -> list[dict[str, Tensor]]:
+        if self.training:
+            raise ValueError("tiled inference does not train; train on a tiled copy (detlab convert --tile)")
+        return [self.detect(image) for image in images]
+
+    def detect(self, image: Tensor) -> dict[str, Tensor]:
+        """One image ``Tensor[3, H, W]`` -> its merged detections, in its pixels."""
+        height, width = image.shape[-2:]
+        windows = tiles.tile_windows(height, width, self.tiling.size, self.tiling.overlap)
+        crops = [image[:, y1:y2, x1:x2] for x1, y1, x2, y2 in windows.tolist()]
+        outputs = []
+        for start in range(0, len(crops), self.tiling.batch_size):
+            outputs += self.model(crops[start : start + self.tiling.batch_size])
+        if len(windows) == 1:
+            return outputs[0]
+        whole = self.model([image])[0] if self.tiling.full_image else None
+        nms_threshold, limit = self.model.merge_settings()
+        boxes, scores, labels = tiles.merge_tiles(
+            windows,
+            (height, width),
+            [as_arrays(output) for output in outputs],
+            as_arrays(whole) if whole is not None else None,
+            self.tiling,
+            nms_threshold,
+            limit,
+        )
+        return {
+            "boxes": torch.from_numpy(boxes).to(image.device),
+            "scores": torch.from_numpy(scores).to(image.device),
+            "labels": torch.from_numpy(labels).to(image.device),
+        }
+
+
+def as_arrays(output: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A detector's output -> ``(boxes float32[K, 4], scores float32[K], labels int64[K])`` on the CPU."""
+    return (
+        output["boxes"].float().cpu().numpy(),
+        output["scores"].float().cpu().numpy(),
+        output["labels"].cpu().numpy(),
+    )

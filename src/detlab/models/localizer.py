@@ -195,7 +195,7 @@ class Localizer(DetectorModule):
         trace("features")
         hidden = self.hidden(feature_map)
         box_input = feature_map if self.attach == "conv" else hidden
-        boxes = self.box_head(box_input).view(len(windows), self.num_box_sets, 4)
+        boxes = self.box_head(box_input).view(-1, self.num_box_sets, 4)
         return {"class_logits": self.class_head(hidden), "boxes": boxes}
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, trace: Trace = NO_TRACE):
@@ -271,17 +271,19 @@ class Localizer(DetectorModule):
         return MemoryCost(bytes_per_input_pixel=56, fixed_bytes=16 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
-        """``images [1, 3, S, S]`` (warped, [0, 1]) -> ``probabilities [1, K]`` (softmax over the
-        object classes), ``boxes [1, R, 4]`` (normalised xyxy; R = 1 class-agnostic)."""
+        """``images [B, 3, S, S]`` (warped, [0, 1]) -> ``probabilities [B, K]`` (softmax over the
+        object classes), ``boxes [B, R, 4]`` (normalised xyxy; R = 1 class-agnostic). The batch
+        size is free."""
         size = self.window_size
         return ExportPlan(
             WindowGraph(self),
             ("images",),
             ("probabilities", "boxes"),
-            (torch.rand(1, 3, size, size) - 0.5,),
+            (torch.rand(2, 3, size, size) - 0.5,),
             layout="window",
             preprocess={"resize": "warp", "size": size, "mean": [0.0] * 3, "std": [1.0] * 3},
             postprocess={"top_k": self.top_k, "box_offset": int(self.background)},
+            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}, "boxes": {0: "batch"}},
         )
 
     def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:

@@ -16,6 +16,7 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the (resized) network input
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 
 import torch
@@ -95,6 +96,32 @@ def build_roi_pooler(
     return ops.MultiScaleRoIAlign(
         feature_names, output_size, sampling_ratio=sampling_ratio, canonical_scale=canonical_size
     )
+
+
+def pool_with_image_index(
+    pooler: nn.Module, features: OrderedDict[str, Tensor], rois: Tensor, strides: list[float]
+) -> Tensor:
+    """RoIs of a whole batch, ``Tensor[R, 5]`` ``(image index, x1, y1, x2, y2)``, pooled to
+    ``Tensor[R, D, S, S]`` as ``pooler`` (:func:`build_roi_pooler`) pools a list of RoIs an image,
+    with no loop over the images (what ONNX export needs for a free batch size). ``strides``: of
+    the feature levels, in order. The FPN level rule and scales are torchvision's
+    ``MultiScaleRoIAlign``'s (its level of a RoI: equation 1 of Lin et al. 2017)."""
+    if isinstance(pooler, SingleLevelRoIPool):  # torchvision's RoI ops take R x 5 RoIs as they are
+        return pooler(features, rois, [])
+    levels = [features[name] for name in pooler.featmap_names]
+    first, last = (int(round(math.log2(stride))) for stride in (strides[0], strides[len(levels) - 1]))
+    level_of = ops.poolers.LevelMapper(first, last, pooler.canonical_scale, pooler.canonical_level)(
+        [rois[:, 1:]]
+    )
+    pooled, order = [], []
+    for index, (feature, stride) in enumerate(zip(levels, strides)):
+        chosen = torch.where(level_of == index)[0]
+        pooled.append(
+            ops.roi_align(feature, rois[chosen], pooler.output_size, 1.0 / stride, pooler.sampling_ratio)
+        )
+        order.append(chosen)
+    # back to the RoIs' order: the rows come level by level
+    return torch.cat(pooled)[torch.cat(order).argsort()]
 
 
 def sample_rois(
@@ -198,8 +225,11 @@ class RoIHead(nn.Module):
         self, features: OrderedDict[str, Tensor], rois: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
         """-> class logits ``Tensor[R, C + 1]`` and deltas ``Tensor[R, 4 C]`` for all images' RoIs."""
-        pooled = self.pooler(features, rois, image_sizes).flatten(1)
-        hidden = F.relu(self.fc2(F.relu(self.fc1(pooled))))
+        return self.classify(self.pooler(features, rois, image_sizes))
+
+    def classify(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """Pooled RoIs ``Tensor[R, D, S, S]`` -> class logits ``Tensor[R, C + 1]`` and deltas ``Tensor[R, 4 C]``."""
+        hidden = F.relu(self.fc2(F.relu(self.fc1(pooled.flatten(1)))))
         return self.classifier(hidden), self.box_regressor(hidden)
 
     def forward(

@@ -228,6 +228,53 @@ def select_proposals(
     return proposals[keep], scores[keep]
 
 
+def select_batch_proposals(
+    anchors: list[Tensor],
+    objectness: list[Tensor],
+    deltas: list[Tensor],
+    image_sizes: Tensor,
+    box_coder: box_ops.BoxCoder,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_threshold: float = 0.7,
+    min_size: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`select_proposals` of every image of a batch at once, in tensor operations only (no
+    loop over the images, so the graph ONNX export traces keeps its batch size free); the same
+    proposals up to their order where two have the same score.
+
+    Args: per level anchors ``Tensor[N_l, 4]``, objectness ``Tensor[B, N_l]``, deltas
+    ``Tensor[B, N_l, 4]``; image_sizes ``int64 Tensor[B, 2]`` ``(height, width)`` of each image
+    inside the padded batch.
+    Returns: boxes ``Tensor[P, 4]`` of all images together and the image of each, ``int64
+    Tensor[P]``; each image's best first.
+    """
+    batch = objectness[0].shape[0]
+    all_boxes, all_scores, all_levels = [], [], []
+    for level, (level_anchors, level_scores, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
+        scores, top = level_scores.topk(min(pre_nms_top_n, level_scores.shape[1]), dim=1)  # [B, k]
+        chosen = level_deltas.gather(1, top[..., None].expand(-1, -1, 4))
+        decoded = box_coder.decode(chosen.reshape(-1, 4), level_anchors[top.reshape(-1)]).view(chosen.shape)
+        all_boxes.append(decoded)
+        all_scores.append(scores)
+        all_levels.append(torch.full_like(top, level))
+    boxes = box_ops.clip_each(torch.cat(all_boxes, 1), image_sizes[:, None, :]).reshape(-1, 4)
+    scores, levels = torch.cat(all_scores, 1), torch.cat(all_levels, 1)
+    images = torch.arange(batch, device=scores.device)[:, None].expand_as(scores).reshape(-1)
+    scores, levels = scores.reshape(-1), levels.reshape(-1)
+    keep = box_ops.remove_small(boxes, min_size)
+    boxes, scores, levels, images = boxes[keep], scores[keep], levels[keep], images[keep]
+    # levels never suppress each other, and neither do images: one NMS group per (image, level)
+    keep = box_ops.batched_nms(boxes, scores, images * len(anchors) + levels, nms_threshold)
+    # each image's post_nms_top_n best: a kept box's rank among its image's kept boxes (keep is
+    # ordered by score)
+    same_image = images[keep][:, None] == torch.arange(batch, device=keep.device)[None]  # [K, B]
+    same_image = same_image.long()
+    rank = (same_image.cumsum(0) * same_image).sum(1) - 1
+    keep = keep[rank < post_nms_top_n]
+    return boxes[keep], images[keep]
+
+
 class RegionProposalNetwork(nn.Module):
     """Anchors + head + labelling + proposal selection + the two RPN losses.
 

@@ -415,14 +415,15 @@ class YOLO(DetectorModule):
         return MemoryCost(bytes_per_input_pixel=48, fixed_bytes=160 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
-        """``images [1, 3, H, W]`` (normalised, padded) -> ``boxes [A, 4]`` (xyxy in the resized
-        frame), ``scores [A, C]`` (sigmoid); the runtime thresholds them and runs NMS."""
+        """``images [B, 3, H, W]`` (normalised, padded) -> ``boxes [B, A, 4]`` (xyxy in the resized
+        frame), ``scores [B, A, C]`` (sigmoid); the runtime thresholds them and runs NMS. The
+        batch size is free."""
         config, side = self.config, self.config.input_size
         return ExportPlan(
             OneStageGraph(self),
             ("images",),
             ("boxes", "scores"),
-            (torch.rand(1, 3, side, side) - 0.5,),
+            (torch.rand(2, 3, side, side) - 0.5,),  # two: traced with one, the batch may become a constant
             layout="one_stage",
             preprocess=self.batcher.export_settings(),
             postprocess={
@@ -432,9 +433,9 @@ class YOLO(DetectorModule):
                 "pre_nms_top_k": config.pre_nms_top_k,
             },
             dynamic_axes={
-                "images": {2: "height", 3: "width"},
-                "boxes": {0: "points"},
-                "scores": {0: "points"},
+                "images": {0: "batch", 2: "height", 3: "width"},
+                "boxes": {0: "batch", 1: "points"},
+                "scores": {0: "batch", 1: "points"},
             },
         )
 
@@ -480,7 +481,7 @@ class OneStageGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         _, logits, boxes, _, _ = self.model.raw_outputs(images)
-        return boxes[0], logits[0].float().sigmoid()
+        return boxes, logits.float().sigmoid()
 
 
 def pad_targets(targets: list[dict], device) -> tuple[Tensor, Tensor, Tensor]:

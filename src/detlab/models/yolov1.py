@@ -95,9 +95,7 @@ class YOLOv1(DetectorModule):
         grid = self.config.grid
         features = self.body(windows)[-1]
         trace("body")
-        output = (
-            self.fc(self.pool(self.reduce(features))).view(len(windows), grid, grid, self.outputs).float()
-        )
+        output = self.fc(self.pool(self.reduce(features))).view(-1, grid, grid, self.outputs).float()
         trace("fc", grid=output)
         return output
 
@@ -130,8 +128,8 @@ class YOLOv1(DetectorModule):
         return MemoryCost(bytes_per_input_pixel=80, fixed_bytes=48 * MIB * max(area, 1.0))
 
     def export_plan(self) -> ExportPlan:
-        """``images [1, 3, S_in, S_in]`` (warped, normalised) -> ``grid [1, S, S, 5B + C]``; the
-        runtime decodes the boxes and runs NMS."""
+        """``images [N, 3, S_in, S_in]`` (warped, normalised) -> ``grid [N, S, S, 5B + C]``; the
+        runtime decodes the boxes and runs NMS. The batch size ``N`` is free."""
         config = self.config
         with torch.no_grad():
             side = self.body(torch.zeros(1, 3, config.input_size, config.input_size))[-1].shape[-1]
@@ -146,7 +144,7 @@ class YOLOv1(DetectorModule):
             GridGraph(self),
             ("images",),
             ("grid",),
-            (torch.rand(1, 3, size, size) - 0.5,),
+            (torch.rand(2, 3, size, size) - 0.5,),
             layout="grid",
             preprocess={
                 "resize": "warp",
@@ -160,6 +158,7 @@ class YOLOv1(DetectorModule):
                 "detections_per_image": config.detections_per_image,
                 "boxes_per_cell": config.boxes_per_cell,
             },
+            dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}},
         )
 
     def look_inside(self, image: Tensor, class_name) -> tuple[dict, Inside]:

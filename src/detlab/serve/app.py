@@ -50,6 +50,7 @@ from detlab.serve.limits import (
 from detlab.serve.memory import plan_memory
 from detlab.serve.served import ServedModel, detect, served_models
 from detlab.serve.upload import check_upload
+from detlab.tiles import Tiling, tiling_of
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -164,7 +165,7 @@ def add_detect_route(app: FastAPI) -> None:
         deadline = started + limits.time_limit_s
         form = await read_form(request, uploads, deadline, limits)
         try:
-            model, upload, score_threshold, inside = detect_fields(form, served)
+            model, upload, score_threshold, inside, tiling = detect_fields(form, served)
             # A place in the queue only now, once the whole body has arrived: a slow upload holds none.
             if not queue.admit():
                 raise RequestRefused(
@@ -176,7 +177,7 @@ def add_detect_route(app: FastAPI) -> None:
 
                 def work() -> dict:
                     waited = time.monotonic() - started  # reading the form, then waiting for a slot
-                    answer = detect(model, data, score_threshold, inside, limits, deadline)
+                    answer = detect(model, data, score_threshold, inside, limits, deadline, tiling)
                     answer["timings"] = {"queue_ms": round(waited * 1000, 2), **answer["timings"]}
                     return answer
 
@@ -228,7 +229,7 @@ async def read_form(request: Request, uploads: Places, deadline: float, limits: 
 
     try:  # a client sending its upload slowly holds its place: not for ever
         return await asyncio.wait_for(whole_form(), max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not an alias of TimeoutError before Python 3.11
         raise RequestRefused(
             408, f"the upload took longer than the time limit of {limits.time_limit_s:g} s"
         ) from None
@@ -239,7 +240,7 @@ async def read_form(request: Request, uploads: Places, deadline: float, limits: 
 
 
 def detect_fields(form: FormData, models: dict[str, ServedModel]):
-    """``(model, image upload, score threshold, inside)`` from the form of ``POST /api/detect``;
+    """``(model, image upload, score threshold, inside, tiling)`` from the form of ``POST /api/detect``;
     :class:`RequestRefused` naming the field at fault."""
     upload = form.get("image")
     if upload is None:
@@ -254,6 +255,7 @@ def detect_fields(form: FormData, models: dict[str, ServedModel]):
         upload,
         parse_threshold(form.get("score_threshold")),
         parse_flag(form.get("inside"), "inside"),
+        parse_tiling(form.get("tile"), form.get("overlap")),
     )
 
 
@@ -267,6 +269,16 @@ def parse_threshold(value) -> float:
     if not math.isfinite(threshold):
         raise RequestRefused(400, f"score_threshold must be a finite number, got {value!r}")
     return threshold
+
+
+def parse_tiling(tile, overlap) -> Tiling | None:
+    """The ``tile`` and ``overlap`` fields -> a :class:`~detlab.tiles.Tiling`, or ``None``."""
+    try:
+        side = int(tile) if tile not in (None, "") else 0
+        share = float(overlap) if overlap not in (None, "") else 0.2
+        return tiling_of(side, share)
+    except (TypeError, ValueError) as error:
+        raise RequestRefused(400, f"tile and overlap: {str(error)[:120]}") from None
 
 
 def parse_flag(value, field: str) -> bool:

@@ -195,7 +195,7 @@ class WorkQueue:
         slots = self.slots()
         try:
             await asyncio.wait_for(slots.acquire(), max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not an alias of TimeoutError before Python 3.11
             raise RequestRefused(
                 504, f"no worker became free within the time limit of {time_limit_s:g} s"
             ) from None
@@ -206,7 +206,7 @@ class WorkQueue:
         task.add_done_callback(lambda finished: self._finished(finished, slots))
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not an alias of TimeoutError before Python 3.11
             raise RequestRefused(
                 504, f"the request took longer than the time limit of {time_limit_s:g} s"
             ) from None

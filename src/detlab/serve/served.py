@@ -25,6 +25,7 @@ from detlab.models.contract import PassCancelled, stop_at
 from detlab.serve.inside import look_inside
 from detlab.serve.limits import Limits, RequestRefused
 from detlab.serve.upload import ImageHeader, decode_upload
+from detlab.tiles import Tiling
 
 LOG = logging.getLogger("detlab.serve")
 
@@ -108,6 +109,7 @@ def detect(
     inside: bool,
     limits: Limits,
     deadline: float | None = None,
+    tiling: Tiling | None = None,
 ) -> dict:
     """Decode an uploaded image and run ``model`` on it (blocking: the app runs it in a worker
     thread), stopping at a stage mark once ``time.monotonic()`` passes ``deadline``. Returns the
@@ -118,8 +120,13 @@ def detect(
          "model_ms"}, "inside": {"stages", "views"} (with ``inside`` only)}
 
     Detections are COCO results (best first, ``score >= score_threshold``, every number finite)
-    with class names; category ids are the labels (1..C). :class:`RequestRefused`: 504 past the
+    with class names; category ids are the labels (1..C). ``tiling``: tiled inference (not with
+    ``inside``, whose view is one pass of the model: 400). :class:`RequestRefused`: 504 past the
     deadline (before starting, or at a stage mark), 422 when the model fails on the image."""
+    if inside and tiling is not None:
+        raise RequestRefused(
+            400, "inside and tile cannot be combined: the look-inside view shows one pass of the model"
+        )
     refuse_if_late(deadline, limits)  # never start work nobody waits for
     started = time.perf_counter()
     image = decode_upload(data, limits)
@@ -127,7 +134,7 @@ def detect(
     refuse_if_late(deadline, limits)  # decoding a large image took the time left
     try:
         with stop_at(deadline):
-            prediction, inside_view = run_model(model.predictor, image, score_threshold, inside)
+            prediction, inside_view = run_model(model.predictor, image, score_threshold, inside, tiling)
             detections = detections_json(prediction)
     except PassCancelled:
         raise RequestRefused(
@@ -168,12 +175,14 @@ def refuse_if_late(deadline: float | None, limits: Limits) -> None:
         )
 
 
-def run_model(predictor: Predictor, image: torch.Tensor, score_threshold: float, inside: bool):
-    """``(the predictor's selection for image, the look-inside JSON or None)``."""
+def run_model(
+    predictor: Predictor, image: torch.Tensor, score_threshold: float, inside: bool, tiling: Tiling | None
+):
+    """``(the predictor's selection for image, on tiles with ``tiling``; the look-inside JSON or None)``."""
     if inside:
         output, inside_view = look_inside(predictor, image)
         return predictor.select(output, score_threshold), inside_view
-    return predictor.predict(image, score_threshold), None
+    return predictor.predict(image, score_threshold, tiling=tiling), None
 
 
 def detections_json(prediction: dict) -> list[dict]:

@@ -33,7 +33,7 @@ function classColour(categoryId, alpha = 1) {
 
 // ---- the token -------------------------------------------------------------------------------
 // A server started with --token answers /api/ requests that carry it only. The page takes it once
-// from the URL fragment (http://HOST:PORT/#token=..., which browsers never send to a server), or
+// from the URL fragment (the address ending in #token=..., which browsers never send to a server), or
 // from the form it shows when the server asks; it keeps it in this tab's session storage and
 // removes it from the address bar.
 
