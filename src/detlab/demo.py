@@ -122,6 +122,9 @@ def detector_demo(
     lines = results_table(summary)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    note = speed_note(summary, train_seconds)
+    if note:
+        print("\n" + note)
     print(
         f"\nPR curves {out}/pr_*.png, detections on test images {out / 'test_detections.png'}, run {run_dir}"
     )
@@ -194,6 +197,21 @@ def draw_demo_figures(out: Path, result, test, predictions: list[dict], num_show
             )
         )
     save_grid(shown, out / "test_detections.png")
+
+
+def speed_note(summary: dict, budget_s: float) -> str | None:
+    """A line when this machine made clearly fewer steps in ``budget_s`` than the machine the
+    README's demo numbers were measured on (:data:`MEASURED_DEMO`), saying what that costs; None
+    otherwise (or for a budget other than the measured one, whose steps are not comparable)."""
+    measured = MEASURED_DEMO
+    if abs(budget_s - measured["seconds"]) > 1 or summary["steps"] >= 0.9 * measured["steps"]:
+        return None
+    return (
+        f"This machine made {summary['steps']} steps in {budget_s:g} s; the README's machine made "
+        f"{measured['steps']} (mAP@0.5 {measured['AP50']:.3f}), and half of them give "
+        f"{measured['half_steps_AP50']:.3f}: a slower CPU trains fewer steps in the same time. "
+        f"Give it more time with --train-seconds."
+    )
 
 
 def results_table(summary: dict) -> list[str]:

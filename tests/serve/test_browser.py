@@ -107,3 +107,29 @@ def test_the_page_works_with_a_token_from_the_url_fragment_or_its_form(browser, 
         asked.click("#token-form button")
         asked.wait_for_selector('body[data-drawn][data-pending="0"]')
         assert asked.locator("#model option").all_inner_texts() == ["yolov1 (yolov1)"]
+
+
+def test_the_errors_view_shows_the_chosen_models_errors_and_galleries(browser, trained_run, synthetic_root):
+    app = create_app([trained_run / "best"], device="cpu", errors_data=f"voc:{synthetic_root}")
+    with ServerThread(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("#errors:not([hidden]) #error-rows tr")
+        view = httpx.get(server.url + "/api/errors", timeout=30).json()["models"]["shapes"]
+        rows = page.locator("#error-rows tr")
+        assert rows.count() == 8
+        missed = page.locator('#error-rows tr[data-type="missed"] td')
+        assert missed.nth(2).inner_text() == str(view["counts"]["missed"])
+        assert missed.nth(3).inner_text() == f"{100 * view['dap']['missed']:.1f}"
+        page.wait_for_function("document.querySelectorAll('#error-figures img').length === 2")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#error-figures img')].every(image => image.naturalWidth > 0)"
+        )
+        kind = next(iter(view["galleries"]))
+        page.click(f'#error-rows tr[data-type="{kind}"] button')
+        page.wait_for_selector(f'#gallery:not([hidden]) img[data-type="{kind}"]')
+        page.wait_for_function("document.getElementById('gallery-image').naturalWidth > 0")
+        assert "the ground truth" in page.locator("#gallery-caption").inner_text()
+        assert errors == []

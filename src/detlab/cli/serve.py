@@ -35,7 +35,8 @@ def add_commands(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="serve trained models: a page to try them on and a JSON API",
-        description="Serve trained models over HTTP: the page at /, POST /api/detect, GET /api/models, GET /healthz.",
+        description="Serve trained models over HTTP: the page at /, POST /api/detect, GET /api/models, "
+        "GET /api/errors (with --data), GET /healthz.",
     )
     serve.add_argument(
         "--checkpoint",
@@ -67,6 +68,12 @@ def add_commands(subparsers) -> None:
             help=LIMIT_HELP[field.name] + ("" if default is None else f" ({default})"),
         )
     add_access_options(serve)
+    serve.add_argument(
+        "--data",
+        help="a data set (as train's --data) on which each served detector's errors are analysed at "
+        "start, for the page's Errors view and GET /api/errors (as eval --errors)",
+    )
+    serve.add_argument("--split", help="with --data: the split (default: each run's test split)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -115,5 +122,7 @@ def run_serve(args: argparse.Namespace) -> int:
         token=token,
         allow_hosts=tuple(args.allow_host),
         insecure=args.insecure,
+        errors_data=args.data,
+        errors_split=args.split,
     )
     return 0

@@ -262,6 +262,7 @@ def check_images(
     ``$DETLAB_CACHE_DIR`` or ``~/.cache/detlab``); ``hint``: the error's last line, how to get
     past it. Returns ``(dataset, report)``; the data set is the one given when nothing was skipped.
     """
+    _check_policy(on_bad)  # before reading anything
     paths = list(dict.fromkeys(Path(record.image_path) for record in dataset.records))
     answers, report = _check(paths, on_bad, cache_path, progress)
     report.size_mismatches = _size_mismatches(dataset.records, answers)
@@ -283,6 +284,7 @@ def check_image_files(
 ) -> tuple[list[Path], ImageCheckReport]:
     """:func:`check_images` for image files without annotations (what ``detlab predict`` reads):
     ``(the files that decode, report)``, the same policy and cache."""
+    _check_policy(on_bad)
     paths = list(dict.fromkeys(Path(path) for path in paths))
     answers, report = _check(paths, on_bad, cache_path, progress)
     if report.bad:
@@ -290,10 +292,13 @@ def check_image_files(
     return [path for path in paths if answers[path].problem is None], report
 
 
-def _check(paths: list[Path], on_bad: str, cache_path, progress: bool) -> tuple[dict, ImageCheckReport]:
-    """Every path's answer (cached or decoded) and the report of the bad ones and the time."""
+def _check_policy(on_bad: str) -> None:
     if on_bad not in ON_BAD_CHOICES:
         raise ValueError(f"on_bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
+
+
+def _check(paths: list[Path], on_bad: str, cache_path, progress: bool) -> tuple[dict, ImageCheckReport]:
+    """Every path's answer (cached or decoded) and the report of the bad ones and the time."""
     start = time.perf_counter()
     report = ImageCheckReport(checked=len(paths))
     answers = _answers(paths, cache_path, progress, report)

@@ -273,7 +273,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     checkpoint = read_checkpoint_file(path, map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(path, f"not a detlab checkpoint (no '{FORMAT}' format tag)")
-    version = checkpoint.get("version", 0)
+    if "version" not in checkpoint:  # every detlab checkpoint has one: a damaged key
+        raise CheckpointError(path, "damaged: it holds no version")
+    version = checkpoint["version"]
     if type(version) is not int:
         raise CheckpointError(path, f"damaged: its version is {version!r}, not a number")
     if version > VERSION:

@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from detlab.serve.access import Access, CallerCheck, check_exposure
+from detlab.serve.errors import error_views
 from detlab.serve.limits import (
     FORM_OVERHEAD_BYTES,
     Limits,
@@ -98,14 +99,22 @@ class AnswerHeaders:
 
 
 def create_app(
-    models, limits: Limits | None = None, device: str = "auto", access: Access | None = None
+    models,
+    limits: Limits | None = None,
+    device: str = "auto",
+    access: Access | None = None,
+    errors_data: str | None = None,
+    errors_split: str | None = None,
 ) -> FastAPI:
     """The app serving ``models``: checkpoint paths (``RUN/best``, a ``.pt`` file, a run folder)
     and/or :class:`~detlab.engine.predict.Predictor` objects, or a dict ``name -> either``
     (see :func:`detlab.serve.served.served_models`). ``limits``: :class:`Limits` (defaults);
     ``access``: :class:`~detlab.serve.access.Access`, who may call (defaults: this machine, no
     token). Each model's pixel limit comes from ``limits.memory_budget``
-    (:func:`detlab.serve.memory.plan_memory`; ``ValueError`` when a model does not fit it)."""
+    (:func:`detlab.serve.memory.plan_memory`; ``ValueError`` when a model does not fit it).
+    ``errors_data``: a data set spec on which every detector's errors are analysed once, now, for
+    the page's Errors view (``errors_split``: its split, default each run's test split;
+    :mod:`detlab.serve.errors`)."""
     limits, access = limits or Limits(), access or Access()
     served = served_models(models, device=device)
     memory = plan_memory(
@@ -122,9 +131,11 @@ def create_app(
     app.state.models, app.state.limits, app.state.access, app.state.memory = served, limits, access, memory
     app.state.queue = WorkQueue(limits.max_concurrent, limits.queue_size)
     app.state.uploads = Places(limits.max_uploads)
+    app.state.errors = error_views(served, errors_data, errors_split) if errors_data else None
     add_answers_to_errors(app)
     add_reading_routes(app)
     add_detect_route(app)
+    add_error_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -188,6 +199,24 @@ def add_detect_route(app: FastAPI) -> None:
             await form.close()
         answer["timings"]["total_ms"] = round((time.monotonic() - started) * 1000, 2)
         return JSONResponse(answer)
+
+
+def add_error_routes(app: FastAPI) -> None:
+    """``GET /api/errors`` (404 when the server was started without ``--data``) and
+    ``GET /api/errors/MODEL/NAME``: a figure or gallery of the Errors view."""
+
+    @app.get("/api/errors")
+    async def errors_view() -> dict:
+        if app.state.errors is None:
+            raise RequestRefused(404, "no error analysis: start detlab serve with --data SPEC to have one")
+        return app.state.errors.answer()
+
+    @app.get("/api/errors/{model}/{name}")
+    async def errors_figure(model: str, name: str) -> FileResponse:
+        path = app.state.errors.figure(model, name) if app.state.errors is not None else None
+        if path is None:
+            raise RequestRefused(404, f"no figure {name[:40]!r} of model {model[:80]!r}")
+        return FileResponse(path, media_type="image/jpeg" if path.suffix == ".jpg" else "image/png")
 
 
 def add_answers_to_errors(app: FastAPI) -> None:
@@ -299,15 +328,19 @@ def serve(
     token: str | None = None,
     allow_hosts: tuple[str, ...] = (),
     insecure: bool = False,
+    errors_data: str | None = None,
+    errors_split: str | None = None,
 ) -> None:
     """Load ``models`` (as :func:`create_app` takes them) and serve them with uvicorn until
     interrupted. Binds to ``host`` (127.0.0.1: this machine only); another address needs a
     ``token`` (every ``/api/`` request then carries ``Authorization: Bearer TOKEN``) unless
-    ``insecure``. ``allow_hosts``: Host names to answer besides this machine's and ``host``."""
+    ``insecure``. ``allow_hosts``: Host names to answer besides this machine's and ``host``.
+    ``errors_data``, ``errors_split``: the Errors view's data set (see :func:`create_app`)."""
     import uvicorn
 
     check_exposure(host, token, insecure)
-    app = create_app(models, limits, device, Access(token=token, allow_hosts=tuple(allow_hosts), host=host))
+    access = Access(token=token, allow_hosts=tuple(allow_hosts), host=host)
+    app = create_app(models, limits, device, access, errors_data, errors_split)
     names = ", ".join(f"{model.name} ({model.method})" for model in app.state.models.values())
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}/" + (f"#token={token}" if token else "")
