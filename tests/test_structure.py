@@ -22,7 +22,7 @@ LAYERS = [
     ("proposals", ("detlab.proposals",)),
     ("models", ("detlab.models",)),
     ("engine", ("detlab.engine",)),
-    ("applications", ("detlab.export", "detlab.serve", "detlab.comparison", "detlab.demo")),
+    ("applications", ("detlab.export", "detlab.serve", "detlab.comparison", "detlab.demo", "detlab.view_plots")),
     ("api", ("detlab.api", "detlab")),
     ("cli", ("detlab.cli", "detlab.__main__")),
 ]  # fmt: skip

@@ -114,6 +114,17 @@ def test_auto_values_parse_and_fall_back_without_data():
         concrete(dataclasses.replace(FasterRCNNConfig(), min_size="large"))
 
 
+@pytest.mark.parametrize("name", ["rcnn", "fast_rcnn"])
+def test_an_auto_that_is_not_fitted_to_data_is_kept(name):
+    """R-CNN's and Fast R-CNN's cache folders default to "auto" (the user cache folder): fitting
+    the run to its data leaves them be (it once raised KeyError, so neither trained with its
+    defaults)."""
+    run_config = resolve_run_config(name)
+    assert run_config.model.proposal_cache_dir == "auto"
+    fitted, _ = fit_to_data(run_config, large_box_records(), MODELS[name], 1)
+    assert fitted.model == run_config.model
+
+
 def test_held_out_validation_is_disjoint_seeded_and_small_sets_are_used_whole(synthetic_root, tmp_path):
     from detlab.data.loading import load_dataset
 

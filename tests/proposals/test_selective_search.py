@@ -14,6 +14,7 @@ from detlab.proposals.selective_search import (
     convert_colour,
     describe_regions,
     group_regions,
+    grouping_levels,
     hierarchy_boxes,
     pixel_codes,
     segment,
@@ -146,6 +147,26 @@ def test_hierarchy_invariants():
             [np.minimum(boxes[first, :2], boxes[second, :2]), np.maximum(boxes[first, 2:], boxes[second, 2:])]
         )
         np.testing.assert_array_equal(boxes[num_initial + step], union)
+
+
+def test_grouping_levels_coarsen_the_initial_regions_and_every_region_is_a_hierarchy_box():
+    image = scene()
+    converted = convert_colour(image, "hsv")
+    initial = segment(converted, 100)
+    num_initial = int(initial.max()) + 1
+    boxes, _ = group_regions(describe_regions(initial, pixel_codes(converted)), "CTSF")
+    levels = grouping_levels(as_tensor(image), [num_initial + 5, num_initial, 4, 2, 1, 0])
+    assert [int(level.max()) + 1 for level in levels] == [num_initial, num_initial, 4, 2, 1, 1]
+    assert (levels[0] == initial).all() and levels[1].shape == image.shape[:2]
+    formed = {tuple(box) for box in boxes.astype(int).tolist()}
+    for finer, coarser in zip(levels[1:], levels[2:]):
+        # each region of the finer level lies inside one region of the coarser
+        for region in np.unique(finer):
+            assert len(np.unique(coarser[finer == region])) == 1
+        for region in np.unique(coarser):
+            rows, columns = np.where(coarser == region)
+            box = (columns.min(), rows.min(), columns.max() + 1, rows.max() + 1)
+            assert box in formed
 
 
 def test_every_initial_region_box_is_among_single_strategy_outputs():

@@ -100,9 +100,10 @@ def test_look_inside_of_the_trained_model_shows_the_rpn_proposals(client):
     assert [stage["name"].split(" ")[0] for stage in stages] == ["resize", "backbone", "RPN:", "RoI", "boxes"]
     assert all(stage["ms"] >= 0 for stage in stages)
     assert sum(stage["ms"] for stage in stages) <= answer["timings"]["model_ms"] + 1
-    (view,) = answer["inside"]["views"]
+    view, anchors = answer["inside"]["views"]
     assert view["kind"] == "boxes" and 0 < len(view["boxes"]) <= 300
     assert all(0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 80 for x1, y1, x2, y2 in view["boxes"])
+    assert anchors["kind"] == "boxes" and "anchors of one location" in anchors["title"]
     plain = post(client, image_bytes(96, 80), score_threshold="0").json()
     assert xyxy(plain["detections"]).tolist() == xyxy(answer["detections"]).tolist()
 
@@ -112,7 +113,7 @@ FIRST_STAGES = {
     "yolo": "letterbox", "yolov1": "warp", "localizer": "warp", "keypoints": "warp",
 }  # fmt: skip
 VIEW_KINDS = {
-    "faster_rcnn": {"boxes"}, "fast_rcnn": {"boxes"}, "rcnn": {"boxes"}, "overfeat": {"heatmap"},
+    "faster_rcnn": {"boxes"}, "fast_rcnn": {"boxes", "heatmap"}, "rcnn": {"boxes", "window"}, "overfeat": {"heatmap"},
     "yolo": {"heatmap", "points"}, "yolov1": {"heatmap"}, "localizer": {"window", "boxes"}, "keypoints": {"window", "points"},
 }  # fmt: skip
 

@@ -42,6 +42,7 @@ from detlab.eval.report import build_report
 from detlab.eval.results import coco_result_entries
 from detlab.eval.voc import VOCEvaluator
 from detlab.image_files import IMAGE_SUFFIXES, open_rgb
+from detlab.models.contract import Inside, View
 from detlab.models.inference import TestTimeCombination, TiledDetector, fold_batchnorm
 from detlab.progress import progress_bar
 from detlab.tiles import Tiling
@@ -197,6 +198,39 @@ class Predictor:
 
     def class_name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class {label}"
+
+    @torch.no_grad()
+    def look_inside(self, image) -> tuple[dict, Inside]:
+        """What the model finds in one image (as :meth:`predict`: every detection, best first) and
+        what happened inside: an :class:`~detlab.models.contract.Inside`, the stages of the test
+        pass with their milliseconds and the views ``detlab serve``'s page draws
+        (:func:`detlab.plot_views` draws them too). The detections are the model's own: looking
+        changes nothing."""
+        output, inside = self.model.look_inside(to_image_tensor(image).to(self.device), self.class_name)
+        return self.select(output), inside
+
+    @torch.no_grad()
+    def assignment(self, image, target: dict) -> list[View]:
+        """How training hands ``target``'s objects (``{"boxes": Tensor[N, 4] (x1, y1, x2, y2)
+        pixels of image, "labels": int64 Tensor[N] in 1..C}``, e.g. ``dataset[i][1]``) to this
+        model's outputs: views of the cells, anchors or points that learn each object (``[]`` for
+        a method without such an assignment to show)."""
+        on_device = {
+            key: value.to(self.device) for key, value in target.items() if key in ("boxes", "labels")
+        }
+        return self.model.assignment(to_image_tensor(image).to(self.device), on_device, self.class_name)
+
+    @torch.no_grad()
+    def window_scores(self, image, scale: float = 1.0, convolutional: bool = True) -> torch.Tensor:
+        """A sliding-window classifier's object class probabilities ``Tensor[C, h, w]`` at every
+        window position of ``image`` resized by ``scale``: in one pass of the network with its FC
+        layers as convolutions, or (``convolutional=False``) one crop at a time."""
+        scores = self.model.window_scores(to_image_tensor(image).to(self.device), scale, convolutional)
+        if scores is None:
+            raise ValueError(
+                f"{type(self.model).__name__} is not a sliding-window classifier: it has no window scores"
+            )
+        return scores.cpu()
 
 
 def same_size_groups(images: list) -> list[list[int]]:

@@ -350,6 +350,10 @@ class Detector(Protocol):
 
     def look_inside(self, image: Tensor, class_name: Callable[[int], str]) -> tuple[dict, Inside]: ...
 
+    def assignment(self, image: Tensor, target: dict, class_name: Callable[[int], str]) -> list[View]: ...
+
+    def window_scores(self, image: Tensor, scale: float, convolutional: bool) -> Tensor | None: ...
+
     def stop_disk_caches(self) -> None: ...
 
     def memory_cost(self) -> MemoryCost | None: ...
@@ -420,6 +424,19 @@ class DetectorModule(nn.Module):
         return output, Inside(
             [InsideStage("the whole model", round((time.perf_counter() - started) * 1000, 2))]
         )
+
+    def assignment(self, image: Tensor, target: dict, class_name: Callable[[int], str]) -> list[View]:
+        """How training hands ``target``'s objects (``{"boxes": Tensor[N, 4], "labels"}`` in pixels
+        of ``image``) to the model's outputs, drawn in pixels of ``image`` (which cells, anchors or
+        points learn each object); by default nothing to draw (``[]``)."""
+        return []
+
+    def window_scores(self, image: Tensor, scale: float, convolutional: bool) -> Tensor | None:
+        """A sliding-window classifier's object class probabilities at every window position of
+        ``image`` resized by ``scale``: ``Tensor[C, h, w]`` (background left out), computed one crop
+        at a time (``convolutional=False``) or in one pass of the network with its FC layers as
+        convolutions (``True``); ``None``: not a sliding-window classifier."""
+        return None
 
     def stop_disk_caches(self) -> None:
         """Stop keeping anything on disk between test passes (a server, a timing pass)."""

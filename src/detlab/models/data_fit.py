@@ -46,11 +46,13 @@ MAX_IMAGES = 400  # images measured for coverage (a seeded sample of larger sets
 
 
 def concrete(config, fallbacks: dict | None = None):
-    """``config`` with every ``"auto"`` field replaced by its fallback: ``fallbacks[name]``, else the
-    fixed default of the base config that declares the field (:class:`RPNConfig`,
-    :class:`InputSizeConfig`), ``max_size`` following ``min_size``; unchanged when nothing is
-    ``"auto"``. The one place an ``"auto"`` setting becomes a value without data: every build
-    function of a method with ``"auto"`` fields calls it first."""
+    """``config`` with every ``"auto"`` field fitted to data replaced by its fallback:
+    ``fallbacks[name]``, else the fixed default of the base config that declares the field
+    (:class:`RPNConfig`, :class:`InputSizeConfig`), ``max_size`` following ``min_size``; unchanged
+    when nothing is ``"auto"``. The one place an ``"auto"`` setting becomes a value without data:
+    every build function of a method with ``"auto"`` fields calls it first. An ``"auto"`` of a
+    field without a fallback is not fitted to data and is kept (R-CNN's ``proposal_cache_dir``:
+    the user cache folder, found where the cache is opened)."""
     fallbacks = {
         **dataclasses.asdict(RPNConfig()),
         **dataclasses.asdict(InputSizeConfig()),
@@ -61,7 +63,7 @@ def concrete(config, fallbacks: dict | None = None):
     for name, value in values.items():
         if name in fallbacks and isinstance(value, str) and not is_auto(value):
             raise ValueError(f"model.{name}={value!r}: expected a number (or numbers) or auto")
-        if is_auto(value) and name != "max_size":  # max_size follows min_size below
+        if is_auto(value) and name in fallbacks and name != "max_size":  # max_size follows min_size below
             changes[name] = fallbacks[name]
     if is_auto(values.get("max_size")):
         changes["max_size"] = max_size_for(changes.get("min_size", values.get("min_size")))

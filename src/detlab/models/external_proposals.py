@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detlab import boxes as box_ops
 from detlab.machine import user_cache_dir
 from detlab.proposals import ProposalCache, RecordProposals, build_method
 
@@ -87,3 +88,12 @@ def proposals_name(method) -> str:
     """A proposal method's name for the look-inside stages: ``Selective Search (ss-fast)``."""
     name = getattr(method, "name", "proposals")
     return f"Selective Search ({name})" if name.startswith("ss-") else name
+
+
+def shown_proposal(proposals: Tensor, detections: dict) -> int:
+    """The index of the proposal a look-inside view follows through the network: the one that
+    overlaps the best detection most (before its box was regressed), else the first proposal."""
+    if len(detections["boxes"]) == 0 or len(proposals) == 0:
+        return 0
+    best = detections["scores"].argmax()
+    return int(box_ops.iou(detections["boxes"][best][None].to(proposals), proposals)[0].argmax())

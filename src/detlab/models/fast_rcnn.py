@@ -25,6 +25,7 @@ from detlab.models.contract import (
     BoxesView,
     DetectorModule,
     ExportPlan,
+    HeatmapView,
     Inside,
     LectureRow,
     MemoryCost,
@@ -37,6 +38,7 @@ from detlab.models.external_proposals import (
     image_proposals,
     proposal_source,
     proposals_name,
+    shown_proposal,
     training_proposals,
 )
 from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head
@@ -129,7 +131,7 @@ class FastRCNN(DetectorModule):
         batch, image_sizes, scales, scaled = self.batcher(images, with_proposals)
         trace("batcher")
         features = self.backbone(batch)
-        trace("backbone")
+        trace("backbone", features=features, image_sizes=image_sizes, scales=scales)
         rois = [box_ops.clip(t["proposals"], size) for t, size in zip(scaled, image_sizes)]
         if self.training:
             _, losses = self.roi_head(features, rois, image_sizes, scaled)
@@ -166,7 +168,27 @@ class FastRCNN(DetectorModule):
             "restore": "boxes back to the image's pixels",
         }
         views = [BoxesView(proposals_title("Selective Search", proposals), proposals)]
+        if len(proposals):
+            views.append(self.pooled_view(trace["backbone"], proposals, shown_proposal(proposals, output)))
         return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+    def pooled_view(self, backbone: dict, proposals: Tensor, index: int) -> HeatmapView:
+        """Proposal ``index`` as the RoI head sees it: the shared feature map pooled over the
+        proposal into a fixed grid of bins (whatever its shape), each bin's mean over the channels."""
+        scale = backbone["scales"][0]
+        box = proposals[index : index + 1].float()
+        pooled = self.roi_head.pooler(
+            backbone["features"],
+            [box.to(next(iter(backbone["features"].values())).device) * scale],
+            backbone["image_sizes"],
+        )
+        values = pooled[0].float().mean(0)  # [S, S]
+        values = (values - values.min()) / (values.max() - values.min()).clamp(min=1e-6)
+        side = values.shape[-1]
+        stride = self.backbone.strides[0]
+        region = tuple(float(value) for value in box[0].tolist())
+        title = f"proposal {index + 1} RoI-pooled to {side} x {side} bins of the stride-{stride:g} feature map (mean over channels)"
+        return HeatmapView(title, values, region, grid=True)
 
 
 def build_fast_rcnn(config: FastRCNNConfig, num_classes: int) -> FastRCNN:

@@ -34,12 +34,19 @@ from detlab.models.contract import (
     NotExportable,
     Stage,
     Trace,
+    View,
     proposals_title,
     set_trainable,
 )
 from detlab.models.data_fit import concrete
 from detlab.models.roi_heads import RoIHead, RoIHeadConfig, build_roi_head, pool_with_image_index
-from detlab.models.rpn import RegionProposalNetwork, RPNConfig, build_rpn, select_batch_proposals
+from detlab.models.rpn import (
+    RegionProposalNetwork,
+    RPNConfig,
+    build_rpn,
+    label_anchors,
+    select_batch_proposals,
+)
 from detlab.models.transform import ImageBatcher, InputSizeConfig, batcher_from_config
 
 
@@ -220,8 +227,49 @@ class FasterRCNN(DetectorModule):
             "roi_head": "RoI head: pool, classify and refine each proposal, NMS",
             "restore": "boxes back to the image's pixels",
         }
-        views = [BoxesView(proposals_title("RPN", proposals), proposals)]
+        views = [BoxesView(proposals_title("RPN", proposals), proposals), self.anchors_view(image, scale)]
         return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+    def anchors_view(self, image: Tensor, scale: float) -> BoxesView:
+        """The anchors of one location, every level's, centred on the image's centre (each cell of
+        a level's feature map has the same ones around its own centre), in pixels of ``image``."""
+        generator = self.rpn.anchor_generator
+        height, width = image.shape[-2:]
+        centre = torch.tensor([width, height, width, height], dtype=torch.float32) / 2
+        anchors = torch.cat([generator.cell_anchors(level) for level in range(len(generator.sizes))])
+        sizes = sorted({size for level in generator.sizes for size in level})
+        title = (
+            f"the {len(anchors)} anchors of one location ({len(sizes)} sizes x {len(generator.aspect_ratios)} "
+            "aspect ratios), drawn at the image's centre"
+        )
+        return BoxesView(title, anchors / scale + centre)
+
+    @torch.no_grad()
+    def assignment(self, image: Tensor, target: dict, class_name) -> list[View]:
+        """The RPN's positive anchors for ``target``'s objects (section 3.1.2: IoU >= 0.7 with an
+        object, or an object's best anchor), each labelled with its object."""
+        batch, image_sizes, scales, (scaled,) = self.batcher([image], [target], factor=1.0)
+        levels = list(self.backbone(batch).values())
+        anchors = torch.cat(
+            self.rpn.anchor_generator(
+                [tuple(level.shape[-2:]) for level in levels], self.backbone.strides, batch.device
+            )
+        )
+        labels, matched = label_anchors(
+            anchors, scaled["boxes"].to(anchors), self.rpn.positive_iou, self.rpn.negative_iou
+        )
+        positive = torch.where(labels == 1)[0]
+        names = [
+            f"{class_name(int(label))} {index + 1}" for index, label in enumerate(target["labels"].tolist())
+        ]
+        return [
+            BoxesView("the objects, numbered", target["boxes"].float().reshape(-1, 4).cpu(), names),
+            BoxesView(
+                f"{len(positive)} positive anchors (IoU >= {self.rpn.positive_iou:g} with an object, or its best)",
+                (anchors[positive] / scales[0]).cpu(),
+                [names[index] for index in matched[positive].tolist()],
+            ),
+        ]
 
 
 class TwoStageGraph(nn.Module):

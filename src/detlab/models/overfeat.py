@@ -173,6 +173,15 @@ def to_fully_convolutional(localizer: Localizer) -> FullyConvolutionalLocalizer:
     return FullyConvolutionalLocalizer(localizer).eval()
 
 
+def scaled_image(image: Tensor, scale: float, window_size: int) -> Tensor:
+    """``Tensor[3, H, W]`` resized by ``scale`` (each side at least ``window_size``): one scale of
+    the test pass, antialiased when shrinking, as the training crops (RoIAlign, 2x2 samples a
+    pixel) average."""
+    _, height, width = image.shape
+    size = (max(window_size, round(height * scale)), max(window_size, round(width * scale)))
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
+
+
 def crop_windows(image: Tensor, window_size: int, stride: int) -> tuple[Tensor, Tensor]:
     """Every ``window_size`` square at steps of ``stride`` pixels, row by row (the naive sliding
     window). ``Tensor[3, H, W] -> (Tensor[N, 3, S, S], origins Tensor[N, 2] as (x, y))``."""
@@ -410,16 +419,9 @@ class OverFeat(DetectorModule):
         (1..C), regressed box of that class Tensor[N, 4])``."""
         window = network.window_size
         _, height, width = image.shape
-        scaled_height, scaled_width = max(window, round(height * scale)), max(window, round(width * scale))
-        # antialiased when shrinking, as the training crops (RoIAlign, 2x2 samples a pixel) average
-        scaled = F.interpolate(
-            image[None],
-            size=(scaled_height, scaled_width),
-            mode="bilinear",
-            align_corners=False,
-            antialias=scale < 1,
-        )
-        outputs = network(scaled)
+        scaled = scaled_image(image, scale, window)
+        scaled_height, scaled_width = scaled.shape[-2:]
+        outputs = network(scaled[None])
         trace(
             "scale",
             scale=scale,
@@ -437,6 +439,22 @@ class OverFeat(DetectorModule):
         windows = (origins + torch.tensor([0.0, 0.0, window, window]).to(boxes)) / to_image
         # row i of the object probabilities is label i + 1
         return windows, scores.reshape(-1), indices.reshape(-1) + 1, (boxes + origins) / to_image
+
+    @torch.no_grad()
+    def window_scores(self, image: Tensor, scale: float, convolutional: bool) -> Tensor:
+        """The localizer's object class probabilities ``Tensor[C, h', w']`` for every window of
+        ``image`` resized by ``scale`` (windows at steps of the feature stride): its FC layers as
+        convolutions in one pass (``convolutional``), or the original network on each crop."""
+        window, stride = self.localizer.window_size, self.localizer.stride
+        scaled = scaled_image(image, scale, window)
+        if convolutional:
+            # the windows wholly inside the image: a net that reads less than its whole window
+            # (valid strided convolutions) has a few more cells at the far edges
+            rows, columns = ((side - window) // stride + 1 for side in scaled.shape[-2:])
+            logits = self.dense_network()(scaled[None])["class_logits"][0, :, :rows, :columns]
+        else:
+            logits = naive_sliding_window(self.localizer, scaled)["class_logits"]
+        return logits.float().softmax(dim=0)[1:]
 
     def detect(self, image: Tensor, trace: Trace = NO_TRACE) -> dict[str, Tensor]:
         """One image's detections: every scale's confident cells vote, the votes are merged."""

@@ -57,10 +57,11 @@ from detlab.models.contract import (
     Stage,
     Step,
     Trace,
+    WindowView,
     proposals_title,
     set_trainable,
 )
-from detlab.models.external_proposals import image_proposals, proposal_source, proposals_name
+from detlab.models.external_proposals import image_proposals, proposal_source, proposals_name, shown_proposal
 from detlab.models.rcnn_training import (
     FeatureCache,
     extract_features,
@@ -411,7 +412,20 @@ class RCNN(DetectorModule):
             "classify": f"fc6, fc7, {scorer} scores{regression}, NMS",
         }
         views = [BoxesView(proposals_title("Selective Search", proposals), proposals)]
+        if len(proposals):
+            views.append(self.warped_view(image, proposals, shown_proposal(proposals, output)))
         return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+    def warped_view(self, image: Tensor, proposals: Tensor, index: int) -> WindowView:
+        """Proposal ``index`` as the CNN sees it: its region with context, warped to the window
+        (whatever its shape), the proposal's own box drawn inside."""
+        size = self.config.window_size
+        region = context_windows(proposals[index : index + 1].to(image), size, self.padding)
+        window = warp_windows(image, region, size)[0]
+        inner = torch.tensor([[self.padding, self.padding, size - self.padding, size - self.padding]])
+        width, height = (proposals[index, 2:] - proposals[index, :2]).tolist()
+        title = f"proposal {index + 1} ({width:.0f} x {height:.0f} px) warped with context to {size} x {size}"
+        return WindowView(title, window, boxes=inner)
 
 
 def set_rcnn_stage(model: RCNN, stage: str) -> None:

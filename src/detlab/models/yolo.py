@@ -43,6 +43,7 @@ from detlab.models.backbones import (
 from detlab.models.contract import (
     MIB,
     NO_TRACE,
+    BoxesView,
     DetectorModule,
     ExportPlan,
     FitGeometry,
@@ -52,6 +53,7 @@ from detlab.models.contract import (
     Method,
     PointsView,
     Trace,
+    View,
 )
 from detlab.models.data_fit import concrete
 from detlab.models.transform import ImageBatcher
@@ -470,6 +472,33 @@ class YOLO(DetectorModule):
             "postprocess": "decode boxes, threshold, NMS",
         }
         return output, Inside(trace.stages(lambda name, values: titles[name]), views)
+
+    @torch.no_grad()
+    def assignment(self, image: Tensor, target: dict, class_name) -> list[View]:
+        """Task-aligned assignment with the model's current predictions: the cell centres (of
+        every stride) that learn each object, labelled with its number; a cell's score is its
+        target class score (the alignment, normalised per object)."""
+        batch, _, scales, (scaled,) = self.batcher([image], [target], factor=1.0)
+        _, logits, pred_boxes, points, _ = self.raw_outputs(batch)
+        gt_labels, gt_boxes, gt_mask = pad_targets([scaled], logits.device)
+        foreground, assigned, _, target_scores = task_aligned_assign(
+            logits.float().sigmoid(), pred_boxes, points, gt_labels, gt_boxes, gt_mask,
+            self.config.topk, self.config.alpha, self.config.beta,
+        )  # fmt: skip
+        chosen = torch.where(foreground[0])[0]
+        objects = assigned[0, chosen].tolist()
+        labels = target["labels"].tolist()
+        names = [f"{class_name(int(label))} {index + 1}" for index, label in enumerate(labels)]
+        return [
+            BoxesView("the objects, numbered", target["boxes"].float().reshape(-1, 4).cpu(), names),
+            PointsView(
+                f"{len(chosen)} cell centres assigned: up to {self.config.topk} an object, the best aligned "
+                f"(class score^{self.config.alpha:g} x IoU^{self.config.beta:g}) inside it",
+                (points[chosen] / scales[0]).cpu(),
+                [names[index] for index in objects],
+                target_scores[0, chosen].amax(-1).cpu(),
+            ),
+        ]
 
 
 class OneStageGraph(nn.Module):

@@ -24,6 +24,7 @@ from detlab.models.backbones import BackboneConfig, backbone_body
 from detlab.models.contract import (
     MIB,
     NO_TRACE,
+    BoxesView,
     DetectorModule,
     ExportPlan,
     HeatmapView,
@@ -32,6 +33,7 @@ from detlab.models.contract import (
     Method,
     NotExportable,
     Trace,
+    View,
 )
 from detlab.models.transform import IMAGENET_MEAN, IMAGENET_STD, warp_batch
 
@@ -190,6 +192,38 @@ class YOLOv1(DetectorModule):
         }
         return output, Inside(trace.stages(lambda name, values: titles[name]), [view])
 
+    def assignment(self, image: Tensor, target: dict, class_name) -> list[View]:
+        """The S x S grid over the image, each object's responsible cell labelled with its class;
+        the objects whose cell holds a larger object's centre are lost to training (red)."""
+        height, width = image.shape[-2:]
+        side = self.config.grid
+        size = torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes = target["boxes"].float().cpu().reshape(-1, 4)
+        cells, learnt = responsible_cells(boxes / size, side)
+        values, labels = torch.zeros(side, side), [["" for _ in range(side)] for _ in range(side)]
+        for (column, row), label, kept in zip(cells.tolist(), target["labels"].tolist(), learnt.tolist()):
+            values[row, column] = max(float(values[row, column]), 1.0 if kept else 0.5)
+            labels[row][column] = " + ".join(filter(None, [labels[row][column], class_name(int(label))]))
+        names = [class_name(int(label)) for label in target["labels"].tolist()]
+        lost = ~learnt
+        return [
+            HeatmapView(
+                f"{side} x {side} grid: the cell responsible for each object (its centre's)",
+                values,
+                (0.0, 0.0, float(width), float(height)),
+                labels,
+                grid=True,
+            ),
+            BoxesView(
+                f"{int(learnt.sum())} objects learnt", boxes[learnt], [n for n, k in zip(names, learnt) if k]
+            ),
+            BoxesView(
+                f"{int(lost.sum())} lost: their centre's cell holds a larger object",
+                boxes[lost],
+                [n for n, k in zip(names, lost) if k],
+            ),
+        ]
+
     def postprocess(self, prediction: Tensor, size: Tensor) -> dict[str, Tensor]:
         """One image's ``[S, S, 5P + C]`` -> detections in its pixels (class-specific confidence =
         class probability x box confidence, both clipped to [0, 1]; NMS a class)."""
@@ -226,9 +260,25 @@ def cell_boxes(values: Tensor, grid: int) -> Tensor:
     )
 
 
+def responsible_cells(boxes: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+    """The cell responsible for each object (section 2: the one its centre falls in) and whether
+    the object is the one that cell learns: of several objects whose centres share a cell, only the
+    largest is its target; the others are lost. ``boxes`` ``Tensor[N, 4]`` xyxy normalised to the
+    image -> ``(cells int64 Tensor[N, 2] as (column, row), learnt bool Tensor[N])``."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    extent = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    cells = (centres * grid).floor().clamp(0, grid - 1).long()
+    owner: dict[tuple[int, int], int] = {}
+    for box in (extent[:, 0] * extent[:, 1]).argsort().tolist():  # the largest comes last and stays
+        owner[tuple(cells[box].tolist())] = box
+    learnt = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    learnt[list(owner.values())] = True
+    return cells, learnt
+
+
 def encode_yolov1_targets(targets: list[dict], sizes: Tensor, grid: int, num_classes: int) -> Tensor:
     """Targets -> ``[B, S, S, 5 + C]``: per cell ``(object?, x, y, sqrt w, sqrt h)`` and the one-hot
-    class of the object whose centre falls in it (the largest one when several do)."""
+    class of the object it is responsible for (:func:`responsible_cells`)."""
     encoded = sizes.new_zeros(len(targets), grid, grid, 5 + num_classes)
     for index, (target, size) in enumerate(zip(targets, sizes)):
         boxes = target["boxes"].float().to(sizes.device).reshape(-1, 4) / size  # normalised xyxy
@@ -236,13 +286,11 @@ def encode_yolov1_targets(targets: list[dict], sizes: Tensor, grid: int, num_cla
             continue
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         extent = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-        cells = (centres * grid).floor().clamp(0, grid - 1).long()
-        # Write the smallest first, so the largest object of a crowded cell is the one kept.
-        for box in (extent[:, 0] * extent[:, 1]).argsort().tolist():
+        cells, learnt = responsible_cells(boxes, grid)
+        for box in torch.where(learnt)[0].tolist():
             column, row = cells[box].tolist()
             offset = centres[box] * grid - cells[box]
             encoded[index, row, column, :5] = torch.cat([offset.new_ones(1), offset, extent[box].sqrt()])
-            encoded[index, row, column, 5:] = 0.0
             encoded[index, row, column, 5 + int(target["labels"][box]) - 1] = 1.0
     return encoded
 

@@ -3,7 +3,8 @@
 Every method is a :class:`ProposalMethod`; ``method.propose(image) -> Tensor[K, 4]`` (absolute
 ``(x1, y1, x2, y2)``, best first) and ``method.propose_scored(image) -> (boxes, scores | None)``.
 ``build_method(name, **options)`` makes one by name from :data:`METHODS`; :func:`propose` is the
-one-call form. :class:`ProposalCache` keeps proposals on disk so R-CNN and Fast R-CNN compute
+one-call form; :func:`grouping_levels` shows one Selective Search hierarchy's regions at several
+points of its grouping. :class:`ProposalCache` keeps proposals on disk so R-CNN and Fast R-CNN compute
 them once per image.
 """
 
@@ -13,7 +14,7 @@ from detlab.proposals.baselines import GaussianBoxes, SlidingWindows, Superpixel
 from detlab.proposals.cache import ProposalCache, RecordProposals
 from detlab.proposals.method import ProposalMethod
 from detlab.proposals.registry import METHODS, build_method, propose
-from detlab.proposals.selective_search import STRATEGIES, SelectiveSearch, Strategy
+from detlab.proposals.selective_search import STRATEGIES, SelectiveSearch, Strategy, grouping_levels
 
 __all__ = [
     "METHODS",
@@ -28,5 +29,6 @@ __all__ = [
     "SuperpixelBoxes",
     "UniformBoxes",
     "build_method",
+    "grouping_levels",
     "propose",
 ]

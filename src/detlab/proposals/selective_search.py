@@ -25,6 +25,7 @@ D histogram bins of one region.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
@@ -33,7 +34,7 @@ from scipy import ndimage
 from skimage import color
 
 from detlab.proposals.graph_segmentation import PixelGraph, felzenszwalb
-from detlab.proposals.method import DEFAULT_MAX_SIDE, ProposalMethod
+from detlab.proposals.method import DEFAULT_MAX_SIDE, ProposalMethod, image_to_array
 
 COLOUR_BINS = 25  # section 3.2, "25 bins for each colour channel"
 TEXTURE_ORIENTATIONS = 8  # section 3.2, "Gaussian derivatives in eight orientations"
@@ -331,6 +332,38 @@ def hierarchy_boxes(image: np.ndarray, strategy: Strategy | str = "fast") -> lis
             for similarity in strategy.similarities:
                 result.append(group_regions(regions, similarity)[0])
     return result
+
+
+def grouping_levels(
+    image, region_counts: Sequence[int], colour_space: str = "hsv", k: int = 100, similarity: str = "CTSF"
+) -> list[np.ndarray]:
+    """One hierarchy of Selective Search (``colour_space``, ``k``, ``similarity``) on ``image`` (any
+    image :func:`~detlab.proposals.method.image_to_array` takes), seen at several points of its
+    grouping: for each count of ``region_counts``, the label map ``int64 [H, W]`` (regions
+    numbered ``0..n-1``) when that many regions are left. A count above the initial segmentation's
+    gives the initial regions; one below what grouping ends with (the image's connected parts: one
+    for an ordinary image) gives where it ends. Every level is a grouping of the finer ones, and
+    every region of every level is a proposal the hierarchy's boxes hold."""
+    converted = convert_colour(image_to_array(image), colour_space)
+    codes = pixel_codes(converted) if set(similarity) & {"C", "T"} else None
+    labels = segment(converted, k)
+    regions = describe_regions(labels, codes)
+    _, merges = group_regions(regions, similarity)
+    num_initial = len(regions.sizes)
+    owner = np.arange(num_initial)  # the region each initial region belongs to after the merges so far
+    members: dict[int, list[int]] = {region: [region] for region in range(num_initial)}
+    wanted = {min(max(num_initial - count, 0), len(merges)) for count in region_counts}
+    maps = {}
+    for done in range(len(merges) + 1):
+        if done in wanted:
+            maps[done] = np.unique(owner, return_inverse=True)[1][labels].astype(np.int64)
+        if done == len(merges):
+            break
+        first, second = merges[done]
+        joined = members.pop(int(first)) + members.pop(int(second))
+        members[num_initial + done] = joined
+        owner[joined] = num_initial + done
+    return [maps[min(max(num_initial - count, 0), len(merges))] for count in region_counts]
 
 
 def rank_hierarchies(hierarchies: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
