@@ -15,7 +15,7 @@ PACKAGE = SOURCE / "detlab"
 # ``detlab`` is the API's face (it imports detlab.api), so it sits with the API.
 LAYERS = [
     ("base", ("detlab.boxes", "detlab.box_arrays", "detlab.config", "detlab.errors", "detlab.image_files",
-              "detlab.machine", "detlab.progress", "detlab.tiles", "detlab.version",
+              "detlab.machine", "detlab.plotting", "detlab.progress", "detlab.tiles", "detlab.version",
               "detlab.video_files")),
     ("data", ("detlab.data",)),
     ("eval", ("detlab.eval",)),

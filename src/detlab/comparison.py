@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from detlab import plotting
 from detlab.config import parse_overrides
 from detlab.data.drawing import draw_detections, save_grid
 from detlab.data.loading import load_dataset
@@ -642,11 +643,9 @@ def lecture_line() -> str:
 
 def plot_speed_vs_map(rows: list[dict], path: Path) -> Path:
     """mAP@0.5 against test seconds an image (with proposals) on a log axis, one point a method."""
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plotting.pyplot()
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for row in rows:

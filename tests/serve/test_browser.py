@@ -70,10 +70,13 @@ def test_the_page_detects_draws_and_looks_inside(browser, trained_run, tmp_path)
         page.wait_for_selector("#stages li")
         stages = page.locator("#stages li").all_inner_texts()
         assert len(stages) == 5 and all(" ms" in stage for stage in stages) and "RPN" in " ".join(stages)
+        # the RPN's proposals (shown first), then the anchors of one location
         assert (
-            page.locator("#views button").count() == 1
+            page.locator("#views button").count() == 2
             and "proposals" in page.locator("#view-title").inner_text()
         )
+        page.locator("#views button").nth(1).click()
+        assert "anchors of one location" in page.locator("#view-title").inner_text()
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
 
         assert not errors, errors

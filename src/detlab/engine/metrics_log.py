@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from detlab import plotting
 from detlab.engine.checkpoint import remove_temporaries, write_atomically
 from detlab.engine.distributed import Context, average_across_processes
 from detlab.engine.state import TrainingState
@@ -83,11 +84,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_curves(records: list[dict], path: str | Path) -> Path | None:
     """Training curves from metrics records to a PNG; ``None`` when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     train = [r for r in records if r.get("kind") == "train"]
     evaluations = [r for r in records if r.get("kind") == "eval"]
     if not train and not evaluations:

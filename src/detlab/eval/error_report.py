@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detlab import plotting
 from detlab.eval.errors import (
     CLASSIFICATION,
     DUPLICATE,
@@ -334,12 +335,7 @@ def _markdown_galleries(galleries: dict) -> list[str]:
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    return pyplot
+    return plotting.pyplot()
 
 
 def _save(figure, path: Path) -> Path:
