@@ -7,7 +7,10 @@ import torch
 # The tiny detector module is imported by name, also by the processes the DDP test spawns.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_detector import TINY_METHOD  # noqa: E402
+from tiny_detector import TINY_METHOD, SquaresDataset, TinyDetector  # noqa: E402
+
+from detlab.config import TrainConfig  # noqa: E402
+from detlab.engine import RunHeader, fit  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +29,18 @@ def tiny_in_models(monkeypatch):
 
     monkeypatch.setitem(models.MODELS, "tiny", TINY_METHOD)
     return "tiny"
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_in_models):
+    """A run folder of the tiny detector trained two epochs on ten images (seeded)."""
+    torch.manual_seed(0)
+    run_config = {"model_name": "tiny", "data": {}, "train": {}, "model": {"width": 8, "dropout": 0.2}}
+    fit(
+        TinyDetector(),
+        SquaresDataset(10),
+        TrainConfig(epochs=2, device="cpu"),
+        tmp_path / "run",
+        header=RunHeader("tiny", ["red", "green"], run_config),
+    )
+    return tmp_path / "run"

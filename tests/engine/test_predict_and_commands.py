@@ -4,13 +4,11 @@ import json
 
 import pytest
 import torch
-from tiny_detector import SquaresDataset, TinyDetector
+from tiny_detector import SquaresDataset
 
 import detlab
 from detlab.cli import main
-from detlab.config import TrainConfig
 from detlab.data.images import load_image, save_image
-from detlab.engine import RunHeader, fit
 from detlab.engine.predict import Predictor, evaluate_checkpoint, predict_files
 
 
@@ -30,20 +28,6 @@ def reordered_voc(synthetic_voc):
     names = (copy / "classes.txt").read_text().split()
     (copy / "classes.txt").write_text("".join(f"{name}\n" for name in reversed(names)))
     return copy
-
-
-@pytest.fixture
-def tiny_run(tmp_path, tiny_in_models):
-    torch.manual_seed(0)
-    run_config = {"model_name": "tiny", "data": {}, "train": {}, "model": {"width": 8, "dropout": 0.2}}
-    fit(
-        TinyDetector(),
-        SquaresDataset(10),
-        TrainConfig(epochs=2, device="cpu"),
-        tmp_path / "run",
-        header=RunHeader("tiny", ["red", "green"], run_config),
-    )
-    return tmp_path / "run"
 
 
 def test_predictor_from_a_checkpoint_predicts_tensors_and_files(tmp_path, tiny_run):

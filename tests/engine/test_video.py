@@ -12,31 +12,14 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from tiny_detector import SquaresDataset, TinyDetector
 
 from detlab.cli import main
-from detlab.config import TrainConfig
-from detlab.engine import RunHeader, fit
 from detlab.engine.predict import Predictor
 from detlab.engine.predict_video import predict_video
 from detlab.models.contract import DetectorModule
 from detlab.video_files import VideoReader, VideoWriter, is_video_source, source_name
 
 pytest.importorskip("av")
-
-
-@pytest.fixture
-def tiny_run(tmp_path, tiny_in_models):
-    torch.manual_seed(0)
-    run_config = {"model_name": "tiny", "data": {}, "train": {}, "model": {"width": 8, "dropout": 0.2}}
-    fit(
-        TinyDetector(),
-        SquaresDataset(10),
-        TrainConfig(epochs=2, device="cpu"),
-        tmp_path / "run",
-        header=RunHeader("tiny", ["red", "green"], run_config),
-    )
-    return tmp_path / "run"
 
 
 class ColourRegions(DetectorModule):
