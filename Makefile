@@ -30,8 +30,10 @@ browser:
 tutorial: $(STAMP)
 	$(BIN)/python docs/tutorial/execute.py
 
+# Two test processes (pytest-xdist), a test file each at a time; TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs/tutorial
