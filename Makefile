@@ -24,7 +24,7 @@ demo: $(STAMP)
 browser:
 	@scripts/ensure-chromium
 
-# Executes the tutorial notebook top to bottom (about 13 minutes on 2 cores; it opens nothing) and
+# Executes the tutorial notebook top to bottom (about 14 minutes on 2 cores; it opens nothing) and
 # saves it with its figures as docs/tutorial/lecture.ipynb, its numbers in docs/tutorial/numbers.json.
 # To read or change it interactively, open either file in any Jupyter (not installed here).
 tutorial: $(STAMP)

@@ -26,7 +26,7 @@
 # 7. YOLO
 # 8. Evaluation: precision, recall, AP and mAP
 #
-# Everything trains from scratch, offline, on a CPU: the whole notebook runs in about 13 minutes
+# Everything trains from scratch, offline, on a CPU: the whole notebook runs in about 14 minutes
 # on 2 cores (`docs/tutorial/run.md` has the measured run). Each training cell says its budget.
 # With the environment variable `DETLAB_TUTORIAL_QUICK=1` every training is two steps on a few
 # images (what the test suite runs); the numbers are then meaningless, the code the same.
