@@ -30,8 +30,8 @@ browser:
 tutorial: $(STAMP)
 	$(BIN)/python docs/tutorial/execute.py
 
-# Two test processes (pytest-xdist), a test file each at a time; TEST_WORKERS=0 runs them in one.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs two pytest-xdist processes, a test file each at a time (0: one process).
+TEST_WORKERS ?= 0
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
