@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from bench_detectors import recorded_command  # noqa: E402  (this folder is on the path)
 
-from detlab.data.synthetic import ensure_synthetic  # noqa: E402
 from detlab.cli.demo import processes_argument  # noqa: E402
+from detlab.data.synthetic import ensure_synthetic  # noqa: E402
 from detlab.demo import detector_demo, threads_per_process  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"

@@ -14,7 +14,9 @@ WRITE_A_REPORT = (
 
 def backend_after(prelude: str, tmp_path) -> str:
     code = prelude + WRITE_A_REPORT + "import matplotlib\nprint(matplotlib.get_backend().lower())\n"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert (tmp_path / "pr.png").stat().st_size > 0
     return done.stdout.strip().splitlines()[-1]
 
