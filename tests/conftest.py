@@ -10,6 +10,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' shared helpers (fuzzing.py) import by name
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

@@ -14,3 +14,6 @@ def test_a_slower_machine_is_told_what_its_fewer_steps_cost():
     assert speed_note({"steps": steps}, budget) is None  # as fast: nothing to say
     assert speed_note({"steps": int(steps * 0.95)}, budget) is None  # within the machines' noise
     assert speed_note({"steps": steps // 4}, 60) is None  # another budget: steps not comparable
+    # a run that train.max_steps ended before its budget: its step count is the cap's
+    assert speed_note({"steps": steps // 2, "train_seconds": 0.57 * budget}, budget) is None
+    assert speed_note({"steps": steps // 2, "train_seconds": float(budget)}, budget) is not None

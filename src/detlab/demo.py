@@ -206,9 +206,12 @@ def draw_demo_figures(out: Path, result, test, predictions: list[dict], num_show
 def speed_note(summary: dict, budget_s: float) -> str | None:
     """A line when this machine made clearly fewer steps in ``budget_s`` than the machine the
     README's demo numbers were measured on (:data:`MEASURED_DEMO`), saying what that costs; None
-    otherwise (or for a budget other than the measured one, whose steps are not comparable)."""
+    otherwise (or for a budget other than the measured one, or a run a step cap ended early, whose
+    steps say nothing of the machine)."""
     measured = MEASURED_DEMO
     if abs(budget_s - measured["seconds"]) > 1 or summary["steps"] >= 0.9 * measured["steps"]:
+        return None
+    if summary.get("train_seconds", budget_s) < 0.95 * budget_s:  # a step cap ended it, not the clock
         return None
     half = measured["half_steps_AP50"]
     return (

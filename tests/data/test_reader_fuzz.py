@@ -33,7 +33,8 @@ from xml.sax.saxutils import escape
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -425,13 +426,7 @@ def check(reader: str, case) -> Counter:
 
 @pytest.mark.parametrize("reader", READERS)
 def test_reader_fuzz(reader):
-    @settings(
-        max_examples=25,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @fuzz_settings(25)
     @given(case=READERS[reader].cases)
     def never_a_traceback(case):
         check(reader, case)

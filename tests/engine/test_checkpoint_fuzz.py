@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from fuzzing import damaged_inputs, flipped, fuzz_settings
+from hypothesis import given
 
 from detlab import config as config_io
 from detlab.engine import checkpoint as checkpoints
@@ -75,20 +75,6 @@ def file_bytes(checkpoint: dict, layout: str) -> bytes:
     return buffer.getvalue()
 
 
-def flipped(data: bytes, position: int, bit: int) -> bytes:
-    return data[:position] + bytes([data[position] ^ (1 << bit)]) + data[position + 1 :]
-
-
-def damaged_inputs(data: bytes):
-    """``("flip", bytes)`` with one bit flipped, or ``("truncation", bytes)`` cut short."""
-    return st.one_of(
-        st.tuples(st.integers(0, len(data) - 1), st.integers(0, 7)).map(
-            lambda flip: ("flip", flipped(data, *flip))
-        ),
-        st.integers(0, len(data) - 1).map(lambda cut: ("truncation", data[:cut])),
-    )
-
-
 def check(data: bytes, original_digest: str, load=model_from_checkpoint) -> str:
     """Load ``data`` as a checkpoint file under the contract; the outcome: ``detected`` (one
     :class:`BadInputError` line naming the file), ``identical`` (loaded, the same contents) or
@@ -121,13 +107,7 @@ def fuzzed_file(method: str, layout: str) -> tuple[bytes, str]:
 def test_a_damaged_checkpoint_is_refused_in_one_line_or_loads_unchanged(method, layout):
     data, digest = fuzzed_file(method, layout)
 
-    @settings(
-        max_examples=40,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @fuzz_settings(40)
     @given(damaged=damaged_inputs(data))
     def never_a_traceback(damaged):
         kind, damaged_bytes = damaged

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from fuzzing import damaged_inputs, fuzz_settings
+from hypothesis import given
 
 from detlab.errors import BadInputError
 from detlab.export import runtime
@@ -74,19 +74,6 @@ def check(data: bytes) -> str:
         return "loaded"
 
 
-def damaged_inputs(data: bytes):
-    """``("flip", bytes)`` with one bit flipped, or ``("truncation", bytes)`` cut short."""
-    return st.one_of(
-        st.tuples(st.integers(0, len(data) - 1), st.integers(0, 7)).map(
-            lambda flip: (
-                "flip",
-                data[: flip[0]] + bytes([data[flip[0]] ^ (1 << flip[1])]) + data[flip[0] + 1 :],
-            )
-        ),
-        st.integers(0, len(data) - 1).map(lambda cut: ("truncation", data[:cut])),
-    )
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, bytes]:
     """format -> the bytes of a small exported yolo."""
@@ -99,13 +86,7 @@ def test_a_damaged_onnx_file_is_refused_in_one_line(exported, file_format):
     data = exported[file_format]
     assert check(data) == "loaded"  # undamaged, both load
 
-    @settings(
-        max_examples=25,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @fuzz_settings(25)
     @given(damaged=damaged_inputs(data))
     def never_a_traceback(damaged):
         kind, damaged_bytes = damaged
